@@ -1,0 +1,114 @@
+"""stoic: failures in distributed systems, made survivable.
+
+The public API is this module's ``__all__``. Core names are imported here; names that pull
+in optional extras or larger subsystems load on first access, so ``import stoic`` does no work
+beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import backoff, clock, context, events, testing
+from .context import deadline, remaining
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    CodecError,
+    DeadlineExceeded,
+    IdempotencyError,
+    IdempotencyKeyInUseError,
+    IdempotencyKeyMismatchError,
+    IdempotencyStoredError,
+    RateLimitedError,
+    Rejected,
+    StoicError,
+)
+from .outcome import Outcome, Verdict, classify, classify_status, register_classifier
+from .policies.budget import RetryBudget
+from .policies.fallback import Fallback
+from .policies.pipeline import Pipeline
+from .policies.retry import Retry
+from .policies.timeout import Timeout
+
+if TYPE_CHECKING:
+    from . import idempotency, messaging, state
+    from .idempotency import idempotent
+    from .policies.breaker import CircuitBreaker, CountWindow, TimeWindow, breakers
+    from .policies.bulkhead import Bulkhead
+    from .policies.hedge import Hedge
+    from .policies.ratelimit import RateLimiter
+
+__all__ = [
+    "Bulkhead",
+    "BulkheadFullError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CodecError",
+    "CountWindow",
+    "DeadlineExceeded",
+    "Fallback",
+    "Hedge",
+    "IdempotencyError",
+    "IdempotencyKeyInUseError",
+    "IdempotencyKeyMismatchError",
+    "IdempotencyStoredError",
+    "Outcome",
+    "Pipeline",
+    "RateLimitedError",
+    "RateLimiter",
+    "Rejected",
+    "Retry",
+    "RetryBudget",
+    "StoicError",
+    "TimeWindow",
+    "Timeout",
+    "Verdict",
+    "backoff",
+    "breakers",
+    "classify",
+    "classify_status",
+    "clock",
+    "context",
+    "deadline",
+    "events",
+    "idempotency",
+    "idempotent",
+    "messaging",
+    "register_classifier",
+    "remaining",
+    "state",
+    "testing",
+]
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "CircuitBreaker": ("stoic.policies.breaker", "CircuitBreaker"),
+    "CountWindow": ("stoic.policies.breaker", "CountWindow"),
+    "TimeWindow": ("stoic.policies.breaker", "TimeWindow"),
+    "breakers": ("stoic.policies.breaker", "breakers"),
+    "Bulkhead": ("stoic.policies.bulkhead", "Bulkhead"),
+    "RateLimiter": ("stoic.policies.ratelimit", "RateLimiter"),
+    "Hedge": ("stoic.policies.hedge", "Hedge"),
+    "idempotent": ("stoic.idempotency", "idempotent"),
+    "idempotency": ("stoic.idempotency", None),
+    "messaging": ("stoic.messaging", None),
+    "state": ("stoic.state", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'stoic' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,39 @@
+"""httpx: connect-phase errors are TRANSIENT, read-phase errors UNKNOWN, statuses by the table."""
+
+from __future__ import annotations
+
+import httpx
+
+from ..outcome import Outcome, Verdict, classify_status, register_default
+
+__all__: list[str] = []
+
+
+def _status(exc: BaseException) -> Verdict:
+    response = getattr(exc, "response", None)
+    if response is None:
+        return Verdict(Outcome.PERMANENT, None, "HTTP status error without a response")
+    return classify_status(response.status_code, response.headers)
+
+
+for _type, _what in (
+    (httpx.ConnectError, Verdict(Outcome.TRANSIENT, None, "connect failed")),
+    (httpx.ConnectTimeout, Verdict(Outcome.TRANSIENT, None, "connect timed out")),
+    (httpx.PoolTimeout, Verdict(Outcome.TRANSIENT, None, "connection pool timed out")),
+    (httpx.ProxyError, Verdict(Outcome.TRANSIENT, None, "proxy failed")),
+    (httpx.ReadTimeout, Verdict(Outcome.UNKNOWN, None, "read timed out")),
+    (httpx.WriteTimeout, Verdict(Outcome.UNKNOWN, None, "write timed out")),
+    (httpx.ReadError, Verdict(Outcome.UNKNOWN, None, "read failed")),
+    (httpx.WriteError, Verdict(Outcome.UNKNOWN, None, "write failed")),
+    (httpx.RemoteProtocolError, Verdict(Outcome.UNKNOWN, None, "peer broke the protocol")),
+    (httpx.NetworkError, Verdict(Outcome.UNKNOWN, None, "network error")),
+    (httpx.TimeoutException, Verdict(Outcome.UNKNOWN, None, "timed out")),
+    (httpx.LocalProtocolError, Outcome.PERMANENT),
+    (httpx.UnsupportedProtocol, Outcome.PERMANENT),
+    (httpx.DecodingError, Outcome.PERMANENT),
+    (httpx.TooManyRedirects, Outcome.PERMANENT),
+    (httpx.InvalidURL, Outcome.PERMANENT),
+    (httpx.StreamError, Outcome.PERMANENT),
+    (httpx.HTTPStatusError, _status),
+):
+    register_default(_type, _what)

@@ -1,0 +1,53 @@
+"""psycopg 3: by SQLSTATE. Serialization failures and deadlocks roll back: TRANSIENT."""
+
+from __future__ import annotations
+
+import psycopg
+
+from ..outcome import Outcome, Verdict, register_default
+
+__all__ = ["by_sqlstate"]
+
+_EXACT = {
+    "40001": Outcome.TRANSIENT,  # serialization_failure
+    "40P01": Outcome.TRANSIENT,  # deadlock_detected
+    "55P03": Outcome.TRANSIENT,  # lock_not_available
+    "57014": Outcome.TRANSIENT,  # query_canceled (statement timeout rolls the statement back)
+    "53300": Outcome.THROTTLED,  # too_many_connections
+    "57P03": Outcome.TRANSIENT,  # cannot_connect_now
+}
+_CLASSES = {
+    "08": Outcome.UNKNOWN,  # connection exception: the commit may or may not have happened
+    "53": Outcome.THROTTLED,  # insufficient resources
+    "57": Outcome.UNKNOWN,  # operator intervention (admin shutdown, crash)
+    "58": Outcome.UNKNOWN,  # system error
+}
+
+
+def by_sqlstate(sqlstate: str | None) -> Outcome | None:
+    """The outcome a SQLSTATE implies, or None when it says nothing about retrying."""
+    if not sqlstate:
+        return None
+    return _EXACT.get(sqlstate) or _CLASSES.get(sqlstate[:2])
+
+
+def _error(exc: BaseException) -> Verdict:
+    sqlstate = getattr(exc, "sqlstate", None)
+    outcome = by_sqlstate(sqlstate)
+    if outcome is not None:
+        return Verdict(outcome, None, f"SQLSTATE {sqlstate}")
+    if isinstance(exc, psycopg.OperationalError):
+        text = str(exc).lower()
+        if "connection refused" in text or "connection failed" in text or "could not connect" in text:
+            return Verdict(Outcome.TRANSIENT, None, "connect failed")
+        return Verdict(Outcome.UNKNOWN, None, "connection lost")
+    return Verdict(Outcome.PERMANENT, None, type(exc).__name__)
+
+
+register_default(psycopg.Error, _error)
+try:
+    import psycopg_pool
+except ImportError:  # pragma: no cover - the pool is a separate distribution
+    pass
+else:
+    register_default(psycopg_pool.PoolTimeout, Verdict(Outcome.TRANSIENT, None, "pool timed out"))

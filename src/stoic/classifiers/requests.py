@@ -1,0 +1,58 @@
+"""requests (and urllib3 underneath): a failed connect is TRANSIENT, a failed read UNKNOWN."""
+
+from __future__ import annotations
+
+import requests
+import urllib3.exceptions as u3
+
+from ..outcome import Outcome, Verdict, classify_status, register_default
+
+__all__: list[str] = []
+
+_CONNECT_CAUSES = (u3.NewConnectionError, u3.ConnectTimeoutError, u3.NameResolutionError)
+
+
+def _connection_error(exc: BaseException) -> Verdict:
+    # requests.ConnectionError covers both "could not connect" and "connection aborted".
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            break
+        if isinstance(seen, _CONNECT_CAUSES):
+            return Verdict(Outcome.TRANSIENT, None, "connect failed")
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, _CONNECT_CAUSES):
+            return Verdict(Outcome.TRANSIENT, None, "connect failed")
+        args = getattr(seen, "args", ())
+        if args and isinstance(args[0], BaseException):
+            seen = args[0]
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return Verdict(Outcome.UNKNOWN, None, "connection lost")
+
+
+def _http_error(exc: BaseException) -> Verdict:
+    response = getattr(exc, "response", None)
+    if response is None:
+        return Verdict(Outcome.PERMANENT, None, "HTTP error without a response")
+    return classify_status(response.status_code, response.headers)
+
+
+for _type, _what in (
+    (requests.ConnectTimeout, Verdict(Outcome.TRANSIENT, None, "connect timed out")),
+    (requests.ReadTimeout, Verdict(Outcome.UNKNOWN, None, "read timed out")),
+    (requests.Timeout, Verdict(Outcome.UNKNOWN, None, "timed out")),
+    (requests.ConnectionError, _connection_error),
+    (requests.exceptions.ChunkedEncodingError, Verdict(Outcome.UNKNOWN, None, "body cut")),
+    (requests.HTTPError, _http_error),
+    (requests.exceptions.InvalidURL, Outcome.PERMANENT),
+    (requests.exceptions.MissingSchema, Outcome.PERMANENT),
+    (requests.exceptions.InvalidSchema, Outcome.PERMANENT),
+    (requests.exceptions.InvalidHeader, Outcome.PERMANENT),
+    (requests.TooManyRedirects, Outcome.PERMANENT),
+    (u3.NewConnectionError, Verdict(Outcome.TRANSIENT, None, "connect failed")),
+    (u3.ConnectTimeoutError, Verdict(Outcome.TRANSIENT, None, "connect timed out")),
+    (u3.ReadTimeoutError, Verdict(Outcome.UNKNOWN, None, "read timed out")),
+    (u3.ProtocolError, Verdict(Outcome.UNKNOWN, None, "connection lost")),
+):
+    register_default(_type, _what)

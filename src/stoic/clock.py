@@ -1,0 +1,88 @@
+"""Time for every policy: monotonic readings and sleeps, replaceable in tests.
+
+Policies never call ``time.monotonic``, ``time.sleep`` or ``asyncio.sleep`` directly; they call
+``stoic.clock.now()``, ``sleep()`` and ``asleep()``. ``stoic.testing.virtual_time()`` swaps the
+implementation for a virtual clock, so a test of a 30-second backoff takes no real time.
+
+This module holds the one piece of global state it needs, the active clock, in ``_active``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from time import sleep as _sleep
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock", "asleep", "now", "sleep", "wall"]
+
+
+class Clock(Protocol):
+    """What a clock must do. ``monotonic`` is in float seconds from an arbitrary origin."""
+
+    def monotonic(self) -> float: ...
+    def time(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+    async def asleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    __slots__ = ()
+
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+    sleep = staticmethod(_sleep)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM = SystemClock()
+
+
+class _Active:
+    """Holds the active clock and bound shortcuts to it, so a reading is one attribute call."""
+
+    __slots__ = ("asleep", "clock", "monotonic", "sleep", "time")
+
+    def __init__(self) -> None:
+        self.set(SYSTEM)
+
+    def set(self, clock: Clock) -> None:
+        self.clock = clock
+        self.monotonic = clock.monotonic
+        self.time = clock.time
+        self.sleep = clock.sleep
+        self.asleep = clock.asleep
+
+
+_active = _Active()
+
+
+def now() -> float:
+    """Monotonic seconds: only differences between two readings mean anything."""
+    return _active.monotonic()
+
+
+def wall() -> float:
+    """Wall-clock seconds since the epoch (for stored timestamps and HTTP dates)."""
+    return _active.time()
+
+
+def sleep(seconds: float) -> None:
+    """Block for ``seconds``. Callers skip the call entirely for a zero wait."""
+    _active.sleep(seconds)
+
+
+async def asleep(seconds: float) -> None:
+    """Suspend the task for ``seconds`` without blocking the event loop."""
+    await _active.asleep(seconds)
+
+
+def set_clock(clock: Clock) -> Clock:
+    """Install ``clock`` and return the previous one (used by ``stoic.testing``)."""
+    previous = _active.clock
+    _active.set(clock)
+    return previous

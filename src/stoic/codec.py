@@ -1,0 +1,163 @@
+"""JSON in and out for everything stoic stores: idempotent results, messages, cached replies.
+
+Nothing stoic stores is pickled, so a shared database or Redis can never become a way to run
+code. ``encode`` turns a value into JSON text, with tagged objects for the types JSON lacks
+(datetime, date, time, timedelta, UUID, Decimal, bytes, set, tuple, dataclasses, pydantic
+models and types the application registers). ``decode`` turns it back. A tag is only ever
+looked up in the registry; it is never imported or evaluated.
+
+``Codec`` instances are independent; ``default_codec`` is the shared, named one that
+``register`` adds to.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import decimal
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .errors import CodecError
+
+__all__ = ["Codec", "decode", "default_codec", "encode", "register"]
+
+_TAG = "__stoic__"
+
+
+class Codec:
+    """A JSON codec with a registry of extra types.
+
+    ``register(cls, name, to_json, from_json)``: ``to_json(obj)`` returns something JSON can
+    hold; ``from_json(data)`` rebuilds the object. Registered types win over the built-ins.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_type: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+        self._by_name: dict[str, Callable[[Any], Any]] = {}
+        self._encoder = json.JSONEncoder(
+            default=self._default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+
+    def register(
+        self,
+        cls: type,
+        name: str,
+        to_json: Callable[[Any], Any],
+        from_json: Callable[[Any], Any],
+    ) -> None:
+        """Teach the codec a type. ``name`` is stored in the JSON; keep it stable."""
+        if not isinstance(cls, type):
+            raise TypeError(f"cls must be a type, got {cls!r}")
+        if not name or not isinstance(name, str):
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        with self._lock:
+            self._by_type[cls] = (name, to_json)
+            self._by_name[name] = from_json
+
+    def _default(self, obj: Any) -> Any:
+        custom = self._by_type.get(type(obj))
+        if custom is not None:
+            return {_TAG: custom[0], "v": custom[1](obj)}
+        if isinstance(obj, _dt.datetime):
+            return {_TAG: "datetime", "v": obj.isoformat()}
+        if isinstance(obj, _dt.date):
+            return {_TAG: "date", "v": obj.isoformat()}
+        if isinstance(obj, _dt.time):
+            return {_TAG: "time", "v": obj.isoformat()}
+        if isinstance(obj, _dt.timedelta):
+            return {_TAG: "timedelta", "v": obj.total_seconds()}
+        if isinstance(obj, uuid.UUID):
+            return {_TAG: "uuid", "v": str(obj)}
+        if isinstance(obj, decimal.Decimal):
+            return {_TAG: "decimal", "v": str(obj)}
+        if isinstance(obj, (bytes, bytearray)):
+            return {_TAG: "bytes", "v": base64.b64encode(obj).decode("ascii")}
+        if isinstance(obj, (set, frozenset)):
+            return {_TAG: "set", "v": sorted(obj, key=repr)}
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        dump = getattr(obj, "model_dump", None)  # pydantic v2
+        if callable(dump):
+            return dump(mode="json")
+        for base, (name, to_json) in self._by_type.items():
+            if isinstance(obj, base):
+                return {_TAG: name, "v": to_json(obj)}
+        raise TypeError(f"{type(obj).__qualname__} is not JSON serializable")
+
+    def encode(self, value: Any) -> str:
+        """Value to JSON text. Raises ``CodecError`` naming the type it cannot encode."""
+        try:
+            return self._encoder.encode(_tuples(value))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise CodecError(f"cannot encode value as JSON: {exc}") from exc
+
+    def decode(self, text: str | bytes) -> Any:
+        """JSON text back to a value. Raises ``CodecError`` on bad JSON or an unknown tag."""
+        try:
+            return json.loads(text, object_hook=self._hook)
+        except CodecError:
+            raise
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise CodecError(f"cannot decode stored JSON: {exc}") from exc
+
+    def _hook(self, obj: dict[str, Any]) -> Any:
+        tag = obj.get(_TAG)
+        if tag is None or len(obj) != 2 or "v" not in obj:
+            return obj
+        value = obj["v"]
+        custom = self._by_name.get(tag)
+        if custom is not None:
+            return custom(value)
+        builtin = _BUILTIN_DECODERS.get(tag)
+        if builtin is None:
+            raise CodecError(f"unknown codec tag {tag!r}: register the type on this codec")
+        return builtin(value)
+
+
+def _tuples(value: Any) -> Any:
+    # json turns tuples into lists silently; keep them tuples so a replay equals the original.
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return {_TAG: "tuple", "v": [_tuples(v) for v in value]}
+    if isinstance(value, list):
+        return [_tuples(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+_BUILTIN_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": _dt.datetime.fromisoformat,
+    "date": _dt.date.fromisoformat,
+    "time": _dt.time.fromisoformat,
+    "timedelta": lambda v: _dt.timedelta(seconds=v),
+    "uuid": uuid.UUID,
+    "decimal": decimal.Decimal,
+    "bytes": lambda v: base64.b64decode(v),
+    "set": set,
+    "tuple": tuple,
+}
+
+default_codec = Codec()
+
+
+def encode(value: Any) -> str:
+    """Encode with the shared codec."""
+    return default_codec.encode(value)
+
+
+def decode(text: str | bytes) -> Any:
+    """Decode with the shared codec."""
+    return default_codec.decode(text)
+
+
+def register(
+    cls: type, name: str, to_json: Callable[[Any], Any], from_json: Callable[[Any], Any]
+) -> None:
+    """Teach the shared codec a type (see ``Codec.register``)."""
+    default_codec.register(cls, name, to_json, from_json)

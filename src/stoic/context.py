@@ -1,0 +1,164 @@
+"""Per-request context that travels with the work: the deadline, request fields, an idempotency key.
+
+Each value lives in its own ``ContextVar`` so concurrent tasks and threads never see each
+other's values, and setting one takes a token that is reset on exit: leaving a ``with`` block
+restores exactly what was there before, even when blocks nest or interleave across tasks.
+
+Deadlines are absolute readings of ``stoic.clock.now()``. Nested deadlines keep the earliest:
+an inner ``deadline(10)`` inside an outer ``deadline(1)`` still ends after one second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any
+
+from . import clock
+
+__all__ = [
+    "bind",
+    "current",
+    "deadline",
+    "deadline_at",
+    "get",
+    "idempotency_key",
+    "remaining",
+    "using_idempotency_key",
+]
+
+_deadline: ContextVar[float | None] = ContextVar("stoic_deadline", default=None)
+_fields: ContextVar[Mapping[str, Any]] = ContextVar("stoic_fields", default={})  # noqa: B039
+_idempotency_key: ContextVar[str | None] = ContextVar("stoic_idempotency_key", default=None)
+
+
+def remaining() -> float | None:
+    """Seconds left before the current deadline (negative once passed), or None without one."""
+    at = _deadline.get()
+    if at is None:
+        return None
+    return at - clock.now()
+
+
+def deadline_at() -> float | None:
+    """The current deadline as a ``stoic.clock.now()`` reading, or None."""
+    return _deadline.get()
+
+
+class deadline:  # noqa: N801 - used like a function: ``with stoic.deadline(2.0):``
+    """Bound the time of everything inside the block to ``seconds`` from now.
+
+    Works with ``with`` and ``async with``. The deadline is only information: stoic's policies
+    and integrations read it (no retry sleeps past it, outgoing HTTP calls shrink their
+    timeouts and carry it in a header, a call is not started once it has passed). It does not
+    interrupt running code; wrap a call in ``stoic.Timeout`` for that.
+    """
+
+    __slots__ = ("_token", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        if seconds != seconds:  # NaN
+            raise ValueError("seconds must be a number, got nan")
+        self.seconds = float(seconds)
+        self._token: Token[float | None] | None = None
+
+    def __enter__(self) -> deadline:
+        at = clock.now() + self.seconds
+        outer = _deadline.get()
+        if outer is not None and outer < at:
+            at = outer
+        self._token = _deadline.set(at)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _deadline.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> deadline:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class bind:  # noqa: N801
+    """Bind request fields (``request_id``, ``user_id``, ...) for the block.
+
+    Logs from stoic's log configuration and outgoing HTTP calls and messages carry them.
+    Values bound in an outer block stay visible unless overridden; ``None`` values are ignored.
+    """
+
+    __slots__ = ("_token", "fields")
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = {k: v for k, v in fields.items() if v is not None}
+        self._token: Token[Mapping[str, Any]] | None = None
+
+    def __enter__(self) -> bind:
+        merged = dict(_fields.get())
+        merged.update(self.fields)
+        self._token = _fields.set(merged)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _fields.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> bind:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+
+def current() -> Mapping[str, Any]:
+    """The fields bound in this context (read-only view; do not mutate)."""
+    return _fields.get()
+
+
+def get(key: str, default: Any = None) -> Any:
+    """One bound field, e.g. ``get("request_id")``."""
+    return _fields.get().get(key, default)
+
+
+def idempotency_key() -> str | None:
+    """The idempotency key of the operation running in this context, if any."""
+    return _idempotency_key.get()
+
+
+class using_idempotency_key:  # noqa: N801
+    """Mark the block as part of an operation with idempotency key ``key``.
+
+    Inside it, ``Retry`` treats UNKNOWN failures as safe to retry, because the operation
+    will not take effect twice.
+    """
+
+    __slots__ = ("_token", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> using_idempotency_key:
+        self._token = _idempotency_key.set(self.key)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _idempotency_key.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> using_idempotency_key:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)

@@ -1,0 +1,84 @@
+"""A retry budget: retries may add at most ``ratio`` of the traffic, plus a small floor.
+
+Without a budget, every client multiplies its load by the attempt count exactly when the
+dependency is weakest: during an outage (the retry storm). With one, each call deposits
+``ratio`` of a token and each retry withdraws a whole one; a retry that finds no token is not
+made, and ``Retry`` gives up at once with a note saying so. ``min_per_second`` keeps a
+quiet service able to retry at all. Tokens are counted over a sliding window of ``window``
+seconds (10 by default, as in Finagle), in one-second buckets.
+
+One budget may be shared by many ``Retry`` objects (say, every call to one dependency).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .. import clock
+
+__all__ = ["RetryBudget"]
+
+
+class RetryBudget:
+    """Allow retries only while they stay within ``ratio`` of recent calls.
+
+    Over any ``window`` seconds, retries <= ``ratio`` * calls + ``min_per_second`` * ``window``.
+    """
+
+    __slots__ = ("_buckets", "_lock", "_size", "min_per_second", "ratio", "window")
+
+    def __init__(self, ratio: float = 0.1, min_per_second: float = 10.0, window: float = 10.0):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+        if not min_per_second >= 0:
+            raise ValueError(f"min_per_second must be >= 0, got {min_per_second!r}")
+        if not 1.0 <= window <= 3600.0:
+            raise ValueError(f"window must be in [1, 3600] seconds, got {window!r}")
+        self.ratio = float(ratio)
+        self.min_per_second = float(min_per_second)
+        self.window = float(window)
+        self._size = int(window)
+        # one bucket per second: [second, calls, retries]
+        self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(self._size)]
+        self._lock = threading.Lock()
+
+    def _bucket(self) -> list[int]:
+        second = int(clock.now())
+        bucket = self._buckets[second % self._size]
+        if bucket[0] != second:
+            bucket[0], bucket[1], bucket[2] = second, 0, 0
+        return bucket
+
+    def deposit(self) -> None:
+        """Record one call (every call, retried or not)."""
+        with self._lock:
+            self._bucket()[1] += 1
+
+    def _totals(self) -> tuple[int, int]:
+        oldest = int(clock.now()) - self._size
+        calls = retries = 0
+        for second, c, r in self._buckets:
+            if second > oldest:
+                calls += c
+                retries += r
+        return calls, retries
+
+    def try_withdraw(self) -> bool:
+        """Take a token for one retry; False (and nothing taken) when the budget is spent."""
+        with self._lock:
+            bucket = self._bucket()
+            calls, retries = self._totals()
+            if retries + 1 > self.ratio * calls + self.min_per_second * self.window:
+                return False
+            bucket[2] += 1
+            return True
+
+    @property
+    def balance(self) -> float:
+        """Retries still allowed in the current window (for dashboards and tests)."""
+        with self._lock:
+            calls, retries = self._totals()
+            return self.ratio * calls + self.min_per_second * self.window - retries
+
+    def __repr__(self) -> str:
+        return f"RetryBudget(ratio={self.ratio}, min_per_second={self.min_per_second})"

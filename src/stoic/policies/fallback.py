@@ -1,0 +1,80 @@
+"""Fallback: answer with a substitute when the call fails.
+
+``value_or_fn`` is either the value to return, or a function of the exception (sync, or
+async for async calls) that returns it. ``on`` limits which failures fall back: exception
+types, or a predicate on the exception; by default every ``Exception``. Cancellation is never
+caught. To return a callable as the value itself, wrap it: ``Fallback(lambda exc: my_fn)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..events import CallFinished, dispatcher
+from .base import AsyncStep, Policy, Step
+from .retry import OnException, _compile_on
+
+__all__ = ["Fallback"]
+
+
+class Fallback(Policy):
+    """Return ``value_or_fn`` (or its result) instead of raising."""
+
+    def __init__(
+        self, value_or_fn: Any, on: OnException | None = None, *, name: str | None = None
+    ) -> None:
+        self.value_or_fn = value_or_fn
+        self.on = on
+        self.name = name or "fallback"
+        self._matches: Callable[[BaseException], bool] = _compile_on(on) or _any
+        self._compose()
+
+    def _note(self, exc: BaseException) -> None:
+        if dispatcher.sinks:
+            dispatcher.emit(
+                CallFinished(
+                    name=self.name, policy="fallback", outcome="fallback", duration=0.0,
+                    error_type=type(exc).__name__,
+                )
+            )
+
+    def wrap(self, inner: Step) -> Step:
+        matches, note, value = self._matches, self._note, self.value_or_fn
+        is_fn = callable(value)
+
+        def call(fn: Any, args: Any, kwargs: Any) -> Any:
+            try:
+                return inner(fn, args, kwargs)
+            except Exception as exc:
+                if not matches(exc):
+                    raise
+                note(exc)
+                return value(exc) if is_fn else value
+
+        return call
+
+    def awrap(self, inner: AsyncStep) -> AsyncStep:
+        matches, note, value = self._matches, self._note, self.value_or_fn
+        is_fn = callable(value)
+
+        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
+            try:
+                return await inner(fn, args, kwargs)
+            except Exception as exc:
+                if not matches(exc):
+                    raise
+                note(exc)
+                if not is_fn:
+                    return value
+                result = value(exc)
+                if inspect.isawaitable(result):
+                    return await result
+                return result
+
+        return acall
+
+
+def _any(exc: BaseException) -> bool:
+    return True

@@ -1,0 +1,123 @@
+"""Timeout: bound one call's time, and make the bound visible to everything inside it.
+
+Async calls are cancelled when the time is up and ``DeadlineExceeded`` (a ``TimeoutError``)
+is raised. Synchronous code cannot be interrupted safely from outside, so for sync calls
+``Timeout`` sets the deadline in context for the duration of the call: stoic's integrations
+(httpx, requests, database helpers) turn it into socket timeouts, and your code can read
+``stoic.remaining()``. If the call returns after the deadline, its result is discarded and
+``DeadlineExceeded`` is raised. A call whose deadline already passed is not started.
+
+The effective limit is the earlier of ``seconds`` and any deadline already in context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from .. import clock
+from ..context import _deadline
+from ..errors import DeadlineExceeded
+from ..events import CallRejected, DeadlineExpired, dispatcher
+from .base import AsyncStep, Policy, Step
+
+__all__ = ["Timeout"]
+
+_now = clock.now
+
+
+class Timeout(Policy):
+    """Limit each call to ``seconds`` (float seconds, > 0)."""
+
+    def __init__(self, seconds: float, *, name: str | None = None) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds!r}")
+        if seconds == float("inf"):
+            raise ValueError("seconds must be finite; leave the Timeout out for no limit")
+        self.seconds = float(seconds)
+        self.name = name or "timeout"
+        self._compose()
+
+    def __repr__(self) -> str:
+        return f"Timeout({self.seconds})"
+
+    def _start(self) -> tuple[float, Any]:
+        """The deadline for this call, set in context; raises if it has already passed."""
+        now = _now()
+        at = now + self.seconds
+        outer = _deadline.get()
+        if outer is not None and outer < at:
+            at = outer
+        if at <= now:
+            if dispatcher.sinks:
+                dispatcher.emit(
+                    CallRejected(name=self.name, policy="timeout", reason="deadline_exceeded")
+                )
+            raise DeadlineExceeded(f"deadline passed before {self.name!r} started")
+        return at, _deadline.set(at)
+
+    def _expired(self, at: float, started: bool = True) -> DeadlineExceeded:
+        overrun = _now() - at
+        if dispatcher.sinks:
+            dispatcher.emit(
+                DeadlineExpired(
+                    name=self.name, timeout=self.seconds, overrun=overrun, started=started
+                )
+            )
+        return DeadlineExceeded(
+            f"{self.name!r} took longer than its deadline ({self.seconds}s limit)"
+        )
+
+    def wrap(self, inner: Step) -> Step:
+        start, expired = self._start, self._expired
+
+        def call(fn: Any, args: Any, kwargs: Any) -> Any:
+            at, token = start()
+            try:
+                result = inner(fn, args, kwargs)
+            finally:
+                _deadline.reset(token)
+            if _now() > at:
+                raise expired(at)
+            return result
+
+        return call
+
+    def awrap(self, inner: AsyncStep) -> AsyncStep:
+        start, expired = self._start, self._expired
+
+        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
+            at, token = start()
+            try:
+                return await _run_until(inner(fn, args, kwargs), at, expired)
+            finally:
+                _deadline.reset(token)
+
+        return acall
+
+
+if sys.version_info >= (3, 11):
+
+    async def _run_until(aw: Any, at: float, expired: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        # the loop's own clock, so a virtual clock that drives the loop drives this too
+        when = loop.time() + (at - _now())
+        cm = asyncio.timeout_at(when)
+        try:
+            async with cm:
+                return await aw
+        except TimeoutError as exc:
+            if cm.expired():
+                raise expired(at) from exc
+            raise
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _run_until(aw: Any, at: float, expired: Any) -> Any:
+        try:
+            return await asyncio.wait_for(aw, max(0.0, at - _now()))
+        except asyncio.TimeoutError as exc:
+            if _now() >= at:
+                raise expired(at) from exc
+            raise
