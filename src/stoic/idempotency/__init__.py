@@ -1,0 +1,67 @@
+"""Idempotency keys: operations that run once however often they are retried.
+
+``@idempotent(store=..., key=...)`` claims a key before running the function, stores its
+result, and replays that result to every repeat of the key. The stores share one contract
+(``Store``, see ``stoic.idempotency.store``) so the same code runs on memory, SQLite (the
+embedded default), Redis or PostgreSQL. Redis and psycopg are imported only when their
+store is used, so this package imports with the standard library alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .memory import MemoryStore
+from .store import MAX_KEY_LENGTH, BaseStore, Claim, ClaimStatus, Record, RecordState, Store
+
+if TYPE_CHECKING:
+    from .asgi import IdempotencyMiddleware
+    from .decorator import Idempotent, aextend, extend, idempotent
+    from .postgres import PostgresStore
+    from .redis import RedisStore
+    from .sqlite import SQLiteStore
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "BaseStore",
+    "Claim",
+    "ClaimStatus",
+    "IdempotencyMiddleware",
+    "Idempotent",
+    "MemoryStore",
+    "PostgresStore",
+    "Record",
+    "RecordState",
+    "RedisStore",
+    "SQLiteStore",
+    "Store",
+    "aextend",
+    "extend",
+    "idempotent",
+]
+
+_LAZY: dict[str, str] = {
+    "IdempotencyMiddleware": "stoic.idempotency.asgi",
+    "Idempotent": "stoic.idempotency.decorator",
+    "aextend": "stoic.idempotency.decorator",
+    "extend": "stoic.idempotency.decorator",
+    "idempotent": "stoic.idempotency.decorator",
+    "PostgresStore": "stoic.idempotency.postgres",
+    "RedisStore": "stoic.idempotency.redis",
+    "SQLiteStore": "stoic.idempotency.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'stoic.idempotency' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

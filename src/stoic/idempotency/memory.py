@@ -1,0 +1,138 @@
+"""An in-process idempotency store: a dict behind a lock.
+
+A full implementation of the store contract, not a mock: use it for tests, for a single
+process that needs no persistence, or as the reference the other stores are checked
+against. Records vanish with the process, so it protects against retries inside one
+process only.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .. import clock
+from .store import (
+    BaseStore,
+    Claim,
+    ClaimStatus,
+    Record,
+    RecordState,
+    check_key,
+    check_seconds,
+    decide,
+    is_live,
+    new_token,
+    why_dead,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(BaseStore):
+    """Idempotency records in this process's memory. Safe for threads and tasks."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, Record] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(records={len(self._records)})"
+
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        check_key(key)
+        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        now = clock.wall()
+        with self._lock:
+            old = self._records.get(key)
+            if old is not None and is_live(old, now):
+                return decide(old, fingerprint, now)
+            token = new_token()
+            self._records[key] = Record(
+                key=key, fingerprint=fingerprint, state=RecordState.IN_FLIGHT, token=token,
+                lease_until=now + lease, expires_at=now + max(ttl, lease),
+            )
+        replaced = None if old is None else why_dead(old, now)
+        return Claim(ClaimStatus.CLAIMED, key, token=token, replaced=replaced)
+
+    def _owned(self, key: str, token: str, now: float) -> Record | None:
+        record = self._records.get(key)
+        if (
+            record is None or record.token != token
+            or record.state is not RecordState.IN_FLIGHT or record.expires_at <= now
+        ):
+            return None
+        return record
+
+    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        ttl = check_seconds("ttl", ttl)
+        now = clock.wall()
+        with self._lock:
+            record = self._owned(key, token, now)
+            if record is None:
+                return False
+            self._records[key] = Record(
+                key=key, fingerprint=record.fingerprint, state=RecordState.COMPLETED,
+                token=token, lease_until=now, expires_at=now + ttl, response=response,
+            )
+            return True
+
+    def release(self, key: str, token: str) -> bool:
+        with self._lock:
+            if self._owned(key, token, clock.wall()) is None:
+                return False
+            del self._records[key]
+            return True
+
+    def extend(self, key: str, token: str, lease: float) -> bool:
+        lease = check_seconds("lease", lease)
+        now = clock.wall()
+        with self._lock:
+            record = self._owned(key, token, now)
+            if record is None:
+                return False
+            self._records[key] = Record(
+                key=key, fingerprint=record.fingerprint, state=record.state, token=token,
+                lease_until=now + lease, expires_at=max(record.expires_at, now + lease),
+            )
+            return True
+
+    def get(self, key: str) -> Record | None:
+        check_key(key)
+        record = self._records.get(key)
+        if record is None or record.expires_at <= clock.wall():
+            return None
+        return record
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._records.pop(key, None) is not None
+
+    def purge_expired(self) -> int:
+        now = clock.wall()
+        with self._lock:
+            dead = [k for k, r in self._records.items() if r.expires_at <= now]
+            for k in dead:
+                del self._records[k]
+        return len(dead)
+
+    # The async twins need no thread: nothing here blocks for long.
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        return self.claim(key, fingerprint, lease=lease, ttl=ttl)
+
+    async def acomplete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        return self.complete(key, token, response, ttl=ttl)
+
+    async def arelease(self, key: str, token: str) -> bool:
+        return self.release(key, token)
+
+    async def aextend(self, key: str, token: str, lease: float) -> bool:
+        return self.extend(key, token, lease)
+
+    async def aget(self, key: str) -> Record | None:
+        return self.get(key)
+
+    async def adelete(self, key: str) -> bool:
+        return self.delete(key)
+
+    async def apurge_expired(self) -> int:
+        return self.purge_expired()
