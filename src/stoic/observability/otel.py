@@ -1,0 +1,464 @@
+"""OpenTelemetry for stoic: a span per attempt, metrics from events, context in headers.
+
+``instrument()`` decides once whether telemetry is on. Tracing is on when a real tracer
+provider is given or configured globally (the API's default no-op/proxy provider means
+off); metrics likewise with the meter provider. When it is off, or ``instrument`` was never
+called, nothing is installed: policies see no sink and no attempt hook, ``inject`` and
+``extract`` return at once, and no per-call check of OpenTelemetry's state ever happens.
+Configure the SDK first, then call ``instrument()``.
+
+Traces: each attempt a policy makes (``Retry`` wraps every attempt in
+``dispatcher.attempt_scope``) becomes a child span of the caller's span, as HTTP clients
+make one span per resend. Attributes: ``stoic.policy``, ``stoic.name``, ``stoic.attempt``
+(1-based), ``stoic.outcome`` (the classified outcome of the exception that left the attempt,
+or ``success``), ``error.type`` on failure, and ``http.request.resend_count`` (attempt - 1)
+on retried attempts of a span that an HTTP integration marked by setting an ``http.*``
+attribute on it. Messaging integrations use ``publish_span`` and ``process_span``, which
+carry the W3C trace context in the message headers so that producer and consumer share a
+trace.
+
+Metrics (meter ``stoic``), all low-cardinality: ``stoic.calls`` {stoic.name, stoic.outcome},
+``stoic.attempts`` {stoic.name}, ``stoic.retries`` {stoic.name}, ``stoic.rejections``
+{stoic.name, stoic.reason}, ``stoic.messages`` {messaging.destination.name, stoic.result},
+``stoic.idempotent_replays`` {stoic.name}, histogram ``stoic.call.duration`` (s)
+{stoic.name}, observable gauge ``stoic.circuit_breaker.state`` {stoic.name, stoic.state}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any
+
+from ..events import dispatcher
+from ..outcome import classify
+from ._events import BREAKER_STATES, breaker_states, make_sink
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "extract",
+    "inject",
+    "instrument",
+    "is_instrumented",
+    "process_span",
+    "publish_span",
+    "uninstrument",
+]
+
+#: Histogram bucket boundaries for call duration, in seconds (the HTTP semantic conventions').
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+
+_NULL: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+class _Instrumentation:
+    """What ``instrument`` decided: the tracer (or None), and how to undo the installation."""
+
+    def __init__(self, tracer: Any, unsubscribe: Callable[[], None] | None) -> None:
+        self.tracer = tracer
+        self.unsubscribe = unsubscribe
+
+
+_installed: _Instrumentation | None = None
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _is_noop(provider: Any) -> bool:
+    name = type(provider).__name__
+    return "NoOp" in name or "Proxy" in name
+
+
+def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
+    """Send stoic's attempts to OpenTelemetry traces and its events to OpenTelemetry metrics.
+
+    Uses the given providers, or the global ones. Returns whether anything was switched on
+    (False when neither a tracer nor a meter provider is configured). Calling it again
+    replaces the previous instrumentation. Needs ``opentelemetry-api`` (``stoic[otel]``).
+    """
+    global _installed
+    uninstrument()
+    from opentelemetry import metrics, trace
+
+    tracer = None
+    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+    if not _is_noop(provider):
+        tracer = provider.get_tracer("stoic", _version())
+    unsubscribe = None
+    mprovider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    if not _is_noop(mprovider):
+        recorder = _Recorder(mprovider.get_meter("stoic", _version()))
+        unsubscribe = dispatcher.subscribe(make_sink(recorder))
+    if tracer is None and unsubscribe is None:
+        return False
+    _installed = _Instrumentation(tracer, unsubscribe)
+    if tracer is not None:
+        status_error = trace.StatusCode.ERROR
+        set_span_in_context = trace.set_span_in_context
+        from opentelemetry import context as otel_context
+
+        def attempt_scope(policy: str, name: str, attempt: int) -> _AttemptSpan:
+            return _AttemptSpan(
+                tracer, policy, name, attempt, otel_context, set_span_in_context, status_error
+            )
+
+        dispatcher.attempt_scope = attempt_scope
+    return True
+
+
+def uninstrument() -> None:
+    """Undo ``instrument``: remove the attempt hook and the metrics sink."""
+    global _installed
+    installed, _installed = _installed, None
+    if installed is None:
+        return
+    if installed.unsubscribe is not None:
+        installed.unsubscribe()
+    if installed.tracer is not None:
+        dispatcher.attempt_scope = None
+
+
+def is_instrumented() -> bool:
+    """Whether ``instrument`` switched tracing or metrics on."""
+    return _installed is not None
+
+
+# --- spans ---------------------------------------------------------------------------------
+
+
+def _error_type(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _AttemptSpan:
+    """One attempt as a span, current for the code inside it; the outcome is set on exit."""
+
+    __slots__ = ("_ctx", "_error", "_set", "_span", "_token", "attempt", "name", "policy",
+                 "tracer")
+
+    def __init__(
+        self, tracer: Any, policy: str, name: str, attempt: int, ctx: Any, set_span: Any,
+        error: Any,
+    ) -> None:
+        self.tracer, self.policy, self.name, self.attempt = tracer, policy, name, attempt
+        self._ctx, self._set, self._error = ctx, set_span, error
+        self._span: Any = None
+        self._token: Any = None
+
+    def __enter__(self) -> Any:
+        span = self.tracer.start_span(
+            f"{self.policy} {self.name}",
+            attributes={
+                "stoic.policy": self.policy, "stoic.name": self.name,
+                "stoic.attempt": self.attempt,
+            },
+        )
+        self._span = span
+        self._token = self._ctx.attach(self._set(span))
+        return span
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        span = self._span
+        try:
+            if exc is None:
+                span.set_attribute("stoic.outcome", "success")
+            else:
+                cancelled = not isinstance(exc, Exception)
+                outcome = "cancelled" if cancelled else classify(exc).outcome.value  # type: ignore[arg-type]
+                span.set_attribute("stoic.outcome", outcome)
+                span.set_attribute("error.type", _error_type(exc))
+                span.set_status(self._error, f"{type(exc).__name__}: {exc}"[:200])
+            if self.attempt > 1 and (self.policy == "http" or _is_http(span)):
+                span.set_attribute("http.request.resend_count", self.attempt - 1)
+        finally:
+            span.end()
+            self._ctx.detach(self._token)
+
+
+def _is_http(span: Any) -> bool:
+    attributes = getattr(span, "attributes", None)
+    if not attributes:
+        return False
+    return any(key.startswith("http.") for key in attributes)
+
+
+# --- propagation ---------------------------------------------------------------------------
+
+
+
+class _Setter:
+    def set(self, carrier: Any, key: str, value: str) -> None:
+        if isinstance(carrier, list):
+            as_bytes = any(isinstance(pair[0], bytes) for pair in carrier)
+            lowered = key.lower()
+            carrier[:] = [
+                pair for pair in carrier if _text(pair[0]).lower() != lowered
+            ]
+            if as_bytes:
+                carrier.append((key.encode("latin-1"), value.encode("latin-1")))
+            else:
+                carrier.append((key, value))
+        else:
+            carrier[key] = value
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+class _Getter:
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        lowered = key.lower()
+        if isinstance(carrier, list | tuple):
+            found = [_text(v) for k, v in carrier if _text(k).lower() == lowered]
+            return found or None
+        value = carrier.get(key)
+        if value is None:
+            for name, candidate in carrier.items():
+                if _text(name).lower() == lowered:
+                    value = candidate
+                    break
+        if value is None:
+            return None
+        if isinstance(value, list | tuple):
+            return [_text(v) for v in value]
+        return [_text(value)]
+
+    def keys(self, carrier: Any) -> list[str]:
+        if isinstance(carrier, list | tuple):
+            return [_text(k) for k, _ in carrier]
+        return [_text(k) for k in carrier]
+
+
+_SETTER = _Setter()
+_GETTER = _Getter()
+
+Carrier = MutableMapping[str, Any] | list[tuple[Any, Any]]
+
+
+def inject(carrier: Carrier) -> Carrier:
+    """Write the current trace context into ``carrier`` and return it.
+
+    ``carrier`` is a dict of headers or a list of ``(name, value)`` pairs (``str`` or, as in
+    ASGI, ``bytes``; an existing header of the same name is replaced). Does nothing unless
+    tracing was switched on with ``instrument``.
+    """
+    if _installed is None or _installed.tracer is None:
+        return carrier
+    from opentelemetry import propagate
+
+    propagate.inject(carrier, setter=_SETTER)  # type: ignore[arg-type]
+    return carrier
+
+
+def extract(carrier: Any) -> Any:
+    """The OpenTelemetry ``Context`` carried in ``carrier`` (headers as for ``inject``).
+
+    Returns None, at once, unless tracing was switched on with ``instrument``. Header names
+    match case-insensitively.
+    """
+    if _installed is None or _installed.tracer is None or carrier is None:
+        return None
+    from opentelemetry import propagate
+
+    return propagate.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
+
+
+class _MessageSpan:
+    __slots__ = ("_carrier", "_destination", "_kind", "_message_id", "_span", "_stack",
+                 "_system")
+
+    def __init__(
+        self, kind: str, destination: str, carrier: Any, system: str, message_id: str | None
+    ) -> None:
+        self._kind, self._destination, self._carrier = kind, destination, carrier
+        self._system, self._message_id = system, message_id
+        self._stack = contextlib.ExitStack()
+        self._span: Any = None
+
+    def __enter__(self) -> Any:
+        from opentelemetry import trace
+
+        assert _installed is not None  # checked by the caller
+        tracer = _installed.tracer
+        attributes: dict[str, Any] = {
+            "messaging.system": self._system,
+            "messaging.destination.name": self._destination,
+        }
+        if self._message_id is not None:
+            attributes["messaging.message.id"] = self._message_id
+        if self._kind == "publish":
+            attributes["messaging.operation.type"] = "send"
+            attributes["messaging.operation.name"] = "publish"
+            span = tracer.start_span(
+                f"publish {self._destination}", kind=trace.SpanKind.PRODUCER,
+                attributes=attributes,
+            )
+            self._stack.enter_context(trace.use_span(span, end_on_exit=True,
+                                                     record_exception=False,
+                                                     set_status_on_exception=False))
+            inject(self._carrier)
+        else:
+            attributes["messaging.operation.type"] = "process"
+            attributes["messaging.operation.name"] = "process"
+            parent = extract(self._carrier)
+            links = []
+            producer = trace.get_current_span(parent).get_span_context() if parent else None
+            if producer is not None and producer.is_valid:
+                links.append(trace.Link(producer))
+            span = tracer.start_span(
+                f"process {self._destination}", context=parent,
+                kind=trace.SpanKind.CONSUMER, attributes=attributes, links=links,
+            )
+            self._stack.enter_context(trace.use_span(span, end_on_exit=True,
+                                                     record_exception=False,
+                                                     set_status_on_exception=False))
+        self._span = span
+        return span
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and self._span is not None:
+            from opentelemetry.trace import StatusCode
+
+            self._span.set_attribute("error.type", _error_type(exc))
+            self._span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
+        self._stack.close()
+
+
+def publish_span(
+    destination: str, headers: Carrier, *, system: str = "stoic", message_id: str | None = None
+) -> AbstractContextManager[Any]:
+    """A PRODUCER span around publishing to ``destination``; writes its context into ``headers``.
+
+    Call it before the message's headers are serialised. A no-op context manager (yielding
+    None) unless tracing is instrumented.
+    """
+    if _installed is None or _installed.tracer is None:
+        return _NULL
+    return _MessageSpan("publish", destination, headers, system, message_id)
+
+
+def process_span(
+    destination: str, headers: Any, *, system: str = "stoic", message_id: str | None = None
+) -> AbstractContextManager[Any]:
+    """A CONSUMER span around handling a message, a child of (and linked to) its producer.
+
+    A no-op context manager (yielding None) unless tracing is instrumented.
+    """
+    if _installed is None or _installed.tracer is None:
+        return _NULL
+    return _MessageSpan("process", destination, headers, system, message_id)
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Metric instruments fed by events; attribute dicts are cached per label set."""
+
+    def __init__(self, meter: Any) -> None:
+        self._calls = meter.create_counter(
+            "stoic.calls", unit="{call}", description="Calls through stoic policies, by outcome."
+        )
+        self._attempts = meter.create_counter(
+            "stoic.attempts", unit="{attempt}", description="Attempts made by finished calls."
+        )
+        self._retries = meter.create_counter(
+            "stoic.retries", unit="{retry}", description="Retries scheduled."
+        )
+        self._rejections = meter.create_counter(
+            "stoic.rejections", unit="{call}", description="Calls refused before they started."
+        )
+        self._messages = meter.create_counter(
+            "stoic.messages", unit="{message}", description="Messages by result."
+        )
+        self._replays = meter.create_counter(
+            "stoic.idempotent_replays", unit="{call}",
+            description="Calls answered from an idempotency store instead of running again.",
+        )
+        try:
+            self._duration = meter.create_histogram(
+                "stoic.call.duration", unit="s", description="Duration of calls.",
+                explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+            )
+        except TypeError:  # an API older than the bucket advice
+            self._duration = meter.create_histogram(
+                "stoic.call.duration", unit="s", description="Duration of calls."
+            )
+        self._states: dict[str, str] = {}
+        from opentelemetry.metrics import Observation
+
+        self._observation = Observation
+        meter.create_observable_gauge(
+            "stoic.circuit_breaker.state", callbacks=[self._observe_breakers], unit="1",
+            description="1 for the breaker's current state, 0 for the others.",
+        )
+        self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
+
+    def _a(self, *key: str) -> dict[str, str]:
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            names = _ATTRIBUTE_NAMES[key[0]]
+            attrs = self._attrs[key] = dict(zip(names, key[1:], strict=True))
+        return attrs
+
+    def call(self, name: str, outcome: str, duration: float, attempts: int) -> None:
+        self._calls.add(1, self._a("call", name, outcome))
+        by_name = self._a("name", name)
+        self._attempts.add(attempts, by_name)
+        self._duration.record(duration, by_name)
+
+    def retry(self, name: str) -> None:
+        self._retries.add(1, self._a("name", name))
+
+    def rejection(self, name: str, reason: str) -> None:
+        self._rejections.add(1, self._a("rejection", name, reason))
+
+    def breaker(self, name: str, state: str) -> None:
+        self._states[name] = state
+
+    def message(self, topic: str, result: str) -> None:
+        self._messages.add(1, self._a("message", topic, result))
+
+    def replay(self, name: str) -> None:
+        self._replays.add(1, self._a("name", name))
+
+    def _observe_breakers(self, options: Any) -> Iterable[Any]:
+        return list(_breaker_observations(self._states, self._observation))
+
+
+_ATTRIBUTE_NAMES: dict[str, tuple[str, ...]] = {
+    "call": ("stoic.name", "stoic.outcome"),
+    "name": ("stoic.name",),
+    "rejection": ("stoic.name", "stoic.reason"),
+    "message": ("messaging.destination.name", "stoic.result"),
+}
+
+
+def _breaker_observations(states: dict[str, str], observation: Any) -> Iterator[Any]:
+    current = dict(states)
+    current.update(breaker_states())
+    for name, state in sorted(current.items()):
+        for candidate in (*BREAKER_STATES, *(() if state in BREAKER_STATES else (state,))):
+            yield observation(
+                1 if candidate == state else 0, {"stoic.name": name, "stoic.state": candidate}
+            )
+
+
