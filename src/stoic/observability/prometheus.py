@@ -1,0 +1,244 @@
+"""Prometheus metrics for stoic, fed by its events.
+
+``instrument(registry=None)`` registers one collector and subscribes one sink. The sink
+keeps plain counters under a single lock (one acquisition per event), and the collector
+turns them into metric families when Prometheus scrapes; this is cheaper per call than
+``prometheus_client``'s labelled children, which take a lock per metric and per bucket.
+
+Metrics (label values come from policy names, outcomes and reasons, never from ids):
+
+- ``stoic_calls_total{name,outcome}``: calls that finished, by classified outcome
+- ``stoic_retries_total{name}``: retries scheduled
+- ``stoic_rejections_total{name,reason}``: calls refused before they started
+- ``stoic_circuit_breaker_state{name,state}``: 1 for the current state, 0 for the others
+- ``stoic_call_duration_seconds{name}``: histogram of call duration
+- ``stoic_messages_total{topic,result}``: messages by result (``dead_lettered``, ...)
+- ``stoic_idempotent_replays_total{name}``: calls answered from an idempotency store
+
+Needs ``prometheus-client`` (``stoic[prometheus]``).
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..events import dispatcher
+from ._events import BREAKER_STATES, breaker_states, make_sink
+from .otel import DURATION_BUCKETS
+
+__all__ = ["DURATION_BUCKETS", "instrument", "make_asgi_app", "serve", "uninstrument"]
+
+_BUCKET_LABELS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
+
+
+class _StoicCollector:
+    """Counters kept as plain numbers, exposed as Prometheus metric families on scrape."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: dict[tuple[str, str], int] = {}
+        self.retries: dict[str, int] = {}
+        self.rejections: dict[tuple[str, str], int] = {}
+        self.messages: dict[tuple[str, str], int] = {}
+        self.replays: dict[str, int] = {}
+        self.states: dict[str, str] = {}
+        # name -> [count per bucket (non-cumulative, last is +Inf)..., sum]
+        self.durations: dict[str, list[float]] = {}
+
+    # --- the Recorder interface (called from the event sink) ------------------------------
+
+    def call(self, name: str, outcome: str, duration: float, attempts: int) -> None:
+        key = (name, outcome)
+        with self._lock:
+            calls = self.calls
+            calls[key] = calls.get(key, 0) + 1
+            histogram = self.durations.get(name)
+            if histogram is None:
+                histogram = self.durations[name] = [0.0] * (len(DURATION_BUCKETS) + 2)
+            histogram[bisect_left(DURATION_BUCKETS, duration)] += 1
+            histogram[-1] += duration
+
+    def retry(self, name: str) -> None:
+        with self._lock:
+            self.retries[name] = self.retries.get(name, 0) + 1
+
+    def rejection(self, name: str, reason: str) -> None:
+        key = (name, reason)
+        with self._lock:
+            self.rejections[key] = self.rejections.get(key, 0) + 1
+
+    def breaker(self, name: str, state: str) -> None:
+        with self._lock:
+            self.states[name] = state
+
+    def message(self, topic: str, result: str) -> None:
+        key = (topic, result)
+        with self._lock:
+            self.messages[key] = self.messages.get(key, 0) + 1
+
+    def replay(self, name: str) -> None:
+        with self._lock:
+            self.replays[name] = self.replays.get(name, 0) + 1
+
+    # --- the prometheus_client collector interface -----------------------------------------
+
+    def describe(self) -> list[Any]:
+        return list(self._families(empty=True))
+
+    def collect(self) -> Iterator[Any]:
+        return self._families(empty=False)
+
+    def _families(self, empty: bool) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        with self._lock:
+            calls = dict(self.calls)
+            retries = dict(self.retries)
+            rejections = dict(self.rejections)
+            messages = dict(self.messages)
+            replays = dict(self.replays)
+            states = dict(self.states)
+            durations = {name: list(h) for name, h in self.durations.items()}
+        if empty:
+            calls, retries, rejections, messages, replays, states, durations = (
+                {}, {}, {}, {}, {}, {}, {}
+            )
+        else:
+            states.update(breaker_states())
+
+        family = CounterMetricFamily(
+            "stoic_calls", "Calls through stoic policies that finished, by outcome.",
+            labels=["name", "outcome"],
+        )
+        for (name, outcome), value in sorted(calls.items()):
+            family.add_metric([name, outcome], value)
+        yield family
+
+        family = CounterMetricFamily("stoic_retries", "Retries scheduled.", labels=["name"])
+        for name, value in sorted(retries.items()):
+            family.add_metric([name], value)
+        yield family
+
+        family = CounterMetricFamily(
+            "stoic_rejections", "Calls refused before they started, by reason.",
+            labels=["name", "reason"],
+        )
+        for (name, reason), value in sorted(rejections.items()):
+            family.add_metric([name, reason], value)
+        yield family
+
+        gauge = GaugeMetricFamily(
+            "stoic_circuit_breaker_state",
+            "Circuit breaker state: 1 for the current state, 0 for the others.",
+            labels=["name", "state"],
+        )
+        for name, state in sorted(states.items()):
+            extra = () if state in BREAKER_STATES else (state,)
+            for candidate in (*BREAKER_STATES, *extra):
+                gauge.add_metric([name, candidate], 1.0 if candidate == state else 0.0)
+        yield gauge
+
+        histogram = HistogramMetricFamily(
+            "stoic_call_duration_seconds", "Duration of calls through stoic policies.",
+            labels=["name"], unit="seconds",
+        )
+        for name, counts in sorted(durations.items()):
+            cumulative = 0.0
+            buckets = []
+            for label, count in zip(_BUCKET_LABELS, counts[:-1], strict=True):
+                cumulative += count
+                buckets.append((label, cumulative))
+            histogram.add_metric([name], buckets, counts[-1])
+        yield histogram
+
+        family = CounterMetricFamily(
+            "stoic_messages", "Messages handled, by topic and result.", labels=["topic", "result"]
+        )
+        for (topic, result), value in sorted(messages.items()):
+            family.add_metric([topic, result], value)
+        yield family
+
+        family = CounterMetricFamily(
+            "stoic_idempotent_replays",
+            "Calls answered from an idempotency store instead of running again.",
+            labels=["name"],
+        )
+        for name, value in sorted(replays.items()):
+            family.add_metric([name], value)
+        yield family
+
+
+class _Installed:
+    def __init__(
+        self, registry: Any, collector: _StoicCollector, unsubscribe: Callable[[], None]
+    ) -> None:
+        self.registry, self.collector, self.unsubscribe = registry, collector, unsubscribe
+
+
+_installed: _Installed | None = None
+_install_lock = threading.Lock()
+
+
+def instrument(registry: Any = None) -> None:
+    """Expose stoic's metrics in ``registry`` (default: prometheus_client's global one).
+
+    Calling it again moves the metrics to the new registry, starting from zero.
+    """
+    global _installed
+    from prometheus_client import REGISTRY
+
+    target = REGISTRY if registry is None else registry
+    with _install_lock:
+        _uninstrument_locked()
+        collector = _StoicCollector()
+        target.register(collector)
+        unsubscribe = dispatcher.subscribe(make_sink(collector))
+        _installed = _Installed(target, collector, unsubscribe)
+
+
+def _uninstrument_locked() -> None:
+    global _installed
+    installed, _installed = _installed, None
+    if installed is None:
+        return
+    installed.unsubscribe()
+    try:
+        installed.registry.unregister(installed.collector)
+    except KeyError:  # already removed by the application
+        pass
+
+
+def uninstrument() -> None:
+    """Stop feeding and remove stoic's metrics."""
+    with _install_lock:
+        _uninstrument_locked()
+
+
+def serve(port: int, addr: str = "127.0.0.1", registry: Any = None) -> Any:
+    """Serve ``/metrics`` over HTTP on ``addr:port`` from a daemon thread.
+
+    Returns the server; call ``.shutdown()`` on it to stop. Binds loopback by default:
+    pass ``addr="0.0.0.0"`` deliberately to let another machine scrape.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    from prometheus_client import REGISTRY, start_http_server
+
+    target = REGISTRY if registry is None else registry
+    started = start_http_server(port, addr=addr, registry=target)
+    return started[0] if isinstance(started, tuple) else started
+
+
+def make_asgi_app(registry: Any = None) -> Any:
+    """An ASGI app answering every GET with the exposition; mount it at ``/metrics``."""
+    from prometheus_client import REGISTRY
+    from prometheus_client import make_asgi_app as _make
+
+    return _make(registry=REGISTRY if registry is None else registry)
