@@ -1,0 +1,361 @@
+"""Idempotency records in PostgreSQL, through psycopg 3 with a connection pool (sync and async).
+
+The claim is one statement: ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <the old
+record is dead> RETURNING``, joined in a CTE with a read of the existing row, so a replay or
+an in-flight answer also takes one round trip. PostgreSQL's unique index serialises
+concurrent claims: exactly one gets its own token back. Complete, release and extend are
+single ``UPDATE``/``DELETE`` statements guarded by the owner's token.
+
+The table is created on first use (``CREATE TABLE IF NOT EXISTS`` under an advisory lock so
+concurrent first users do not collide), or ahead of time with ``stoic idempotency migrate``
+for deployments whose application role may not create tables (pass ``create_table=False``).
+
+Needs the ``stoic[postgres]`` extra (psycopg >= 3.1, psycopg-pool); imported when first used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import zlib
+from typing import Any
+
+from .. import clock
+from .store import (
+    BaseStore,
+    Claim,
+    ClaimStatus,
+    Record,
+    RecordState,
+    check_key,
+    check_seconds,
+    decide,
+    is_live,
+    new_token,
+    report_corrupted,
+    why_dead,
+)
+
+__all__ = ["PostgresStore", "create_table_sql"]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IN_FLIGHT, _COMPLETED = 0, 1
+_STATES = {_IN_FLIGHT: RecordState.IN_FLIGHT, _COMPLETED: RecordState.COMPLETED}
+
+
+def create_table_sql(table: str) -> str:
+    """The DDL for the records table (what ``stoic idempotency migrate`` runs)."""
+    _check_table(table)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        " key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state SMALLINT NOT NULL,"
+        " token TEXT NOT NULL, lease_until DOUBLE PRECISION NOT NULL,"
+        " expires_at DOUBLE PRECISION NOT NULL, response TEXT);"
+        f" CREATE INDEX IF NOT EXISTS {table}_expires ON {table} (expires_at)"
+    )
+
+
+def _check_table(table: str) -> str:
+    if not _IDENT.match(table):
+        raise ValueError(
+            f"table must be an SQL identifier (letters, digits, _; at most 63), got {table!r}"
+        )
+    return table
+
+
+class PostgresStore(BaseStore):
+    """Idempotency records in a PostgreSQL table.
+
+    Args:
+        dsn: a libpq connection string or URL (``postgresql://user@host/db``).
+        table: the table name (created on first use unless ``create_table=False``).
+        min_size, max_size: connection pool bounds, per pool (sync and async have one each).
+        create_table: create the table on first use.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = "stoic_idempotency",
+        min_size: int = 1,
+        max_size: int = 10,
+        create_table: bool = True,
+    ) -> None:
+        _check_table(table)
+        if min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {min_size!r}")
+        if max_size < max(1, min_size):
+            raise ValueError(f"max_size must be >= max(1, min_size), got {max_size!r}")
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "PostgresStore needs the postgres extra: pip install 'stoic[postgres]'"
+            ) from exc
+        self.dsn = dsn
+        self.table = table
+        self.min_size, self.max_size = min_size, max_size
+        self.create_table = create_table
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self._apool: Any = None
+        self._apool_loop: asyncio.AbstractEventLoop | None = None
+        self._ready = not create_table
+        t = table
+        self._sql_claim = (
+            f"WITH old AS (SELECT fingerprint, state, token, lease_until, expires_at, response"
+            f" FROM {t} WHERE key = %(key)s),"
+            f" ins AS (INSERT INTO {t} AS r"
+            f" (key, fingerprint, state, token, lease_until, expires_at, response)"
+            f" VALUES (%(key)s, %(fp)s, {_IN_FLIGHT}, %(token)s, %(lease)s, %(exp)s, NULL)"
+            f" ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+            f" state = {_IN_FLIGHT}, token = excluded.token, lease_until = excluded.lease_until,"
+            f" expires_at = excluded.expires_at, response = NULL"
+            f" WHERE r.expires_at <= %(now)s"
+            f" OR (r.state = {_IN_FLIGHT} AND r.lease_until <= %(now)s)"
+            f" OR r.state NOT IN ({_IN_FLIGHT}, {_COMPLETED})"
+            f" RETURNING token)"
+            f" SELECT EXISTS (SELECT 1 FROM ins), old.fingerprint, old.state, old.token,"
+            f" old.lease_until, old.expires_at, old.response"
+            f" FROM (SELECT 1) AS one LEFT JOIN old ON true"
+        )
+        self._sql_complete = (
+            f"UPDATE {t} SET state = {_COMPLETED}, response = %s, expires_at = %s,"
+            f" lease_until = %s WHERE key = %s AND token = %s AND state = {_IN_FLIGHT}"
+            f" AND expires_at > %s"
+        )
+        self._sql_release = f"DELETE FROM {t} WHERE key = %s AND token = %s AND state = 0"
+        self._sql_extend = (
+            f"UPDATE {t} SET lease_until = %s, expires_at = greatest(expires_at, %s)"
+            f" WHERE key = %s AND token = %s AND state = {_IN_FLIGHT} AND expires_at > %s"
+        )
+        self._sql_get = (
+            f"SELECT fingerprint, state, token, lease_until, expires_at, response FROM {t}"
+            f" WHERE key = %s AND expires_at > %s"
+        )
+        self._lock_id = zlib.crc32(f"stoic:{t}".encode())
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(table={self.table!r})"
+
+    # -- pools -----------------------------------------------------------------------------
+
+    def _sync_pool(self) -> Any:
+        pool = self._pool
+        if pool is not None and self._ready:
+            return pool
+        with self._lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+
+                self._pool = ConnectionPool(
+                    self.dsn, min_size=self.min_size, max_size=self.max_size, open=True,
+                    kwargs={"autocommit": True},
+                )
+            if not self._ready:
+                with self._pool.connection() as conn, conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
+                    conn.execute(create_table_sql(self.table))
+                self._ready = True
+            return self._pool
+
+    async def _async_pool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._apool is not None and self._apool_loop is loop and self._ready:
+            return self._apool
+        if self._apool is None or self._apool_loop is not loop:
+            from psycopg_pool import AsyncConnectionPool
+
+            pool = AsyncConnectionPool(
+                self.dsn, min_size=self.min_size, max_size=self.max_size, open=False,
+                kwargs={"autocommit": True},
+            )
+            await pool.open()
+            self._apool, self._apool_loop = pool, loop
+        if not self._ready:
+            async with self._apool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
+                await conn.execute(create_table_sql(self.table))
+            self._ready = True
+        return self._apool
+
+    def migrate(self) -> None:
+        """Create the table and index now (idempotent)."""
+        self._ready = False
+        self._sync_pool()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    async def aclose(self) -> None:
+        if self._apool is not None:
+            await self._apool.close()
+            self._apool = None
+        self.close()
+
+    def drop(self) -> None:
+        """Drop the table (tests and ``stoic idempotency``'s operators only)."""
+        with self._sync_pool().connection() as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+        self._ready = not self.create_table
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _claim_params(
+        self, key: str, fingerprint: str, lease: float, ttl: float
+    ) -> tuple[dict[str, Any], str, float]:
+        check_key(key)
+        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        token = new_token()
+        now = clock.wall()
+        params = {"key": key, "fp": fingerprint, "token": token, "lease": now + lease,
+                  "exp": now + max(ttl, lease), "now": now}
+        return params, token, now
+
+    @staticmethod
+    def _record(key: str, row: Any) -> Record:
+        fingerprint, state, token, lease_until, expires_at, response = row
+        return Record(
+            key=key, fingerprint=fingerprint, state=_STATES.get(state),  # type: ignore[arg-type]
+            token=token, lease_until=float(lease_until), expires_at=float(expires_at),
+            response=response,
+        )
+
+    def _live(self, key: str, row: Any) -> Record | None:
+        if row is None:
+            return None
+        record = self._record(key, row)
+        if record.state is None:
+            report_corrupted("PostgresStore", key, f"state={row[1]!r}")
+            return None
+        return record
+
+    def _claim_answer(
+        self, key: str, fingerprint: str, token: str, now: float, row: Any
+    ) -> Claim | None:
+        """The claim's result from the statement's one row, or None to try again."""
+        claimed, seen = row[0], row[1:]
+        old = None if seen[0] is None else self._record(key, seen)
+        if claimed:
+            replaced = None
+            if old is not None:
+                replaced = "corrupted" if old.state is None else why_dead(old, now)
+            return Claim(ClaimStatus.CLAIMED, key, token=token, replaced=replaced)
+        if old is None or not is_live(old, now):
+            # A concurrent claim committed after our snapshot, or the row we saw has since
+            # expired or been released: read again.
+            return None
+        return decide(old, fingerprint, now)
+
+    # -- sync ------------------------------------------------------------------------------
+
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        pool = self._sync_pool()
+        with pool.connection() as conn:
+            for _ in range(100):
+                params, token, now = self._claim_params(key, fingerprint, lease, ttl)
+                row = conn.execute(self._sql_claim, params).fetchone()
+                answer = self._claim_answer(key, fingerprint, token, now, row)
+                if answer is not None:
+                    return answer
+        raise RuntimeError(f"could not claim {key!r}: the record kept changing")
+
+    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        ttl = check_seconds("ttl", ttl)
+        now = clock.wall()
+        with self._sync_pool().connection() as conn:
+            cur = conn.execute(self._sql_complete, (response, now + ttl, now, key, token, now))
+            return bool(cur.rowcount == 1)
+
+    def release(self, key: str, token: str) -> bool:
+        with self._sync_pool().connection() as conn:
+            return bool(conn.execute(self._sql_release, (key, token)).rowcount == 1)
+
+    def extend(self, key: str, token: str, lease: float) -> bool:
+        lease = check_seconds("lease", lease)
+        now = clock.wall()
+        with self._sync_pool().connection() as conn:
+            cur = conn.execute(self._sql_extend, (now + lease, now + lease, key, token, now))
+            return bool(cur.rowcount == 1)
+
+    def get(self, key: str) -> Record | None:
+        check_key(key)
+        with self._sync_pool().connection() as conn:
+            row = conn.execute(self._sql_get, (key, clock.wall())).fetchone()
+        return self._live(key, row)
+
+    def delete(self, key: str) -> bool:
+        with self._sync_pool().connection() as conn:
+            cur = conn.execute(f"DELETE FROM {self.table} WHERE key = %s", (key,))
+            return bool(cur.rowcount == 1)
+
+    def purge_expired(self) -> int:
+        with self._sync_pool().connection() as conn:
+            cur = conn.execute(f"DELETE FROM {self.table} WHERE expires_at <= %s", (clock.wall(),))
+            return int(cur.rowcount)
+
+    # -- async -----------------------------------------------------------------------------
+
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            for _ in range(100):
+                params, token, now = self._claim_params(key, fingerprint, lease, ttl)
+                cur = await conn.execute(self._sql_claim, params)
+                row = await cur.fetchone()
+                answer = self._claim_answer(key, fingerprint, token, now, row)
+                if answer is not None:
+                    return answer
+        raise RuntimeError(f"could not claim {key!r}: the record kept changing")
+
+    async def acomplete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        ttl = check_seconds("ttl", ttl)
+        now = clock.wall()
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                self._sql_complete, (response, now + ttl, now, key, token, now)
+            )
+            return bool(cur.rowcount == 1)
+
+    async def arelease(self, key: str, token: str) -> bool:
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(self._sql_release, (key, token))
+            return bool(cur.rowcount == 1)
+
+    async def aextend(self, key: str, token: str, lease: float) -> bool:
+        lease = check_seconds("lease", lease)
+        now = clock.wall()
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(self._sql_extend, (now + lease, now + lease, key, token, now))
+            return bool(cur.rowcount == 1)
+
+    async def aget(self, key: str) -> Record | None:
+        check_key(key)
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(self._sql_get, (key, clock.wall()))
+            row = await cur.fetchone()
+        return self._live(key, row)
+
+    async def adelete(self, key: str) -> bool:
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(f"DELETE FROM {self.table} WHERE key = %s", (key,))
+            return bool(cur.rowcount == 1)
+
+    async def apurge_expired(self) -> int:
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                f"DELETE FROM {self.table} WHERE expires_at <= %s", (clock.wall(),)
+            )
+            return int(cur.rowcount)

@@ -1,0 +1,236 @@
+"""The embedded default store: one SQLite file shared by every thread and process using it.
+
+Each thread gets its own connection (SQLite connections must not be shared between threads,
+and a forked child opens a fresh one). The database runs in WAL mode, so readers never wait
+for the writer, with a busy timeout so writers queue instead of failing. Every state change
+is one atomic statement:
+
+* claim: read first (a replay or an in-flight answer takes no write lock), and only when
+  nothing live is there, ``INSERT ... ON CONFLICT DO UPDATE ... WHERE <dead> RETURNING``;
+  exactly one concurrent caller gets a row back;
+* complete / release / extend: an ``UPDATE`` or ``DELETE`` guarded by ``token`` and state.
+
+``synchronous`` defaults to NORMAL: in WAL mode a power cut may lose the last commits but
+never corrupts the file; a crash of the process loses nothing. Pass ``synchronous="FULL"``
+to survive power loss too, at a cost in writes per second.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from .. import clock
+from .store import (
+    BaseStore,
+    Claim,
+    ClaimStatus,
+    Record,
+    RecordState,
+    check_key,
+    check_seconds,
+    decide,
+    is_live,
+    new_token,
+    report_corrupted,
+    why_dead,
+)
+
+__all__ = ["SQLiteStore"]
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_IN_FLIGHT, _COMPLETED = 0, 1
+
+
+class SQLiteStore(BaseStore):
+    """Idempotency records in a SQLite file.
+
+    Args:
+        path: the database file (created if missing). ``":memory:"`` is refused: each thread
+            would get its own empty database.
+        table: table name, created on first use.
+        busy_timeout: seconds a writer waits for the lock before failing.
+        synchronous: SQLite's durability level, NORMAL by default (see module docstring).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        table: str = "stoic_idempotency",
+        busy_timeout: float = 30.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        path = os.fspath(path)
+        if not path or path == ":memory:":
+            raise ValueError(f"path must be a file path, got {path!r}")
+        if not table.replace("_", "").isalnum() or not table[0].isalpha():
+            raise ValueError(f"table must be letters, digits and underscores, got {table!r}")
+        check_seconds("busy_timeout", busy_timeout)
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
+        self.path = path
+        self.table = table
+        self.busy_timeout = float(busy_timeout)
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        t = table
+        self._sql_select = (
+            f"SELECT fingerprint, state, token, lease_until, expires_at, response "
+            f"FROM {t} WHERE key = ?"
+        )
+        self._sql_claim = (
+            f"INSERT INTO {t} (key, fingerprint, state, token, lease_until, expires_at, response)"
+            f" VALUES (?1, ?2, {_IN_FLIGHT}, ?3, ?4, ?5, NULL)"
+            f" ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+            f" state = {_IN_FLIGHT}, token = excluded.token,"
+            f" lease_until = excluded.lease_until, expires_at = excluded.expires_at,"
+            f" response = NULL"
+            f" WHERE {t}.expires_at <= ?6 OR ({t}.state = {_IN_FLIGHT} AND {t}.lease_until <= ?6)"
+            f" OR {t}.state NOT IN ({_IN_FLIGHT}, {_COMPLETED})"
+            f" OR typeof({t}.expires_at) NOT IN ('real', 'integer')"
+            f" OR typeof({t}.lease_until) NOT IN ('real', 'integer')"
+            f" OR typeof({t}.fingerprint) != 'text' OR typeof({t}.token) != 'text'"
+            f" RETURNING token"
+        )
+        self._sql_complete = (
+            f"UPDATE {t} SET state = {_COMPLETED}, response = ?3, expires_at = ?4,"
+            f" lease_until = ?5 WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT}"
+            f" AND expires_at > ?5"
+        )
+        self._sql_release = (
+            f"DELETE FROM {t} WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT}"
+        )
+        self._sql_extend = (
+            f"UPDATE {t} SET lease_until = ?3, expires_at = max(expires_at, ?3)"
+            f" WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT} AND expires_at > ?4"
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, table={self.table!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
+            return conn
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            " key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state INTEGER NOT NULL,"
+            " token TEXT NOT NULL, lease_until REAL NOT NULL, expires_at REAL NOT NULL,"
+            " response TEXT) WITHOUT ROWID"
+        )
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {self.table}_expires ON {self.table} (expires_at)"
+        )
+        local.conn, local.pid = conn, os.getpid()
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this store opened (from any thread)."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def _read(self, conn: sqlite3.Connection, key: str) -> tuple[Record | None, bool]:
+        """The stored record, and whether a row exists that could not be read."""
+        row = conn.execute(self._sql_select, (key,)).fetchone()
+        if row is None:
+            return None, False
+        fingerprint, state, token, lease_until, expires_at, response = row
+        try:
+            if state not in (_IN_FLIGHT, _COMPLETED) or not isinstance(fingerprint, str):
+                raise ValueError(f"state={state!r}")
+            if not isinstance(token, str) or not isinstance(response, (str, type(None))):
+                raise ValueError("token or response is not text")
+            record = Record(
+                key=key, fingerprint=fingerprint,
+                state=RecordState.COMPLETED if state == _COMPLETED else RecordState.IN_FLIGHT,
+                token=token, lease_until=float(lease_until), expires_at=float(expires_at),
+                response=response,
+            )
+        except (TypeError, ValueError) as exc:
+            report_corrupted("SQLiteStore", key, exc)
+            return None, True
+        return record, False
+
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        check_key(key)
+        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        conn = self._conn()
+        for _ in range(100):  # bounded: each turn loses to a writer that changed the row
+            now = clock.wall()
+            old, corrupted = self._read(conn, key)
+            if old is not None and is_live(old, now):
+                return decide(old, fingerprint, now)
+            token = new_token()
+            row = conn.execute(
+                self._sql_claim,
+                (key, fingerprint, token, now + lease, now + max(ttl, lease), now),
+            ).fetchone()
+            if row is not None and row[0] == token:
+                if corrupted:
+                    replaced: str | None = "corrupted"
+                else:
+                    replaced = None if old is None else why_dead(old, now)
+                return Claim(ClaimStatus.CLAIMED, key, token=token, replaced=replaced)
+        raise RuntimeError(f"could not claim {key!r}: the record kept changing")
+
+    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        ttl = check_seconds("ttl", ttl)
+        now = clock.wall()
+        cur = self._conn().execute(self._sql_complete, (key, token, response, now + ttl, now))
+        return cur.rowcount == 1
+
+    def release(self, key: str, token: str) -> bool:
+        return self._conn().execute(self._sql_release, (key, token)).rowcount == 1
+
+    def extend(self, key: str, token: str, lease: float) -> bool:
+        lease = check_seconds("lease", lease)
+        now = clock.wall()
+        cur = self._conn().execute(self._sql_extend, (key, token, now + lease, now))
+        return cur.rowcount == 1
+
+    def get(self, key: str) -> Record | None:
+        check_key(key)
+        record, _ = self._read(self._conn(), key)
+        if record is None or record.expires_at <= clock.wall():
+            return None
+        return record
+
+    def delete(self, key: str) -> bool:
+        cur = self._conn().execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
+        return cur.rowcount == 1
+
+    def purge_expired(self) -> int:
+        cur = self._conn().execute(
+            f"DELETE FROM {self.table} WHERE expires_at <= ?"
+            f" OR typeof(expires_at) NOT IN ('real', 'integer')",
+            (clock.wall(),),
+        )
+        return cur.rowcount
