@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import CodecError
 
-__all__ = ["Codec", "decode", "default_codec", "encode", "register"]
+__all__ = ["Codec", "canonical", "decode", "default_codec", "encode", "register"]
 
 _TAG = "__stoic__"
 
@@ -42,6 +42,10 @@ class Codec:
         self._by_name: dict[str, Callable[[Any], Any]] = {}
         self._encoder = json.JSONEncoder(
             default=self._default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        self._canonical = json.JSONEncoder(
+            default=self._default, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+            sort_keys=True,
         )
 
     def register(
@@ -97,6 +101,17 @@ class Codec:
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
 
+    def canonical(self, value: Any) -> str:
+        """One JSON text per value: sorted keys, ASCII only, no spaces (for fingerprints).
+
+        Two equal values always give the same text, so its hash identifies a request.
+        Raises ``CodecError`` like ``encode``.
+        """
+        try:
+            return self._canonical.encode(_tuples(value))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise CodecError(f"cannot encode value as JSON: {exc}") from exc
+
     def decode(self, text: str | bytes) -> Any:
         """JSON text back to a value. Raises ``CodecError`` on bad JSON or an unknown tag."""
         try:
@@ -149,6 +164,11 @@ default_codec = Codec()
 def encode(value: Any) -> str:
     """Encode with the shared codec."""
     return default_codec.encode(value)
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON (sorted keys) with the shared codec, for fingerprints."""
+    return default_codec.canonical(value)
 
 
 def decode(text: str | bytes) -> Any:

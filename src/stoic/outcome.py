@@ -163,7 +163,7 @@ def _chain(exc_type: type[BaseException]) -> tuple[_Entry, ...]:
             target = _LAZY.get(cls.__module__.partition(".")[0])
             if target is not None and target not in _loaded:
                 _loaded.add(target)
-                importlib.import_module(target)
+                importlib.import_module(target).install()
         entries: list[_Entry] = []
         for cls in exc_type.__mro__:
             found = _by_name.get(f"{cls.__module__}.{cls.__qualname__}") if _by_name else None

@@ -91,7 +91,9 @@ class VirtualClock:
     def release(self) -> None:
         """Give every driven loop back its real clock."""
         for loop, original in self._patched:
-            loop._selector.select = original  # type: ignore[attr-defined]
+            selector = getattr(loop, "_selector", None)
+            if selector is not None:  # None once the loop was closed
+                selector.select = original
             try:
                 del loop.time
             except AttributeError:

@@ -6,7 +6,7 @@ import aiohttp  # type: ignore[import-not-found, unused-ignore]
 
 from ..outcome import Outcome, Verdict, classify_status, register_default
 
-__all__: list[str] = []
+__all__ = ["install"]
 
 
 def _response_error(exc: BaseException) -> Verdict:
@@ -27,7 +27,11 @@ _TABLE: list[tuple[str, object]] = [
     ("ClientResponseError", _response_error),
     ("InvalidURL", Outcome.PERMANENT),
 ]
-for _name, _what in _TABLE:
-    _type = getattr(aiohttp, _name, None)
-    if _type is not None:
-        register_default(_type, _what)  # type: ignore[arg-type]
+
+
+def install() -> None:
+    """Register this library's classifiers (called by stoic.outcome on first use)."""
+    for name, what in _TABLE:
+        exc_type = getattr(aiohttp, name, None)
+        if exc_type is not None:
+            register_default(exc_type, what)  # type: ignore[arg-type]

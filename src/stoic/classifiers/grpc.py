@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import grpc  # type: ignore[import-not-found, unused-ignore]
-
 from ..outcome import Outcome, Verdict, register_default
 
-__all__ = ["by_code"]
+__all__ = ["by_code", "install"]
 
 _CODES = {
     "UNAVAILABLE": Outcome.TRANSIENT,
@@ -30,4 +28,11 @@ def _rpc_error(exc: BaseException) -> Verdict:
     return by_code(getattr(code, "name", str(code)))
 
 
-register_default(grpc.RpcError, _rpc_error)
+def install() -> None:
+    """Register the gRPC classifier (called by stoic.outcome on first use)."""
+    try:
+        import grpc  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:  # only reached when something imports this module by hand
+        return
+    register_default(grpc.RpcError, _rpc_error)
+

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from ..outcome import Outcome, Verdict, classify_status, register_default
+from ..outcome import Classifier, Outcome, Verdict, classify_status, register_default
 
-__all__: list[str] = []
+__all__ = ["install"]
 
 
 def _status(exc: BaseException) -> Verdict:
@@ -16,7 +16,7 @@ def _status(exc: BaseException) -> Verdict:
     return classify_status(response.status_code, response.headers)
 
 
-for _type, _what in (
+_TABLE: tuple[tuple[type[BaseException], Classifier], ...] = (
     (httpx.ConnectError, Verdict(Outcome.TRANSIENT, None, "connect failed")),
     (httpx.ConnectTimeout, Verdict(Outcome.TRANSIENT, None, "connect timed out")),
     (httpx.PoolTimeout, Verdict(Outcome.TRANSIENT, None, "connection pool timed out")),
@@ -35,5 +35,10 @@ for _type, _what in (
     (httpx.InvalidURL, Outcome.PERMANENT),
     (httpx.StreamError, Outcome.PERMANENT),
     (httpx.HTTPStatusError, _status),
-):
-    register_default(_type, _what)
+)
+
+
+def install() -> None:
+    """Register this library's classifiers (called by stoic.outcome on first use)."""
+    for exc_type, what in _TABLE:
+        register_default(exc_type, what)

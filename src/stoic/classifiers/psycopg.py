@@ -6,7 +6,7 @@ import psycopg
 
 from ..outcome import Outcome, Verdict, register_default
 
-__all__ = ["by_sqlstate"]
+__all__ = ["by_sqlstate", "install"]
 
 _EXACT = {
     "40001": Outcome.TRANSIENT,  # serialization_failure
@@ -44,10 +44,11 @@ def _error(exc: BaseException) -> Verdict:
     return Verdict(Outcome.PERMANENT, None, type(exc).__name__)
 
 
-register_default(psycopg.Error, _error)
-try:
-    import psycopg_pool
-except ImportError:  # pragma: no cover - the pool is a separate distribution
-    pass
-else:
+def install() -> None:
+    """Register psycopg's classifiers (called by stoic.outcome on first use)."""
+    register_default(psycopg.Error, _error)
+    try:
+        import psycopg_pool
+    except ImportError:  # pragma: no cover - the pool is a separate distribution
+        return
     register_default(psycopg_pool.PoolTimeout, Verdict(Outcome.TRANSIENT, None, "pool timed out"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import redis.exceptions as rx
 
-from ..outcome import Outcome, Verdict, register_default
+from ..outcome import Classifier, Outcome, Verdict, register_default
 
-__all__: list[str] = []
+__all__ = ["install"]
 
 
 def _connection_error(exc: BaseException) -> Verdict:
@@ -16,7 +16,7 @@ def _connection_error(exc: BaseException) -> Verdict:
     return Verdict(Outcome.UNKNOWN, None, "connection lost")
 
 
-for _type, _what in (
+_TABLE: tuple[tuple[type[BaseException], Classifier], ...] = (
     (rx.ConnectionError, _connection_error),
     (rx.TimeoutError, Verdict(Outcome.UNKNOWN, None, "timed out")),
     (rx.BusyLoadingError, Verdict(Outcome.TRANSIENT, None, "server loading")),
@@ -26,5 +26,10 @@ for _type, _what in (
     (rx.AuthenticationError, Outcome.PERMANENT),
     (rx.ResponseError, Outcome.PERMANENT),
     (rx.DataError, Outcome.PERMANENT),
-):
-    register_default(_type, _what)
+)
+
+
+def install() -> None:
+    """Register this library's classifiers (called by stoic.outcome on first use)."""
+    for exc_type, what in _TABLE:
+        register_default(exc_type, what)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import requests
 import urllib3.exceptions as u3
 
-from ..outcome import Outcome, Verdict, classify_status, register_default
+from ..outcome import Classifier, Outcome, Verdict, classify_status, register_default
 
-__all__: list[str] = []
+__all__ = ["install"]
 
 _CONNECT_CAUSES = (u3.NewConnectionError, u3.ConnectTimeoutError, u3.NameResolutionError)
 
@@ -38,7 +38,7 @@ def _http_error(exc: BaseException) -> Verdict:
     return classify_status(response.status_code, response.headers)
 
 
-for _type, _what in (
+_TABLE: tuple[tuple[type[BaseException], Classifier], ...] = (
     (requests.ConnectTimeout, Verdict(Outcome.TRANSIENT, None, "connect timed out")),
     (requests.ReadTimeout, Verdict(Outcome.UNKNOWN, None, "read timed out")),
     (requests.Timeout, Verdict(Outcome.UNKNOWN, None, "timed out")),
@@ -54,5 +54,10 @@ for _type, _what in (
     (u3.ConnectTimeoutError, Verdict(Outcome.TRANSIENT, None, "connect timed out")),
     (u3.ReadTimeoutError, Verdict(Outcome.UNKNOWN, None, "read timed out")),
     (u3.ProtocolError, Verdict(Outcome.UNKNOWN, None, "connection lost")),
-):
-    register_default(_type, _what)
+)
+
+
+def install() -> None:
+    """Register this library's classifiers (called by stoic.outcome on first use)."""
+    for exc_type, what in _TABLE:
+        register_default(exc_type, what)

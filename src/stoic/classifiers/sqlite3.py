@@ -6,7 +6,7 @@ import sqlite3
 
 from ..outcome import Outcome, Verdict, register_default
 
-__all__: list[str] = []
+__all__ = ["install"]
 
 
 def _operational(exc: BaseException) -> Verdict:
@@ -18,4 +18,6 @@ def _operational(exc: BaseException) -> Verdict:
     return Verdict(Outcome.PERMANENT, None, "sqlite3.OperationalError")
 
 
-register_default(sqlite3.OperationalError, _operational)
+def install() -> None:
+    """Register sqlite3's classifiers (called by stoic.outcome on first use)."""
+    register_default(sqlite3.OperationalError, _operational)

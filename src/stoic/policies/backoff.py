@@ -80,9 +80,14 @@ class Backoff:
 _random = random.Random()
 
 
-def constant(delay: float = 0.1, *, jitter: Jitter = None) -> Backoff:
-    """The same wait every time (no jitter by default)."""
-    return Backoff(initial=delay, factor=1.0, max=delay, jitter=jitter)
+def constant(delay: float = 0.1, *, max: float = 60.0, jitter: Jitter = None) -> Backoff:
+    """The same wait every time (no jitter by default).
+
+    ``max`` only bounds how long a THROTTLED failure's ``retry_after`` may make Retry wait.
+    """
+    if not max >= delay:
+        raise ValueError(f"max must be >= delay, got max={max!r} for delay={delay!r}")
+    return Backoff(initial=delay, factor=1.0, max=max, jitter=jitter)
 
 
 def linear(

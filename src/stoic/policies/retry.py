@@ -34,7 +34,6 @@ __all__ = ["Retry"]
 
 _log = logging.getLogger("stoic")
 _now = clock.now
-_RETRYABLE = frozenset({Outcome.TRANSIENT, Outcome.THROTTLED})
 _EXHAUSTED = frozenset({"attempts", "max_time", "deadline", "budget", "retry_after"})
 
 OnException = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -111,6 +110,9 @@ class Retry(Policy):
         self.respect_retry_after = bool(respect_retry_after)
         self.name = name or "retry"
         self._override = _compile_on(on)
+        # a fixed wait needs no arithmetic per retry; -1 means "ask the backoff"
+        fixed = backoff.jitter is None and backoff.factor == 1 and backoff.step == 0
+        self._constant = backoff.initial if fixed else -1.0
         self._compose()
 
     def __repr__(self) -> str:
@@ -121,38 +123,33 @@ class Retry(Policy):
 
     # --- the decision, written once -------------------------------------------------------
 
-    def _verdict(self, exc: BaseException) -> tuple[Verdict, bool, str]:
-        """The verdict, whether it may be retried, and if not, why not."""
-        verdict = classify(exc)
-        override = self._override
-        if override is not None:
-            if override(exc):
-                return verdict, True, ""
-            return verdict, False, "not retryable (on= did not match)"
-        outcome = verdict.outcome
-        if outcome in _RETRYABLE:
-            return verdict, True, ""
-        if outcome is Outcome.UNKNOWN:
-            if self.idempotent or _idempotency_key.get() is not None:
-                return verdict, True, ""
-            return verdict, False, "not idempotent (the failed attempt may have taken effect)"
-        return verdict, False, "not retryable"
-
     def _decide(self, state: _State, exc: BaseException | None) -> float | None:
         """Seconds to wait before the next attempt, or None to give up (noted on ``exc``)."""
+        stop = ""
         if exc is None:  # a bad result (on_result)
-            verdict, retryable, why = _BAD_RESULT, True, ""
+            verdict = _BAD_RESULT
         else:
-            verdict, retryable, why = self._verdict(exc)
+            verdict = classify(exc)
+            override = self._override
+            outcome = verdict.outcome
+            if override is not None:
+                if not override(exc):
+                    stop = "not retryable (on= did not match)"
+            elif outcome is Outcome.UNKNOWN:
+                if not self.idempotent and _idempotency_key.get() is None:
+                    stop = "not idempotent (the failed attempt may have taken effect)"
+            elif outcome is not Outcome.TRANSIENT and outcome is not Outcome.THROTTLED:
+                stop = "not retryable"
         now = _now()
         wait = 0.0
-        stop = ""
-        if not retryable:
-            stop = why
+        if stop:
+            pass
         elif state.attempts >= self.attempts:
             stop = "attempts"
         else:
-            wait = self.backoff.delay(state.attempts, state.previous)
+            wait = self._constant
+            if wait < 0:
+                wait = self.backoff.delay(state.attempts, state.previous)
             retry_after = verdict.retry_after
             if retry_after is not None and self.respect_retry_after:
                 if retry_after > self.backoff.max:
@@ -169,7 +166,7 @@ class Retry(Policy):
                     elif self.budget is not None and not self.budget.try_withdraw():
                         stop = "budget"
         if stop:
-            self._give_up(state, exc, verdict, stop, now, retry_after_wait=wait)
+            self._give_up(state, exc, verdict, stop, now)
             return None
         state.previous = wait
         if dispatcher.sinks:
@@ -188,7 +185,7 @@ class Retry(Policy):
 
     def _give_up(
         self, state: _State, exc: BaseException | None, verdict: Verdict, stop: str,
-        now: float, retry_after_wait: float,
+        now: float,
     ) -> None:
         elapsed = now - state.start
         detail = {

@@ -1,0 +1,12 @@
+"""stoic inside the HTTP libraries you already use.
+
+- ``stoic.integrations.httpx``: ``ResilientTransport`` / ``ResilientAsyncTransport`` (extra
+  ``stoic[http]``); ``stoic.http.Client`` / ``AsyncClient`` wrap them with defaults.
+- ``stoic.integrations.requests``: ``ResilientAdapter`` to mount on a ``requests.Session``.
+- ``stoic.integrations.asgi``: ``StoicMiddleware`` for Starlette, FastAPI or any ASGI app
+  (extra ``stoic[asgi]``): incoming deadlines, request context, load shedding.
+
+Each module imports its library; this package imports none, so import the module you need.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,311 @@
+"""httpx transports that retry only what is safe, break circuits per host, and carry deadlines.
+
+    client = httpx.Client(transport=ResilientTransport())          # or stoic.http.Client()
+    with stoic.deadline(2.0):
+        client.get("https://api.example.com/orders/42")
+
+Each logical request runs its attempts under ``stoic.Retry`` (the ``policy``). An attempt
+goes through the host's circuit breaker (named ``http:<host>``) and optional bulkhead, then
+the inner transport. A response is classified with ``stoic.classify_status``: a failing one
+(503, 502, 429, ...) is raised inside the loop as an ``httpx.HTTPStatusError``, so Retry and
+the breaker see a failure; when Retry gives up the caller gets the last *response* back, as
+plain httpx would have returned it. Transport errors are re-raised as httpx raised them.
+
+What is retried is Retry's decision, told two facts: an idempotent method (GET, HEAD,
+OPTIONS, PUT, DELETE, TRACE) runs under an idempotent copy of the policy, and a request
+carrying an ``Idempotency-Key`` runs under that key. So a read timeout on a GET is retried,
+on a bare POST it is not. With ``idempotency_keys=True`` a POST or PATCH without a key gets
+one generated once, and every attempt of it carries the same key.
+
+A request whose body is a stream (a generator, a file upload) cannot be sent twice and is
+attempted once. Each attempt's timeouts shrink to the time left before ``stoic.deadline``;
+no attempt starts after it (``stoic.DeadlineExceeded``), and a timeout that fires because the
+deadline ran out is raised as ``DeadlineExceeded`` (a ``TimeoutError``) chained to httpx's.
+
+A failure while *reading the body* happens after the transport returned, in your
+``response.read()``; stoic cannot retry that part.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from ..context import remaining, using_idempotency_key
+from ..errors import DeadlineExceeded
+from ..outcome import classify_status
+from ..policies.base import Policy
+from ._http import (
+    DEADLINE_HEADER,
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENT_METHODS,
+    KEYED_METHODS,
+    REQUEST_ID_HEADER,
+    BreakerFactory,
+    BulkheadFactory,
+    HostPolicies,
+    Settings,
+    deadline_fired,
+    expired,
+    host_name,
+    new_idempotency_key,
+)
+
+__all__ = ["ResilientAsyncTransport", "ResilientTransport"]
+
+_PHASES = ("connect", "read", "write", "pool")
+
+
+class _StatusFailure(httpx.HTTPStatusError):
+    """A failing response, raised only inside the retry loop; the caller gets the response."""
+
+
+class _Plan:
+    """What one logical request needs, decided once before its first attempt."""
+
+    __slots__ = ("host", "key", "policy", "timeouts", "what")
+
+    def __init__(
+        self, policy: Policy | None, host: Policy | None, key: str | None,
+        timeouts: dict[str, float | None], what: str,
+    ) -> None:
+        self.policy = policy
+        self.host = host
+        self.key = key
+        self.timeouts = timeouts
+        self.what = what
+
+
+def _shrink(timeouts: dict[str, float | None], left: float) -> dict[str, float | None]:
+    if not timeouts:
+        return dict.fromkeys(_PHASES, left)
+    return {k: left if v is None or v > left else v for k, v in timeouts.items()}
+
+
+def _rebuilt(response: httpx.Response, body: bytes, request: httpx.Request) -> httpx.Response:
+    # The raw (still encoded) body in a replayable stream, so the client decodes it as usual.
+    return httpx.Response(
+        response.status_code, headers=response.headers, stream=httpx.ByteStream(body),
+        extensions=response.extensions, request=request,
+    )
+
+
+def _deadline_error(exc: httpx.TimeoutException, plan: _Plan) -> DeadlineExceeded:
+    return DeadlineExceeded(f"deadline ran out during {plan.what} ({type(exc).__name__})")
+
+
+class _Core:
+    """Configuration and per-request planning shared by the sync and async transports."""
+
+    def __init__(
+        self,
+        policy: Policy | None,
+        per_host: bool,
+        idempotency_keys: bool,
+        propagate: bool,
+        breaker: BreakerFactory | None,
+        bulkhead: BulkheadFactory | None,
+        deadline_header: str,
+        request_id_header: str,
+    ) -> None:
+        self._settings = Settings(
+            policy, idempotency_keys, propagate, deadline_header, request_id_header
+        )
+        self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
+        self.policy = self._settings.policy
+        self.per_host = bool(per_host)
+
+    def host_policy(self, url: httpx.URL | str) -> Policy | None:
+        """The breaker (and bulkhead) this transport applies to requests to ``url``'s host."""
+        if self._hosts is None:
+            return None
+        url = httpx.URL(url)
+        return self._hosts.get(host_name(url.scheme, url.host, url.port))
+
+    def _plan(self, request: httpx.Request, replayable: bool) -> _Plan:
+        settings = self._settings
+        method = request.method
+        headers = request.headers
+        key = headers.get(IDEMPOTENCY_HEADER)
+        if key is None and settings.idempotency_keys and method in KEYED_METHODS:
+            key = new_idempotency_key()
+            headers[IDEMPOTENCY_HEADER] = key
+        if not replayable:
+            policy: Policy | None = None
+        elif method in IDEMPOTENT_METHODS:
+            policy = settings.idempotent_policy
+        else:
+            policy = settings.policy
+        url = request.url
+        host = None
+        if self._hosts is not None:
+            host = self._hosts.get(host_name(url.scheme, url.host, url.port))
+        timeouts = request.extensions.get("timeout") or {}
+        return _Plan(policy, host, key, dict(timeouts), f"{method} {url}")
+
+    def _prepare(self, request: httpx.Request, plan: _Plan) -> float | None:
+        """Per attempt: refuse after the deadline, shrink timeouts, set outgoing headers."""
+        left = remaining()
+        if left is not None:
+            if left <= 0:
+                raise expired(plan.what)
+            request.extensions = {**request.extensions, "timeout": _shrink(plan.timeouts, left)}
+        settings = self._settings
+        if settings.propagate:
+            settings.propagate_into(request.headers, left)
+        return left
+
+
+class ResilientTransport(_Core, httpx.BaseTransport):
+    """A transport for ``httpx.Client`` that retries safely, per-host breakers, deadlines.
+
+    Args:
+        inner: the transport that does the I/O; ``httpx.HTTPTransport()`` by default.
+        policy: the policy around each logical request, normally a ``stoic.Retry`` or a
+            ``Pipeline`` containing one. Default: 3 attempts, exponential backoff capped at
+            10 s, a 10% retry budget.
+        per_host: give each host a circuit breaker ``http:<host>`` (and a bulkhead, if
+            ``bulkhead`` is given). Breakers already in ``stoic.breakers`` are reused.
+        idempotency_keys: give POST and PATCH requests without an ``Idempotency-Key`` a
+            generated one, the same for all their attempts, which makes them retryable.
+            Only useful when the server honours the header (``stoic.idempotency`` does).
+        propagate: send the time left (``deadline_header``, in milliseconds), the request id
+            bound with ``stoic.context.bind`` and W3C trace context when configured.
+        breaker: ``name -> policy`` building a host's breaker; ``stoic.CircuitBreaker(name)``
+            with its defaults when None.
+        bulkhead: ``name -> policy`` building a host's bulkhead; no bulkhead when None.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport | None = None,
+        policy: Policy | None = None,
+        per_host: bool = True,
+        idempotency_keys: bool = True,
+        propagate: bool = True,
+        *,
+        breaker: BreakerFactory | None = None,
+        bulkhead: BulkheadFactory | None = None,
+        deadline_header: str = DEADLINE_HEADER,
+        request_id_header: str = REQUEST_ID_HEADER,
+    ) -> None:
+        if inner is not None and not isinstance(inner, httpx.BaseTransport):
+            raise ValueError(f"inner must be an httpx.BaseTransport, got {inner!r}")
+        super().__init__(
+            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
+            deadline_header, request_id_header,
+        )
+        self.inner = inner if inner is not None else httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` with retries; returns the last response, raises the last error."""
+        plan = self._plan(request, isinstance(request.stream, httpx.ByteStream))
+        policy = plan.policy
+        try:
+            if policy is None:
+                return self._attempt(request, plan)
+            if plan.key is None:
+                return policy.call(self._attempt, request, plan)
+            with using_idempotency_key(plan.key):
+                return policy.call(self._attempt, request, plan)
+        except _StatusFailure as failure:
+            return failure.response
+
+    def _attempt(self, request: httpx.Request, plan: _Plan) -> httpx.Response:
+        left = self._prepare(request, plan)
+        if plan.host is None:
+            return self._send(request, plan, left)
+        return plan.host.call(self._send, request, plan, left)
+
+    def _send(self, request: httpx.Request, plan: _Plan, left: float | None) -> httpx.Response:
+        try:
+            response = self.inner.handle_request(request)
+        except httpx.TimeoutException as exc:
+            if left is not None and deadline_fired():
+                raise _deadline_error(exc, plan) from exc
+            raise
+        verdict = classify_status(response.status_code, response.headers)
+        if not verdict.outcome.is_failure:
+            return response
+        try:
+            body = b"".join(response.iter_raw())
+        finally:
+            response.close()
+        raise _StatusFailure(
+            f"{plan.what}: {verdict.reason}", request=request,
+            response=_rebuilt(response, body, request),
+        )
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class ResilientAsyncTransport(_Core, httpx.AsyncBaseTransport):
+    """The ``httpx.AsyncClient`` twin of ``ResilientTransport``; same arguments and rules.
+
+    Backoff waits use ``stoic.clock.asleep``: they never block the event loop.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport | None = None,
+        policy: Policy | None = None,
+        per_host: bool = True,
+        idempotency_keys: bool = True,
+        propagate: bool = True,
+        *,
+        breaker: BreakerFactory | None = None,
+        bulkhead: BulkheadFactory | None = None,
+        deadline_header: str = DEADLINE_HEADER,
+        request_id_header: str = REQUEST_ID_HEADER,
+    ) -> None:
+        if inner is not None and not isinstance(inner, httpx.AsyncBaseTransport):
+            raise ValueError(f"inner must be an httpx.AsyncBaseTransport, got {inner!r}")
+        super().__init__(
+            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
+            deadline_header, request_id_header,
+        )
+        self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` with retries; returns the last response, raises the last error."""
+        plan = self._plan(request, isinstance(request.stream, httpx.ByteStream))
+        policy = plan.policy
+        try:
+            if policy is None:
+                return await self._attempt(request, plan)
+            if plan.key is None:
+                return await policy.acall(self._attempt, request, plan)
+            with using_idempotency_key(plan.key):
+                return await policy.acall(self._attempt, request, plan)
+        except _StatusFailure as failure:
+            return failure.response
+
+    async def _attempt(self, request: httpx.Request, plan: _Plan) -> httpx.Response:
+        left = self._prepare(request, plan)
+        if plan.host is None:
+            return await self._send(request, plan, left)
+        return await plan.host.acall(self._send, request, plan, left)
+
+    async def _send(
+        self, request: httpx.Request, plan: _Plan, left: float | None
+    ) -> httpx.Response:
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx.TimeoutException as exc:
+            if left is not None and deadline_fired():
+                raise _deadline_error(exc, plan) from exc
+            raise
+        verdict = classify_status(response.status_code, response.headers)
+        if not verdict.outcome.is_failure:
+            return response
+        try:
+            body = b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
+        raise _StatusFailure(
+            f"{plan.what}: {verdict.reason}", request=request,
+            response=_rebuilt(response, body, request),
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,237 @@
+"""The contract every broker keeps, in sync and async form.
+
+Delivery is at-least-once. ``claim`` hands out messages under a lease (a visibility timeout):
+until the lease ends nobody else receives them; if the consumer neither acks nor extends the
+lease in time (it crashed, hung, or lost its connection) the message is delivered again. A
+consumer therefore acks only after its work is done, and must tolerate seeing a message twice
+(``Worker(dedupe=...)`` or an ``Inbox`` make the effects happen once).
+
+Every method has an ``a``-prefixed async twin with the same contract. ``ThreadedAsync``
+provides the twins for brokers whose client is synchronous by running the sync method in a
+worker thread, so the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from .model import DeadLetter, Message, QueueStats
+
+__all__ = [
+    "AsyncBroker",
+    "Broker",
+    "SyncBroker",
+    "ThreadedAsync",
+    "check_claim",
+    "check_delay",
+    "check_topic",
+]
+
+
+@runtime_checkable
+class SyncBroker(Protocol):
+    """The synchronous half of the broker contract."""
+
+    def publish(
+        self, topic: str, payload: Any, *, id: str | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> str:
+        """Queue ``payload`` on ``topic``; return the message id.
+
+        The payload is encoded (``stoic.codec``) before anything is written: an unencodable
+        payload raises ``CodecError`` and nothing is queued. Publishing an ``id`` that was
+        already published within the broker's de-duplication window does nothing and returns
+        that id. ``delay`` (seconds) holds the message back before its first delivery. When
+        this returns, the broker has the message durably (committed, persisted or confirmed).
+        """
+        ...
+
+    def publish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]:
+        """``publish`` for several payloads in one round trip/transaction, in order.
+
+        All payloads are encoded first; if any fails, none is queued.
+        """
+        ...
+
+    def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
+        """Receive up to ``max_messages`` ready messages, leased for ``lease`` seconds.
+
+        Returns at once (an empty list when nothing is ready). Each returned message has its
+        ``attempts`` already counted for this delivery.
+        """
+        ...
+
+    def ack(self, message: Message) -> bool:
+        """The message is done: remove it. False if the lease had expired and it was re-leased."""
+        ...
+
+    def ack_many(self, messages: Sequence[Message]) -> int:
+        """Ack several messages in one commit; returns how many were still held."""
+        ...
+
+    def nack(self, message: Message, delay: float = 0.0) -> bool:
+        """Give the message back: deliverable again after ``delay`` seconds."""
+        ...
+
+    def extend_lease(self, message: Message, lease: float) -> bool:
+        """Keep holding the message for ``lease`` more seconds from now. False if lost."""
+        ...
+
+    def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
+        """Move the message to the dead-letter queue with why (``reason``) and what (``error``)."""
+        ...
+
+    def stats(self, topic: str) -> QueueStats:
+        """Ready, delayed, in-flight and dead counts for ``topic``."""
+        ...
+
+    def peek(self, topic: str, limit: int = 10) -> list[Message]:
+        """The next messages on ``topic`` without leasing them (for inspection)."""
+        ...
+
+    def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        """The dead-letter queue of ``topic``, oldest first."""
+        ...
+
+    def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters (all, or those in ``ids``) back on the queue with attempts reset."""
+        ...
+
+    def purge_dead(self, topic: str) -> int:
+        """Delete the dead-letter queue of ``topic``; returns how many were deleted."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. Further calls may fail."""
+        ...
+
+
+@runtime_checkable
+class AsyncBroker(Protocol):
+    """The async twin: same contract, ``a``-prefixed, awaitable."""
+
+    async def apublish(
+        self, topic: str, payload: Any, *, id: str | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> str: ...
+
+    async def apublish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]: ...
+
+    async def aclaim(
+        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
+    ) -> list[Message]: ...
+
+    async def aack(self, message: Message) -> bool: ...
+
+    async def aack_many(self, messages: Sequence[Message]) -> int: ...
+
+    async def anack(self, message: Message, delay: float = 0.0) -> bool: ...
+
+    async def aextend_lease(self, message: Message, lease: float) -> bool: ...
+
+    async def adead_letter(
+        self, message: Message, reason: str, error: str | None = None
+    ) -> None: ...
+
+    async def astats(self, topic: str) -> QueueStats: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Broker(SyncBroker, AsyncBroker, Protocol):
+    """A broker: the sync and the async contract together. Every stoic broker is one."""
+
+
+class ThreadedAsync:
+    """Async twins that run the sync methods in a thread (``asyncio.to_thread``).
+
+    For brokers whose client is synchronous and thread-safe (SQLite behind a lock, memory,
+    redis-py's pooled client): the event loop never blocks on their I/O.
+    """
+
+    async def apublish(
+        self, topic: str, payload: Any, *, id: str | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> str:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return await asyncio.to_thread(
+            sync.publish, topic, payload, id=id, headers=headers, delay=delay
+        )
+
+    async def apublish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        items = list(payloads)
+        return await asyncio.to_thread(
+            sync.publish_many, topic, items, ids=ids, headers=headers, delay=delay
+        )
+
+    async def aclaim(
+        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
+    ) -> list[Message]:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return await asyncio.to_thread(
+            sync.claim, topic, max_messages=max_messages, lease=lease
+        )
+
+    async def aack(self, message: Message) -> bool:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return await asyncio.to_thread(sync.ack, message)
+
+    async def aack_many(self, messages: Sequence[Message]) -> int:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return await asyncio.to_thread(sync.ack_many, list(messages))
+
+    async def anack(self, message: Message, delay: float = 0.0) -> bool:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return await asyncio.to_thread(sync.nack, message, delay)
+
+    async def aextend_lease(self, message: Message, lease: float) -> bool:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return await asyncio.to_thread(sync.extend_lease, message, lease)
+
+    async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        await asyncio.to_thread(sync.dead_letter, message, reason, error)
+
+    async def astats(self, topic: str) -> QueueStats:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return await asyncio.to_thread(sync.stats, topic)
+
+    async def aclose(self) -> None:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        await asyncio.to_thread(sync.close)
+
+
+def check_topic(topic: str) -> str:
+    """Topics are non-empty strings without control characters (they become table keys,
+    stream names and queue names)."""
+    if not isinstance(topic, str) or not topic or any(ord(c) < 32 for c in topic):
+        raise ValueError(f"topic must be a non-empty printable string, got {topic!r}")
+    return topic
+
+
+def check_claim(max_messages: int, lease: float) -> None:
+    """Validate ``claim`` arguments the same way for every broker."""
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+        raise ValueError(f"max_messages must be an int >= 1, got {max_messages!r}")
+    if not lease > 0:
+        raise ValueError(f"lease must be > 0 seconds, got {lease!r}")
+
+
+def check_delay(delay: float) -> float:
+    """Delays are seconds >= 0."""
+    if not delay >= 0:
+        raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+    return float(delay)

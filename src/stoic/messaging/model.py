@@ -1,0 +1,254 @@
+"""What travels through a queue: ``Message``, its headers, dead letters, queue statistics.
+
+A message's payload is stored as JSON text (``body``) made by ``stoic.codec``; it is decoded
+only when the consumer reads ``message.payload``. Decoding late is deliberate: a corrupted or
+foreign row must reach the worker as a message it can dead-letter, not crash the broker
+while it is claiming a batch.
+
+Headers are a flat ``str -> str`` mapping. stoic fills three of them on publish:
+``request-id`` (from ``stoic.context``), ``traceparent`` (W3C trace context, when
+OpenTelemetry is configured) and, if the publisher sets one, ``schema-version``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import codec, context
+from ..events import Event
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "TRACEPARENT_HEADER",
+    "VERSION_HEADER",
+    "DeadLetter",
+    "Message",
+    "MessageAcked",
+    "MessageDeadLettered",
+    "MessageHandled",
+    "MessageRetried",
+    "MessagesRequeued",
+    "QueueStats",
+    "decode_headers",
+    "dump_headers",
+    "encode_payload",
+    "message_ids",
+    "new_id",
+    "outgoing_headers",
+]
+
+VERSION_HEADER = "schema-version"
+REQUEST_ID_HEADER = "request-id"
+TRACEPARENT_HEADER = "traceparent"
+DEFAULT_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One delivery of a message.
+
+    Attributes:
+        id: the message id; publishing the same id again within the broker's de-duplication
+            window is a no-op, and consumers de-duplicate on it.
+        topic: the queue (SQLite), stream (Redis) or queue (RabbitMQ) it was published to.
+        body: the payload as JSON text; ``payload`` decodes it.
+        headers: string headers (request id, trace context, schema version, your own).
+        attempts: deliveries so far, this one included (1 on the first delivery).
+        created_at: wall-clock seconds when it was first published.
+        available_at: wall-clock seconds from which it could be delivered (delays, backoff).
+        receipt: the broker's handle for this delivery; ``ack``/``nack`` need it. A receipt
+            from an expired lease no longer acks: the message has been handed to someone else.
+        defect: why the broker could not read the stored entry (corrupt headers, missing
+            fields), or None. A worker dead-letters such a message instead of handling it.
+    """
+
+    id: str
+    topic: str
+    body: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    attempts: int = 0
+    created_at: float = 0.0
+    available_at: float = 0.0
+    receipt: str = ""
+    defect: str | None = None
+
+    @property
+    def payload(self) -> Any:
+        """The decoded payload. Raises ``stoic.CodecError`` when the body is not valid."""
+        return codec.decode(self.body)
+
+    @property
+    def version(self) -> str:
+        """The schema version the publisher declared (``"1"`` when it declared none)."""
+        return self.headers.get(VERSION_HEADER, DEFAULT_VERSION)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A message that will not be retried again, and why.
+
+    ``reason`` is the category ("permanent failure", "attempts exhausted", "incompatible
+    version", "malformed", or what the caller passed); ``error`` is the exception's type and
+    text when an exception caused it.
+    """
+
+    message: Message
+    reason: str
+    error: str | None
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one topic at one moment.
+
+    ``ready``: deliverable now; ``delayed``: waiting for their ``available_at`` (retry backoff
+    or a publish delay); ``in_flight``: leased to a consumer and not yet acked; ``dead``: in
+    the dead-letter queue. A broker that cannot tell delayed from ready (RabbitMQ) reports
+    what it can and leaves the rest at 0.
+    """
+
+    topic: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+
+# --- events (for metrics and logs) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageHandled(Event):
+    """A worker's handler succeeded on a message (``name`` is the worker's name)."""
+
+    topic: str
+    message_id: str
+    attempts: int
+    duration: float
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageAcked(Event):
+    """A batch of messages was acknowledged (removed from the queue) in one broker call."""
+
+    topic: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageRetried(Event):
+    """A handler failed with a retryable outcome; the message comes back after ``delay``."""
+
+    topic: str
+    message_id: str
+    attempts: int
+    delay: float
+    outcome: str
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageDeadLettered(Event):
+    """A message went to the dead-letter queue: ``reason`` says why, ``error_type`` what."""
+
+    topic: str
+    message_id: str
+    attempts: int
+    reason: str
+    error_type: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesRequeued(Event):
+    """Dead letters were put back on their queue (``count`` of them)."""
+
+    topic: str
+    count: int
+
+
+# --- helpers shared by the brokers -------------------------------------------------------
+
+
+def new_id() -> str:
+    """A fresh message id (random UUID hex): unique without coordination between processes."""
+    return uuid.uuid4().hex
+
+
+def encode_payload(payload: Any) -> str:
+    """Encode before anything is written, so an unencodable payload fails the publish whole."""
+    return codec.encode(payload)
+
+
+def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The caller's headers plus the request id and trace context of the current context.
+
+    Values the caller set win. Trace context comes from ``stoic.observability.otel.inject``
+    when that module is importable (it needs the otel extra).
+    """
+    out: dict[str, str] = {}
+    request_id = context.get("request_id")
+    if request_id is not None:
+        out[REQUEST_ID_HEADER] = str(request_id)
+    _inject_trace(out)
+    if headers:
+        for key, value in headers.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(
+                    f"headers must map str to str, got {key!r}: {value!r}"
+                )
+            out[key] = value
+    return out
+
+
+def _inject_trace(headers: dict[str, str]) -> None:
+    try:
+        from ..observability import otel  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    inject = getattr(otel, "inject", None)
+    if inject is None:
+        return
+    try:
+        inject(headers)
+    except Exception:  # tracing must never break publishing
+        return
+
+
+def decode_headers(raw: str | bytes | None) -> tuple[dict[str, str], str | None]:
+    """Headers stored as JSON text, and a defect description when they cannot be read."""
+    if raw is None or raw == "" or raw == b"":
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        return {}, f"headers are not valid JSON: {exc}"
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return {}, "headers are not a JSON object of strings"
+    return value, None
+
+
+def dump_headers(headers: Mapping[str, str]) -> str:
+    return json.dumps(dict(headers), separators=(",", ":"), ensure_ascii=False)
+
+
+def message_ids(ids: Sequence[str] | None, n: int) -> list[str]:
+    """Caller ids (validated) or fresh ones, one per payload."""
+    if ids is None:
+        return [new_id() for _ in range(n)]
+    if isinstance(ids, str):
+        raise ValueError(f"ids must be a sequence of strings, not a string: {ids!r}")
+    out = list(ids)
+    if len(out) != n:
+        raise ValueError(f"ids must have one id per payload: {len(out)} ids for {n} payloads")
+    for i in out:
+        if not isinstance(i, str) or not i:
+            raise ValueError(f"every id must be a non-empty string, got {i!r}")
+    return out
