@@ -1,9 +1,10 @@
 """Chaos engineering: break your own system on purpose, locally and in CI.
 
 * ``fault`` (``stoic.chaos.faults``): in-process fault points, off unless enabled;
-* ``ProxyServer`` (``stoic.chaos.proxy``): a TCP fault proxy speaking Toxiproxy 2.x's API;
-* ``Supervisor``, ``partition``/``heal``, ``Monkey`` (``stoic.chaos.process``): process
-  faults, network partitions and a seeded kill schedule.
+* ``ProxyServer`` / ``ProxyClient`` (``stoic.chaos.proxy``): a TCP fault proxy speaking
+  Toxiproxy 2.x's HTTP API, run in-process or driven over HTTP;
+* ``Supervisor``, ``partition`` / ``heal`` / ``Network``, ``Monkey``
+  (``stoic.chaos.process``): process faults, network partitions and a seeded kill schedule.
 
 Names load on first access, so ``import stoic.chaos`` does no work.
 """
@@ -14,18 +15,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .proxy import ApiError, ProxyHandle, ProxyServer
+    from .process import Monkey, Network, Supervisor, heal, partition
+    from .proxy import ApiError, ProxyClient, ProxyHandle, ProxyServer
 
 __all__ = [
     "ApiError",
+    "Monkey",
+    "Network",
+    "ProxyClient",
     "ProxyHandle",
     "ProxyServer",
+    "Supervisor",
+    "heal",
+    "partition",
 ]
 
 _LAZY = {
     "ApiError": "proxy",
+    "Monkey": "process",
+    "Network": "process",
+    "ProxyClient": "proxy",
     "ProxyHandle": "proxy",
     "ProxyServer": "proxy",
+    "Supervisor": "process",
+    "heal": "process",
+    "partition": "process",
 }
 
 

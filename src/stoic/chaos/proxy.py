@@ -43,6 +43,7 @@ __all__ = [
     "ApiError",
     "Collection",
     "Proxy",
+    "ProxyClient",
     "ProxyHandle",
     "ProxyServer",
     "serve",
@@ -101,7 +102,7 @@ def _join_address(host: str, port: int) -> str:
 class _Side(asyncio.Protocol):
     """One socket of a proxied connection (client side or upstream side)."""
 
-    __slots__ = ("conn", "out", "transport", "is_client")
+    __slots__ = ("conn", "is_client", "out", "transport")
 
     def __init__(self, conn: _Connection, is_client: bool) -> None:
         self.conn = conn
@@ -180,9 +181,8 @@ class _Pipe:
         """The source ended and everything before the end was passed on."""
         self.ended = True
         transport = self.dest.transport
-        if transport is not None and not transport.is_closing():
-            if transport.can_write_eof():
-                transport.write_eof()
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
         self.conn.pipe_ended()
 
     # -- toxics ------------------------------------------------------------------------------
@@ -692,7 +692,7 @@ def _response(status: int, payload: Any, keep_alive: bool) -> bytes:
 
 async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> bytes:
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks = []
+        chunks: list[bytes] = []
         total = 0
         while True:
             size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
@@ -771,7 +771,12 @@ async def _answer(
 
 async def _start_api(collection: Collection, host: str, port: int) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _handle_http(collection, reader, writer)
+        try:
+            await _handle_http(collection, reader, writer)
+        except asyncio.CancelledError:
+            # Shutting down. Ending normally matters: Python 3.11's start_server callback
+            # calls task.exception(), which raises (and logs) for a cancelled handler task.
+            return
 
     return await asyncio.start_server(handle, host, port, reuse_address=True)
 
@@ -873,6 +878,43 @@ class _Control:
     def toxics(self, proxy: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", f"/proxies/{proxy}/toxics")
         return result
+
+
+class ProxyClient(_Control):
+    """Drive a running ``stoic proxy`` (or a real Toxiproxy) over its HTTP API.
+
+    Standard library only (``urllib``), so chaos scripts need no HTTP package. Errors raise
+    ``ApiError`` with the server's status and message.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8474", *, timeout: float = 10.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Content-Type": "application/json", "User-Agent": "stoic-chaos"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode("utf-8", "replace").strip() or exc.reason
+            raise ApiError(exc.code, str(message)) from None
+        return json.loads(raw) if raw.strip() else None
 
 
 class ProxyHandle:

@@ -108,7 +108,9 @@ class Toxic:
         for key, current in (("name", self.name), ("type", self.type), ("stream", self.stream)):
             value = data.get(key)
             if value is not None and value != current:
-                raise ToxicError(f"a toxic's {key} cannot be changed (is {current!r}, got {value!r})")
+                raise ToxicError(
+                    f"a toxic's {key} cannot be changed (is {current!r}, got {value!r})"
+                )
         toxicity = self.toxicity if data.get("toxicity") is None else _toxicity(data["toxicity"])
         attributes = _attributes(self.type, data.get("attributes"), dict(self.attributes))
         return Toxic(self.name, self.type, self.stream, toxicity, attributes)
@@ -201,7 +203,7 @@ class _Latency(_Stage):
     __slots__ = ()
 
     async def pipe(self, data: bytes, arrived: float, next_: Next) -> None:
-        delay = self.attr("latency")
+        delay: float = self.attr("latency")
         jitter = self.attr("jitter")
         if jitter:
             delay += self.rng.uniform(-jitter, jitter)
