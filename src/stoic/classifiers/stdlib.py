@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import urllib.error
 
 from ..errors import (
     CodecError,
@@ -19,7 +20,7 @@ from ..errors import (
     IdempotencyStoredError,
     Rejected,
 )
-from ..outcome import Classifier, Outcome, Verdict
+from ..outcome import Classifier, Outcome, Verdict, classify, classify_status
 
 __all__ = ["DEFAULTS"]
 
@@ -47,6 +48,22 @@ def _in_use(exc: BaseException) -> Verdict:
     return Verdict(Outcome.THROTTLED, getattr(exc, "retry_after", None), "idempotency key in use")
 
 
+def _url_error(exc: BaseException) -> Verdict:
+    # urllib wraps the socket error that stopped it in ``reason``: classify that
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        return classify(reason)
+    return Verdict(Outcome.UNKNOWN, None, f"URLError: {reason}")
+
+
+def _http_error(exc: BaseException) -> Verdict:
+    code = getattr(exc, "code", None)
+    if not isinstance(code, int):
+        return Verdict(Outcome.PERMANENT, None, "HTTPError without a status")
+    headers = getattr(exc, "headers", None)
+    return classify_status(code, dict(headers.items()) if headers is not None else None)
+
+
 _PERMANENT = Outcome.PERMANENT
 
 DEFAULTS: dict[type[BaseException], Classifier] = {
@@ -69,4 +86,6 @@ DEFAULTS: dict[type[BaseException], Classifier] = {
     IdempotencyKeyMismatchError: _PERMANENT,
     IdempotencyStoredError: _PERMANENT,
     CodecError: _PERMANENT,
+    urllib.error.URLError: _url_error,
+    urllib.error.HTTPError: _http_error,
 }
