@@ -1,0 +1,62 @@
+"""Events the idempotency layer emits (see ``stoic.events`` for sinks and the base class).
+
+``name`` is the idempotent operation's name (by default the function's qualified name, or
+``"http"`` for the middleware); ``key`` is the client's key, never the stored result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..events import Event
+
+__all__ = [
+    "IdempotencyKeyRejected",
+    "IdempotencyLeaseLost",
+    "IdempotencyLeaseTakenOver",
+    "IdempotencyRecordCorrupted",
+    "IdempotentReplayed",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotentReplayed(Event):
+    """A repeat of a completed key got the stored result without running again.
+
+    ``error_type`` is set when the stored outcome was a failure, replayed as
+    ``IdempotencyStoredError``.
+    """
+
+    key: str
+    error_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyKeyRejected(Event):
+    """A call was refused: ``reason`` is ``"in_flight"`` or ``"mismatch"``."""
+
+    key: str
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyLeaseTakenOver(Event):
+    """A claim replaced a record whose owner's lease ran out: the work may run twice."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyLeaseLost(Event):
+    """The call finished after its lease was taken over; its result was not stored."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyRecordCorrupted(Event):
+    """A stored record could not be read; it was treated as absent and the call ran again."""
+
+    key: str
+    problem: str
