@@ -14,7 +14,10 @@ lands there and in whatever order:
 - ``Message*`` events: the result is the rest of the name in snake case
   (``MessageDeadLettered`` -> ``dead_lettered``); the topic is ``topic``/``destination``/
   ``queue`` or else the event's ``name``.
+  ``MessageHandled(duplicate=True)`` counts as ``duplicate``.
 - events whose name contains ``Replay`` count an idempotent replay for ``name``.
+- other ``*Rejected`` events count a rejection with reason ``<prefix>_<reason>``
+  (``IdempotencyKeyRejected(reason="in_flight")`` -> ``idempotency_key_in_flight``).
 """
 
 from __future__ import annotations
@@ -110,12 +113,20 @@ def _handler_for(recorder: Recorder, cls: type) -> Callable[[Any], None] | None:
                 topic = getattr(ev, attr, None)
                 if topic is not None:
                     break
-            recorder.message(str(topic if topic is not None else ev.name), result)
+            outcome = "duplicate" if getattr(ev, "duplicate", False) else result
+            recorder.message(str(topic if topic is not None else ev.name), outcome)
         return on_message
     if "Replay" in kind:
         def on_replay(ev: Event) -> None:
             recorder.replay(ev.name)
         return on_replay
+    if kind.endswith("Rejected"):  # e.g. IdempotencyKeyRejected(reason="in_flight")
+        prefix = snake(kind[: -len("Rejected")])
+
+        def on_other_rejection(ev: Event) -> None:
+            reason = getattr(ev, "reason", None)
+            recorder.rejection(ev.name, f"{prefix}_{reason}" if reason else prefix)
+        return on_other_rejection
     return None
 
 
