@@ -1,0 +1,568 @@
+"""In-process fault injection: named fault points that fail or slow down on purpose.
+
+Mark the places where a dependency is called::
+
+    @stoic.chaos.fault("payments.charge", error=ConnectionResetError, rate=0.2)
+    def charge(order): ...
+
+    async with stoic.chaos.fault("inventory.reserve", latency=(0.05, 0.3), rate=1.0):
+        ...
+
+Nothing happens until faults are enabled, with ``stoic.chaos.enable()`` or by pointing the
+``STOIC_CHAOS`` environment variable at a JSON or YAML plan (read once, when the first fault
+point is created). While disabled, a fault point costs one flag check, so the marks can stay
+in production code. ``rate`` is the probability of injecting per call; the default 0 keeps a
+point dormant until a plan (or an explicit rate) turns it on.
+
+A plan names fault points and says what they do; a plan entry replaces the point's own
+arguments::
+
+    {"seed": 7,
+     "faults": {"payments.charge": {"error": 503, "rate": 0.5, "first": 10},
+                "inventory.reserve": {"latency": {"uniform": [0.05, 0.3]}, "rate": 1.0,
+                                      "window": [5, 20]}}}
+
+``error`` is an exception class, an instance, an exception name (``"TimeoutError"``,
+``"mypkg.errors:Busy"``) or an HTTP-like status (``503``: raises ``InjectedStatusError``,
+classified like that status). ``latency`` is seconds: a number, ``(low, high)`` for uniform, or
+``Normal(mean, stddev)``. ``when`` is ``first(n)`` calls, ``window(start, end)`` seconds after
+``enable()``, or any callable returning a bool. Latency sleeps through ``stoic.clock``, so it
+runs on virtual time in tests. Every injection emits a ``FaultInjected`` event.
+
+The state (on or off, the plan, the seeded generator, call counts) is one named registry in
+this module, ``_state``; ``disable()`` turns it off and ``enable()`` starts it afresh.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import importlib
+import inspect
+import json
+import os
+import random
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar, cast
+
+from .. import clock
+from ..events import Event, dispatcher
+
+__all__ = [
+    "ENV_VAR",
+    "Fault",
+    "FaultInjected",
+    "FaultSpec",
+    "Fixed",
+    "InjectedFault",
+    "InjectedStatusError",
+    "Normal",
+    "Plan",
+    "Uniform",
+    "disable",
+    "enable",
+    "fault",
+    "first",
+    "is_enabled",
+    "load_plan",
+    "seed",
+    "window",
+]
+
+ENV_VAR = "STOIC_CHAOS"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ---------------------------------------------------------------------------------------------
+# what a fault does
+
+
+class InjectedFault(Exception):
+    """Raised by a fault point when ``error`` was given as a name that is not an exception."""
+
+
+class InjectedStatusError(InjectedFault):
+    """An injected HTTP-like failure; ``classify`` treats it like ``classify_status(status)``."""
+
+    def __init__(self, status: int, fault: str) -> None:
+        super().__init__(f"injected HTTP {status} at fault point {fault!r}")
+        self.status = status
+        self.fault = fault
+
+
+def _classify_status_error(exc: BaseException) -> Any:
+    from ..outcome import classify_status
+
+    return classify_status(exc.status) if isinstance(exc, InjectedStatusError) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """Always ``seconds`` of latency."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.seconds < 0:
+            raise ValueError(f"latency seconds must be >= 0, got {self.seconds!r}")
+
+    def sample(self, rng: random.Random) -> float:
+        return self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Uniform:
+    """Latency uniform in ``[low, high]`` seconds."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= self.high:
+            raise ValueError(
+                f"latency must satisfy 0 <= low <= high, got {self.low!r}, {self.high!r}"
+            )
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.uniform(self.low, self.high)
+
+
+@dataclass(frozen=True, slots=True)
+class Normal:
+    """Latency normal around ``mean`` seconds (``stddev``), never below zero."""
+
+    mean: float
+    stddev: float
+
+    def __post_init__(self) -> None:
+        if self.mean < 0 or self.stddev < 0:
+            raise ValueError(f"mean and stddev must be >= 0, got {self.mean!r}, {self.stddev!r}")
+
+    def sample(self, rng: random.Random) -> float:
+        return max(0.0, rng.gauss(self.mean, self.stddev))
+
+
+Latency: TypeAlias = "Fixed | Uniform | Normal"
+
+
+@dataclass(frozen=True, slots=True)
+class _First:
+    calls: int
+
+    def __call__(self, call: int, elapsed: float) -> bool:
+        return call <= self.calls
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    start: float
+    end: float
+
+    def __call__(self, call: int, elapsed: float) -> bool:
+        return self.start <= elapsed < self.end
+
+
+def first(calls: int) -> Callable[[int, float], bool]:
+    """Inject only into the first ``calls`` calls after ``enable()``."""
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+        raise ValueError(f"first(calls) must be an integer >= 0, got {calls!r}")
+    return _First(calls)
+
+
+def window(start: float, end: float) -> Callable[[int, float], bool]:
+    """Inject only from ``start`` to ``end`` seconds after ``enable()``."""
+    if not 0 <= start <= end:
+        raise ValueError(f"window must satisfy 0 <= start <= end, got {start!r}, {end!r}")
+    return _Window(float(start), float(end))
+
+
+ErrorSpec: TypeAlias = "BaseException | type[BaseException] | int | str | None"
+LatencySpec: TypeAlias = "Latency | float | tuple[float, float] | Mapping[str, Any] | None"
+WhenSpec: TypeAlias = (
+    "Callable[[int, float], bool] | Callable[[], bool] | int | tuple[float, float] | None"
+)
+
+
+def _error(value: ErrorSpec) -> BaseException | type[BaseException] | int | None:
+    if value is None or isinstance(value, BaseException):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"error must be an exception, a name or a status, got {value!r}")
+    if isinstance(value, int):
+        if not 100 <= value <= 599:
+            raise ValueError(f"error status must be in 100..599, got {value!r}")
+        return value
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return value
+    if isinstance(value, str):
+        if value.isdigit():
+            return _error(int(value))
+        found = _exception_by_name(value)
+        if found is None:
+            raise ValueError(f"error names no exception class: {value!r}")
+        return found
+    raise ValueError(f"error must be an exception, a name or a status, got {value!r}")
+
+
+def _exception_by_name(name: str) -> type[BaseException] | None:
+    module_name, sep, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attr) if sep else getattr(
+            builtins, name, None
+        )
+    except (ImportError, AttributeError):
+        return None
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def _latency(value: LatencySpec) -> Latency | None:
+    if value is None or isinstance(value, (Fixed, Uniform, Normal)):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"latency must be seconds, (low, high) or a distribution, got {value!r}")
+    if isinstance(value, (int, float)):
+        return Fixed(float(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return Uniform(float(value[0]), float(value[1]))
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((kind, args),) = value.items()
+        if kind == "fixed":
+            return Fixed(float(args))
+        if kind in ("uniform", "normal") and isinstance(args, (list, tuple)) and len(args) == 2:
+            cls = Uniform if kind == "uniform" else Normal
+            return cls(float(args[0]), float(args[1]))
+    raise ValueError(f"latency must be seconds, (low, high) or a distribution, got {value!r}")
+
+
+def _when(value: WhenSpec) -> Callable[[int, float], bool] | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"when must be first(n), window(a, b) or a callable, got {value!r}")
+    if isinstance(value, int):
+        return first(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return window(float(value[0]), float(value[1]))
+    if callable(value):
+        try:
+            parameters = len(inspect.signature(value).parameters)
+        except (TypeError, ValueError):
+            parameters = 2
+        if parameters == 0:
+            no_args = cast(Callable[[], bool], value)
+            return lambda call, elapsed: bool(no_args())
+        return cast(Callable[[int, float], bool], value)
+    raise ValueError(f"when must be first(n), window(a, b) or a callable, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """What one fault point does when enabled: validated once, shared by every call."""
+
+    error: BaseException | type[BaseException] | int | None = None
+    rate: float = 0.0
+    latency: Latency | None = None
+    when: Callable[[int, float], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rate, bool) or not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"rate must be between 0 and 1, got {self.rate!r}")
+
+    @classmethod
+    def build(
+        cls, error: ErrorSpec = None, rate: float = 0.0, latency: LatencySpec = None,
+        when: WhenSpec = None,
+    ) -> FaultSpec:
+        return cls(_error(error), float(rate), _latency(latency), _when(when))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FaultSpec:
+        """A plan entry: ``error``, ``rate``, ``latency``, and ``first`` or ``window``."""
+        unknown = set(data) - {"error", "rate", "latency", "first", "window"}
+        if unknown:
+            raise ValueError(f"unknown fault plan keys: {sorted(unknown)}")
+        if "first" in data and "window" in data:
+            raise ValueError("a fault plan entry takes first or window, not both")
+        when: WhenSpec = None
+        if "first" in data:
+            when = first(data["first"])
+        elif "window" in data:
+            start, end = data["window"]
+            when = window(start, end)
+        return cls.build(data.get("error"), data.get("rate", 0.0), data.get("latency"), when)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Fault points by name, and an optional seed for repeatable runs."""
+
+    faults: Mapping[str, FaultSpec]
+    seed: int | None = None
+
+
+def load_plan(source: str | os.PathLike[str] | Mapping[str, Any]) -> Plan:
+    """A plan from a mapping, a JSON/YAML file path, or JSON text. ValueError if malformed."""
+    data: Any
+    if isinstance(source, Mapping):
+        data = source
+    else:
+        text = str(source)
+        if text.lstrip().startswith("{"):
+            data = json.loads(text)
+        else:
+            path = Path(source)
+            content = path.read_text(encoding="utf-8")
+            if path.suffix.lower() in (".yaml", ".yml"):
+                try:
+                    import yaml
+                except ImportError as exc:  # pragma: no cover - depends on the environment
+                    raise ValueError("a YAML fault plan needs PyYAML: pip install pyyaml") from exc
+                data = yaml.safe_load(content)
+            else:
+                data = json.loads(content)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a fault plan must be an object, got {type(data).__name__}")
+    faults = data.get("faults", {})
+    if not isinstance(faults, Mapping):
+        raise ValueError("plan 'faults' must map fault names to settings")
+    seed_value = data.get("seed")
+    if seed_value is not None and (isinstance(seed_value, bool) or not isinstance(seed_value, int)):
+        raise ValueError(f"plan seed must be an integer, got {seed_value!r}")
+    specs = {}
+    for name, entry in faults.items():
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"fault {name!r}: settings must be an object, got {entry!r}")
+        try:
+            specs[str(name)] = FaultSpec.from_json(entry)
+        except ValueError as exc:
+            raise ValueError(f"fault {name!r}: {exc}") from None
+    return Plan(specs, seed_value)
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultInjected(Event):
+    """Fault point ``name`` injected: ``latency`` seconds of delay and/or ``error_type``."""
+
+    latency: float | None
+    error_type: str | None
+
+
+class _State:
+    """The chaos switch, plan, generator and call counts (the module's one registry)."""
+
+    __slots__ = ("calls", "enabled", "env_checked", "lock", "plan", "rng", "started")
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.env_checked = False
+        self.plan: Plan | None = None
+        self.rng = random.Random()
+        self.calls: dict[str, int] = {}
+        self.started = 0.0
+        self.lock = threading.Lock()
+
+
+_state = _State()
+
+
+class _Enabled:
+    """Returned by ``enable()``: use it as a context manager to disable on exit."""
+
+    def __enter__(self) -> _Enabled:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        disable()
+
+
+def enable(
+    plan: Plan | Mapping[str, Any] | str | os.PathLike[str] | None = None, *,
+    seed: int | None = None,
+) -> _Enabled:
+    """Turn fault injection on (with ``plan``, if given) and restart counts and windows.
+
+    ``seed`` (or the plan's seed) makes every random choice repeatable. Returns an object
+    that, used as ``with enable(...):``, disables again at the end of the block.
+    """
+    loaded = plan if isinstance(plan, Plan) or plan is None else load_plan(plan)
+    with _state.lock:
+        _state.env_checked = True
+        _state.plan = loaded
+        chosen = seed if seed is not None else (loaded.seed if loaded is not None else None)
+        _state.rng = random.Random(chosen)
+        _state.calls = {}
+        _state.started = clock.now()
+        _state.enabled = True
+    return _Enabled()
+
+
+def disable() -> None:
+    """Turn fault injection off: every fault point passes straight through again."""
+    with _state.lock:
+        _state.enabled = False
+        _state.plan = None
+
+
+def is_enabled() -> bool:
+    return _state.enabled
+
+
+def seed(value: int | None) -> None:
+    """Reseed the generator behind rates and latencies (for a repeatable run)."""
+    with _state.lock:
+        _state.rng = random.Random(value)
+
+
+def _check_env() -> None:
+    _state.env_checked = True
+    source = os.environ.get(ENV_VAR)
+    if source:
+        enable(load_plan(source))
+
+
+# ---------------------------------------------------------------------------------------------
+# fault points
+
+
+class Fault:
+    """A named fault point: a decorator (sync or async) and a context manager (both kinds)."""
+
+    __slots__ = ("name", "spec")
+
+    def __init__(self, name: str, spec: FaultSpec) -> None:
+        self.name = name
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"Fault({self.name!r})"
+
+    # the decision, written once for sync and async
+    def _decide(self) -> tuple[float, BaseException | None] | None:
+        state = _state
+        plan = state.plan
+        spec = plan.faults.get(self.name, self.spec) if plan is not None else self.spec
+        if spec.rate <= 0.0 or (spec.error is None and spec.latency is None):
+            return None
+        with state.lock:
+            call = state.calls.get(self.name, 0) + 1
+            state.calls[self.name] = call
+            if spec.when is not None and not spec.when(call, clock.now() - state.started):
+                return None
+            if spec.rate < 1.0 and not state.rng.random() < spec.rate:
+                return None
+            delay = spec.latency.sample(state.rng) if spec.latency is not None else 0.0
+        error = self._exception(spec.error)
+        if dispatcher.sinks:
+            dispatcher.emit(FaultInjected(
+                name=self.name, latency=delay if spec.latency is not None else None,
+                error_type=type(error).__name__ if error is not None else None,
+            ))
+        return delay, error
+
+    def _exception(self, error: BaseException | type[BaseException] | int | None) -> (
+        BaseException | None
+    ):
+        if error is None:
+            return None
+        if isinstance(error, int):
+            from ..outcome import register_default
+
+            register_default(InjectedStatusError, _classify_status_error)
+            return InjectedStatusError(error, self.name)
+        if isinstance(error, BaseException):
+            return error
+        try:
+            return error(f"injected fault at {self.name!r}")
+        except TypeError:
+            return error()
+
+    def inject(self) -> None:
+        """Run the fault point once (sync): maybe sleep, maybe raise."""
+        if not _state.enabled:
+            return
+        decision = self._decide()
+        if decision is not None:
+            delay, error = decision
+            if delay > 0:
+                clock.sleep(delay)
+            if error is not None:
+                raise error
+
+    async def ainject(self) -> None:
+        """Run the fault point once (async): maybe sleep without blocking the loop, maybe raise."""
+        if not _state.enabled:
+            return
+        decision = self._decide()
+        if decision is not None:
+            delay, error = decision
+            if delay > 0:
+                await clock.asleep(delay)
+            if error is not None:
+                raise error
+
+    def __call__(self, fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+            afn = cast(Callable[..., Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if _state.enabled:
+                    await self.ainject()
+                return await afn(*args, **kwargs)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _state.enabled:
+                self.inject()
+            return fn(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    def __enter__(self) -> Fault:
+        if _state.enabled:
+            self.inject()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def __aenter__(self) -> Fault:
+        if _state.enabled:
+            await self.ainject()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+def fault(
+    name: str, error: ErrorSpec = None, rate: float = 0.0, latency: LatencySpec = None,
+    when: WhenSpec = None,
+) -> Fault:
+    """A fault point named ``name`` (see the module docstring). Arguments are validated here.
+
+    The first call also reads the ``STOIC_CHAOS`` plan, if that variable is set.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    spec = FaultSpec.build(error, rate, latency, when)
+    if not _state.env_checked:
+        _check_env()
+    return Fault(name, spec)
