@@ -172,6 +172,7 @@ class MemoryBroker(ThreadedAsync):
             if e is None:
                 return
             del t.entries[message.id]
+            e.receipt = None
             t.dead[message.id] = DeadLetter(
                 message=_message(message.topic, e), reason=reason, error=error,
                 dead_at=clock.wall(),

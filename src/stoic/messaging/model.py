@@ -13,7 +13,8 @@ OpenTelemetry is configured) and, if the publisher sets one, ``schema-version``.
 from __future__ import annotations
 
 import json
-import uuid
+import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +27,11 @@ __all__ = [
     "TRACEPARENT_HEADER",
     "VERSION_HEADER",
     "DeadLetter",
+    "DeadLettersRequeued",
     "Message",
-    "MessageAcked",
     "MessageDeadLettered",
     "MessageHandled",
     "MessageRetried",
-    "MessagesRequeued",
     "QueueStats",
     "decode_headers",
     "dump_headers",
@@ -134,14 +134,6 @@ class MessageHandled(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessageAcked(Event):
-    """A batch of messages was acknowledged (removed from the queue) in one broker call."""
-
-    topic: str
-    count: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageRetried(Event):
     """A handler failed with a retryable outcome; the message comes back after ``delay``."""
 
@@ -165,7 +157,7 @@ class MessageDeadLettered(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessagesRequeued(Event):
+class DeadLettersRequeued(Event):
     """Dead letters were put back on their queue (``count`` of them)."""
 
     topic: str
@@ -176,8 +168,12 @@ class MessagesRequeued(Event):
 
 
 def new_id() -> str:
-    """A fresh message id (random UUID hex): unique without coordination between processes."""
-    return uuid.uuid4().hex
+    """A fresh message id: 32 hex digits, microseconds since the epoch then 72 random bits.
+
+    Unique without coordination between processes, and roughly increasing, so ids land at
+    the end of a database index instead of at random pages (fewer pages written per commit).
+    """
+    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
 
 
 def encode_payload(payload: Any) -> str:
@@ -206,16 +202,22 @@ def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+_inject: Any = None
+
+
 def _inject_trace(headers: dict[str, str]) -> None:
-    try:
-        from ..observability import otel  # type: ignore[attr-defined]
-    except ImportError:
+    global _inject
+    if _inject is None:  # looked up once per process: a failed import is not retried per call
+        try:
+            from ..observability.otel import inject
+        except ImportError:
+            _inject = False
+        else:
+            _inject = inject
+    if _inject is False:
         return
-    inject = getattr(otel, "inject", None)
-    if inject is None:
-        return
     try:
-        inject(headers)
+        _inject(headers)
     except Exception:  # tracing must never break publishing
         return
 

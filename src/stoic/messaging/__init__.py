@@ -1,0 +1,86 @@
+"""Durable messaging: queues that lose nothing, workers that retry and dead-letter, an outbox.
+
+Delivery is at-least-once on every broker; ``Worker(dedupe=...)`` and ``Inbox`` turn it into
+effectively-once side effects, and ``Outbox`` publishes in the same transaction as the
+business write. ``connect(url)`` picks the broker from a URL. The Redis and RabbitMQ clients
+are imported only when those brokers are created, so this package needs only the stdlib.
+See docs/messaging.md for what is guaranteed and what is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .broker import AsyncBroker, Broker, SyncBroker
+from .memory import MemoryBroker
+from .model import (
+    DeadLetter,
+    DeadLettersRequeued,
+    Message,
+    MessageDeadLettered,
+    MessageHandled,
+    MessageRetried,
+    QueueStats,
+)
+from .sqlite import SQLiteBroker
+from .worker import Worker, WorkerCounts
+
+__all__ = [
+    "AsyncBroker",
+    "Broker",
+    "DeadLetter",
+    "DeadLettersRequeued",
+    "MemoryBroker",
+    "Message",
+    "MessageDeadLettered",
+    "MessageHandled",
+    "MessageRetried",
+    "QueueStats",
+    "SQLiteBroker",
+    "SyncBroker",
+    "Worker",
+    "WorkerCounts",
+    "connect",
+]
+
+
+def connect(url: str, **options: Any) -> Any:
+    """The broker a URL names.
+
+    ``memory://``, ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (query
+    options: ``synchronous``, ``dedupe_window``), ``redis://host:port/db`` (``rediss://``
+    too) and ``amqp://user:password@host:port/vhost`` (``amqps://`` too). Keyword
+    ``options`` go to the broker's constructor and win over the query string.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"url must look like 'scheme://...', got {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if scheme == "memory":
+        if "dedupe_window" in query:
+            options.setdefault("dedupe_window", float(query["dedupe_window"]))
+        return MemoryBroker(**options)
+    if scheme == "sqlite":
+        path = unquote(url.split("://", 1)[1].split("?", 1)[0])
+        if not path.startswith("/") or path == "/":
+            raise ValueError(f"sqlite URLs look like 'sqlite:///file.db', got {url!r}")
+        path = path[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
+        if "synchronous" in query:
+            options.setdefault("synchronous", query["synchronous"].upper())
+        if "dedupe_window" in query:
+            options.setdefault("dedupe_window", float(query["dedupe_window"]))
+        return SQLiteBroker(path, **options)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBroker
+
+        return RedisBroker(url, **options)
+    if scheme in ("amqp", "amqps"):
+        from .rabbitmq import RabbitBroker
+
+        return RabbitBroker(url, **options)
+    raise ValueError(
+        f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///, redis:// "
+        "or amqp://"
+    )

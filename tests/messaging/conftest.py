@@ -1,0 +1,60 @@
+"""Brokers for the messaging tests: every conformance test runs on each of them.
+
+Each test gets its own topic (and, for SQLite, its own file), so tests running in parallel,
+or leftovers of an earlier run on the shared Redis and RabbitMQ, never collide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BROKERS = ["memory", "sqlite", "redis", "rabbitmq"]
+
+
+def make_broker(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    from stoic import messaging
+
+    if kind == "memory":
+        return messaging.MemoryBroker()
+    if kind == "sqlite":
+        return messaging.SQLiteBroker(tmp_path / "queue.db")
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        from stoic.messaging.redis import RedisBroker
+
+        return RedisBroker(url)
+    if kind == "rabbitmq":
+        url = request.getfixturevalue("amqp_url")
+        from stoic.messaging.rabbitmq import RabbitBroker
+
+        return RabbitBroker(url)
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    b = make_broker(request.param, tmp_path, request)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def local_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The brokers that need no server: for worker logic that does not depend on the broker."""
+    b = make_broker(request.param, tmp_path, request)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
