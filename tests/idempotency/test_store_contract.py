@@ -1,0 +1,178 @@
+"""The store contract, proven once for every store (memory, SQLite, Redis, PostgreSQL).
+
+Lease and expiry tests run on virtual time: every store reads ``stoic.clock.wall()`` on the
+client side, so moving the virtual clock moves the stores' idea of "now" too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from idempotency.backends import Backend
+from stoic.idempotency import ClaimStatus, RecordState, Store
+from stoic.testing import virtual_time
+
+LEASE, TTL = 10.0, 100.0
+
+
+def test_first_claim_wins_and_repeats_see_it_in_flight(store: Store) -> None:
+    first = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    again = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert first.status is ClaimStatus.CLAIMED and first.token
+    assert again.status is ClaimStatus.IN_FLIGHT and again.token is None
+    assert again.retry_after is not None and 0 < again.retry_after <= LEASE
+    assert again.record is not None and again.record.state is RecordState.IN_FLIGHT
+
+
+def test_same_key_with_another_fingerprint_is_a_mismatch(store: Store) -> None:
+    claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert store.claim("k", "other", lease=LEASE, ttl=TTL).status is ClaimStatus.MISMATCH
+    store.complete("k", claim.token or "", "done", ttl=TTL)
+    assert store.claim("k", "other", lease=LEASE, ttl=TTL).status is ClaimStatus.MISMATCH
+
+
+def test_completed_record_is_replayed_with_its_response(store: Store) -> None:
+    claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    response = '{"result": "ünïcode ✓", "n": 1}' * 100
+    assert store.complete("k", claim.token or "", response, ttl=TTL)
+    replay = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert replay.status is ClaimStatus.COMPLETED
+    assert replay.record is not None and replay.record.response == response
+    record = store.get("k")
+    assert record is not None and record.completed and record.response == response
+
+
+def test_a_response_of_none_is_stored_as_none(store: Store) -> None:
+    claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert store.complete("k", claim.token or "", None, ttl=TTL)
+    replay = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert replay.status is ClaimStatus.COMPLETED and replay.record is not None
+    assert replay.record.response is None
+
+
+def test_only_the_token_holder_can_complete_release_or_extend(store: Store) -> None:
+    claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert not store.complete("k", "not-the-token", "x", ttl=TTL)
+    assert not store.release("k", "not-the-token")
+    assert not store.extend("k", "not-the-token", LEASE)
+    assert store.claim("k", "fp", lease=LEASE, ttl=TTL).status is ClaimStatus.IN_FLIGHT
+    assert store.complete("k", claim.token or "", "x", ttl=TTL)
+    assert not store.release("k", claim.token or ""), "a completed record cannot be released"
+    assert store.claim("k", "fp", lease=LEASE, ttl=TTL).status is ClaimStatus.COMPLETED
+
+
+def test_release_lets_the_next_claim_run_again(store: Store) -> None:
+    claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert store.release("k", claim.token or "")
+    assert store.get("k") is None
+    again = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert again.status is ClaimStatus.CLAIMED and again.token != claim.token
+
+
+def test_expired_lease_is_taken_over_and_the_old_owner_cannot_complete(store: Store) -> None:
+    with virtual_time() as vc:
+        old = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+        vc.advance(LEASE - 1)
+        assert store.claim("k", "fp", lease=LEASE, ttl=TTL).status is ClaimStatus.IN_FLIGHT
+        vc.advance(2)
+        new = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+        assert new.status is ClaimStatus.CLAIMED and new.replaced == "lease_expired"
+        assert not store.complete("k", old.token or "", "late", ttl=TTL)
+        assert store.complete("k", new.token or "", "fresh", ttl=TTL)
+        record = store.get("k")
+        assert record is not None and record.response == "fresh"
+
+
+def test_extend_keeps_the_lease_alive(store: Store) -> None:
+    with virtual_time() as vc:
+        claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+        vc.advance(LEASE * 0.8)
+        assert store.extend("k", claim.token or "", LEASE)
+        vc.advance(LEASE * 0.8)
+        assert store.claim("k", "fp", lease=LEASE, ttl=TTL).status is ClaimStatus.IN_FLIGHT
+        vc.advance(LEASE * 0.3)
+        assert store.claim("k", "fp", lease=LEASE, ttl=TTL).status is ClaimStatus.CLAIMED
+
+
+def test_expired_records_are_ignored_on_read_and_purged(backend: Backend, store: Store) -> None:
+    with virtual_time() as vc:
+        claim = store.claim("old", "fp", lease=LEASE, ttl=TTL)
+        store.complete("old", claim.token or "", "r", ttl=TTL)
+        live = store.claim("live", "fp", lease=LEASE, ttl=TTL * 10)
+        store.complete("live", live.token or "", "r", ttl=TTL * 10)
+        vc.advance(TTL + 1)
+        assert store.get("old") is None
+        purged = store.purge_expired()
+        if backend.kind != "redis":  # Redis expires keys itself; purge has nothing to do
+            assert purged == 1
+        assert store.get("live") is not None
+        again = store.claim("old", "fp", lease=LEASE, ttl=TTL)
+        assert again.status is ClaimStatus.CLAIMED
+
+
+def test_keys_longer_than_255_characters_are_refused(store: Store) -> None:
+    assert store.claim("k" * 255, "fp", lease=LEASE, ttl=TTL).claimed
+    with pytest.raises(ValueError, match="256 characters"):
+        store.claim("k" * 256, "fp", lease=LEASE, ttl=TTL)
+    with pytest.raises(ValueError, match="empty"):
+        store.claim("", "fp", lease=LEASE, ttl=TTL)
+
+
+@pytest.mark.parametrize(("lease", "ttl"), [(0, TTL), (-1, TTL), (LEASE, 0), (LEASE, float("nan"))])
+def test_bad_lease_or_ttl_is_refused_naming_it(store: Store, lease: float, ttl: float) -> None:
+    with pytest.raises(ValueError, match="lease" if lease <= 0 else "ttl"):
+        store.claim("k", "fp", lease=lease, ttl=ttl)
+
+
+def test_corrupted_record_is_reported_and_treated_as_absent(
+    backend: Backend, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    if backend.kind == "memory":
+        pytest.skip("memory records are Python objects the store made; nothing to corrupt")
+    claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    store.complete("k", claim.token or "", "r", ttl=TTL)
+    backend.corrupt(store, "k")
+    with caplog.at_level(logging.WARNING, logger="stoic.idempotency"):
+        assert store.get("k") is None
+        again = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert again.status is ClaimStatus.CLAIMED
+    if backend.kind != "postgres":  # PostgreSQL's typed columns leave only the state to corrupt
+        assert again.replaced == "corrupted"
+    assert "unreadable" in caplog.text
+    assert store.complete("k", again.token or "", "new", ttl=TTL)
+    replay = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert replay.record is not None and replay.record.response == "new"
+
+
+def test_a_store_made_separately_on_the_same_backend_sees_the_same_records(
+    backend: Backend,
+) -> None:
+    one, two = backend.make(), backend.make()
+    claim = one.claim("k", "fp", lease=LEASE, ttl=TTL)
+    assert two.claim("k", "fp", lease=LEASE, ttl=TTL).status is ClaimStatus.IN_FLIGHT
+    one.complete("k", claim.token or "", "r", ttl=TTL)
+    assert two.claim("k", "fp", lease=LEASE, ttl=TTL).status is ClaimStatus.COMPLETED
+
+
+async def test_async_twins_keep_the_same_contract(store: Store) -> None:
+    first = await store.aclaim("k", "fp", lease=LEASE, ttl=TTL)
+    assert first.status is ClaimStatus.CLAIMED
+    assert (await store.aclaim("k", "fp", lease=LEASE, ttl=TTL)).status is ClaimStatus.IN_FLIGHT
+    assert (await store.aclaim("k", "x", lease=LEASE, ttl=TTL)).status is ClaimStatus.MISMATCH
+    assert await store.aextend("k", first.token or "", LEASE)
+    assert not await store.acomplete("k", "wrong", "r", ttl=TTL)
+    assert await store.acomplete("k", first.token or "", "r", ttl=TTL)
+    replay = await store.aclaim("k", "fp", lease=LEASE, ttl=TTL)
+    assert replay.status is ClaimStatus.COMPLETED and replay.record is not None
+    assert replay.record.response == "r"
+    record = await store.aget("k")
+    assert record is not None and record.completed
+    other = await store.aclaim("k2", "fp", lease=LEASE, ttl=TTL)
+    assert await store.arelease("k2", other.token or "")
+    assert await store.aget("k2") is None
+    assert await store.adelete("k")
+    assert await store.aget("k") is None
+    assert await store.apurge_expired() >= 0
+    await store.aclose()
