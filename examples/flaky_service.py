@@ -59,7 +59,7 @@ def make_handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # quiet
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             order = body["order"]
             key = self.headers.get("Idempotency-Key")

@@ -21,7 +21,7 @@ def test_flaky_service_example_prints_both_rows_and_stoic_charges_nobody_twice()
         for m in re.finditer(r"^(naive|stoic)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)s$", done.stdout, re.M)
     }
     assert set(rows) == {"naive", "stoic"}
-    calls, twice, surfaced, _wall = rows["stoic"]
+    calls, twice, _surfaced, _wall = rows["stoic"]
     assert twice == 0
     assert calls >= 24  # every order reached the service at least once
 

@@ -6,8 +6,8 @@ import asyncio
 import errno
 import socket
 import sqlite3
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 
@@ -31,9 +31,7 @@ class TestStdlib:
             (ConnectionResetError(), U),
             (ConnectionAbortedError(), U),
             (BrokenPipeError(), U),
-            (TimeoutError(), U),
-            (socket.timeout(), U),
-            (asyncio.TimeoutError(), U),
+            (TimeoutError(), U),  # also socket.timeout and asyncio.TimeoutError
             (OSError("something else"), U),
             (FileNotFoundError(), P),
             (PermissionError(), P),

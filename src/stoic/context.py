@@ -46,7 +46,7 @@ def deadline_at() -> float | None:
     return _deadline.get()
 
 
-class deadline:  # noqa: N801 - used like a function: ``with stoic.deadline(2.0):``
+class deadline:
     """Bound the time of everything inside the block to ``seconds`` from now.
 
     Works with ``with`` and ``async with``. The deadline is only information: stoic's policies
@@ -89,7 +89,7 @@ class deadline:  # noqa: N801 - used like a function: ``with stoic.deadline(2.0)
         self.__exit__(exc_type, exc, tb)
 
 
-class bind:  # noqa: N801
+class bind:
     """Bind request fields (``request_id``, ``user_id``, ...) for the block.
 
     Logs from stoic's log configuration and outgoing HTTP calls and messages carry them.
@@ -135,7 +135,7 @@ def idempotency_key() -> str | None:
     return _idempotency_key.get()
 
 
-class using_idempotency_key:  # noqa: N801
+class using_idempotency_key:
     """Mark the block as part of an operation with idempotency key ``key``.
 
     Inside it, ``Retry`` treats UNKNOWN failures as safe to retry, because the operation

@@ -101,7 +101,7 @@ class VirtualClock:
         self._patched.clear()
 
 
-class virtual_time:  # noqa: N801 - used like a function
+class virtual_time:
     """Run the block on a ``VirtualClock``; works with ``with`` and ``async with``."""
 
     def __init__(self, start: float | None = None) -> None:

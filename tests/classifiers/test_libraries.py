@@ -11,9 +11,9 @@ import psycopg
 import pytest
 import redis
 import requests
-from support import free_port
 
 from stoic import Outcome, classify
+from support import free_port
 
 T, U, P, THR = Outcome.TRANSIENT, Outcome.UNKNOWN, Outcome.PERMANENT, Outcome.THROTTLED
 

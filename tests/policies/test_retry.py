@@ -185,7 +185,7 @@ class TestGivingUp:
         with virtual_time() as clock, stoic.deadline(1.0):
             clock.advance(1.0)
             with pytest.raises(stoic.DeadlineExceeded):
-                _, fn = run(Retry())
+                run(Retry())
         assert isinstance(stoic.DeadlineExceeded(), TimeoutError)
 
     def test_zero_wait_never_calls_sleep(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiohttp  # type: ignore[import-not-found, unused-ignore]
+import aiohttp  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 from ..outcome import Outcome, Verdict, classify_status, register_default
 

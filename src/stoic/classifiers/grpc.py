@@ -31,7 +31,7 @@ def _rpc_error(exc: BaseException) -> Verdict:
 def install() -> None:
     """Register the gRPC classifier (called by stoic.outcome on first use)."""
     try:
-        import grpc  # type: ignore[import-not-found, unused-ignore]
+        import grpc  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError:  # only reached when something imports this module by hand
         return
     register_default(grpc.RpcError, _rpc_error)

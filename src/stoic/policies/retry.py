@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .. import clock
 from ..context import _deadline, _idempotency_key
@@ -30,7 +30,7 @@ from .backoff import Backoff, exponential
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
 from .budget import RetryBudget
 
-__all__ = ["Retry"]
+__all__ = ["Retry", "add_note"]
 
 _log = logging.getLogger("stoic")
 _now = clock.now
@@ -201,10 +201,11 @@ class Retry(Policy):
             what = f"{verdict.outcome.name}"
             if verdict.reason:
                 what += f": {verdict.reason}"
-            exc.add_note(
+            add_note(
+                exc,
                 f"stoic.Retry({self.name!r}) gave up after {state.attempts} "
                 f"attempt{'s' if state.attempts != 1 else ''} in {elapsed:.3f}s: {detail} "
-                f"(last failure {what})"
+                f"(last failure {what})",
             )
         if stop in _EXHAUSTED:
             _log.warning(
@@ -369,6 +370,19 @@ class Retry(Policy):
 _BAD_RESULT = Verdict(Outcome.TRANSIENT, None, "result rejected by on_result")
 
 
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, also on Python 3.10 (where tracebacks do not print notes)."""
+    adder = getattr(exc, "add_note", None)
+    if adder is not None:
+        adder(note)
+        return
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        exc.__notes__ = notes  # type: ignore[attr-defined]
+    notes.append(note)
+
+
 def _type_name(exc: BaseException | None) -> str:
     return "BadResult" if exc is None else type(exc).__name__
 
@@ -383,7 +397,7 @@ def _compile_on(on: OnException | None) -> Callable[[BaseException], bool] | Non
     ):
         types = on
     elif callable(on):
-        return on
+        return cast("Callable[[BaseException], bool]", on)
     else:
         raise ValueError(
             f"on must be an exception type, a tuple of them, or a predicate, got {on!r}"
