@@ -43,7 +43,7 @@ def metrics_app(cfg: ShopConfig) -> ASGIApp:
         prom = None
     if prom is not None:
         prom.instrument()
-        return prom.asgi_app()  # type: ignore[no-any-return]
+        return prom.make_asgi_app()  # type: ignore[no-any-return]
     import prometheus_client
 
     return prometheus_client.make_asgi_app()  # type: ignore[no-any-return]

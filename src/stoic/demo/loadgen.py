@@ -1,0 +1,116 @@
+"""The load generator: orders arriving at a steady rate, whatever the shop is going through.
+
+Open loop, like real customers: arrivals follow a seeded Poisson process at ``rps`` and do not
+wait for earlier orders to finish, so a slow shop piles up work instead of quietly receiving
+less of it. In-flight orders are bounded (``max_in_flight``); an arrival beyond the bound is
+recorded as not sent. Each order is one HTTP request with a client timeout; in the stoic
+build it carries an ``Idempotency-Key`` and the edge deadline in ``X-Request-Timeout-Ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+__all__ = ["LoadGenerator", "Request"]
+
+
+@dataclass(slots=True)
+class Request:
+    """One order as the client saw it. Times are epoch seconds; ``status`` 0 = no response."""
+
+    order_id: str
+    start: float
+    end: float = 0.0
+    status: int = 0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """The client was told the order was accepted."""
+        return 200 <= self.status < 300
+
+    @property
+    def latency(self) -> float:
+        """Seconds from sending to the answer (or to giving up)."""
+        return self.end - self.start
+
+
+class LoadGenerator:
+    """Send orders to ``url`` at ``rps`` for ``duration`` seconds; keep every ``Request``."""
+
+    def __init__(
+        self, url: str, *, rps: float, duration: float, seed: int, mode: str,
+        edge_deadline: float, client_timeout: float = 8.0, max_in_flight: int = 600,
+    ) -> None:
+        if not 0 < rps <= 500:
+            raise ValueError(f"rps must be in (0, 500], got {rps!r}")
+        if not duration > 0:
+            raise ValueError(f"duration must be > 0 seconds, got {duration!r}")
+        self.url = url
+        self.rps = float(rps)
+        self.duration = float(duration)
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.mode = mode
+        self.edge_deadline = edge_deadline
+        self.client_timeout = client_timeout
+        self.max_in_flight = max_in_flight
+        self.requests: list[Request] = []
+        self.not_sent = 0
+        self.in_flight = 0
+
+    async def run(self, started: float) -> None:
+        """Generate load from ``started`` (epoch seconds) for the duration, then wait for all."""
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.max_in_flight + 50,
+                              max_keepalive_connections=100)
+        async with httpx.AsyncClient(timeout=self.client_timeout, limits=limits) as client:
+            tasks: set[asyncio.Task[None]] = set()
+            n = 0
+            next_at = started
+            while True:
+                next_at += self.rng.expovariate(self.rps)
+                if next_at - started >= self.duration:
+                    break
+                delay = next_at - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                n += 1
+                if self.in_flight >= self.max_in_flight:
+                    self.not_sent += 1
+                    continue
+                request = Request(order_id=f"o{self.seed}-{n:06d}", start=time.time())
+                self.requests.append(request)
+                task = asyncio.create_task(self._send(client, request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _send(self, client: object, request: Request) -> None:
+        import httpx
+
+        assert isinstance(client, httpx.AsyncClient)
+        body = {"order_id": request.order_id, "amount": round(self.rng.uniform(5, 120), 2),
+                "sku": f"sku-{self.rng.randint(1, 20)}", "quantity": 1}
+        headers = {}
+        if self.mode == "stoic":
+            headers["idempotency-key"] = f"order-{request.order_id}"
+            headers["x-request-timeout-ms"] = str(int(self.edge_deadline * 1000))
+        self.in_flight += 1
+        try:
+            response = await client.post(f"{self.url}/orders", json=body, headers=headers)
+            request.status = response.status_code
+            if response.status_code >= 300:
+                request.error = f"HTTP {response.status_code}"
+        except httpx.TimeoutException:
+            request.error = "client timeout"
+        except httpx.HTTPError as exc:
+            request.error = type(exc).__name__
+        finally:
+            request.end = time.time()
+            self.in_flight -= 1
