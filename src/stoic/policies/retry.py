@@ -33,6 +33,7 @@ from .budget import RetryBudget
 __all__ = ["Retry", "add_note"]
 
 _log = logging.getLogger("stoic")
+_active = clock._active  # the active clock; read through it so virtual time applies
 _now = clock.now
 _EXHAUSTED = frozenset({"attempts", "max_time", "deadline", "budget", "retry_after"})
 
@@ -140,7 +141,7 @@ class Retry(Policy):
                     stop = "not idempotent (the failed attempt may have taken effect)"
             elif outcome is not Outcome.TRANSIENT and outcome is not Outcome.THROTTLED:
                 stop = "not retryable"
-        now = _now()
+        now = _active.monotonic()
         wait = 0.0
         if stop:
             pass
@@ -237,12 +238,36 @@ class Retry(Policy):
             )
 
     # --- the thin loops ---------------------------------------------------------------------
+    # One function per mode: the first attempt runs inline (the happy path allocates nothing),
+    # and only a failure, a bad result or a listener leads into the loop below it.
 
     def wrap(self, inner: Step) -> Step:
         decide, succeeded, name = self._decide, self._succeeded, self.name
         budget, on_result = self.budget, self.on_result
+        observed = on_result is not None
+        direct = inner is invoke
 
-        def loop(fn: Any, args: Any, kwargs: Any, state: _State, wait: float) -> Any:
+        def call(fn: Any, args: Any, kwargs: Any) -> Any:
+            if budget is not None:
+                budget.deposit()
+            at = _deadline.get()
+            start = _active.monotonic()
+            if at is not None and start >= at:
+                raise _not_started(name)
+            if observed or dispatcher.sinks or dispatcher.attempt_scope is not None:
+                state = _State(start, 0)
+                wait = 0.0
+            else:
+                try:
+                    if direct:
+                        return fn(*args, **kwargs)
+                    return inner(fn, args, kwargs)
+                except Exception as exc:
+                    state = _State(start, 1)
+                    first_wait = decide(state, exc)
+                    if first_wait is None:
+                        raise
+                wait = first_wait
             while True:
                 if wait > 0:
                     clock.sleep(wait)
@@ -268,55 +293,35 @@ class Retry(Policy):
                 succeeded(state)
                 return result
 
-        observed = on_result is not None
-
-        def call(fn: Any, args: Any, kwargs: Any) -> Any:
-            if budget is not None:
-                budget.deposit()
-            at = _deadline.get()
-            start = _now()
-            if at is not None and start >= at:
-                raise _not_started(name)
-            if observed or dispatcher.sinks or dispatcher.attempt_scope is not None:
-                return loop(fn, args, kwargs, _State(start, 0), 0.0)
-            try:
-                return inner(fn, args, kwargs)
-            except Exception as exc:
-                state = _State(start, 1)
-                wait = decide(state, exc)
-                if wait is None:
-                    raise
-            return loop(fn, args, kwargs, state, wait)
-
-        if inner is not invoke:
-            return call
-
-        def call_direct(fn: Any, args: Any, kwargs: Any) -> Any:  # the same, one frame less
-            if budget is not None:
-                budget.deposit()
-            at = _deadline.get()
-            start = _now()
-            if at is not None and start >= at:
-                raise _not_started(name)
-            if observed or dispatcher.sinks or dispatcher.attempt_scope is not None:
-                return loop(fn, args, kwargs, _State(start, 0), 0.0)
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                state = _State(start, 1)
-                wait = decide(state, exc)
-                if wait is None:
-                    raise
-            return loop(fn, args, kwargs, state, wait)
-
-        return call_direct
+        return call
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
         decide, succeeded, name = self._decide, self._succeeded, self.name
         budget, on_result = self.budget, self.on_result
+        observed = on_result is not None
         direct = inner is ainvoke
 
-        async def loop(fn: Any, args: Any, kwargs: Any, state: _State, wait: float) -> Any:
+        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
+            if budget is not None:
+                budget.deposit()
+            at = _deadline.get()
+            start = _active.monotonic()
+            if at is not None and start >= at:
+                raise _not_started(name)
+            if observed or dispatcher.sinks or dispatcher.attempt_scope is not None:
+                state = _State(start, 0)
+                wait = 0.0
+            else:
+                try:
+                    if direct:
+                        return await fn(*args, **kwargs)
+                    return await inner(fn, args, kwargs)
+                except Exception as exc:
+                    state = _State(start, 1)
+                    first_wait = decide(state, exc)
+                    if first_wait is None:
+                        raise
+                wait = first_wait
             while True:
                 if wait > 0:
                     await clock.asleep(wait)
@@ -341,28 +346,6 @@ class Retry(Policy):
                         continue
                 succeeded(state)
                 return result
-
-        observed = on_result is not None
-
-        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
-            if budget is not None:
-                budget.deposit()
-            at = _deadline.get()
-            start = _now()
-            if at is not None and start >= at:
-                raise _not_started(name)
-            if observed or dispatcher.sinks or dispatcher.attempt_scope is not None:
-                return await loop(fn, args, kwargs, _State(start, 0), 0.0)
-            try:
-                if direct:
-                    return await fn(*args, **kwargs)
-                return await inner(fn, args, kwargs)
-            except Exception as exc:
-                state = _State(start, 1)
-                wait = decide(state, exc)
-                if wait is None:
-                    raise
-            return await loop(fn, args, kwargs, state, wait)
 
         return acall
 
