@@ -1,0 +1,89 @@
+"""Fixtures for the chaos tests: small real TCP servers behind a real fault proxy."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from stoic.chaos import ProxyServer, faults
+
+Handler = Callable[[socket.socket], None]
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _serve(handle: Handler) -> Iterator[int]:
+    class RequestHandler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            try:
+                handle(self.request)
+            except OSError:
+                pass
+
+    server = _Server(("127.0.0.1", 0), RequestHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _echo(sock: socket.socket) -> None:
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        sock.sendall(data)
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    """A TCP echo server's port."""
+    yield from _serve(_echo)
+
+
+PAYLOAD = bytes(range(256)) * 4000  # 1,024,000 bytes; test_toxics.py has the same
+
+
+def _blast(sock: socket.socket) -> None:
+    """Wait for one request line (a byte count), send that many bytes of PAYLOAD, close."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(100)
+        if not chunk:
+            return
+        line += chunk
+    sock.sendall(PAYLOAD[: int(line)])
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(65536):
+        pass
+
+
+@pytest.fixture
+def blast_port() -> Iterator[int]:
+    """A server that sends N bytes (N asked for on the first line), then closes."""
+    yield from _serve(_blast)
+
+
+@pytest.fixture
+def proxy_server() -> Iterator[ProxyServer]:
+    with ProxyServer(seed=1) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _faults_off() -> Iterator[None]:
+    """In-process fault injection never leaks from one test into the next."""
+    yield
+    faults.disable()
+    faults._state.env_checked = False
