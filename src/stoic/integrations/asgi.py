@@ -1,0 +1,290 @@
+"""ASGI middleware: a request arrives with its deadline, its ids and its trace, or is shed.
+
+    app = FastAPI()
+    app.add_middleware(StoicMiddleware, service="orders", version="1.4.2", max_deadline=10.0)
+
+For every HTTP request ``StoicMiddleware``:
+
+- reads the caller's time left from the deadline header (``X-Request-Timeout-Ms``, in
+  milliseconds, as stoic's HTTP clients send it) and runs the handler inside
+  ``stoic.deadline``: retries stop in time and outgoing stoic calls carry what is left. A
+  request that arrives with no time left is answered 504 without running the handler (the
+  caller has already given up; the work would be wasted). A malformed value is ignored with a
+  warning; a negative or absurdly large one is clamped to ``max_deadline``. ``max_deadline``
+  also bounds requests that come without the header.
+- binds ``request_id`` (from ``X-Request-ID``, or a new one), ``user_id`` (from the
+  ``user_id`` hook), ``service`` and ``version`` with ``stoic.context.bind``, for logs and
+  outgoing calls, and echoes the request id in the response.
+- continues the caller's W3C trace when ``stoic.observability.otel`` tracing is on.
+- with a ``bulkhead``, sheds load: when it is full the answer is 503 with ``Retry-After``.
+- answers 504 when the handler lets ``stoic.DeadlineExceeded`` escape before responding.
+
+It is plain ASGI (no framework base class), so it works with Starlette, FastAPI and any ASGI
+app. Scopes other than ``http`` pass straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ..context import bind, deadline
+from ..errors import BulkheadFullError, DeadlineExceeded
+from ..policies.base import Policy
+
+if TYPE_CHECKING:
+    from ..idempotency.asgi import (  # type: ignore[import-not-found,unused-ignore]
+        IdempotencyMiddleware,
+    )
+
+__all__ = ["IdempotencyMiddleware", "StoicMiddleware"]
+
+_log = logging.getLogger("stoic.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+UserIdHook = Callable[[Scope], "str | None"]
+
+_MAX_REQUEST_ID = 200
+
+
+def _valid_request_id(value: bytes) -> str | None:
+    # Echoed into logs and response headers: printable ASCII only, bounded length.
+    if not value or len(value) > _MAX_REQUEST_ID:
+        return None
+    if not all(33 <= b <= 126 for b in value):
+        return None
+    return value.decode("ascii")
+
+
+def _trace_extractor() -> Callable[[Any], Any] | None:
+    try:
+        from ..observability import otel  # type: ignore[attr-defined,unused-ignore]
+    except Exception:  # absent, or OpenTelemetry not installed
+        return None
+    extract = getattr(otel, "extract", None)
+    return extract if callable(extract) else None
+
+
+class StoicMiddleware:
+    """Deadlines, request context, trace context and load shedding for an ASGI app.
+
+    Args:
+        app: the ASGI application to wrap.
+        service, version: bound into the request context (logs carry them).
+        deadline_header: the header carrying the caller's time left, in milliseconds.
+        max_deadline: the most time, in seconds, any request may have; longer, negative
+            and missing values become this. None: no cap and no default deadline.
+        shed_when_expired: answer 504 without running the handler when the caller's time is
+            already up.
+        bulkhead: a ``stoic.Bulkhead`` (or any policy raising ``BulkheadFullError``) limiting
+            concurrent requests; when it rejects, the answer is 503 with ``Retry-After``.
+        user_id: ``scope -> str | None``, the authenticated user for the context.
+        request_id_header: where the request id comes from and is echoed to.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        service: str,
+        version: str,
+        deadline_header: str = "X-Request-Timeout-Ms",
+        max_deadline: float | None = None,
+        shed_when_expired: bool = True,
+        bulkhead: Policy | None = None,
+        user_id: UserIdHook | None = None,
+        *,
+        request_id_header: str = "X-Request-ID",
+    ) -> None:
+        if not callable(app):
+            raise ValueError(f"app must be an ASGI application, got {app!r}")
+        if not isinstance(service, str) or not service:
+            raise ValueError(f"service must be a non-empty str, got {service!r}")
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"version must be a non-empty str, got {version!r}")
+        for label, value in (
+            ("deadline_header", deadline_header), ("request_id_header", request_id_header)
+        ):
+            if not isinstance(value, str) or not value or not value.isascii() or " " in value:
+                raise ValueError(f"{label} must be a non-empty ASCII header name, got {value!r}")
+        if max_deadline is not None and (
+            isinstance(max_deadline, bool)
+            or not isinstance(max_deadline, (int, float))
+            or not 0 < max_deadline < math.inf
+        ):
+            raise ValueError(f"max_deadline must be > 0 seconds (finite) or None, got "
+                             f"{max_deadline!r}")
+        if bulkhead is not None and not isinstance(bulkhead, Policy):
+            raise ValueError(f"bulkhead must be a stoic policy (a Bulkhead) or None, got "
+                             f"{bulkhead!r}")
+        if user_id is not None and not callable(user_id):
+            raise ValueError(f"user_id must be a callable taking the scope, got {user_id!r}")
+        self.app = app
+        self.service = service
+        self.version = version
+        self.deadline_header = deadline_header
+        self.max_deadline = None if max_deadline is None else float(max_deadline)
+        self.shed_when_expired = bool(shed_when_expired)
+        self.bulkhead = bulkhead
+        self.user_id = user_id
+        self.request_id_header = request_id_header
+        self._deadline_key = deadline_header.lower().encode("latin-1")
+        self._request_id_key = request_id_header.lower().encode("latin-1")
+        self._extract = _trace_extractor()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await _Exchange(self, scope).run(receive, send)
+
+    def _seconds(self, raw: bytes | None) -> float | None:
+        """The request's time budget in seconds from the header value, clamped; None: none."""
+        cap = self.max_deadline
+        if raw is None:
+            return cap
+        text = raw.decode("latin-1").strip()
+        try:
+            millis = float(text)
+        except ValueError:
+            millis = math.nan
+        if not math.isfinite(millis):
+            _log.warning(
+                "stoic: ignoring malformed %s header %r", self.deadline_header, text[:64]
+            )
+            return cap
+        if millis < 0:
+            _log.warning(
+                "stoic: negative %s header %r; using max_deadline=%s",
+                self.deadline_header, text[:64], cap,
+            )
+            return cap
+        seconds = millis / 1000.0
+        if cap is not None and seconds > cap:
+            return cap
+        return seconds
+
+
+class _Exchange:
+    """The per-request state: what came in, and whether the response has started."""
+
+    __slots__ = ("headers", "middleware", "request_id", "scope", "started")
+
+    def __init__(self, middleware: StoicMiddleware, scope: Scope) -> None:
+        self.middleware = middleware
+        self.scope = scope
+        self.started = False
+        self.headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or ())
+        self.request_id = ""
+
+    def _header(self, key: bytes) -> bytes | None:
+        for name, value in self.headers:
+            if name == key:
+                return value
+        return None
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        mw = self.middleware
+        raw_id = self._header(mw._request_id_key)
+        request_id = _valid_request_id(raw_id) if raw_id is not None else None
+        self.request_id = request_id or uuid.uuid4().hex
+        seconds = mw._seconds(self._header(mw._deadline_key))
+        if seconds is not None and seconds <= 0 and mw.shed_when_expired:
+            await self._answer(send, 504, b"deadline exceeded before the request was handled")
+            return
+        user = None
+        if mw.user_id is not None:
+            try:
+                user = mw.user_id(self.scope)
+            except Exception:
+                _log.warning("stoic: the user_id hook failed", exc_info=True)
+        token = self._attach_trace()
+        try:
+            with bind(
+                request_id=self.request_id, user_id=user, service=mw.service, version=mw.version
+            ):
+                if seconds is None:
+                    await self._handle(receive, send)
+                else:
+                    with deadline(max(seconds, 0.0)):
+                        await self._handle(receive, send)
+        finally:
+            if token is not None:
+                from opentelemetry import context as otel_context
+
+                otel_context.detach(token)
+
+    def _attach_trace(self) -> Any:
+        extract = self.middleware._extract
+        if extract is None:
+            return None
+        try:
+            ctx = extract(self.headers)
+            if ctx is None:
+                return None
+            from opentelemetry import context as otel_context
+
+            return otel_context.attach(ctx)
+        except Exception:  # a bad traceparent must not fail the request
+            _log.debug("stoic: trace context extraction failed", exc_info=True)
+            return None
+
+    async def _handle(self, receive: Receive, send: Send) -> None:
+        mw = self.middleware
+        echo = (mw._request_id_key, self.request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.started = True
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != echo[0]]
+                headers.append(echo)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            if mw.bulkhead is None:
+                await mw.app(self.scope, receive, send_with_id)
+            else:
+                await mw.bulkhead.acall(mw.app, self.scope, receive, send_with_id)
+        except BulkheadFullError as exc:
+            if self.started:
+                raise
+            retry_after = exc.retry_after if exc.retry_after is not None else 1.0
+            await self._answer(
+                send, 503, b"overloaded, try again later",
+                retry_after=max(1, math.ceil(retry_after)),
+            )
+        except DeadlineExceeded:
+            if self.started:
+                raise
+            await self._answer(send, 504, b"deadline exceeded while handling the request")
+
+    async def _answer(
+        self, send: Send, status: int, body: bytes, retry_after: int | None = None
+    ) -> None:
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (self.middleware._request_id_key, self.request_id.encode("ascii")),
+        ]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode("ascii")))
+        self.started = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def __getattr__(name: str) -> Any:
+    # IdempotencyMiddleware lives with the idempotency engine; re-exported here, lazily, so
+    # the ASGI pieces are found in one place without importing the engine for every app.
+    if name == "IdempotencyMiddleware":
+        from ..idempotency.asgi import IdempotencyMiddleware  # type: ignore[import-not-found,unused-ignore]
+
+        return IdempotencyMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

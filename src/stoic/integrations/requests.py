@@ -1,0 +1,230 @@
+"""A requests transport adapter with stoic's rules: safe retries, per-host breakers, deadlines.
+
+    session = requests.Session()
+    adapter = ResilientAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+The semantics are those of ``stoic.integrations.httpx.ResilientTransport``: attempts run
+under ``stoic.Retry``; a failing status (503, 429, 502, ...) is a failure inside the loop and,
+when Retry gives up, the last response is returned; UNKNOWN failures (a read timeout, a
+dropped connection) are retried only for idempotent methods or requests with an
+``Idempotency-Key`` (generated once per POST/PATCH with ``idempotency_keys=True``); a body
+that is a file or generator is sent once; each attempt's timeouts shrink to the time left
+before ``stoic.deadline``, and no attempt starts after it.
+
+requests waits forever when no timeout is given. The adapter gives such a request
+``default_timeout`` (connect, read) = (3.05, 10) seconds. A requests read timeout bounds each
+socket read, not the whole response, so a server trickling bytes can outlast a deadline.
+urllib3's own retries are switched off: stoic makes the decision, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from ..context import remaining, using_idempotency_key
+from ..errors import DeadlineExceeded
+from ..outcome import classify_status
+from ..policies.base import Policy
+from ._http import (
+    DEADLINE_HEADER,
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENT_METHODS,
+    KEYED_METHODS,
+    REQUEST_ID_HEADER,
+    BreakerFactory,
+    BulkheadFactory,
+    HostPolicies,
+    Settings,
+    deadline_fired,
+    expired,
+    host_name,
+    new_idempotency_key,
+)
+
+__all__ = ["ResilientAdapter"]
+
+Timeouts = tuple["float | None", "float | None"]
+
+
+class _StatusFailure(requests.HTTPError):
+    """A failing response, raised only inside the retry loop; the caller gets the response."""
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _timeouts(value: Any, label: str) -> Timeouts:
+    """``(connect, read)`` seconds from whatever requests accepts as a timeout."""
+    if isinstance(value, urllib3.Timeout):
+        return _number(value.connect_timeout), _number(value.read_timeout)
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"{label} must be seconds or a (connect, read) pair, got {value!r}")
+        connect, read = value
+    else:
+        connect = read = value
+    for part in (connect, read):
+        if part is not None and not (_number(part) is not None and part > 0):
+            raise ValueError(f"{label} must be > 0 seconds or None, got {value!r}")
+    return _number(connect), _number(read)
+
+
+class _Plan:
+    __slots__ = ("host", "key", "policy", "timeouts", "what")
+
+    def __init__(
+        self, policy: Policy | None, host: Policy | None, key: str | None,
+        timeouts: Timeouts, what: str,
+    ) -> None:
+        self.policy = policy
+        self.host = host
+        self.key = key
+        self.timeouts = timeouts
+        self.what = what
+
+
+class ResilientAdapter(HTTPAdapter):
+    """Mount on a ``requests.Session`` for stoic's retries, breakers and deadlines.
+
+    Args:
+        policy: the policy around each logical request (a ``stoic.Retry`` or a Pipeline
+            with one); default 3 attempts, exponential backoff capped at 10 s, retry budget.
+        default_timeout: (connect, read) seconds for requests that give no timeout.
+        per_host, idempotency_keys, propagate, breaker, bulkhead, deadline_header,
+        request_id_header: as for ``stoic.integrations.httpx.ResilientTransport``.
+        **adapter_kwargs: passed to ``HTTPAdapter`` (``pool_connections``, ...), except
+            ``max_retries``, which stoic owns.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        default_timeout: float | tuple[float, float] = (3.05, 10.0),
+        per_host: bool = True,
+        idempotency_keys: bool = True,
+        propagate: bool = True,
+        *,
+        breaker: BreakerFactory | None = None,
+        bulkhead: BulkheadFactory | None = None,
+        deadline_header: str = DEADLINE_HEADER,
+        request_id_header: str = REQUEST_ID_HEADER,
+        **adapter_kwargs: Any,
+    ) -> None:
+        if "max_retries" in adapter_kwargs:
+            raise ValueError("max_retries is not supported: stoic's policy decides retries")
+        if default_timeout is None:
+            raise ValueError("default_timeout must be seconds or a (connect, read) pair, got None")
+        self.default_timeout = _timeouts(default_timeout, "default_timeout")
+        self._settings = Settings(
+            policy, idempotency_keys, propagate, deadline_header, request_id_header
+        )
+        self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
+        self.policy = self._settings.policy
+        self.per_host = bool(per_host)
+        super().__init__(max_retries=0, **adapter_kwargs)
+
+    def host_policy(self, url: str) -> Policy | None:
+        """The breaker (and bulkhead) this adapter applies to requests to ``url``'s host."""
+        if self._hosts is None:
+            return None
+        parts = urlsplit(url)
+        return self._hosts.get(host_name(parts.scheme, parts.hostname or "", parts.port))
+
+    def send(  # type: ignore[override]
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send ``request`` with retries; returns the last response, raises the last error."""
+        plan = self._plan(request, timeout)
+        io = (stream, verify, cert, proxies)
+        policy = plan.policy
+        try:
+            if policy is None:
+                return self._attempt(request, plan, io)
+            if plan.key is None:
+                return policy.call(self._attempt, request, plan, io)
+            with using_idempotency_key(plan.key):
+                return policy.call(self._attempt, request, plan, io)
+        except _StatusFailure as failure:
+            response = failure.response
+            assert response is not None  # we always attach it
+            return response
+
+    def _plan(self, request: requests.PreparedRequest, timeout: Any) -> _Plan:
+        settings = self._settings
+        method = (request.method or "GET").upper()
+        headers = request.headers
+        key = headers.get(IDEMPOTENCY_HEADER)
+        if key is None and settings.idempotency_keys and method in KEYED_METHODS:
+            key = new_idempotency_key()
+            headers[IDEMPOTENCY_HEADER] = key
+        body = request.body
+        policy: Policy | None
+        if not (body is None or isinstance(body, (bytes, str))):
+            policy = None  # a file or a generator: it cannot be sent twice
+        elif method in IDEMPOTENT_METHODS:
+            policy = settings.idempotent_policy
+        else:
+            policy = settings.policy
+        url = request.url or ""
+        host = None
+        if self._hosts is not None:
+            parts = urlsplit(url)
+            host = self._hosts.get(host_name(parts.scheme, parts.hostname or "", parts.port))
+        timeouts = self.default_timeout if timeout is None else _timeouts(timeout, "timeout")
+        return _Plan(policy, host, key, timeouts, f"{method} {url}")
+
+    def _attempt(
+        self, request: requests.PreparedRequest, plan: _Plan, io: tuple[Any, ...]
+    ) -> requests.Response:
+        left = remaining()
+        connect, read = plan.timeouts
+        if left is not None:
+            if left <= 0:
+                raise expired(plan.what)
+            connect = left if connect is None or connect > left else connect
+            read = left if read is None or read > left else read
+        settings = self._settings
+        if settings.propagate:
+            settings.propagate_into(request.headers, left)
+        if plan.host is None:
+            return self._send(request, plan, (connect, read), left, io)
+        return plan.host.call(self._send, request, plan, (connect, read), left, io)
+
+    def _send(
+        self, request: requests.PreparedRequest, plan: _Plan, timeouts: Timeouts,
+        left: float | None, io: tuple[Any, ...],
+    ) -> requests.Response:
+        stream, verify, cert, proxies = io
+        try:
+            response = super().send(
+                request, stream=stream, timeout=timeouts,  # type: ignore[arg-type]
+                verify=verify, cert=cert, proxies=proxies,
+            )
+        except requests.Timeout as exc:
+            if left is not None and deadline_fired():
+                raise DeadlineExceeded(
+                    f"deadline ran out during {plan.what} ({type(exc).__name__})"
+                ) from exc
+            raise
+        verdict = classify_status(response.status_code, response.headers)
+        if not verdict.outcome.is_failure:
+            return response
+        response.content  # noqa: B018 - read it now, so the connection goes back to the pool
+        raise _StatusFailure(f"{plan.what}: {verdict.reason}", response=response)
