@@ -134,3 +134,25 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(
     assert "Error" in output
     assert message in output
     assert not out.exists()
+
+
+def test_dashboard_queries_are_valid_promql_over_every_metric(tmp_path: Path) -> None:
+    from stoic.observability import dashboard
+
+    board = dashboard()
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    text = " ".join(exprs)
+    for metric in (
+        "stoic_calls_total", "stoic_retries_total", "stoic_rejections_total",
+        "stoic_circuit_breaker_state", "stoic_call_duration_seconds_bucket",
+        "stoic_messages_total", "stoic_idempotent_replays_total",
+    ):
+        assert metric in text
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:panel{i}", "expr": expr.replace("$__rate_interval", "5m")
+         .replace("$service", ".*").replace("$name", ".*")}
+        for i, expr in enumerate(exprs)
+    ]}]}
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
+    check = run("promtool", "check", "rules", "dashboard.yml", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
