@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import psycopg
@@ -18,13 +19,11 @@ from support import free_port
 T, U, P, THR = Outcome.TRANSIENT, Outcome.UNKNOWN, Outcome.PERMANENT, Outcome.THROTTLED
 
 
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """Accepts connections and reads, never answers: a read timeout."""
+def _serve(on_connect: Callable[[socket.socket, list[socket.socket]], None]) -> Iterator[int]:
+    """A raw TCP server on a free port that hands each connection to ``on_connect``."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    port = sock.getsockname()[1]
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -35,11 +34,11 @@ def silent_server() -> Iterator[int]:
                 conn, _ = sock.accept()
             except OSError:
                 continue
-            held.append(conn)
+            on_connect(conn, held)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield port
+    yield sock.getsockname()[1]
     stop.set()
     thread.join()
     for conn in held:
@@ -47,32 +46,26 @@ def silent_server() -> Iterator[int]:
     sock.close()
 
 
+def _hold(conn: socket.socket, held: list[socket.socket]) -> None:
+    held.append(conn)  # read nothing, answer nothing
+
+
+def _reset_after_request(conn: socket.socket, held: list[socket.socket]) -> None:
+    conn.recv(65536)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # linger 0: RST instead of FIN, the reply is lost
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts connections and never answers: a read timeout."""
+    yield from _serve(_hold)
+
+
 @pytest.fixture
 def resetting_server() -> Iterator[int]:
     """Reads the request, then resets the connection: the reply is lost."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-    stop = threading.Event()
-
-    def serve() -> None:
-        sock.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                continue
-            conn.recv(65536)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield port
-    stop.set()
-    thread.join()
-    sock.close()
+    yield from _serve(_reset_after_request)
 
 
 class TestHttpx:
