@@ -68,7 +68,7 @@ DEFAULT_CACHE = frozenset({Outcome.SUCCESS, Outcome.PERMANENT})
 
 _SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a namespace or a scope
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1
-_CLAIM_TURNS = 20  # a corrupted record or a released key makes the loop claim again
+_CLAIM_TURNS = 5  # a corrupted record is deleted and claimed again, a few times at most
 
 
 @dataclass(slots=True)
@@ -382,7 +382,8 @@ class Idempotent(Policy):
                 return inner(fn, args, kwargs)
             wait_until: float | None = None
             poll = _POLL_FIRST
-            for _ in range(_CLAIM_TURNS):
+            corrupted = 0
+            while True:  # bounded: by wait_until while waiting, by _CLAIM_TURNS otherwise
                 claim = store.claim(prepared.store_key, prepared.fingerprint,
                                     lease=lease, ttl=ttl)
                 if claim.status is ClaimStatus.CLAIMED:
@@ -391,6 +392,10 @@ class Idempotent(Policy):
                     ok, value = self._replay(target, prepared, claim)
                     if ok:
                         return value
+                    corrupted += 1
+                    if corrupted >= _CLAIM_TURNS:
+                        raise CodecError(f"stored result for {prepared.client_key!r} stays "
+                                         "unreadable")
                     store.delete(prepared.store_key)
                     continue
                 if claim.status is ClaimStatus.IN_FLIGHT and self.wait > 0:
@@ -401,8 +406,6 @@ class Idempotent(Policy):
                         clock.sleep(min(poll, left))
                         poll = min(poll * 2, _POLL_MAX)
                         continue
-                raise self._refusal(target, prepared, claim)
-            else:
                 raise self._refusal(target, prepared, claim)
             return self._run(inner, target, prepared, claim, fn, args, kwargs)
 
@@ -460,7 +463,8 @@ class Idempotent(Policy):
                 return await inner(fn, args, kwargs)
             wait_until: float | None = None
             poll = _POLL_FIRST
-            for _ in range(_CLAIM_TURNS):
+            corrupted = 0
+            while True:  # bounded: by wait_until while waiting, by _CLAIM_TURNS otherwise
                 claim = await store.aclaim(prepared.store_key, prepared.fingerprint,
                                            lease=lease, ttl=ttl)
                 if claim.status is ClaimStatus.CLAIMED:
@@ -469,6 +473,10 @@ class Idempotent(Policy):
                     ok, value = self._replay(target, prepared, claim)
                     if ok:
                         return value
+                    corrupted += 1
+                    if corrupted >= _CLAIM_TURNS:
+                        raise CodecError(f"stored result for {prepared.client_key!r} stays "
+                                         "unreadable")
                     await store.adelete(prepared.store_key)
                     continue
                 if claim.status is ClaimStatus.IN_FLIGHT and self.wait > 0:
@@ -479,8 +487,6 @@ class Idempotent(Policy):
                         await clock.asleep(min(poll, left))
                         poll = min(poll * 2, _POLL_MAX)
                         continue
-                raise self._refusal(target, prepared, claim)
-            else:
                 raise self._refusal(target, prepared, claim)
             return await self._arun(inner, target, prepared, claim, fn, args, kwargs)
 
