@@ -36,7 +36,7 @@ class TestSwitch:
             return 42
 
         assert query() == 42
-        with chaos.enable(), pytest.raises(TimeoutError, match="db.query"):
+        with chaos.enable(), pytest.raises(TimeoutError, match=r"db\.query"):
             query()
         assert query() == 42  # the with block disabled it again
 
