@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import stoic
+import stoic.http
 from integrations.servers import Server
 from stoic.integrations.asgi import StoicMiddleware
 
@@ -51,12 +52,21 @@ def build(calls: Calls, **options: Any) -> Starlette:
         await asyncio.sleep(float(request.query_params.get("for", "0.5")))
         return JSONResponse({"ok": True})
 
+    async def trace(request: Request) -> JSONResponse:
+        from opentelemetry import trace as otel_trace
+
+        context = otel_trace.get_current_span().get_span_context()
+        return JSONResponse({
+            "trace_id": format(context.trace_id, "032x"),
+            "traceparent": request.headers.get("traceparent"),
+        })
+
     async def expires(request: Request) -> JSONResponse:
         raise stoic.DeadlineExceeded("downstream ran out of time")
 
     app = Starlette(routes=[
         Route("/info", info), Route("/sync", sync_info), Route("/slow", slow),
-        Route("/expires", expires),
+        Route("/expires", expires), Route("/trace", trace),
     ])
     app.add_middleware(StoicMiddleware, service="svc", version="1.0", **options)
     return app
@@ -164,6 +174,28 @@ class TestRequestContext:
             assert response.json()["user_id"] == "u7"
         finally:
             server.stop()
+
+
+class TestTraceContext:
+    def test_w3c_trace_context_goes_out_and_is_continued_by_the_middleware(
+        self, served: Any
+    ) -> None:
+        sdk = pytest.importorskip("opentelemetry.sdk.trace")
+        from stoic.observability import otel
+
+        provider = sdk.TracerProvider()
+        assert otel.instrument(tracer_provider=provider)
+        try:
+            url, _ = served
+            with stoic.http.Client() as client, provider.get_tracer("test").start_as_current_span(
+                "caller"
+            ) as span:
+                body = client.get(f"{url}/trace").json()
+            caller_trace = format(span.get_span_context().trace_id, "032x")
+        finally:
+            otel.uninstrument()
+        assert body["traceparent"].split("-")[1] == caller_trace
+        assert body["trace_id"] == caller_trace
 
 
 class TestLoadShedding:
