@@ -29,7 +29,9 @@ trials for breakers of the same name; see ``stoic.state``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
+import itertools
 import threading
 import types
 from collections.abc import Callable, Mapping
@@ -61,6 +63,9 @@ __all__ = [
 ]
 
 _now = clock.now
+# The active clock's holder: reading ``_active.monotonic()`` directly saves a call on the
+# rejection path and still follows ``stoic.testing.virtual_time()``.
+_active = clock._active
 
 # --- states -------------------------------------------------------------------------------
 
@@ -201,38 +206,50 @@ class TimeWindow:
 
 
 class _CountRing:
-    """The last ``size`` outcome codes in a ring, with running totals: O(1) per record."""
+    """The last ``size`` calls, kept as a call counter plus the positions of bad calls.
 
-    __slots__ = ("_codes", "_index", "_size", "calls", "failures", "slow")
+    A success only advances ``seq``, an ``itertools.count`` (atomic under the GIL, no lock,
+    no allocation); failures and slow calls are remembered by position in two deques, and a
+    position older than ``size`` calls drops out. So the healthy path costs one ``next()``,
+    and a failure is O(1) amortised under the breaker's lock.
+    """
+
+    __slots__ = ("_failures", "_size", "_slow", "seq")
 
     def __init__(self, size: int) -> None:
-        self._codes = [-1] * size  # -1: empty slot
-        self._index = 0
         self._size = size
-        self.calls = self.failures = self.slow = 0
+        self._failures: collections.deque[int] = collections.deque()
+        self._slow: collections.deque[int] = collections.deque()
+        self.seq = itertools.count()
 
-    def add(self, code: int, now: float) -> None:
-        index = self._index
-        codes = self._codes
-        old = codes[index]
-        codes[index] = code
-        index += 1
-        self._index = 0 if index == self._size else index
-        if old < 0:
-            self.calls += 1
-        elif old:
-            if old & _FAILURE:
-                self.failures -= 1
-            if old & _SLOW:
-                self.slow -= 1
+    def clear(self) -> None:
+        self.seq = itertools.count()
+        self._failures.clear()
+        self._slow.clear()
+
+    def _counts(self, position: int) -> tuple[int, int, int]:
+        """(calls, failures, slow) with ``position`` the index of the latest call."""
+        floor = position - self._size
+        failures, slow = self._failures, self._slow
+        while failures and failures[0] <= floor:
+            failures.popleft()
+        while slow and slow[0] <= floor:
+            slow.popleft()
+        calls = position + 1
+        return (calls if calls < self._size else self._size), len(failures), len(slow)
+
+    def add(self, code: int, now: float) -> tuple[int, int, int]:
+        position = next(self.seq)
         if code:
             if code & _FAILURE:
-                self.failures += 1
+                self._failures.append(position)
             if code & _SLOW:
-                self.slow += 1
+                self._slow.append(position)
+        return self._counts(position)
 
-    def expire(self, now: float) -> None:
-        return None
+    def counts(self, now: float) -> tuple[int, int, int]:
+        # the next position, read without taking it: count's repr is "count(N)"
+        return self._counts(int(repr(self.seq)[6:-1]) - 1)
 
 
 class _TimeRing:
@@ -242,9 +259,12 @@ class _TimeRing:
     over the ring, so the cost per record is O(1) amortised and bounded by the ring size.
     """
 
-    __slots__ = ("_calls", "_fail", "_head", "_size", "_slow", "calls", "failures", "slow")
+    __slots__ = (
+        "_calls", "_fail", "_head", "_size", "_slow", "calls", "failures", "seq", "slow"
+    )
 
     def __init__(self, seconds: int) -> None:
+        self.seq = itertools.count()  # unused: a time window always records under the lock
         self._size = seconds
         self._calls = [0] * seconds
         self._fail = [0] * seconds
@@ -273,7 +293,17 @@ class _TimeRing:
                 self._calls[i] = self._fail[i] = self._slow[i] = 0
         self._head = second
 
-    def add(self, code: int, now: float) -> None:
+    def clear(self) -> None:
+        for i in range(self._size):
+            self._calls[i] = self._fail[i] = self._slow[i] = 0
+        self._head = None
+        self.calls = self.failures = self.slow = 0
+
+    def counts(self, now: float) -> tuple[int, int, int]:
+        self.expire(now)
+        return self.calls, self.failures, self.slow
+
+    def add(self, code: int, now: float) -> tuple[int, int, int]:
         self.expire(now)
         head = self._head
         assert head is not None  # set by expire
@@ -287,6 +317,7 @@ class _TimeRing:
             if code & _SLOW:
                 self._slow[i] += 1
                 self.slow += 1
+        return self.calls, self.failures, self.slow
 
 
 # --- the registry -------------------------------------------------------------------------
@@ -355,10 +386,12 @@ class CircuitBreaker(Policy):
         "_generation",
         "_leasing",
         "_lock",
+        "_message",
         "_mode",
         "_open_until",
         "_opened_for",
         "_ring",
+        "_seq",
         "_shared",
         "_timed",
         "_trial_admitted",
@@ -441,8 +474,10 @@ class CircuitBreaker(Policy):
             max_open_for = self.open_for if open_for_growth == 1.0 else self.open_for * 10
         self.max_open_for = float(max_open_for)
         self._lock = threading.Lock()
+        self._message = f"circuit {name!r} is open"
         self._mode = _CLOSED
         self._ring: _CountRing | _TimeRing = window._ring()
+        self._seq = self._ring.seq
         self._timed = self.slow_call_duration is not None or isinstance(window, TimeWindow)
         self._open_until = 0.0
         self._opened_for = self.open_for
@@ -491,9 +526,7 @@ class CircuitBreaker(Policy):
     def metrics(self) -> BreakerMetrics:
         """Counts in the window right now."""
         with self._lock:
-            ring = self._ring
-            ring.expire(_now())
-            return BreakerMetrics(ring.calls, ring.failures, ring.slow)
+            return BreakerMetrics(*self._ring.counts(_now()))
 
     def force_open(self) -> None:
         """Reject every call until ``reset()``: for maintenance, or to shed a dependency."""
@@ -513,7 +546,7 @@ class CircuitBreaker(Policy):
             previous = self._mode
             self._enter(mode)
             self._consecutive_opens = 0
-            self._ring = self.window._ring()
+            self._clear_window()
             if dispatcher.sinks:
                 self._later_event(pending, kind, previous, mode, "manual")
         _run(pending)
@@ -566,7 +599,7 @@ class CircuitBreaker(Policy):
         previous = self._mode
         self._enter(_CLOSED)
         self._consecutive_opens = 0
-        self._ring = self.window._ring()
+        self._clear_window()
         shared = self._shared
         if shared is not None:
             pending.append(lambda: shared.closed(self))
@@ -584,21 +617,37 @@ class CircuitBreaker(Policy):
 
     # --- recording ------------------------------------------------------------------------
 
+    def _clear_window(self) -> None:
+        self._ring.clear()
+        self._seq = self._ring.seq
+
     def _record(self, code: int, now: float) -> None:
         """Record a closed-state call. Opens the breaker when a threshold is reached."""
         pending: _Pending | None = None
         with self._lock:
             if self._mode != _CLOSED:
                 return
-            ring = self._ring
-            ring.add(code, now)
-            calls = ring.calls
+            calls, failures, slow = self._ring.add(code, now)
             if calls >= self.minimum_calls and (
-                ring.failures >= self.failure_rate * calls
-                or ring.slow >= self.slow_call_rate * calls
+                failures >= self.failure_rate * calls or slow >= self.slow_call_rate * calls
             ):
                 pending = []
-                self._open(pending, calls, ring.failures, ring.slow, reopen=False)
+                self._open(pending, calls, failures, slow, reopen=False)
+        if pending:
+            _run(pending)
+
+    def _check(self) -> None:
+        """The window just reached ``minimum_calls`` on a success: judge what it holds."""
+        pending: _Pending | None = None
+        with self._lock:
+            if self._mode != _CLOSED:
+                return
+            calls, failures, slow = self._ring.counts(0.0)
+            if calls >= self.minimum_calls and (
+                failures >= self.failure_rate * calls or slow >= self.slow_call_rate * calls
+            ):
+                pending = []
+                self._open(pending, calls, failures, slow, reopen=False)
         if pending:
             _run(pending)
 
@@ -701,9 +750,21 @@ class CircuitBreaker(Policy):
                     retry_after=retry_after,
                 )
             )
-        return CircuitOpenError(
-            f"circuit {self.name!r} is open", retry_after=retry_after, name=self.name
-        )
+        # A fresh exception per rejection: a shared one would keep growing its traceback.
+        # Built without Rejected.__init__'s keyword handling, since rejecting must be cheap.
+        exc = _new_error(CircuitOpenError, self._message)
+        exc.retry_after = retry_after
+        exc.name = self.name
+        return exc
+
+    def _reject_open(self, left: float) -> CircuitOpenError:
+        """The common rejection: open, ``left`` seconds to go (no lock needed to know it)."""
+        if dispatcher.sinks:
+            return self._rejected(left)
+        exc = _new_error(CircuitOpenError, self._message)
+        exc.retry_after = left
+        exc.name = self.name
+        return exc
 
     # --- remote transitions (called by shared state from its own thread) -------------------
 
@@ -738,7 +799,7 @@ class CircuitBreaker(Policy):
                 return
             self._enter(_CLOSED)
             self._consecutive_opens = 0
-            self._ring = self.window._ring()
+            self._clear_window()
             if dispatcher.sinks:
                 self._later_event(pending, BreakerClosed, mode, _CLOSED, "remote")
         _run(pending)
@@ -804,11 +865,20 @@ class CircuitBreaker(Policy):
 
         timed_mode = self._timed
 
+        check_at = self.minimum_calls - 1
+        reject_open = self._reject_open
+
         if direct and not timed_mode:
 
             def call_direct(fn: Any, args: Any, kwargs: Any) -> Any:
-                if breaker._mode or dispatcher.sinks:
-                    if breaker._mode:
+                mode = breaker._mode
+                if mode or dispatcher.sinks:
+                    if mode == _OPEN:
+                        left = breaker._open_until - _active.monotonic()
+                        if left > 0:
+                            # built in a helper: a local holding it would make a frame cycle
+                            raise reject_open(left)
+                    if mode:
                         return slow_path(fn, args, kwargs)
                     return timed(fn, args, kwargs, _PASS)
                 try:
@@ -816,13 +886,18 @@ class CircuitBreaker(Policy):
                 except Exception as exc:
                     record(_code_of(exc), 0.0)
                     raise
-                record(0, 0.0)
+                if next(breaker._seq) == check_at:
+                    breaker._check()
                 return result
 
             return call_direct
 
         def call(fn: Any, args: Any, kwargs: Any) -> Any:
             if breaker._mode:
+                if breaker._mode == _OPEN:
+                    left = breaker._open_until - _now()
+                    if left > 0:
+                        raise reject_open(left)
                 return slow_path(fn, args, kwargs)
             if timed_mode or dispatcher.sinks:
                 return timed(fn, args, kwargs, _PASS)
@@ -831,7 +906,8 @@ class CircuitBreaker(Policy):
             except Exception as exc:
                 record(_code_of(exc), 0.0)
                 raise
-            record(0, 0.0)
+            if next(breaker._seq) == check_at:
+                breaker._check()
             return result
 
         return call
@@ -887,8 +963,15 @@ class CircuitBreaker(Policy):
 
         timed_mode = self._timed
 
+        check_at = self.minimum_calls - 1
+        reject_open = self._reject_open
+
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
             if breaker._mode:
+                if breaker._mode == _OPEN:
+                    left = breaker._open_until - _now()
+                    if left > 0:
+                        raise reject_open(left)
                 return await slow_path(fn, args, kwargs)
             if timed_mode or dispatcher.sinks:
                 return await timed(fn, args, kwargs, _PASS)
@@ -900,7 +983,8 @@ class CircuitBreaker(Policy):
             except Exception as exc:
                 record(_code_of(exc), 0.0)
                 raise
-            record(0, 0.0)
+            if next(breaker._seq) == check_at:
+                breaker._check()
             return result
 
         return acall
@@ -908,6 +992,9 @@ class CircuitBreaker(Policy):
     def _after_lease_abandoned(self) -> None:
         with self._lock:
             self._leasing = False
+
+
+_new_error = BaseException.__new__
 
 
 def _run(pending: _Pending) -> None:
