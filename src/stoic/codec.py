@@ -67,7 +67,7 @@ class Codec:
     def _default(self, obj: Any) -> Any:
         custom = self._by_type.get(type(obj))
         if custom is not None:
-            return {_TAG: custom[0], "v": custom[1](obj)}
+            return {_TAG: custom[0], "v": _tuples(custom[1](obj), self._by_type)}
         if isinstance(obj, _dt.datetime):
             return {_TAG: "datetime", "v": obj.isoformat()}
         if isinstance(obj, _dt.date):
@@ -97,7 +97,7 @@ class Codec:
     def encode(self, value: Any) -> str:
         """Value to JSON text. Raises ``CodecError`` naming the type it cannot encode."""
         try:
-            return self._encoder.encode(_tuples(value))
+            return self._encoder.encode(_tuples(value, self._by_type))
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
 
@@ -108,7 +108,7 @@ class Codec:
         Raises ``CodecError`` like ``encode``.
         """
         try:
-            return self._canonical.encode(_tuples(value))
+            return self._canonical.encode(_tuples(value, self._by_type))
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
 
@@ -135,14 +135,20 @@ class Codec:
         return builtin(value)
 
 
-def _tuples(value: Any) -> Any:
-    # json turns tuples into lists silently; keep them tuples so a replay equals the original.
+def _tuples(value: Any, custom: dict[type, tuple[str, Callable[[Any], Any]]]) -> Any:
+    # json turns tuples into lists silently, and never asks about subclasses of the types it
+    # knows (an ``int`` subclass is written as a plain int). Tag both here, so a replay equals
+    # the original and a registered type wins over the built-ins.
+    kind = type(value)
+    if custom and kind in custom:
+        name, to_json = custom[kind]
+        return {_TAG: name, "v": _tuples(to_json(value), custom)}
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return {_TAG: "tuple", "v": [_tuples(v) for v in value]}
+        return {_TAG: "tuple", "v": [_tuples(v, custom) for v in value]}
     if isinstance(value, list):
-        return [_tuples(v) for v in value]
+        return [_tuples(v, custom) for v in value]
     if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: _tuples(v, custom) for k, v in value.items()}
     return value
 
 
