@@ -82,7 +82,9 @@ def _shrink(timeouts: dict[str, float | None], left: float) -> dict[str, float |
 
 
 def _rebuilt(response: httpx.Response, body: bytes, request: httpx.Request) -> httpx.Response:
-    # The raw (still encoded) body in a replayable stream, so the client decodes it as usual.
+    # A failing response is read at once (its connection goes back to the pool before any
+    # backoff) and rebuilt around the raw, still encoded, body, so the client decodes it as
+    # usual if it turns out to be the last one.
     return httpx.Response(
         response.status_code, headers=response.headers, stream=httpx.ByteStream(body),
         extensions=response.extensions, request=request,
@@ -226,14 +228,13 @@ class ResilientTransport(_Core, httpx.BaseTransport):
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
             return response
-        try:
-            body = b"".join(response.iter_raw())
-        finally:
-            response.close()
-        raise _StatusFailure(
-            f"{plan.what}: {verdict.reason}", request=request,
-            response=_rebuilt(response, body, request),
-        )
+        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
+            try:
+                body = b"".join(response.iter_raw())
+            finally:
+                response.close()
+            response = _rebuilt(response, body, request)
+        raise _StatusFailure(f"{plan.what}: {verdict.reason}", request=request, response=response)
 
     def close(self) -> None:
         self.inner.close()
@@ -298,14 +299,13 @@ class ResilientAsyncTransport(_Core, httpx.AsyncBaseTransport):
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
             return response
-        try:
-            body = b"".join([chunk async for chunk in response.aiter_raw()])
-        finally:
-            await response.aclose()
-        raise _StatusFailure(
-            f"{plan.what}: {verdict.reason}", request=request,
-            response=_rebuilt(response, body, request),
-        )
+        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
+            try:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            finally:
+                await response.aclose()
+            response = _rebuilt(response, body, request)
+        raise _StatusFailure(f"{plan.what}: {verdict.reason}", request=request, response=response)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
