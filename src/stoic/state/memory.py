@@ -28,7 +28,7 @@ def gcra(
     if tat < now:
         tat = now
     wait = tat - (burst - 1) * interval - now
-    if wait > max_wait:
+    if wait > max_wait + 1e-9:  # tolerance: sums of intervals are not exact in floating point
         return False, wait, tat
     return True, (wait if wait > 0 else 0.0), tat + interval
 

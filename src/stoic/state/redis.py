@@ -64,7 +64,7 @@ local max_wait = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat or tat < now then tat = now end
 local wait = tat - (burst - 1) * interval - now
-if wait > max_wait then
+if wait > max_wait + 0.000001 then
   return {0, string.format('%.3f', wait)}
 end
 local new_tat = tat + interval

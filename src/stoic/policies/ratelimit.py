@@ -1,0 +1,176 @@
+"""RateLimiter: at most ``rate`` calls per ``per`` seconds, locally or across a fleet.
+
+The algorithm is GCRA (see ``stoic.state.memory.gcra``): one number per limit, no timers. It
+behaves like a token bucket of ``burst`` tokens refilled one every ``per / rate`` seconds: a
+quiet client may make ``burst`` calls at once, and then one per interval.
+
+By default a call over the rate is rejected with ``RateLimitedError``, whose ``retry_after``
+says when it would be admitted. With ``wait=True`` the call instead reserves the next slot and
+sleeps until it comes, unless that is more than ``max_wait`` seconds away or past the context
+deadline (then it is rejected without waiting). A reserved slot is used even if the caller is
+cancelled while waiting.
+
+With ``state=stoic.state.RedisState(...)`` every process using the same ``name`` shares one
+rate: one atomic Lua script, one round trip per call. If Redis fails, each process falls back
+to enforcing the rate alone (see ``stoic.state.redis``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .. import clock
+from ..context import _deadline
+from ..errors import RateLimitedError
+from ..events import CallRejected, dispatcher
+from ..state.memory import gcra
+from .base import AsyncStep, Policy, Step
+
+if TYPE_CHECKING:
+    from ..state import SharedState
+
+__all__ = ["RateLimiter"]
+
+_now = clock.now
+
+
+class RateLimiter(Policy):
+    """Admit at most ``rate`` calls per ``per`` seconds, with bursts of up to ``burst``.
+
+    Args:
+        rate: calls allowed per period (> 0).
+        per: the period in seconds (> 0).
+        burst: calls allowed at once after a quiet spell (int >= 1); by default ``rate``
+            rounded up, i.e. a whole period's worth.
+        wait: sleep until the next slot instead of rejecting.
+        max_wait: with ``wait=True``, the longest wait in seconds before rejecting instead
+            (> 0, or None for as long as the context deadline allows).
+        state: ``stoic.state.RedisState`` (or a shared ``MemoryState``) to share the rate
+            with every limiter of the same ``name``; None keeps it in this object.
+        name: names the limit in events, metrics and shared state.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        per: float = 1.0,
+        burst: int | None = None,
+        wait: bool = False,
+        max_wait: float | None = None,
+        state: SharedState | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        if not _positive(rate):
+            raise ValueError(f"rate must be > 0, got {rate!r}")
+        if not _positive(per):
+            raise ValueError(f"per must be > 0 seconds, got {per!r}")
+        if burst is None:
+            burst = max(1, math.ceil(rate))
+        elif isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ValueError(f"burst must be an int >= 1 or None, got {burst!r}")
+        if max_wait is not None:
+            if not wait:
+                raise ValueError(f"max_wait needs wait=True, got max_wait={max_wait!r}")
+            if not _positive(max_wait):
+                raise ValueError(f"max_wait must be > 0 seconds or None, got {max_wait!r}")
+        if state is not None and not hasattr(state, "take"):
+            raise ValueError(f"state must be a stoic.state backend or None, got {state!r}")
+        self.rate = float(rate)
+        self.per = float(per)
+        self.burst = burst
+        self.wait = bool(wait)
+        self.max_wait = None if max_wait is None else float(max_wait)
+        self.state = state
+        self.name = name or "ratelimit"
+        self.interval = self.per / self.rate
+        self._lock = threading.Lock()
+        self._tat = -math.inf
+        self._compose()
+
+    def __repr__(self) -> str:
+        return (
+            f"RateLimiter(rate={self.rate}, per={self.per}, burst={self.burst}, "
+            f"wait={self.wait}, name={self.name!r})"
+        )
+
+    # --- the decision ---------------------------------------------------------------------
+
+    def _allowed_wait(self) -> float:
+        """The longest wait this call accepts: 0 when rejecting, else max_wait and deadline."""
+        if not self.wait:
+            return 0.0
+        limit = math.inf if self.max_wait is None else self.max_wait
+        at = _deadline.get()
+        if at is not None:
+            limit = min(limit, at - _now())
+        return limit
+
+    def _take_local(self, max_wait: float) -> tuple[bool, float]:
+        with self._lock:
+            now = _now()
+            admitted, seconds, tat = gcra(self._tat, now, self.interval, self.burst, max_wait)
+            if admitted:
+                self._tat = tat
+            return admitted, seconds
+
+    def _rejected(self, retry_after: float) -> RateLimitedError:
+        retry_after = max(0.0, retry_after)
+        if dispatcher.sinks:
+            dispatcher.emit(
+                CallRejected(
+                    name=self.name, policy="rate_limiter", reason="rate_limited",
+                    retry_after=retry_after,
+                )
+            )
+        return RateLimitedError(
+            f"rate limit {self.name!r} exceeded ({self.rate:g} per {self.per:g}s)",
+            retry_after=retry_after, name=self.name,
+        )
+
+    def _take(self, max_wait: float) -> tuple[bool, float]:
+        state = self.state
+        if state is None:
+            return self._take_local(max_wait)
+        return state.take(self.name, self.interval, self.burst, min(max_wait, 1e12))
+
+    async def _atake(self, max_wait: float) -> tuple[bool, float]:
+        state = self.state
+        if state is None:
+            return self._take_local(max_wait)
+        return await state.atake(self.name, self.interval, self.burst, min(max_wait, 1e12))
+
+    def wrap(self, inner: Step) -> Step:
+        take, allowed_wait, rejected = self._take, self._allowed_wait, self._rejected
+
+        def call(fn: Any, args: Any, kwargs: Any) -> Any:
+            admitted, seconds = take(allowed_wait())
+            if not admitted:
+                raise rejected(seconds)
+            if seconds > 0:
+                clock.sleep(seconds)
+            return inner(fn, args, kwargs)
+
+        return call
+
+    def awrap(self, inner: AsyncStep) -> AsyncStep:
+        atake, allowed_wait, rejected = self._atake, self._allowed_wait, self._rejected
+
+        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
+            admitted, seconds = await atake(allowed_wait())
+            if not admitted:
+                raise rejected(seconds)
+            if seconds > 0:
+                await clock.asleep(seconds)
+            return await inner(fn, args, kwargs)
+
+        return acall
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and 0 < value < math.inf
+    )
