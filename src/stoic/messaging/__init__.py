@@ -23,6 +23,7 @@ from .model import (
     MessageRetried,
     QueueStats,
 )
+from .outbox import Inbox, Outbox, OutboxRelay
 from .sqlite import SQLiteBroker
 from .worker import Worker, WorkerCounts
 
@@ -31,11 +32,14 @@ __all__ = [
     "Broker",
     "DeadLetter",
     "DeadLettersRequeued",
+    "Inbox",
     "MemoryBroker",
     "Message",
     "MessageDeadLettered",
     "MessageHandled",
     "MessageRetried",
+    "Outbox",
+    "OutboxRelay",
     "QueueStats",
     "SQLiteBroker",
     "SyncBroker",

@@ -255,7 +255,8 @@ class Worker:
     def run(self, *, stop_when_empty: bool = False, handle_signals: bool = True) -> WorkerCounts:
         """Consume until ``stop()``, SIGTERM/SIGINT, or (``stop_when_empty``) an empty queue.
 
-        Sync handlers run in ``concurrency`` threads; an async handler makes this run
+        With ``concurrency=1`` a sync handler runs in the calling thread, otherwise in
+        ``concurrency`` threads; an async handler makes this run
         ``arun`` in a new event loop. Returns the counts of what was done.
         """
         if self._is_async:
@@ -268,24 +269,35 @@ class Worker:
             beat_stop = threading.Event()
             beat._stoic_stop = beat_stop  # type: ignore[attr-defined]
             beat.start()
-            threads = [
-                threading.Thread(
-                    target=self._loop, args=(stop_when_empty,), name=f"{self.name}-{i}",
-                    daemon=True,
-                )
-                for i in range(self.concurrency)
-            ]
-            for t in threads:
-                t.start()
             try:
-                for t in threads:
-                    while t.is_alive():  # join in slices, so signals reach the main thread
-                        t.join(0.2)
+                if self.concurrency == 1:
+                    # In the caller's thread: a handler may use objects (a sqlite3
+                    # connection) that belong to the thread that created them.
+                    self._loop(stop_when_empty)
+                else:
+                    self._threads(stop_when_empty)
             finally:
                 self._stop.set()
                 beat_stop.set()
                 beat.join()
         return self.counts
+
+    def _threads(self, stop_when_empty: bool) -> None:
+        threads = [
+            threading.Thread(
+                target=self._loop, args=(stop_when_empty,), name=f"{self.name}-{i}",
+                daemon=True,
+            )
+            for i in range(self.concurrency)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():  # join in slices, so signals reach the main thread
+                    t.join(0.2)
+        finally:
+            self._stop.set()
 
     def stop(self) -> None:
         """Stop claiming; ``run``/``arun`` return once the held messages are finished."""
@@ -350,6 +362,7 @@ class Worker:
                         self._release(message)
             finally:
                 if acks:
+                    self._release(*acks)  # the heartbeat must not extend what is being acked
                     try:
                         broker.ack_many(acks)
                     except Exception:  # the leases run out: redelivered, not lost
@@ -575,6 +588,7 @@ class Worker:
                         self._release(message)
             finally:
                 if acks:
+                    self._release(*acks)
                     try:
                         await broker.aack_many(acks)
                     except Exception:

@@ -1,0 +1,53 @@
+"""A worker process for the crash tests (run as a script, killed with SIGKILL at random).
+
+argv: broker-url topic effects.db dedupe.db runs-file
+Every handler run appends the message id to runs-file (a side effect outside any
+transaction: it counts runs, duplicates included). The effect proper is a row in
+effects.db written in the same transaction as the inbox mark, so it happens once.
+The worker also has dedupe=SQLiteStore(dedupe.db).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+# A SIGTERM that arrives while the worker is still starting up ends it cleanly; once it runs,
+# Worker.run installs its own handler (finish what it holds, then exit).
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+import os  # noqa: E402
+import sqlite3  # noqa: E402
+
+from stoic.idempotency import SQLiteStore  # noqa: E402
+from stoic.messaging import Inbox, Message, Worker, connect  # noqa: E402
+
+
+def main() -> None:
+    url, topic, effects_path, dedupe_path, runs_path = sys.argv[1:6]
+    broker = connect(url)
+    db = sqlite3.connect(effects_path, timeout=30, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    inbox = Inbox()
+    runs = os.open(runs_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def handler(message: Message) -> None:
+        os.write(runs, f"{message.id}\n".encode())
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if inbox.mark(db, message):
+                db.execute("INSERT INTO effects (id, pid) VALUES (?, ?)", (message.id, os.getpid()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    Worker(
+        broker, topic, handler, dedupe=SQLiteStore(dedupe_path), lease=2.0, prefetch=10,
+        poll_interval=0.02,
+    ).run()
+
+
+if __name__ == "__main__":
+    main()
