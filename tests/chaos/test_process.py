@@ -217,3 +217,37 @@ class TestPartition:
     def test_a_service_in_two_groups_is_refused(self, proxy_server: ProxyServer) -> None:
         with pytest.raises(ValueError, match="two groups"):
             Network(proxy_server).partition(["a"], ["a", "b"])
+
+
+class TestProcessDirectory:
+    """Faulting processes recorded by a Supervisor, as another process (chaos run) does."""
+
+    def test_records_let_another_process_pause_kill_and_restart(self, tmp_path: Path) -> None:
+        from stoic.chaos.process import ProcessDirectory
+
+        with Supervisor(state_dir=tmp_path / "state", grace=2.0) as sup:
+            first = sup.start("svc", SLEEPER)
+            directory = ProcessDirectory(tmp_path / "state")
+            assert directory.pid("svc") == first.pid
+            directory.pause("svc")
+            assert directory.state("svc") == "paused"
+            directory.resume("svc")
+            assert directory.state("svc") == "running"
+            new_pid = directory.restart("svc", graceful=False)
+            assert new_pid != first.pid
+            assert directory.state("svc") == "running"
+            assert sup.state("svc") == "stopped" or sup.state("svc") == "exited"
+            directory.kill("svc")
+            assert directory.state("svc") == "exited"
+            sup.start("other", SLEEPER)
+            directory.restart("other")
+            restarted = directory.pid("other")
+        # closing the supervisor also stops what was restarted from its records
+        assert ProcessDirectory(tmp_path / "state").state("other") == "exited"
+        assert restarted != sup.info("other").pid
+
+    def test_an_unknown_name_raises_key_error(self, tmp_path: Path) -> None:
+        from stoic.chaos.process import ProcessDirectory
+
+        with pytest.raises(KeyError, match="ghost"):
+            ProcessDirectory(tmp_path).kill("ghost")

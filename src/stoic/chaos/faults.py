@@ -26,7 +26,9 @@ arguments::
 ``"mypkg.errors:Busy"``) or an HTTP-like status (``503``: raises ``InjectedStatusError``,
 classified like that status). ``latency`` is seconds: a number, ``(low, high)`` for uniform, or
 ``Normal(mean, stddev)``. ``when`` is ``first(n)`` calls, ``window(start, end)`` seconds after
-``enable()``, or any callable returning a bool. Latency sleeps through ``stoic.clock``, so it
+``enable()``, or any callable returning a bool. When ``STOIC_CHAOS`` names a file, the file is
+watched: rewriting it switches plans in the running process, and ``{"enabled": false}`` (or
+deleting it) turns faults off. Latency sleeps through ``stoic.clock``, so it
 runs on virtual time in tests. Every injection emits a ``FaultInjected`` event.
 
 The state (on or off, the plan, the seeded generator, call counts) is one named registry in
@@ -36,6 +38,7 @@ this module, ``_state``; ``disable()`` turns it off and ``enable()`` starts it a
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import importlib
 import inspect
@@ -425,8 +428,66 @@ def seed(value: int | None) -> None:
 def _check_env() -> None:
     _state.env_checked = True
     source = os.environ.get(ENV_VAR)
-    if source:
+    if not source:
+        return
+    if source.lstrip().startswith("{"):
         enable(load_plan(source))
+        return
+    _apply_plan_file(Path(source))
+    watcher = threading.Thread(
+        target=_watch_plan_file, args=(Path(source),), name="stoic-chaos-plan", daemon=True
+    )
+    watcher.start()
+
+
+def _apply_plan_file(path: Path) -> None:
+    """Enable the plan in ``path``; disable when the file is gone or says ``enabled: false``."""
+    try:
+        plan = load_plan(path)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        disable()
+        return
+    except ValueError:
+        import logging
+
+        logging.getLogger("stoic").exception("stoic chaos: ignoring a bad fault plan in %s", path)
+        return
+    if _switched_off(path, text):
+        disable()
+    else:
+        enable(plan)
+
+
+def _switched_off(path: Path, text: str) -> bool:
+    data: Any
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    return isinstance(data, Mapping) and data.get("enabled") is False
+
+
+def _watch_plan_file(path: Path, interval: float = 0.2) -> None:
+    """Re-read the ``STOIC_CHAOS`` file when it changes, so a running service can be driven
+    from outside (the Chaos Toolkit ``enable_fault_plan`` action writes this file). Runs only
+    when the variable names a file; a service without it pays nothing."""
+    last: tuple[float, int] | None = None
+    with contextlib.suppress(OSError):
+        found = path.stat()
+        last = (found.st_mtime, found.st_size)
+    stop = threading.Event()
+    while not stop.wait(interval):
+        try:
+            found = path.stat()
+            current: tuple[float, int] | None = (found.st_mtime, found.st_size)
+        except OSError:
+            current = None
+        if current != last:
+            last = current
+            _apply_plan_file(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@
 * ``partition`` / ``heal`` and ``Network`` split services into groups that cannot reach each
   other by disabling the fault proxies (``stoic.chaos.proxy``) that carry traffic between
   them, and re-enable them to heal.
+* ``ProcessDirectory`` acts on processes a ``Supervisor(state_dir=...)`` recorded, from another
+  process: this is how ``chaos run`` (the Chaos Toolkit extension) kills or pauses services
+  that a test harness or ``stoic demo`` started.
 * ``Monkey`` kills a random member of a group at random, bounded intervals. Its schedule comes
   from a seeded generator, so a failing run can be repeated exactly.
 
@@ -17,12 +20,13 @@ POSIX only (signals and process groups).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, Protocol
@@ -35,6 +39,7 @@ __all__ = [
     "Network",
     "NetworkHealed",
     "NetworkPartitioned",
+    "ProcessDirectory",
     "ProcessFaulted",
     "ProcessInfo",
     "ProcessState",
@@ -100,17 +105,21 @@ class Supervisor:
     """Starts named commands and injects process faults into them.
 
     ``log_dir``: when given, each process's stdout and stderr go to ``<log_dir>/<name>.log``
-    (appended across restarts); otherwise they are discarded. Use as a context manager, or
-    call ``close()``, to stop everything it started.
+    (appended across restarts); otherwise they are discarded. ``state_dir``: when given, each
+    start writes ``<state_dir>/<name>.json`` (pid, command, cwd, env, log) so that another
+    process can fault it through ``ProcessDirectory``. Use as a context manager, or call
+    ``close()``, to stop everything it started (and anything restarted from its records).
     """
 
     def __init__(
         self, *, log_dir: str | os.PathLike[str] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None, grace: float = 5.0,
     ) -> None:
         if grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.env = dict(env) if env is not None else None
         self.grace = grace
         self._procs: dict[str, _Managed] = {}
@@ -159,6 +168,12 @@ class Supervisor:
         )
         managed.paused = False
         managed.stopped = False
+        if self.state_dir is not None:
+            _write_record(self.state_dir, {
+                "name": managed.name, "pid": managed.popen.pid, "command": list(managed.command),
+                "cwd": managed.cwd, "env": managed.env,
+                "log": str(managed.log) if managed.log is not None else None,
+            })
 
     def _get(self, name: str) -> _Managed:
         managed = self._procs.get(name)
@@ -303,12 +318,164 @@ class Supervisor:
                 elif managed.output is not None:
                     managed.output.close()
                     managed.output = None
+                if self.state_dir is not None:  # restarted from the records, elsewhere?
+                    directory = ProcessDirectory(self.state_dir, grace=self.grace)
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        if directory.state(name) in ("running", "paused"):
+                            directory.terminate(name)
 
     def __enter__(self) -> Supervisor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# processes recorded on disk
+
+
+def _write_record(state_dir: Path, record: dict[str, object]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    target = state_dir / f"{record['name']}.json"
+    temporary = target.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record), encoding="utf-8")
+    temporary.replace(target)  # atomic: a reader never sees half a record
+
+
+def _proc_state(pid: int) -> str | None:
+    """The kernel's one-letter state (R, S, T, Z...) or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "S"
+        return "S"
+
+
+class ProcessDirectory:
+    """Fault processes recorded by a ``Supervisor(state_dir=...)``, from any process.
+
+    The verbs match ``Supervisor``'s and signal the recorded process group. ``restart``
+    starts the recorded command again, detached, and updates the record; the process is then
+    no longer a child of the supervisor that first started it (which will report it exited).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, grace: float = 5.0) -> None:
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        self.state_dir = Path(state_dir)
+        self.grace = grace
+
+    def record(self, name: str) -> dict[str, object]:
+        path = self.state_dir / f"{name}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise KeyError(f"no process named {name!r} recorded in {self.state_dir}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+            raise ValueError(f"{path} is not a process record")
+        return data
+
+    def pid(self, name: str) -> int:
+        pid = self.record(name)["pid"]
+        assert isinstance(pid, int)
+        return pid
+
+    def state(self, name: str) -> ProcessState:
+        """``running``, ``paused`` or ``exited`` (gone, or a zombie nobody reaped yet)."""
+        code = _proc_state(self.pid(name))
+        if code is None or code in ("Z", "X"):
+            return "exited"
+        return "paused" if code in ("T", "t") else "running"
+
+    def _signal(self, name: str, sig: int, action: str) -> int:
+        pid = self.pid(name)
+        if dispatcher.sinks:
+            dispatcher.emit(ProcessFaulted(name=name, action=action, pid=pid))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        return pid
+
+    def _wait_gone(self, name: str, timeout: float) -> bool:
+        end = _monotonic() + timeout
+        while self.state(name) != "exited":
+            if _monotonic() >= end:
+                return False
+            threading.Event().wait(0.01)
+        return True
+
+    def kill(self, name: str) -> None:
+        self._signal(name, signal.SIGKILL, "kill")
+        self._wait_gone(name, 10.0)
+
+    def terminate(self, name: str, grace: float | None = None) -> None:
+        if self.state(name) == "paused":
+            self._signal(name, signal.SIGCONT, "resume")
+        self._signal(name, signal.SIGTERM, "terminate")
+        if not self._wait_gone(name, self.grace if grace is None else grace):
+            self._signal(name, signal.SIGKILL, "kill")
+            self._wait_gone(name, 10.0)
+
+    def pause(self, name: str) -> None:
+        self._signal(name, signal.SIGSTOP, "pause")
+        self._wait_state(name, lambda state: state != "running")  # signals land asynchronously
+
+    def resume(self, name: str) -> None:
+        self._signal(name, signal.SIGCONT, "resume")
+        self._wait_state(name, lambda state: state != "paused")
+
+    def _wait_state(self, name: str, done: Callable[[str], bool], timeout: float = 2.0) -> None:
+        end = _monotonic() + timeout
+        while not done(self.state(name)) and _monotonic() < end:
+            threading.Event().wait(0.005)
+
+    def restart(self, name: str, *, graceful: bool = True) -> int:
+        """Stop the recorded process and start its command again; returns the new pid."""
+        record = self.record(name)
+        if self.state(name) != "exited":
+            if graceful:
+                self.terminate(name)
+            else:
+                self.kill(name)
+        if dispatcher.sinks:
+            dispatcher.emit(ProcessFaulted(name=name, action="restart", pid=self.pid(name)))
+        raw_command = record.get("command")
+        if not isinstance(raw_command, list) or not raw_command:
+            raise ValueError(f"the record of {name!r} has no command")
+        command = [str(part) for part in raw_command]
+        extra = record.get("env")
+        env: dict[str, str] | None = None
+        if isinstance(extra, dict) and extra:
+            env = {**os.environ, **{str(k): str(v) for k, v in extra.items()}}
+        cwd = record.get("cwd")
+        log = record.get("log")
+        output: IO[bytes] | int = subprocess.DEVNULL
+        if isinstance(log, str):
+            output = open(log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            popen = subprocess.Popen(
+                command, env=env, cwd=cwd if isinstance(cwd, str) else None,
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if not isinstance(output, int):
+                output.close()
+        new_pid: int = popen.pid
+        _write_record(self.state_dir, {**record, "pid": new_pid})
+        return new_pid
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------------
