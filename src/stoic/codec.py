@@ -43,6 +43,7 @@ class Codec:
         self._encoder = json.JSONEncoder(
             default=self._default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
+        self._decoder = json.JSONDecoder(object_hook=self._hook)
         self._canonical = json.JSONEncoder(
             default=self._default, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
             sort_keys=True,
@@ -115,7 +116,9 @@ class Codec:
     def decode(self, text: str | bytes) -> Any:
         """JSON text back to a value. Raises ``CodecError`` on bad JSON or an unknown tag."""
         try:
-            return json.loads(text, object_hook=self._hook)
+            if isinstance(text, (bytes, bytearray)):
+                text = text.decode("utf-8")
+            return self._decoder.decode(text)
         except CodecError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:

@@ -121,9 +121,9 @@ def test_corrupted_stored_result_is_reported_and_the_call_runs_again(
 def _fingerprint_of(fn: Any, n: int) -> str:
     import inspect
 
-    from stoic.idempotency.fingerprint import fingerprint_arguments
+    from stoic.idempotency.fingerprint import Binder, fingerprint_arguments
 
-    return fingerprint_arguments(inspect.signature(fn), (n,), {})
+    return fingerprint_arguments(Binder(inspect.signature(fn)).bind((n,), {}), (n,), {})
 
 
 async def test_async_function_is_claimed_replayed_and_refused_the_same_way(store: Store) -> None:

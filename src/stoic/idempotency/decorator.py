@@ -56,7 +56,7 @@ from .events import (
     IdempotencyRecordCorrupted,
     IdempotentReplayed,
 )
-from .fingerprint import digest, fingerprint_arguments
+from .fingerprint import Binder, digest, fingerprint_arguments
 from .store import MAX_KEY_LENGTH, Claim, ClaimStatus, Store, check_seconds
 
 __all__ = ["DEFAULT_CACHE", "Idempotent", "aextend", "extend", "idempotent"]
@@ -107,7 +107,7 @@ class _Target:
     """What the policy needs to know about one decorated function, worked out once."""
 
     namespace: str
-    signature: inspect.Signature | None
+    binder: Binder
     revive: Callable[[Any], Any]
 
 
@@ -239,7 +239,8 @@ class Idempotent(Policy):
             namespace = self.namespace
             if namespace is None:
                 namespace = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}"
-            target = _Target(namespace.replace(_SEPARATOR, ""), signature, _revive_for(fn))
+            target = _Target(namespace.replace(_SEPARATOR, ""), Binder(signature),
+                             _revive_for(fn))
             if len(self._targets) >= 1024:  # .call() with fresh lambdas or bound methods
                 self._targets.clear()
             self._targets[fn] = target
@@ -249,12 +250,12 @@ class Idempotent(Policy):
         self, target: _Target, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> _Call | None:
         key_spec = self.key
+        bound = target.binder.bind(args, kwargs) if self.fingerprint is None or isinstance(
+            key_spec, str) else None
         if isinstance(key_spec, str):
-            if target.signature is None:
+            if bound is None:
                 raise TypeError("a format-string key needs a function with a signature")
-            bound = target.signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            client_key: str | None = key_spec.format(**bound.arguments)
+            client_key: str | None = key_spec.format(**bound)
         else:
             client_key = key_spec(*args, **kwargs)
         if client_key is None:
@@ -286,7 +287,7 @@ class Idempotent(Policy):
                                  else self.codec.canonical(custom))
         else:
             try:
-                fingerprint = fingerprint_arguments(target.signature, args, kwargs, self.codec)
+                fingerprint = fingerprint_arguments(bound, args, kwargs, self.codec)
             except CodecError as exc:
                 _note(exc, "pass fingerprint= to @idempotent to say what identifies a request")
                 raise

@@ -180,6 +180,8 @@ def check_key(key: str) -> str:
 
 def check_seconds(name: str, value: float) -> float:
     """A duration argument: a finite float > 0 (ValueError naming it otherwise)."""
+    if type(value) is float and 0.0 < value < math.inf:
+        return value  # the common case, checked first: this runs on every claim
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
     if not (value > 0 and math.isfinite(value)):
