@@ -106,7 +106,9 @@ def _proxy_available() -> bool:
     return importlib.util.find_spec("stoic.chaos.proxy") is not None
 
 
-def start(procs: Any, workdir: Path, ports: dict[str, int]) -> Network:
+def start(
+    procs: Any, workdir: Path, ports: dict[str, int], api_port: int | None = None,
+) -> Network:
     """The network for one run: proxies when stoic's proxy is installed, else in-process."""
     notes: list[str] = []
     if not _proxy_available():
@@ -114,7 +116,8 @@ def start(procs: Any, workdir: Path, ports: dict[str, int]) -> Network:
         return InProcessNetwork(ports, notes)
     from .procs import free_port, wait_http
 
-    api_port = free_port()
+    if api_port is None:
+        api_port = free_port()
     procs.start("proxy", procs.python("-m", "stoic.demo.proxy", str(api_port)))
     api = f"http://127.0.0.1:{api_port}"
     wait_http(f"{api}/version", timeout=20.0)

@@ -106,7 +106,12 @@ class LoadGenerator:
             response = await client.post(f"{self.url}/orders", json=body, headers=headers)
             request.status = response.status_code
             if response.status_code >= 300:
-                request.error = f"HTTP {response.status_code}"
+                detail = ""
+                try:
+                    detail = str(response.json().get("error", ""))
+                except ValueError:
+                    pass
+                request.error = f"HTTP {response.status_code} {detail}".strip()
         except httpx.TimeoutException:
             request.error = "client timeout"
         except httpx.HTTPError as exc:

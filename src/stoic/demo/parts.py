@@ -20,6 +20,7 @@ __all__ = [
     "http_client",
     "idempotency_middleware",
     "metrics_app",
+    "inbox",
     "outbox",
     "require",
     "start_outbox_relay",
@@ -60,23 +61,34 @@ def edge_middleware(app: ASGIApp, cfg: ShopConfig, service: str) -> ASGIApp:
 def _idempotency_store(cfg: ShopConfig, service: str) -> Any:
     idem = require("stoic.idempotency", "idempotency stores")
     if cfg.backend == "redis":
-        return idem.RedisStore(cfg.redis_url, prefix=f"{cfg.prefix}:{service}")
+        return idem.RedisStore(cfg.redis_url, prefix=f"{cfg.prefix}:{service}:")
     return idem.SQLiteStore(f"{cfg.workdir}/{service}-idempotency.db")
 
 
 def idempotency_middleware(app: ASGIApp, cfg: ShopConfig, service: str) -> ASGIApp:
     """Honour ``Idempotency-Key``: a repeated request gets the first one's stored reply."""
-    asgi = require("stoic.integrations.asgi", "the idempotency middleware")
+    asgi = require("stoic.idempotency.asgi", "the idempotency middleware")
     return asgi.IdempotencyMiddleware(  # type: ignore[no-any-return]
         app, store=_idempotency_store(cfg, service),
     )
 
 
-def http_client(cfg: ShopConfig) -> Any:
+def _breaker_state(cfg: ShopConfig) -> Any:
+    """Shared breaker state: in Redis with the redis backend, else in this process."""
+    if cfg.backend != "redis":
+        return None
+    state = require("stoic.state", "shared breaker state")
+    return state.RedisState(cfg.redis_url, prefix=f"{cfg.prefix}:breakers")
+
+
+def http_client(cfg: ShopConfig, inner: Any) -> Any:
     """An ``httpx.AsyncClient`` through stoic's resilient transport.
 
-    Retries by classification (UNKNOWN only with an idempotency key), a retry budget of 20%
-    of traffic, full jitter, one breaker per host, attempts bounded by the deadline.
+    Retries by classification (UNKNOWN only with an idempotency key), at most 3 attempts,
+    exponential backoff with full jitter, a retry budget of 20% of traffic; one breaker per
+    host that opens at 60% failures over the last 40 calls (so a 30% loss rate, which
+    retries with keys absorb, does not trip it; an outage does) and tries again after 1 s
+    (short, because the whole demo lasts a minute); attempts bounded by the deadline.
     """
     import httpx
 
@@ -84,45 +96,73 @@ def http_client(cfg: ShopConfig) -> Any:
 
     integ = require("stoic.integrations.httpx", "the httpx integration")
     breaker_mod = require("stoic.policies.breaker", "circuit breakers")
-    del breaker_mod
+    shared = _breaker_state(cfg)
+
+    def breaker(name: str) -> Any:
+        return breaker_mod.CircuitBreaker(
+            name, failure_rate=0.6, window=breaker_mod.CountWindow(40), minimum_calls=10,
+            open_for=1.0, half_open_calls=3, state=shared,
+        )
+
     policy = stoic.Retry(
         attempts=3, backoff=stoic.backoff.exponential(0.02, 2.0, 0.2),
         budget=stoic.RetryBudget(ratio=0.2, min_per_second=1.0), name="orders-out",
     )
     transport = integ.ResilientAsyncTransport(
-        inner=httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200)),
-        policy=policy, per_host=True,
+        inner=inner, policy=policy, per_host=True, breaker=breaker,
     )
-    return httpx.AsyncClient(transport=transport, timeout=cfg.edge_deadline)
+    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(1.0))
 
 
-def outbox(cfg: ShopConfig) -> Any:
-    """The transactional outbox the orders service writes its hand-offs to."""
-    messaging = require("stoic.messaging", "the transactional outbox")
-    return messaging.Outbox()
+def outbox(cfg: ShopConfig, conn: Any) -> Any:
+    """The transactional outbox orders writes its hand-offs to (table created on ``conn``)."""
+    outbox_mod = require("stoic.messaging.outbox", "the transactional outbox")
+    box = outbox_mod.Outbox()
+    box.create(conn)
+    return box
 
 
 def start_outbox_relay(cfg: ShopConfig, db_path: str) -> None:
     """Relay outbox rows from ``db_path`` to the durable queue, on a background thread."""
-    messaging = require("stoic.messaging", "the outbox relay")
+    import sqlite3
+
+    outbox_mod = require("stoic.messaging.outbox", "the outbox relay")
+    messaging = require("stoic.messaging", "the durable queue")
     broker = messaging.connect(cfg.broker_url)
-    relay = messaging.OutboxRelay(db_path, broker)
+    db = sqlite3.connect(db_path, timeout=10.0, check_same_thread=False)
+    relay = outbox_mod.OutboxRelay(db, broker, poll_interval=0.05)
     threading.Thread(target=relay.run, name="outbox-relay", daemon=True).start()
 
 
-def start_worker(cfg: ShopConfig, handler: Any, stats: Stats) -> None:
-    """Consume ``order.placed`` with a lease and de-duplication, on a background thread."""
+def inbox(conn: Any) -> Any:
+    """The consumer's inbox: handled message ids, committed with the handler's own writes."""
+    outbox_mod = require("stoic.messaging.outbox", "the inbox")
+    box = outbox_mod.Inbox()
+    box.create(conn)
+    return box
+
+
+def start_worker(cfg: ShopConfig, handler: Any) -> None:
+    """Consume ``order.placed`` with a lease and de-duplication, on a background thread.
+
+    The lease is short (1.5 s) so a killed worker's messages come back within the demo;
+    ``prefetch`` makes the worker hold a batch, which is what a kill interrupts.
+    """
+    import stoic
+
     messaging = require("stoic.messaging", "the worker")
     broker = messaging.connect(cfg.broker_url)
     dedupe = _idempotency_store(cfg, "fulfillment")
+    worker = messaging.Worker(
+        broker, "order.placed", handler, lease=cfg.worker_lease, dedupe=dedupe, prefetch=10,
+        retry=stoic.Retry(attempts=5, backoff=stoic.backoff.exponential(0.1, 2.0, 1.0)),
+        poll_interval=0.05,
+    )
 
-    def handle(message: Any) -> None:
-        handler(message.payload, message.id)
+    def run() -> None:
+        worker.run(handle_signals=False)
 
-    worker = messaging.Worker(broker, "order.placed", handle, lease=cfg.worker_lease,
-                              dedupe=dedupe)
-    threading.Thread(target=worker.run, name="worker", daemon=True).start()
+    threading.Thread(target=run, name="worker", daemon=True).start()
 
 
 def count_breaker_openings(stats: Stats) -> None:
@@ -130,7 +170,7 @@ def count_breaker_openings(stats: Stats) -> None:
     import stoic
 
     def sink(event: Any) -> None:
-        if type(event).__name__ == "BreakerOpened":
+        if type(event).__name__ == "BreakerOpened" and getattr(event, "source", "") != "remote":
             stats.add("breaker_openings")
 
     stoic.events.subscribe(sink)

@@ -28,7 +28,7 @@ from .scenario import Scenario, build_scenario
 from .scorecard import Scorecard, compute, series
 from .services.common import ShopConfig
 
-__all__ = ["RunOptions", "RunResult", "run"]
+__all__ = ["BACKENDS", "MODES", "RunOptions", "RunResult", "Shop", "run"]
 
 MODES = ("naive", "stoic")
 BACKENDS = ("sqlite", "redis", "rabbitmq")
@@ -85,7 +85,8 @@ class RunResult:
             "backend": self.options.backend, "duration": self.options.duration,
             "rps": self.options.rps, "edge_deadline": self.options.edge_deadline,
             "network_faults": self.network_faults,
-            "phases": [{"name": p.name, "start": p.start, "end": p.end} for p in self.scenario.phases],
+            "phases": [{"name": p.name, "start": p.start, "end": p.end, "faults": list(p.faults)}
+                       for p in self.scenario.phases],
             "scorecard": self.scorecard.as_dict(), "series": self.series,
             "breakers": self.breakers, "notes": self.notes,
         }
@@ -94,44 +95,81 @@ class RunResult:
 Progress = Callable[[str, float, float], None]
 
 
+class Shop:
+    """The running shop: services, proxies and their configuration; ``close()`` stops it all.
+
+    Use as a context manager. ``ports`` fixes the services' ports (``serve`` does, so users
+    know where to find it); by default each is picked free.
+    """
+
+    def __init__(
+        self, options: RunOptions, workdir: Path, *, ports: dict[str, int] | None = None,
+        proxy_port: int | None = None,
+    ) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.procs = ProcessGroup(workdir)
+        self.net: chaosnet.Network | None = None
+        try:
+            self.ports = ports or {name: free_port() for name in SERVICE_NAMES}
+            self.net = chaosnet.start(self.procs, workdir, self.ports, api_port=proxy_port)
+            self.cfg = ShopConfig(
+                mode=options.mode, workdir=str(workdir), ports=self.ports, urls=self.net.urls,
+                backend=options.backend, seed=options.seed,
+                prefix=f"stoic-demo-{uuid.uuid4().hex[:8]}", edge_deadline=options.edge_deadline,
+                redis_url=options.redis_url, amqp_url=options.amqp_url,
+            )
+            config_path = workdir / "shop.json"
+            self.cfg.save(config_path)
+            for name in SERVICE_NAMES:
+                self.procs.start(
+                    name, self.procs.python("-m", "stoic.demo.services", name, str(config_path)))
+            for name in SERVICE_NAMES:
+                self.wait(name)
+        except BaseException:
+            self.close()
+            raise
+
+    def wait(self, name: str, timeout: float = 30.0) -> None:
+        """Block until service ``name`` answers; RuntimeError with its log if it died."""
+        try:
+            wait_http(f"http://127.0.0.1:{self.ports[name]}/_demo/health", timeout=timeout,
+                      alive=lambda: self.procs.alive(name))
+        except TimeoutError as exc:
+            log_file = self.workdir / f"{name}.log"
+            log = log_file.read_text()[-3000:] if log_file.exists() else ""
+            raise RuntimeError(f"the {name} service did not start:\n{log}") from exc
+
+    def close(self) -> None:
+        """Stop every process of the shop."""
+        self.procs.close()
+        if self.net is not None:
+            self.net.close()
+
+    def __enter__(self) -> Shop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+SERVICE_NAMES = ("payments", "inventory", "fulfillment", "orders")
+
+
 def run(options: RunOptions, progress: Progress | None = None) -> RunResult:
-    """Run the scenario once; ``progress(phase, elapsed, duration)`` is called as it goes."""
+    """Run the scenario once; ``progress(phase, elapsed, duration)`` is called as it goes.
+
+    The services' files stay in the working directory (a new temporary one unless
+    ``options.workdir`` is set): they are the scorecard's ground truth.
+    """
     scenario = build_scenario(options.duration, options.seed)
-    own_dir = options.workdir is None
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix=f"stoic-demo-{options.mode}-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    procs = ProcessGroup(workdir)
-    net: chaosnet.Network | None = None
-    try:
-        ports = {name: free_port() for name in ("orders", "payments", "inventory", "fulfillment")}
-        net = chaosnet.start(procs, workdir, ports)
-        cfg = ShopConfig(
-            mode=options.mode, workdir=str(workdir), ports=ports, urls=net.urls,
-            backend=options.backend, seed=options.seed,
-            prefix=f"stoic-demo-{uuid.uuid4().hex[:8]}", edge_deadline=options.edge_deadline,
-            redis_url=options.redis_url, amqp_url=options.amqp_url,
-            extra={"lose_reply_rate": scenario.lose_reply_rate},
-        )
-        config_path = workdir / "shop.json"
-        cfg.save(config_path)
-        for name in ("payments", "inventory", "fulfillment", "orders"):
-            procs.start(name, procs.python("-m", "stoic.demo.services", name, str(config_path)))
-        for name, port in ports.items():
-            try:
-                wait_http(f"http://127.0.0.1:{port}/_demo/health", timeout=30.0,
-                          alive=lambda name=name: procs.alive(name))
-            except TimeoutError as exc:
-                log = (workdir / f"{name}.log").read_text()[-3000:]
-                raise RuntimeError(f"the {name} service did not start:\n{log}") from exc
-        result = asyncio.run(_drive(options, scenario, cfg, procs, net, progress))
-        result.workdir = str(workdir)
-        return result
-    finally:
-        procs.close()
-        if net is not None:
-            net.close()
-        if own_dir and options.workdir is None:
-            pass  # kept for inspection: the scorecard's ground truth lives there
+    with Shop(options, workdir) as shop:
+        assert shop.net is not None
+        result = asyncio.run(_drive(options, scenario, shop.cfg, shop.procs, shop.net, progress))
+    result.workdir = str(workdir)
+    return result
 
 
 async def _drive(

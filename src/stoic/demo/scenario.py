@@ -109,5 +109,5 @@ def build_scenario(duration: float, seed: int) -> Scenario:
     actions.sort(key=lambda a: (a.at, a.action != "stop"))
     return Scenario(
         duration=float(duration), seed=seed, phases=tuple(phases), actions=tuple(actions),
-        payments_latency=0.35, payments_jitter=0.1, lose_reply_rate=0.4,
+        payments_latency=0.35, payments_jitter=0.1, lose_reply_rate=0.3,
     )

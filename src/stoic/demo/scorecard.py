@@ -48,7 +48,7 @@ class Scorecard:
     fulfilled_exactly_once: int = 0
     duplicate_fulfillments: int = 0
     charged_but_reported_failed: int = 0
-    payments_arrivals_outage: int = 0
+    payments_requests_outage: int = 0
     logical_charges_outage: int = 0
     load_amplification: float | None = None
     time_to_recover: float | None = None
@@ -105,7 +105,8 @@ def compute(
 
     outage_start, outage_end = scenario.window(OUTAGE_PHASES)
     lo, hi = started + outage_start, started + outage_end
-    arrivals = _rows(payments_db, "SELECT COUNT(*) FROM arrivals WHERE at >= ? AND at < ?", (lo, hi))
+    arrivals = _rows(orders_db, "SELECT COUNT(*) FROM payment_attempts WHERE at >= ? AND at < ?",
+                     (lo, hi))
     logical = _rows(orders_db, "SELECT COUNT(*) FROM orders WHERE charge_at >= ? AND charge_at < ?",
                     (lo, hi))
     n_arrivals = int(arrivals[0][0]) if arrivals else 0
@@ -118,6 +119,7 @@ def compute(
         phases[phase.name] = {
             "attempted": len(inside), "accepted": sum(1 for r in inside if r.ok),
             "p50": percentile(lat, 50), "p99": percentile(lat, 99),
+            "errors": dict(Counter(r.error for r in inside if not r.ok).most_common(4)),
         }
     outage = [r.latency for r in done if outage_start <= r.start - started < outage_end]
 
@@ -140,7 +142,7 @@ def compute(
         fulfilled_exactly_once=sum(1 for order in accepted_ids if fulfilled.get(order, 0) == 1),
         duplicate_fulfillments=sum(n - 1 for n in fulfilled.values() if n > 1),
         charged_but_reported_failed=sum(1 for order in charges if order not in told_ok),
-        payments_arrivals_outage=n_arrivals,
+        payments_requests_outage=n_arrivals,
         logical_charges_outage=n_logical,
         load_amplification=(n_arrivals / n_logical) if n_logical else None,
         time_to_recover=_time_to_recover(done, scenario, started),
@@ -188,8 +190,13 @@ def series(
         i = int(at - started)
         if 0 <= i < seconds:
             charges[i] += 1
+    sent = [0] * seconds
+    for (at,) in _rows(Path(workdir) / "orders.db", "SELECT at FROM payment_attempts"):
+        i = int(at - started)
+        if 0 <= i < seconds:
+            sent[i] += 1
     return {
         "t": list(range(seconds)), "ok": ok, "errors": errors,
         "p99": [percentile(x, 99) for x in lat], "payments_arrivals": arrivals,
-        "payments_charges": charges,
+        "payments_charges": charges, "payments_sent": sent,
     }

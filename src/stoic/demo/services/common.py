@@ -149,6 +149,11 @@ def route(
 
     async def router(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            # uvicorn's ``send`` is a method of the request cycle that owns the socket; the
+            # "lost reply" fault needs it to drop the connection without a response.
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if transport is not None:
+                scope[TRANSPORT_KEY] = transport
             path = scope["path"]
             if path == "/metrics" and metrics is not None:
                 await metrics(scope, receive, send)
@@ -167,15 +172,16 @@ def route(
     return router
 
 
-class _ReplyLost(Exception):
-    """Raised after the response has started, so uvicorn drops the connection mid-reply."""
+#: Where the outermost layer leaves the connection's transport, so a fault can drop it.
+TRANSPORT_KEY = "stoic.demo.transport"
 
 
 class ChaosLayer:
     """In-process faults, switched at run time through ``/_demo/chaos``.
 
     ``lose_replies`` (a rate in [0, 1]): the wrapped app runs to completion, its work is done
-    and committed, then the connection is closed after the status line instead of the reply.
+    and committed, then the connection is dropped instead of sending the reply (the caller
+    sees the server disconnect without a response: did it happen? it cannot know).
     ``latency``/``jitter`` (seconds) delay each request; ``blackhole`` holds each request
     until the caller gives up. The last two are used only when no chaos proxy is running.
     """
@@ -212,16 +218,17 @@ class ChaosLayer:
         if self.lose_replies <= 0 or self.rng.random() >= self.lose_replies:
             await self.app(scope, receive, send)
             return
-        started: list[Message] = []
 
         async def hold(message: Message) -> None:
-            started.append(message)  # the reply is produced but never sent
+            pass  # the reply is produced, and never sent
 
         await self.app(scope, receive, hold)
         self.lost += 1
-        if started and started[0]["type"] == "http.response.start":
-            await send(started[0])
-        raise _ReplyLost("reply lost after the work was done (demo fault)")
+        transport = scope.get(TRANSPORT_KEY)
+        if transport is not None:
+            transport.abort()  # the connection drops: the caller sees no reply at all
+            return
+        await asyncio.sleep(30.0)  # no socket to drop: hold the reply until the caller gives up
 
 
 class Stats:

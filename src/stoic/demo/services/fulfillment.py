@@ -76,8 +76,26 @@ def build(cfg: ShopConfig) -> ASGIApp:
     if cfg.mode == "naive":
         threading.Thread(target=batches, name="fulfillment-batches", daemon=True).start()
     else:
-        def handler(payload: Any, message_id: str) -> None:
-            fulfil(str(payload["order_id"]), message_id)
+        with lock:
+            inbox = parts.inbox(conn)
 
-        parts.start_worker(cfg, handler, stats)
+        def handler(message: Any) -> None:
+            # The inbox row and the fulfilment commit together: a worker killed at any
+            # point leaves both or neither, so a redelivered message is fulfilled once.
+            time.sleep(WORK_SECONDS)
+            with lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if inbox.mark(conn, message):
+                        conn.execute(
+                            "INSERT INTO fulfillments(order_id, message_id, at) VALUES (?, ?, ?)",
+                            (str(message.payload["order_id"]), message.id, time.time()),
+                        )
+                        stats.add("fulfilled")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+        parts.start_worker(cfg, handler)
     return route(app, metrics=parts.metrics_app(cfg), control=None, stats=snapshot)

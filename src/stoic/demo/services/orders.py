@@ -33,6 +33,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, amount REAL NOT NULL,
     status TEXT NOT NULL, created_at REAL NOT NULL, charge_at REAL, finished_at REAL,
     error TEXT);
+CREATE TABLE IF NOT EXISTS payment_attempts (at REAL NOT NULL, order_id TEXT);
 """
 
 
@@ -122,6 +123,8 @@ def _naive_handler(
         response.raise_for_status()
 
     async def charge(order_id: str, amount: float) -> None:
+        execute("INSERT INTO payment_attempts(at, order_id) VALUES (?, ?)",
+                (time.time(), order_id))
         response = await client.post(
             f"{cfg.urls['payments']}/charges", json={"order_id": order_id, "amount": amount},
             headers={"x-order-id": order_id},
@@ -176,8 +179,23 @@ def _stoic_handler(
 
     from .. import parts
 
-    client = parts.http_client(cfg)
-    outbox = parts.outbox(cfg)
+    import httpx
+
+    payments_host = httpx.URL(cfg.urls["payments"]).netloc
+
+    class CountingTransport(httpx.AsyncHTTPTransport):
+        """Counts every request that leaves for payments (what the network carries)."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.netloc == payments_host:
+                execute("INSERT INTO payment_attempts(at, order_id) VALUES (?, ?)",
+                        (time.time(), request.headers.get("x-order-id")))
+            return await super().handle_async_request(request)
+
+    client = parts.http_client(cfg, CountingTransport(
+        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200)))
+    with lock:
+        outbox = parts.outbox(cfg, conn)
 
     async def handle(order_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         amount = float(body.get("amount", 10.0))
