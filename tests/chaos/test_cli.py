@@ -1,0 +1,60 @@
+"""``stoic proxy``: the fault proxy as a command, with a config file."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from stoic.chaos import ProxyClient
+from stoic.cli import build_app
+
+
+def test_stoic_proxy_serves_the_api_and_creates_the_configured_proxies(
+    tmp_path: Path, echo_port: int
+) -> None:
+    config = tmp_path / "proxies.yaml"
+    config.write_text(f"- name: echo\n  upstream: 127.0.0.1:{echo_port}\n  listen: 127.0.0.1:0\n")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from stoic.cli import main; main()", "proxy", "--port", "0",
+         "--config", str(config)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"API listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        client = ProxyClient(f"http://127.0.0.1:{match[1]}")
+        echo = client.proxy("echo")
+        with socket.create_connection(("127.0.0.1", echo.port), timeout=5) as sock:
+            sock.sendall(b"hi")
+            assert sock.recv(10) == b"hi"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_malformed_config_exits_2_with_the_reason(tmp_path: Path) -> None:
+    config = tmp_path / "proxies.json"
+    config.write_text(json.dumps({"name": "not a list"}))
+    result = CliRunner().invoke(build_app(), ["proxy", "--port", "0", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "expected a list of proxy objects" in result.output
+
+
+def test_a_config_proxy_on_a_busy_port_exits_1_naming_the_address(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        config = tmp_path / "proxies.json"
+        config.write_text(json.dumps([{"name": "x", "upstream": "127.0.0.1:1", "listen": address}]))
+        result = CliRunner().invoke(build_app(), ["proxy", "--port", "0", "--config", str(config)])
+    assert result.exit_code == 1
+    assert f"cannot listen on {address}" in result.output
