@@ -489,10 +489,7 @@ class CircuitBreaker(Policy):
         self._shared = None if state is None or not state.shared else state
         self._compose()
         with _registry_lock:
-            previous = _registry.get(name)
             _registry[name] = self
-        if previous is not None and previous._shared is not None:
-            previous._shared.detach(previous)
         if self._shared is not None:
             self._shared.attach(self)
 
