@@ -30,18 +30,22 @@ def make_broker(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> An
         return RedisBroker(url)
     if kind == "rabbitmq":
         url = request.getfixturevalue("amqp_url")
+        from stoic.idempotency import SQLiteStore
         from stoic.messaging.rabbitmq import RabbitBroker
 
-        return RabbitBroker(url)
+        # RabbitMQ has no publish-side de-duplication; RabbitBroker gets it from a store.
+        return RabbitBroker(url, dedupe=SQLiteStore(tmp_path / "publish-dedupe.db"))
     raise AssertionError(kind)
 
 
 @pytest.fixture(params=BROKERS)
-def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def broker(request: pytest.FixtureRequest, tmp_path: Path, topic: str) -> Iterator[Any]:
     b = make_broker(request.param, tmp_path, request)
     try:
         yield b
     finally:
+        if hasattr(b, "delete_topic"):  # leave nothing behind on the shared servers
+            b.delete_topic(topic)
         b.close()
 
 

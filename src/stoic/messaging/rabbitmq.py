@@ -1,0 +1,581 @@
+"""A broker on RabbitMQ (``stoic[rabbitmq]``, aio-pika), for existing RabbitMQ estates.
+
+Layout, per topic:
+
+- ``stoic.<topic>``: a durable *quorum* queue (replicated, and it counts redeliveries in the
+  ``x-delivery-count`` header). Messages are persistent and every publish waits for the
+  publisher confirm, so ``publish`` returning means the broker has the message.
+- ``stoic.<topic>.delay.<ms>``: quorum queues with a fixed message TTL that dead-letter (at
+  least once) back into the main queue: delayed publishes and retry backoff. A delay is
+  rounded *up* to the next bucket (100 ms ... 1 h, then whole hours), because a queue only
+  expires messages at its head: one TTL per queue keeps a long delay from holding back a
+  short one.
+- ``stoic.<topic>.dead``: the dead-letter queue; dead letters carry ``x-stoic-reason``,
+  ``x-stoic-error`` and the attempt count in headers.
+
+Leases: a claimed message is an unacked delivery on this broker's channel. If the process
+dies or loses its connection, RabbitMQ redelivers it at once. Within a living process, a
+lease that runs out without an ack or an extension is given back (``nack`` with requeue) by
+a housekeeping task, so a hung handler's messages reach other workers, as on the other
+brokers.
+
+De-duplication: RabbitMQ has no publish-side de-duplication. Pass ``dedupe=<idempotency
+store>`` to make publishing an id already published within ``dedupe_window`` a no-op (the
+store is shared by every publisher); without it, republished ids are delivered again and a
+de-duplicating consumer (``Worker(dedupe=...)`` or ``Inbox``) absorbs them.
+
+The sync methods run the async ones on a private event-loop thread; the async twins can be
+awaited from any event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from .. import clock
+from .broker import check_claim, check_delay, check_topic
+from .model import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    encode_payload,
+    message_ids,
+    outgoing_headers,
+)
+
+__all__ = ["RabbitBroker"]
+
+T = TypeVar("T")
+
+_BUCKETS_MS = (100, 250, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000, 120_000, 300_000,
+               600_000, 1_800_000, 3_600_000)
+_STOIC = ("x-stoic-attempts", "x-stoic-created", "x-stoic-reason", "x-stoic-error",
+          "x-stoic-dead-at")
+
+
+def _bucket(delay: float) -> int:
+    ms = int(delay * 1000 + 0.999)
+    for b in _BUCKETS_MS:
+        if ms <= b:
+            return b
+    hour = 3_600_000
+    return -(-ms // hour) * hour
+
+
+class _Held:
+    __slots__ = ("incoming", "lease_until", "topic")
+
+    def __init__(self, incoming: Any, topic: str, lease_until: float) -> None:
+        self.incoming, self.topic, self.lease_until = incoming, topic, lease_until
+
+
+class RabbitBroker:
+    """At-least-once queues on RabbitMQ quorum queues; ``amqp://...`` in ``connect``.
+
+    Args:
+        url: the AMQP URL, e.g. ``amqp://guest:guest@127.0.0.1:5672/``.
+        dedupe: an idempotency store for publish-side de-duplication (see module docs).
+        dedupe_window: seconds an id stays de-duplicated when ``dedupe`` is given.
+        prefix: queue name prefix (default ``"stoic"``).
+    """
+
+    def __init__(
+        self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, dedupe: Any = None,
+        dedupe_window: float = 86400.0, prefix: str = "stoic",
+    ) -> None:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ValueError(f"url must start with amqp:// or amqps://, got {url!r}")
+        if not dedupe_window > 0:
+            raise ValueError(f"dedupe_window must be > 0 seconds, got {dedupe_window!r}")
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ValueError(f"prefix must be non-empty without spaces, got {prefix!r}")
+        if dedupe is not None and not callable(getattr(dedupe, "claim", None)):
+            raise ValueError(f"dedupe must be an idempotency store, got {dedupe!r}")
+        try:
+            import aio_pika  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("RabbitBroker needs aio-pika: pip install 'stoic[rabbitmq]'") from exc
+        self.url = url
+        self.dedupe = dedupe
+        self.dedupe_window = float(dedupe_window)
+        self.prefix = prefix
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="stoic-rabbitmq",
+                                        daemon=True)
+        self._thread.start()
+        self._held: dict[str, _Held] = {}
+        self._declared: set[str] = set()
+        self._closed = False
+        try:
+            self._run(self._connect())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def __repr__(self) -> str:
+        return f"RabbitBroker({self.url!r}, prefix={self.prefix!r})"
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _in_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return await asyncio.wrap_future(future)
+
+    async def _connect(self) -> None:
+        import aio_pika
+
+        self._conn = await aio_pika.connect_robust(self.url)
+        self._pub = await self._conn.channel(publisher_confirms=True)
+        self._get = await self._conn.channel(publisher_confirms=False)
+        self._housekeeping = asyncio.ensure_future(self._expire_leases())
+
+    def _q(self, topic: str, suffix: str = "") -> str:
+        return f"{self.prefix}.{topic}{suffix}"
+
+    async def _declare(self, topic: str) -> None:
+        if topic in self._declared:
+            return
+        check_topic(topic)
+        args = {"x-queue-type": "quorum"}
+        await self._pub.declare_queue(self._q(topic), durable=True, arguments=args)
+        await self._pub.declare_queue(self._q(topic, ".dead"), durable=True, arguments=args)
+        self._declared.add(topic)
+
+    async def _delay_queue(self, topic: str, bucket: int) -> str:
+        name = self._q(topic, f".delay.{bucket}")
+        if name not in self._declared:
+            await self._pub.declare_queue(name, durable=True, arguments={
+                "x-queue-type": "quorum", "x-message-ttl": bucket,
+                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": self._q(topic),
+                "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish",
+            })
+            self._declared.add(name)
+        return name
+
+    async def _send(
+        self, routing_key: str, msg_id: str, body: str, headers: Mapping[str, Any],
+        expiration: float | None = None,
+    ) -> None:
+        import aio_pika
+
+        message = aio_pika.Message(
+            body.encode(), message_id=msg_id, headers=dict(headers),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json",
+        )
+        await self._pub.default_exchange.publish(message, routing_key=routing_key)
+
+    async def _route(self, topic: str, delay: float) -> str:
+        await self._declare(topic)
+        if delay <= 0:
+            return self._q(topic)
+        return await self._delay_queue(topic, _bucket(delay))
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def publish(
+        self, topic: str, payload: Any, *, id: str | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> str:
+        return self.publish_many(
+            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
+        )[0]
+
+    def publish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]:
+        check_topic(topic)
+        delay = check_delay(delay)
+        bodies = [encode_payload(p) for p in payloads]
+        msg_ids = message_ids(ids, len(bodies))
+        head = outgoing_headers(headers)
+        fresh = self._fresh(topic, msg_ids)
+        self._run(self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
+        return msg_ids
+
+    async def apublish(
+        self, topic: str, payload: Any, *, id: str | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> str:
+        return (await self.apublish_many(
+            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
+        ))[0]
+
+    async def apublish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]:
+        check_topic(topic)
+        delay = check_delay(delay)
+        bodies = [encode_payload(p) for p in payloads]
+        msg_ids = message_ids(ids, len(bodies))
+        head = outgoing_headers(headers)
+        fresh = await asyncio.to_thread(self._fresh, topic, msg_ids)
+        await self._in_loop(self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
+        return msg_ids
+
+    def _fresh(self, topic: str, msg_ids: list[str]) -> list[bool]:
+        """Which ids are new (publish-side de-duplication through the store, if any)."""
+        store = self.dedupe
+        if store is None:
+            return [True] * len(msg_ids)
+        out = []
+        for msg_id in msg_ids:
+            key = f"stoic-publish:{topic}:{msg_id}"
+            claim = store.claim(key, topic, lease=30.0, ttl=self.dedupe_window)
+            if getattr(claim.status, "value", claim.status) == "claimed":
+                store.complete(key, claim.token, None, ttl=self.dedupe_window)
+                out.append(True)
+            else:
+                out.append(False)
+        return out
+
+    async def _publish_all(
+        self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
+        delay: float, fresh: list[bool],
+    ) -> None:
+        route = await self._route(topic, delay)
+        created = repr(clock.wall())
+        sends: list[Awaitable[None]] = [
+            self._send(route, msg_id, body, {**head, "x-stoic-created": created})
+            for msg_id, body, new in zip(msg_ids, bodies, fresh, strict=True) if new
+        ]
+        await asyncio.gather(*sends)  # confirms are awaited concurrently, in publish order
+
+    # --- consuming -----------------------------------------------------------------------
+
+    def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
+        check_claim(max_messages, lease)
+        return self._run(self._claim(topic, max_messages, lease))
+
+    async def aclaim(
+        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
+    ) -> list[Message]:
+        check_claim(max_messages, lease)
+        return await self._in_loop(self._claim(topic, max_messages, lease))
+
+    async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
+        await self._declare(topic)
+        await self._expire(time.monotonic())
+        queue = await self._get.get_queue(self._q(topic), ensure=False)
+        out = []
+        until = time.monotonic() + lease
+        for _ in range(n):
+            incoming = await queue.get(no_ack=False, fail=False)
+            if incoming is None:
+                break
+            receipt = uuid.uuid4().hex
+            self._held[receipt] = _Held(incoming, topic, until)
+            out.append(_message(topic, incoming, receipt, clock.wall() + lease))
+        return out
+
+    async def _expire_leases(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                await self._expire(time.monotonic())
+            except Exception:  # the connection is being re-established
+                continue
+
+    async def _expire(self, now: float) -> None:
+        expired = [r for r, h in self._held.items() if h.lease_until <= now]
+        for receipt in expired:
+            held = self._held.pop(receipt, None)
+            if held is not None:
+                await held.incoming.nack(requeue=True)
+
+    def _take(self, message: Message) -> _Held | None:
+        held = self._held.get(message.receipt)
+        if held is None or held.lease_until <= time.monotonic():
+            return None
+        return self._held.pop(message.receipt)
+
+    def ack(self, message: Message) -> bool:
+        return self.ack_many([message]) == 1
+
+    async def aack(self, message: Message) -> bool:
+        return await self.aack_many([message]) == 1
+
+    def ack_many(self, messages: Sequence[Message]) -> int:
+        return self._run(self._ack_many(list(messages)))
+
+    async def aack_many(self, messages: Sequence[Message]) -> int:
+        return await self._in_loop(self._ack_many(list(messages)))
+
+    async def _ack_many(self, messages: list[Message]) -> int:
+        done = 0
+        for m in messages:
+            held = self._take(m)
+            if held is not None:
+                await held.incoming.ack()
+                done += 1
+        return done
+
+    def nack(self, message: Message, delay: float = 0.0) -> bool:
+        delay = check_delay(delay)
+        return self._run(self._nack(message, delay))
+
+    async def anack(self, message: Message, delay: float = 0.0) -> bool:
+        delay = check_delay(delay)
+        return await self._in_loop(self._nack(message, delay))
+
+    async def _nack(self, message: Message, delay: float) -> bool:
+        held = self._take(message)
+        if held is None:
+            return False
+        # Republish (with the attempts so far) and ack the original: the backoff delay goes
+        # through a delay queue, and the attempt count stays ours rather than the server's.
+        headers = _carry(held.incoming, message.attempts)
+        route = await self._route(message.topic, delay)
+        await self._send(route, message.id, message.body, headers)
+        await held.incoming.ack()
+        return True
+
+    def extend_lease(self, message: Message, lease: float) -> bool:
+        check_claim(1, lease)
+        return self._run(self._extend(message, lease))
+
+    async def aextend_lease(self, message: Message, lease: float) -> bool:
+        check_claim(1, lease)
+        return await self._in_loop(self._extend(message, lease))
+
+    async def _extend(self, message: Message, lease: float) -> bool:
+        held = self._held.get(message.receipt)
+        now = time.monotonic()
+        if held is None or held.lease_until <= now:
+            return False
+        held.lease_until = now + lease
+        return True
+
+    def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
+        self._run(self._dead(message, reason, error))
+
+    async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
+        await self._in_loop(self._dead(message, reason, error))
+
+    async def _dead(self, message: Message, reason: str, error: str | None) -> None:
+        held = self._take(message)
+        if held is None:
+            return
+        await self._declare(message.topic)
+        headers = _carry(held.incoming, message.attempts)
+        headers["x-stoic-reason"] = reason
+        headers["x-stoic-dead-at"] = repr(clock.wall())
+        if error is not None:
+            headers["x-stoic-error"] = error
+        await self._send(self._q(message.topic, ".dead"), message.id, message.body, headers)
+        await held.incoming.ack()
+
+    # --- inspection and the DLQ ----------------------------------------------------------
+
+    def stats(self, topic: str) -> QueueStats:
+        return self._run(self._stats(topic))
+
+    async def astats(self, topic: str) -> QueueStats:
+        return await self._in_loop(self._stats(topic))
+
+    async def _stats(self, topic: str) -> QueueStats:
+        await self._declare(topic)
+        ch = await self._conn.channel()
+        try:
+            ready = await _count(ch, self._q(topic))
+            dead = await _count(ch, self._q(topic, ".dead"))
+            delayed = 0
+            for name in list(self._declared):
+                if name.startswith(self._q(topic, ".delay.")):
+                    delayed += await _count(ch, name)
+        finally:
+            await ch.close()
+        in_flight = sum(1 for h in self._held.values() if h.topic == topic)
+        return QueueStats(topic, ready, delayed, in_flight, dead)
+
+    def peek(self, topic: str, limit: int = 10) -> list[Message]:
+        """Reads up to ``limit`` messages and gives them back (RabbitMQ counts that as a
+        delivery in ``x-delivery-count``)."""
+        return [d.message for d in self._run(self._browse(self._q(topic), topic, limit))]
+
+    def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        return self._run(self._browse(self._q(topic, ".dead"), topic, limit))
+
+    async def _browse(self, queue_name: str, topic: str, limit: int) -> list[DeadLetter]:
+        await self._declare(topic)
+        ch = await self._conn.channel()
+        out = []
+        try:
+            queue = await ch.get_queue(queue_name, ensure=False)
+            for _ in range(limit):
+                incoming = await queue.get(no_ack=False, fail=False)
+                if incoming is None:
+                    break
+                h = incoming.headers or {}
+                m = _message(topic, incoming, "", 0.0, dead=True)
+                out.append(DeadLetter(
+                    message=m, reason=_text(h.get("x-stoic-reason")),
+                    error=_text(h.get("x-stoic-error")) or None,
+                    dead_at=_float(h.get("x-stoic-dead-at")),
+                ))
+        finally:
+            await ch.close()  # everything read goes back to the queue, in order
+        return out
+
+    def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
+        return self._run(self._requeue(topic, None if ids is None else set(ids)))
+
+    async def _requeue(self, topic: str, ids: set[str] | None) -> int:
+        await self._declare(topic)
+        ch = await self._conn.channel()
+        moved = 0
+        try:
+            queue = await ch.get_queue(self._q(topic, ".dead"), ensure=False)
+            while True:
+                incoming = await queue.get(no_ack=False, fail=False)
+                if incoming is None:
+                    break
+                m = _message(topic, incoming, "", 0.0, dead=True)
+                if ids is not None and m.id not in ids:
+                    continue  # left unacked: back on the dead queue when the channel closes
+                headers = {k: v for k, v in (incoming.headers or {}).items() if k not in _STOIC
+                           and k != "x-delivery-count"}
+                headers["x-stoic-created"] = repr(m.created_at)
+                await self._send(self._q(topic), m.id, m.body, headers)
+                await incoming.ack()
+                moved += 1
+        finally:
+            await ch.close()
+        return moved
+
+    def purge_dead(self, topic: str) -> int:
+        return self._run(self._purge(topic))
+
+    async def _purge(self, topic: str) -> int:
+        await self._declare(topic)
+        queue = await self._pub.get_queue(self._q(topic, ".dead"), ensure=False)
+        result = await queue.purge()
+        return int(getattr(result, "message_count", 0) or 0)
+
+    def delete_topic(self, topic: str) -> None:
+        """Delete the topic's queues (for tests and tools)."""
+        self._run(self._delete(topic))
+
+    async def _delete(self, topic: str) -> None:
+        names = [n for n in self._declared if n == self._q(topic) or n.startswith(
+            self._q(topic, "."))]
+        names += [self._q(topic), self._q(topic, ".dead")]
+        for name in set(names):
+            ch = await self._conn.channel()
+            try:
+                await ch.queue_delete(name)
+            except Exception:
+                pass
+            finally:
+                if not ch.is_closed:
+                    await ch.close()
+            self._declared.discard(name)
+        self._declared.discard(topic)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._close())
+        finally:
+            self._stop_loop()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    async def _close(self) -> None:
+        self._housekeeping.cancel()
+        self._held.clear()
+        await self._conn.close()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._loop.is_running():
+            self._loop.close()
+
+
+async def _count(channel: Any, name: str) -> int:
+    try:
+        q = await channel.declare_queue(name, passive=True)
+    except Exception:
+        return 0
+    return int(q.declaration_result.message_count or 0)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(_text(value))
+    except ValueError:
+        return 0.0
+
+
+def _attempts_before(incoming: Any, dead: bool = False) -> int:
+    h = incoming.headers or {}
+    try:
+        base = int(_text(h.get("x-stoic-attempts")) or 0)
+    except ValueError:
+        base = 0
+    if dead:
+        return base
+    returned = h.get("x-delivery-count")
+    if returned is not None:
+        try:
+            return base + int(returned)
+        except (TypeError, ValueError):
+            pass
+    return base + (1 if incoming.redelivered else 0)
+
+
+def _carry(incoming: Any, attempts: int) -> dict[str, Any]:
+    """Headers for a republished copy: the user's headers plus the attempts so far."""
+    h = {k: v for k, v in (incoming.headers or {}).items() if k != "x-delivery-count"}
+    h["x-stoic-attempts"] = str(attempts)
+    return h
+
+
+def _message(
+    topic: str, incoming: Any, receipt: str, available_at: float, *, dead: bool = False
+) -> Message:
+    raw = incoming.headers or {}
+    headers: dict[str, str] = {}
+    defect = None
+    for k, v in raw.items():
+        if k.startswith("x-stoic-") or k == "x-delivery-count":
+            continue
+        if isinstance(v, (str, bytes)):
+            headers[k] = _text(v)
+        else:
+            defect = defect or f"header {k!r} is not a string"
+    try:
+        body = incoming.body.decode("utf-8")
+    except UnicodeDecodeError:
+        body = ""
+        defect = defect or "body is not UTF-8"
+    if incoming.message_id is None:
+        defect = defect or "message has no message_id"
+    before = _attempts_before(incoming, dead)
+    return Message(
+        id=str(incoming.message_id or ""), topic=topic, body=body, headers=headers,
+        attempts=before if dead else before + 1, created_at=_float(raw.get("x-stoic-created")),
+        available_at=available_at, receipt=receipt, defect=defect,
+    )
