@@ -216,6 +216,16 @@ class TestLoadShedding:
             server.stop()
 
 
+class TestReexports:
+    def test_idempotency_middleware_is_reexported_lazily(self) -> None:
+        from stoic.idempotency.asgi import IdempotencyMiddleware
+        from stoic.integrations import asgi
+
+        assert asgi.IdempotencyMiddleware is IdempotencyMiddleware
+        with pytest.raises(AttributeError):
+            _ = asgi.NoSuchMiddleware  # type: ignore[attr-defined]
+
+
 class TestPlainAsgi:
     async def test_non_http_scopes_pass_straight_through(self) -> None:
         seen: list[str] = []

@@ -298,6 +298,24 @@ class TestBreakers:
         assert len(service.backend.seen("/x")) == 1
 
 
+class TestBulkheads:
+    async def test_per_host_bulkhead_rejects_beyond_its_limit_without_a_request(
+        self, service: Running, other_service: Running
+    ) -> None:
+        import asyncio
+
+        service.backend.answer("/slow", Action(delay=0.5))
+        async with aclient(bulkhead=lambda name: stoic.Bulkhead(1)) as c:
+            first = asyncio.create_task(c.get(f"{service.url}/slow"))
+            await asyncio.sleep(0.2)
+            with pytest.raises(stoic.BulkheadFullError):
+                await c.get(f"{service.url}/slow")
+            other = await c.get(f"{other_service.url}/free")  # another host, another bulkhead
+            assert (await first).status_code == 200
+        assert other.status_code == 200
+        assert len(service.backend.seen("/slow")) == 1
+
+
 class TestConvenienceClient:
     def test_client_has_stoic_defaults_and_retries(self, service: Running) -> None:
         service.backend.answer("/c", Action(503, {"Retry-After": "0"}), Action(200))
