@@ -1,0 +1,61 @@
+"""``stoic queue``: stats, peek and the dead-letter commands against a real SQLite queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from stoic.cli import build_app
+from stoic.messaging import SQLiteBroker
+
+
+def setup_queue(path: Path) -> str:
+    broker = SQLiteBroker(path)
+    broker.publish_many("orders", [{"n": 1}, {"n": 2}, {"n": 3}], ids=["o1", "o2", "o3"])
+    [m] = broker.claim("orders", max_messages=1)
+    broker.dead_letter(m, "permanent failure", "ValueError: no such product")
+    broker.close()
+    return f"sqlite:///{path}"
+
+
+def test_stats_and_peek_show_the_queue(tmp_path: Path) -> None:
+    url = setup_queue(tmp_path / "q.db")
+    runner = CliRunner()
+    result = runner.invoke(build_app(), ["queue", "stats", "orders", "--broker", url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {
+        "topic": "orders", "ready": 2, "delayed": 0, "in_flight": 0, "dead": 1
+    }
+    result = runner.invoke(build_app(), ["queue", "peek", "orders", "--broker", url])
+    assert result.exit_code == 0, result.output
+    assert "o2" in result.output and '{"n":3}' in result.output
+
+
+def test_dlq_list_requeue_and_purge(tmp_path: Path) -> None:
+    url = setup_queue(tmp_path / "q.db")
+    runner = CliRunner()
+    app = build_app()
+    listed = runner.invoke(app, ["queue", "dlq", "list", "orders", "--broker", url])
+    assert listed.exit_code == 0, listed.output
+    assert "o1" in listed.output and "ValueError: no such product" in listed.output
+    requeued = runner.invoke(app, ["queue", "dlq", "requeue", "orders", "--id", "o1", "-b", url])
+    assert "requeued 1 dead letter" in requeued.output
+    assert SQLiteBroker(tmp_path / "q.db").stats("orders").ready == 3
+
+    broker = SQLiteBroker(tmp_path / "q.db")
+    for m in broker.claim("orders", max_messages=3):
+        broker.dead_letter(m, "test")
+    refused = runner.invoke(app, ["queue", "dlq", "purge", "orders", "-b", url], input="n\n")
+    assert refused.exit_code != 0
+    assert broker.stats("orders").dead == 3
+    purged = runner.invoke(app, ["queue", "dlq", "purge", "orders", "-b", url, "--yes"])
+    assert "purged 3 dead letters" in purged.output
+    assert broker.stats("orders").dead == 0
+
+
+def test_bad_broker_url_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(build_app(), ["queue", "stats", "x", "--broker", "nope://x"])
+    assert result.exit_code == 2
+    assert "unknown broker scheme" in result.output
