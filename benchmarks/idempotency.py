@@ -11,7 +11,10 @@ Measured in one run, on this machine's local servers:
 
 Redis round trips per operation are counted on the client connection, not assumed.
 
-    .venv/bin/python benchmarks/idempotency.py [--seconds 1.0] [--skip-postgres]
+    .venv/bin/python benchmarks/idempotency.py [--seconds 0.4] [--rounds 5] [--skip-postgres]
+
+Contenders run round-robin in short slices and each reports its median slice, so a loaded
+machine slows them all alike; absolute numbers still move with the load.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +40,6 @@ from stoic.idempotency import MemoryStore, PostgresStore, RedisStore, SQLiteStor
 REDIS_URL = os.environ.get("STOIC_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("STOIC_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 RUN = uuid.uuid4().hex[:8]
-REPLAY: Any = None  # the running Bench: replays cycle over the keys its last phase created
 
 
 class CountingConnection(redis.Connection):
@@ -54,41 +57,50 @@ def counting_client() -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-def rate(op: Callable[[int], Any], seconds: float) -> tuple[float, int]:
-    """Operations per second running ``op(i)`` for about ``seconds`` (after a short warm-up)."""
-    for i in range(50):
-        op(-1 - i)
-    n, start = 0, time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(50):
-            op(n)
-            n += 1
-        now = time.perf_counter()
-        if now >= deadline:
-            return n / (now - start), n
+class Case:
+    """One contender: a "new key" operation and a "replay" operation, each taking an index."""
 
+    def __init__(self, name: str, new: Callable[[int], Any], replay: Callable[[int], Any],
+                 count: bool = False) -> None:
+        self.name, self.new, self.replay, self.count = name, new, replay, count
+        self.made = 0  # keys created so far; replays cycle over the first 1000 of them
+        self.rates: dict[str, list[float]] = {"new": [], "replay": []}
+        self.trips: dict[str, float | None] = {"new": None, "replay": None}
 
-class Bench:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.created = 1000  # how many keys the last "new" phase made (replays cycle over them)
-        self.rows: list[tuple[str, str, float, float | None, float | None]] = []
+    def key_for_replay(self, i: int) -> int:
+        return i % max(1, min(1000, self.made))
 
-    def measure(self, name: str, kind: str, new: Callable[[int], Any],
-                replay: Callable[[int], Any], setup_replay: Callable[[], Any] | None = None,
-                count: bool = False) -> None:
+    def run(self, phase: str, seconds: float) -> None:
+        op = self.new if phase == "new" else self.replay
         CountingConnection.sent = 0
-        new_rate, n_new = rate(new, self.seconds)
-        self.created = max(1, min(1000, n_new))
-        trips_new = CountingConnection.sent / (n_new + 50) if count else None
-        if setup_replay is not None:
-            setup_replay()
-        CountingConnection.sent = 0
-        replay_rate, n_rep = rate(replay, self.seconds)
-        trips_rep = CountingConnection.sent / (n_rep + 50) if count else None
-        self.rows.append((name, kind, new_rate, replay_rate, trips_new, trips_rep))  # type: ignore[arg-type]
-        print(f"  {name:<34} {new_rate:>10,.0f} {replay_rate:>10,.0f}", flush=True)
+        n, start = 0, time.perf_counter()
+        base = self.made if phase == "new" else 0
+        while True:
+            for _ in range(20):
+                op(base + n if phase == "new" else self.key_for_replay(n))
+                n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        if phase == "new":
+            self.made += n
+        self.rates[phase].append(n / elapsed)
+        if self.count:
+            self.trips[phase] = CountingConnection.sent / n
+
+    def median(self, phase: str) -> float:
+        return statistics.median(self.rates[phase])
+
+
+def run_all(cases: list[Case], rounds: int, seconds: float) -> None:
+    """Round-robin the contenders in short slices, so load on a shared machine hits all alike."""
+    for phase in ("new", "replay"):
+        for case in cases:  # warm-up slice, not recorded
+            case.run(phase, seconds / 4)
+            case.rates[phase].clear()
+        for _ in range(rounds):
+            for case in cases:
+                case.run(phase, seconds)
 
 
 def store_ops(store: Any, prefix: str) -> tuple[Callable[[int], Any], Callable[[int], Any]]:
@@ -98,7 +110,7 @@ def store_ops(store: Any, prefix: str) -> tuple[Callable[[int], Any], Callable[[
         store.complete(key, claim.token, '{"result":{"ok":true}}', ttl=3600.0)
 
     def replay(i: int) -> None:
-        claim = store.claim(f"{prefix}n{i % REPLAY.created}", "fp", lease=60.0, ttl=3600.0)
+        claim = store.claim(f"{prefix}n{i}", "fp", lease=60.0, ttl=3600.0)
         assert claim.status.value == "completed", claim
 
     return new, replay
@@ -109,80 +121,82 @@ def decorator_ops(store: Any, prefix: str) -> tuple[Callable[[int], Any], Callab
     def charge(order_id: int) -> dict[str, Any]:
         return {"order": order_id, "ok": True}
 
-    return (lambda i: charge(i)), (lambda i: charge(i % REPLAY.created))
+    return (lambda i: charge(i)), (lambda i: charge(i))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=0.4, help="length of one slice")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-postgres", action="store_true")
     args = parser.parse_args()
-    bench = Bench(args.seconds)
-    global REPLAY
-    REPLAY = bench
     tmp = tempfile.mkdtemp(prefix="stoic-bench-")
-    print(f"{'':<36} {'new keys/s':>10} {'replays/s':>10}")
+    cases: list[Case] = []
 
     # -- SQLite --------------------------------------------------------------------------
     raw = sqlite3.connect(os.path.join(tmp, "raw.db"), isolation_level=None)
     raw.execute("PRAGMA journal_mode=WAL")
     raw.execute("PRAGMA synchronous=NORMAL")
     raw.execute("CREATE TABLE t (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
-    bench.measure(
-        "raw SQLite INSERT / SELECT", "ceiling",
+    cases.append(Case(
+        "raw SQLite INSERT / SELECT",
         lambda i: raw.execute("INSERT INTO t VALUES (?, ?)", (f"n{i}", '{"ok":true}')),
-        lambda i: raw.execute("SELECT value FROM t WHERE key = ?", (f"n{i % REPLAY.created}",)).fetchone(),
-    )
+        lambda i: raw.execute("SELECT value FROM t WHERE key = ?", (f"n{i}",)).fetchone(),
+    ))
     sqlite_store = SQLiteStore(os.path.join(tmp, "stoic.db"))
-    bench.measure("stoic SQLiteStore", "store", *store_ops(sqlite_store, "s"))
-    bench.measure("stoic @idempotent on SQLiteStore", "decorator",
-                  *decorator_ops(sqlite_store, "s"))
+    cases.append(Case("stoic SQLiteStore", *store_ops(sqlite_store, "s")))
+    cases.append(Case("stoic @idempotent on SQLiteStore", *decorator_ops(sqlite_store, "s")))
     memory = MemoryStore()
-    bench.measure("stoic MemoryStore", "store", *store_ops(memory, "m"))
-    bench.measure("stoic @idempotent on MemoryStore", "decorator", *decorator_ops(memory, "m"))
+    cases.append(Case("stoic MemoryStore", *store_ops(memory, "m")))
+    cases.append(Case("stoic @idempotent on MemoryStore", *decorator_ops(memory, "m")))
 
     # -- Redis ---------------------------------------------------------------------------
     client = counting_client()
     prefix = f"stoic-bench:{RUN}:"
-    bench.measure(
-        "raw Redis SET NX / GET", "ceiling",
+    cases.append(Case(
+        "raw Redis SET NX / GET",
         lambda i: client.set(f"{prefix}raw{i}", b"1", nx=True, ex=3600),
-        lambda i: client.get(f"{prefix}raw{i % REPLAY.created}"), count=True,
-    )
+        lambda i: client.get(f"{prefix}raw{i}"), count=True,
+    ))
     redis_store = RedisStore(REDIS_URL, prefix=prefix, client=client)
-    bench.measure("stoic RedisStore", "store", *store_ops(redis_store, ""), count=True)
-    bench.measure("stoic @idempotent on RedisStore", "decorator",
-                  *decorator_ops(redis_store, ""), count=True)
-    powertools_new, powertools_replay = powertools_ops(prefix)
-    bench.measure("Powertools idempotent_function+Redis", "peer",
-                  powertools_new, powertools_replay, count=True)
+    cases.append(Case("stoic RedisStore", *store_ops(redis_store, ""), count=True))
+    cases.append(Case("stoic @idempotent on RedisStore", *decorator_ops(redis_store, ""),
+                      count=True))
+    cases.append(Case("Powertools idempotent_function + Redis", *powertools_ops(prefix),
+                      count=True))
 
     # -- PostgreSQL ----------------------------------------------------------------------
     table = f"stoic_bench_{RUN}"
+    pg: Any = None
+    pg_store: Any = None
     if not args.skip_postgres:
         import psycopg
 
         pg = psycopg.connect(POSTGRES_DSN, autocommit=True)
         pg.execute(f"CREATE TABLE {table}_raw (key TEXT PRIMARY KEY, value TEXT)")
-        bench.measure(
-            "raw PostgreSQL INSERT / SELECT", "ceiling",
+        cases.append(Case(
+            "raw PostgreSQL INSERT / SELECT",
             lambda i: pg.execute(f"INSERT INTO {table}_raw VALUES (%s, %s)", (f"n{i}", "1")),
             lambda i: pg.execute(f"SELECT value FROM {table}_raw WHERE key = %s",
-                                 (f"n{i % REPLAY.created}",)).fetchone(),
-        )
+                                 (f"n{i}",)).fetchone(),
+        ))
         pg_store = PostgresStore(POSTGRES_DSN, table=table, max_size=2)
-        bench.measure("stoic PostgresStore", "store", *store_ops(pg_store, ""))
-        bench.measure("stoic @idempotent on PostgresStore", "decorator",
-                      *decorator_ops(pg_store, ""))
-        pg_store.drop()
-        pg_store.close()
-        pg.execute(f"DROP TABLE {table}_raw")
-        pg.close()
+        cases.append(Case("stoic PostgresStore", *store_ops(pg_store, "")))
+        cases.append(Case("stoic @idempotent on PostgresStore", *decorator_ops(pg_store, "")))
 
-    keys = list(client.scan_iter(match=prefix + "*", count=5000))
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start:start + 1000])
-    report(bench)
+    try:
+        run_all(cases, args.rounds, args.seconds)
+    finally:
+        if pg_store is not None:
+            pg_store.drop()
+            pg_store.close()
+        if pg is not None:
+            pg.execute(f"DROP TABLE IF EXISTS {table}_raw")
+            pg.close()
+        keys = list(client.scan_iter(match=prefix + "*", count=5000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start:start + 1000])
+    report(cases, args)
 
 
 def powertools_ops(prefix: str) -> tuple[Callable[[int], Any], Callable[[int], Any]]:
@@ -206,35 +220,34 @@ def powertools_ops(prefix: str) -> tuple[Callable[[int], Any], Callable[[int], A
         return {"order": order["order_id"], "ok": True}
 
     return (lambda i: charge(order={"order_id": i})), (
-        lambda i: charge(order={"order_id": i % REPLAY.created}))
+        lambda i: charge(order={"order_id": i}))
 
 
-def report(bench: Bench) -> None:
-    rows = {name: row for name, *row in bench.rows}
+def report(cases: list[Case], args: argparse.Namespace) -> None:
+    print(f"median of {args.rounds} interleaved slices of {args.seconds}s per contender; "
+          f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print()
     print("| operation | new keys/s | replays/s | Redis round trips (new / replay) |")
     print("|---|---:|---:|---|")
-    for name, _kind, new, rep, trips_new, trips_rep in bench.rows:
-        trips = "" if trips_new is None else f"{trips_new:.2f} / {trips_rep:.2f}"
-        print(f"| {name} | {new:,.0f} | {rep:,.0f} | {trips} |")
+    by_name = {case.name: case for case in cases}
+    for case in cases:
+        trips = ""
+        if case.count:
+            trips = f"{case.trips['new']:.2f} / {case.trips['replay']:.2f}"
+        print(f"| {case.name} | {case.median('new'):,.0f} | {case.median('replay'):,.0f} "
+              f"| {trips} |")
     print()
-
-    def ratio(a: str, b: str) -> str:
-        if a not in rows or b not in rows:
-            return ""
-        return (f"{a} vs {b}: new keys x{rows[a][1] / rows[b][1]:.2f}, "
-                f"replays x{rows[a][2] / rows[b][2]:.2f}")
-
     for a, b in [
         ("stoic SQLiteStore", "raw SQLite INSERT / SELECT"),
-        ("stoic RedisStore", "Powertools idempotent_function+Redis"),
-        ("stoic @idempotent on RedisStore", "Powertools idempotent_function+Redis"),
+        ("stoic RedisStore", "Powertools idempotent_function + Redis"),
+        ("stoic @idempotent on RedisStore", "Powertools idempotent_function + Redis"),
         ("stoic RedisStore", "raw Redis SET NX / GET"),
         ("stoic PostgresStore", "raw PostgreSQL INSERT / SELECT"),
     ]:
-        line = ratio(a, b)
-        if line:
-            print(line)
+        if a in by_name and b in by_name:
+            x, y = by_name[a], by_name[b]
+            print(f"- {a} / {b}: new keys x{x.median('new') / y.median('new'):.2f}, "
+                  f"replays x{x.median('replay') / y.median('replay'):.2f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Idempotency records in PostgreSQL, through psycopg 3 with a connection pool (sync and async).
 
-The claim is one statement: ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <the old
-record is dead> RETURNING``, joined in a CTE with a read of the existing row, so a replay or
-an in-flight answer also takes one round trip. PostgreSQL's unique index serialises
-concurrent claims: exactly one gets its own token back. Complete, release and extend are
+A claim first reads the row: a replay or an in-flight answer is one plain ``SELECT``. Only
+when no live record is there does it run ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE
+<the old record is dead> RETURNING``, joined in a CTE with a read of the row it replaced.
+PostgreSQL's unique index serialises concurrent claims: exactly one gets its own token back.
+(Upserting first would lock the existing row on every replay, and a row lock is a WAL write
+that waits for a disk flush.) Complete, release and extend are
 single ``UPDATE``/``DELETE`` statements guarded by the owner's token.
 
 The table is created on first use (``CREATE TABLE IF NOT EXISTS`` under an advisory lock so
@@ -260,6 +262,12 @@ class PostgresStore(BaseStore):
         with pool.connection() as conn:
             for _ in range(100):
                 params, token, now = self._claim_params(key, fingerprint, lease, ttl)
+                # Read first: a replay or an in-flight answer is a plain SELECT. The upsert
+                # would lock the existing row, and a row lock is a write PostgreSQL must
+                # commit to its WAL, which would make every replay cost a disk flush.
+                seen = self._live(key, conn.execute(self._sql_get, (key, now)).fetchone())
+                if seen is not None and is_live(seen, now):
+                    return decide(seen, fingerprint, now)
                 row = conn.execute(self._sql_claim, params).fetchone()
                 answer = self._claim_answer(key, fingerprint, token, now, row)
                 if answer is not None:
@@ -307,6 +315,10 @@ class PostgresStore(BaseStore):
         async with pool.connection() as conn:
             for _ in range(100):
                 params, token, now = self._claim_params(key, fingerprint, lease, ttl)
+                cur = await conn.execute(self._sql_get, (key, now))
+                seen = self._live(key, await cur.fetchone())
+                if seen is not None and is_live(seen, now):
+                    return decide(seen, fingerprint, now)
                 cur = await conn.execute(self._sql_claim, params)
                 row = await cur.fetchone()
                 answer = self._claim_answer(key, fingerprint, token, now, row)

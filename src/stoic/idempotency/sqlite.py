@@ -136,9 +136,8 @@ class SQLiteStore(BaseStore):
             " token TEXT NOT NULL, lease_until REAL NOT NULL, expires_at REAL NOT NULL,"
             " response TEXT) WITHOUT ROWID"
         )
-        conn.execute(
-            f"CREATE INDEX IF NOT EXISTS {self.table}_expires ON {self.table} (expires_at)"
-        )
+        # No index on expires_at: it would cost every claim and complete a second B-tree
+        # write, to speed up only purge_expired, which is rare housekeeping (a table scan).
         local.conn, local.pid = conn, os.getpid()
         with self._lock:
             self._connections.append(conn)
