@@ -291,3 +291,14 @@ def test_http_transport_resends_name_their_own_attempt_span_as_parent(otel: Otel
     assert [header.split("-")[2] for header in seen] == [
         format(s.context.span_id, "016x") for s in spans
     ]
+
+
+def test_importing_the_adapters_imports_no_optional_library() -> None:
+    code = (
+        "import sys, stoic.observability.otel, stoic.observability.prometheus, "
+        "stoic.observability.logs, stoic.observability.alerts\n"
+        "loaded = [m for m in ('opentelemetry', 'prometheus_client', 'structlog', 'yaml') "
+        "if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -189,3 +189,10 @@ def test_instrument_again_moves_to_the_new_registry(registry: CollectorRegistry)
 def test_serve_rejects_a_bad_port() -> None:
     with pytest.raises(ValueError, match="port"):
         prometheus.serve(70000)
+
+
+def test_a_breaker_that_never_changed_state_shows_closed(registry: CollectorRegistry) -> None:
+    stoic.CircuitBreaker("quiet")
+    found = samples(scrape(registry))
+    assert value(found, "stoic_circuit_breaker_state", name="quiet", state="closed") == 1
+    assert value(found, "stoic_circuit_breaker_state", name="quiet", state="open") == 0
