@@ -49,8 +49,9 @@ def test_handler_success_acks_and_nothing_is_left(local_broker: Any, topic: str)
 
 
 def test_value_error_goes_to_the_dlq_after_one_attempt_with_its_error(
-    local_broker: Any, topic: str
+    broker: Any, topic: str
 ) -> None:
+    local_broker = broker
     events = collect()
     calls: list[int] = []
 
@@ -70,8 +71,9 @@ def test_value_error_goes_to_the_dlq_after_one_attempt_with_its_error(
 
 
 def test_connection_error_is_retried_with_backoff_then_dead_lettered_then_requeued(
-    local_broker: Any, topic: str
+    broker: Any, topic: str
 ) -> None:
+    local_broker = broker
     events = collect()
     calls: list[int] = []
     healthy = False
@@ -355,3 +357,57 @@ def test_sigterm_stops_claiming_finishes_the_held_message_and_exits(tmp_path: Pa
     assert marks.read_text().splitlines() == ["start 1", "end 1", "exited"]
     s = broker.stats("jobs")
     assert (s.ready, s.in_flight) == (2, 0)  # message 1 acked, 2 and 3 never claimed
+
+
+def test_corrupted_redis_stream_entry_goes_to_the_dlq(redis_url: str, topic: str) -> None:
+    from stoic.messaging.redis import RedisBroker
+
+    broker = RedisBroker(redis_url)
+    try:
+        broker.publish(topic, {"ok": 1}, id="good")
+        stream = broker._stream(topic)
+        broker._r.xadd(stream, {"garbage": "no id, no body"})
+        broker._r.xadd(stream, {"id": "bad-json", "b": "{not json", "h": "", "c": "0", "a": "0"})
+        got: list[Any] = []
+        counts = Worker(broker, topic, lambda m: got.append(m.payload)).run(stop_when_empty=True)
+        assert got == [{"ok": 1}]
+        assert counts.dead_lettered == 2
+        assert {d.reason for d in broker.dead_letters(topic)} == {"malformed"}
+    finally:
+        broker.delete_topic(topic)
+        broker.close()
+
+
+def test_corrupted_rabbitmq_message_goes_to_the_dlq(amqp_url: str, topic: str) -> None:
+    import asyncio
+
+    import aio_pika
+
+    from stoic.messaging.rabbitmq import RabbitBroker
+
+    broker = RabbitBroker(amqp_url)
+    try:
+        broker.publish(topic, {"ok": 1}, id="good")
+
+        async def raw() -> None:
+            conn = await aio_pika.connect(amqp_url)
+            ch = await conn.channel()
+            await ch.default_exchange.publish(
+                aio_pika.Message(b"\xff\xfe not utf-8", message_id="bin"),
+                routing_key=f"stoic.{topic}",
+            )
+            await ch.default_exchange.publish(
+                aio_pika.Message(b"{not json", message_id="bad-json"),
+                routing_key=f"stoic.{topic}",
+            )
+            await conn.close()
+
+        asyncio.run(raw())
+        got: list[Any] = []
+        counts = Worker(broker, topic, lambda m: got.append(m.payload)).run(stop_when_empty=True)
+        assert got == [{"ok": 1}]
+        assert counts.dead_lettered == 2
+        assert {d.message.id for d in broker.dead_letters(topic)} == {"bin", "bad-json"}
+    finally:
+        broker.delete_topic(topic)
+        broker.close()

@@ -58,6 +58,10 @@ _BUCKETS_MS = (100, 250, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000, 120_000,
 _STOIC = ("x-stoic-attempts", "x-stoic-created", "x-stoic-reason", "x-stoic-error",
           "x-stoic-dead-at")
 
+# set by RabbitMQ itself (redelivery count, dead-letter history): never user headers
+_SERVER_HEADERS = frozenset({"x-delivery-count", "x-death", "x-last-death-queue",
+                             "x-last-death-reason", "x-last-death-exchange"})
+
 
 def _bucket(delay: float) -> int:
     ms = int(delay * 1000 + 0.999)
@@ -444,7 +448,7 @@ class RabbitBroker:
                 if ids is not None and m.id not in ids:
                     continue  # left unacked: back on the dead queue when the channel closes
                 headers = {k: v for k, v in (incoming.headers or {}).items() if k not in _STOIC
-                           and k != "x-delivery-count"}
+                           and k not in _SERVER_HEADERS and not k.startswith("x-first-death")}
                 headers["x-stoic-created"] = repr(m.created_at)
                 await self._send(self._q(topic), m.id, m.body, headers)
                 await incoming.ack()
@@ -548,7 +552,8 @@ def _attempts_before(incoming: Any, dead: bool = False) -> int:
 
 def _carry(incoming: Any, attempts: int) -> dict[str, Any]:
     """Headers for a republished copy: the user's headers plus the attempts so far."""
-    h = {k: v for k, v in (incoming.headers or {}).items() if k != "x-delivery-count"}
+    h = {k: v for k, v in (incoming.headers or {}).items()
+         if k not in _SERVER_HEADERS and not k.startswith("x-first-death")}
     h["x-stoic-attempts"] = str(attempts)
     return h
 
@@ -560,7 +565,7 @@ def _message(
     headers: dict[str, str] = {}
     defect = None
     for k, v in raw.items():
-        if k.startswith("x-stoic-") or k == "x-delivery-count":
+        if k.startswith("x-stoic-") or k in _SERVER_HEADERS or k.startswith("x-first-death"):
             continue
         if isinstance(v, (str, bytes)):
             headers[k] = _text(v)
