@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -258,3 +260,20 @@ class TestPlainAsgi:
 
         with pytest.raises(ValueError, match=name):
             StoicMiddleware(app, "svc", "1", **kwargs)
+
+
+class TestDeadlineHeaderParsing:
+    @given(raw=st.binary(max_size=40) | st.integers().map(lambda n: str(n).encode()))
+    @settings(max_examples=300, deadline=None)
+    def test_any_header_value_gives_no_deadline_or_one_within_max_deadline(
+        self, raw: bytes
+    ) -> None:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            return None
+
+        logging.getLogger("stoic.asgi").disabled = True
+        try:
+            seconds = StoicMiddleware(app, "svc", "1", max_deadline=30.0)._seconds(raw)
+        finally:
+            logging.getLogger("stoic.asgi").disabled = False
+        assert seconds is not None and 0.0 <= seconds <= 30.0
