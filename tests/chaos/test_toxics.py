@@ -280,3 +280,18 @@ class TestRestore:
                 assert sock.recv(100) == b""
             except ConnectionResetError:
                 pass
+
+
+def test_removing_a_silent_timeout_lets_the_end_of_stream_through(
+    proxy_server: ProxyServer, blast_port: int
+) -> None:
+    """A hold-forever timeout also holds the close; removing it releases both."""
+    proxy = proxy_server.create("blast", f"127.0.0.1:{blast_port}")
+    proxy.add_toxic("timeout", name="hold", timeout=0)
+    with connect(proxy.port, timeout=0.3) as sock:
+        ask(sock, 10)  # the server answers and closes, but nothing gets through
+        with pytest.raises(socket.timeout):
+            sock.recv(100)
+        proxy.remove_toxic("hold")
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # the held close arrives (the held data was dropped)

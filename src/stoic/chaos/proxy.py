@@ -734,7 +734,9 @@ async def _handle_http(
             keep_alive = (
                 headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
             )
-            status, payload = await _answer(collection, method.upper(), target, headers, reader)
+            status, payload = await _answer(
+                collection, method.upper(), target, headers, reader, writer
+            )
             writer.write(_response(status, payload, keep_alive))
             await writer.drain()
             if not keep_alive:
@@ -747,9 +749,11 @@ async def _handle_http(
 
 async def _answer(
     collection: Collection, method: str, target: str, headers: Mapping[str, str],
-    reader: asyncio.StreamReader,
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 ) -> tuple[int, Any]:
     try:
+        if headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl asks before big bodies
         raw = await _read_body(reader, headers)
         # Like Toxiproxy: a browser must not be able to drive the proxy (CSRF from a web page).
         if headers.get("user-agent", "").startswith("Mozilla/"):

@@ -249,12 +249,13 @@ class _SlowClose(_Stage):
 
 
 class _Timeout(_Stage):
-    __slots__ = ("timer",)
+    __slots__ = ("released", "timer")
 
     def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
         super().__init__(toxic, link, rng)
         timeout = self.attr("timeout")
         self.timer: asyncio.TimerHandle | None = None
+        self.released = asyncio.Event()
         if timeout > 0:
             self.timer = link.loop.call_later(timeout / 1000.0, link.close)
 
@@ -262,10 +263,11 @@ class _Timeout(_Stage):
         return  # the data is dropped: the peer sees a connection that went silent
 
     async def before_eof(self) -> None:
-        # A timed-out stream never passes its end on; the timer (or nothing) closes it.
-        await asyncio.Event().wait()
+        # A silent stream does not pass its end on either, until the toxic is removed.
+        await self.released.wait()
 
     def cancel(self) -> None:
+        self.released.set()
         if self.timer is not None:
             self.timer.cancel()
 
