@@ -235,6 +235,231 @@ def run(quick: bool = False) -> list[tuple[str, str, float, float | None]]:
 retry_groups()
 
 # --- breakers (issue 3 adds its groups below this line) ------------------------------------
+# ==== issue 3: circuit breakers, bulkhead, Pipeline(Retry, CircuitBreaker, Bulkhead) ========
+# Owned by the breakers/bulkheads work; every peer gets the same trivial function. "open:
+# reject" rows trip each breaker first, then time a call that is rejected and caught.
+
+
+class _Switch:
+    """A function that fails while ``failing`` is set: lets one wrapped function be tripped."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def make_sync(self) -> Callable[[], int]:
+        def call() -> int:  # a plain function: some peers read __name__ and the like
+            if self.failing:
+                raise ConnectionRefusedError("refused")
+            return 1
+
+        return call
+
+    def make_async(self) -> Callable[[], Awaitable[int]]:
+        async def acall() -> int:
+            if self.failing:
+                raise ConnectionRefusedError("refused")
+            return 1
+
+        return acall
+
+
+def _tripped(wrapped: Callable[[], Any], switch: _Switch, times: int = 30) -> Callable[[], Any]:
+    switch.failing = True
+    for _ in range(times):
+        try:
+            wrapped()
+        except Exception:
+            pass
+
+    def reject() -> None:
+        try:
+            wrapped()
+        except Exception:
+            pass
+
+    return reject
+
+
+def _atripped(
+    wrapped: Callable[[], Awaitable[Any]], switch: _Switch, times: int = 30
+) -> Callable[[], Awaitable[None]]:
+    switch.failing = True
+
+    async def trip() -> None:
+        for _ in range(times):
+            try:
+                await wrapped()
+            except Exception:
+                pass
+
+    asyncio.run(trip())
+
+    async def reject() -> None:
+        try:
+            await wrapped()
+        except Exception:
+            pass
+
+    return reject
+
+
+def _breakers_sync() -> list[tuple[str, Callable[[Callable[[], Any]], Callable[[], Any]]]]:
+    """(name, decorate) for every sync breaker available; each call makes a fresh breaker."""
+    out: list[tuple[str, Callable[[Callable[[], Any]], Callable[[], Any]]]] = []
+    counter = iter(range(10**6))
+    out.append(("stoic", lambda fn: stoic.CircuitBreaker(
+        f"bench-{next(counter)}", minimum_calls=5, open_for=1e6)(fn)))
+    circuitbreaker = _optional("circuitbreaker")
+    if circuitbreaker:
+        out.append(("circuitbreaker", lambda fn: circuitbreaker.CircuitBreaker(
+            failure_threshold=5, recovery_timeout=10**6)(fn)))
+    pybreaker = _optional("pybreaker")
+    if pybreaker:
+        out.append(("pybreaker", lambda fn: pybreaker.CircuitBreaker(
+            fail_max=5, reset_timeout=10**6)(fn)))
+    purgatory = _optional("purgatory")
+    if purgatory:
+        out.append(("purgatory", lambda fn: purgatory.SyncCircuitBreakerFactory(
+            default_threshold=5, default_ttl=10**6)(f"bench-{next(counter)}")(fn)))
+    pyresilience = _optional("pyresilience")
+    if pyresilience:
+        out.append(("pyresilience", lambda fn: pyresilience.resilient(
+            circuit_breaker=pyresilience.CircuitBreakerConfig(
+                failure_threshold=5, recovery_timeout=10**6))(fn)))
+    return out
+
+
+def _breakers_async() -> list[tuple[str, Callable[[Any], Callable[[], Awaitable[Any]]]]]:
+    out: list[tuple[str, Callable[[Any], Callable[[], Awaitable[Any]]]]] = []
+    counter = iter(range(10**6))
+    out.append(("stoic", lambda fn: stoic.CircuitBreaker(
+        f"abench-{next(counter)}", minimum_calls=5, open_for=1e6)(fn)))
+    circuitbreaker = _optional("circuitbreaker")
+    if circuitbreaker:
+        out.append(("circuitbreaker", lambda fn: circuitbreaker.CircuitBreaker(
+            failure_threshold=5, recovery_timeout=10**6)(fn)))
+    aiobreaker = _optional("aiobreaker")
+    if aiobreaker:
+        import datetime
+
+        def aio(fn: Any) -> Any:
+            breaker = aiobreaker.CircuitBreaker(
+                fail_max=5, timeout_duration=datetime.timedelta(seconds=10**6))
+            return lambda: breaker.call_async(fn)
+
+        out.append(("aiobreaker", aio))
+    purgatory = _optional("purgatory")
+    if purgatory:
+        out.append(("purgatory", lambda fn: purgatory.AsyncCircuitBreakerFactory(
+            default_threshold=5, default_ttl=10**6)(f"abench-{next(counter)}")(fn)))
+    pyresilience = _optional("pyresilience")
+    if pyresilience:
+        out.append(("pyresilience", lambda fn: pyresilience.resilient(
+            circuit_breaker=pyresilience.CircuitBreakerConfig(
+                failure_threshold=5, recovery_timeout=10**6))(fn)))
+    try:
+        from hyx.circuitbreaker import consecutive_breaker
+    except ImportError:
+        pass
+    else:
+        out.append(("hyx", lambda fn: consecutive_breaker(
+            failure_threshold=5, recovery_time_secs=10**6)(fn)))
+    return out
+
+
+def breaker_groups() -> None:
+    closed = group("CircuitBreaker, closed (sync)")
+    closed.cases.append(Case("bare call", ok))
+    rejecting = group("CircuitBreaker, open: reject (sync)")
+    for impl, decorate in _breakers_sync():
+        try:
+            closed.cases.append(Case(impl, decorate(ok)))
+            switch = _Switch()
+            rejecting.cases.append(Case(impl, _tripped(decorate(switch.make_sync()), switch)))
+        except Exception as exc:  # a peer whose API changed: say so, measure the rest
+            print(f"skipping {impl}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    hand = _HandBreaker()
+    closed.cases.append(Case("hand-written lock-free", lambda: hand.call(ok)))
+
+    aclosed = group("CircuitBreaker, closed (async)", is_async=True)
+    aclosed.cases.append(Case("bare call", aok, True))
+    arejecting = group("CircuitBreaker, open: reject (async)", is_async=True)
+    for impl, decorate in _breakers_async():
+        try:
+            aclosed.cases.append(Case(impl, decorate(aok), True))
+            switch = _Switch()
+            arejecting.cases.append(
+                Case(impl, _atripped(decorate(switch.make_async()), switch), True))
+        except Exception as exc:
+            print(f"skipping {impl}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    bulk = group("Bulkhead, free slot (sync)")
+    bulk.cases.append(Case("bare call", ok))
+    bulk.cases.append(Case("stoic", stoic.Bulkhead(10)(ok)))
+    pyresilience = _optional("pyresilience")
+    if pyresilience:
+        bulk.cases.append(Case("pyresilience", pyresilience.resilient(
+            bulkhead=pyresilience.BulkheadConfig(max_concurrent=10))(ok)))
+    abulk = group("Bulkhead, free slot (async)", is_async=True)
+    abulk.cases.append(Case("bare call", aok, True))
+    abulk.cases.append(Case("stoic", stoic.Bulkhead(10)(aok), True))
+    try:
+        from hyx.bulkhead import bulkhead as hyx_bulkhead
+    except ImportError:
+        pass
+    else:
+        abulk.cases.append(Case("hyx", hyx_bulkhead(max_concurrency=10, max_capacity=10)(aok), True))
+    if pyresilience:
+        abulk.cases.append(Case("pyresilience", pyresilience.resilient(
+            bulkhead=pyresilience.BulkheadConfig(max_concurrent=10))(aok), True))
+
+    pipe = group("Pipeline(Retry, CircuitBreaker, Bulkhead), happy path (sync)")
+    pipe.cases.append(Case("bare call", ok))
+    pipe.cases.append(Case("stoic", stoic.Pipeline(
+        stoic.Retry(attempts=3), stoic.CircuitBreaker("bench-pipeline"), stoic.Bulkhead(10))(ok)))
+    if pyresilience:
+        pipe.cases.append(Case("pyresilience retry+breaker", pyresilience.resilient(
+            retry=pyresilience.RetryConfig(max_attempts=3, delay=0.0, jitter=False),
+            circuit_breaker=pyresilience.CircuitBreakerConfig(failure_threshold=5))(ok)))
+        pipe.cases.append(Case("pyresilience retry+breaker+bulkhead", pyresilience.resilient(
+            retry=pyresilience.RetryConfig(max_attempts=3, delay=0.0, jitter=False),
+            circuit_breaker=pyresilience.CircuitBreakerConfig(failure_threshold=5),
+            bulkhead=pyresilience.BulkheadConfig(max_concurrent=10))(ok)))
+    apipe = group("Pipeline(Retry, CircuitBreaker, Bulkhead), happy path (async)", is_async=True)
+    apipe.cases.append(Case("bare call", aok, True))
+    apipe.cases.append(Case("stoic", stoic.Pipeline(
+        stoic.Retry(attempts=3), stoic.CircuitBreaker("abench-pipeline"), stoic.Bulkhead(10))(aok),
+        True))
+    if pyresilience:
+        apipe.cases.append(Case("pyresilience retry+breaker+bulkhead", pyresilience.resilient(
+            retry=pyresilience.RetryConfig(max_attempts=3, delay=0.0, jitter=False),
+            circuit_breaker=pyresilience.CircuitBreakerConfig(failure_threshold=5),
+            bulkhead=pyresilience.BulkheadConfig(max_concurrent=10))(aok), True))
+
+
+class _HandBreaker:
+    """The floor: a consecutive-failure breaker with no window, lock, events or registry."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        if self.open_until and time.monotonic() < self.open_until:
+            raise RuntimeError("open")
+        try:
+            result = fn()
+        except Exception:
+            self.failures += 1
+            if self.failures >= 5:
+                self.open_until = time.monotonic() + 30
+            raise
+        self.failures = 0
+        return result
+
+
+breaker_groups()
+# ==== end of issue 3 section =================================================================
 
 
 if __name__ == "__main__":

@@ -31,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
+import inspect
 import itertools
 import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .. import clock
 from ..errors import CircuitOpenError
@@ -63,6 +65,8 @@ __all__ = [
 ]
 
 _now = clock.now
+P = ParamSpec("P")
+T = TypeVar("T")
 # The active clock's holder: reading ``_active.monotonic()`` directly saves a call on the
 # rejection path and still follows ``stoic.testing.virtual_time()``.
 _active = clock._active
@@ -985,6 +989,65 @@ class CircuitBreaker(Policy):
             return result
 
         return acall
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate ``fn``, with the closed path and the open rejection inlined.
+
+        Same behaviour as ``Policy.__call__``; one frame less per call (and per rejection's
+        traceback), since the decorator is where most breakers are used.
+        """
+        if not callable(fn) or self._timed:
+            return super().__call__(fn)
+        breaker, record, reject_open = self, self._record, self._reject_open
+        check_at = self.minimum_calls - 1
+        if inspect.iscoroutinefunction(fn):
+            acall = self._acall
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                mode = breaker._mode
+                if mode or dispatcher.sinks:
+                    if mode == _OPEN:
+                        left = breaker._open_until - _active.monotonic()
+                        if left > 0:
+                            raise reject_open(left)
+                    return await acall(fn, args, kwargs)
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    record(_code_of(exc), 0.0)
+                    raise
+                if next(breaker._seq) == check_at:
+                    breaker._check()
+                return result
+
+            return async_wrapper
+        call = self._call
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            mode = breaker._mode
+            if mode or dispatcher.sinks:
+                if mode == _OPEN:
+                    left = breaker._open_until - _active.monotonic()
+                    if left > 0:
+                        raise reject_open(left)
+                return call(fn, args, kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                record(_code_of(exc), 0.0)
+                raise
+            if next(breaker._seq) == check_at:
+                breaker._check()
+            return result
+
+        return wrapper
 
     def _after_lease_abandoned(self) -> None:
         with self._lock:
