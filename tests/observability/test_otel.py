@@ -150,7 +150,7 @@ def test_breaker_state_is_an_observable_gauge_and_rejections_are_counted(otel: O
 def test_inject_and_extract_round_trip_dicts_and_pairs(otel: Otel) -> None:
     tracer = otel.tracer_provider.get_tracer("test")
     with tracer.start_as_current_span("producer") as span:
-        headers = stoic_otel.inject({})
+        headers: dict[str, str] = stoic_otel.inject({})
         pairs = stoic_otel.inject([("content-type", "json")])
         raw = stoic_otel.inject([(b"host", b"x"), (b"traceparent", b"stale")])
     trace_id = span.get_span_context().trace_id

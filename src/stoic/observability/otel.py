@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..events import dispatcher
 from ..outcome import classify
@@ -248,9 +248,10 @@ _SETTER = _Setter()
 _GETTER = _Getter()
 
 Carrier = MutableMapping[str, Any] | list[tuple[Any, Any]]
+_C = TypeVar("_C", bound=Carrier)
 
 
-def inject(carrier: Carrier) -> Carrier:
+def inject(carrier: _C) -> _C:
     """Write the current trace context into ``carrier`` and return it.
 
     ``carrier`` is a dict of headers or a list of ``(name, value)`` pairs (``str`` or, as in
