@@ -82,6 +82,10 @@ class TestStatus:
         assert verdict.outcome is THR
         assert verdict.retry_after == 7.0
 
+    def test_409_with_retry_after_is_throttled_without_it_permanent(self) -> None:
+        assert classify_status(409, {"Retry-After": "1"}).outcome is THR
+        assert classify_status(409).outcome is P
+
     def test_retry_after_header_name_is_case_insensitive(self) -> None:
         assert classify_status(429, {"retry-after": "3"}).retry_after == 3.0
 

@@ -96,6 +96,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "idempotency": ("stoic.idempotency", None),
     "messaging": ("stoic.messaging", None),
     "state": ("stoic.state", None),
+    "http": ("stoic.http", None),
 }
 
 

@@ -245,7 +245,8 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
 def classify_status(status: int, headers: Mapping[str, str] | None = None) -> Verdict:
     """Classify an HTTP status code (and ``Retry-After``, when present).
 
-    2xx/3xx SUCCESS; 408, 425 TRANSIENT; 429 THROTTLED; other 4xx PERMANENT; 503 TRANSIENT, or
+    2xx/3xx SUCCESS; 408, 425 TRANSIENT; 429, and 409 with Retry-After (a request with the same
+    idempotency key still in flight), THROTTLED; other 4xx PERMANENT; 503 TRANSIENT, or
     THROTTLED with Retry-After; 501 and 505 PERMANENT; 500, 502, 504 and other 5xx UNKNOWN.
     """
     if status < 400:
@@ -256,6 +257,9 @@ def classify_status(status: int, headers: Mapping[str, str] | None = None) -> Ve
         return Verdict(Outcome.THROTTLED, retry_after, reason)
     if status in (408, 425):
         return Verdict(Outcome.TRANSIENT, retry_after, reason)
+    if status == 409 and retry_after is not None:
+        # the IETF Idempotency-Key draft: the same key is still being processed; come back
+        return Verdict(Outcome.THROTTLED, retry_after, reason)
     if status < 500:
         return Verdict(Outcome.PERMANENT, None, reason)
     if status == 503:

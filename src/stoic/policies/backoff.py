@@ -80,14 +80,17 @@ class Backoff:
 _random = random.Random()
 
 
-def constant(delay: float = 0.1, *, max: float = 60.0, jitter: Jitter = None) -> Backoff:
+def constant(delay: float = 0.1, *, max: float | None = None, jitter: Jitter = None) -> Backoff:
     """The same wait every time (no jitter by default).
 
-    ``max`` only bounds how long a THROTTLED failure's ``retry_after`` may make Retry wait.
+    ``max`` only bounds how long a THROTTLED failure's ``retry_after`` may make Retry wait
+    (beyond it, Retry gives up at once); by default the larger of ``delay`` and 5 seconds,
+    the same cap as ``exponential``.
     """
-    if not max >= delay:
+    cap = (delay if delay > 5.0 else 5.0) if max is None else max
+    if not cap >= delay:
         raise ValueError(f"max must be >= delay, got max={max!r} for delay={delay!r}")
-    return Backoff(initial=delay, factor=1.0, max=max, jitter=jitter)
+    return Backoff(initial=delay, factor=1.0, max=cap, jitter=jitter)
 
 
 def linear(
