@@ -46,7 +46,7 @@ def test_cli_writes_files_that_promtool_and_amtool_accept(tmp_path: Path) -> Non
     assert config.returncode == 0, config.stdout + config.stderr
 
 
-@pytest.mark.parametrize(("slo", "latency"), [(0.9, 0.02), (0.95, 2.0), (0.99999, 7.0)])
+@pytest.mark.parametrize(("slo", "latency"), [(0.9, 0.02), (0.99999, 7.0)])
 def test_unit_tests_pass_for_other_objectives(tmp_path: Path, slo: float, latency: float) -> None:
     write(AlertConfig(service="a.b-c_1", slo=slo, latency_p99=latency), tmp_path)
     tested = run("promtool", "test", "rules", "rules.test.yml", cwd=tmp_path)
