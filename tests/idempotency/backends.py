@@ -1,4 +1,4 @@
-"""Test backends for the idempotency suite: make stores, corrupt records, describe them to workers."""
+"""Test backends for the idempotency suite: make stores, corrupt records, describe to workers."""
 
 from __future__ import annotations
 

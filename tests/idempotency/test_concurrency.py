@@ -38,7 +38,8 @@ def _spawn(job: dict[str, Any]) -> subprocess.Popen[str]:
 def _expect_line(proc: subprocess.Popen[str], want: str) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
-    assert line == want, f"worker said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    stderr = proc.stderr.read() if proc.stderr and line != want else ""
+    assert line == want, f"worker said {line!r}; stderr: {stderr}"
 
 
 def test_64_threads_and_4_processes_run_the_body_exactly_once(

@@ -129,7 +129,10 @@ class PostgresStore(BaseStore):
             f" lease_until = %s WHERE key = %s AND token = %s AND state = {_IN_FLIGHT}"
             f" AND expires_at > %s"
         )
-        self._sql_release = f"DELETE FROM {t} WHERE key = %s AND token = %s AND state = 0"
+        self._sql_release = (
+            f"DELETE FROM {t} WHERE key = %s AND token = %s AND state = {_IN_FLIGHT}"
+            f" AND expires_at > %s"
+        )
         self._sql_extend = (
             f"UPDATE {t} SET lease_until = %s, expires_at = greatest(expires_at, %s)"
             f" WHERE key = %s AND token = %s AND state = {_IN_FLIGHT} AND expires_at > %s"
@@ -283,7 +286,7 @@ class PostgresStore(BaseStore):
 
     def release(self, key: str, token: str) -> bool:
         with self._sync_pool().connection() as conn:
-            return bool(conn.execute(self._sql_release, (key, token)).rowcount == 1)
+            return bool(conn.execute(self._sql_release, (key, token, clock.wall())).rowcount == 1)
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
@@ -339,7 +342,7 @@ class PostgresStore(BaseStore):
     async def arelease(self, key: str, token: str) -> bool:
         pool = await self._async_pool()
         async with pool.connection() as conn:
-            cur = await conn.execute(self._sql_release, (key, token))
+            cur = await conn.execute(self._sql_release, (key, token, clock.wall()))
             return bool(cur.rowcount == 1)
 
     async def aextend(self, key: str, token: str, lease: float) -> bool:

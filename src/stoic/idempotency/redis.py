@@ -87,9 +87,10 @@ return 1
 
 # ARGV: token, now (ms)
 _RELEASE = """
-local rec = redis.pcall('HMGET', KEYS[1], 's', 't')
+local rec = redis.pcall('HMGET', KEYS[1], 's', 't', 'e')
 if type(rec) ~= 'table' or rec.err ~= nil then return 0 end
-if rec[1] ~= 'p' or rec[2] ~= ARGV[1] then return 0 end
+local e = tonumber(rec[3])
+if rec[1] ~= 'p' or rec[2] ~= ARGV[1] or not e or e <= tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -280,7 +281,8 @@ class RedisStore(BaseStore):
         return bool(self._sync("complete")(keys=keys, args=args))
 
     def release(self, key: str, token: str) -> bool:
-        return bool(self._sync("release")(keys=[self.prefix + key], args=[token]))
+        args = [token, _ms(clock.wall())]
+        return bool(self._sync("release")(keys=[self.prefix + key], args=args))
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
@@ -318,7 +320,8 @@ class RedisStore(BaseStore):
         return bool(await self._async("complete")(keys=keys, args=args))
 
     async def arelease(self, key: str, token: str) -> bool:
-        return bool(await self._async("release")(keys=[self.prefix + key], args=[token]))
+        args = [token, _ms(clock.wall())]
+        return bool(await self._async("release")(keys=[self.prefix + key], args=args))
 
     async def aextend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)

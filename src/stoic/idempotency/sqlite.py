@@ -105,6 +105,7 @@ class SQLiteStore(BaseStore):
         )
         self._sql_release = (
             f"DELETE FROM {t} WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT}"
+            f" AND expires_at > ?3"
         )
         self._sql_extend = (
             f"UPDATE {t} SET lease_until = ?3, expires_at = max(expires_at, ?3)"
@@ -207,7 +208,8 @@ class SQLiteStore(BaseStore):
         return cur.rowcount == 1
 
     def release(self, key: str, token: str) -> bool:
-        return self._conn().execute(self._sql_release, (key, token)).rowcount == 1
+        cur = self._conn().execute(self._sql_release, (key, token, clock.wall()))
+        return cur.rowcount == 1
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)

@@ -28,7 +28,8 @@ reply). The whole protocol is five operations, each atomic on its own:
 
 ``release(key, token) -> bool``
     Delete the in-flight record owned by ``token`` so the next claim runs the work again
-    (a failure that did not take effect). False when ``token`` no longer owns the key.
+    (a failure that did not take effect). False when ``token`` no longer owns the key, or
+    its record has expired (``ttl``) and so is gone already as far as readers can tell.
 
 ``extend(key, token, lease) -> bool``
     Push the owner's lease to ``lease`` seconds from now, for calls that run long.
