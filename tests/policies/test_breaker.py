@@ -95,6 +95,20 @@ class TestCounting:
                     breaker.call(ok)
             assert breaker.metrics == before
 
+    def test_rejections_by_inner_policies_are_not_recorded(self) -> None:
+        breaker = stoic.CircuitBreaker("a", minimum_calls=2)
+        bulkhead = stoic.Bulkhead(1)
+        guarded = stoic.Pipeline(breaker, bulkhead)
+
+        def nested() -> None:
+            guarded.call(ok)  # the bulkhead's only slot is taken by the outer call
+
+        for _ in range(5):
+            with pytest.raises(stoic.BulkheadFullError):
+                bulkhead.call(nested)
+        assert breaker.state is BreakerState.CLOSED
+        assert breaker.metrics.calls == 0
+
     def test_count_window_forgets_calls_older_than_its_size(self) -> None:
         breaker = stoic.CircuitBreaker(
             "a", minimum_calls=10, failure_rate=0.5, window=stoic.CountWindow(10)

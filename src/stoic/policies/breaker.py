@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .. import clock
-from ..errors import CircuitOpenError
+from ..errors import CircuitOpenError, Rejected
 from ..events import CallFinished, CallRejected, Event, dispatcher
 from ..outcome import Outcome, classify
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
@@ -94,8 +94,8 @@ _STATES = (
     BreakerState.DISABLED,
 )
 
-# Outcome codes recorded in a window: bit 1 = failure, bit 2 = slow.
-_FAILURE, _SLOW = 1, 2
+# Outcome codes recorded in a window: bit 1 = failure, bit 2 = slow; _SKIP: record nothing.
+_FAILURE, _SLOW, _SKIP = 1, 2, -1
 
 # --- events -------------------------------------------------------------------------------
 
@@ -354,6 +354,8 @@ _NEED_LEASE = -3  # open period over, but the fleet must grant the trial first
 
 
 def _code_of(exc: Exception) -> int:
+    if isinstance(exc, Rejected):
+        return _SKIP  # another policy refused the call: the dependency was never asked
     return _FAILURE if classify(exc).outcome.is_failure else 0
 
 
@@ -624,6 +626,8 @@ class CircuitBreaker(Policy):
 
     def _record(self, code: int, now: float) -> None:
         """Record a closed-state call. Opens the breaker when a threshold is reached."""
+        if code < 0:
+            return
         pending: _Pending | None = None
         with self._lock:
             if self._mode != _CLOSED:
@@ -654,6 +658,9 @@ class CircuitBreaker(Policy):
 
     def _record_trial(self, generation: int, code: int, now: float) -> None:
         """Record a half-open trial; the last of them closes or re-opens the breaker."""
+        if code < 0:
+            self._release_trial(generation)
+            return
         pending: _Pending = []
         with self._lock:
             if generation != self._generation or self._mode != _HALF_OPEN:
@@ -817,6 +824,8 @@ class CircuitBreaker(Policy):
 
     def _code(self, exc: Exception | None, start: float, end: float) -> int:
         code = 0 if exc is None else _code_of(exc)
+        if code < 0:
+            return code
         slow = self.slow_call_duration
         if slow is not None and end - start >= slow:
             code |= _SLOW
