@@ -181,6 +181,34 @@ def start_toxiproxy(upstream: int) -> tuple[subprocess.Popen[bytes], int] | None
     return process, listen
 
 
+def fault_point_overhead() -> None:
+    """What a dormant ``stoic.chaos.fault`` mark costs (faults disabled: one flag check)."""
+    import timeit
+
+    from stoic import chaos
+
+    def bare() -> int:
+        return 1
+
+    decorated = chaos.fault("bench.decorated", error=ValueError, rate=1.0)(bare)
+    point = chaos.fault("bench.block", error=ValueError, rate=1.0)
+
+    def block() -> int:
+        with point:
+            return 1
+
+    def ns(fn: object) -> float:
+        return min(timeit.repeat(fn, number=200_000, repeat=5)) / 200_000 * 1e9  # type: ignore[arg-type]
+
+    base = ns(bare)
+    print()
+    print(f"{'fault point, disabled':<28} {'ns/call':>8} {'added':>8}")
+    print(f"{'bare function':<28} {base:>8.0f}")
+    for label, fn in (("@fault decorated", decorated), ("with fault(...) block", block)):
+        cost = ns(fn)
+        print(f"{label:<28} {cost:>8.0f} {cost - base:>8.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, 20 MB stream")
@@ -234,6 +262,7 @@ def report(targets: dict[str, int], requests: int, megabytes: int) -> None:
         rate = statistics.median(throughput(port, megabytes) for _ in range(3))
         direct = direct or rate
         print(f"{name:<19} {rate:>9.0f} {rate / direct:>10.2f}")
+    fault_point_overhead()
     if "toxiproxy" not in targets:
         print()
         print("toxiproxy-server not on PATH; its README reports < 100 us added per request "
