@@ -459,3 +459,62 @@ def test_namespaces_keep_two_functions_with_the_same_key_apart() -> None:
         return "two"
 
     assert (one("k"), two("k"), one("k"), two("k")) == ("one", "two", "one", "two")
+
+
+def test_pydantic_model_result_is_rebuilt_from_the_return_annotation() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Quote(pydantic.BaseModel):  # type: ignore[misc,name-defined]
+        sku: str
+        price: decimal.Decimal
+
+    def quote(sku: str) -> Quote:
+        return Quote(sku=sku, price=decimal.Decimal("2.50"))
+
+    quote.__annotations__["return"] = Quote  # a local class: give get_type_hints the object
+    cached = stoic.idempotent(store=MemoryStore(), key="{sku}")(quote)
+    first, again = cached("a"), cached("a")
+    assert isinstance(again, Quote)
+    assert again == first
+
+
+async def test_async_wait_returns_the_first_calls_result() -> None:
+    store = MemoryStore()
+    gate = asyncio.Event()
+    runs: list[int] = []
+
+    @stoic.idempotent(store=store, key="{n}", wait=5.0)
+    async def work(n: int) -> int:
+        runs.append(n)
+        await gate.wait()
+        return n * 10
+
+    first = asyncio.create_task(work(3))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(work(3))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await asyncio.gather(first, second) == [30, 30]
+    assert runs == [3]
+
+
+async def test_async_transient_failure_releases_and_permanent_is_stored() -> None:
+    runs: list[str] = []
+
+    @stoic.idempotent(store=MemoryStore(), key="{kind}")
+    async def work(kind: str) -> str:
+        runs.append(kind)
+        if kind == "transient" and runs.count(kind) == 1:
+            raise ConnectionRefusedError("down")
+        if kind == "permanent":
+            raise LookupError("no such thing")
+        return "ok"
+
+    with pytest.raises(ConnectionRefusedError):
+        await work("transient")
+    assert await work("transient") == "ok"
+    with pytest.raises(LookupError):
+        await work("permanent")
+    with pytest.raises(IdempotencyStoredError, match="LookupError: no such thing"):
+        await work("permanent")
+    assert runs == ["transient", "transient", "permanent"]
