@@ -868,7 +868,12 @@ class CircuitBreaker(Policy):
             if generation == _NEED_LEASE:
                 shared = breaker._shared
                 assert shared is not None
-                generation = breaker._after_lease(shared.acquire_trial(breaker))
+                try:
+                    granted = shared.acquire_trial(breaker)
+                except BaseException:
+                    breaker._after_lease_abandoned()
+                    raise
+                generation = breaker._after_lease(granted)
             if generation == _UNRECORDED:
                 return inner(fn, args, kwargs)
             return timed(fn, args, kwargs, generation)
