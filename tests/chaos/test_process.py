@@ -111,6 +111,25 @@ class TestSupervisor:
         with pytest.raises(ValueError, match="already running"):
             supervisor.start("svc", SLEEPER)
 
+    def test_ready_port_returns_once_the_service_listens_even_after_restart(
+        self, supervisor: Supervisor
+    ) -> None:
+        from support import free_port
+
+        port = free_port()
+        server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+        supervisor.start("web", server, ready_port=port)
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        supervisor.restart("web")
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+    def test_ready_port_reports_a_process_that_died_instead(self, supervisor: Supervisor) -> None:
+        from support import free_port
+
+        crash = [sys.executable, "-c", "print('no config'); raise SystemExit(4)"]
+        with pytest.raises(RuntimeError, match=r"exited with 4[\s\S]*no config"):
+            supervisor.start("crash", crash, ready_port=free_port(), ready_timeout=10)
+
     def test_unknown_names_raise_key_error(self, supervisor: Supervisor) -> None:
         with pytest.raises(KeyError):
             supervisor.kill("ghost")

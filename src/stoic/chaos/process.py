@@ -24,6 +24,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -99,6 +100,8 @@ class _Managed:
     stopped: bool = False
     restarts: int = 0
     output: IO[bytes] | None = field(default=None, repr=False)
+    ready_port: int | None = None
+    ready_timeout: float = 10.0
 
 
 class Supervisor:
@@ -128,15 +131,23 @@ class Supervisor:
     # -- lifecycle -------------------------------------------------------------------------
     def start(
         self, name: str, command: Sequence[str] | str, *, env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None, ready_port: int | None = None,
+        ready_timeout: float = 10.0,
     ) -> ProcessInfo:
         """Start ``command`` (argv list, or a string run by ``/bin/sh -c``) as ``name``.
 
         ``env`` is added to the supervisor's environment (itself added to ``os.environ``).
+        With ``ready_port``, return only once something accepts connections on
+        127.0.0.1:``ready_port`` (also after each ``restart``): RuntimeError if the process
+        exits first, TimeoutError after ``ready_timeout`` seconds.
         Raises ValueError if a process of that name is still running.
         """
         if not name:
             raise ValueError("name must be a non-empty string")
+        if ready_port is not None and not 0 < ready_port <= 65535:
+            raise ValueError(f"ready_port must be in 1..65535, got {ready_port!r}")
+        if ready_timeout <= 0:
+            raise ValueError(f"ready_timeout must be > 0 seconds, got {ready_timeout!r}")
         argv = ("/bin/sh", "-c", command) if isinstance(command, str) else tuple(command)
         if not argv:
             raise ValueError("command must not be empty")
@@ -151,10 +162,39 @@ class Supervisor:
                 cwd=os.fspath(cwd) if cwd is not None else None,
                 log=self.log_dir / f"{name}.log" if self.log_dir is not None else None,
                 restarts=current.restarts if current is not None else 0,
+                ready_port=ready_port, ready_timeout=ready_timeout,
             )
             self._spawn(managed)
             self._procs[name] = managed
-            return self._info(managed)
+        self._wait_ready(managed)
+        return self.info(name)
+
+    def _wait_ready(self, managed: _Managed) -> None:
+        port, popen = managed.ready_port, managed.popen
+        if port is None or popen is None:
+            return
+        end = _monotonic() + managed.ready_timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                pass
+            code = popen.poll()
+            if code is not None:
+                tail = ""
+                if managed.log is not None and managed.log.exists():
+                    tail = "; log tail:\n" + managed.log.read_text(errors="replace")[-1500:]
+                raise RuntimeError(
+                    f"process {managed.name!r} exited with {code} before listening on "
+                    f"port {port}{tail}"
+                )
+            if _monotonic() >= end:
+                raise TimeoutError(
+                    f"process {managed.name!r} not listening on port {port} after "
+                    f"{managed.ready_timeout}s"
+                )
+            threading.Event().wait(0.02)
 
     def _spawn(self, managed: _Managed) -> None:
         env = {**os.environ, **managed.env} if managed.env else None
@@ -250,7 +290,8 @@ class Supervisor:
             self._emit(managed, "restart")
             managed.restarts += 1
             self._spawn(managed)
-            return self._info(managed)
+        self._wait_ready(managed)
+        return self.info(name)
 
     def _reap(self, managed: _Managed) -> None:
         popen = managed.popen
