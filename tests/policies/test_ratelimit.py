@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 import stoic
 from stoic.events import CallRejected, Event
@@ -154,3 +156,26 @@ def test_rejection_emits_call_rejected() -> None:
 def test_bad_configuration_names_the_parameter(kwargs: dict[str, Any], parameter: str) -> None:
     with pytest.raises(ValueError, match=parameter):
         stoic.RateLimiter(**kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.integers(1, 50),
+    burst=st.integers(1, 20),
+    gaps=st.lists(st.floats(0.0, 0.3, allow_nan=False), min_size=1, max_size=300),
+)
+def test_no_window_ever_admits_more_than_burst_plus_rate(
+    rate: int, burst: int, gaps: list[float]
+) -> None:
+    """Over any span of t seconds, at most burst + rate * t calls get through."""
+    with virtual_time() as clock:
+        limiter = stoic.RateLimiter(rate, per=1.0, burst=burst)
+        times = []
+        for gap in gaps:
+            clock.advance(gap)
+            if admitted(limiter, 1):
+                times.append(clock.monotonic())
+        for i, start in enumerate(times):
+            for j in range(i, len(times)):
+                span = times[j] - start
+                assert j - i + 1 <= burst + rate * span + 1e-6
