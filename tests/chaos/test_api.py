@@ -43,7 +43,7 @@ class TestProxies:
         assert host == "127.0.0.1" and int(port) > 0
         assert echoes(int(port))
 
-    def test_index_maps_names_to_proxies(self, proxy_server: ProxyServer, proxy: dict) -> None:
+    def test_index_maps_names_to_proxies(self, proxy_server: ProxyServer, proxy: dict[str, Any]) -> None:
         response = api(proxy_server, "GET", "/proxies")
         assert response.status_code == 200
         assert response.json() == {"echo": proxy}

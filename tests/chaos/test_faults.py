@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,10 @@ class TestSwitch:
             raise AssertionError("the decision ran while chaos was disabled")
 
         monkeypatch.setattr(Fault, "_decide", boom)
-        wrapped = point(lambda: "through")
+        def through() -> str:
+            return "through"
+
+        wrapped = point(through)
         assert wrapped() == "through"
         with point:
             pass
@@ -201,7 +205,7 @@ class TestPlans:
         ({"faults": {"x": {"first": 1, "window": [0, 1]}}}, "first or window"),
         ({"seed": "abc"}, "seed"),
     ])
-    def test_a_malformed_plan_names_what_is_wrong(self, plan: dict, message: str) -> None:
+    def test_a_malformed_plan_names_what_is_wrong(self, plan: dict[str, Any], message: str) -> None:
         with pytest.raises(ValueError, match=message):
             chaos.load_plan(plan)
 
@@ -235,7 +239,7 @@ class TestValidation:
         ({"latency": (0.5, 0.1)}, "low <= high"), ({"when": -1}, "first"),
     ])
     def test_bad_arguments_raise_value_error_naming_the_parameter(
-        self, kwargs: dict, message: str
+        self, kwargs: dict[str, Any], message: str
     ) -> None:
         with pytest.raises(ValueError, match=message):
             chaos.fault("x", **kwargs)

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,7 +185,7 @@ class TestMonkey:
         ({"min_interval": 0, "max_interval": 1, "action": "explode"}, "action"),
     ])
     def test_bad_settings_raise_value_error(
-        self, supervisor: Supervisor, kwargs: dict, message: str
+        self, supervisor: Supervisor, kwargs: dict[str, Any], message: str
     ) -> None:
         with pytest.raises(ValueError, match=message):
             Monkey(supervisor, ["a"], **kwargs)
