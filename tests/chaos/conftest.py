@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from stoic.chaos import ProxyServer, faults
+from stoic.chaos import ProxyClient, ProxyServer, faults
 
 Handler = Callable[[socket.socket], None]
 
@@ -87,3 +90,21 @@ def _faults_off() -> Iterator[None]:
     yield
     faults.disable()
     faults._state.env_checked = False
+
+
+@pytest.fixture(scope="module")
+def stoic_proxy() -> Iterator[ProxyClient]:
+    """The ``stoic proxy`` command in its own process (API on a free port), and a client."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from stoic.cli import main; main()", "proxy", "--port", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"API listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        yield ProxyClient(f"http://127.0.0.1:{match[1]}")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -238,15 +238,19 @@ class TestBadInput:
             assert "invalid toxic type" in caught.value.message
 
 
-class TestToxiproxyPython:
-    """The unmodified ``toxiproxy-python`` client from PyPI."""
+def api_port(client: ProxyClient) -> int:
+    return int(client.url.rsplit(":", 1)[1])
 
-    def test_full_lifecycle(self, proxy_server: ProxyServer, echo_port: int) -> None:
+
+class TestToxiproxyPython:
+    """The unmodified ``toxiproxy-python`` client from PyPI, against ``stoic proxy``."""
+
+    def test_full_lifecycle(self, stoic_proxy: ProxyClient, echo_port: int) -> None:
         from toxiproxy import Toxiproxy
         from toxiproxy.exceptions import NotFound, ProxyExists
 
         client = Toxiproxy()
-        client.update_api_consumer("127.0.0.1", proxy_server.api_port)
+        client.update_api_consumer("127.0.0.1", api_port(stoic_proxy))
         assert client.running()
         assert client.version() is not None
         proxy = client.create(upstream=f"127.0.0.1:{echo_port}", name="echo")
@@ -289,15 +293,16 @@ class TestToxiproxyPython:
 
 
 class TestChaostoolkitToxiproxy:
-    """The unmodified ``chaostoolkit-toxiproxy`` activities, called as ``chaos run`` would."""
+    """The unmodified ``chaostoolkit-toxiproxy`` activities against ``stoic proxy``, called as
+    ``chaos run`` would call them."""
 
-    def test_every_activity(self, proxy_server: ProxyServer, echo_port: int) -> None:
+    def test_every_activity(self, stoic_proxy: ProxyClient, echo_port: int) -> None:
         from chaostoxi.proxy import actions as proxy_actions
         from chaostoxi.proxy import probes as proxy_probes
         from chaostoxi.toxic import actions as toxic_actions
 
         config: dict[str, Any] = {"toxiproxy_host": "127.0.0.1",
-                                  "toxiproxy_port": proxy_server.api_port}
+                                  "toxiproxy_port": api_port(stoic_proxy)}
         assert proxy_actions.create_proxy("echo", "127.0.0.1", echo_port,
                                           listen_host="127.0.0.1", configuration=config)
         port = int(config["echo_PORT"])
@@ -316,7 +321,7 @@ class TestChaostoolkitToxiproxy:
         assert toxic_actions.create_limiter_toxic("echo", "ld", 1000, configuration=config)
         assert toxic_actions.create_toxic("echo", "rp", "reset_peer", stream="upstream",
                                           attributes={"timeout": 5}, configuration=config)
-        assert len(proxy_server.toxics("echo")) == 7
+        assert len(stoic_proxy.toxics("echo")) == 7
         assert toxic_actions.delete_toxic("echo", "to", configuration=config)
 
         assert proxy_actions.disable_proxy("echo", configuration=config)
@@ -324,7 +329,7 @@ class TestChaostoolkitToxiproxy:
             socket.create_connection(("127.0.0.1", port), timeout=2)
         assert proxy_actions.enable_proxy("echo", configuration=config)
         assert proxy_actions.reset(configuration=config)
-        assert proxy_server.toxics("echo") == []
+        assert stoic_proxy.toxics("echo") == []
         assert echoes(port)
         proxy_actions.delete_proxy("echo", configuration=config)
         assert not proxy_probes.proxy_exist("echo", configuration=config)
