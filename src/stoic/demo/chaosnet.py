@@ -118,7 +118,7 @@ def start(
 
     if api_port is None:
         api_port = free_port()
-    procs.start("proxy", procs.python("-m", "stoic.demo.proxy", str(api_port)))
+    procs.start("proxy", procs.python("-m", "stoic.demo.proxy", str(api_port), str(workdir)))
     api = f"http://127.0.0.1:{api_port}"
     wait_http(f"{api}/version", timeout=20.0)
     import httpx

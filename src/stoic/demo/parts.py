@@ -15,6 +15,7 @@ from typing import Any
 from .services.common import ASGIApp, ShopConfig, Stats
 
 __all__ = [
+    "broker",
     "count_breaker_openings",
     "edge_middleware",
     "http_client",
@@ -114,6 +115,14 @@ def http_client(cfg: ShopConfig, inner: Any) -> Any:
     return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(1.0))
 
 
+def broker(cfg: ShopConfig) -> Any:
+    """The run's durable queue; on a shared Redis or RabbitMQ, namespaced to this run."""
+    messaging = require("stoic.messaging", "the durable queue")
+    if cfg.backend in ("redis", "rabbitmq"):
+        return messaging.connect(cfg.broker_url, prefix=cfg.prefix)
+    return messaging.connect(cfg.broker_url)
+
+
 def outbox(cfg: ShopConfig, conn: Any) -> Any:
     """The transactional outbox orders writes its hand-offs to (table created on ``conn``)."""
     outbox_mod = require("stoic.messaging.outbox", "the transactional outbox")
@@ -127,10 +136,8 @@ def start_outbox_relay(cfg: ShopConfig, db_path: str) -> None:
     import sqlite3
 
     outbox_mod = require("stoic.messaging.outbox", "the outbox relay")
-    messaging = require("stoic.messaging", "the durable queue")
-    broker = messaging.connect(cfg.broker_url)
     db = sqlite3.connect(db_path, timeout=10.0, check_same_thread=False)
-    relay = outbox_mod.OutboxRelay(db, broker, poll_interval=0.05)
+    relay = outbox_mod.OutboxRelay(db, broker(cfg), poll_interval=0.05)
     threading.Thread(target=relay.run, name="outbox-relay", daemon=True).start()
 
 
@@ -151,10 +158,9 @@ def start_worker(cfg: ShopConfig, handler: Any) -> None:
     import stoic
 
     messaging = require("stoic.messaging", "the worker")
-    broker = messaging.connect(cfg.broker_url)
     dedupe = _idempotency_store(cfg, "fulfillment")
     worker = messaging.Worker(
-        broker, "order.placed", handler, lease=cfg.worker_lease, dedupe=dedupe, prefetch=10,
+        broker(cfg), "order.placed", handler, lease=cfg.worker_lease, dedupe=dedupe, prefetch=10,
         retry=stoic.Retry(attempts=5, backoff=stoic.backoff.exponential(0.1, 2.0, 1.0)),
         poll_interval=0.05,
     )

@@ -1,4 +1,4 @@
-"""Run stoic's Toxiproxy-compatible proxy for one demo run: ``python -m stoic.demo.proxy PORT``.
+"""Run stoic's proxy for one demo run: ``python -m stoic.demo.proxy PORT WORKDIR``.
 
 The same server as ``stoic proxy``, plus the parent watch every demo process has, so the
 proxy never outlives the demo.
@@ -15,12 +15,15 @@ __all__ = ["main"]
 
 
 def main(argv: list[str]) -> None:
-    """Serve the proxy API on 127.0.0.1:``argv[0]`` until killed."""
+    """Serve the proxy API on 127.0.0.1:``argv[0]`` until killed.
+
+    ``argv[1]``, the run's working directory, only labels the process (so a look at the
+    process list tells which run it belongs to).
+    """
     from stoic.chaos.proxy import serve
 
     watch_parent()
-    seed = int(argv[1]) if len(argv) > 1 else None
-    asyncio.run(serve("127.0.0.1", int(argv[0]), (), seed=seed))
+    asyncio.run(serve("127.0.0.1", int(argv[0]), ()))
 
 
 if __name__ == "__main__":

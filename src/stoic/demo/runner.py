@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import chaosnet
-from .loadgen import LoadGenerator
+from .loadgen import LoadGenerator, Request
 from .procs import ProcessGroup, free_port, wait_http
 from .scenario import Scenario, build_scenario
 from .scorecard import Scorecard, compute, series
@@ -77,6 +77,8 @@ class RunResult:
     network_faults: str
     workdir: str
     notes: list[str] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+    started: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -230,6 +232,7 @@ async def _drive(
         options=options, scorecard=card, scenario=scenario,
         series=series(cfg.workdir, load.requests, started, length), breakers=breakers,
         network_faults=net.kind, workdir=cfg.workdir, notes=list(net.notes),
+        requests=load.requests, started=started,
     )
 
 
@@ -294,20 +297,40 @@ async def _stats(control: Any, url: str) -> dict[str, Any]:
 
 
 def _dead_lettered(cfg: ShopConfig) -> int | None:
-    """Messages in the dead-letter queue, from the broker's own statistics."""
-    try:
-        from stoic import messaging
-    except ImportError:
-        return None
-    broker = messaging.connect(cfg.broker_url)
+    """Messages in the dead-letter queue, from the broker's own statistics.
+
+    On a shared Redis or RabbitMQ the run's topic is deleted afterwards: each run has its
+    own namespace, and leaves nothing behind on the server.
+    """
+    from . import parts
+
+    broker = parts.broker(cfg)
     try:
         stats = broker.stats("order.placed")
         value = stats.get("dead") if isinstance(stats, dict) else getattr(stats, "dead", None)
         return int(value) if value is not None else None
     finally:
+        if cfg.backend in ("redis", "rabbitmq"):
+            with contextlib.suppress(Exception):
+                broker.delete_topic("order.placed")
         close = getattr(broker, "close", None)
         if callable(close):
             close()
+        if cfg.backend == "redis":
+            _forget_redis_keys(cfg)
+
+
+def _forget_redis_keys(cfg: ShopConfig) -> None:
+    """Delete this run's idempotency records and breaker state from the shared Redis."""
+    import redis
+
+    client = redis.Redis.from_url(cfg.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{cfg.prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i:i + 500])
+    finally:
+        client.close()
 
 
 def _breaker_states(text: str) -> dict[str, str]:
