@@ -67,15 +67,18 @@ __all__ = [
     "Verdict",
     "backoff",
     "breakers",
+    "chaos",
     "classify",
     "classify_status",
     "clock",
     "context",
     "deadline",
+    "discover",
     "events",
     "idempotency",
     "idempotent",
     "messaging",
+    "observability",
     "register_classifier",
     "remaining",
     "state",
@@ -97,7 +100,20 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "messaging": ("stoic.messaging", None),
     "state": ("stoic.state", None),
     "http": ("stoic.http", None),
+    "chaos": ("stoic.chaos", None),
+    "observability": ("stoic.observability", None),
 }
+
+
+def discover(discover_system: bool = True) -> dict[str, Any]:
+    """Chaos Toolkit's discovery hook (``chaos discover --no-install stoic``); needs stoic[chaos].
+
+    Chaos Toolkit looks for ``discover`` on the top-level package of an extension, so it lives
+    here and hands over to ``stoic.chaostoolkit``.
+    """
+    from .chaostoolkit import discover as _discover
+
+    return _discover(discover_system=discover_system)
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,13 @@ so that, with nobody listening, an event costs one attribute check and is never 
 ``dispatcher`` is a named registry (the set of sinks) and the only global state here.
 ``dispatcher.attempt_scope`` is an optional hook that tracing (OpenTelemetry) installs: a
 callable ``(policy, name, attempt) -> context manager`` wrapped around every attempt.
+
+Per-call measurements are the one hot path: metrics need one per call, and building a frozen
+event object for each costs more than the call overhead itself. So a finished call goes out
+through ``dispatcher.record_call(...)`` with plain arguments: to *recorders*
+(``add_recorder``: a function of ``(policy, name, outcome, duration, attempts, error_type)``,
+which is how the metrics adapters listen) and, only if some sink asked for them
+(``subscribe(sink, calls=True)``, the default), as a ``CallFinished`` event.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from . import clock
 __all__ = [
     "AttemptScope",
     "CallFinished",
+    "CallRecorder",
     "CallRejected",
     "DeadlineExpired",
     "Dispatcher",
@@ -110,18 +118,29 @@ class CallFinished(Event):
 
 Sink: TypeAlias = Callable[[Event], Any]
 AttemptScope: TypeAlias = Callable[[str, str, int], AbstractContextManager[Any]]
+CallRecorder: TypeAlias = Callable[[str, str, str, float, int, "str | None"], Any]
 
 
 class Dispatcher:
-    """Hands events to sinks. ``sinks`` is a tuple replaced on change, never mutated in place,
-    so emitting needs no lock and a sink list read mid-change is still a consistent one."""
+    """Hands events to sinks and call measurements to recorders.
 
-    __slots__ = ("_lock", "attempt_scope", "sinks")
+    The tuples are replaced on change, never mutated in place, so emitting needs no lock and
+    a list read mid-change is still a consistent one. ``active`` is True when anything at all
+    listens (a sink, a recorder or an attempt scope): the one flag a hot path checks.
+    """
+
+    __slots__ = ("_lock", "active", "attempt_scope", "call_sinks", "recorders", "sinks")
 
     def __init__(self) -> None:
         self.sinks: tuple[Sink, ...] = ()
+        self.call_sinks: tuple[Sink, ...] = ()
+        self.recorders: tuple[CallRecorder, ...] = ()
         self.attempt_scope: AttemptScope | None = None
+        self.active = False
         self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        self.active = bool(self.sinks or self.recorders or self.attempt_scope is not None)
 
     def emit(self, event: Event) -> None:
         """Give ``event`` to every sink. A sink that raises is logged, never propagated."""
@@ -131,27 +150,85 @@ class Dispatcher:
             except Exception:
                 _log.exception("stoic event sink %r failed on %s", sink, type(event).__name__)
 
-    def subscribe(self, sink: Sink) -> Callable[[], None]:
-        """Add ``sink``; return a function that removes it again (safe to call twice)."""
+    def record_call(
+        self, policy: str, name: str, outcome: str, duration: float, attempts: int = 1,
+        error_type: str | None = None,
+    ) -> None:
+        """Report one finished call to the recorders, and as ``CallFinished`` to call sinks."""
+        for recorder in self.recorders:
+            try:
+                recorder(policy, name, outcome, duration, attempts, error_type)
+            except Exception:
+                _log.exception("stoic call recorder %r failed", recorder)
+        if self.call_sinks:
+            event = CallFinished(
+                name=name, policy=policy, outcome=outcome, duration=duration,
+                attempts=attempts, error_type=error_type,
+            )
+            for sink in self.call_sinks:
+                try:
+                    sink(event)
+                except Exception:
+                    _log.exception("stoic event sink %r failed on CallFinished", sink)
+
+    def subscribe(self, sink: Sink, *, calls: bool = True) -> Callable[[], None]:
+        """Add ``sink``; return a function that removes it again (safe to call twice).
+
+        With ``calls=False`` the sink gets every event except ``CallFinished``: use it
+        together with ``add_recorder`` when you measure calls more cheaply that way.
+        """
         if not callable(sink):
             raise TypeError(f"sink must be callable, got {sink!r}")
         with self._lock:
             self.sinks = (*self.sinks, sink)
+            if calls:
+                self.call_sinks = (*self.call_sinks, sink)
+            self._refresh()
 
         def unsubscribe() -> None:
             with self._lock:
-                sinks = list(self.sinks)
-                if sink in sinks:
-                    sinks.remove(sink)
-                self.sinks = tuple(sinks)
+                self.sinks = _without(self.sinks, sink)
+                self.call_sinks = _without(self.call_sinks, sink)
+                self._refresh()
 
         return unsubscribe
 
+    def add_recorder(self, recorder: CallRecorder) -> Callable[[], None]:
+        """Add a per-call recorder; return a function that removes it."""
+        if not callable(recorder):
+            raise TypeError(f"recorder must be callable, got {recorder!r}")
+        with self._lock:
+            self.recorders = (*self.recorders, recorder)
+            self._refresh()
+
+        def remove() -> None:
+            with self._lock:
+                self.recorders = _without(self.recorders, recorder)
+                self._refresh()
+
+        return remove
+
+    def set_attempt_scope(self, scope: AttemptScope | None) -> None:
+        """Install (or with None, remove) the hook wrapped around every attempt."""
+        with self._lock:
+            self.attempt_scope = scope
+            self._refresh()
+
     def reset(self) -> None:
-        """Remove every sink and hook (for tests)."""
+        """Remove every sink, recorder and hook (for tests)."""
         with self._lock:
             self.sinks = ()
+            self.call_sinks = ()
+            self.recorders = ()
             self.attempt_scope = None
+            self._refresh()
+
+
+def _without(items: tuple[Any, ...], item: Any) -> tuple[Any, ...]:
+    listed = list(items)
+    if item in listed:
+        listed.remove(item)
+    return tuple(listed)
 
 
 dispatcher = Dispatcher()

@@ -129,11 +129,8 @@ def test_real_scrape_has_every_metric_with_the_scenario_values(registry: Collect
 
 
 def test_duration_buckets_are_cumulative_and_sum_is_kept(registry: CollectorRegistry) -> None:
-    from stoic.events import CallFinished
-
     for duration in (0.003, 0.2, 0.2, 30.0):
-        dispatcher.emit(CallFinished(name="db", policy="retry", outcome="success",
-                                     duration=duration))
+        dispatcher.record_call("retry", "db", "success", duration)
     found = samples(scrape(registry))
     assert value(found, "stoic_call_duration_seconds_bucket", name="db", le="0.005") == 1
     assert value(found, "stoic_call_duration_seconds_bucket", name="db", le="0.1") == 1

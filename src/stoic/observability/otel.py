@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from ..events import dispatcher
 from ..outcome import classify
-from ._events import BREAKER_STATES, breaker_states, make_sink
+from ._events import BREAKER_STATES, breaker_states, connect
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -96,7 +96,7 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
     mprovider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     if not _is_noop(mprovider):
         recorder = _Recorder(mprovider.get_meter("stoic", _version()))
-        unsubscribe = dispatcher.subscribe(make_sink(recorder))
+        unsubscribe = connect(recorder)
     if tracer is None and unsubscribe is None:
         return False
     _installed = _Instrumentation(tracer, unsubscribe)
@@ -110,7 +110,7 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
                 tracer, policy, name, attempt, otel_context, set_span_in_context, status_error
             )
 
-        dispatcher.attempt_scope = attempt_scope
+        dispatcher.set_attempt_scope(attempt_scope)
     return True
 
 
@@ -123,7 +123,7 @@ def uninstrument() -> None:
     if installed.unsubscribe is not None:
         installed.unsubscribe()
     if installed.tracer is not None:
-        dispatcher.attempt_scope = None
+        dispatcher.set_attempt_scope(None)
 
 
 def is_instrumented() -> bool:

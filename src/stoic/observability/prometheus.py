@@ -25,8 +25,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..events import dispatcher
-from ._events import BREAKER_STATES, breaker_states, make_sink
+from ._events import BREAKER_STATES, breaker_states, connect
 from .otel import DURATION_BUCKETS
 
 __all__ = ["DURATION_BUCKETS", "instrument", "make_asgi_app", "serve", "uninstrument"]
@@ -199,7 +198,7 @@ def instrument(registry: Any = None) -> None:
         _uninstrument_locked()
         collector = _StoicCollector()
         target.register(collector)
-        unsubscribe = dispatcher.subscribe(make_sink(collector))
+        unsubscribe = connect(collector)
         _installed = _Installed(target, collector, unsubscribe)
 
 

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ..events import CallFinished, dispatcher
+from ..events import dispatcher
 from .base import AsyncStep, Policy, Step
 from .retry import OnException, _compile_on
 
@@ -32,12 +32,9 @@ class Fallback(Policy):
         self._compose()
 
     def _note(self, exc: BaseException) -> None:
-        if dispatcher.sinks:
-            dispatcher.emit(
-                CallFinished(
-                    name=self.name, policy="fallback", outcome="fallback", duration=0.0,
-                    error_type=type(exc).__name__,
-                )
+        if dispatcher.recorders or dispatcher.call_sinks:
+            dispatcher.record_call(
+                "fallback", self.name, "fallback", 0.0, 1, type(exc).__name__
             )
 
     def wrap(self, inner: Step) -> Step:

@@ -24,7 +24,7 @@ from typing import Any, cast
 from .. import clock
 from ..context import _deadline, _idempotency_key
 from ..errors import DeadlineExceeded
-from ..events import CallFinished, DeadlineExpired, RetryGaveUp, RetryScheduled, dispatcher
+from ..events import DeadlineExpired, RetryGaveUp, RetryScheduled, dispatcher
 from ..outcome import Outcome, Verdict, classify
 from .backoff import Backoff, exponential
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
@@ -221,20 +221,16 @@ class Retry(Policy):
                     error_type=_type_name(exc),
                 )
             )
-            dispatcher.emit(
-                CallFinished(
-                    name=self.name, policy="retry", outcome=verdict.outcome.value,
-                    duration=elapsed, attempts=state.attempts, error_type=_type_name(exc),
-                )
+        if dispatcher.recorders or dispatcher.call_sinks:
+            dispatcher.record_call(
+                "retry", self.name, verdict.outcome.value, elapsed, state.attempts,
+                _type_name(exc),
             )
 
     def _succeeded(self, state: _State) -> None:
-        if dispatcher.sinks:
-            dispatcher.emit(
-                CallFinished(
-                    name=self.name, policy="retry", outcome=Outcome.SUCCESS.value,
-                    duration=_now() - state.start, attempts=state.attempts,
-                )
+        if dispatcher.recorders or dispatcher.call_sinks:
+            dispatcher.record_call(
+                "retry", self.name, "success", _active.monotonic() - state.start, state.attempts
             )
 
     # --- the thin loops ---------------------------------------------------------------------
@@ -260,13 +256,20 @@ class Retry(Policy):
             else:
                 try:
                     if direct:
-                        return fn(*args, **kwargs)
-                    return inner(fn, args, kwargs)
+                        result = fn(*args, **kwargs)
+                    else:
+                        result = inner(fn, args, kwargs)
                 except Exception as exc:
                     state = _State(start, 1)
                     first_wait = decide(state, exc)
                     if first_wait is None:
                         raise
+                else:
+                    if dispatcher.recorders:
+                        dispatcher.record_call(
+                            "retry", name, "success", _active.monotonic() - start, 1
+                        )
+                    return result
                 wait = first_wait
             while True:
                 if wait > 0:
@@ -314,13 +317,20 @@ class Retry(Policy):
             else:
                 try:
                     if direct:
-                        return await fn(*args, **kwargs)
-                    return await inner(fn, args, kwargs)
+                        result = await fn(*args, **kwargs)
+                    else:
+                        result = await inner(fn, args, kwargs)
                 except Exception as exc:
                     state = _State(start, 1)
                     first_wait = decide(state, exc)
                     if first_wait is None:
                         raise
+                else:
+                    if dispatcher.recorders:
+                        dispatcher.record_call(
+                            "retry", name, "success", _active.monotonic() - start, 1
+                        )
+                    return result
                 wait = first_wait
             while True:
                 if wait > 0:
