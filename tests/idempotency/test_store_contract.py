@@ -176,3 +176,22 @@ async def test_async_twins_keep_the_same_contract(store: Store) -> None:
     assert await store.aget("k") is None
     assert await store.apurge_expired() >= 0
     await store.aclose()
+
+
+def test_redis_key_holding_another_type_is_treated_as_absent(redis_url: str) -> None:
+    import uuid
+
+    from stoic.idempotency import RedisStore
+
+    store = RedisStore(redis_url, prefix=f"stoic-test:{uuid.uuid4().hex}:")
+    client = store._sync_client()
+    client.hset(store.prefix + "k", "not", "a record")
+    try:
+        assert store.get("k") is None
+        claim = store.claim("k", "fp", lease=LEASE, ttl=TTL)
+        assert claim.status is ClaimStatus.CLAIMED
+        assert claim.replaced == "corrupted"
+        assert store.complete("k", claim.token or "", "r", ttl=TTL)
+    finally:
+        client.delete(store.prefix + "k")
+        store.close()

@@ -1,17 +1,23 @@
-"""Idempotency records in Redis: every operation is one Lua script, so one round trip.
+"""Idempotency records in Redis: one round trip to claim, to complete, and to replay.
 
-A record is a hash under ``prefix + key`` with short fields: ``f`` fingerprint, ``s`` state
-(``p`` in flight, ``c`` completed), ``t`` owner token, ``l`` lease end and ``e`` expiry
-(wall-clock milliseconds), ``r`` the response. Redis also expires the hash itself
-(``PEXPIRE``) so nothing needs purging; ``purge_expired`` exists for the contract and
-returns 0.
+A record is one string under ``prefix + key``: a small JSON object with ``s`` state (``p`` in
+flight, ``c`` completed), ``f`` fingerprint, ``t`` owner token, ``l`` lease end and ``e``
+expiry (wall-clock milliseconds) and ``r`` the response. Redis also expires the key itself
+(``PX``), so nothing needs purging; ``purge_expired`` exists for the contract and returns 0.
 
-The claim script reads the record, decides whether it is live, and if not writes the new
-in-flight record, all inside Redis, so concurrent claims from any number of clients are
-serialised by the server. When the key is already completed, the same round trip returns
-the stored response: a replay costs one round trip too. A record of the wrong Redis type
-or with unreadable fields is treated as absent and reported; scripts use ``redis.pcall`` so
-a corrupted key can never make a script fail.
+* **claim** is ``SET key <new record> NX GET PX ttl``: a single atomic command that either
+  creates the in-flight record (the key was free: claimed) or leaves the key alone and
+  returns the existing record, including a completed record's response (a replay). Only
+  when that record is dead (lease run out, expired by our clock, unreadable) does a Lua
+  script re-check and replace it atomically. On Redis < 7.0, which cannot combine ``NX``
+  with ``GET``, every claim uses the script: still one round trip.
+* **complete**, **release** and **extend** are Lua scripts that check the owner's token
+  and change the record in one step.
+
+Records are parsed as JSON, never unpickled or evaluated. A value that is not a valid
+record, or a key of another Redis type, is reported and treated as absent: the next claim
+replaces it. Scripts read with ``redis.pcall`` and ``pcall(cjson.decode, ...)`` so a
+corrupted key can never make a script fail.
 
 Needs the ``stoic[redis]`` extra (redis-py >= 5); it is imported when the store is made.
 """
@@ -19,6 +25,7 @@ Needs the ``stoic[redis]`` extra (redis-py >= 5); it is imported when the store 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -32,95 +39,166 @@ from .store import (
     check_key,
     check_seconds,
     decide,
+    is_live,
     new_token,
     report_corrupted,
 )
 
 __all__ = ["RedisStore"]
 
-# Returns {"claimed", why} or {"found", f, s, t, l, e, r}. ARGV: fp, token, now, lease, ttl (ms)
-_CLAIM = """
+_READ = """
+local function read(key)
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' and raw.err then return nil, 'corrupted' end
+  if not raw then return nil, 'absent' end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' or type(rec.f) ~= 'string' or type(rec.t) ~= 'string'
+     or type(rec.l) ~= 'number' or type(rec.e) ~= 'number'
+     or (rec.s ~= 'p' and rec.s ~= 'c') then
+    return nil, 'corrupted'
+  end
+  return rec, raw
+end
+"""
+
+# ARGV: fingerprint, token, now, lease, ttl (ms). Returns {'claimed', why} or {'found', raw}.
+_CLAIM = _READ + """
 local key = KEYS[1]
 local now = tonumber(ARGV[3])
-local rec = redis.pcall('HMGET', key, 'f', 's', 't', 'l', 'e', 'r')
-local why = 'absent'
-if type(rec) == 'table' and rec.err == nil then
-  local f, s, t = rec[1], rec[2], rec[3]
-  local l, e = tonumber(rec[4]), tonumber(rec[5])
-  if f or s or t or rec[4] or rec[5] then
-    if not f or not t or not l or not e or (s ~= 'p' and s ~= 'c') then
-      why = 'corrupted'
-    elseif e <= now then
-      why = 'expired'
-    elseif s == 'p' and l <= now then
-      why = 'lease_expired'
-    else
-      return {'found', f, s, t, rec[4], rec[5], rec[6] or false}
-    end
-  end
-elseif redis.call('EXISTS', key) == 1 then
-  why = 'corrupted'
+local rec, raw = read(key)
+local why = raw
+if rec then
+  if rec.e <= now then why = 'expired'
+  elseif rec.s == 'p' and rec.l <= now then why = 'lease_expired'
+  else return {'found', raw} end
 end
 local lease = tonumber(ARGV[4])
 local ttl = math.max(tonumber(ARGV[5]), lease)
-redis.call('DEL', key)
-redis.call('HSET', key, 'f', ARGV[1], 's', 'p', 't', ARGV[2],
-           'l', tostring(now + lease), 'e', tostring(now + ttl))
-redis.call('PEXPIRE', key, ttl)
+redis.call('SET', key, cjson.encode({s='p', f=ARGV[1], t=ARGV[2], l=now + lease, e=now + ttl}),
+           'PX', ttl)
 return {'claimed', why}
 """
 
-# ARGV: token, response or '', has_response (1/0), now, ttl (ms)
-_COMPLETE = """
-local key = KEYS[1]
-local rec = redis.pcall('HMGET', key, 's', 't', 'e')
-if type(rec) ~= 'table' or rec.err ~= nil then return 0 end
+# ARGV: token, response, has_response (1/0), now, ttl (ms)
+_COMPLETE = _READ + """
+local rec = read(KEYS[1])
 local now = tonumber(ARGV[4])
-local e = tonumber(rec[3])
-if rec[1] ~= 'p' or rec[2] ~= ARGV[1] or not e or e <= now then return 0 end
+if not rec or rec.s ~= 'p' or rec.t ~= ARGV[1] or rec.e <= now then return 0 end
 local ttl = tonumber(ARGV[5])
-redis.call('HSET', key, 's', 'c', 'l', ARGV[4], 'e', tostring(now + ttl))
-if ARGV[3] == '1' then redis.call('HSET', key, 'r', ARGV[2]) else redis.call('HDEL', key, 'r') end
-redis.call('PEXPIRE', key, ttl)
+rec.s = 'c'
+rec.l = now
+rec.e = now + ttl
+if ARGV[3] == '1' then rec.r = ARGV[2] else rec.r = nil end
+redis.call('SET', KEYS[1], cjson.encode(rec), 'PX', ttl)
 return 1
 """
 
 # ARGV: token, now (ms)
-_RELEASE = """
-local rec = redis.pcall('HMGET', KEYS[1], 's', 't', 'e')
-if type(rec) ~= 'table' or rec.err ~= nil then return 0 end
-local e = tonumber(rec[3])
-if rec[1] ~= 'p' or rec[2] ~= ARGV[1] or not e or e <= tonumber(ARGV[2]) then return 0 end
+_RELEASE = _READ + """
+local rec = read(KEYS[1])
+if not rec or rec.s ~= 'p' or rec.t ~= ARGV[1] or rec.e <= tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
 
 # ARGV: token, now, lease (ms)
-_EXTEND = """
-local key = KEYS[1]
-local rec = redis.pcall('HMGET', key, 's', 't', 'e')
-if type(rec) ~= 'table' or rec.err ~= nil then return 0 end
+_EXTEND = _READ + """
+local rec = read(KEYS[1])
 local now = tonumber(ARGV[2])
-local e = tonumber(rec[3])
-if rec[1] ~= 'p' or rec[2] ~= ARGV[1] or not e or e <= now then return 0 end
-local until_ = now + tonumber(ARGV[3])
-redis.call('HSET', key, 'l', tostring(until_))
-if until_ > e then
-  redis.call('HSET', key, 'e', tostring(until_))
-  redis.call('PEXPIRE', key, until_ - now)
-end
+if not rec or rec.s ~= 'p' or rec.t ~= ARGV[1] or rec.e <= now then return 0 end
+rec.l = now + tonumber(ARGV[3])
+if rec.l > rec.e then rec.e = rec.l end
+redis.call('SET', KEYS[1], cjson.encode(rec), 'PX', rec.e - now)
 return 1
 """
+
+_SCRIPTS = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE, "extend": _EXTEND}
 
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-def _text(value: Any) -> str | None:
-    if value is None or value is False:
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _parse(key: str, raw: Any) -> Record | None:
+    """A stored record, or None (reported) when the value is not one."""
+    try:
+        data = json.loads(raw)
+        state = data["s"]
+        fingerprint, token = data["f"], data["t"]
+        response = data.get("r")
+        if state not in ("p", "c") or not isinstance(fingerprint, str) or not isinstance(
+                token, str) or not isinstance(response, (str, type(None))):
+            raise ValueError(f"state={state!r}")
+        return Record(
+            key=key, fingerprint=fingerprint,
+            state=RecordState.COMPLETED if state == "c" else RecordState.IN_FLIGHT,
+            token=token, lease_until=float(data["l"]) / 1000,
+            expires_at=float(data["e"]) / 1000, response=response,
+        )
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        report_corrupted("RedisStore", key, exc)
         return None
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class _Plan:
+    """One claim's arguments, worked out once for the fast path and the script."""
+
+    __slots__ = ("fingerprint", "key", "lease", "name", "now", "record", "token", "ttl")
+
+    def __init__(self, prefix: str, key: str, fingerprint: str, lease: float,
+                 ttl: float) -> None:
+        check_key(key)
+        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        self.key, self.name, self.fingerprint = key, prefix + key, fingerprint
+        self.token = new_token()
+        self.now = _ms(clock.wall())
+        self.lease, self.ttl = _ms(lease), max(_ms(ttl), _ms(lease))
+        self.record = json.dumps(
+            {"s": "p", "f": fingerprint, "t": self.token, "l": self.now + self.lease,
+             "e": self.now + self.ttl},
+            separators=(",", ":"),
+        )
+
+    def script_args(self) -> list[Any]:
+        return [self.fingerprint, self.token, self.now, self.lease, self.ttl]
+
+    def claimed(self, replaced: str | None = None) -> Claim:
+        return Claim(ClaimStatus.CLAIMED, self.key, token=self.token, replaced=replaced)
+
+    def from_fast(self, raw: Any) -> Claim | None:
+        """The answer from ``SET NX GET``'s reply, or None when the script must decide."""
+        if raw is None:
+            return self.claimed()
+        record = _parse(self.key, raw)
+        now = self.now / 1000
+        if record is None or not is_live(record, now):
+            return None
+        return decide(record, self.fingerprint, now)
+
+    def from_script(self, reply: list[Any]) -> Claim:
+        if _text(reply[0]) == "claimed":
+            why = _text(reply[1])
+            if why == "corrupted":
+                report_corrupted("RedisStore", self.key, "not a record (bad JSON or type)")
+            return self.claimed(None if why == "absent" else why)
+        record = _parse(self.key, reply[1])
+        if record is None:  # pragma: no cover - the script only returns readable records
+            raise RuntimeError(f"unreadable record for {self.key!r}")
+        return decide(record, self.fingerprint, self.now / 1000)
+
+
+def _fast_path_error(exc: Exception) -> str:
+    """Classify a ``SET NX GET`` failure: a key of another type, or an old server."""
+    text = str(exc)
+    if "WRONGTYPE" in text:
+        return "wrongtype"
+    if "syntax" in text.lower():
+        return "unsupported"
+    return ""
 
 
 class RedisStore(BaseStore):
@@ -158,38 +236,49 @@ class RedisStore(BaseStore):
         self._lock = threading.Lock()
         self._scripts: dict[str, Any] = {}
         self._ascripts: dict[str, Any] = {}
+        self._set_get = True  # False after a server refused SET NX GET (Redis < 7.0)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
 
     # -- clients and scripts ---------------------------------------------------------------
 
-    def _sync(self, name: str) -> Any:
-        script = self._scripts.get(name)
-        if script is None:
+    def _sync_client(self) -> Any:
+        client = self._client
+        if client is None:
             with self._lock:
                 if self._client is None:
                     import redis
 
                     self._client = redis.Redis.from_url(self.url)
-                script = self._client.register_script(_SCRIPTS[name])
-                self._scripts[name] = script
+                client = self._client
+        return client
+
+    def _sync(self, name: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._sync_client().register_script(_SCRIPTS[name])
+            self._scripts[name] = script
         return script
 
-    def _async(self, name: str) -> Any:
+    def _async_client(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._owns_aclient and self._aclient is not None and self._aclient_loop is not loop:
             # A client's connections belong to the loop that made them; a new loop needs its own.
             self._aclient = None
             self._ascripts = {}
+        if self._aclient is None:
+            import redis.asyncio
+
+            self._aclient = redis.asyncio.Redis.from_url(self.url)
+            self._aclient_loop = loop
+        return self._aclient
+
+    def _async(self, name: str) -> Any:
+        client = self._async_client()
         script = self._ascripts.get(name)
         if script is None:
-            if self._aclient is None:
-                import redis.asyncio
-
-                self._aclient = redis.asyncio.Redis.from_url(self.url)
-                self._aclient_loop = loop
-            script = self._aclient.register_script(_SCRIPTS[name])
+            script = client.register_script(_SCRIPTS[name])
             self._ascripts[name] = script
         return script
 
@@ -206,79 +295,44 @@ class RedisStore(BaseStore):
             self._ascripts = {}
         self.close()
 
-    # -- shared encoding and decoding of script replies ------------------------------------
-
-    def _claim_args(
-        self, key: str, fingerprint: str, lease: float, ttl: float
-    ) -> tuple[list[str], list[Any], str, int]:
-        check_key(key)
-        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
-        token = new_token()
-        now = _ms(clock.wall())
-        return [self.prefix + key], [fingerprint, token, now, _ms(lease), _ms(ttl)], token, now
-
-    @staticmethod
-    def _claim_result(
-        key: str, fingerprint: str, token: str, now_ms: int, reply: list[Any]
-    ) -> Claim:
-        kind = _text(reply[0])
-        if kind == "claimed":
-            why = _text(reply[1])
-            if why == "corrupted":
-                report_corrupted("RedisStore", key, "unreadable hash fields or wrong type")
-            return Claim(
-                ClaimStatus.CLAIMED, key, token=token,
-                replaced=None if why == "absent" else why,
-            )
-        _, f, s, t, lease_until, expires_at, response = reply
-        record = Record(
-            key=key, fingerprint=_text(f) or "",
-            state=RecordState.COMPLETED if _text(s) == "c" else RecordState.IN_FLIGHT,
-            token=_text(t) or "", lease_until=float(_text(lease_until) or 0) / 1000,
-            expires_at=float(_text(expires_at) or 0) / 1000, response=_text(response),
-        )
-        return decide(record, fingerprint, now_ms / 1000)
-
-    def _complete_args(
-        self, key: str, token: str, response: str | None, ttl: float
-    ) -> tuple[list[str], list[Any]]:
+    def _complete_args(self, token: str, response: str | None, ttl: float) -> list[Any]:
         ttl = check_seconds("ttl", ttl)
-        return [self.prefix + key], [
-            token, response if response is not None else "",
-            "1" if response is not None else "0", _ms(clock.wall()), _ms(ttl),
-        ]
+        return [token, response if response is not None else "",
+                "1" if response is not None else "0", _ms(clock.wall()), _ms(ttl)]
 
-    def _read_record(self, key: str, raw: Any) -> Record | None:
-        if not raw:
+    def _get_result(self, key: str, raw: Any) -> Record | None:
+        if raw is None:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        try:
-            state = fields.get("s")
-            if state not in ("p", "c") or fields.get("f") is None or fields.get("t") is None:
-                raise ValueError(f"state={state!r}")
-            record = Record(
-                key=key, fingerprint=fields["f"] or "",
-                state=RecordState.COMPLETED if state == "c" else RecordState.IN_FLIGHT,
-                token=fields["t"] or "", lease_until=float(fields["l"] or "") / 1000,
-                expires_at=float(fields["e"] or "") / 1000, response=fields.get("r"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            report_corrupted("RedisStore", key, exc)
-            return None
-        if record.expires_at <= clock.wall():
+        record = _parse(key, raw)
+        if record is None or record.expires_at <= clock.wall():
             return None
         return record
 
     # -- sync ------------------------------------------------------------------------------
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        keys, args, token, now = self._claim_args(key, fingerprint, lease, ttl)
-        reply = self._sync("claim")(keys=keys, args=args)
-        return self._claim_result(key, fingerprint, token, now, reply)
+        plan = _Plan(self.prefix, key, fingerprint, lease, ttl)
+        if self._set_get:
+            import redis
+
+            try:
+                raw = self._sync_client().set(plan.name, plan.record, nx=True, get=True,
+                                              px=plan.ttl)
+            except redis.ResponseError as exc:
+                problem = _fast_path_error(exc)
+                if not problem:
+                    raise
+                if problem == "unsupported":
+                    self._set_get = False
+            else:
+                answer = plan.from_fast(raw)
+                if answer is not None:
+                    return answer
+        return plan.from_script(self._sync("claim")(keys=[plan.name], args=plan.script_args()))
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        keys, args = self._complete_args(key, token, response, ttl)
-        return bool(self._sync("complete")(keys=keys, args=args))
+        args = self._complete_args(token, response, ttl)
+        return bool(self._sync("complete")(keys=[self.prefix + key], args=args))
 
     def release(self, key: str, token: str) -> bool:
         args = [token, _ms(clock.wall())]
@@ -291,33 +345,49 @@ class RedisStore(BaseStore):
 
     def get(self, key: str) -> Record | None:
         check_key(key)
-        self._sync("claim")  # makes the client
+        import redis
+
         try:
-            raw = self._client.hgetall(self.prefix + key)
-        except Exception as exc:
+            raw = self._sync_client().get(self.prefix + key)
+        except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
             report_corrupted("RedisStore", key, exc)
             return None
-        return self._read_record(key, raw)
+        return self._get_result(key, raw)
 
     def delete(self, key: str) -> bool:
-        self._sync("claim")
-        return bool(self._client.delete(self.prefix + key))
+        return bool(self._sync_client().delete(self.prefix + key))
 
     def purge_expired(self) -> int:
-        return 0  # Redis expires records itself (PEXPIRE)
+        return 0  # Redis expires records itself (PX)
 
     # -- async -----------------------------------------------------------------------------
 
     async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        keys, args, token, now = self._claim_args(key, fingerprint, lease, ttl)
-        reply = await self._async("claim")(keys=keys, args=args)
-        return self._claim_result(key, fingerprint, token, now, reply)
+        plan = _Plan(self.prefix, key, fingerprint, lease, ttl)
+        if self._set_get:
+            import redis
+
+            try:
+                raw = await self._async_client().set(plan.name, plan.record, nx=True,
+                                                     get=True, px=plan.ttl)
+            except redis.ResponseError as exc:
+                problem = _fast_path_error(exc)
+                if not problem:
+                    raise
+                if problem == "unsupported":
+                    self._set_get = False
+            else:
+                answer = plan.from_fast(raw)
+                if answer is not None:
+                    return answer
+        reply = await self._async("claim")(keys=[plan.name], args=plan.script_args())
+        return plan.from_script(reply)
 
     async def acomplete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        keys, args = self._complete_args(key, token, response, ttl)
-        return bool(await self._async("complete")(keys=keys, args=args))
+        args = self._complete_args(token, response, ttl)
+        return bool(await self._async("complete")(keys=[self.prefix + key], args=args))
 
     async def arelease(self, key: str, token: str) -> bool:
         args = [token, _ms(clock.wall())]
@@ -330,22 +400,19 @@ class RedisStore(BaseStore):
 
     async def aget(self, key: str) -> Record | None:
         check_key(key)
-        self._async("claim")
+        import redis
+
         try:
-            raw = await self._aclient.hgetall(self.prefix + key)
-        except Exception as exc:
+            raw = await self._async_client().get(self.prefix + key)
+        except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
             report_corrupted("RedisStore", key, exc)
             return None
-        return self._read_record(key, raw)
+        return self._get_result(key, raw)
 
     async def adelete(self, key: str) -> bool:
-        self._async("claim")
-        return bool(await self._aclient.delete(self.prefix + key))
+        return bool(await self._async_client().delete(self.prefix + key))
 
     async def apurge_expired(self) -> int:
         return 0
-
-
-_SCRIPTS = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE, "extend": _EXTEND}
