@@ -96,7 +96,7 @@ def test_scenario_is_repeatable_for_a_seed_and_covers_the_whole_run() -> None:
     assert a == b
     assert a.actions != c.actions  # the worker is killed at a seeded moment
     assert a.phases[0].start == 0 and a.phases[-1].end == 30
-    assert all(x.end == y.start for x, y in zip(a.phases, a.phases[1:]))
+    assert all(x.end == y.start for x, y in zip(a.phases, a.phases[1:], strict=False))
     with pytest.raises(ValueError, match="duration"):
         build_scenario(2, 1)
 
@@ -229,3 +229,39 @@ def test_serve_refuses_a_port_in_use() -> None:
         result = CliRunner().invoke(build_app(), ["demo", "serve", "--port", str(port)])
     assert result.exit_code == 2
     assert f"--port: port {port} is already in use" in result.output
+
+
+def test_chaos_toolkit_experiment_runs_against_demo_serve(tmp_path: Path) -> None:
+    from support import free_port, wait_for_port
+
+    chaos = Path(sys.executable).parent / "chaos"
+    experiment = Path(__file__).resolve().parents[2] / "examples" / "chaos" / "demo-experiment.json"
+    port, proxy_port = free_port(), free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    serve = subprocess.Popen(
+        [sys.executable, "-c", "from stoic.cli import main; main()", "demo", "serve",
+         "--port", str(port), "--proxy-port", str(proxy_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=40)
+        run_env = {**env, "STOIC_PROXY_URL": f"http://127.0.0.1:{proxy_port}",
+                   "DEMO_ORDERS_URL": f"http://127.0.0.1:{port}/orders",
+                   "DEMO_METRICS_URL": f"http://127.0.0.1:{port}/metrics"}
+        journal = tmp_path / "journal.json"
+        done = subprocess.run(
+            [str(chaos), "run", "--journal-path", str(journal), str(experiment)],
+            cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=90,
+        )
+        import json
+
+        report = json.loads(journal.read_text())
+        assert done.returncode == 0 and report["status"] == "completed", done.stderr[-2000:]
+        outputs = {r["activity"]["name"]: r.get("output") for r in report["run"]}
+        # payments blackholed: orders answer within the 1.5 s deadline they were given
+        assert outputs["p99-while-payments-is-cut-stays-within-the-deadline"] < 2.0
+        assert outputs["payments-breaker-while-cut"] == "open"
+    finally:
+        serve.terminate()
+        serve.wait(timeout=20)
+    assert _demo_processes(str(tmp_path)) == []

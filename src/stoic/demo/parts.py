@@ -20,8 +20,8 @@ __all__ = [
     "edge_middleware",
     "http_client",
     "idempotency_middleware",
-    "metrics_app",
     "inbox",
+    "metrics_app",
     "outbox",
     "require",
     "start_outbox_relay",
@@ -99,9 +99,13 @@ def http_client(cfg: ShopConfig, inner: Any) -> Any:
     breaker_mod = require("stoic.policies.breaker", "circuit breakers")
     shared = _breaker_state(cfg)
 
+    # the transport asks for a breaker per host ("http:127.0.0.1:40123"); name each after the
+    # service behind that address, so /metrics, dashboards and probes say "payments"
+    services = {f"http:{httpx.URL(url).netloc.decode()}": name for name, url in cfg.urls.items()}
+
     def breaker(name: str) -> Any:
         return breaker_mod.CircuitBreaker(
-            name, failure_rate=0.6, window=breaker_mod.CountWindow(40), minimum_calls=10,
+            services.get(name, name), failure_rate=0.6, window=breaker_mod.CountWindow(40), minimum_calls=10,
             open_for=1.0, half_open_calls=3, state=shared,
         )
 

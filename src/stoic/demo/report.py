@@ -33,7 +33,7 @@ SCORECARD_ROWS: tuple[tuple[str, str, str], ...] = (
     ("duplicate_fulfillments", "Duplicate fulfillments", "int"),
     ("charged_but_reported_failed", "Charged but reported failed", "int"),
     ("load_amplification", "Load amplification at payments (outage)", "x"),
-    ("time_to_recover", "Time to recover after payments returns", "s"),
+    ("time_to_recover", "Time to recover after payments returns (>= 90% ok)", "ttr"),
     ("breaker_openings", "Breaker openings", "int"),
     ("dead_lettered", "Messages dead-lettered", "int"),
 )
@@ -48,10 +48,10 @@ _FAULT_COLOURS = {
 def format_value(value: Any, kind: str) -> str:
     """A scorecard value as shown to people ("-" when it does not apply)."""
     if value is None:
-        return "-"
+        return "not in phase" if kind == "ttr" else "-"
     if kind == "pct":
         return f"{100 * value:.1f}%"
-    if kind == "s":
+    if kind in ("s", "ttr"):
         return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
     if kind == "x":
         return f"{value:.2f}x"
@@ -129,6 +129,8 @@ def _charts(run: dict[str, Any]) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     ax.bar(t, series["payments_arrivals"], width=1.0, align="edge", color="#457b9d",
            label="requests arriving at payments / s")
+    ax.plot(t, series["payments_sent"], color="#f4a259", drawstyle="steps-post", lw=2,
+            label="requests orders sent to payments / s")
     ax.plot(t, series["payments_charges"], color="#e63946", drawstyle="steps-post",
             label="charges made / s")
     _shade(ax, run)
@@ -158,7 +160,8 @@ _CAPTIONS = {
     "throughput": "Orders accepted and failed per second; shaded windows are the faults.",
     "latency": "p99 latency of the orders sent in each second.",
     "breakers": "Circuit breaker state over time, scraped from orders' /metrics.",
-    "payments": "Load arriving at payments per second, and charges actually made.",
+    "payments": "Load at payments per second: requests orders sent (counted at its HTTP "
+                "transport, reaching payments or not), requests that arrived, charges made.",
 }
 
 

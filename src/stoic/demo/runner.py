@@ -188,6 +188,8 @@ async def _drive(
         client_timeout=options.client_timeout,
     )
     breakers: list[dict[str, Any]] = []
+    # breakers are named http:<host:port>; show them by the service behind that address
+    hosts = {f"http:{httpx.URL(url).netloc.decode()}": name for name, url in cfg.urls.items()}
     stop = asyncio.Event()
     async with httpx.AsyncClient(timeout=2.0) as control:
 
@@ -196,7 +198,9 @@ async def _drive(
                 t = time.time() - started
                 try:
                     text = (await control.get(f"{orders_url}/metrics")).text
-                    breakers.append({"t": round(t, 2), "states": _breaker_states(text)})
+                    states = {hosts.get(name, name): state
+                              for name, state in _breaker_states(text).items()}
+                    breakers.append({"t": round(t, 2), "states": states})
                 except httpx.HTTPError:
                     pass
                 if progress is not None:

@@ -152,7 +152,10 @@ def compute(
 
 
 def _time_to_recover(done: Sequence[Request], scenario: Scenario, started: float) -> float | None:
-    """Seconds from payments' restart to the first second in which >= 90% of orders succeed."""
+    """Seconds from payments' restart to the first second in which >= 90% of orders succeed.
+
+    None when that never happened before the phase ended (the next fault began).
+    """
     back = scenario.phase("payments back")
     t = back.start
     while t < back.end:

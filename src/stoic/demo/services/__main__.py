@@ -8,6 +8,8 @@ import sys
 from . import build_app
 from .common import ShopConfig, watch_parent
 
+__all__ = ["main"]
+
 
 def main(argv: list[str]) -> None:
     """Start service ``argv[0]`` with the configuration file ``argv[1]`` under uvicorn."""

@@ -13,8 +13,7 @@ import threading
 import time
 from typing import Any
 
-from .common import ASGIApp, Receive, Scope, Send, ShopConfig, Stats, connect, json_response
-from .common import read_json, route
+from .common import ASGIApp, Receive, Scope, Send, ShopConfig, Stats, connect, json_response, read_json, route
 
 __all__ = ["WORK_SECONDS", "build"]
 

@@ -5,8 +5,19 @@ from __future__ import annotations
 import threading
 import time
 
-from .common import ASGIApp, ChaosLayer, Receive, Scope, Send, ShopConfig, Stats, connect
-from .common import json_response, read_json, route
+from .common import (
+    ASGIApp,
+    ChaosLayer,
+    Receive,
+    Scope,
+    Send,
+    ShopConfig,
+    Stats,
+    connect,
+    json_response,
+    read_json,
+    route,
+)
 
 __all__ = ["build"]
 

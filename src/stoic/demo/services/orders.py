@@ -22,8 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .common import ASGIApp, Receive, Scope, Send, ShopConfig, Stats, connect, json_response
-from .common import read_json, route
+from .common import ASGIApp, Receive, Scope, Send, ShopConfig, Stats, connect, json_response, read_json, route
 
 __all__ = ["build"]
 
@@ -174,12 +173,12 @@ def _stoic_handler(
     cfg: ShopConfig, conn: Any, lock: threading.Lock,
     execute: Callable[[str, tuple[Any, ...]], None], stats: Stats,
 ) -> Handler:
+    import httpx
+
     import stoic
     from stoic.errors import DeadlineExceeded, Rejected
 
     from .. import parts
-
-    import httpx
 
     payments_host = httpx.URL(cfg.urls["payments"]).netloc
 

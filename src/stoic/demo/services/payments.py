@@ -11,8 +11,20 @@ import threading
 import time
 from typing import Any
 
-from .common import ASGIApp, ChaosLayer, Receive, Scope, Send, ShopConfig, Stats, connect
-from .common import header, json_response, read_json, route
+from .common import (
+    ASGIApp,
+    ChaosLayer,
+    Receive,
+    Scope,
+    Send,
+    ShopConfig,
+    Stats,
+    connect,
+    header,
+    json_response,
+    read_json,
+    route,
+)
 
 __all__ = ["build"]
 
