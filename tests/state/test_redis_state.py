@@ -3,7 +3,9 @@ and a Redis that dies never fails a call."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -202,6 +204,36 @@ class TestFleetBreaker:
         assert (a if winner == "a" else b).state is BreakerState.CLOSED
         until(lambda: loser.state is BreakerState.CLOSED, POLL + SLACK)
 
+    async def test_async_trial_takes_the_lease_off_the_event_loop_and_closes(
+        self, redis_url: str, prefix: str, states: list[RedisState]
+    ) -> None:
+        import redis
+
+        state = RedisState(redis_url, prefix=prefix, poll=POLL)
+        states.append(state)
+        breaker = stoic.CircuitBreaker(
+            "search", minimum_calls=1, open_for=0.2, half_open_calls=1, state=state
+        )
+
+        async def down() -> None:
+            raise ConnectionRefusedError("down")
+
+        async def up() -> str:
+            return "up"
+
+        with pytest.raises(ConnectionRefusedError):
+            await breaker.acall(down)
+        with pytest.raises(stoic.CircuitOpenError):
+            await breaker.acall(up)
+        await asyncio.sleep(0.25)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert await breaker.acall(up) == "up"  # this process held the fleet's lease
+            assert breaker.state is BreakerState.CLOSED
+            until(lambda: client.exists(f"{prefix}:breaker:search:trial") == 0, 5)  # released
+        finally:
+            client.close()
+
     def test_keys_are_namespaced_by_prefix(
         self, redis_url: str, prefix: str, states: list[RedisState]
     ) -> None:
@@ -330,6 +362,26 @@ class TestOwnServer:
             until(lambda: limiter.call(ok) == "ok" and not state.degraded, 5)
             assert any(isinstance(e, StateStoreRecovered) for e in seen)
         finally:
+            state.close()
+            server.kill()
+            server.wait()
+
+    def test_redis_that_stops_answering_degrades_within_its_timeout(self) -> None:
+        port = free_port()
+        server = redis_server(port)
+        state = RedisState(f"redis://127.0.0.1:{port}/0", prefix="slow", timeout=0.1,
+                           retry_interval=30.0)
+        try:
+            limiter = stoic.RateLimiter(10_000, state=state, name="api")
+            assert limiter.call(ok) == "ok"
+            server.send_signal(signal.SIGSTOP)  # still accepts connections, never answers
+            start = time.monotonic()
+            assert [limiter.call(ok) for _ in range(100)] == ["ok"] * 100
+            # one call waited for the timeout; the other 99 went straight to local state
+            assert time.monotonic() - start < 2.0
+            assert state.degraded
+        finally:
+            server.send_signal(signal.SIGCONT)
             state.close()
             server.kill()
             server.wait()
