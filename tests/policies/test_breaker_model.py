@@ -205,6 +205,41 @@ class BreakerMachine(RuleBasedStateMachine):
         if flight.kind != "unrecorded":
             self.model.finish(flight.kind, flight.generation, code, now)
 
+    @rule(outcome=st.sampled_from(["success", "failure", "permanent"]),
+          duration=st.sampled_from([0.0, 0.5, 3.0]), decorated=st.booleans())
+    def sync_call(self, outcome: str, duration: float, decorated: bool) -> None:
+        """A whole call on the synchronous path (``call`` or the decorator) in one step."""
+        now = self.clock.monotonic()
+        kind, detail = self.model.admit(now)
+
+        def work() -> str:
+            self.clock.advance(duration)
+            if outcome == "failure":
+                raise ConnectionRefusedError("refused")
+            if outcome == "permanent":
+                raise ValueError("bad input")
+            return "ok"
+
+        run = self.breaker(work) if decorated else (lambda: self.breaker.call(work))
+        try:
+            result: Any = run()
+        except Exception as exc:
+            result = exc
+        if kind == "rejected":
+            assert isinstance(result, stoic.CircuitOpenError)
+            if detail is None:
+                assert result.retry_after is None
+            else:
+                assert result.retry_after == pytest.approx(detail)
+            return
+        assert not isinstance(result, stoic.CircuitOpenError)
+        end = self.clock.monotonic()
+        code = FAILURE if outcome == "failure" else 0
+        if self.slow_after is not None and end - now >= self.slow_after:
+            code |= SLOW
+        if kind != "unrecorded":
+            self.model.finish(kind, detail, code, end)
+
     @precondition(lambda self: self.flights)
     @rule(data=st.data())
     def cancel_call(self, data: st.DataObject) -> None:
