@@ -152,14 +152,15 @@ def compute(
 
 
 def _time_to_recover(done: Sequence[Request], scenario: Scenario, started: float) -> float | None:
-    """Seconds from payments' restart to the first second in which >= 90% of orders succeed.
+    """Seconds from payments' restart to the first half second in which >= 90% of orders sent
+    succeed.
 
     None when that never happened before the phase ended (the next fault began).
     """
     back = scenario.phase("payments back")
     t = back.start
-    while t < back.end:
-        inside = [r for r in done if t <= r.start - started < t + 1.0]
+    while t + 0.5 <= back.end:
+        inside = [r for r in done if t <= r.start - started < t + 0.5]
         if len(inside) >= 3 and sum(r.ok for r in inside) / len(inside) >= 0.9:
             return round(t - back.start, 2)
         t += 0.25
