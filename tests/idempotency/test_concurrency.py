@@ -73,6 +73,8 @@ def test_64_threads_and_4_processes_run_the_body_exactly_once(
             out: Any = fn(key)
         except IdempotencyKeyInUseError:
             out = "in-use"
+        except Exception as exc:  # reported by the assertions below, not lost in the thread
+            out = f"{type(exc).__name__}: {exc}"
         with lock:
             results.append((fn is waiting, out))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from .. import clock
@@ -128,21 +129,50 @@ class SQLiteStore(BaseStore):
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.table} ("
-            " key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state INTEGER NOT NULL,"
-            " token TEXT NOT NULL, lease_until REAL NOT NULL, expires_at REAL NOT NULL,"
-            " response TEXT) WITHOUT ROWID"
-        )
-        # No index on expires_at: it would cost every claim and complete a second B-tree
-        # write, to speed up only purge_expired, which is rare housekeeping (a table scan).
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
         local.conn, local.pid = conn, os.getpid()
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL and create the table, retrying while others hold locks.
+
+        Switching a fresh file to WAL needs an exclusive lock, and SQLite reports "database
+        is locked" at once, without its busy handler, when many processes open a new file
+        together. This waits on other processes' file locks, which is real time no virtual
+        clock can advance, so it reads ``time.monotonic`` and sleeps for real.
+        """
+        give_up = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise sqlite3.OperationalError("database is locked (journal mode)")
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                    " key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state INTEGER NOT NULL,"
+                    " token TEXT NOT NULL, lease_until REAL NOT NULL,"
+                    " expires_at REAL NOT NULL, response TEXT) WITHOUT ROWID"
+                )
+                # No index on expires_at: it would cost every claim and complete a second
+                # B-tree write, to speed up only purge_expired, rare housekeeping (a scan).
+                return
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if ("locked" not in text and "busy" not in text) or time.monotonic() > give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     def close(self) -> None:
         """Close every connection this store opened (from any thread)."""
