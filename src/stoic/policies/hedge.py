@@ -139,8 +139,6 @@ class Hedge(Policy):
                             if not classify(exc).outcome.is_failure:
                                 finished(start, len(tasks), exc)
                                 raise exc  # PERMANENT: the answer, not bad luck
-                        if done and not failed_now:
-                            continue  # pragma: no cover - done tasks either won or failed
                     elif not can_hedge:
                         assert last is not None
                         finished(start, len(tasks), last)
