@@ -18,6 +18,7 @@ Needs the ``stoic[postgres]`` extra (psycopg >= 3.1, psycopg-pool); imported whe
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 import zlib
@@ -103,6 +104,7 @@ class PostgresStore(BaseStore):
         self.create_table = create_table
         self._lock = threading.Lock()
         self._pool: Any = None
+        self._pid = os.getpid()
         self._apool: Any = None
         self._apool_loop: asyncio.AbstractEventLoop | None = None
         self._ready = not create_table
@@ -150,9 +152,14 @@ class PostgresStore(BaseStore):
 
     def _sync_pool(self) -> Any:
         pool = self._pool
-        if pool is not None and self._ready:
+        if pool is not None and self._ready and self._pid == os.getpid():
             return pool
         with self._lock:
+            if self._pool is not None and self._pid != os.getpid():
+                # A forked child (gunicorn --preload, multiprocessing) must not share the
+                # parent's sockets: drop the inherited pool without closing its connections.
+                self._pool = None
+            self._pid = os.getpid()
             if self._pool is None:
                 from psycopg_pool import ConnectionPool
 
