@@ -265,3 +265,25 @@ def test_chaos_toolkit_experiment_runs_against_demo_serve(tmp_path: Path) -> Non
         serve.terminate()
         serve.wait(timeout=20)
     assert _demo_processes(str(tmp_path)) == []
+
+
+def test_cli_prints_the_scorecard_and_writes_json_and_report(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from stoic.cli import build_app
+
+    scorecard, report = tmp_path / "scorecard.json", tmp_path / "report.html"
+    result = CliRunner().invoke(build_app(), [
+        "demo", "--mode", "stoic", "--duration", "6", "--seed", "9",
+        "--json", str(scorecard), "--report", str(report),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "Duplicate charges" in result.output and "Lost orders" in result.output
+    runs = json.loads(scorecard.read_text())["runs"]
+    assert [r["mode"] for r in runs] == ["stoic"]
+    card = runs[0]["scorecard"]
+    assert card["attempted"] > 0 and card["duplicate_charges"] == 0
+    assert runs[0]["phases"][0]["name"] == "steady"
+    assert 'id="chart-stoic-breakers"' in report.read_text()

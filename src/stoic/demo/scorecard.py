@@ -112,14 +112,22 @@ def compute(
     n_arrivals = int(arrivals[0][0]) if arrivals else 0
     n_logical = int(logical[0][0]) if logical else 0
 
+    sent_at = [row[0] for row in _rows(orders_db, "SELECT at FROM payment_attempts")]
+    needed_at = [row[0] for row in _rows(orders_db,
+                                         "SELECT charge_at FROM orders WHERE charge_at IS NOT NULL")]
     phases: dict[str, dict[str, Any]] = {}
     for phase in scenario.phases:
         inside = [r for r in done if phase.start <= r.start - started < phase.end]
         lat = [r.latency for r in inside]
+        a, b = started + phase.start, started + phase.end
+        sent = sum(1 for at in sent_at if a <= at < b)
+        needed = sum(1 for at in needed_at if a <= at < b)
         phases[phase.name] = {
             "attempted": len(inside), "accepted": sum(1 for r in inside if r.ok),
             "p50": percentile(lat, 50), "p99": percentile(lat, 99),
             "errors": dict(Counter(r.error for r in inside if not r.ok).most_common(4)),
+            "payments_requests": sent, "charges_needed": needed,
+            "load_amplification": sent / needed if needed else None,
         }
     outage = [r.latency for r in done if outage_start <= r.start - started < outage_end]
 
