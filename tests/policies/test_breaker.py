@@ -499,3 +499,26 @@ class TestConfiguration:
     def test_empty_name_is_rejected(self) -> None:
         with pytest.raises(ValueError, match="name"):
             stoic.CircuitBreaker("")
+
+
+class TestTransitionLogsAndMeasurements:
+    def test_transitions_are_logged_at_warning_without_any_sink(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        breaker = stoic.CircuitBreaker("logged", minimum_calls=1, window=stoic.CountWindow(1))
+        with caplog.at_level("WARNING", logger="stoic"):
+            breaker.force_open()
+            breaker.reset()
+        lines = [r.getMessage() for r in caplog.records if r.name == "stoic"]
+        assert any("logged" in line and "forced_open" in line for line in lines)
+        assert any("logged" in line and "-> closed" in line for line in lines)
+
+    def test_calls_reach_call_recorders_without_building_events(self) -> None:
+        seen: list[tuple[object, ...]] = []
+        remove = stoic.events.dispatcher.add_recorder(lambda *args: seen.append(args))
+        try:
+            breaker = stoic.CircuitBreaker("measured")
+            breaker.call(lambda: 1)
+        finally:
+            remove()
+        assert [(p, n, o) for p, n, o, *_ in seen] == [("circuit_breaker", "measured", "success")]

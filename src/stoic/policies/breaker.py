@@ -34,6 +34,7 @@ import enum
 import functools
 import inspect
 import itertools
+import logging
 import threading
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .. import clock
 from ..errors import CircuitOpenError, Rejected
-from ..events import CallFinished, CallRejected, Event, dispatcher
+from ..events import CallRejected, Event, dispatcher
 from ..outcome import Outcome, classify
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
 
@@ -63,6 +64,8 @@ __all__ = [
     "TimeWindow",
     "breakers",
 ]
+
+_log = logging.getLogger("stoic")
 
 _now = clock.now
 P = ParamSpec("P")
@@ -550,8 +553,7 @@ class CircuitBreaker(Policy):
             self._enter(mode)
             self._consecutive_opens = 0
             self._clear_window()
-            if dispatcher.sinks:
-                self._later_event(pending, kind, previous, mode, "manual")
+            self._later_event(pending, kind, previous, mode, "manual")
         _run(pending)
 
     # --- transitions (called with the lock held; side effects go to ``pending``) -----------
@@ -567,11 +569,13 @@ class CircuitBreaker(Policy):
         self, pending: _Pending, kind: type[BreakerTransitioned], previous: int, mode: int,
         source: str, **extra: Any,
     ) -> None:
-        event = kind(
-            name=self.name, previous=_STATES[previous].value, state=_STATES[mode].value,
-            source=source, **extra,
+        old, new, name = _STATES[previous].value, _STATES[mode].value, self.name
+        pending.append(
+            lambda: _log.warning("stoic breaker %s: %s -> %s (%s)", name, old, new, source)
         )
-        pending.append(lambda: dispatcher.emit(event))
+        if dispatcher.sinks:
+            event = kind(name=name, previous=old, state=new, source=source, **extra)
+            pending.append(lambda: dispatcher.emit(event))
 
     def _open(
         self, pending: _Pending, calls: int, failures: int, slow: int, reopen: bool
@@ -591,8 +595,7 @@ class CircuitBreaker(Policy):
         shared = self._shared
         if shared is not None:
             pending.append(lambda: shared.opened(self, duration))
-        if dispatcher.sinks:
-            self._later_event(
+        self._later_event(
                 pending, BreakerOpened, previous, _OPEN, "local",
                 failure_rate=failures / calls if calls else 0.0,
                 slow_call_rate=slow / calls if calls else 0.0, calls=calls, open_for=duration,
@@ -606,14 +609,12 @@ class CircuitBreaker(Policy):
         shared = self._shared
         if shared is not None:
             pending.append(lambda: shared.closed(self))
-        if dispatcher.sinks:
-            self._later_event(pending, BreakerClosed, previous, _CLOSED, "local")
+        self._later_event(pending, BreakerClosed, previous, _CLOSED, "local")
 
     def _half_open(self, pending: _Pending) -> None:
         previous = self._mode
         self._enter(_HALF_OPEN)
-        if dispatcher.sinks:
-            self._later_event(
+        self._later_event(
                 pending, BreakerHalfOpened, previous, _HALF_OPEN, "local",
                 trial_calls=self.half_open_calls,
             )
@@ -791,8 +792,7 @@ class CircuitBreaker(Policy):
             self._enter(_OPEN)
             self._opened_for = ttl
             self._open_until = now + ttl
-            if dispatcher.sinks:
-                self._later_event(
+            self._later_event(
                     pending, BreakerOpened, mode, _OPEN, "remote",
                     failure_rate=0.0, slow_call_rate=0.0, calls=0, open_for=ttl,
                 )
@@ -808,19 +808,17 @@ class CircuitBreaker(Policy):
             self._enter(_CLOSED)
             self._consecutive_opens = 0
             self._clear_window()
-            if dispatcher.sinks:
-                self._later_event(pending, BreakerClosed, mode, _CLOSED, "remote")
+            self._later_event(pending, BreakerClosed, mode, _CLOSED, "remote")
         _run(pending)
 
     # --- the call paths -------------------------------------------------------------------
 
     def _finished(self, start: float, end: float, exc: BaseException | None) -> None:
-        dispatcher.emit(
-            CallFinished(
-                name=self.name, policy="circuit_breaker", outcome=_outcome_name(exc),
-                duration=end - start, error_type=None if exc is None else type(exc).__name__,
+        if dispatcher.recorders or dispatcher.call_sinks:
+            dispatcher.record_call(
+                "circuit_breaker", self.name, _outcome_name(exc), end - start, 1,
+                None if exc is None else type(exc).__name__,
             )
-        )
 
     def _code(self, exc: Exception | None, start: float, end: float) -> int:
         code = 0 if exc is None else _code_of(exc)
@@ -847,7 +845,7 @@ class CircuitBreaker(Policy):
                     record(code_of_call(exc, start, end), end)
                 else:
                     record_trial(generation, code_of_call(exc, start, end), end)
-                if dispatcher.sinks:
+                if dispatcher.active:
                     finished(start, end, exc)
                 raise
             except BaseException:
@@ -859,7 +857,7 @@ class CircuitBreaker(Policy):
                 record(code_of_call(None, start, end), end)
             else:
                 record_trial(generation, code_of_call(None, start, end), end)
-            if dispatcher.sinks:
+            if dispatcher.active:
                 finished(start, end, None)
             return result
 
@@ -887,7 +885,7 @@ class CircuitBreaker(Policy):
 
             def call_direct(fn: Any, args: Any, kwargs: Any) -> Any:
                 mode = breaker._mode
-                if mode or dispatcher.sinks:
+                if mode or dispatcher.active:
                     if mode == _OPEN:
                         left = breaker._open_until - _active.monotonic()
                         if left > 0:
@@ -914,7 +912,7 @@ class CircuitBreaker(Policy):
                     if left > 0:
                         raise reject_open(left)
                 return slow_path(fn, args, kwargs)
-            if timed_mode or dispatcher.sinks:
+            if timed_mode or dispatcher.active:
                 return timed(fn, args, kwargs, _PASS)
             try:
                 result = inner(fn, args, kwargs)
@@ -943,7 +941,7 @@ class CircuitBreaker(Policy):
                     record(code_of_call(exc, start, end), end)
                 else:
                     record_trial(generation, code_of_call(exc, start, end), end)
-                if dispatcher.sinks:
+                if dispatcher.active:
                     finished(start, end, exc)
                 raise
             except BaseException:
@@ -955,7 +953,7 @@ class CircuitBreaker(Policy):
                 record(code_of_call(None, start, end), end)
             else:
                 record_trial(generation, code_of_call(None, start, end), end)
-            if dispatcher.sinks:
+            if dispatcher.active:
                 finished(start, end, None)
             return result
 
@@ -988,7 +986,7 @@ class CircuitBreaker(Policy):
                     if left > 0:
                         raise reject_open(left)
                 return await slow_path(fn, args, kwargs)
-            if timed_mode or dispatcher.sinks:
+            if timed_mode or dispatcher.active:
                 return await timed(fn, args, kwargs, _PASS)
             try:
                 if direct:
@@ -1025,7 +1023,7 @@ class CircuitBreaker(Policy):
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 mode = breaker._mode
-                if mode or dispatcher.sinks:
+                if mode or dispatcher.active:
                     if mode == _OPEN:
                         left = breaker._open_until - _active.monotonic()
                         if left > 0:
@@ -1046,7 +1044,7 @@ class CircuitBreaker(Policy):
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             mode = breaker._mode
-            if mode or dispatcher.sinks:
+            if mode or dispatcher.active:
                 if mode == _OPEN:
                     left = breaker._open_until - _active.monotonic()
                     if left > 0:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
-from ..events import CallFinished, Event, dispatcher
+from ..events import Event, dispatcher
 from ..outcome import Outcome, classify
 from .base import AsyncStep, Policy, Step
 from .budget import RetryBudget
@@ -97,15 +97,12 @@ class Hedge(Policy):
                 dispatcher.emit(HedgeStarted(name=name, attempt=attempt, reason=reason))
 
         def finished(start: float, attempts: int, exc: BaseException | None) -> None:
-            if dispatcher.sinks:
-                dispatcher.emit(
-                    CallFinished(
-                        name=name, policy="hedge",
-                        outcome=Outcome.SUCCESS.value if exc is None
-                        else classify(exc).outcome.value,
-                        duration=clock.now() - start, attempts=attempts,
-                        error_type=None if exc is None else type(exc).__name__,
-                    )
+            if dispatcher.recorders or dispatcher.call_sinks:
+                dispatcher.record_call(
+                    "hedge", name,
+                    Outcome.SUCCESS.value if exc is None else classify(exc).outcome.value,
+                    clock.now() - start, attempts,
+                    None if exc is None else type(exc).__name__,
                 )
 
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
