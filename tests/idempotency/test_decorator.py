@@ -518,3 +518,30 @@ async def test_async_transient_failure_releases_and_permanent_is_stored() -> Non
     with pytest.raises(IdempotencyStoredError, match="LookupError: no such thing"):
         await work("permanent")
     assert runs == ["transient", "transient", "permanent"]
+
+
+class _FlakyStore(MemoryStore):
+    """A store whose writes after the claim fail, as a store that just went down would."""
+
+    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        raise ConnectionError("store went away")
+
+    def release(self, key: str, token: str) -> bool:
+        raise ConnectionError("store went away")
+
+
+def test_store_failing_after_the_call_never_hides_the_calls_own_outcome(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _FlakyStore()
+
+    @stoic.idempotent(store=store, key="{n}")
+    def work(n: int) -> int:
+        if n < 0:
+            raise ValueError("negative")
+        return n
+
+    assert work(5) == 5, "the charge happened: the caller must not be told otherwise"
+    with pytest.raises(ValueError, match="negative"):
+        work(-1)
+    assert "stays in flight until its lease runs out" in caplog.text

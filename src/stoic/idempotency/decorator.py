@@ -361,9 +361,12 @@ class Idempotent(Policy):
         """The stored text for a failure, or None when the failure releases the key."""
         if classify(exc).outcome not in self.cache:
             return None
-        return self.codec.encode({"error": {
-            "type": type(exc).__qualname__, "message": str(exc),
-        }})
+        try:
+            return self.codec.encode({"error": {
+                "type": type(exc).__qualname__, "message": str(exc),
+            }})
+        except CodecError:  # pragma: no cover - two strings always encode
+            return None
 
     def _lost(self, target: _Target, call: _Call) -> None:
         _log.warning("idempotency %s: lease on key %r was lost before the call finished; "
@@ -414,41 +417,73 @@ class Idempotent(Policy):
 
     def _run(self, inner: Step, target: _Target, prepared: _Call, claim: Claim,
              fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        store, key, token = self.store, prepared.store_key, claim.token or ""
+        token = claim.token or ""
         self._claimed(target, prepared, claim)
-        handle = _current.set(_Lease(store, key, token, self.lease))
+        handle = _current.set(_Lease(self.store, prepared.store_key, token, self.lease))
         try:
             with using_idempotency_key(prepared.client_key):
                 result = inner(fn, args, kwargs)
         except Exception as exc:
             _current.reset(handle)
-            try:
-                text = self._error_record(exc)
-            except CodecError:
-                text = None
+            self._finish(target, prepared, token, self._error_record(exc))
+            raise
+        except BaseException:
+            _current.reset(handle)
+            self._finish(target, prepared, token, None)
+            raise
+        _current.reset(handle)
+        try:
+            text = self._result_record(target, prepared, token, result)
+        except CodecError:
+            self._finish(target, prepared, token, None)
+            raise
+        self._finish(target, prepared, token, text)
+        return result
+
+    def _finish(self, target: _Target, prepared: _Call, token: str, text: str | None) -> None:
+        """Store the outcome (``text``) or give the key back (None). Never raises: the
+        call's own outcome is what the caller must see; a store that fails here leaves an
+        in-flight record that the next caller may take over once its lease runs out."""
+        store, key = self.store, prepared.store_key
+        try:
             if text is None:
                 store.release(key, token)
             elif not store.complete(key, token, text, ttl=self.ttl):
                 self._lost(target, prepared)
-            raise
-        except BaseException:
-            _current.reset(handle)
-            store.release(key, token)
-            raise
-        _current.reset(handle)
-        if Outcome.SUCCESS not in self.cache:
-            store.release(key, token)
-            return result
+        except Exception:
+            self._store_failed(target, prepared, text)
+
+    async def _afinish(self, target: _Target, prepared: _Call, token: str,
+                       text: str | None) -> None:
+        store, key = self.store, prepared.store_key
         try:
-            text = self.codec.encode({"result": result})
+            if text is None:
+                await store.arelease(key, token)
+            elif not await store.acomplete(key, token, text, ttl=self.ttl):
+                self._lost(target, prepared)
+        except Exception:
+            self._store_failed(target, prepared, text)
+
+    def _store_failed(self, target: _Target, prepared: _Call, text: str | None) -> None:
+        _log.warning("idempotency %s: could not %s key %r; it stays in flight until its lease "
+                     "runs out", self._label(target),
+                     "release" if text is None else "store the outcome of",
+                     prepared.client_key, exc_info=True)
+
+    def _result_record(self, target: _Target, prepared: _Call, token: str,
+                       result: Any) -> str | None:
+        """The stored text for a result, None when results are not cached.
+
+        Encoding happens before anything is marked complete: a result the codec cannot
+        encode raises ``CodecError`` here (after the key is released by the caller)."""
+        if Outcome.SUCCESS not in self.cache:
+            return None
+        try:
+            return self.codec.encode({"result": result})
         except CodecError as exc:
-            store.release(key, token)
             _note(exc, f"the result of the idempotent call with key {prepared.client_key!r} "
-                         "cannot be stored; register its type with stoic.codec.register")
+                       "cannot be stored; register its type with stoic.codec.register")
             raise
-        if not store.complete(key, token, text, ttl=self.ttl):
-            self._lost(target, prepared)
-        return result
 
     # -- async -----------------------------------------------------------------------------
 
@@ -496,40 +531,27 @@ class Idempotent(Policy):
     async def _arun(self, inner: AsyncStep, target: _Target, prepared: _Call, claim: Claim,
                     fn: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-        store, key, token = self.store, prepared.store_key, claim.token or ""
+        token = claim.token or ""
         self._claimed(target, prepared, claim)
-        handle = _current.set(_Lease(store, key, token, self.lease))
+        handle = _current.set(_Lease(self.store, prepared.store_key, token, self.lease))
         try:
             async with using_idempotency_key(prepared.client_key):
                 result = await inner(fn, args, kwargs)
         except Exception as exc:
             _current.reset(handle)
-            try:
-                text = self._error_record(exc)
-            except CodecError:
-                text = None
-            if text is None:
-                await store.arelease(key, token)
-            elif not await store.acomplete(key, token, text, ttl=self.ttl):
-                self._lost(target, prepared)
+            await self._afinish(target, prepared, token, self._error_record(exc))
             raise
         except BaseException:
             _current.reset(handle)
-            await store.arelease(key, token)
+            await self._afinish(target, prepared, token, None)
             raise
         _current.reset(handle)
-        if Outcome.SUCCESS not in self.cache:
-            await store.arelease(key, token)
-            return result
         try:
-            text = self.codec.encode({"result": result})
-        except CodecError as exc:
-            await store.arelease(key, token)
-            _note(exc, f"the result of the idempotent call with key {prepared.client_key!r} "
-                         "cannot be stored; register its type with stoic.codec.register")
+            text = self._result_record(target, prepared, token, result)
+        except CodecError:
+            await self._afinish(target, prepared, token, None)
             raise
-        if not await store.acomplete(key, token, text, ttl=self.ttl):
-            self._lost(target, prepared)
+        await self._afinish(target, prepared, token, text)
         return result
 
 
