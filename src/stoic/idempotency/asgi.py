@@ -31,7 +31,6 @@ from typing import Any
 
 from ..codec import default_codec
 from ..context import using_idempotency_key
-from ..errors import CodecError
 from ..events import dispatcher
 from .events import IdempotencyKeyRejected, IdempotencyRecordCorrupted, IdempotentReplayed
 from .fingerprint import digest, fingerprint_request
@@ -291,24 +290,35 @@ class _Exchange:
             async with using_idempotency_key(key):
                 await owner.app(self.scope, replay_receive, capture)
         except BaseException:
-            await owner.store.arelease(store_key, token)
+            await self._finish(key, store_key, token, None)
             raise
         if not (finished and not too_big and owner.store_status(status)):
             if too_big:
                 _log.info("idempotency http: response for key %r is %d bytes, over max_body=%d;"
                           " not stored", key, size, owner.max_body)
-            await owner.store.arelease(store_key, token)
+            await self._finish(key, store_key, token, None)
             return
+        text = default_codec.encode({
+            "status": status,
+            "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers],
+            "body": base64.b64encode(b"".join(chunks)).decode("ascii"),
+        })
+        await self._finish(key, store_key, token, text)
+
+    async def _finish(self, key: str, store_key: str, token: str, text: str | None) -> None:
+        """Store the response (``text``) or release the key (None), never raising: the
+        response has been sent, and a store failure must not turn into a server error."""
+        store = self.owner.store
         try:
-            text = default_codec.encode({
-                "status": status,
-                "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers],
-                "body": base64.b64encode(b"".join(chunks)).decode("ascii"),
-            })
-        except CodecError:  # pragma: no cover - every part is plain JSON
-            await owner.store.arelease(store_key, token)
-            raise
-        await owner.store.acomplete(store_key, token, text, ttl=owner.ttl)
+            if text is None:
+                await store.arelease(store_key, token)
+            elif not await store.acomplete(store_key, token, text, ttl=self.owner.ttl):
+                _log.warning("idempotency http: lease on key %r was lost before the response "
+                             "was stored", key)
+        except Exception:
+            _log.warning("idempotency http: could not %s key %r; it stays in flight until its "
+                         "lease runs out", "release" if text is None else "store the response of",
+                         key, exc_info=True)
 
 
 def _decode_response(text: str | None) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
