@@ -48,7 +48,11 @@ _BREAKER_BY_KIND = {
 class Recorder(Protocol):
     """What a metrics backend must do with the facts stoic reports."""
 
-    def call(self, name: str, outcome: str, duration: float, attempts: int) -> None: ...
+    def call(
+        self, policy: str, name: str, outcome: str, duration: float, attempts: int,
+        error_type: str | None,
+    ) -> None:
+        """One finished call; the signature of ``stoic.events.CallRecorder``."""
     def retry(self, name: str) -> None: ...
     def rejection(self, name: str, reason: str) -> None: ...
     def breaker(self, name: str, state: str) -> None: ...
@@ -150,16 +154,8 @@ def connect(recorder: Recorder) -> Callable[[], None]:
     Finished calls are the hot path, so they come as plain arguments (``add_recorder``), never
     as ``CallFinished`` objects. Returns a function that disconnects both.
     """
-    record = recorder.call
-
-    def on_call(
-        policy: str, name: str, outcome: str, duration: float, attempts: int,
-        error_type: str | None,
-    ) -> None:
-        record(name, outcome, duration, attempts)
-
     unsubscribe = dispatcher.subscribe(make_sink(recorder), calls=False)
-    remove = dispatcher.add_recorder(on_call)
+    remove = dispatcher.add_recorder(recorder.call)
 
     def disconnect() -> None:
         unsubscribe()

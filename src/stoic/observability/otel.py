@@ -420,7 +420,10 @@ class _Recorder:
             attrs = self._attrs[key] = dict(zip(names, key[1:], strict=True))
         return attrs
 
-    def call(self, name: str, outcome: str, duration: float, attempts: int) -> None:
+    def call(
+        self, policy: str, name: str, outcome: str, duration: float, attempts: int,
+        error_type: str | None,
+    ) -> None:
         self._calls.add(1, self._a("call", name, outcome))
         by_name = self._a("name", name)
         self._attempts.add(attempts, by_name)

@@ -49,7 +49,10 @@ class _StoicCollector:
 
     # --- the Recorder interface (called from the event sink) ------------------------------
 
-    def call(self, name: str, outcome: str, duration: float, attempts: int) -> None:
+    def call(
+        self, policy: str, name: str, outcome: str, duration: float, attempts: int,
+        error_type: str | None,
+    ) -> None:
         key = (name, outcome)
         with self._lock:
             calls = self.calls
