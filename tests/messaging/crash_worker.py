@@ -15,6 +15,8 @@ import sys
 # A SIGTERM that arrives while the worker is still starting up ends it cleanly; once it runs,
 # Worker.run installs its own handler (finish what it holds, then exit).
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+with open(f"{sys.argv[5]}.ready.{__import__('os').getpid()}", "w"):
+    pass  # tells the test that a SIGTERM from now on ends this process cleanly
 
 import os  # noqa: E402
 import sqlite3  # noqa: E402

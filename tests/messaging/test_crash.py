@@ -96,6 +96,10 @@ def test_sigkilled_workers_lose_nothing_and_effects_happen_exactly_once(
                 next_kill = done + rng.randint(200, 400)
             time.sleep(0.02)
         for p in procs:  # a graceful stop flushes the last acks
+            ready = Path(f"{runs_path}.ready.{p.pid}")
+            while not ready.exists():  # a SIGTERM before that would kill it uncleanly
+                assert time.monotonic() < deadline + 30, "a restarted worker never started"
+                time.sleep(0.01)
             p.send_signal(signal.SIGTERM)
         for p in procs:
             assert p.wait(30) == 0

@@ -367,7 +367,7 @@ def test_corrupted_redis_stream_entry_goes_to_the_dlq(redis_url: str, topic: str
         broker.publish(topic, {"ok": 1}, id="good")
         stream = broker._stream(topic)
         broker._r.xadd(stream, {"garbage": "no id, no body"})
-        broker._r.xadd(stream, {"id": "bad-json", "b": "{not json", "h": "", "c": "0", "a": "0"})
+        broker._r.xadd(stream, {"m": "bad-json\x1f0\x1f0\x1f", "b": "{not json"})
         got: list[Any] = []
         counts = Worker(broker, topic, lambda m: got.append(m.payload)).run(stop_when_empty=True)
         assert got == [{"ok": 1}]

@@ -251,6 +251,9 @@ def message_ids(ids: Sequence[str] | None, n: int) -> list[str]:
     if len(out) != n:
         raise ValueError(f"ids must have one id per payload: {len(out)} ids for {n} payloads")
     for i in out:
-        if not isinstance(i, str) or not i:
-            raise ValueError(f"every id must be a non-empty string, got {i!r}")
+        if not isinstance(i, str) or not i or len(i) > 255 or any(ord(c) < 32 for c in i):
+            raise ValueError(
+                f"every id must be a non-empty printable string of at most 255 characters,"
+                f" got {i!r}"
+            )
     return out

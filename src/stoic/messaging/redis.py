@@ -9,8 +9,8 @@ cluster slot and every script touches only that slot):
   first takes over entries whose lease ended (XCLAIM to itself, so a crashed consumer's
   messages come back), then reads new ones. Redis's own idle time cannot express a lease
   chosen per claim and extended per message, so the deadline is kept here explicitly.
-- ``stoic:{topic}:owner`` / ``:tries``: the receipt token and the delivery count of each
-  pending entry; an ack or nack with a token that no longer owns the entry does nothing.
+- ``stoic:{topic}:owner``: the receipt token and the delivery count of each pending entry;
+  an ack or nack with a token that no longer owns the entry does nothing.
 - ``stoic:{topic}:delayed``: a sorted set of messages waiting for a publish delay or a retry
   backoff, moved into the stream by the next claim once due.
 - ``stoic:{topic}:dead``: the dead-letter stream (fields plus reason, error, time).
@@ -51,6 +51,20 @@ __all__ = ["RedisBroker"]
 
 _GROUP = "stoic"
 
+# A stream entry has two fields: "m", the metadata "<id>\x1f<created>\x1f<attempts before this
+# entry>\x1f<headers JSON>", and "b", the body. Two fields instead of five halve what a claim
+# returns and parses. JSON text never holds a raw control character, and ids may not.
+_META = """
+local function split(m)
+  local id, c, a, h = string.match(m or '', '^([^\\31]*)\\31([^\\31]*)\\31([^\\31]*)\\31(.*)$')
+  return id, c, a, h
+end
+local function meta(id, c, a, h)
+  return id .. '\\31' .. c .. '\\31' .. a .. '\\31' .. h
+end
+"""
+
+# KEYS: stream, delayed. ARGV: seen-prefix, window ms, now, then (id, body, headers, at) x n
 _PUBLISH = """
 local window = tonumber(ARGV[2])
 for i = 4, #ARGV, 4 do
@@ -60,47 +74,53 @@ for i = 4, #ARGV, 4 do
     fresh = redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', window)
   end
   if fresh then
+    local m = id .. '\\31' .. ARGV[3] .. '\\31' .. '0' .. '\\31' .. ARGV[i + 2]
     local at = tonumber(ARGV[i + 3])
     if at > 0 then
-      redis.call('ZADD', KEYS[2], at, cjson.encode({id, ARGV[i + 1], ARGV[i + 2], ARGV[3], 0}))
+      redis.call('ZADD', KEYS[2], at, m .. '\\30' .. ARGV[i + 1])
     else
-      redis.call('XADD', KEYS[1], '*', 'id', id, 'b', ARGV[i + 1], 'h', ARGV[i + 2],
-                 'c', ARGV[3], 'a', '0')
+      redis.call('XADD', KEYS[1], '*', 'm', m, 'b', ARGV[i + 1])
     end
   end
 end
 return 1
 """
 
-# KEYS: stream, leases, delayed, owner, tries. ARGV: group, consumer, now, until, n, token
+# The owner hash maps a pending entry id to "<token>|<deliveries of this entry>".
+_OWNED = _META + """
+local function owned(eid, token)
+  local v = redis.call('HGET', KEYS[3], eid)
+  if not v or string.sub(v, 1, #token + 1) ~= token .. '|' then return nil end
+  return tonumber(string.sub(v, #token + 2)) or 1
+end
+"""
+
+# KEYS: stream, leases, owner, delayed. ARGV: group, consumer, now, until, n, token
 _CLAIM = """
 local now = tonumber(ARGV[3])
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
 for _, m in ipairs(due) do
-  local ok, d = pcall(cjson.decode, m)
-  if ok and type(d) == 'table' then
-    redis.call('XADD', KEYS[1], '*', 'id', tostring(d[1]), 'b', tostring(d[2]),
-               'h', tostring(d[3]), 'c', tostring(d[4]), 'a', tostring(d[5]))
+  local cut = string.find(m, '\\30', 1, true)
+  if cut then
+    redis.call('XADD', KEYS[1], '*', 'm', string.sub(m, 1, cut - 1), 'b', string.sub(m, cut + 1))
   end
-  redis.call('ZREM', KEYS[3], m)
+  redis.call('ZREM', KEYS[4], m)
 end
-local out = {}
-local n = tonumber(ARGV[5])
-local function take(eid, fields)
-  redis.call('ZADD', KEYS[2], ARGV[4], eid)
-  redis.call('HSET', KEYS[4], eid, ARGV[6])
-  local tries = redis.call('HINCRBY', KEYS[5], eid, 1)
-  out[#out + 1] = {eid, fields, tries}
-end
+local out, zargs, hargs = {}, {}, {}
+local n, token = tonumber(ARGV[5]), ARGV[6]
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)
 for _, eid in ipairs(expired) do
   local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, eid)
   if #got > 0 and got[1] and got[1][2] then
-    take(eid, got[1][2])
+    local prev = redis.call('HGET', KEYS[3], eid)
+    local tries = 1
+    if prev then tries = (tonumber(string.match(prev, '|(%d+)$')) or 0) + 1 end
+    zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = eid
+    hargs[#hargs + 1] = eid; hargs[#hargs + 1] = token .. '|' .. tries
+    out[#out + 1] = {eid, got[1][2], tries}
   else
     redis.call('ZREM', KEYS[2], eid)
-    redis.call('HDEL', KEYS[4], eid)
-    redis.call('HDEL', KEYS[5], eid)
+    redis.call('HDEL', KEYS[3], eid)
   end
 end
 if #out < n then
@@ -108,82 +128,91 @@ if #out < n then
                          'STREAMS', KEYS[1], '>')
   if res then
     for _, e in ipairs(res[1][2]) do
-      take(e[1], e[2])
+      zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = e[1]
+      hargs[#hargs + 1] = e[1]; hargs[#hargs + 1] = token .. '|1'
+      out[#out + 1] = {e[1], e[2], 1}
     end
   end
+end
+if #zargs > 0 then
+  redis.call('ZADD', KEYS[2], unpack(zargs))
+  redis.call('HSET', KEYS[3], unpack(hargs))
 end
 return out
 """
 
-# KEYS: stream, leases, owner, tries. ARGV: group, then (eid, token) pairs
+# KEYS: stream, leases, owner. ARGV: group, then (eid, token) pairs
 _ACK = """
-local done = 0
+local eids, tokens = {}, {}
 for i = 2, #ARGV, 2 do
-  local eid = ARGV[i]
-  if redis.call('HGET', KEYS[3], eid) == ARGV[i + 1] then
-    redis.call('XACK', KEYS[1], ARGV[1], eid)
-    redis.call('XDEL', KEYS[1], eid)
-    redis.call('ZREM', KEYS[2], eid)
-    redis.call('HDEL', KEYS[3], eid)
-    redis.call('HDEL', KEYS[4], eid)
-    done = done + 1
-  end
+  eids[#eids + 1] = ARGV[i]; tokens[#tokens + 1] = ARGV[i + 1]
 end
-return done
+local current = redis.call('HMGET', KEYS[3], unpack(eids))
+local ok = {}
+for i = 1, #eids do
+  local v, t = current[i], tokens[i]
+  if v and string.sub(v, 1, #t + 1) == t .. '|' then ok[#ok + 1] = eids[i] end
+end
+if #ok > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ok))
+  redis.call('XDEL', KEYS[1], unpack(ok))
+  redis.call('ZREM', KEYS[2], unpack(ok))
+  redis.call('HDEL', KEYS[3], unpack(ok))
+end
+return #ok
 """
 
-_TAKE_BACK = """
-local function fields_of(eid)
+_TAKE_BACK = _OWNED + """
+local function take_back(eid, tries)
   local e = redis.call('XRANGE', KEYS[1], eid, eid)
   local f = {}
   if #e > 0 then
     local flat = e[1][2]
     for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
   end
-  local tries = tonumber(redis.call('HGET', KEYS[4], eid) or '0')
   redis.call('XACK', KEYS[1], ARGV[1], eid)
   redis.call('XDEL', KEYS[1], eid)
   redis.call('ZREM', KEYS[2], eid)
   redis.call('HDEL', KEYS[3], eid)
-  redis.call('HDEL', KEYS[4], eid)
-  return f, (tonumber(f['a'] or '0') or 0) + tries, #e > 0
+  local id, c, a, h = split(f['m'])
+  if not id then id, c, a, h = eid, '0', '0', '' end
+  local attempts = (tonumber(a) or 0) + tries
+  return meta(id, c, tostring(attempts), h), f['b'] or '', #e > 0
 end
 """
 
-# KEYS: stream, leases, owner, tries, delayed. ARGV: group, eid, token, at, now
+# KEYS: stream, leases, owner, delayed. ARGV: group, eid, token, at, now
 _NACK = _TAKE_BACK + """
-if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[3] then return 0 end
-local f, a, found = fields_of(ARGV[2])
+local tries = owned(ARGV[2], ARGV[3])
+if not tries then return 0 end
+local m, b, found = take_back(ARGV[2], tries)
 if not found then return 0 end
 if tonumber(ARGV[4]) > tonumber(ARGV[5]) then
-  redis.call('ZADD', KEYS[5], ARGV[4],
-             cjson.encode({f['id'] or ARGV[2], f['b'] or '', f['h'] or '', f['c'] or ARGV[5], a}))
+  redis.call('ZADD', KEYS[4], ARGV[4], m .. '\\30' .. b)
 else
-  redis.call('XADD', KEYS[1], '*', 'id', f['id'] or ARGV[2], 'b', f['b'] or '',
-             'h', f['h'] or '', 'c', f['c'] or ARGV[5], 'a', tostring(a))
+  redis.call('XADD', KEYS[1], '*', 'm', m, 'b', b)
 end
 return 1
 """
 
-# KEYS: stream, leases, owner, tries, dead. ARGV: group, eid, token, reason, error, now
+# KEYS: stream, leases, owner, dead. ARGV: group, eid, token, reason, error, now
 _DEAD = _TAKE_BACK + """
-if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[3] then return 0 end
-local f, a, found = fields_of(ARGV[2])
-redis.call('XADD', KEYS[5], '*', 'id', f['id'] or ARGV[2], 'b', f['b'] or '',
-           'h', f['h'] or '', 'c', f['c'] or ARGV[6], 'a', tostring(a),
-           'r', ARGV[4], 'e', ARGV[5], 't', ARGV[6])
+local tries = owned(ARGV[2], ARGV[3])
+if not tries then return 0 end
+local m, b, found = take_back(ARGV[2], tries)
+redis.call('XADD', KEYS[4], '*', 'm', m, 'b', b, 'r', ARGV[4], 'e', ARGV[5], 't', ARGV[6])
 return 1
 """
 
-# KEYS: leases, owner. ARGV: eid, token, until
-_EXTEND = """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+# KEYS: stream, leases, owner. ARGV: eid, token, until
+_EXTEND = _OWNED + """
+if not owned(ARGV[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
 return 1
 """
 
 # KEYS: stream, dead. ARGV: dead entry ids to requeue (all when none given)
-_REQUEUE = """
+_REQUEUE = _META + """
 local entries
 if #ARGV == 0 then
   entries = redis.call('XRANGE', KEYS[2], '-', '+')
@@ -198,8 +227,9 @@ for _, e in ipairs(entries) do
   local f = {}
   local flat = e[2]
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  redis.call('XADD', KEYS[1], '*', 'id', f['id'] or e[1], 'b', f['b'] or '', 'h', f['h'] or '',
-             'c', f['c'] or '0', 'a', '0')
+  local id, c, a, h = split(f['m'])
+  if not id then id, c, h = e[1], '0', '' end
+  redis.call('XADD', KEYS[1], '*', 'm', meta(id, c, '0', h), 'b', f['b'] or '')
   redis.call('XDEL', KEYS[2], e[1])
 end
 return #entries
@@ -308,7 +338,7 @@ class RedisBroker(ThreadedAsync):
         now = clock.wall()
         until = now + lease
         rows = self._claim(
-            keys=self._keys(topic, "leases", "delayed", "owner", "tries"),
+            keys=self._keys(topic, "leases", "owner", "delayed"),
             args=[_GROUP, self._consumer, repr(now), repr(until), max_messages, token],
         )
         return [_message(topic, eid, fields, tries, token, until) for eid, fields, tries in rows]
@@ -323,7 +353,7 @@ class RedisBroker(ThreadedAsync):
             by_topic.setdefault(m.topic, []).extend((eid, token))
         done = 0
         for topic, pairs in by_topic.items():
-            done += int(self._ack(keys=self._keys(topic, "leases", "owner", "tries"),
+            done += int(self._ack(keys=self._keys(topic, "leases", "owner"),
                                   args=[_GROUP, *pairs]))
         return done
 
@@ -333,7 +363,7 @@ class RedisBroker(ThreadedAsync):
         now = clock.wall()
         at = repr(now + delay) if delay > 0 else "0"
         return bool(self._nack(
-            keys=self._keys(message.topic, "leases", "owner", "tries", "delayed"),
+            keys=self._keys(message.topic, "leases", "owner", "delayed"),
             args=[_GROUP, eid, token, at, repr(now)],
         ))
 
@@ -341,14 +371,14 @@ class RedisBroker(ThreadedAsync):
         check_claim(1, lease)
         eid, token = _key(message)
         return bool(self._extend(
-            keys=[self._k(message.topic, "leases"), self._k(message.topic, "owner")],
+            keys=self._keys(message.topic, "leases", "owner"),
             args=[eid, token, repr(clock.wall() + lease)],
         ))
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
         eid, token = _key(message)
         self._dead(
-            keys=self._keys(message.topic, "leases", "owner", "tries", "dead"),
+            keys=self._keys(message.topic, "leases", "owner", "dead"),
             args=[_GROUP, eid, token, reason, error if error is not None else "",
                   repr(clock.wall())],
         )
@@ -386,7 +416,8 @@ class RedisBroker(ThreadedAsync):
         entry_ids: list[str] = []
         if ids is not None:
             wanted = set(ids)
-            entry_ids = [eid for eid, f in self._r.xrange(dead_key) if f.get("id") in wanted]
+            entry_ids = [eid for eid, f in self._r.xrange(dead_key)
+                         if f.get("m", "").split("\x1f", 1)[0] in wanted]
             if not entry_ids:
                 return 0
         return int(self._requeue(keys=[self._stream(topic), dead_key], args=entry_ids))
@@ -401,7 +432,7 @@ class RedisBroker(ThreadedAsync):
 
     def delete_topic(self, topic: str) -> None:
         """Remove every key of ``topic`` except the de-duplication marks (for tests, tools)."""
-        parts = ("stream", "leases", "delayed", "owner", "tries", "dead")
+        parts = ("stream", "leases", "delayed", "owner", "dead")
         self._r.delete(*(self._k(topic, p) for p in parts))
         self._groups.discard(topic)
 
@@ -426,21 +457,26 @@ def _key(message: Message) -> tuple[str, str]:
 def _message(
     topic: str, eid: str, fields: Any, tries: int, token: str, available_at: float
 ) -> Message:
-    f = dict(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else fields
-    defect = None
-    headers, header_defect = decode_headers(f.get("h"))
+    if isinstance(fields, list):
+        f = dict(zip(fields[::2], fields[1::2], strict=False))
+    else:
+        f = fields
     body = f.get("b")
-    if body is None or "id" not in f:
-        defect = "stream entry lacks its id or body field"
-        body = body or ""
+    parts = f.get("m", "").split("\x1f", 3)
+    defect = None
+    if body is None or len(parts) != 4:
+        defect = "stream entry lacks its metadata or body field"
+        parts = [eid, "0", "0", ""]
+    msg_id, created, before, raw_headers = parts
+    headers, header_defect = decode_headers(raw_headers)
     defect = defect or header_defect
     try:
-        before = int(f.get("a", "0"))
+        attempts = int(before) + int(tries)
     except ValueError:
-        before = 0
+        attempts = int(tries)
         defect = defect or "stream entry has a non-numeric attempts field"
     return Message(
-        id=str(f.get("id", eid)), topic=topic, body=body, headers=headers,
-        attempts=before + int(tries), created_at=_float(f.get("c")), available_at=available_at,
+        id=msg_id or eid, topic=topic, body=body or "", headers=headers, attempts=attempts,
+        created_at=_float(created), available_at=available_at,
         receipt=f"{eid}|{token}" if token else "", defect=defect,
     )

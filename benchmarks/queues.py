@@ -1,0 +1,383 @@
+"""Queue throughput: stoic's brokers against embedded peers and raw statements, in one run.
+
+    .venv/bin/python benchmarks/queues.py [--n 10000] [--no-redis]
+
+Every figure is messages per second with ~200-byte JSON payloads, one producer or one
+consumer (unless the row says "N workers"), and states its durability: SQLite's
+``synchronous`` mode (NORMAL: survives a process crash; FULL: survives power loss too).
+"consume+ack" means each message is received and then acknowledged so that a crash before
+the ack redelivers it; huey's dequeue has no ack (a crash loses the task), which the row says.
+
+Rows:
+- raw SQLite: the ceiling, hand-written statements on one table with no de-duplication and
+  no leases: one INSERT per commit; 100 INSERTs per commit; claim (UPDATE ... RETURNING one
+  row) + DELETE, one commit each.
+- stoic SQLiteBroker: publish (one commit each), publish_many (100 per commit), claim of 32
+  + ack_many (one commit per batch); the Worker end to end; several worker processes; a
+  100k-message backlog against a 1k one.
+- persist-queue SQLiteAckQueue (json serializer, its defaults: WAL, synchronous FULL),
+  litequeue (WAL, NORMAL), huey SqliteStorage (WAL, FULL by default: fsync=None).
+- Redis: RedisBroker against raw pipelined XADD and XREADGROUP + XACK on the same server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from stoic.messaging import SQLiteBroker, Worker
+
+PAYLOAD = {"order": 123456, "customer": "c-000042", "items": [{"sku": "A-1", "qty": 2},
+           {"sku": "B-7", "qty": 1}], "note": "x" * 100}
+BODY = json.dumps(PAYLOAD)
+
+rows: list[tuple[str, str, str, float]] = []  # (group, name, durability, msgs/s)
+
+
+def rate(n: int, fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+def record(group: str, name: str, durability: str, value: float) -> None:
+    rows.append((group, name, durability, value))
+    print(f"  {group:8} {name:58} {durability:8} {value:>10,.0f} msg/s", flush=True)
+
+
+def tmpdir() -> str:
+    return tempfile.mkdtemp(prefix="stoic-bench-")
+
+
+# --- raw SQLite ---------------------------------------------------------------------------
+
+def raw_sqlite(n: int, sync: str) -> None:
+    db = sqlite3.connect(os.path.join(tmpdir(), "raw.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={sync}")
+    db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, body TEXT, lease REAL NOT NULL)")
+    db.execute("CREATE INDEX q_lease ON q (lease)")
+
+    def publish() -> None:
+        for _ in range(n):
+            db.execute("INSERT INTO q (body, lease) VALUES (?, 0)", (BODY,))
+
+    def publish_batched() -> None:
+        for _ in range(n // 100):
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO q (body, lease) VALUES (?, 0)", [(BODY,)] * 100)
+            db.execute("COMMIT")
+
+    def consume() -> None:
+        for _ in range(n):
+            now = time.time()
+            row = db.execute(
+                "UPDATE q SET lease = ? WHERE id = (SELECT id FROM q WHERE lease < ?"
+                " ORDER BY lease LIMIT 1) RETURNING id, body", (now + 30, now)
+            ).fetchone()
+            json.loads(row[1])
+            db.execute("DELETE FROM q WHERE id = ?", (row[0],))
+
+    record("sqlite", "raw SQLite: INSERT, one commit each", sync, rate(n, publish))
+    record("sqlite", "raw SQLite: INSERT x100 per commit", sync, rate(n, publish_batched))
+    record("sqlite", "raw SQLite: claim + DELETE, one commit each", sync, rate(n, consume))
+
+
+# --- stoic SQLiteBroker -------------------------------------------------------------------
+
+def stoic_sqlite(n: int, sync: str) -> None:
+    broker = SQLiteBroker(os.path.join(tmpdir(), "stoic.db"), synchronous=sync)  # type: ignore[arg-type]
+
+    def publish() -> None:
+        for _ in range(n):
+            broker.publish("bench", PAYLOAD)
+
+    def publish_many() -> None:
+        for _ in range(n // 100):
+            broker.publish_many("bench", [PAYLOAD] * 100)
+
+    def consume() -> None:  # drains what the two publish rows queued
+        while True:
+            batch = broker.claim("bench", max_messages=32)
+            if not batch:
+                return
+            for m in batch:
+                m.payload  # noqa: B018 - decode, as a consumer would
+            broker.ack_many(batch)
+
+    record("sqlite", "stoic SQLiteBroker.publish", sync, rate(n, publish))
+    record("sqlite", "stoic SQLiteBroker.publish_many (100)", sync, rate(n, publish_many))
+    total = n + (n // 100) * 100
+    record("sqlite", "stoic SQLiteBroker claim(32) + ack_many", sync, rate(total, consume))
+    broker.publish_many("bench", [PAYLOAD] * n)
+    worker = Worker(broker, "bench", lambda m: m.payload, prefetch=32)
+    record("sqlite", "stoic Worker end to end (1 worker, prefetch 32)", sync,
+           rate(n, lambda: worker.run(stop_when_empty=True, handle_signals=False)))
+    broker.close()
+
+
+def _drain(path: str, sync: str) -> None:
+    broker = SQLiteBroker(path, synchronous=sync)  # type: ignore[arg-type]
+    while True:
+        batch = broker.claim("bench", max_messages=32)
+        if not batch:
+            return
+        for m in batch:
+            m.payload  # noqa: B018
+        broker.ack_many(batch)
+
+
+def stoic_sqlite_workers(n: int, sync: str, workers: int) -> None:
+    path = os.path.join(tmpdir(), "multi.db")
+    broker = SQLiteBroker(path, synchronous=sync)  # type: ignore[arg-type]
+    for _ in range(n // 1000):
+        broker.publish_many("bench", [PAYLOAD] * 1000)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_drain, args=(path, sync)) for _ in range(workers)]
+
+    def run() -> None:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+
+    record("sqlite", f"stoic SQLiteBroker claim(32) + ack_many, {workers} worker processes",
+           sync, rate((n // 1000) * 1000, run))
+    assert broker.stats("bench").ready == 0
+
+
+def stoic_backlog(n: int, sync: str) -> tuple[float, float]:
+    out = []
+    for backlog in (1_000, 100_000):
+        broker = SQLiteBroker(os.path.join(tmpdir(), f"b{backlog}.db"), synchronous=sync)  # type: ignore[arg-type]
+        for _ in range(backlog // 1000):
+            broker.publish_many("bench", [PAYLOAD] * 1000)
+        k = min(n, backlog)
+
+        def publish(broker: SQLiteBroker = broker, k: int = k) -> None:
+            for _ in range(k):
+                broker.publish("bench", PAYLOAD)
+
+        def consume(broker: SQLiteBroker = broker, k: int = k) -> None:
+            got = 0
+            while got < k:
+                batch = broker.claim("bench", max_messages=32)
+                broker.ack_many(batch)
+                got += len(batch)
+
+        p = rate(k, publish)
+        c = rate(k, consume)
+        record("backlog", f"stoic publish, {backlog:,} queued", sync, p)
+        record("backlog", f"stoic claim(32) + ack_many, {backlog:,} queued", sync, c)
+        out.append(c)
+        broker.close()
+    return out[0], out[1]
+
+
+# --- embedded peers -----------------------------------------------------------------------
+
+def peers(n: int) -> None:
+    try:
+        import persistqueue
+        import persistqueue.serializers.json as pq_json
+    except ImportError:
+        print("  persist-queue not installed; skipped")
+    else:
+        q = persistqueue.SQLiteAckQueue(tmpdir(), serializer=pq_json, multithreading=True)
+
+        def pq_put() -> None:
+            for _ in range(n):
+                q.put(PAYLOAD)
+
+        def pq_get() -> None:
+            for _ in range(n):
+                item = q.get(block=False)
+                q.ack(item)
+
+        record("peer", "persist-queue SQLiteAckQueue.put", "FULL", rate(n, pq_put))
+        record("peer", "persist-queue get + ack", "FULL", rate(n, pq_get))
+
+    try:
+        from litequeue import LiteQueue
+    except ImportError:
+        print("  litequeue not installed; skipped")
+    else:
+        lq = LiteQueue(os.path.join(tmpdir(), "lq.db"))
+
+        def lq_put() -> None:
+            for _ in range(n):
+                lq.put(BODY)
+
+        def lq_pop() -> None:
+            for _ in range(n):
+                m = lq.pop()
+                json.loads(m.data)
+                lq.done(m.message_id)
+
+        record("peer", "litequeue put", "NORMAL", rate(n, lq_put))
+        record("peer", "litequeue pop + done", "NORMAL", rate(n, lq_pop))
+
+    try:
+        from huey.storage import SqliteStorage
+    except ImportError:
+        print("  huey not installed; skipped")
+    else:
+        hs = SqliteStorage(filename=os.path.join(tmpdir(), "huey.db"))
+        data = BODY.encode()
+
+        def h_put() -> None:
+            for _ in range(n):
+                hs.enqueue(data)
+
+        def h_get() -> None:
+            for _ in range(n):
+                json.loads(hs.dequeue())
+
+        record("peer", "huey SqliteStorage.enqueue", "FULL", rate(n, h_put))
+        record("peer", "huey dequeue (no ack: a crash loses the task)", "FULL", rate(n, h_get))
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+def redis_rows(n: int, url: str) -> None:
+    import uuid
+
+    import redis
+
+    from stoic.messaging.redis import RedisBroker
+
+    r = redis.Redis.from_url(url, decode_responses=True)
+    r.ping()
+    stream = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    r.xgroup_create(stream, "g", id="0", mkstream=True)
+    fields = {"b": BODY}
+
+    def raw_publish() -> None:
+        for _ in range(n // 100):
+            pipe = r.pipeline(transaction=False)
+            for _ in range(100):
+                pipe.xadd(stream, fields)
+            pipe.execute()
+
+    def raw_consume() -> None:
+        got = 0
+        while got < n:
+            res = r.xreadgroup("g", "c", {stream: ">"}, count=100)
+            if not res:
+                break
+            entries = res[0][1]
+            for _, f in entries:
+                json.loads(f["b"])
+            r.xack(stream, "g", *[eid for eid, _ in entries])
+            got += len(entries)
+
+    record("redis", "raw pipelined XADD (100 per round trip)", "redis", rate(n, raw_publish))
+    record("redis", "raw XREADGROUP COUNT 100 + XACK", "redis", rate(n, raw_consume))
+    r.delete(stream)
+
+    broker = RedisBroker(url)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+
+    def publish() -> None:
+        for _ in range(n // 10):
+            broker.publish(topic, PAYLOAD)
+
+    def publish_many() -> None:
+        for _ in range(n // 100):
+            broker.publish_many(topic, [PAYLOAD] * 100)
+
+    def consume() -> None:
+        while True:
+            batch = broker.claim(topic, max_messages=100)
+            if not batch:
+                return
+            for m in batch:
+                m.payload  # noqa: B018
+            broker.ack_many(batch)
+
+    record("redis", "stoic RedisBroker.publish (one round trip each)", "redis",
+           rate(n // 10, publish))
+    record("redis", "stoic RedisBroker.publish_many (100)", "redis", rate(n, publish_many))
+    total = n // 10 + n
+    record("redis", "stoic RedisBroker claim(100) + ack_many", "redis", rate(total, consume))
+    broker.delete_topic(topic)
+    broker.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="messages per measurement")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--redis", default=os.environ.get("STOIC_TEST_REDIS",
+                                                          "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--no-redis", action="store_true")
+    args = parser.parse_args()
+    n = max(1000, args.n // 1000 * 1000)
+    print(f"queues benchmark: {n:,} messages of {len(BODY)} bytes; Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
+    for sync in ("NORMAL", "FULL"):
+        raw_sqlite(n, sync)
+        stoic_sqlite(n, sync)
+    stoic_sqlite_workers(n, "NORMAL", args.workers)
+    one_k, hundred_k = stoic_backlog(n, "NORMAL")
+    peers(n)
+    if not args.no_redis:
+        try:
+            redis_rows(n, args.redis)
+        except Exception as exc:  # no server: say so, keep the SQLite figures
+            print(f"  redis skipped: {exc}")
+
+    by_name = {(g, name, d): v for g, name, d, v in rows}
+
+    def get(name: str, d: str) -> float:
+        return next((v for (_, nm, dd), v in by_name.items() if nm == name and dd == d), 0.0)
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.1f}x" if a and b else "n/a"
+
+    print("\nratios (higher is better for stoic):")
+    best_pub_normal = get("litequeue put", "NORMAL")
+    best_con_normal = get("litequeue pop + done", "NORMAL")
+    best_pub_full = max(get("persist-queue SQLiteAckQueue.put", "FULL"),
+                        get("huey SqliteStorage.enqueue", "FULL"))
+    best_con_full = get("persist-queue get + ack", "FULL")
+    for label, a, b in [
+        ("NORMAL publish: stoic publish vs litequeue put",
+         get("stoic SQLiteBroker.publish", "NORMAL"), best_pub_normal),
+        ("NORMAL publish: stoic publish_many vs litequeue put",
+         get("stoic SQLiteBroker.publish_many (100)", "NORMAL"), best_pub_normal),
+        ("NORMAL consume+ack: stoic claim+ack vs litequeue pop+done",
+         get("stoic SQLiteBroker claim(32) + ack_many", "NORMAL"), best_con_normal),
+        ("FULL publish: stoic publish vs best FULL peer put",
+         get("stoic SQLiteBroker.publish", "FULL"), best_pub_full),
+        ("FULL publish: stoic publish_many vs best FULL peer put",
+         get("stoic SQLiteBroker.publish_many (100)", "FULL"), best_pub_full),
+        ("FULL consume+ack: stoic claim+ack vs persist-queue get+ack",
+         get("stoic SQLiteBroker claim(32) + ack_many", "FULL"), best_con_full),
+        ("NORMAL publish: stoic publish / raw INSERT (ceiling)",
+         get("stoic SQLiteBroker.publish", "NORMAL"),
+         get("raw SQLite: INSERT, one commit each", "NORMAL")),
+        ("backlog: claim+ack at 100k queued / at 1k queued", hundred_k, one_k),
+        ("redis publish: stoic publish_many / raw pipelined XADD",
+         get("stoic RedisBroker.publish_many (100)", "redis"),
+         get("raw pipelined XADD (100 per round trip)", "redis")),
+        ("redis consume: stoic claim+ack / raw XREADGROUP+XACK",
+         get("stoic RedisBroker claim(100) + ack_many", "redis"),
+         get("raw XREADGROUP COUNT 100 + XACK", "redis")),
+    ]:
+        print(f"  {label:62} {ratio(a, b):>8}")
+
+
+if __name__ == "__main__":
+    main()
