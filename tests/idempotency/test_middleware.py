@@ -58,7 +58,8 @@ class Shop:
             if n == 1:
                 raise RuntimeError("the app crashed")
         elif path == "/key":
-            payload = {"key": stoic.context.idempotency_key()}
+            payload = {"key": stoic.context.idempotency_key(),
+                       "extended": await stoic.idempotency.aextend()}
         payload["echo"] = body.decode()
         data = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
@@ -223,10 +224,11 @@ def test_app_exception_releases_the_key(shop: Server) -> None:
     assert shop.shop.runs["/boom"] == 2
 
 
-def test_key_is_in_context_for_the_app(shop: Server) -> None:
+def test_key_is_in_context_and_the_app_can_extend_its_lease(shop: Server) -> None:
     with httpx.Client(base_url=shop.url) as client:
         response = client.post("/key", headers={"Idempotency-Key": "ctx-1"})
     assert response.json()["key"] == "ctx-1"
+    assert response.json()["extended"] is True, "a long handler can keep its lease"
 
 
 async def test_concurrent_duplicates_on_every_store(server: Server, backend: Backend) -> None:

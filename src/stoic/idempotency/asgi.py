@@ -15,6 +15,11 @@ again). A response body larger than ``max_body`` is passed to the client but not
 and the key is released: a retry then runs again. The request body is read in full before
 the application sees it, to fingerprint it; ``max_request_body`` bounds that (413 above).
 
+The response streams to the client as the application sends it, except its last body
+message, which is held until the record is stored: a client that has received a whole reply
+and sends the key again always gets the replay, never a 409. The application can keep a long
+request's key with ``await stoic.idempotency.aextend()``.
+
 The middleware is plain ASGI with no framework import: it works under Starlette, FastAPI or
 any ASGI server. One instance holds only configuration; per-request state lives in
 ``_Exchange``.
@@ -32,6 +37,7 @@ from typing import Any
 from ..codec import default_codec
 from ..context import using_idempotency_key
 from ..events import dispatcher
+from .decorator import _current, _Lease
 from .events import IdempotencyKeyRejected, IdempotencyRecordCorrupted, IdempotentReplayed
 from .fingerprint import digest, fingerprint_request
 from .store import MAX_KEY_LENGTH, ClaimStatus, Store, check_seconds
@@ -266,11 +272,11 @@ class _Exchange:
         headers: list[tuple[bytes, bytes]] = []
         chunks: list[bytes] = []
         size = 0
-        finished = False
         too_big = False
+        held: Message | None = None  # the last body message, sent once the record is stored
 
         async def capture(message: Message) -> None:
-            nonlocal status, headers, size, finished, too_big
+            nonlocal status, headers, size, too_big, held
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
@@ -282,17 +288,26 @@ class _Exchange:
                     chunks.clear()
                 elif not too_big:
                     chunks.append(chunk)
-                if not message.get("more_body", False):
-                    finished = True
+                if (not message.get("more_body", False) and not too_big
+                        and owner.store_status(status)):
+                    # Store before the client sees the end of the response: a client that
+                    # has the whole reply and sends the key again must get the replay.
+                    held = message
+                    return
             await send(message)
 
+        lease = _current.set(_Lease(owner.store, store_key, token, owner.lease))
         try:
             async with using_idempotency_key(key):
                 await owner.app(self.scope, replay_receive, capture)
         except BaseException:
             await self._finish(key, store_key, token, None)
+            if held is not None:
+                await send(held)
             raise
-        if not (finished and not too_big and owner.store_status(status)):
+        finally:
+            _current.reset(lease)
+        if held is None:
             if too_big:
                 _log.info("idempotency http: response for key %r is %d bytes, over max_body=%d;"
                           " not stored", key, size, owner.max_body)
@@ -304,6 +319,7 @@ class _Exchange:
             "body": base64.b64encode(b"".join(chunks)).decode("ascii"),
         })
         await self._finish(key, store_key, token, text)
+        await send(held)
 
     async def _finish(self, key: str, store_key: str, token: str, text: str | None) -> None:
         """Store the response (``text``) or release the key (None), never raising: the
