@@ -281,11 +281,6 @@ def test_http_transport_attempts_are_spans_in_the_callers_trace(otel: Otel) -> N
     assert [header.split("-")[1] for header in seen] == [trace_id] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="integrations/_http.py keeps the first attempt's traceparent on resends "
-           "(a header already present is not replaced); reported to the lead",
-)
 def test_http_transport_resends_name_their_own_attempt_span_as_parent(otel: Otel) -> None:
     _, spans, seen = _http_scenario(otel)
     assert [header.split("-")[2] for header in seen] == [

@@ -119,8 +119,8 @@ def expired(what: str) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline passed before {what} was sent; the request was not made")
 
 
-def trace_injector() -> Callable[[dict[str, str]], None] | None:
-    """``stoic.observability.otel.inject`` when that module is available, else None.
+def _otel_function(name: str) -> Any:
+    """``stoic.observability.otel.<name>`` when that module is available, else None.
 
     Looked up once per transport: with telemetry absent the per-request cost is a None check.
     """
@@ -128,14 +128,20 @@ def trace_injector() -> Callable[[dict[str, str]], None] | None:
         from ..observability import otel  # type: ignore[attr-defined]
     except Exception:  # absent, or OpenTelemetry not installed
         return None
-    inject = getattr(otel, "inject", None)
-    return inject if callable(inject) else None
+    function = getattr(otel, name, None)
+    return function if callable(function) else None
+
+
+def trace_injector() -> Callable[[dict[str, str]], None] | None:
+    """``stoic.observability.otel.inject`` when available, else None."""
+    return _otel_function("inject")  # type: ignore[no-any-return]
 
 
 class Settings:
     """Validated configuration shared by the sync and async transports and the adapter."""
 
     __slots__ = (
+        "annotate",
         "deadline_header",
         "idempotency_keys",
         "idempotent_policy",
@@ -169,13 +175,26 @@ class Settings:
         self.deadline_header = deadline_header
         self.request_id_header = request_id_header
         self.inject = trace_injector() if propagate else None
+        self.annotate: Callable[[str, str], None] | None = (
+            _otel_function("annotate_http") if propagate else None
+        )
 
-    def propagate_into(self, headers: MutableMapping[str, str], seconds_left: float | None) -> None:
+    def propagate_into(
+        self, headers: MutableMapping[str, str], seconds_left: float | None,
+        method: str = "", url: str = "",
+    ) -> None:
         """Set the outgoing headers of one attempt: time left, request id, trace context.
 
-        ``headers`` must be case-insensitive (httpx and requests headers both are). A value
-        the caller set explicitly is kept, except the time left, which is per attempt.
+        ``headers`` must be case-insensitive (httpx and requests headers both are). A request
+        id the caller set explicitly is kept. The time left and the trace context are per
+        attempt: each attempt is its own span, so a resend names its own span as parent.
         """
+        annotate = self.annotate
+        if annotate is not None and method:
+            try:
+                annotate(method, url)
+            except Exception:  # telemetry must never fail the request
+                _log.debug("stoic: span annotation failed", exc_info=True)
         if seconds_left is not None:
             headers[self.deadline_header] = str(int(seconds_left * 1000))
         request_id = context.get("request_id")
@@ -190,8 +209,7 @@ class Settings:
                 _log.debug("stoic: trace context injection failed", exc_info=True)
                 return
             for name, value in carrier.items():
-                if name not in headers:
-                    headers[name] = value
+                headers[name] = value
 
 
 def deadline_fired() -> bool:

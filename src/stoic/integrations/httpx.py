@@ -153,7 +153,7 @@ class _Core:
             request.extensions = {**request.extensions, "timeout": _shrink(plan.timeouts, left)}
         settings = self._settings
         if settings.propagate:
-            settings.propagate_into(request.headers, left)
+            settings.propagate_into(request.headers, left, request.method, str(request.url))
         return left
 
 

@@ -202,7 +202,7 @@ class ResilientAdapter(HTTPAdapter):
             read = left if read is None or read > left else read
         settings = self._settings
         if settings.propagate:
-            settings.propagate_into(request.headers, left)
+            settings.propagate_into(request.headers, left, request.method or "", request.url or "")
         if plan.host is None:
             return self._send(request, plan, (connect, read), left, io)
         return plan.host.call(self._send, request, plan, (connect, read), left, io)

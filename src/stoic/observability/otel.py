@@ -38,6 +38,7 @@ from ._events import BREAKER_STATES, breaker_states, connect
 
 __all__ = [
     "DURATION_BUCKETS",
+    "annotate_http",
     "extract",
     "inject",
     "instrument",
@@ -264,6 +265,22 @@ def inject(carrier: _C) -> _C:
 
     propagate.inject(carrier, setter=_SETTER)  # type: ignore[arg-type]
     return carrier
+
+
+def annotate_http(method: str, url: str) -> None:
+    """Mark the current attempt span as an HTTP client request (method and URL).
+
+    HTTP integrations call this per attempt, which is what makes the attempt scope record
+    ``http.request.resend_count`` on retries. Does nothing unless tracing is on.
+    """
+    if _installed is None or _installed.tracer is None:
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("http.request.method", method)
+        span.set_attribute("url.full", url)
 
 
 def extract(carrier: Any) -> Any:
