@@ -127,8 +127,10 @@ def stoic_sqlite(n: int, sync: str) -> None:
     broker.close()
 
 
-def _drain(path: str, sync: str) -> None:
+def _drain(path: str, sync: str, ready: Any, go: Any) -> None:
     broker = SQLiteBroker(path, synchronous=sync)  # type: ignore[arg-type]
+    ready.release()
+    go.wait()
     while True:
         batch = broker.claim("bench", max_messages=32)
         if not batch:
@@ -144,11 +146,15 @@ def stoic_sqlite_workers(n: int, sync: str, workers: int) -> None:
     for _ in range(n // 1000):
         broker.publish_many("bench", [PAYLOAD] * 1000)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_drain, args=(path, sync)) for _ in range(workers)]
+    ready, go = ctx.Semaphore(0), ctx.Event()
+    procs = [ctx.Process(target=_drain, args=(path, sync, ready, go)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    for _ in procs:  # start-up (imports) is not part of the measurement
+        ready.acquire()
 
     def run() -> None:
-        for p in procs:
-            p.start()
+        go.set()
         for p in procs:
             p.join()
 
