@@ -18,6 +18,17 @@ from stoic.idempotency import Store
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Every store, the memory one included."""
+    yield from _backend(request, tmp_path)
+
+
+@pytest.fixture(params=[kind for kind in BACKENDS if kind != "memory"])
+def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The stores that outlive a process and are shared between processes."""
+    yield from _backend(request, tmp_path)
+
+
+def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     kind = request.param
     run = uuid.uuid4().hex[:12]
     if kind == "redis":

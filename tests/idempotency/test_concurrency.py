@@ -104,10 +104,9 @@ def test_64_threads_and_4_processes_run_the_body_exactly_once(
 
 
 def test_sigkill_mid_call_keeps_the_key_until_the_lease_then_a_new_call_completes(
-    backend: Backend, tmp_path: Path
+    shared_backend: Backend, tmp_path: Path
 ) -> None:
-    if not backend.shared_across_processes:
-        pytest.skip("a memory store dies with its process; nothing outlives the kill")
+    backend = shared_backend
     marker = tmp_path / "ran.txt"
     marker.touch()
     lease = 1.0
