@@ -411,3 +411,43 @@ def test_corrupted_rabbitmq_message_goes_to_the_dlq(amqp_url: str, topic: str) -
     finally:
         broker.delete_topic(topic)
         broker.close()
+
+
+async def test_arun_with_dedupe_runs_a_redelivered_message_once(
+    local_broker: Any, topic: str
+) -> None:
+    from stoic.idempotency import MemoryStore
+
+    store = MemoryStore()
+    local_broker.dedupe_window = 0.0
+    runs: list[str] = []
+
+    async def handler(m: Message) -> None:
+        runs.append(m.id)
+
+    for _ in range(2):
+        local_broker.publish(topic, 1, id="once")
+        await Worker(local_broker, topic, handler, dedupe=store).arun(stop_when_empty=True)
+    assert runs == ["once"]
+
+
+def test_a_failing_dedupe_store_puts_the_message_back_and_the_worker_goes_on(
+    local_broker: Any, topic: str
+) -> None:
+    from stoic.idempotency import MemoryStore
+
+    class Flaky(MemoryStore):
+        fails = 1
+
+        def claim(self, *args: Any, **kwargs: Any) -> Any:
+            if self.fails:
+                self.fails -= 1
+                raise ConnectionError("store down")
+            return super().claim(*args, **kwargs)
+
+    local_broker.publish(topic, 1)
+    runs: list[int] = []
+    counts = Worker(local_broker, topic, lambda m: runs.append(m.attempts), dedupe=Flaky(),
+                    poll_interval=0.01).run(stop_when_empty=True)
+    assert runs == [2]
+    assert counts.handled == 1

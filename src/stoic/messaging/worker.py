@@ -396,7 +396,12 @@ class Worker:
         token: str | None = None
         dedupe = self._dedupe
         if dedupe is not None:
-            early, token = self._claim_key(message)
+            try:
+                early, token = self._claim_key(message)
+            except Exception:
+                _log.exception("%s: dedupe store claim failed; message %s comes back later",
+                               self.name, message.id)
+                return Action("wait", delay=self.poll_interval)
             if early is not None:
                 return early
         started = clock.now()
@@ -603,8 +608,13 @@ class Worker:
         token: str | None = None
         dedupe = self._dedupe
         if dedupe is not None:
-            claim = await dedupe.store.aclaim(_key(message), message.topic, lease=dedupe.lease,
-                                              ttl=dedupe.ttl)
+            try:
+                claim = await dedupe.store.aclaim(_key(message), message.topic,
+                                                  lease=dedupe.lease, ttl=dedupe.ttl)
+            except Exception:
+                _log.exception("%s: dedupe store claim failed; message %s comes back later",
+                               self.name, message.id)
+                return Action("wait", delay=self.poll_interval)
             early = self._claim_action(message, claim)
             if early is not None:
                 return early
