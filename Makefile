@@ -37,8 +37,10 @@ lint: $(STAMP)
 docs-check: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_docs.py
 
+# every benchmark script, each measuring stoic against its peers in one run
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
