@@ -169,7 +169,7 @@ def stoic_backlog(n: int, sync: str) -> tuple[float, float]:
         broker = SQLiteBroker(os.path.join(tmpdir(), f"b{backlog}.db"), synchronous=sync)  # type: ignore[arg-type]
         for _ in range(backlog // 1000):
             broker.publish_many("bench", [PAYLOAD] * 1000)
-        k = min(n, backlog)
+        k = min(n, backlog) // 3
 
         def publish(broker: SQLiteBroker = broker, k: int = k) -> None:
             for _ in range(k):
@@ -182,8 +182,9 @@ def stoic_backlog(n: int, sync: str) -> tuple[float, float]:
                 broker.ack_many(batch)
                 got += len(batch)
 
-        p = rate(k, publish)
-        c = rate(k, consume)
+        # best of three rounds: the comparison is between backlogs, not against machine noise
+        p = max(rate(k, publish) for _ in range(3))
+        c = max(rate(k, consume) for _ in range(3))
         record("backlog", f"stoic publish, {backlog:,} queued", sync, p)
         record("backlog", f"stoic claim(32) + ack_many, {backlog:,} queued", sync, c)
         out.append(c)

@@ -265,9 +265,9 @@ class Worker:
             )
         self._stop.clear()
         with self._signals(handle_signals):
-            beat = threading.Thread(target=self._heartbeat, name=f"{self.name}-lease", daemon=True)
             beat_stop = threading.Event()
-            beat._stoic_stop = beat_stop  # type: ignore[attr-defined]
+            beat = threading.Thread(target=self._heartbeat, args=(beat_stop,),
+                                    name=f"{self.name}-lease", daemon=True)
             beat.start()
             try:
                 if self.concurrency == 1:
@@ -317,9 +317,7 @@ class Worker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _heartbeat(self) -> None:
-        me = threading.current_thread()
-        stop: threading.Event = me._stoic_stop  # type: ignore[attr-defined]
+    def _heartbeat(self, stop: threading.Event) -> None:
         interval = self.lease / 3
         while not stop.wait(interval):
             with self._held_lock:
