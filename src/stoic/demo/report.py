@@ -14,7 +14,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SCORECARD_ROWS", "format_value", "render"]
+__all__ = ["SCORECARD_ROWS", "first_phases", "format_value", "render"]
 
 # (key, label, format)
 SCORECARD_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -165,6 +165,11 @@ _CAPTIONS = {
 }
 
 
+def first_phases(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The phase names of the scenario, in order."""
+    return [p["name"] for p in runs[0]["phases"]]
+
+
 def render(runs: Sequence[dict[str, Any]], title: str = "stoic demo") -> str:
     """The report page for ``runs`` (``RunResult.as_dict()`` of each mode) as HTML text."""
     modes = [run["mode"] for run in runs]
@@ -179,6 +184,21 @@ def render(runs: Sequence[dict[str, Any]], title: str = "stoic demo") -> str:
     legend = "".join(
         f'<span style="background:{colour}55">{html.escape(name.replace("_", " "))}</span>'
         for name, colour in _FAULT_COLOURS.items()
+    )
+    phase_rows = []
+    for phase in first_phases(runs):
+        cells = ""
+        for run in runs:
+            stats = run["scorecard"]["phases"].get(phase, {})
+            amp = stats.get("load_amplification")
+            cells += (
+                f'<td class="num">{stats.get("accepted", 0)}/{stats.get("attempted", 0)}</td>'
+                f'<td class="num">{html.escape(format_value(stats.get("p99"), "s"))}</td>'
+                f'<td class="num">{html.escape(format_value(amp, "x"))}</td>'
+            )
+        phase_rows.append(f"<tr><td>{html.escape(phase)}</td>{cells}</tr>")
+    phase_head = "".join(
+        f"<th>{html.escape(m)}: accepted</th><th>p99</th><th>payments load</th>" for m in modes
     )
     sections = []
     for run in runs:
@@ -206,5 +226,7 @@ def render(runs: Sequence[dict[str, Any]], title: str = "stoic demo") -> str:
         f'{html.escape(first["network_faults"])}. Phases: {phases}.</p>'
         f'<table id="scorecard"><tr><th>counted from the services\' databases</th>{head}</tr>'
         f'{"".join(rows)}</table><p class="legend">{legend}</p>'
-        f'<div class="modes">{"".join(sections)}</div></body></html>'
+        f'<div class="modes">{"".join(sections)}</div>'
+        f'<h2>Phase by phase</h2><table id="phases"><tr><th>phase</th>{phase_head}</tr>'
+        f'{"".join(phase_rows)}</table></body></html>'
     )
