@@ -125,6 +125,10 @@ def _run_all(options: list[Any]) -> list[Any]:
             except RuntimeError as exc:
                 progress.stop()
                 _fail(str(exc))
+            except KeyboardInterrupt:
+                progress.stop()
+                typer.echo("interrupted: every process of the shop was stopped", err=True)
+                raise typer.Exit(130) from None
             progress.update(task, completed=option.duration,
                             phase=f"done in {time.monotonic() - started:.0f} s")
             results.append(result)
