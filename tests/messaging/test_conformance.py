@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import stoic
-from stoic.messaging import Message, QueueStats
+from stoic.messaging import DeadLettersRequeued, Message, QueueStats
 
 
 def claim_one(broker: Any, topic: str, lease: float = 30.0, wait: float = 3.0) -> Message:
@@ -129,7 +129,11 @@ def test_dead_letter_records_reason_and_error_and_requeue_delivers_again(
     assert dead[0].message.attempts == 1
     assert dead[0].message.payload == {"n": 1}
     assert broker.stats(topic).dead == 1
+    seen: list[Any] = []
+    stoic.events.subscribe(seen.append)
     assert broker.requeue(topic) == 1
+    [ev] = [e for e in seen if isinstance(e, DeadLettersRequeued)]
+    assert (ev.topic, ev.count) == (topic, 1)
     again = claim_one(broker, topic)
     assert (again.id, again.payload, again.attempts) == ("dl-1", {"n": 1}, 1)
     broker.ack(again)

@@ -23,6 +23,7 @@ from .model import (
     encode_payload,
     message_ids,
     outgoing_headers,
+    report_requeued,
 )
 
 __all__ = ["MemoryBroker"]
@@ -214,7 +215,7 @@ class MemoryBroker(ThreadedAsync):
                 t.entries[msg_id] = _Entry(
                     next(self._seq), msg_id, m.body, dict(m.headers), 0, m.created_at, now
                 )
-            return len(chosen)
+        return report_requeued(self, topic, len(chosen))
 
     def purge_dead(self, topic: str) -> int:
         with self._lock:

@@ -39,6 +39,7 @@ __all__ = [
     "message_ids",
     "new_id",
     "outgoing_headers",
+    "report_requeued",
 ]
 
 VERSION_HEADER = "schema-version"
@@ -257,3 +258,13 @@ def message_ids(ids: Sequence[str] | None, n: int) -> list[str]:
                 f" got {i!r}"
             )
     return out
+
+
+def report_requeued(broker: object, topic: str, count: int) -> int:
+    """Emit ``DeadLettersRequeued`` for a requeue that moved ``count`` messages; returns it."""
+    from ..events import dispatcher
+
+    if count and dispatcher.sinks:
+        dispatcher.emit(DeadLettersRequeued(name=type(broker).__name__, topic=topic,
+                                            count=count))
+    return count

@@ -47,6 +47,7 @@ from .model import (
     encode_payload,
     message_ids,
     outgoing_headers,
+    report_requeued,
 )
 
 __all__ = ["RabbitBroker"]
@@ -432,7 +433,8 @@ class RabbitBroker:
         return out
 
     def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
-        return self._run(self._requeue(topic, None if ids is None else set(ids)))
+        n = self._run(self._requeue(topic, None if ids is None else set(ids)))
+        return report_requeued(self, topic, n)
 
     async def _requeue(self, topic: str, ids: set[str] | None) -> int:
         await self._declare(topic)

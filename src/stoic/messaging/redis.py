@@ -45,6 +45,7 @@ from .model import (
     encode_payload,
     message_ids,
     outgoing_headers,
+    report_requeued,
 )
 
 __all__ = ["RedisBroker"]
@@ -434,7 +435,8 @@ class RedisBroker(ThreadedAsync):
                          if f.get("m", "").split("\x1f", 1)[0] in wanted]
             if not entry_ids:
                 return 0
-        return int(self._requeue(keys=[self._stream(topic), dead_key], args=entry_ids))
+        n = int(self._requeue(keys=[self._stream(topic), dead_key], args=entry_ids))
+        return report_requeued(self, topic, n)
 
     def purge_dead(self, topic: str) -> int:
         dead_key = self._k(topic, "dead")

@@ -47,6 +47,7 @@ from .model import (
     message_ids,
     new_id,
     outgoing_headers,
+    report_requeued,
 )
 
 __all__ = ["SQLiteBroker"]
@@ -337,7 +338,7 @@ class SQLiteBroker(ThreadedAsync):
                 self._db.execute(
                     "DELETE FROM stoic_dead WHERE topic = ? AND id = ?", (topic, msg_id)
                 )
-        return len(rows)
+        return report_requeued(self, topic, len(rows))
 
     def purge_dead(self, topic: str) -> int:
         with self._lock:
