@@ -214,8 +214,9 @@ def test_dedupe_releases_the_key_when_the_handler_fails(local_broker: Any, topic
 
 
 def test_a_slow_handler_keeps_its_message_through_lease_extension(
-    local_broker: Any, topic: str
+    broker: Any, topic: str
 ) -> None:
+    local_broker = broker
     runs: list[str] = []
 
     def slow(m: Message) -> None:
