@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .broker import AsyncBroker, Broker, SyncBroker
 from .memory import MemoryBroker
 from .model import (
+    REQUEST_ID_HEADER,
+    VERSION_HEADER,
     DeadLetter,
     DeadLettersRequeued,
     Message,
@@ -28,6 +30,8 @@ from .sqlite import SQLiteBroker
 from .worker import Worker, WorkerCounts
 
 __all__ = [
+    "REQUEST_ID_HEADER",
+    "VERSION_HEADER",
     "AsyncBroker",
     "Broker",
     "DeadLetter",

@@ -23,6 +23,7 @@ from .. import codec, context
 from ..events import Event
 
 __all__ = [
+    "DEFAULT_VERSION",
     "REQUEST_ID_HEADER",
     "TRACEPARENT_HEADER",
     "VERSION_HEADER",
@@ -239,6 +240,7 @@ def decode_headers(raw: str | bytes | None) -> tuple[dict[str, str], str | None]
 
 
 def dump_headers(headers: Mapping[str, str]) -> str:
+    """Headers as compact JSON text, the form the SQLite and Redis brokers store."""
     return json.dumps(dict(headers), separators=(",", ":"), ensure_ascii=False)
 
 
