@@ -13,7 +13,8 @@ Layout, per topic:
 - ``stoic.<topic>.dead``: the dead-letter queue; dead letters carry ``x-stoic-reason``,
   ``x-stoic-error`` and the attempt count in headers.
 
-Leases: a claimed message is an unacked delivery on this broker's channel. If the process
+Leases: a claimed message is an unacked delivery on this broker's connection. Deliveries
+are pushed ahead by a consumer (``prefetch`` per topic) so a claim needs no round trip. If the process
 dies or loses its connection, RabbitMQ redelivers it at once. Within a living process, a
 lease that runs out without an ack or an extension is given back (``nack`` with requeue) by
 a housekeeping task, so a hung handler's messages reach other workers, as on the other
@@ -32,9 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -80,6 +83,25 @@ class _Held:
         self.incoming, self.topic, self.lease_until = incoming, topic, lease_until
 
 
+class _Consumer:
+    """A basic.consume on its own channel whose deliveries wait in ``buffer`` until claimed.
+
+    RabbitMQ pushes up to ``prefetch`` unacked deliveries to it; they are invisible to other
+    consumers while buffered (and redelivered at once if this process dies). A consumer that
+    nobody claimed from for ``_IDLE`` seconds is cancelled and its buffer given back, so a
+    stopped worker does not sit on messages.
+    """
+
+    __slots__ = ("buffer", "channel", "last_claim", "queue", "tag")
+
+    def __init__(self, channel: Any, queue: Any, tag: str, buffer: deque[Any]) -> None:
+        self.channel, self.queue, self.tag, self.buffer = channel, queue, tag, buffer
+        self.last_claim = time.monotonic()
+
+
+_IDLE = 2.0  # seconds without a claim after which a topic's consumer lets its buffer go
+
+
 class RabbitBroker:
     """At-least-once queues on RabbitMQ quorum queues; ``amqp://...`` in ``connect``.
 
@@ -88,11 +110,13 @@ class RabbitBroker:
         dedupe: an idempotency store for publish-side de-duplication (see module docs).
         dedupe_window: seconds an id stays de-duplicated when ``dedupe`` is given.
         prefix: queue name prefix (default ``"stoic"``).
+        prefetch: deliveries RabbitMQ pushes ahead to this broker per topic; ``claim`` takes
+            from them without a round trip.
     """
 
     def __init__(
         self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, dedupe: Any = None,
-        dedupe_window: float = 86400.0, prefix: str = "stoic",
+        dedupe_window: float = 86400.0, prefix: str = "stoic", prefetch: int = 100,
     ) -> None:
         if not url.startswith(("amqp://", "amqps://")):
             raise ValueError(f"url must start with amqp:// or amqps://, got {url!r}")
@@ -100,6 +124,8 @@ class RabbitBroker:
             raise ValueError(f"dedupe_window must be > 0 seconds, got {dedupe_window!r}")
         if not prefix or any(c.isspace() for c in prefix):
             raise ValueError(f"prefix must be non-empty without spaces, got {prefix!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
         if dedupe is not None and not callable(getattr(dedupe, "claim", None)):
             raise ValueError(f"dedupe must be an idempotency store, got {dedupe!r}")
         try:
@@ -110,6 +136,8 @@ class RabbitBroker:
         self.dedupe = dedupe
         self.dedupe_window = float(dedupe_window)
         self.prefix = prefix
+        self.prefetch = prefetch
+        self._consumers: dict[str, _Consumer] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="stoic-rabbitmq",
                                         daemon=True)
@@ -140,7 +168,6 @@ class RabbitBroker:
 
         self._conn = await aio_pika.connect_robust(self.url)
         self._pub = await self._conn.channel(publisher_confirms=True)
-        self._get = await self._conn.channel(publisher_confirms=False)
         self._housekeeping = asyncio.ensure_future(self._expire_leases())
 
     def _q(self, topic: str, suffix: str = "") -> str:
@@ -268,26 +295,60 @@ class RabbitBroker:
         check_claim(max_messages, lease)
         return await self._in_loop(self._claim(topic, max_messages, lease))
 
+    async def _consumer(self, topic: str) -> _Consumer:
+        consumer = self._consumers.get(topic)
+        if consumer is None or consumer.channel.is_closed:
+            await self._declare(topic)
+            channel = await self._conn.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue = await channel.get_queue(self._q(topic), ensure=False)
+            buffer: deque[Any] = deque()
+
+            async def deliver(incoming: Any) -> None:
+                buffer.append(incoming)
+
+            tag = await queue.consume(deliver, no_ack=False)
+            consumer = self._consumers[topic] = _Consumer(channel, queue, tag, buffer)
+            await asyncio.sleep(0.02)  # let the first deliveries arrive
+        consumer.last_claim = time.monotonic()
+        return consumer
+
     async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
-        await self._declare(topic)
         await self._expire(time.monotonic())
-        queue = await self._get.get_queue(self._q(topic), ensure=False)
-        out = []
+        buffer = (await self._consumer(topic)).buffer
+        out: list[Message] = []
         until = time.monotonic() + lease
-        for _ in range(n):
-            incoming = await queue.get(no_ack=False, fail=False)
-            if incoming is None:
-                break
+        while buffer and len(out) < n:
+            incoming = buffer.popleft()
             receipt = uuid.uuid4().hex
             self._held[receipt] = _Held(incoming, topic, until)
             out.append(_message(topic, incoming, receipt, clock.wall() + lease))
         return out
 
+    async def _release(self, topic: str) -> None:
+        """Cancel the topic's consumer; its unclaimed deliveries go back to the queue."""
+        consumer = self._consumers.pop(topic, None)
+        if consumer is None:
+            return
+        with contextlib.suppress(Exception):
+            await consumer.queue.cancel(consumer.tag)
+        while consumer.buffer:
+            incoming = consumer.buffer.popleft()
+            with contextlib.suppress(Exception):
+                await incoming.nack(requeue=True)
+        if not consumer.channel.is_closed:
+            with contextlib.suppress(Exception):
+                await consumer.channel.close()
+
     async def _expire_leases(self) -> None:
         while True:
             await asyncio.sleep(0.1)
+            now = time.monotonic()
             try:
-                await self._expire(time.monotonic())
+                await self._expire(now)
+                for topic, consumer in list(self._consumers.items()):
+                    if now - consumer.last_claim > _IDLE:
+                        await self._release(topic)
             except Exception:  # the connection is being re-established
                 continue
 
@@ -296,7 +357,8 @@ class RabbitBroker:
         for receipt in expired:
             held = self._held.pop(receipt, None)
             if held is not None:
-                await held.incoming.nack(requeue=True)
+                with contextlib.suppress(Exception):  # a closed channel gave it back already
+                    await held.incoming.nack(requeue=True)
 
     def _take(self, message: Message) -> _Held | None:
         held = self._held.get(message.receipt)
@@ -321,7 +383,10 @@ class RabbitBroker:
         for m in messages:
             held = self._take(m)
             if held is not None:
-                await held.incoming.ack()
+                try:
+                    await held.incoming.ack()
+                except Exception:  # its channel closed: RabbitMQ redelivers it
+                    continue
                 done += 1
         return done
 
@@ -401,6 +466,9 @@ class RabbitBroker:
         finally:
             await ch.close()
         in_flight = sum(1 for h in self._held.values() if h.topic == topic)
+        consumer = self._consumers.get(topic)
+        if consumer is not None:
+            ready += len(consumer.buffer)  # pushed to us, not yet claimed
         return QueueStats(topic, ready, delayed, in_flight, dead)
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
@@ -473,6 +541,7 @@ class RabbitBroker:
         self._run(self._delete(topic))
 
     async def _delete(self, topic: str) -> None:
+        await self._release(topic)
         names = [n for n in self._declared if n == self._q(topic) or n.startswith(
             self._q(topic, "."))]
         names += [self._q(topic), self._q(topic, ".dead")]
@@ -502,6 +571,8 @@ class RabbitBroker:
 
     async def _close(self) -> None:
         self._housekeeping.cancel()
+        for topic in list(self._consumers):
+            await self._release(topic)
         self._held.clear()
         await self._conn.close()
 
