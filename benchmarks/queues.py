@@ -18,6 +18,7 @@ Rows:
 - persist-queue SQLiteAckQueue (json serializer, its defaults: WAL, synchronous FULL),
   litequeue (WAL, NORMAL), huey SqliteStorage (WAL, FULL by default: fsync=None).
 - Redis: RedisBroker against raw pipelined XADD and XREADGROUP + XACK on the same server.
+- RabbitMQ: RabbitBroker alone (quorum queues, publisher confirms), for scale.
 """
 
 from __future__ import annotations
@@ -322,6 +323,38 @@ def redis_rows(n: int, url: str) -> None:
     broker.close()
 
 
+def rabbit_rows(n: int, url: str) -> None:
+    import uuid
+
+    from stoic.messaging.rabbitmq import RabbitBroker
+
+    broker = RabbitBroker(url)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    k = min(n, 5000)
+
+    def publish_many() -> None:
+        for _ in range(k // 100):
+            broker.publish_many(topic, [PAYLOAD] * 100)
+
+    def consume() -> None:
+        got = 0
+        while got < k:
+            batch = broker.claim(topic, max_messages=32)
+            if not batch:
+                time.sleep(0.001)
+                continue
+            for m in batch:
+                m.payload  # noqa: B018
+            broker.ack_many(batch)
+            got += len(batch)
+
+    record("rabbitmq", "stoic RabbitBroker.publish_many (100, confirms)", "quorum",
+           rate(k, publish_many))
+    record("rabbitmq", "stoic RabbitBroker claim(32) + ack_many", "quorum", rate(k, consume))
+    broker.delete_topic(topic)
+    broker.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="messages per measurement")
@@ -329,6 +362,9 @@ def main() -> None:
     parser.add_argument("--redis", default=os.environ.get("STOIC_TEST_REDIS",
                                                           "redis://127.0.0.1:6379/0"))
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--amqp", default=os.environ.get(
+        "STOIC_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/"))
+    parser.add_argument("--no-rabbitmq", action="store_true")
     args = parser.parse_args()
     n = max(1000, args.n // 1000 * 1000)
     print(f"queues benchmark: {n:,} messages of {len(BODY)} bytes; Python {sys.version.split()[0]}, "
@@ -344,6 +380,11 @@ def main() -> None:
             redis_rows(n, args.redis)
         except Exception as exc:  # no server: say so, keep the SQLite figures
             print(f"  redis skipped: {exc}")
+    if not args.no_rabbitmq:
+        try:
+            rabbit_rows(n, args.amqp)
+        except Exception as exc:
+            print(f"  rabbitmq skipped: {exc}")
 
     by_name = {(g, name, d): v for g, name, d, v in rows}
 
