@@ -452,3 +452,49 @@ def test_a_failing_dedupe_store_puts_the_message_back_and_the_worker_goes_on(
                     poll_interval=0.01).run(stop_when_empty=True)
     assert runs == [2]
     assert counts.handled == 1
+
+
+class Busy(Exception):
+    """Stands for a dependency answering 429 with Retry-After."""
+
+
+class Lost(Exception):
+    """Stands for a reply lost after the request was sent: it may have taken effect."""
+
+
+def test_throttled_failure_waits_at_least_its_retry_after(local_broker: Any, topic: str) -> None:
+    stoic.register_classifier(Busy, stoic.Verdict(stoic.Outcome.THROTTLED, 0.25, "busy"))
+    events = collect()
+    attempts: list[int] = []
+
+    def handler(m: Message) -> None:
+        attempts.append(m.attempts)
+        if m.attempts == 1:
+            raise Busy()
+
+    local_broker.publish(topic, 1)
+    Worker(local_broker, topic, handler, retry=FAST, poll_interval=0.01).run(
+        stop_when_empty=True
+    )
+    assert attempts == [1, 2]
+    [retried] = [e for e in events if isinstance(e, MessageRetried)]
+    assert retried.delay == 0.25  # not the 0.01 s backoff
+    assert retried.outcome == "throttled"
+
+
+def test_unknown_failure_is_redelivered_because_delivery_is_at_least_once_anyway(
+    local_broker: Any, topic: str
+) -> None:
+    stoic.register_classifier(Lost, stoic.Outcome.UNKNOWN)
+    attempts: list[int] = []
+
+    def handler(m: Message) -> None:
+        attempts.append(m.attempts)
+        if m.attempts == 1:
+            raise Lost()
+
+    local_broker.publish(topic, 1)
+    Worker(local_broker, topic, handler, retry=FAST, poll_interval=0.01).run(
+        stop_when_empty=True
+    )
+    assert attempts == [1, 2]
