@@ -9,24 +9,26 @@ The worker also has dedupe=SQLiteStore(dedupe.db).
 
 from __future__ import annotations
 
-import signal
+if __name__ == "__main__":
+    import signal
+    import sys
+
+    # A SIGTERM that arrives while the worker is still starting up ends it cleanly; once it
+    # runs, Worker.run installs its own handler (finish what it holds, then exit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with open(f"{sys.argv[5]}.ready.{__import__('os').getpid()}", "w"):
+        pass  # tells the test that a SIGTERM from now on ends this process cleanly
+
+import os
+import sqlite3
 import sys
 
-# A SIGTERM that arrives while the worker is still starting up ends it cleanly; once it runs,
-# Worker.run installs its own handler (finish what it holds, then exit).
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-with open(f"{sys.argv[5]}.ready.{__import__('os').getpid()}", "w"):
-    pass  # tells the test that a SIGTERM from now on ends this process cleanly
-
-import os  # noqa: E402
-import sqlite3  # noqa: E402
-
-from stoic.idempotency import SQLiteStore  # noqa: E402
-from stoic.messaging import Inbox, Message, Worker, connect  # noqa: E402
+from stoic.idempotency import SQLiteStore
+from stoic.messaging import Inbox, Message, Worker, connect
 
 
-def main() -> None:
-    url, topic, effects_path, dedupe_path, runs_path = sys.argv[1:6]
+def build(url: str, topic: str, effects_path: str, dedupe_path: str, runs_path: str) -> Worker:
+    """The worker of the crash test; the test also uses it to drain what the dead left."""
     broker = connect(url)
     db = sqlite3.connect(effects_path, timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -39,17 +41,20 @@ def main() -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             if inbox.mark(db, message):
-                db.execute("INSERT INTO effects (id, pid) VALUES (?, ?)", (message.id, os.getpid()))
+                db.execute("INSERT INTO effects (id, pid) VALUES (?, ?)",
+                           (message.id, os.getpid()))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    Worker(
-        broker, topic, handler, dedupe=SQLiteStore(dedupe_path), lease=2.0, prefetch=10,
+    # prefetch=50 and acks per batch: a kill leaves many handled-but-unacked messages, which
+    # run again unless dedupe works (the test's "repeated <= kills" tells the two apart).
+    return Worker(
+        broker, topic, handler, dedupe=SQLiteStore(dedupe_path), lease=2.0, prefetch=50,
         poll_interval=0.02,
-    ).run()
+    )
 
 
 if __name__ == "__main__":
-    main()
+    build(*sys.argv[1:6]).run()
