@@ -187,7 +187,11 @@ def test_interrupted_demo_leaves_no_process_and_no_port_behind(tmp_path: Path, h
         assert _demo_processes(str(tmp_path)) == []
         for port in ports:
             with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port))  # raises if anything still holds it
+                # as a server would: SO_REUSEADDR lets connections in TIME_WAIT be, but a
+                # socket still listening on the port makes bind fail
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
     finally:
         if demo.poll() is None:
             demo.kill()
