@@ -369,7 +369,12 @@ class Worker:
                 self._release(*batch)
 
     def _empty(self) -> bool:
-        stats = self.broker.stats(self.topic)
+        """Nothing ready, delayed (a retry waiting for its backoff) or held by anyone."""
+        try:
+            stats = self.broker.stats(self.topic)
+        except Exception:
+            _log.exception("%s: stats failed; not stopping yet", self.name)
+            return False
         return stats.ready == 0 and stats.delayed == 0 and stats.in_flight == 0
 
     def _hold(self, batch: list[Message]) -> None:
@@ -573,10 +578,8 @@ class Worker:
                 continue
             errors = 0
             if not batch:
-                if stop_when_empty:
-                    stats = await broker.astats(self.topic)
-                    if stats.ready == 0 and stats.delayed == 0 and stats.in_flight == 0:
-                        return
+                if stop_when_empty and await asyncio.to_thread(self._empty):
+                    return
                 await self._await_stop(idle)
                 continue
             self._hold(batch)
