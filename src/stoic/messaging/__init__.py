@@ -45,12 +45,27 @@ __all__ = [
     "Outbox",
     "OutboxRelay",
     "QueueStats",
+    "RabbitBroker",
+    "RedisBroker",
     "SQLiteBroker",
     "SyncBroker",
     "Worker",
     "WorkerCounts",
     "connect",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis and RabbitMQ brokers need their extras; import them only when named.
+    if name == "RedisBroker":
+        from .redis import RedisBroker
+
+        return RedisBroker
+    if name == "RabbitBroker":
+        from .rabbitmq import RabbitBroker
+
+        return RabbitBroker
+    raise AttributeError(f"module 'stoic.messaging' has no attribute {name!r}")
 
 
 def connect(url: str, **options: Any) -> Any:
