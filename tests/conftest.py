@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from support import require_service
 
 REDIS_URL = os.environ.get("STOIC_TEST_REDIS", "redis://127.0.0.1:6379/0")
