@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint docs-check bench clean system-deps
+.PHONY: demo demo-flaky test lint docs-check bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,7 +24,12 @@ system-deps:
 	  else echo "note: missing Debian packages:$$missing (their tests will skip)"; fi; \
 	fi
 
+# the main job: the shop under chaos, naive vs stoic, with an HTML report and a JSON scorecard
 demo: $(STAMP)
+	$(BIN)/stoic demo --report demo-report.html --json demo-scorecard.json
+
+# the small first example: one flaky service, naive loop vs stoic
+demo-flaky: $(STAMP)
 	$(BIN)/python examples/flaky_service.py
 
 test: $(STAMP) system-deps
@@ -43,4 +48,4 @@ bench: $(STAMP)
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache demo-report.html demo-scorecard.json
