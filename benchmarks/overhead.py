@@ -224,7 +224,7 @@ def run(quick: bool = False) -> list[tuple[str, str, float, float | None]]:
             rows.append((g.title, impl, t, ratio))
         peers = {
             impl: t for impl, t in timings.items()
-            if impl not in ("bare call", "hand-written loop") and not impl.startswith("stoic")
+            if impl != "bare call" and not impl.startswith(("stoic", "hand-written"))
         }
         if stoic_t and peers:
             best = min(peers, key=lambda k: peers[k])
