@@ -30,7 +30,8 @@ class VirtualClock:
     """
 
     def __init__(self, start: float | None = None, epoch: float = 1_800_000_000.0) -> None:
-        self._now = time.monotonic() if start is None else float(start)
+        # whole seconds near the real reading: loop timers stay near, and sums stay exact
+        self._now = float(int(time.monotonic())) if start is None else float(start)
         self._origin = self._now
         self._epoch = epoch
         self._lock = threading.Lock()
