@@ -34,7 +34,6 @@ __all__ = ["Retry", "add_note"]
 
 _log = logging.getLogger("stoic")
 _active = clock._active  # the active clock; read through it so virtual time applies
-_now = clock.now
 _EXHAUSTED = frozenset({"attempts", "max_time", "deadline", "budget", "retry_after"})
 
 OnException = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
