@@ -151,7 +151,7 @@ class TestRegistry:
             register_classifier("Nodots", T)
 
     def test_user_registration_survives_lazy_library_classifiers(self) -> None:
-        import httpx
+        httpx = pytest.importorskip("httpx", reason="needs the http extra")
 
         register_classifier(httpx.ConnectError, P)
         assert classify(httpx.ConnectError("boom")).outcome is P
