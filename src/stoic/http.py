@@ -13,7 +13,8 @@ a slow read is often a slow but working server. Needs the ``stoic[http]`` extra.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 
@@ -26,15 +27,45 @@ __all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client"]
 #: 3.05 s to connect, 10 s to read, write or wait for a pooled connection.
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.05)
 
+# Arguments httpx would give its own default transport; ours needs them on the inner one.
 _TRANSPORT_ARGS = ("verify", "cert", "http1", "http2", "limits", "trust_env")
 
-
-def _split(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # Arguments httpx would give its own default transport; ours needs them on the inner one.
-    return {name: kwargs[name] for name in _TRANSPORT_ARGS if name in kwargs}
+Inner = TypeVar("Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
-class Client(httpx.Client):
+class _Resilient(Generic[Inner]):
+    """The constructor ``Client`` and ``AsyncClient`` share; they name their transports."""
+
+    _inner: ClassVar[Callable[..., Any]]  # the default inner transport
+    _resilient: ClassVar[type[ResilientTransport] | type[ResilientAsyncTransport]]
+
+    def __init__(
+        self,
+        *,
+        policy: Policy | None = None,
+        per_host: bool = True,
+        idempotency_keys: bool = True,
+        propagate: bool = True,
+        breaker: BreakerFactory | None = None,
+        bulkhead: BulkheadFactory | None = None,
+        deadline_header: str = DEADLINE_HEADER,
+        request_id_header: str = REQUEST_ID_HEADER,
+        transport: Inner | None = None,
+        timeout: Any = DEFAULT_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        if transport is None:
+            transport = self._inner(**{k: kwargs[k] for k in _TRANSPORT_ARGS if k in kwargs})
+        resilient = self._resilient(
+            transport, policy, per_host, idempotency_keys, propagate,  # type: ignore[arg-type]
+            breaker=breaker, bulkhead=bulkhead, deadline_header=deadline_header,
+            request_id_header=request_id_header,
+        )
+        super().__init__(transport=resilient, timeout=timeout, **kwargs)  # type: ignore[call-arg]
+        self.resilient_transport = resilient
+
+
+class Client(_Resilient[httpx.BaseTransport], httpx.Client):
     """An ``httpx.Client`` whose requests retry safely, break per host and carry deadlines.
 
     ``policy``, ``per_host``, ``idempotency_keys``, ``propagate``, ``breaker``, ``bulkhead``
@@ -42,54 +73,14 @@ class Client(httpx.Client):
     transport; everything else goes to ``httpx.Client``.
     """
 
-    def __init__(
-        self,
-        *,
-        policy: Policy | None = None,
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
-        transport: httpx.BaseTransport | None = None,
-        timeout: Any = DEFAULT_TIMEOUT,
-        **kwargs: Any,
-    ) -> None:
-        inner = transport if transport is not None else httpx.HTTPTransport(**_split(kwargs))
-        resilient = ResilientTransport(
-            inner, policy, per_host, idempotency_keys, propagate, breaker=breaker,
-            bulkhead=bulkhead, deadline_header=deadline_header,
-            request_id_header=request_id_header,
-        )
-        super().__init__(transport=resilient, timeout=timeout, **kwargs)
-        self.resilient_transport = resilient
+    _inner = httpx.HTTPTransport
+    _resilient = ResilientTransport
+    resilient_transport: ResilientTransport
 
 
-class AsyncClient(httpx.AsyncClient):
+class AsyncClient(_Resilient[httpx.AsyncBaseTransport], httpx.AsyncClient):
     """The ``httpx.AsyncClient`` twin of ``Client``; same arguments."""
 
-    def __init__(
-        self,
-        *,
-        policy: Policy | None = None,
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: Any = DEFAULT_TIMEOUT,
-        **kwargs: Any,
-    ) -> None:
-        inner = transport if transport is not None else httpx.AsyncHTTPTransport(**_split(kwargs))
-        resilient = ResilientAsyncTransport(
-            inner, policy, per_host, idempotency_keys, propagate, breaker=breaker,
-            bulkhead=bulkhead, deadline_header=deadline_header,
-            request_id_header=request_id_header,
-        )
-        super().__init__(transport=resilient, timeout=timeout, **kwargs)
-        self.resilient_transport = resilient
+    _inner = httpx.AsyncHTTPTransport
+    _resilient = ResilientAsyncTransport
+    resilient_transport: ResilientAsyncTransport

@@ -36,9 +36,10 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "KEYED_METHODS",
     "REQUEST_ID_HEADER",
+    "Core",
     "HostPolicies",
-    "Settings",
-    "deadline_fired",
+    "Plan",
+    "deadline_error",
     "default_policy",
     "expired",
     "host_name",
@@ -137,25 +138,46 @@ def trace_injector() -> Callable[[dict[str, str]], None] | None:
     return _otel_function("inject")  # type: ignore[no-any-return]
 
 
-class Settings:
-    """Validated configuration shared by the sync and async transports and the adapter."""
+class Plan:
+    """What one logical request needs, decided once before its first attempt.
 
-    __slots__ = (
-        "annotate",
-        "deadline_header",
-        "idempotency_keys",
-        "idempotent_policy",
-        "inject",
-        "policy",
-        "propagate",
-        "request_id_header",
-    )
+    ``timeouts`` is in the library's own form (httpx's dict, requests' pair). ``what``
+    names the request in error messages; it is built only when one is raised.
+    """
+
+    __slots__ = ("host", "key", "method", "policy", "timeouts", "url")
+
+    def __init__(
+        self, policy: Policy | None, host: Policy | None, key: str | None, timeouts: Any,
+        method: str, url: Any,
+    ) -> None:
+        self.policy = policy
+        self.host = host
+        self.key = key
+        self.timeouts = timeouts
+        self.method = method
+        self.url = url
+
+    @property
+    def what(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+class Core:
+    """Configuration and per-request rules shared by the httpx transports and the adapter.
+
+    Validated once here. The library's class does the I/O: it calls ``_plan`` once per
+    logical request and ``_begin_attempt`` before each attempt.
+    """
 
     def __init__(
         self,
         policy: Policy | None,
+        per_host: bool,
         idempotency_keys: bool,
         propagate: bool,
+        breaker: BreakerFactory | None,
+        bulkhead: BulkheadFactory | None,
         deadline_header: str,
         request_id_header: str,
     ) -> None:
@@ -169,53 +191,90 @@ class Settings:
             if not isinstance(value, str) or not value or not value.isascii() or " " in value:
                 raise ValueError(f"{label} must be a non-empty ASCII header name, got {value!r}")
         self.policy = policy
-        self.idempotent_policy = idempotent_variant(policy)
-        self.idempotency_keys = bool(idempotency_keys)
-        self.propagate = bool(propagate)
-        self.deadline_header = deadline_header
-        self.request_id_header = request_id_header
-        self.inject = trace_injector() if propagate else None
-        self.annotate: Callable[[str, str], None] | None = (
+        self.per_host = bool(per_host)
+        self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
+        self._idempotent_policy = idempotent_variant(policy)
+        self._idempotency_keys = bool(idempotency_keys)
+        self._propagate = bool(propagate)
+        self._deadline_header = deadline_header
+        self._request_id_header = request_id_header
+        self._inject = trace_injector() if propagate else None
+        self._annotate: Callable[[str, str], None] | None = (
             _otel_function("annotate_http") if propagate else None
         )
 
-    def propagate_into(
-        self, headers: MutableMapping[str, str], seconds_left: float | None,
-        method: str = "", url: str = "",
-    ) -> None:
-        """Set the outgoing headers of one attempt: time left, request id, trace context.
+    @staticmethod
+    def _address(url: Any) -> tuple[str, str, int | None]:
+        """``(scheme, host, port)`` of a URL in the library's own form."""
+        raise NotImplementedError
+
+    def _host_policy(self, url: Any) -> Policy | None:
+        hosts = self._hosts
+        return None if hosts is None else hosts.get(host_name(*self._address(url)))
+
+    def _plan(
+        self, method: str, headers: MutableMapping[str, str], replayable: bool, url: Any,
+        timeouts: Any,
+    ) -> Plan:
+        """Decide once per logical request: its key (generated into ``headers`` for a POST
+        or PATCH), its policy (the idempotent variant for an idempotent method, none for a
+        body that cannot be sent twice) and its host's breaker and bulkhead."""
+        key = headers.get(IDEMPOTENCY_HEADER)
+        if key is None and self._idempotency_keys and method in KEYED_METHODS:
+            key = new_idempotency_key()
+            headers[IDEMPOTENCY_HEADER] = key
+        policy: Policy | None
+        if not replayable:
+            policy = None
+        elif method in IDEMPOTENT_METHODS:
+            policy = self._idempotent_policy
+        else:
+            policy = self.policy
+        return Plan(policy, self._host_policy(url), key, timeouts, method, url)
+
+    def _begin_attempt(self, headers: MutableMapping[str, str], plan: Plan) -> float | None:
+        """Per attempt: refuse after the deadline, set the outgoing headers; the time left.
 
         ``headers`` must be case-insensitive (httpx and requests headers both are). A request
         id the caller set explicitly is kept. The time left and the trace context are per
         attempt: each attempt is its own span, so a resend names its own span as parent.
         """
-        annotate = self.annotate
-        if annotate is not None and method:
+        left = remaining()
+        if left is not None and left <= 0:
+            raise expired(plan.what)
+        if not self._propagate:
+            return left
+        annotate = self._annotate
+        if annotate is not None:
             try:
-                annotate(method, url)
+                annotate(plan.method, str(plan.url))
             except Exception:  # telemetry must never fail the request
                 _log.debug("stoic: span annotation failed", exc_info=True)
-        if seconds_left is not None:
-            headers[self.deadline_header] = str(int(seconds_left * 1000))
+        if left is not None:
+            headers[self._deadline_header] = str(int(left * 1000))
         request_id = context.get("request_id")
-        if request_id is not None and self.request_id_header not in headers:
-            headers[self.request_id_header] = str(request_id)
-        inject = self.inject
+        if request_id is not None and self._request_id_header not in headers:
+            headers[self._request_id_header] = str(request_id)
+        inject = self._inject
         if inject is not None:
             carrier: dict[str, str] = {}
             try:
                 inject(carrier)
             except Exception:  # telemetry must never fail the request
                 _log.debug("stoic: trace context injection failed", exc_info=True)
-                return
+                return left
             for name, value in carrier.items():
                 headers[name] = value
+        return left
 
 
-def deadline_fired() -> bool:
-    """True when a timeout that just fired was (in effect) the deadline running out."""
+def deadline_error(exc: Exception, plan: Plan) -> DeadlineExceeded | None:
+    """The error to raise for timeout ``exc`` when it was (in effect) the deadline running
+    out, else None (the library's own timeout fired first)."""
     left = remaining()
-    return left is not None and left <= _DEADLINE_SLACK
+    if left is None or left > _DEADLINE_SLACK:
+        return None
+    return DeadlineExceeded(f"deadline ran out during {plan.what} ({type(exc).__name__})")
 
 
 def _default_breaker(name: str) -> Policy:

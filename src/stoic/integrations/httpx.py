@@ -28,51 +28,32 @@ A failure while *reading the body* happens after the transport returned, in your
 
 from __future__ import annotations
 
+from typing import ClassVar, Generic, TypeVar
+
 import httpx
 
-from ..context import remaining, using_idempotency_key
-from ..errors import DeadlineExceeded
+from ..context import using_idempotency_key
 from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     DEADLINE_HEADER,
-    IDEMPOTENCY_HEADER,
-    IDEMPOTENT_METHODS,
-    KEYED_METHODS,
     REQUEST_ID_HEADER,
     BreakerFactory,
     BulkheadFactory,
-    HostPolicies,
-    Settings,
-    deadline_fired,
-    expired,
-    host_name,
-    new_idempotency_key,
+    Core,
+    Plan,
+    deadline_error,
 )
 
 __all__ = ["ResilientAsyncTransport", "ResilientTransport"]
 
 _PHASES = ("connect", "read", "write", "pool")
 
+Inner = TypeVar("Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
+
 
 class _StatusFailure(httpx.HTTPStatusError):
     """A failing response, raised only inside the retry loop; the caller gets the response."""
-
-
-class _Plan:
-    """What one logical request needs, decided once before its first attempt."""
-
-    __slots__ = ("host", "key", "policy", "timeouts", "what")
-
-    def __init__(
-        self, policy: Policy | None, host: Policy | None, key: str | None,
-        timeouts: dict[str, float | None], what: str,
-    ) -> None:
-        self.policy = policy
-        self.host = host
-        self.key = key
-        self.timeouts = timeouts
-        self.what = what
 
 
 def _shrink(timeouts: dict[str, float | None], left: float) -> dict[str, float | None]:
@@ -91,73 +72,59 @@ def _rebuilt(response: httpx.Response, body: bytes, request: httpx.Request) -> h
     )
 
 
-def _deadline_error(exc: httpx.TimeoutException, plan: _Plan) -> DeadlineExceeded:
-    return DeadlineExceeded(f"deadline ran out during {plan.what} ({type(exc).__name__})")
+class _Transport(Core, Generic[Inner]):
+    """The constructor and per-request planning of both transports; they differ in I/O only."""
 
-
-class _Core:
-    """Configuration and per-request planning shared by the sync and async transports."""
+    _inner_type: ClassVar[type[httpx.BaseTransport] | type[httpx.AsyncBaseTransport]]
 
     def __init__(
         self,
-        policy: Policy | None,
-        per_host: bool,
-        idempotency_keys: bool,
-        propagate: bool,
-        breaker: BreakerFactory | None,
-        bulkhead: BulkheadFactory | None,
-        deadline_header: str,
-        request_id_header: str,
+        inner: Inner | None = None,
+        policy: Policy | None = None,
+        per_host: bool = True,
+        idempotency_keys: bool = True,
+        propagate: bool = True,
+        *,
+        breaker: BreakerFactory | None = None,
+        bulkhead: BulkheadFactory | None = None,
+        deadline_header: str = DEADLINE_HEADER,
+        request_id_header: str = REQUEST_ID_HEADER,
     ) -> None:
-        self._settings = Settings(
-            policy, idempotency_keys, propagate, deadline_header, request_id_header
+        kind = self._inner_type
+        if inner is not None and not isinstance(inner, kind):
+            raise ValueError(f"inner must be an httpx.{kind.__name__}, got {inner!r}")
+        super().__init__(
+            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
+            deadline_header, request_id_header,
         )
-        self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
-        self.policy = self._settings.policy
-        self.per_host = bool(per_host)
+        self.inner: Inner = inner if inner is not None else self._default_inner()
+
+    def _default_inner(self) -> Inner:
+        raise NotImplementedError
 
     def host_policy(self, url: httpx.URL | str) -> Policy | None:
         """The breaker (and bulkhead) this transport applies to requests to ``url``'s host."""
-        if self._hosts is None:
-            return None
-        url = httpx.URL(url)
-        return self._hosts.get(host_name(url.scheme, url.host, url.port))
+        return self._host_policy(httpx.URL(url))
 
-    def _plan(self, request: httpx.Request, replayable: bool) -> _Plan:
-        settings = self._settings
-        method = request.method
-        headers = request.headers
-        key = headers.get(IDEMPOTENCY_HEADER)
-        if key is None and settings.idempotency_keys and method in KEYED_METHODS:
-            key = new_idempotency_key()
-            headers[IDEMPOTENCY_HEADER] = key
-        if not replayable:
-            policy: Policy | None = None
-        elif method in IDEMPOTENT_METHODS:
-            policy = settings.idempotent_policy
-        else:
-            policy = settings.policy
-        url = request.url
-        host = None
-        if self._hosts is not None:
-            host = self._hosts.get(host_name(url.scheme, url.host, url.port))
-        timeouts = request.extensions.get("timeout") or {}
-        return _Plan(policy, host, key, dict(timeouts), f"{method} {url}")
+    @staticmethod
+    def _address(url: httpx.URL) -> tuple[str, str, int | None]:
+        return url.scheme, url.host, url.port
 
-    def _prepare(self, request: httpx.Request, plan: _Plan) -> float | None:
-        """Per attempt: refuse after the deadline, shrink timeouts, set outgoing headers."""
-        left = remaining()
+    def _plan_request(self, request: httpx.Request) -> Plan:
+        return self._plan(
+            request.method, request.headers, isinstance(request.stream, httpx.ByteStream),
+            request.url, request.extensions.get("timeout"),
+        )
+
+    def _prepare(self, request: httpx.Request, plan: Plan) -> None:
+        left = self._begin_attempt(request.headers, plan)
         if left is not None:
-            if left <= 0:
-                raise expired(plan.what)
-            request.extensions = {**request.extensions, "timeout": _shrink(plan.timeouts, left)}
-        settings = self._settings
-        if settings.propagate:
-            settings.propagate_into(request.headers, left, request.method, str(request.url))
-        return left
+            request.extensions = {
+                **request.extensions, "timeout": _shrink(plan.timeouts or {}, left)
+            }
 
 
-class ResilientTransport(_Core, httpx.BaseTransport):
+class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
     """A transport for ``httpx.Client`` that retries safely, per-host breakers, deadlines.
 
     Args:
@@ -177,30 +144,14 @@ class ResilientTransport(_Core, httpx.BaseTransport):
         bulkhead: ``name -> policy`` building a host's bulkhead; no bulkhead when None.
     """
 
-    def __init__(
-        self,
-        inner: httpx.BaseTransport | None = None,
-        policy: Policy | None = None,
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        *,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
-    ) -> None:
-        if inner is not None and not isinstance(inner, httpx.BaseTransport):
-            raise ValueError(f"inner must be an httpx.BaseTransport, got {inner!r}")
-        super().__init__(
-            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
-            deadline_header, request_id_header,
-        )
-        self.inner = inner if inner is not None else httpx.HTTPTransport()
+    _inner_type = httpx.BaseTransport
+
+    def _default_inner(self) -> httpx.BaseTransport:
+        return httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response, raises the last error."""
-        plan = self._plan(request, isinstance(request.stream, httpx.ByteStream))
+        plan = self._plan_request(request)
         policy = plan.policy
         try:
             if policy is None:
@@ -212,18 +163,19 @@ class ResilientTransport(_Core, httpx.BaseTransport):
         except _StatusFailure as failure:
             return failure.response
 
-    def _attempt(self, request: httpx.Request, plan: _Plan) -> httpx.Response:
-        left = self._prepare(request, plan)
+    def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
+        self._prepare(request, plan)
         if plan.host is None:
-            return self._send(request, plan, left)
-        return plan.host.call(self._send, request, plan, left)
+            return self._send(request, plan)
+        return plan.host.call(self._send, request, plan)
 
-    def _send(self, request: httpx.Request, plan: _Plan, left: float | None) -> httpx.Response:
+    def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         try:
             response = self.inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            if left is not None and deadline_fired():
-                raise _deadline_error(exc, plan) from exc
+            error = deadline_error(exc, plan)
+            if error is not None:
+                raise error from exc
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
@@ -240,36 +192,22 @@ class ResilientTransport(_Core, httpx.BaseTransport):
         self.inner.close()
 
 
-class ResilientAsyncTransport(_Core, httpx.AsyncBaseTransport):
+class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
     """The ``httpx.AsyncClient`` twin of ``ResilientTransport``; same arguments and rules.
 
-    Backoff waits use ``stoic.clock.asleep``: they never block the event loop.
+    Backoff waits use ``stoic.clock.asleep``: they never block the event loop. The I/O
+    methods repeat the sync ones with ``await``: one shared body would cost a frame per
+    attempt on the hot path.
     """
 
-    def __init__(
-        self,
-        inner: httpx.AsyncBaseTransport | None = None,
-        policy: Policy | None = None,
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        *,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
-    ) -> None:
-        if inner is not None and not isinstance(inner, httpx.AsyncBaseTransport):
-            raise ValueError(f"inner must be an httpx.AsyncBaseTransport, got {inner!r}")
-        super().__init__(
-            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
-            deadline_header, request_id_header,
-        )
-        self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+    _inner_type = httpx.AsyncBaseTransport
+
+    def _default_inner(self) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response, raises the last error."""
-        plan = self._plan(request, isinstance(request.stream, httpx.ByteStream))
+        plan = self._plan_request(request)
         policy = plan.policy
         try:
             if policy is None:
@@ -281,20 +219,19 @@ class ResilientAsyncTransport(_Core, httpx.AsyncBaseTransport):
         except _StatusFailure as failure:
             return failure.response
 
-    async def _attempt(self, request: httpx.Request, plan: _Plan) -> httpx.Response:
-        left = self._prepare(request, plan)
+    async def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
+        self._prepare(request, plan)
         if plan.host is None:
-            return await self._send(request, plan, left)
-        return await plan.host.acall(self._send, request, plan, left)
+            return await self._send(request, plan)
+        return await plan.host.acall(self._send, request, plan)
 
-    async def _send(
-        self, request: httpx.Request, plan: _Plan, left: float | None
-    ) -> httpx.Response:
+    async def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         try:
             response = await self.inner.handle_async_request(request)
         except httpx.TimeoutException as exc:
-            if left is not None and deadline_fired():
-                raise _deadline_error(exc, plan) from exc
+            error = deadline_error(exc, plan)
+            if error is not None:
+                raise error from exc
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:

@@ -29,24 +29,17 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from ..context import remaining, using_idempotency_key
-from ..errors import DeadlineExceeded
+from ..context import using_idempotency_key
 from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     DEADLINE_HEADER,
-    IDEMPOTENCY_HEADER,
-    IDEMPOTENT_METHODS,
-    KEYED_METHODS,
     REQUEST_ID_HEADER,
     BreakerFactory,
     BulkheadFactory,
-    HostPolicies,
-    Settings,
-    deadline_fired,
-    expired,
-    host_name,
-    new_idempotency_key,
+    Core,
+    Plan,
+    deadline_error,
 )
 
 __all__ = ["ResilientAdapter"]
@@ -80,21 +73,7 @@ def _timeouts(value: Any, label: str) -> Timeouts:
     return _number(connect), _number(read)
 
 
-class _Plan:
-    __slots__ = ("host", "key", "policy", "timeouts", "what")
-
-    def __init__(
-        self, policy: Policy | None, host: Policy | None, key: str | None,
-        timeouts: Timeouts, what: str,
-    ) -> None:
-        self.policy = policy
-        self.host = host
-        self.key = key
-        self.timeouts = timeouts
-        self.what = what
-
-
-class ResilientAdapter(HTTPAdapter):
+class ResilientAdapter(Core, HTTPAdapter):
     """Mount on a ``requests.Session`` for stoic's retries, breakers and deadlines.
 
     Args:
@@ -126,20 +105,20 @@ class ResilientAdapter(HTTPAdapter):
         if default_timeout is None:
             raise ValueError("default_timeout must be seconds or a (connect, read) pair, got None")
         self.default_timeout = _timeouts(default_timeout, "default_timeout")
-        self._settings = Settings(
-            policy, idempotency_keys, propagate, deadline_header, request_id_header
+        Core.__init__(
+            self, policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
+            deadline_header, request_id_header,
         )
-        self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
-        self.policy = self._settings.policy
-        self.per_host = bool(per_host)
-        super().__init__(max_retries=0, **adapter_kwargs)
+        HTTPAdapter.__init__(self, max_retries=0, **adapter_kwargs)
 
     def host_policy(self, url: str) -> Policy | None:
         """The breaker (and bulkhead) this adapter applies to requests to ``url``'s host."""
-        if self._hosts is None:
-            return None
+        return self._host_policy(url)
+
+    @staticmethod
+    def _address(url: str) -> tuple[str, str, int | None]:
         parts = urlsplit(url)
-        return self._hosts.get(host_name(parts.scheme, parts.hostname or "", parts.port))
+        return parts.scheme, parts.hostname or "", parts.port
 
     def send(  # type: ignore[override]
         self,
@@ -151,7 +130,13 @@ class ResilientAdapter(HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """Send ``request`` with retries; returns the last response, raises the last error."""
-        plan = self._plan(request, timeout)
+        body = request.body
+        plan = self._plan(
+            (request.method or "GET").upper(), request.headers,
+            body is None or isinstance(body, (bytes, str)),  # a file or generator: sent once
+            request.url or "",
+            self.default_timeout if timeout is None else _timeouts(timeout, "timeout"),
+        )
         io = (stream, verify, cert, proxies)
         policy = plan.policy
         try:
@@ -166,50 +151,21 @@ class ResilientAdapter(HTTPAdapter):
             assert response is not None  # we always attach it
             return response
 
-    def _plan(self, request: requests.PreparedRequest, timeout: Any) -> _Plan:
-        settings = self._settings
-        method = (request.method or "GET").upper()
-        headers = request.headers
-        key = headers.get(IDEMPOTENCY_HEADER)
-        if key is None and settings.idempotency_keys and method in KEYED_METHODS:
-            key = new_idempotency_key()
-            headers[IDEMPOTENCY_HEADER] = key
-        body = request.body
-        policy: Policy | None
-        if not (body is None or isinstance(body, (bytes, str))):
-            policy = None  # a file or a generator: it cannot be sent twice
-        elif method in IDEMPOTENT_METHODS:
-            policy = settings.idempotent_policy
-        else:
-            policy = settings.policy
-        url = request.url or ""
-        host = None
-        if self._hosts is not None:
-            parts = urlsplit(url)
-            host = self._hosts.get(host_name(parts.scheme, parts.hostname or "", parts.port))
-        timeouts = self.default_timeout if timeout is None else _timeouts(timeout, "timeout")
-        return _Plan(policy, host, key, timeouts, f"{method} {url}")
-
     def _attempt(
-        self, request: requests.PreparedRequest, plan: _Plan, io: tuple[Any, ...]
+        self, request: requests.PreparedRequest, plan: Plan, io: tuple[Any, ...]
     ) -> requests.Response:
-        left = remaining()
+        left = self._begin_attempt(request.headers, plan)
         connect, read = plan.timeouts
         if left is not None:
-            if left <= 0:
-                raise expired(plan.what)
             connect = left if connect is None or connect > left else connect
             read = left if read is None or read > left else read
-        settings = self._settings
-        if settings.propagate:
-            settings.propagate_into(request.headers, left, request.method or "", request.url or "")
         if plan.host is None:
-            return self._send(request, plan, (connect, read), left, io)
-        return plan.host.call(self._send, request, plan, (connect, read), left, io)
+            return self._send(request, plan, (connect, read), io)
+        return plan.host.call(self._send, request, plan, (connect, read), io)
 
     def _send(
-        self, request: requests.PreparedRequest, plan: _Plan, timeouts: Timeouts,
-        left: float | None, io: tuple[Any, ...],
+        self, request: requests.PreparedRequest, plan: Plan, timeouts: Timeouts,
+        io: tuple[Any, ...],
     ) -> requests.Response:
         stream, verify, cert, proxies = io
         try:
@@ -218,10 +174,9 @@ class ResilientAdapter(HTTPAdapter):
                 verify=verify, cert=cert, proxies=proxies,
             )
         except requests.Timeout as exc:
-            if left is not None and deadline_fired():
-                raise DeadlineExceeded(
-                    f"deadline ran out during {plan.what} ({type(exc).__name__})"
-                ) from exc
+            error = deadline_error(exc, plan)
+            if error is not None:
+                raise error from exc
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
