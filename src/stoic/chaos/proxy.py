@@ -283,46 +283,43 @@ class _Connection:
     # the Link protocol, used by toxics
     def close(self) -> None:
         """Flush what is written, then close both sides (a toxic ended the connection)."""
-        if self.closed:
-            return
-        self.closed = True
-        for pipe in self.pipes:
-            pipe.cancel()
-        for side in (self.client, self.upstream):
-            if side is not None and side.transport is not None:
-                side.transport.close()
-        self.proxy.connections.discard(self)
+        self._end(abort=False)
 
     def reset(self) -> None:
         """Abort both sides with SO_LINGER 0, so the peers get ECONNRESET."""
         if self.closed:
             return
-        for side in (self.client, self.upstream):
-            if side is not None and side.transport is not None:
-                sock = side.transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-        self.closed = True
-        for pipe in self.pipes:
-            pipe.cancel()
-        for side in (self.client, self.upstream):
-            if side is not None and side.transport is not None:
-                side.transport.abort()
-        self.proxy.connections.discard(self)
+        for transport in self._transports():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._end(abort=True)
 
     def abort(self) -> None:
         """Drop the connection at once (the proxy was disabled or deleted)."""
+        self._end(abort=True)
+
+    def _transports(self) -> list[asyncio.Transport]:
+        return [
+            side.transport for side in (self.client, self.upstream)
+            if side is not None and side.transport is not None
+        ]
+
+    def _end(self, abort: bool) -> None:
         if self.closed:
             return
         self.closed = True
         for pipe in self.pipes:
             pipe.cancel()
-        for side in (self.client, self.upstream):
-            if side is not None and side.transport is not None:
-                side.transport.abort()
+        for transport in self._transports():
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+        for waiter in self.write_waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
         self.proxy.connections.discard(self)
 
     # events from the sides
@@ -364,19 +361,8 @@ class _Connection:
             pipe.sync(toxics)
 
     def side_lost(self, side: _Side) -> None:
-        if self.closed:
-            return
-        other = self.upstream if side is self.client else self.client
-        # let the other side flush what it was sent, then end it
-        if other is not None and other.transport is not None:
-            other.transport.close()
-        self.closed = True
-        for pipe in self.pipes:
-            pipe.cancel()
-        for waiter in self.write_waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
-        self.proxy.connections.discard(self)
+        # the other side flushes what it was sent, then ends; closing the lost one is a no-op
+        self._end(abort=False)
 
     def pipe_ended(self) -> None:
         if self.pipes and all(p.ended for p in self.pipes):
