@@ -25,13 +25,14 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import urllib.request
 from pathlib import Path
+
+from stoic.chaos import Supervisor
 
 UPSTREAM = textwrap.dedent("""\
     import socket, sys, threading
@@ -62,9 +63,8 @@ UPSTREAM = textwrap.dedent("""\
 
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", 0))
+    server.bind(("127.0.0.1", int(sys.argv[1])))
     server.listen(64)
-    print(server.getsockname()[1], flush=True)
     while True:
         conn, _ = server.accept()
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
@@ -75,17 +75,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(port: int, timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 class Client:
@@ -150,35 +139,32 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def start_stoic_proxy(upstream: int, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_stoic_proxy(supervisor: Supervisor, upstream: int, work: Path) -> int:
     api, listen = free_port(), free_port()
     config = work / "proxies.json"
     config.write_text(json.dumps([{"name": "bench", "listen": f"127.0.0.1:{listen}",
                                    "upstream": f"127.0.0.1:{upstream}"}]))
-    process = subprocess.Popen(
+    # the config's proxies listen before the API answers, so the API port is the one to wait on
+    supervisor.start(
+        "stoic proxy",
         [sys.executable, "-c", "from stoic.cli import main; main()", "proxy",
          "--port", str(api), "--config", str(config)],
-        stderr=subprocess.DEVNULL,
+        ready_port=api, ready_timeout=15.0,
     )
-    wait_for(api)
-    wait_for(listen)
-    return process, listen
+    return listen
 
 
-def start_toxiproxy(upstream: int) -> tuple[subprocess.Popen[bytes], int] | None:
+def start_toxiproxy(supervisor: Supervisor, upstream: int) -> int | None:
     binary = shutil.which("toxiproxy-server")
     if binary is None:
         return None
     api, listen = free_port(), free_port()
-    process = subprocess.Popen([binary, "-port", str(api)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    wait_for(api)
+    supervisor.start("toxiproxy", [binary, "-port", str(api)], ready_port=api, ready_timeout=15.0)
     body = json.dumps({"name": "bench", "listen": f"127.0.0.1:{listen}",
                        "upstream": f"127.0.0.1:{upstream}"}).encode()
-    urllib.request.urlopen(urllib.request.Request(
+    urllib.request.urlopen(urllib.request.Request(  # 201 once the proxy listens
         f"http://127.0.0.1:{api}/proxies", data=body, method="POST"))
-    wait_for(listen)
-    return process, listen
+    return listen
 
 
 def fault_point_overhead() -> None:
@@ -218,24 +204,16 @@ def main() -> None:
     requests = 500 if args.quick else args.requests
     megabytes = 20 if args.quick else args.megabytes
 
-    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM], stdout=subprocess.PIPE)
-    assert upstream.stdout is not None
-    upstream_port = int(upstream.stdout.readline())
-    processes = [upstream]
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            stoic_process, stoic_port = start_stoic_proxy(upstream_port, Path(tmp))
-            processes.append(stoic_process)
-            targets = {"direct": upstream_port, "stoic proxy": stoic_port}
-            toxiproxy = start_toxiproxy(upstream_port)
-            if toxiproxy is not None:
-                processes.append(toxiproxy[0])
-                targets["toxiproxy"] = toxiproxy[1]
-            report(targets, requests, megabytes)
-        finally:
-            for process in processes:
-                process.terminate()
-                process.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as tmp, Supervisor(grace=10.0) as supervisor:
+        upstream = free_port()
+        supervisor.start("upstream", [sys.executable, "-c", UPSTREAM, str(upstream)],
+                         ready_port=upstream, ready_timeout=15.0)
+        targets = {"direct": upstream,
+                   "stoic proxy": start_stoic_proxy(supervisor, upstream, Path(tmp))}
+        toxiproxy = start_toxiproxy(supervisor, upstream)
+        if toxiproxy is not None:
+            targets["toxiproxy"] = toxiproxy
+        report(targets, requests, megabytes)
 
 
 def report(targets: dict[str, int], requests: int, megabytes: int) -> None:

@@ -14,27 +14,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from stoic.chaos import Supervisor
 
 HERE = Path(__file__).resolve().parent
-
-
-def wait_for(port: int, timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 def main() -> int:
@@ -61,12 +48,14 @@ def main() -> int:
             "upstream": f"127.0.0.1:{args.shop_port}",
         }]))
         with Supervisor(state_dir=work / "state", log_dir=work / "logs", grace=2.0) as sup:
+            # ready_port: start returns once the port accepts connections, or raises with the
+            # process's log tail if it exits first
             sup.start("shop", [sys.executable, str(HERE / "shop.py"), str(args.shop_port)],
-                      env={"STOIC_CHAOS": str(plan)})
+                      env={"STOIC_CHAOS": str(plan)}, ready_port=args.shop_port,
+                      ready_timeout=15.0)
             sup.start("proxy", [sys.executable, "-c", "from stoic.cli import main; main()",
-                                "proxy", "--port", str(args.api_port), "--config", str(proxies)])
-            wait_for(args.shop_port)
-            wait_for(args.api_port)
+                                "proxy", "--port", str(args.api_port), "--config", str(proxies)],
+                      ready_port=args.api_port, ready_timeout=15.0)
             env = {
                 **os.environ,
                 "STOIC_PROXY_URL": f"http://127.0.0.1:{args.api_port}",
