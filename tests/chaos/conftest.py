@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import socketserver
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from stoic.chaos import ProxyClient, ProxyServer, faults
+from stoic.chaos import ProxyClient, ProxyHandle, ProxyServer, faults
 
 Handler = Callable[[socket.socket], None]
 
@@ -55,7 +56,7 @@ def echo_port() -> Iterator[int]:
     yield from _serve(_echo)
 
 
-PAYLOAD = bytes(range(256)) * 4000  # 1,024,000 bytes; test_toxics.py has the same
+PAYLOAD = bytes(range(256)) * 4000  # 1,024,000 bytes
 
 
 def _blast(sock: socket.socket) -> None:
@@ -84,6 +85,18 @@ def proxy_server() -> Iterator[ProxyServer]:
         yield server
 
 
+@pytest.fixture
+def echo_proxy(proxy_server: ProxyServer, echo_port: int) -> ProxyHandle:
+    """A proxy named "echo" in front of the echo server."""
+    return proxy_server.create("echo", f"127.0.0.1:{echo_port}")
+
+
+@pytest.fixture
+def blast_proxy(proxy_server: ProxyServer, blast_port: int) -> ProxyHandle:
+    """A proxy named "blast" in front of the blast server."""
+    return proxy_server.create("blast", f"127.0.0.1:{blast_port}")
+
+
 @pytest.fixture(autouse=True)
 def _faults_off() -> Iterator[None]:
     """In-process fault injection never leaks from one test into the next."""
@@ -92,11 +105,12 @@ def _faults_off() -> Iterator[None]:
     faults._state.env_checked = False
 
 
-@pytest.fixture(scope="module")
-def stoic_proxy() -> Iterator[ProxyClient]:
+@contextlib.contextmanager
+def running_stoic_proxy(*options: str) -> Iterator[ProxyClient]:
     """The ``stoic proxy`` command in its own process (API on a free port), and a client."""
     process = subprocess.Popen(
-        [sys.executable, "-c", "from stoic.cli import main; main()", "proxy", "--port", "0"],
+        [sys.executable, "-c", "from stoic.cli import main; main()", "proxy", "--port", "0",
+         *options],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -108,3 +122,10 @@ def stoic_proxy() -> Iterator[ProxyClient]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stoic_proxy() -> Iterator[ProxyClient]:
+    """The ``stoic proxy`` command in its own process (API on a free port), and a client."""
+    with running_stoic_proxy() as client:
+        yield client

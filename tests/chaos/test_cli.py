@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
-from stoic.chaos import ProxyClient
 from stoic.cli import build_app
+
+from .conftest import running_stoic_proxy
 
 
 def test_stoic_proxy_serves_the_api_and_creates_the_configured_proxies(
@@ -20,24 +18,11 @@ def test_stoic_proxy_serves_the_api_and_creates_the_configured_proxies(
 ) -> None:
     config = tmp_path / "proxies.yaml"
     config.write_text(f"- name: echo\n  upstream: 127.0.0.1:{echo_port}\n  listen: 127.0.0.1:0\n")
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from stoic.cli import main; main()", "proxy", "--port", "0",
-         "--config", str(config)],
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        match = re.search(r"API listening on 127\.0\.0\.1:(\d+)", line)
-        assert match, line
-        client = ProxyClient(f"http://127.0.0.1:{match[1]}")
+    with running_stoic_proxy("--config", str(config)) as client:
         echo = client.proxy("echo")
         with socket.create_connection(("127.0.0.1", echo.port), timeout=5) as sock:
             sock.sendall(b"hi")
             assert sock.recv(10) == b"hi"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_a_malformed_config_exits_2_with_the_reason(tmp_path: Path) -> None:
