@@ -14,15 +14,15 @@ from .. import clock
 from .store import (
     BaseStore,
     Claim,
-    ClaimStatus,
     Record,
     RecordState,
+    check_claim,
     check_key,
     check_seconds,
-    decide,
-    is_live,
+    claimed,
+    live_answer,
     new_token,
-    why_dead,
+    unexpired,
 )
 
 __all__ = ["MemoryStore"]
@@ -39,20 +39,19 @@ class MemoryStore(BaseStore):
         return f"MemoryStore(records={len(self._records)})"
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        check_key(key)
-        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        lease, ttl = check_claim(key, lease, ttl)
         now = clock.wall()
         with self._lock:
             old = self._records.get(key)
-            if old is not None and is_live(old, now):
-                return decide(old, fingerprint, now)
+            answer = live_answer(old, fingerprint, now)
+            if answer is not None:
+                return answer
             token = new_token()
             self._records[key] = Record(
                 key=key, fingerprint=fingerprint, state=RecordState.IN_FLIGHT, token=token,
                 lease_until=now + lease, expires_at=now + max(ttl, lease),
             )
-        replaced = None if old is None else why_dead(old, now)
-        return Claim(ClaimStatus.CLAIMED, key, token=token, replaced=replaced)
+        return claimed(key, token, old, now)
 
     def _owned(self, key: str, token: str, now: float) -> Record | None:
         record = self._records.get(key)
@@ -98,10 +97,7 @@ class MemoryStore(BaseStore):
 
     def get(self, key: str) -> Record | None:
         check_key(key)
-        record = self._records.get(key)
-        if record is None or record.expires_at <= clock.wall():
-            return None
-        return record
+        return unexpired(self._records.get(key), clock.wall())
 
     def delete(self, key: str) -> bool:
         with self._lock:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 import zlib
 from typing import Any
@@ -28,28 +27,27 @@ from .. import clock
 from .store import (
     BaseStore,
     Claim,
-    ClaimStatus,
     Record,
     RecordState,
+    check_claim,
     check_key,
     check_seconds,
-    decide,
-    is_live,
+    check_table,
+    claimed,
+    live_answer,
     new_token,
     report_corrupted,
-    why_dead,
 )
 
 __all__ = ["PostgresStore", "create_table_sql"]
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _IN_FLIGHT, _COMPLETED = 0, 1
 _STATES = {_IN_FLIGHT: RecordState.IN_FLIGHT, _COMPLETED: RecordState.COMPLETED}
 
 
 def create_table_sql(table: str) -> str:
     """The DDL for the records table (what ``stoic idempotency migrate`` runs)."""
-    _check_table(table)
+    check_table(table)
     return (
         f"CREATE TABLE IF NOT EXISTS {table} ("
         " key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state SMALLINT NOT NULL,"
@@ -57,14 +55,6 @@ def create_table_sql(table: str) -> str:
         " expires_at DOUBLE PRECISION NOT NULL, response TEXT);"
         f" CREATE INDEX IF NOT EXISTS {table}_expires ON {table} (expires_at)"
     )
-
-
-def _check_table(table: str) -> str:
-    if not _IDENT.match(table):
-        raise ValueError(
-            f"table must be an SQL identifier (letters, digits, _; at most 63), got {table!r}"
-        )
-    return table
 
 
 class PostgresStore(BaseStore):
@@ -86,7 +76,7 @@ class PostgresStore(BaseStore):
         max_size: int = 10,
         create_table: bool = True,
     ) -> None:
-        _check_table(table)
+        check_table(table)
         if min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {min_size!r}")
         if max_size < max(1, min_size):
@@ -143,6 +133,8 @@ class PostgresStore(BaseStore):
             f"SELECT fingerprint, state, token, lease_until, expires_at, response FROM {t}"
             f" WHERE key = %s AND expires_at > %s"
         )
+        self._sql_delete = f"DELETE FROM {t} WHERE key = %s"
+        self._sql_purge = f"DELETE FROM {t} WHERE expires_at <= %s"
         self._lock_id = zlib.crc32(f"stoic:{t}".encode())
 
     def __repr__(self) -> str:
@@ -222,8 +214,7 @@ class PostgresStore(BaseStore):
     def _claim_params(
         self, key: str, fingerprint: str, lease: float, ttl: float
     ) -> tuple[dict[str, Any], str, float]:
-        check_key(key)
-        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        lease, ttl = check_claim(key, lease, ttl)
         token = new_token()
         now = clock.wall()
         params = {"key": key, "fp": fingerprint, "token": token, "lease": now + lease,
@@ -231,39 +222,37 @@ class PostgresStore(BaseStore):
         return params, token, now
 
     @staticmethod
-    def _record(key: str, row: Any) -> Record:
+    def _record(key: str, row: Any) -> Record | None:
+        """The record in a row (fingerprint, state, ...); None when its state is unknown."""
         fingerprint, state, token, lease_until, expires_at, response = row
+        known = _STATES.get(state)
+        if known is None:
+            return None
         return Record(
-            key=key, fingerprint=fingerprint, state=_STATES.get(state),  # type: ignore[arg-type]
-            token=token, lease_until=float(lease_until), expires_at=float(expires_at),
-            response=response,
+            key=key, fingerprint=fingerprint, state=known, token=token,
+            lease_until=float(lease_until), expires_at=float(expires_at), response=response,
         )
 
-    def _live(self, key: str, row: Any) -> Record | None:
+    def _read(self, key: str, row: Any) -> Record | None:
+        """The record a ``SELECT`` found, or None: no row, or one that is reported unreadable."""
         if row is None:
             return None
         record = self._record(key, row)
-        if record.state is None:
+        if record is None:
             report_corrupted("PostgresStore", key, f"state={row[1]!r}")
-            return None
         return record
 
     def _claim_answer(
         self, key: str, fingerprint: str, token: str, now: float, row: Any
     ) -> Claim | None:
         """The claim's result from the statement's one row, or None to try again."""
-        claimed, seen = row[0], row[1:]
+        won, seen = row[0], row[1:]
         old = None if seen[0] is None else self._record(key, seen)
-        if claimed:
-            replaced = None
-            if old is not None:
-                replaced = "corrupted" if old.state is None else why_dead(old, now)
-            return Claim(ClaimStatus.CLAIMED, key, token=token, replaced=replaced)
-        if old is None or not is_live(old, now):
-            # A concurrent claim committed after our snapshot, or the row we saw has since
-            # expired or been released: read again.
-            return None
-        return decide(old, fingerprint, now)
+        if won:
+            return claimed(key, token, old, now, corrupted=seen[0] is not None and old is None)
+        # None: a concurrent claim committed after our snapshot, or the row we saw has since
+        # expired or been released; the caller reads again.
+        return live_answer(old, fingerprint, now)
 
     # -- sync ------------------------------------------------------------------------------
 
@@ -275,9 +264,10 @@ class PostgresStore(BaseStore):
                 # Read first: a replay or an in-flight answer is a plain SELECT. The upsert
                 # would lock the existing row, and a row lock is a write PostgreSQL must
                 # commit to its WAL, which would make every replay cost a disk flush.
-                seen = self._live(key, conn.execute(self._sql_get, (key, now)).fetchone())
-                if seen is not None and is_live(seen, now):
-                    return decide(seen, fingerprint, now)
+                seen = self._read(key, conn.execute(self._sql_get, (key, now)).fetchone())
+                answer = live_answer(seen, fingerprint, now)
+                if answer is not None:
+                    return answer
                 row = conn.execute(self._sql_claim, params).fetchone()
                 answer = self._claim_answer(key, fingerprint, token, now, row)
                 if answer is not None:
@@ -306,17 +296,15 @@ class PostgresStore(BaseStore):
         check_key(key)
         with self._sync_pool().connection() as conn:
             row = conn.execute(self._sql_get, (key, clock.wall())).fetchone()
-        return self._live(key, row)
+        return self._read(key, row)
 
     def delete(self, key: str) -> bool:
         with self._sync_pool().connection() as conn:
-            cur = conn.execute(f"DELETE FROM {self.table} WHERE key = %s", (key,))
-            return bool(cur.rowcount == 1)
+            return bool(conn.execute(self._sql_delete, (key,)).rowcount == 1)
 
     def purge_expired(self) -> int:
         with self._sync_pool().connection() as conn:
-            cur = conn.execute(f"DELETE FROM {self.table} WHERE expires_at <= %s", (clock.wall(),))
-            return int(cur.rowcount)
+            return int(conn.execute(self._sql_purge, (clock.wall(),)).rowcount)
 
     # -- async -----------------------------------------------------------------------------
 
@@ -326,9 +314,9 @@ class PostgresStore(BaseStore):
             for _ in range(100):
                 params, token, now = self._claim_params(key, fingerprint, lease, ttl)
                 cur = await conn.execute(self._sql_get, (key, now))
-                seen = self._live(key, await cur.fetchone())
-                if seen is not None and is_live(seen, now):
-                    return decide(seen, fingerprint, now)
+                answer = live_answer(self._read(key, await cur.fetchone()), fingerprint, now)
+                if answer is not None:
+                    return answer
                 cur = await conn.execute(self._sql_claim, params)
                 row = await cur.fetchone()
                 answer = self._claim_answer(key, fingerprint, token, now, row)
@@ -366,18 +354,16 @@ class PostgresStore(BaseStore):
         async with pool.connection() as conn:
             cur = await conn.execute(self._sql_get, (key, clock.wall()))
             row = await cur.fetchone()
-        return self._live(key, row)
+        return self._read(key, row)
 
     async def adelete(self, key: str) -> bool:
         pool = await self._async_pool()
         async with pool.connection() as conn:
-            cur = await conn.execute(f"DELETE FROM {self.table} WHERE key = %s", (key,))
+            cur = await conn.execute(self._sql_delete, (key,))
             return bool(cur.rowcount == 1)
 
     async def apurge_expired(self) -> int:
         pool = await self._async_pool()
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                f"DELETE FROM {self.table} WHERE expires_at <= %s", (clock.wall(),)
-            )
+            cur = await conn.execute(self._sql_purge, (clock.wall(),))
             return int(cur.rowcount)

@@ -36,12 +36,14 @@ from .store import (
     ClaimStatus,
     Record,
     RecordState,
+    check_claim,
     check_key,
     check_seconds,
     decide,
-    is_live,
+    live_answer,
     new_token,
     report_corrupted,
+    unexpired,
 )
 
 __all__ = ["RedisStore"]
@@ -151,8 +153,7 @@ class _Plan:
 
     def __init__(self, prefix: str, key: str, fingerprint: str, lease: float,
                  ttl: float) -> None:
-        check_key(key)
-        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        lease, ttl = check_claim(key, lease, ttl)
         self.key, self.name, self.fingerprint = key, prefix + key, fingerprint
         self.token = new_token()
         self.now = _ms(clock.wall())
@@ -173,11 +174,7 @@ class _Plan:
         """The answer from ``SET NX GET``'s reply, or None when the script must decide."""
         if raw is None:
             return self.claimed()
-        record = _parse(self.key, raw)
-        now = self.now / 1000
-        if record is None or not is_live(record, now):
-            return None
-        return decide(record, self.fingerprint, now)
+        return live_answer(_parse(self.key, raw), self.fingerprint, self.now / 1000)
 
     def from_script(self, reply: list[Any]) -> Claim:
         if _text(reply[0]) == "claimed":
@@ -189,16 +186,6 @@ class _Plan:
         if record is None:  # pragma: no cover - the script only returns readable records
             raise RuntimeError(f"unreadable record for {self.key!r}")
         return decide(record, self.fingerprint, self.now / 1000)
-
-
-def _fast_path_error(exc: Exception) -> str:
-    """Classify a ``SET NX GET`` failure: a key of another type, or an old server."""
-    text = str(exc)
-    if "WRONGTYPE" in text:
-        return "wrongtype"
-    if "syntax" in text.lower():
-        return "unsupported"
-    return ""
 
 
 class RedisStore(BaseStore):
@@ -219,10 +206,12 @@ class RedisStore(BaseStore):
         client: Any = None,
         aclient: Any = None,
     ) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
         if client is None and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"url must start with redis://, rediss:// or unix://, got {url!r}")
         try:
-            import redis  # noqa: F401
+            import redis
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "RedisStore needs the redis extra: pip install 'stoic[redis]'"
@@ -237,6 +226,7 @@ class RedisStore(BaseStore):
         self._scripts: dict[str, Any] = {}
         self._ascripts: dict[str, Any] = {}
         self._set_get = True  # False after a server refused SET NX GET (Redis < 7.0)
+        self._response_error: type[Exception] = redis.ResponseError
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -295,35 +285,53 @@ class RedisStore(BaseStore):
             self._ascripts = {}
         self.close()
 
-    def _complete_args(self, token: str, response: str | None, ttl: float) -> list[Any]:
+    # The scripts' arguments, worked out once for the sync and the async method.
+    @staticmethod
+    def _complete_args(token: str, response: str | None, ttl: float) -> list[Any]:
         ttl = check_seconds("ttl", ttl)
         return [token, response if response is not None else "",
                 "1" if response is not None else "0", _ms(clock.wall()), _ms(ttl)]
 
+    @staticmethod
+    def _release_args(token: str) -> list[Any]:
+        return [token, _ms(clock.wall())]
+
+    @staticmethod
+    def _extend_args(token: str, lease: float) -> list[Any]:
+        return [token, _ms(clock.wall()), _ms(check_seconds("lease", lease))]
+
+    def _fast_path_refused(self, exc: Exception) -> bool:
+        """Whether ``SET NX GET`` failed for a reason the claim script handles: the key
+        holds another type (corrupted), or the server is older than 7.0 (then stop trying)."""
+        text = str(exc)
+        if "WRONGTYPE" in text:
+            return True
+        if "syntax" in text.lower():
+            self._set_get = False
+            return True
+        return False
+
     def _get_result(self, key: str, raw: Any) -> Record | None:
-        if raw is None:
-            return None
-        record = _parse(key, raw)
-        if record is None or record.expires_at <= clock.wall():
-            return None
-        return record
+        return None if raw is None else unexpired(_parse(key, raw), clock.wall())
+
+    def _get_refused(self, key: str, exc: Exception) -> bool:
+        """Whether a GET failed because the key holds another type (reported: corrupted)."""
+        if "WRONGTYPE" not in str(exc):
+            return False
+        report_corrupted("RedisStore", key, exc)
+        return True
 
     # -- sync ------------------------------------------------------------------------------
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         plan = _Plan(self.prefix, key, fingerprint, lease, ttl)
         if self._set_get:
-            import redis
-
             try:
                 raw = self._sync_client().set(plan.name, plan.record, nx=True, get=True,
                                               px=plan.ttl)
-            except redis.ResponseError as exc:
-                problem = _fast_path_error(exc)
-                if not problem:
+            except self._response_error as exc:
+                if not self._fast_path_refused(exc):
                     raise
-                if problem == "unsupported":
-                    self._set_get = False
             else:
                 answer = plan.from_fast(raw)
                 if answer is not None:
@@ -335,24 +343,20 @@ class RedisStore(BaseStore):
         return bool(self._sync("complete")(keys=[self.prefix + key], args=args))
 
     def release(self, key: str, token: str) -> bool:
-        args = [token, _ms(clock.wall())]
+        args = self._release_args(token)
         return bool(self._sync("release")(keys=[self.prefix + key], args=args))
 
     def extend(self, key: str, token: str, lease: float) -> bool:
-        lease = check_seconds("lease", lease)
-        args = [token, _ms(clock.wall()), _ms(lease)]
+        args = self._extend_args(token, lease)
         return bool(self._sync("extend")(keys=[self.prefix + key], args=args))
 
     def get(self, key: str) -> Record | None:
         check_key(key)
-        import redis
-
         try:
             raw = self._sync_client().get(self.prefix + key)
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" not in str(exc):
+        except self._response_error as exc:
+            if not self._get_refused(key, exc):
                 raise
-            report_corrupted("RedisStore", key, exc)
             return None
         return self._get_result(key, raw)
 
@@ -367,17 +371,12 @@ class RedisStore(BaseStore):
     async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         plan = _Plan(self.prefix, key, fingerprint, lease, ttl)
         if self._set_get:
-            import redis
-
             try:
                 raw = await self._async_client().set(plan.name, plan.record, nx=True,
                                                      get=True, px=plan.ttl)
-            except redis.ResponseError as exc:
-                problem = _fast_path_error(exc)
-                if not problem:
+            except self._response_error as exc:
+                if not self._fast_path_refused(exc):
                     raise
-                if problem == "unsupported":
-                    self._set_get = False
             else:
                 answer = plan.from_fast(raw)
                 if answer is not None:
@@ -390,24 +389,20 @@ class RedisStore(BaseStore):
         return bool(await self._async("complete")(keys=[self.prefix + key], args=args))
 
     async def arelease(self, key: str, token: str) -> bool:
-        args = [token, _ms(clock.wall())]
+        args = self._release_args(token)
         return bool(await self._async("release")(keys=[self.prefix + key], args=args))
 
     async def aextend(self, key: str, token: str, lease: float) -> bool:
-        lease = check_seconds("lease", lease)
-        args = [token, _ms(clock.wall()), _ms(lease)]
+        args = self._extend_args(token, lease)
         return bool(await self._async("extend")(keys=[self.prefix + key], args=args))
 
     async def aget(self, key: str) -> Record | None:
         check_key(key)
-        import redis
-
         try:
             raw = await self._async_client().get(self.prefix + key)
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" not in str(exc):
+        except self._response_error as exc:
+            if not self._get_refused(key, exc):
                 raise
-            report_corrupted("RedisStore", key, exc)
             return None
         return self._get_result(key, raw)
 

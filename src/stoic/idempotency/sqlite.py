@@ -27,16 +27,17 @@ from .. import clock
 from .store import (
     BaseStore,
     Claim,
-    ClaimStatus,
     Record,
     RecordState,
+    check_claim,
     check_key,
     check_seconds,
-    decide,
-    is_live,
+    check_table,
+    claimed,
+    live_answer,
     new_token,
     report_corrupted,
-    why_dead,
+    unexpired,
 )
 
 __all__ = ["SQLiteStore"]
@@ -67,14 +68,13 @@ class SQLiteStore(BaseStore):
         path = os.fspath(path)
         if not path or path == ":memory:":
             raise ValueError(f"path must be a file path, got {path!r}")
-        if not table.replace("_", "").isalnum() or not table[0].isalpha():
-            raise ValueError(f"table must be letters, digits and underscores, got {table!r}")
-        check_seconds("busy_timeout", busy_timeout)
-        if synchronous.upper() not in _SYNCHRONOUS:
+        check_table(table)
+        busy_timeout = check_seconds("busy_timeout", busy_timeout)
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
         self.path = path
         self.table = table
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = busy_timeout
         self.synchronous = synchronous.upper()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -111,6 +111,10 @@ class SQLiteStore(BaseStore):
         self._sql_extend = (
             f"UPDATE {t} SET lease_until = ?3, expires_at = max(expires_at, ?3)"
             f" WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT} AND expires_at > ?4"
+        )
+        self._sql_delete = f"DELETE FROM {t} WHERE key = ?"
+        self._sql_purge = (
+            f"DELETE FROM {t} WHERE expires_at <= ? OR typeof(expires_at) NOT IN ('real', 'integer')"
         )
 
     def __repr__(self) -> str:
@@ -210,25 +214,21 @@ class SQLiteStore(BaseStore):
         return record, False
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        check_key(key)
-        lease, ttl = check_seconds("lease", lease), check_seconds("ttl", ttl)
+        lease, ttl = check_claim(key, lease, ttl)
         conn = self._conn()
         for _ in range(100):  # bounded: each turn loses to a writer that changed the row
             now = clock.wall()
             old, corrupted = self._read(conn, key)
-            if old is not None and is_live(old, now):
-                return decide(old, fingerprint, now)
+            answer = live_answer(old, fingerprint, now)
+            if answer is not None:
+                return answer
             token = new_token()
             row = conn.execute(
                 self._sql_claim,
                 (key, fingerprint, token, now + lease, now + max(ttl, lease), now),
             ).fetchone()
             if row is not None and row[0] == token:
-                if corrupted:
-                    replaced: str | None = "corrupted"
-                else:
-                    replaced = None if old is None else why_dead(old, now)
-                return Claim(ClaimStatus.CLAIMED, key, token=token, replaced=replaced)
+                return claimed(key, token, old, now, corrupted=corrupted)
         raise RuntimeError(f"could not claim {key!r}: the record kept changing")
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
@@ -250,18 +250,10 @@ class SQLiteStore(BaseStore):
     def get(self, key: str) -> Record | None:
         check_key(key)
         record, _ = self._read(self._conn(), key)
-        if record is None or record.expires_at <= clock.wall():
-            return None
-        return record
+        return unexpired(record, clock.wall())
 
     def delete(self, key: str) -> bool:
-        cur = self._conn().execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
-        return cur.rowcount == 1
+        return self._conn().execute(self._sql_delete, (key,)).rowcount == 1
 
     def purge_expired(self) -> int:
-        cur = self._conn().execute(
-            f"DELETE FROM {self.table} WHERE expires_at <= ?"
-            f" OR typeof(expires_at) NOT IN ('real', 'integer')",
-            (clock.wall(),),
-        )
-        return cur.rowcount
+        return self._conn().execute(self._sql_purge, (clock.wall(),)).rowcount

@@ -57,33 +57,46 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "SEPARATOR",
     "BaseStore",
     "Claim",
     "ClaimStatus",
     "Record",
     "RecordState",
     "Store",
+    "check_claim",
     "check_key",
     "check_seconds",
+    "check_store",
+    "check_table",
+    "claimed",
     "decide",
-    "is_live",
+    "live_answer",
     "new_token",
     "report_corrupted",
-    "why_dead",
+    "store_key",
+    "unexpired",
 ]
 
 _log = logging.getLogger("stoic.idempotency")
 
 MAX_KEY_LENGTH = 255
 """Longest key a store accepts. The IETF draft leaves it open; 255 fits every index."""
+
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+SEPARATOR = "\x1f"
+"""Joins namespace, scope and client key (ASCII unit separator: not in a name or a header)."""
 
 
 class RecordState(str, enum.Enum):
@@ -190,6 +203,39 @@ def check_seconds(name: str, value: float) -> float:
     return float(value)
 
 
+def check_claim(key: str, lease: float, ttl: float) -> tuple[float, float]:
+    """Check a claim's arguments (every store's first step); returns ``(lease, ttl)``."""
+    check_key(key)
+    return check_seconds("lease", lease), check_seconds("ttl", ttl)
+
+
+def check_store(store: object, methods: tuple[str, ...]) -> None:
+    """Refuse, at construction, a store that lacks a method its user will call."""
+    missing = [name for name in methods if not callable(getattr(store, name, None))]
+    if missing:
+        raise TypeError(f"store must implement stoic.idempotency.Store (no {', '.join(missing)}),"
+                        f" got {store!r}")
+
+
+def check_table(table: str) -> str:
+    """A table name safe to put in SQL: ASCII letters, digits and ``_``, not starting with a
+    digit, at most 63 characters (PostgreSQL's limit)."""
+    if not (isinstance(table, str) and _TABLE.fullmatch(table)):
+        raise ValueError(f"table must be an SQL name (ASCII letters, digits and _, not starting"
+                         f" with a digit, at most 63), got {table!r}")
+    return table
+
+
+def store_key(namespace: str, scope: str, key: str) -> str:
+    """The stored key for a client's key: namespace, scope and key joined by ``SEPARATOR``,
+    or the SHA-256 of that when it is longer than ``MAX_KEY_LENGTH`` (so any client key that
+    fits also fits behind a long namespace or scope)."""
+    joined = SEPARATOR.join((namespace, scope, key))
+    if len(joined) <= MAX_KEY_LENGTH:
+        return joined
+    return "sha256:" + hashlib.sha256(joined.encode("utf-8")).hexdigest()
+
+
 def new_token() -> str:
     """An unguessable owner token: 128 random bits."""
     return secrets.token_hex(16)
@@ -207,15 +253,32 @@ def decide(record: Record, fingerprint: str, now: float) -> Claim:
     )
 
 
-def is_live(record: Record, now: float) -> bool:
-    """A record counts unless it expired or is an in-flight record with a lapsed lease."""
-    if record.expires_at <= now:
-        return False
-    return record.state is RecordState.COMPLETED or record.lease_until > now
+def live_answer(record: Record | None, fingerprint: str, now: float) -> Claim | None:
+    """What a claim answers when ``record`` is live; None when the key is free to claim.
+
+    A record is dead once it expired, or while in flight once its lease ran out."""
+    if record is None or record.expires_at <= now or (
+        record.state is RecordState.IN_FLIGHT and record.lease_until <= now
+    ):
+        return None
+    return decide(record, fingerprint, now)
 
 
-def why_dead(record: Record, now: float) -> str:
-    return "expired" if record.expires_at <= now else "lease_expired"
+def claimed(key: str, token: str, old: Record | None, now: float, *,
+            corrupted: bool = False) -> Claim:
+    """A won claim, saying why it replaced the dead record ``old``, if there was one."""
+    if corrupted:
+        replaced: str | None = "corrupted"
+    elif old is None:
+        replaced = None
+    else:
+        replaced = "expired" if old.expires_at <= now else "lease_expired"
+    return Claim(ClaimStatus.CLAIMED, key, token=token, replaced=replaced)
+
+
+def unexpired(record: Record | None, now: float) -> Record | None:
+    """What ``get`` returns: the record unless it has expired (a lapsed lease still counts)."""
+    return record if record is not None and record.expires_at > now else None
 
 
 def report_corrupted(store: str, key: str, problem: object) -> None:
