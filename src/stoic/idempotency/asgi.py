@@ -37,10 +37,10 @@ from typing import Any
 from ..codec import default_codec
 from ..context import using_idempotency_key
 from ..events import dispatcher
-from .decorator import _current, _Lease
+from .decorator import _CLAIM_TURNS, _current, _Lease
 from .events import IdempotencyKeyRejected, IdempotencyRecordCorrupted, IdempotentReplayed
-from .fingerprint import digest, fingerprint_request
-from .store import MAX_KEY_LENGTH, ClaimStatus, Store, check_seconds
+from .fingerprint import fingerprint_request
+from .store import MAX_KEY_LENGTH, SEPARATOR, ClaimStatus, Store, check_seconds, check_store, store_key
 
 __all__ = ["IdempotencyMiddleware", "default_store_status"]
 
@@ -52,7 +52,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_SEPARATOR = "\x1f"
+_STORE_METHODS = ("aclaim", "acomplete", "arelease", "adelete")
 _PROBLEM = "urn:stoic:problem:idempotency-key-"
 _REPLAYED = (b"idempotent-replayed", b"true")
 
@@ -101,9 +101,7 @@ class IdempotencyMiddleware:
         self.methods = frozenset(m.upper() for m in methods)
         if not self.methods:
             raise ValueError("methods must name at least one HTTP method, got none")
-        for method in ("aclaim", "acomplete", "arelease", "adelete"):
-            if not callable(getattr(store, method, None)):
-                raise TypeError(f"store must implement stoic.idempotency.Store, got {store!r}")
+        check_store(store, _STORE_METHODS)
         self.ttl = check_seconds("ttl", ttl)
         self.lease = check_seconds("lease", lease)
         if max_body < 0:
@@ -114,7 +112,7 @@ class IdempotencyMiddleware:
             raise ValueError(f"header must be an ASCII header name, got {header!r}")
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
-        if _SEPARATOR in namespace:
+        if SEPARATOR in namespace:
             raise ValueError(f"namespace must not contain \\x1f, got {namespace!r}")
         self.app = app
         self.store = store
@@ -199,24 +197,23 @@ class _Exchange:
         )
         principal = ""
         if owner.scope is not None:
-            principal = str(owner.scope(scope) or "").replace(_SEPARATOR, "")
-        store_key = _SEPARATOR.join((owner.namespace, principal, key))
-        if len(store_key) > MAX_KEY_LENGTH:
-            store_key = "sha256:" + digest(store_key)
+            principal = str(owner.scope(scope) or "").replace(SEPARATOR, "")
+        stored_as = store_key(owner.namespace, principal, key)
+        label = owner.namespace or "http"
 
-        for _ in range(5):  # a corrupted record is deleted and claimed again
-            claim = await owner.store.aclaim(store_key, fingerprint, lease=owner.lease,
+        for _ in range(_CLAIM_TURNS):  # a corrupted record is deleted and claimed again
+            claim = await owner.store.aclaim(stored_as, fingerprint, lease=owner.lease,
                                              ttl=owner.ttl)
             if claim.status is ClaimStatus.CLAIMED:
                 break
             if claim.status is ClaimStatus.MISMATCH:
-                _rejected(key, "mismatch", None)
+                _rejected(label, key, "mismatch", None)
                 await _problem(send, 422, "mismatch", "Idempotency-Key reused",
                                "This key was already used with a different request "
                                "(method, path or body).")
                 return
             if claim.status is ClaimStatus.IN_FLIGHT:
-                _rejected(key, "in_flight", claim.retry_after)
+                _rejected(label, key, "in_flight", claim.retry_after)
                 retry_after = max(1, math.ceil(claim.retry_after or 1))
                 await _problem(send, 409, "in-flight", "Request in progress",
                                "A request with this key is still being processed; "
@@ -226,20 +223,20 @@ class _Exchange:
             replay = _decode_response(response)
             if replay is not None:
                 if dispatcher.sinks:
-                    dispatcher.emit(IdempotentReplayed(name=owner.namespace or "http", key=key))
+                    dispatcher.emit(IdempotentReplayed(name=label, key=key))
                 await _send_replay(send, *replay)
                 return
             _log.warning("idempotency http: stored response for key %r is unreadable; "
                          "treating it as absent", key)
             if dispatcher.sinks:
                 dispatcher.emit(IdempotencyRecordCorrupted(
-                    name=owner.namespace or "http", key=key, problem="unreadable response"))
-            await owner.store.adelete(store_key)
+                    name=label, key=key, problem="unreadable response"))
+            await owner.store.adelete(stored_as)
         else:
             await _problem(send, 500, "unreadable", "Stored response unreadable",
                            "The stored response for this key cannot be read.")
             return
-        await self._handle(key, store_key, claim.token or "", body, receive, send)
+        await self._handle(key, stored_as, claim.token or "", body, receive, send)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
@@ -353,9 +350,9 @@ def _decode_response(text: str | None) -> tuple[int, list[tuple[bytes, bytes]], 
     return status, headers, body
 
 
-def _rejected(key: str, reason: str, retry_after: float | None) -> None:
+def _rejected(name: str, key: str, reason: str, retry_after: float | None) -> None:
     if dispatcher.sinks:
-        dispatcher.emit(IdempotencyKeyRejected(name="http", key=key, reason=reason,
+        dispatcher.emit(IdempotencyKeyRejected(name=name, key=key, reason=reason,
                                                retry_after=retry_after))
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 import typing
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -57,7 +58,7 @@ from .events import (
     IdempotentReplayed,
 )
 from .fingerprint import Binder, digest, fingerprint_arguments
-from .store import MAX_KEY_LENGTH, Claim, ClaimStatus, Store, check_seconds
+from .store import SEPARATOR, Claim, ClaimStatus, Store, check_key, check_seconds, check_store, store_key
 
 __all__ = ["DEFAULT_CACHE", "Idempotent", "aextend", "extend", "idempotent"]
 
@@ -66,9 +67,11 @@ _log = logging.getLogger("stoic.idempotency")
 DEFAULT_CACHE = frozenset({Outcome.SUCCESS, Outcome.PERMANENT})
 """Store results and permanent failures; let everything else be retried."""
 
-_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a namespace or a scope
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1
 _CLAIM_TURNS = 5  # a corrupted record is deleted and claimed again, a few times at most
+_STORE_METHODS = ("claim", "complete", "release", "delete", "aclaim", "acomplete", "arelease",
+                  "adelete")
+_UNREADABLE: Any = object()  # what _replay returns for a stored result it cannot read
 
 
 @dataclass(slots=True)
@@ -144,6 +147,40 @@ def _identity(value: Any) -> Any:
     return value
 
 
+class _Turns:
+    """What a call does after a claim that neither ran nor replayed: decided here, without
+    I/O, so the sync and async loops only claim again, sleep and delete."""
+
+    __slots__ = ("call", "policy", "poll", "target", "unreadable", "wait_until")
+
+    def __init__(self, policy: Idempotent, target: _Target, call: _Call) -> None:
+        self.policy, self.target, self.call = policy, target, call
+        self.wait_until: float | None = None  # set at the first in-flight answer
+        self.poll = _POLL_FIRST
+        self.unreadable = 0
+
+    def next(self, claim: Claim) -> float | None:
+        """Seconds to sleep before claiming again; None to delete the unreadable record and
+        claim again. Raises the refusal (in use, mismatch) when there is nothing to wait for."""
+        policy = self.policy
+        if claim.status is ClaimStatus.COMPLETED:  # its stored result was unreadable
+            self.unreadable += 1
+            if self.unreadable >= _CLAIM_TURNS:
+                raise CodecError(f"stored result for {self.call.client_key!r} stays unreadable")
+            return None
+        if claim.status is ClaimStatus.IN_FLIGHT and policy.wait > 0:
+            if self.wait_until is None:
+                end = clock.now() + policy.wait
+                deadline = _deadline.get()  # never wait past the caller's deadline
+                self.wait_until = end if deadline is None else min(end, deadline)
+            left = self.wait_until - clock.now()
+            if left > 0:
+                pause = min(self.poll, left)
+                self.poll = min(self.poll * 2, _POLL_MAX)
+                return pause
+        raise policy._refusal(self.target, self.call, claim)
+
+
 class Idempotent(Policy):
     """Run a call at most once per key while its record lives; replay the outcome after.
 
@@ -184,9 +221,7 @@ class Idempotent(Policy):
         namespace: str | None = None,
         name: str | None = None,
     ) -> None:
-        for method in ("claim", "complete", "release", "aclaim", "acomplete", "arelease"):
-            if not callable(getattr(store, method, None)):
-                raise TypeError(f"store must implement stoic.idempotency.Store, got {store!r}")
+        check_store(store, _STORE_METHODS)
         if not (isinstance(key, str) or callable(key)):
             raise TypeError(f"key must be a format string or a callable, got {key!r}")
         if isinstance(key, str) and "{" not in key:
@@ -195,7 +230,8 @@ class Idempotent(Policy):
             )
         self.ttl = check_seconds("ttl", ttl)
         self.lease = check_seconds("lease", lease)
-        if not (wait >= 0 and wait != float("inf")):
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not (
+                wait >= 0 and math.isfinite(wait)):
             raise ValueError(f"wait must be a finite number of seconds >= 0, got {wait!r}")
         if fingerprint is not None and not callable(fingerprint):
             raise TypeError(f"fingerprint must be callable, got {fingerprint!r}")
@@ -205,7 +241,7 @@ class Idempotent(Policy):
         for outcome in cache:
             if not isinstance(outcome, Outcome):
                 raise ValueError(f"cache must hold stoic.Outcome members, got {outcome!r}")
-        if namespace is not None and _SEPARATOR in namespace:
+        if namespace is not None and SEPARATOR in namespace:
             raise ValueError(f"namespace must not contain \\x1f, got {namespace!r}")
         self.store = store
         self.key = key
@@ -216,6 +252,10 @@ class Idempotent(Policy):
         self.codec = codec or default_codec
         self.namespace = namespace
         self.name = name
+        # Decided once: a format-string key, and whether calls need their arguments by name
+        # (for that key or for the default fingerprint).
+        self._key_format = key if isinstance(key, str) else None
+        self._binds = fingerprint is None or self._key_format is not None
         self._targets: dict[Callable[..., Any], _Target] = {}
         self._compose()
 
@@ -239,7 +279,7 @@ class Idempotent(Policy):
             namespace = self.namespace
             if namespace is None:
                 namespace = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}"
-            target = _Target(namespace.replace(_SEPARATOR, ""), Binder(signature),
+            target = _Target(namespace.replace(SEPARATOR, ""), Binder(signature),
                              _revive_for(fn))
             if len(self._targets) >= 1024:  # .call() with fresh lambdas or bound methods
                 self._targets.clear()
@@ -249,38 +289,29 @@ class Idempotent(Policy):
     def _prepare(
         self, target: _Target, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> _Call | None:
-        key_spec = self.key
-        bound = target.binder.bind(args, kwargs) if self.fingerprint is None or isinstance(
-            key_spec, str) else None
-        if isinstance(key_spec, str):
+        bound = target.binder.bind(args, kwargs) if self._binds else None
+        key_format = self._key_format
+        if key_format is not None:
             if bound is None:
                 raise TypeError("a format-string key needs a function with a signature")
-            client_key: str | None = key_spec.format(**bound)
+            client_key: str | None = key_format.format(**bound)
         else:
-            client_key = key_spec(*args, **kwargs)
+            client_key = self.key(*args, **kwargs)  # type: ignore[operator]
         if client_key is None:
             return None
         if not isinstance(client_key, str):
             raise TypeError(f"key must give a str or None, got {type(client_key).__name__}")
-        if not client_key:
-            raise ValueError("idempotency key must not be empty")
-        if len(client_key) > MAX_KEY_LENGTH:
-            raise ValueError(
-                f"idempotency key is {len(client_key)} characters long; "
-                f"at most {MAX_KEY_LENGTH} allowed"
-            )
+        check_key(client_key)
         scope = ""
         if self.scope is not None:
             scope = self.scope(*args, **kwargs) or ""
             if not isinstance(scope, str):
                 scope = str(scope)
-            if _SEPARATOR in scope:
+            if SEPARATOR in scope:
                 raise ValueError("scope must not contain \\x1f")
-        store_key = client_key
+        stored_as = client_key
         if target.namespace or scope:
-            store_key = _SEPARATOR.join((target.namespace, scope, client_key))
-            if len(store_key) > MAX_KEY_LENGTH:
-                store_key = "sha256:" + digest(store_key)
+            stored_as = store_key(target.namespace, scope, client_key)
         if self.fingerprint is not None:
             custom = self.fingerprint(*args, **kwargs)
             fingerprint = digest(custom if isinstance(custom, (str, bytes))
@@ -291,7 +322,7 @@ class Idempotent(Policy):
             except CodecError as exc:
                 _note(exc, "pass fingerprint= to @idempotent to say what identifies a request")
                 raise
-        return _Call(client_key, store_key, fingerprint)
+        return _Call(client_key, stored_as, fingerprint)
 
     def _label(self, target: _Target) -> str:
         return self.name or target.namespace
@@ -315,9 +346,9 @@ class Idempotent(Policy):
             key=call.client_key, retry_after=claim.retry_after,
         )
 
-    def _replay(self, target: _Target, call: _Call, claim: Claim) -> tuple[bool, Any]:
-        """Decode a completed record: (True, value) or raise the stored error.
-        (False, None) when the record is unreadable (reported; the caller claims again)."""
+    def _replay(self, target: _Target, call: _Call, claim: Claim) -> Any:
+        """Decode a completed record: its value, or raise the stored error.
+        ``_UNREADABLE`` when the record cannot be read (reported; the caller claims again)."""
         response = claim.record.response if claim.record is not None else None
         label = self._label(target)
         try:
@@ -337,7 +368,7 @@ class Idempotent(Policy):
             if dispatcher.sinks:
                 dispatcher.emit(IdempotencyRecordCorrupted(
                     name=label, key=call.client_key, problem=str(exc)))
-            return False, None
+            return _UNREADABLE
         if "error" in data:
             if dispatcher.sinks:
                 dispatcher.emit(IdempotentReplayed(
@@ -345,12 +376,7 @@ class Idempotent(Policy):
             raise IdempotencyStoredError(type_name, message, key=call.client_key)
         if dispatcher.sinks:
             dispatcher.emit(IdempotentReplayed(name=label, key=call.client_key))
-        return True, value
-
-    def _wait_until(self) -> float:
-        end = clock.now() + self.wait
-        deadline = _deadline.get()
-        return end if deadline is None else min(end, deadline)
+        return value
 
     def _claimed(self, target: _Target, call: _Call, claim: Claim) -> None:
         if claim.replaced == "lease_expired" and dispatcher.sinks:
@@ -384,34 +410,23 @@ class Idempotent(Policy):
             prepared = self._prepare(target, args, kwargs)
             if prepared is None:
                 return inner(fn, args, kwargs)
-            wait_until: float | None = None
-            poll = _POLL_FIRST
-            corrupted = 0
-            while True:  # bounded: by wait_until while waiting, by _CLAIM_TURNS otherwise
+            turns: _Turns | None = None
+            while True:  # bounded by _Turns: the wait runs out, or it stops deleting
                 claim = store.claim(prepared.store_key, prepared.fingerprint,
                                     lease=lease, ttl=ttl)
                 if claim.status is ClaimStatus.CLAIMED:
-                    break
+                    return self._run(inner, target, prepared, claim, fn, args, kwargs)
                 if claim.status is ClaimStatus.COMPLETED:
-                    ok, value = self._replay(target, prepared, claim)
-                    if ok:
+                    value = self._replay(target, prepared, claim)
+                    if value is not _UNREADABLE:
                         return value
-                    corrupted += 1
-                    if corrupted >= _CLAIM_TURNS:
-                        raise CodecError(f"stored result for {prepared.client_key!r} stays "
-                                         "unreadable")
+                if turns is None:
+                    turns = _Turns(self, target, prepared)
+                pause = turns.next(claim)
+                if pause is None:
                     store.delete(prepared.store_key)
-                    continue
-                if claim.status is ClaimStatus.IN_FLIGHT and self.wait > 0:
-                    if wait_until is None:
-                        wait_until = self._wait_until()
-                    left = wait_until - clock.now()
-                    if left > 0:
-                        clock.sleep(min(poll, left))
-                        poll = min(poll * 2, _POLL_MAX)
-                        continue
-                raise self._refusal(target, prepared, claim)
-            return self._run(inner, target, prepared, claim, fn, args, kwargs)
+                else:
+                    clock.sleep(pause)
 
         return call
 
@@ -497,34 +512,23 @@ class Idempotent(Policy):
             prepared = self._prepare(target, args, kwargs)
             if prepared is None:
                 return await inner(fn, args, kwargs)
-            wait_until: float | None = None
-            poll = _POLL_FIRST
-            corrupted = 0
-            while True:  # bounded: by wait_until while waiting, by _CLAIM_TURNS otherwise
+            turns: _Turns | None = None
+            while True:  # bounded by _Turns: the wait runs out, or it stops deleting
                 claim = await store.aclaim(prepared.store_key, prepared.fingerprint,
                                            lease=lease, ttl=ttl)
                 if claim.status is ClaimStatus.CLAIMED:
-                    break
+                    return await self._arun(inner, target, prepared, claim, fn, args, kwargs)
                 if claim.status is ClaimStatus.COMPLETED:
-                    ok, value = self._replay(target, prepared, claim)
-                    if ok:
+                    value = self._replay(target, prepared, claim)
+                    if value is not _UNREADABLE:
                         return value
-                    corrupted += 1
-                    if corrupted >= _CLAIM_TURNS:
-                        raise CodecError(f"stored result for {prepared.client_key!r} stays "
-                                         "unreadable")
+                if turns is None:
+                    turns = _Turns(self, target, prepared)
+                pause = turns.next(claim)
+                if pause is None:
                     await store.adelete(prepared.store_key)
-                    continue
-                if claim.status is ClaimStatus.IN_FLIGHT and self.wait > 0:
-                    if wait_until is None:
-                        wait_until = self._wait_until()
-                    left = wait_until - clock.now()
-                    if left > 0:
-                        await clock.asleep(min(poll, left))
-                        poll = min(poll * 2, _POLL_MAX)
-                        continue
-                raise self._refusal(target, prepared, claim)
-            return await self._arun(inner, target, prepared, claim, fn, args, kwargs)
+                else:
+                    await clock.asleep(pause)
 
         return acall
 
@@ -555,26 +559,7 @@ class Idempotent(Policy):
         return result
 
 
-def idempotent(
-    store: Store,
-    key: str | Callable[..., str | None],
-    *,
-    ttl: float = 86400.0,
-    lease: float = 60.0,
-    wait: float = 0.0,
-    fingerprint: Callable[..., Any] | None = None,
-    scope: Callable[..., str | None] | None = None,
-    cache: Iterable[Outcome] = DEFAULT_CACHE,
-    codec: Codec | None = None,
-    namespace: str | None = None,
-    name: str | None = None,
-) -> Idempotent:
-    """Make a function idempotent per key: ``@stoic.idempotent(store=..., key="order-{id}")``.
-
-    See ``Idempotent`` for the arguments. The returned policy decorates sync and async
-    functions and composes in a ``Pipeline`` like any other policy.
-    """
-    return Idempotent(
-        store, key, ttl=ttl, lease=lease, wait=wait, fingerprint=fingerprint, scope=scope,
-        cache=cache, codec=codec, namespace=namespace, name=name,
-    )
+idempotent = Idempotent
+"""``@stoic.idempotent(store=..., key="order-{order_id}")``: the policy class under the name
+the decorator reads best with. It decorates sync and async functions and composes in a
+``Pipeline`` like any other policy; see ``Idempotent`` for the arguments."""
