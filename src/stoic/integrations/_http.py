@@ -24,6 +24,7 @@ from typing import Any
 from .. import context
 from ..context import remaining
 from ..errors import DeadlineExceeded
+from ..events import dispatcher
 from ..policies.backoff import exponential
 from ..policies.base import Policy
 from ..policies.budget import RetryBudget
@@ -39,13 +40,12 @@ __all__ = [
     "Core",
     "HostPolicies",
     "Plan",
-    "deadline_error",
     "default_policy",
     "expired",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
-    "trace_injector",
+    "raise_if_deadline",
 ]
 
 _log = logging.getLogger("stoic.http")
@@ -120,24 +120,6 @@ def expired(what: str) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline passed before {what} was sent; the request was not made")
 
 
-def _otel_function(name: str) -> Any:
-    """``stoic.observability.otel.<name>`` when that module is available, else None.
-
-    Looked up once per transport: with telemetry absent the per-request cost is a None check.
-    """
-    try:
-        from ..observability import otel  # type: ignore[attr-defined]
-    except Exception:  # absent, or OpenTelemetry not installed
-        return None
-    function = getattr(otel, name, None)
-    return function if callable(function) else None
-
-
-def trace_injector() -> Callable[[dict[str, str]], None] | None:
-    """``stoic.observability.otel.inject`` when available, else None."""
-    return _otel_function("inject")  # type: ignore[no-any-return]
-
-
 class Plan:
     """What one logical request needs, decided once before its first attempt.
 
@@ -198,10 +180,10 @@ class Core:
         self._propagate = bool(propagate)
         self._deadline_header = deadline_header
         self._request_id_header = request_id_header
-        self._inject = trace_injector() if propagate else None
-        self._annotate: Callable[[str, str], None] | None = (
-            _otel_function("annotate_http") if propagate else None
-        )
+        from ..observability.otel import annotate_http, inject  # stdlib-only until tracing is on
+
+        self._annotate = annotate_http
+        self._inject = inject
 
     @staticmethod
     def _address(url: Any) -> tuple[str, str, int | None]:
@@ -244,43 +226,37 @@ class Core:
             raise expired(plan.what)
         if not self._propagate:
             return left
-        annotate = self._annotate
-        if annotate is not None:
-            try:
-                annotate(plan.method, str(plan.url))
-            except Exception:  # telemetry must never fail the request
-                _log.debug("stoic: span annotation failed", exc_info=True)
         if left is not None:
             headers[self._deadline_header] = str(int(left * 1000))
         request_id = context.get("request_id")
         if request_id is not None and self._request_id_header not in headers:
             headers[self._request_id_header] = str(request_id)
-        inject = self._inject
-        if inject is not None:
-            carrier: dict[str, str] = {}
-            try:
-                inject(carrier)
-            except Exception:  # telemetry must never fail the request
-                _log.debug("stoic: trace context injection failed", exc_info=True)
-                return left
-            for name, value in carrier.items():
-                headers[name] = value
+        if dispatcher.attempt_scope is not None:  # tracing is on: this attempt is a span
+            self._trace(headers, plan)
         return left
 
+    def _trace(self, headers: MutableMapping[str, str], plan: Plan) -> None:
+        try:
+            self._annotate(plan.method, str(plan.url))
+        except Exception:  # telemetry must never fail the request
+            _log.debug("stoic: span annotation failed", exc_info=True)
+        try:
+            carrier: dict[str, str] = self._inject({})
+        except Exception:
+            _log.debug("stoic: trace context injection failed", exc_info=True)
+            return
+        for name, value in carrier.items():
+            headers[name] = value
 
-def deadline_error(exc: Exception, plan: Plan) -> DeadlineExceeded | None:
-    """The error to raise for timeout ``exc`` when it was (in effect) the deadline running
-    out, else None (the library's own timeout fired first)."""
+
+def raise_if_deadline(exc: Exception, plan: Plan) -> None:
+    """Raise ``DeadlineExceeded`` from timeout ``exc`` when it was (in effect) the deadline
+    running out; return when the library's own timeout fired first."""
     left = remaining()
-    if left is None or left > _DEADLINE_SLACK:
-        return None
-    return DeadlineExceeded(f"deadline ran out during {plan.what} ({type(exc).__name__})")
-
-
-def _default_breaker(name: str) -> Policy:
-    from ..policies.breaker import CircuitBreaker  # type: ignore[import-not-found,unused-ignore]
-
-    return CircuitBreaker(name)  # type: ignore[no-any-return,unused-ignore]
+    if left is not None and left <= _DEADLINE_SLACK:
+        raise DeadlineExceeded(
+            f"deadline ran out during {plan.what} ({type(exc).__name__})"
+        ) from exc
 
 
 class HostPolicies:
@@ -301,48 +277,27 @@ class HostPolicies:
             raise ValueError(f"bulkhead must be a callable taking the host name, got {bulkhead!r}")
         self._breaker = breaker
         self._bulkhead = bulkhead
-        self._by_host: dict[str, Policy | None] = {}
+        self._by_host: dict[str, Policy] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Policy | None:
-        """The policy for host ``name`` (``http:<host>``), or None when there is none."""
+    def get(self, name: str) -> Policy:
+        """The policy for host ``name`` (``http:<host>``)."""
         try:
             return self._by_host[name]
         except KeyError:
             pass
         with self._lock:
-            if name in self._by_host:
-                return self._by_host[name]
-            parts: list[Policy] = []
-            breaker = self._find_breaker(name)
-            if breaker is not None:
-                parts.append(breaker)
-            if self._bulkhead is not None:
-                parts.append(self._bulkhead(name))
-            policy: Policy | None
-            if not parts:
-                policy = None
-            elif len(parts) == 1:
-                policy = parts[0]
-            else:
-                policy = Pipeline(*parts)
-            self._by_host[name] = policy
+            policy = self._by_host.get(name)
+            if policy is None:
+                policy = self._by_host[name] = self._build(name)
             return policy
 
-    def _find_breaker(self, name: str) -> Policy | None:
-        factory = self._breaker
-        module: Any
-        try:
-            from ..policies import breaker as module  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            module = None
-        if module is not None:
-            registry: Any = getattr(module, "breakers", None)
-            existing = registry.get(name) if registry is not None else None
-            if isinstance(existing, Policy):
-                return existing
-        if factory is None:
-            if module is None:
-                return None
-            factory = _default_breaker
-        return factory(name)
+    def _build(self, name: str) -> Policy:
+        from ..policies.breaker import CircuitBreaker, breakers
+
+        breaker: Policy | None = breakers.get(name)
+        if breaker is None:
+            breaker = (self._breaker or CircuitBreaker)(name)
+        if self._bulkhead is None:
+            return breaker
+        return Pipeline(breaker, self._bulkhead(name))

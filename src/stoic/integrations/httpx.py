@@ -42,7 +42,7 @@ from ._http import (
     BulkheadFactory,
     Core,
     Plan,
-    deadline_error,
+    raise_if_deadline,
 )
 
 __all__ = ["ResilientAsyncTransport", "ResilientTransport"]
@@ -173,9 +173,7 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
         try:
             response = self.inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            error = deadline_error(exc, plan)
-            if error is not None:
-                raise error from exc
+            raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
@@ -229,9 +227,7 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
         try:
             response = await self.inner.handle_async_request(request)
         except httpx.TimeoutException as exc:
-            error = deadline_error(exc, plan)
-            if error is not None:
-                raise error from exc
+            raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:

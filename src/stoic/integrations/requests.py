@@ -39,7 +39,7 @@ from ._http import (
     BulkheadFactory,
     Core,
     Plan,
-    deadline_error,
+    raise_if_deadline,
 )
 
 __all__ = ["ResilientAdapter"]
@@ -174,9 +174,7 @@ class ResilientAdapter(Core, HTTPAdapter):
                 verify=verify, cert=cert, proxies=proxies,
             )
         except requests.Timeout as exc:
-            error = deadline_error(exc, plan)
-            if error is not None:
-                raise error from exc
+            raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
