@@ -50,7 +50,9 @@ def prefix(redis_url: str) -> Iterator[str]:
     name = f"stoic-test-{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}:*"))
+    # a large COUNT: a Redis shared with other suites may hold many keys, and SCAN's
+    # default of 10 per round trip turns this cleanup into seconds
+    keys = list(client.scan_iter(match=f"{name}:*", count=10_000))
     if keys:
         client.delete(*keys)
     client.close()
