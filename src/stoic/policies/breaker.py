@@ -368,6 +368,53 @@ def _outcome_name(exc: BaseException | None) -> str:
     return classify(exc).outcome.value
 
 
+class _CircuitOpen(CircuitOpenError):
+    """The ``CircuitOpenError`` a breaker raises: one C-level construction per rejection.
+
+    Rejecting must be cheap, and every rejection needs a fresh exception (a shared one would
+    keep growing its traceback). So ``args`` is ``(retry_after, name)``, ``__init__`` is
+    ``BaseException``'s (no Python frame, no ``__dict__`` to fill), and the message is
+    formatted only when someone reads it. Everywhere else it is a ``CircuitOpenError``: it
+    carries that name in tracebacks, logs and metrics, and pickles as one.
+    """
+
+    if TYPE_CHECKING:
+
+        def __init__(self, retry_after: float | None, name: str, /) -> None: ...
+
+    else:
+        __init__ = BaseException.__init__  # sets args only; CPython calls it without a frame
+
+    @property  # type: ignore[override]
+    def retry_after(self) -> float | None:
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @retry_after.setter
+    def retry_after(self, value: float | None) -> None:
+        self.args = (value, *self.args[1:])
+
+    @property  # type: ignore[override]
+    def name(self) -> str:
+        return self.args[1]  # type: ignore[no-any-return]
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.args = (self.args[0], value)
+
+    def __str__(self) -> str:
+        return f"circuit {self.name!r} is open"
+
+    def __repr__(self) -> str:
+        return f"CircuitOpenError({str(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return CircuitOpenError, (str(self),), {"retry_after": self.retry_after, "name": self.name}
+
+
+_CircuitOpen.__name__ = _CircuitOpen.__qualname__ = CircuitOpenError.__name__
+_CircuitOpen.__module__ = CircuitOpenError.__module__
+
+
 class CircuitBreaker(Policy):
     """Reject calls to a failing dependency for a while, then test it with a few trial calls.
 
@@ -395,7 +442,6 @@ class CircuitBreaker(Policy):
         "_generation",
         "_leasing",
         "_lock",
-        "_message",
         "_mode",
         "_open_until",
         "_opened_for",
@@ -483,7 +529,6 @@ class CircuitBreaker(Policy):
             max_open_for = self.open_for if open_for_growth == 1.0 else self.open_for * 10
         self.max_open_for = float(max_open_for)
         self._lock = threading.Lock()
-        self._message = f"circuit {name!r} is open"
         self._mode = _CLOSED
         self._ring: _CountRing | _TimeRing = window._ring()
         self._seq = self._ring.seq
@@ -752,6 +797,7 @@ class CircuitBreaker(Policy):
         raise self._rejected(retry_after)
 
     def _rejected(self, retry_after: float | None) -> CircuitOpenError:
+        """The rejection of the slow path (and of every rejection while a sink listens)."""
         if dispatcher.sinks:
             dispatcher.emit(
                 CallRejected(
@@ -759,21 +805,7 @@ class CircuitBreaker(Policy):
                     retry_after=retry_after,
                 )
             )
-        # A fresh exception per rejection: a shared one would keep growing its traceback.
-        # Built without Rejected.__init__'s keyword handling, since rejecting must be cheap.
-        exc = _new_error(CircuitOpenError, self._message)
-        exc.retry_after = retry_after
-        exc.name = self.name
-        return exc
-
-    def _reject_open(self, left: float) -> CircuitOpenError:
-        """The common rejection: open, ``left`` seconds to go (no lock needed to know it)."""
-        if dispatcher.sinks:
-            return self._rejected(left)
-        exc = _new_error(CircuitOpenError, self._message)
-        exc.retry_after = left
-        exc.name = self.name
-        return exc
+        return _CircuitOpen(retry_after, self.name)
 
     # --- remote transitions (called by shared state from its own thread) -------------------
 
@@ -812,110 +844,103 @@ class CircuitBreaker(Policy):
         _run(pending)
 
     # --- the call paths -------------------------------------------------------------------
+    #
+    # Four entry points run a call: the steps ``wrap`` and ``awrap`` build for pipelines and
+    # ``call``/``acall``, and the two decorator wrappers of ``__call__``. Each one inlines the
+    # same two fast paths, because a helper would cost a frame on every call:
+    #   open, time left, no sink:  raise _CircuitOpen(left, name), nothing else;
+    #   closed, nothing measured:  run the call, count it with one next(), take the lock only
+    #                              on a failure.
+    # Everything else (half-open, forced open, disabled, a sink or recorder listening, a
+    # slow_call_duration or TimeWindow to measure) goes through ``_admit`` and ``_settle``,
+    # written once. ``timed`` and ``slow_path`` have async twins that differ only by
+    # ``await`` (and, for the trial lease, by running the round trip off the event loop).
 
-    def _finished(self, start: float, end: float, exc: BaseException | None) -> None:
+    def _settle(self, generation: int, exc: Exception | None, start: float, end: float) -> None:
+        """Record a measured call, in the window (``_PASS``) or as a half-open trial."""
+        code = 0 if exc is None else _code_of(exc)
+        if code >= 0:
+            slow = self.slow_call_duration
+            if slow is not None and end - start >= slow:
+                code |= _SLOW
+        if generation == _PASS:
+            self._record(code, end)
+        else:
+            self._record_trial(generation, code, end)
         if dispatcher.recorders or dispatcher.call_sinks:
             dispatcher.record_call(
                 "circuit_breaker", self.name, _outcome_name(exc), end - start, 1,
                 None if exc is None else type(exc).__name__,
             )
 
-    def _code(self, exc: Exception | None, start: float, end: float) -> int:
-        code = 0 if exc is None else _code_of(exc)
-        if code < 0:
-            return code
-        slow = self.slow_call_duration
-        if slow is not None and end - start >= slow:
-            code |= _SLOW
-        return code
+    def _lease(self) -> int:
+        """Ask the fleet for the half-open trial (one short round trip), then act on it."""
+        shared = self._shared
+        assert shared is not None
+        try:
+            granted = shared.acquire_trial(self)
+        except BaseException:
+            self._after_lease_abandoned()
+            raise
+        return self._after_lease(granted)
+
+    async def _alease(self) -> int:
+        """``_lease`` for async callers: the round trip runs off the event loop thread."""
+        shared = self._shared
+        assert shared is not None
+        loop = asyncio.get_running_loop()
+        try:
+            granted = await loop.run_in_executor(None, shared.acquire_trial, self)
+        except BaseException:
+            self._after_lease_abandoned()
+            raise
+        return self._after_lease(granted)
+
+    def _after_lease_abandoned(self) -> None:
+        with self._lock:
+            self._leasing = False
 
     def wrap(self, inner: Step) -> Step:
-        breaker = self
-        record, record_trial, code_of_call = self._record, self._record_trial, self._code
-        finished = self._finished
-        direct = inner is invoke
+        breaker, name = self, self.name
+        record, settle, release = self._record, self._settle, self._release_trial
+        check_at = self.minimum_calls - 1
+        timed_mode = self._timed
+        direct = inner is invoke  # innermost: call fn here, one frame less
 
         def timed(fn: Any, args: Any, kwargs: Any, generation: int) -> Any:
-            start = _now()
+            start = _active.monotonic()
             try:
                 result = inner(fn, args, kwargs)
             except Exception as exc:
-                end = _now()
-                if generation == _PASS:
-                    record(code_of_call(exc, start, end), end)
-                else:
-                    record_trial(generation, code_of_call(exc, start, end), end)
-                if dispatcher.active:
-                    finished(start, end, exc)
+                settle(generation, exc, start, _active.monotonic())
                 raise
-            except BaseException:
+            except BaseException:  # cancelled or interrupted: not an outcome
                 if generation >= 0:
-                    breaker._release_trial(generation)
+                    release(generation)
                 raise
-            end = _now()
-            if generation == _PASS:
-                record(code_of_call(None, start, end), end)
-            else:
-                record_trial(generation, code_of_call(None, start, end), end)
-            if dispatcher.active:
-                finished(start, end, None)
+            settle(generation, None, start, _active.monotonic())
             return result
 
         def slow_path(fn: Any, args: Any, kwargs: Any) -> Any:
             generation = breaker._admit()
             if generation == _NEED_LEASE:
-                shared = breaker._shared
-                assert shared is not None
-                try:
-                    granted = shared.acquire_trial(breaker)
-                except BaseException:
-                    breaker._after_lease_abandoned()
-                    raise
-                generation = breaker._after_lease(granted)
+                generation = breaker._lease()
             if generation == _UNRECORDED:
                 return inner(fn, args, kwargs)
             return timed(fn, args, kwargs, generation)
 
-        timed_mode = self._timed
-
-        check_at = self.minimum_calls - 1
-        reject_open = self._reject_open
-
-        if direct and not timed_mode:
-
-            def call_direct(fn: Any, args: Any, kwargs: Any) -> Any:
-                mode = breaker._mode
-                if mode or dispatcher.active:
-                    if mode == _OPEN:
-                        left = breaker._open_until - _active.monotonic()
-                        if left > 0:
-                            # built in a helper: a local holding it would make a frame cycle
-                            raise reject_open(left)
-                    if mode:
-                        return slow_path(fn, args, kwargs)
-                    return timed(fn, args, kwargs, _PASS)
-                try:
-                    result = fn(*args, **kwargs)
-                except Exception as exc:
-                    record(_code_of(exc), 0.0)
-                    raise
-                if next(breaker._seq) == check_at:
-                    breaker._check()
-                return result
-
-            return call_direct
-
         def call(fn: Any, args: Any, kwargs: Any) -> Any:
-            if breaker._mode:
-                if breaker._mode == _OPEN:
-                    left = breaker._open_until - _now()
-                    if left > 0:
-                        raise reject_open(left)
-                return slow_path(fn, args, kwargs)
-            if timed_mode or dispatcher.active:
+            mode = breaker._mode
+            if mode or timed_mode or dispatcher.active:
+                if mode == _OPEN:
+                    left = breaker._open_until - _active.monotonic()
+                    if left > 0 and not dispatcher.sinks:
+                        raise _CircuitOpen(left, name)
+                if mode:
+                    return slow_path(fn, args, kwargs)
                 return timed(fn, args, kwargs, _PASS)
             try:
-                result = inner(fn, args, kwargs)
+                result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
             except Exception as exc:
                 record(_code_of(exc), 0.0)
                 raise
@@ -926,67 +951,43 @@ class CircuitBreaker(Policy):
         return call
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
-        breaker = self
-        record, record_trial, code_of_call = self._record, self._record_trial, self._code
-        finished = self._finished
+        breaker, name = self, self.name
+        record, settle, release = self._record, self._settle, self._release_trial
+        check_at = self.minimum_calls - 1
+        timed_mode = self._timed
         direct = inner is ainvoke
 
         async def timed(fn: Any, args: Any, kwargs: Any, generation: int) -> Any:
-            start = _now()
+            start = _active.monotonic()
             try:
                 result = await inner(fn, args, kwargs)
             except Exception as exc:
-                end = _now()
-                if generation == _PASS:
-                    record(code_of_call(exc, start, end), end)
-                else:
-                    record_trial(generation, code_of_call(exc, start, end), end)
-                if dispatcher.active:
-                    finished(start, end, exc)
+                settle(generation, exc, start, _active.monotonic())
                 raise
             except BaseException:
                 if generation >= 0:
-                    breaker._release_trial(generation)
+                    release(generation)
                 raise
-            end = _now()
-            if generation == _PASS:
-                record(code_of_call(None, start, end), end)
-            else:
-                record_trial(generation, code_of_call(None, start, end), end)
-            if dispatcher.active:
-                finished(start, end, None)
+            settle(generation, None, start, _active.monotonic())
             return result
 
         async def slow_path(fn: Any, args: Any, kwargs: Any) -> Any:
             generation = breaker._admit()
             if generation == _NEED_LEASE:
-                shared = breaker._shared
-                assert shared is not None
-                # the lease is one short round trip, made off the event loop thread
-                loop = asyncio.get_running_loop()
-                try:
-                    granted = await loop.run_in_executor(None, shared.acquire_trial, breaker)
-                except BaseException:
-                    breaker._after_lease_abandoned()
-                    raise
-                generation = breaker._after_lease(granted)
+                generation = await breaker._alease()
             if generation == _UNRECORDED:
                 return await inner(fn, args, kwargs)
             return await timed(fn, args, kwargs, generation)
 
-        timed_mode = self._timed
-
-        check_at = self.minimum_calls - 1
-        reject_open = self._reject_open
-
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
-            if breaker._mode:
-                if breaker._mode == _OPEN:
-                    left = breaker._open_until - _now()
-                    if left > 0:
-                        raise reject_open(left)
-                return await slow_path(fn, args, kwargs)
-            if timed_mode or dispatcher.active:
+            mode = breaker._mode
+            if mode or timed_mode or dispatcher.active:
+                if mode == _OPEN:
+                    left = breaker._open_until - _active.monotonic()
+                    if left > 0 and not dispatcher.sinks:
+                        raise _CircuitOpen(left, name)
+                if mode:
+                    return await slow_path(fn, args, kwargs)
                 return await timed(fn, args, kwargs, _PASS)
             try:
                 if direct:
@@ -1015,7 +1016,7 @@ class CircuitBreaker(Policy):
         """
         if not callable(fn) or self._timed:
             return super().__call__(fn)
-        breaker, record, reject_open = self, self._record, self._reject_open
+        breaker, name, record = self, self.name, self._record
         check_at = self.minimum_calls - 1
         if inspect.iscoroutinefunction(fn):
             acall = self._acall
@@ -1026,8 +1027,8 @@ class CircuitBreaker(Policy):
                 if mode or dispatcher.active:
                     if mode == _OPEN:
                         left = breaker._open_until - _active.monotonic()
-                        if left > 0:
-                            raise reject_open(left)
+                        if left > 0 and not dispatcher.sinks:
+                            raise _CircuitOpen(left, name)
                     return await acall(fn, args, kwargs)
                 try:
                     result = await fn(*args, **kwargs)
@@ -1047,8 +1048,8 @@ class CircuitBreaker(Policy):
             if mode or dispatcher.active:
                 if mode == _OPEN:
                     left = breaker._open_until - _active.monotonic()
-                    if left > 0:
-                        raise reject_open(left)
+                    if left > 0 and not dispatcher.sinks:
+                        raise _CircuitOpen(left, name)
                 return call(fn, args, kwargs)
             try:
                 result = fn(*args, **kwargs)
@@ -1061,12 +1062,6 @@ class CircuitBreaker(Policy):
 
         return wrapper
 
-    def _after_lease_abandoned(self) -> None:
-        with self._lock:
-            self._leasing = False
-
-
-_new_error = BaseException.__new__
 
 
 def _run(pending: _Pending) -> None:
