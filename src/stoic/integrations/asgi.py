@@ -63,15 +63,6 @@ def _valid_request_id(value: bytes) -> str | None:
     return value.decode("ascii")
 
 
-def _trace_extractor() -> Callable[[Any], Any] | None:
-    try:
-        from ..observability import otel  # type: ignore[attr-defined,unused-ignore]
-    except Exception:  # absent, or OpenTelemetry not installed
-        return None
-    extract = getattr(otel, "extract", None)
-    return extract if callable(extract) else None
-
-
 class StoicMiddleware:
     """Deadlines, request context, trace context and load shedding for an ASGI app.
 
@@ -136,7 +127,9 @@ class StoicMiddleware:
         self.request_id_header = request_id_header
         self._deadline_key = deadline_header.lower().encode("latin-1")
         self._request_id_key = request_id_header.lower().encode("latin-1")
-        self._extract = _trace_extractor()
+        from ..observability.otel import extract  # None at once unless tracing is on
+
+        self._extract = extract
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -221,11 +214,8 @@ class _Exchange:
                 otel_context.detach(token)
 
     def _attach_trace(self) -> Any:
-        extract = self.middleware._extract
-        if extract is None:
-            return None
         try:
-            ctx = extract(self.headers)
+            ctx = self.middleware._extract(self.headers)
             if ctx is None:
                 return None
             from opentelemetry import context as otel_context
