@@ -264,19 +264,18 @@ class Supervisor:
 
     def pause(self, name: str) -> None:
         """SIGSTOP: the process is alive but answers nothing (a long GC pause, a hung VM)."""
-        with self._lock:
-            managed = self._get(name)
-            self._emit(managed, "pause")
-            self._signal(managed, signal.SIGSTOP)
-            managed.paused = True
+        self._set_paused(name, True)
 
     def resume(self, name: str) -> None:
         """SIGCONT a paused process."""
+        self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> None:
         with self._lock:
             managed = self._get(name)
-            self._emit(managed, "resume")
-            self._signal(managed, signal.SIGCONT)
-            managed.paused = False
+            self._emit(managed, "pause" if paused else "resume")
+            self._signal(managed, signal.SIGSTOP if paused else signal.SIGCONT)
+            managed.paused = paused
 
     def restart(self, name: str, *, graceful: bool = True) -> ProcessInfo:
         """Stop it (terminate, or kill when ``graceful=False``) and start the same command."""
