@@ -13,12 +13,7 @@ from typing import Any
 import pytest
 
 import stoic
-from stoic.errors import (
-    CodecError,
-    IdempotencyKeyInUseError,
-    IdempotencyKeyMismatchError,
-    IdempotencyStoredError,
-)
+from stoic import CodecError, IdempotencyKeyInUseError, IdempotencyKeyMismatchError, IdempotencyStoredError
 from stoic.events import Event
 from stoic.idempotency import MemoryStore, Store, extend
 from stoic.idempotency.events import (
@@ -445,6 +440,12 @@ def test_bad_configuration_is_refused_naming_the_parameter(
 def test_store_must_implement_the_contract() -> None:
     with pytest.raises(TypeError, match="Store"):
         stoic.idempotent(store=object(), key="{k}")  # type: ignore[arg-type]
+
+    class NoDelete(MemoryStore):
+        adelete = None  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match=r"\(no adelete\)"):
+        stoic.idempotent(store=NoDelete(), key="{k}")
 
 
 def test_namespaces_keep_two_functions_with_the_same_key_apart() -> None:

@@ -69,44 +69,40 @@ class StoreModel(RuleBasedStateMachine):
         else:
             assert claim.status is (ClaimStatus.COMPLETED if row.done else ClaimStatus.IN_FLIGHT)
 
-    @precondition(lambda self: bool(self.tokens))
-    @rule(key=KEYS, data=st.data())
-    def complete(self, key: str, data: st.DataObject) -> None:
-        token = self.tokens.get(key, "nobody")
-        ok = self.store.complete(key, token, f"done-{key}", ttl=TTL)
+    def _owned(self, key: str, token: str) -> Row | None:
+        """The row ``token`` may complete, release or extend: its own, in flight, unexpired."""
         row = self.model.get(key)
-        now = clock.wall()
-        expected = (row is not None and not row.done and row.token == token
-                    and row.expires_at > now)
-        assert ok == expected
-        if ok and row is not None:
-            row.done, row.expires_at = True, now + TTL
+        if row is None or row.done or row.token != token or row.expires_at <= clock.wall():
+            return None
+        return row
+
+    @precondition(lambda self: bool(self.tokens))
+    @rule(key=KEYS)
+    def complete(self, key: str) -> None:
+        token = self.tokens.get(key, "nobody")
+        row = self._owned(key, token)
+        assert self.store.complete(key, token, f"done-{key}", ttl=TTL) == (row is not None)
+        if row is not None:
+            row.done, row.expires_at = True, clock.wall() + TTL
 
     @precondition(lambda self: bool(self.tokens))
     @rule(key=KEYS)
     def release(self, key: str) -> None:
         token = self.tokens.get(key, "nobody")
-        ok = self.store.release(key, token)
-        row = self.model.get(key)
-        expected = (row is not None and not row.done and row.token == token
-                    and row.expires_at > clock.wall())
-        assert ok == expected
-        if ok:
+        row = self._owned(key, token)
+        assert self.store.release(key, token) == (row is not None)
+        if row is not None:
             del self.model[key]
 
     @precondition(lambda self: bool(self.tokens))
     @rule(key=KEYS)
     def extend(self, key: str) -> None:
         token = self.tokens.get(key, "nobody")
-        ok = self.store.extend(key, token, LEASE)
-        row = self.model.get(key)
-        now = clock.wall()
-        expected = (row is not None and not row.done and row.token == token
-                    and row.expires_at > now)
-        assert ok == expected
-        if ok and row is not None:
-            row.lease_until = now + LEASE
-            row.expires_at = max(row.expires_at, now + LEASE)
+        row = self._owned(key, token)
+        assert self.store.extend(key, token, LEASE) == (row is not None)
+        if row is not None:
+            row.lease_until = clock.wall() + LEASE
+            row.expires_at = max(row.expires_at, row.lease_until)
 
     @rule(seconds=st.sampled_from([1.0, 5.0, 9.5, 10.5, 31.0]))
     def advance(self, seconds: float) -> None:
