@@ -178,8 +178,7 @@ class CountWindow:
     __slots__ = ("size",)
 
     def __init__(self, size: int = 100) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be an int >= 1, got {size!r}")
+        _check_count("size", size)
         self.size = size
 
     def __repr__(self) -> str:
@@ -199,8 +198,7 @@ class TimeWindow:
     __slots__ = ("seconds",)
 
     def __init__(self, seconds: int = 60) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
-            raise ValueError(f"seconds must be an int >= 1, got {seconds!r}")
+        _check_count("seconds", seconds)
         if seconds > 3600:
             raise ValueError(f"seconds must be <= 3600, got {seconds!r}")
         self.seconds = seconds
@@ -494,16 +492,10 @@ class CircuitBreaker(Policy):
             window = CountWindow(100)
         elif not isinstance(window, (CountWindow, TimeWindow)):
             raise ValueError(f"window must be a CountWindow or a TimeWindow, got {window!r}")
-        if isinstance(minimum_calls, bool) or not isinstance(minimum_calls, int) or (
-            minimum_calls < 1
-        ):
-            raise ValueError(f"minimum_calls must be an int >= 1, got {minimum_calls!r}")
+        _check_count("minimum_calls", minimum_calls)
         if not (_is_number(open_for) and 0 < open_for < float("inf")):
             raise ValueError(f"open_for must be > 0 seconds (finite), got {open_for!r}")
-        if isinstance(half_open_calls, bool) or not isinstance(half_open_calls, int) or (
-            half_open_calls < 1
-        ):
-            raise ValueError(f"half_open_calls must be an int >= 1, got {half_open_calls!r}")
+        _check_count("half_open_calls", half_open_calls)
         if not (_is_number(open_for_growth) and 1.0 <= open_for_growth < float("inf")):
             raise ValueError(f"open_for_growth must be >= 1, got {open_for_growth!r}")
         if max_open_for is not None and not (
@@ -1071,6 +1063,11 @@ def _run(pending: _Pending) -> None:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _check_count(parameter: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{parameter} must be an int >= 1, got {value!r}")
 
 
 def _check_rate(parameter: str, value: object) -> None:

@@ -366,20 +366,18 @@ class RedisState:
 
     # --- rate limits ----------------------------------------------------------------------
 
+    # ``take`` and ``atake`` differ only in the client and the ``await``; the script's
+    # arguments and the reading of its answer are written once, below them.
+
     def take(self, key: str, interval: float, burst: int, max_wait: float) -> tuple[bool, float]:
         if self._available():
             try:
                 self._client()
-                gcra = self._scripts[0]
-                result = gcra(
-                    keys=[self._limit_key(key)],
-                    args=[interval * 1000.0, burst, max_wait * 1000.0],
-                )
+                result = self._scripts[0](**self._gcra_call(key, interval, burst, max_wait))
             except Exception as exc:
                 self._failed("rate limit", exc)
             else:
-                self._ok()
-                return bool(int(result[0])), float(result[1]) / 1000.0
+                return self._gcra_answer(result)
         return self._local.take(key, interval, burst, max_wait)
 
     async def atake(
@@ -388,16 +386,26 @@ class RedisState:
         if self._available():
             try:
                 _client, gcra = self._aclient()
-                result = await gcra(
-                    keys=[self._limit_key(key)],
-                    args=[interval * 1000.0, burst, max_wait * 1000.0],
-                )
+                result = await gcra(**self._gcra_call(key, interval, burst, max_wait))
             except Exception as exc:
                 self._failed("rate limit", exc)
             else:
-                self._ok()
-                return bool(int(result[0])), float(result[1]) / 1000.0
+                return self._gcra_answer(result)
         return self._local.take(key, interval, burst, max_wait)
+
+    def _gcra_call(
+        self, key: str, interval: float, burst: int, max_wait: float
+    ) -> dict[str, list[Any]]:
+        """The GCRA script's keys and arguments (milliseconds, as the script counts)."""
+        return {
+            "keys": [self._limit_key(key)],
+            "args": [interval * 1000.0, burst, max_wait * 1000.0],
+        }
+
+    def _gcra_answer(self, result: Any) -> tuple[bool, float]:
+        """Redis answered: note that it is healthy and read ``(admitted, seconds)``."""
+        self._ok()
+        return bool(int(result[0])), float(result[1]) / 1000.0
 
     # --- lifecycle ------------------------------------------------------------------------
 
