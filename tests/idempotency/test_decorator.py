@@ -445,7 +445,7 @@ def test_store_must_implement_the_contract() -> None:
         adelete = None  # type: ignore[assignment]
 
     with pytest.raises(TypeError, match=r"\(no adelete\)"):
-        stoic.idempotent(store=NoDelete(), key="{k}")
+        stoic.idempotent(store=NoDelete(), key="{k}")  # type: ignore[arg-type]
 
 
 def test_namespaces_keep_two_functions_with_the_same_key_apart() -> None:

@@ -16,6 +16,9 @@ import uvicorn
 import stoic
 from idempotency.backends import Backend
 from stoic.idempotency import IdempotencyMiddleware, MemoryStore, Store
+from stoic.idempotency.events import IdempotencyRecordCorrupted
+from stoic.idempotency.fingerprint import fingerprint_request
+from stoic.idempotency.store import store_key
 from support import free_port, wait_for_port
 
 
@@ -213,6 +216,24 @@ def test_scope_keeps_principals_apart(shop: Server) -> None:
     assert bob.json()["n"] == 2, "bob's request ran; he never sees alice's reply"
     assert alice_again.json()["n"] == 1
     assert alice_again.headers["idempotent-replayed"] == "true"
+
+
+def test_unreadable_stored_response_is_reported_and_the_request_runs_again(shop: Server) -> None:
+    store = MemoryStore()
+    shop.use(store)
+    stored_as = store_key("http", "", "bad")
+    claim = store.claim(stored_as, fingerprint_request("POST", "/orders", "", b"x"), lease=5, ttl=60)
+    store.complete(stored_as, claim.token or "", "{not json", ttl=60)
+    seen: list[stoic.events.Event] = []
+    stoic.events.subscribe(seen.append)
+    with httpx.Client(base_url=shop.url) as client:
+        first = client.post("/orders", content=b"x", headers={"Idempotency-Key": "bad"})
+        again = client.post("/orders", content=b"x", headers={"Idempotency-Key": "bad"})
+    assert first.status_code == 201
+    assert "idempotent-replayed" not in first.headers, "ran again, not replayed garbage"
+    assert again.headers["idempotent-replayed"] == "true", "its new response is stored"
+    assert shop.shop.runs["/orders"] == 1
+    assert [e.key for e in seen if isinstance(e, IdempotencyRecordCorrupted)] == ["bad"]
 
 
 def test_app_exception_releases_the_key(shop: Server) -> None:

@@ -7,11 +7,14 @@ client side, so moving the virtual clock moves the stores' idea of "now" too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from idempotency.backends import Backend
-from stoic.idempotency import ClaimStatus, RecordState, Store
+from stoic.idempotency import ClaimStatus, PostgresStore, RecordState, RedisStore, SQLiteStore, Store
 from stoic.testing import virtual_time
 
 LEASE, TTL = 10.0, 100.0
@@ -126,6 +129,31 @@ def test_bad_lease_or_ttl_is_refused_naming_it(store: Store, lease: float, ttl: 
         store.claim("k", "fp", lease=lease, ttl=ttl)
 
 
+_NOWHERE = "postgresql://nowhere/db"  # the constructors check before they connect
+
+
+@pytest.mark.parametrize(
+    ("make", "parameter"),
+    [
+        (lambda tmp: SQLiteStore(":memory:"), "path"),
+        (lambda tmp: SQLiteStore(tmp / "s.db", table="1st"), "table"),
+        (lambda tmp: SQLiteStore(tmp / "s.db", table="t; DROP TABLE x"), "table"),
+        (lambda tmp: SQLiteStore(tmp / "s.db", busy_timeout=0), "busy_timeout"),
+        (lambda tmp: SQLiteStore(tmp / "s.db", synchronous="fast"), "synchronous"),
+        (lambda tmp: PostgresStore(_NOWHERE, table="t" * 64), "table"),
+        (lambda tmp: PostgresStore(_NOWHERE, min_size=-1), "min_size"),
+        (lambda tmp: PostgresStore(_NOWHERE, max_size=0), "max_size"),
+        (lambda tmp: RedisStore("http://127.0.0.1:6379"), "url"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bad_store_configuration_is_refused_naming_the_parameter(
+    make: Callable[[Path], Any], parameter: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=parameter):
+        make(tmp_path)
+
+
 def test_corrupted_record_is_reported_and_treated_as_absent(
     shared_backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -179,10 +207,42 @@ async def test_async_twins_keep_the_same_contract(store: Store) -> None:
     await store.aclose()
 
 
-def test_redis_key_holding_another_type_is_treated_as_absent(redis_url: str) -> None:
+def test_redis_claim_complete_and_replay_take_one_round_trip_each(redis_url: str) -> None:
     import uuid
 
-    from stoic.idempotency import RedisStore
+    import redis
+
+    sent: list[object] = []
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent.append(command)
+            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(
+        redis_url, connection_class=Counting))
+    store = RedisStore(redis_url, prefix=f"stoic-test:{uuid.uuid4().hex}:", client=client)
+    try:
+        warm = store.claim("warm", "fp", lease=LEASE, ttl=TTL)  # loads the scripts
+        store.complete("warm", warm.token or "", "r", ttl=TTL)
+
+        def trips(operation: Callable[[], Any]) -> tuple[int, Any]:
+            sent.clear()
+            result = operation()
+            return len(sent), result
+
+        claimed, claim = trips(lambda: store.claim("k", "fp", lease=LEASE, ttl=TTL))
+        completed, _ = trips(lambda: store.complete("k", claim.token or "", "r", ttl=TTL))
+        replayed, replay = trips(lambda: store.claim("k", "fp", lease=LEASE, ttl=TTL))
+        assert replay.status is ClaimStatus.COMPLETED
+        assert (claimed, completed, replayed) == (1, 1, 1), "one command each: no extra reads"
+    finally:
+        client.delete(store.prefix + "k", store.prefix + "warm")
+        store.close()
+
+
+def test_redis_key_holding_another_type_is_treated_as_absent(redis_url: str) -> None:
+    import uuid
 
     store = RedisStore(redis_url, prefix=f"stoic-test:{uuid.uuid4().hex}:")
     client = store._sync_client()
