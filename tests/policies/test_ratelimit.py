@@ -151,6 +151,7 @@ def test_rejection_emits_call_rejected() -> None:
         ({"rate": 1, "burst": 0}, "burst"),
         ({"rate": 1, "wait": True, "max_wait": 0}, "max_wait"),
         ({"rate": 1, "max_wait": 1.0}, "max_wait"),
+        ({"rate": 1, "state": MemoryState()}, "name"),  # unnamed limiters would share a rate
     ],
 )
 def test_bad_configuration_names_the_parameter(kwargs: dict[str, Any], parameter: str) -> None:

@@ -49,7 +49,8 @@ class RateLimiter(Policy):
             (> 0, or None for as long as the context deadline allows).
         state: ``stoic.state.RedisState`` (or a shared ``MemoryState``) to share the rate
             with every limiter of the same ``name``; None keeps it in this object.
-        name: names the limit in events, metrics and shared state.
+        name: names the limit in events, metrics and shared state; required with ``state``,
+            since it is what limiters sharing one rate have in common.
     """
 
     def __init__(
@@ -78,6 +79,9 @@ class RateLimiter(Policy):
                 raise ValueError(f"max_wait must be > 0 seconds or None, got {max_wait!r}")
         if state is not None and not hasattr(state, "take"):
             raise ValueError(f"state must be a stoic.state backend or None, got {state!r}")
+        if state is not None and not name:
+            # every limiter of a name shares one rate: a default name would merge them all
+            raise ValueError(f"name is required with state={state!r}, got {name!r}")
         self.rate = float(rate)
         self.per = float(per)
         self.burst = burst
@@ -86,6 +90,7 @@ class RateLimiter(Policy):
         self.state = state
         self.name = name or "ratelimit"
         self.interval = self.per / self.rate
+        self._message = f"rate limit {self.name!r} exceeded ({self.rate:g} per {self.per:g}s)"
         self._lock = threading.Lock()
         self._tat = -math.inf
         self._compose()
@@ -125,10 +130,7 @@ class RateLimiter(Policy):
                     retry_after=retry_after,
                 )
             )
-        return RateLimitedError(
-            f"rate limit {self.name!r} exceeded ({self.rate:g} per {self.per:g}s)",
-            retry_after=retry_after, name=self.name,
-        )
+        return RateLimitedError(self._message, retry_after=retry_after, name=self.name)
 
     def _take(self, max_wait: float) -> tuple[bool, float]:
         state = self.state
