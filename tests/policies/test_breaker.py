@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import pickle
 import threading
+import traceback
 import tracemalloc
 from typing import Any
 
@@ -290,6 +292,34 @@ class TestRejectionCost:
                 tb, depth = tb.tb_next, depth + 1
             depths.append(depth)
         assert depths[0] == depths[1] == depths[2] <= 6
+
+    @pytest.mark.parametrize("path", ["decorator", "call", "pipeline", "async"])
+    def test_a_rejection_reads_and_pickles_as_a_circuit_open_error(self, path: str) -> None:
+        """The cheap rejection is a CircuitOpenError to every reader: name, text, pickle."""
+        with virtual_time() as clock:
+            breaker = stoic.CircuitBreaker("pay", minimum_calls=1, open_for=30.0)
+            fail_n(breaker, 1)
+            clock.advance(10.0)
+            run = {
+                "decorator": breaker(ok),
+                "call": lambda: breaker.call(ok),
+                "pipeline": lambda: stoic.Pipeline(stoic.Retry(attempts=1), breaker).call(ok),
+                "async": lambda: asyncio.run(breaker(_aok)()),
+            }[path]
+            with pytest.raises(stoic.CircuitOpenError) as info:
+                run()
+        exc = info.value
+        assert (exc.retry_after, exc.name) == (pytest.approx(20.0), "pay")
+        assert str(exc) == "circuit 'pay' is open"
+        assert type(exc).__name__ == "CircuitOpenError"  # what metrics and logs show
+        assert "stoic.errors.CircuitOpenError: circuit 'pay' is open" in "".join(
+            traceback.format_exception_only(exc)
+        )
+        copy = pickle.loads(pickle.dumps(exc))
+        assert type(copy) is stoic.CircuitOpenError
+        assert (copy.retry_after, copy.name, str(copy)) == (exc.retry_after, "pay", str(exc))
+        exc.retry_after = 1.0  # still a plain, writable attribute to its readers
+        assert (exc.retry_after, exc.name) == (1.0, "pay")
 
     @pytest.mark.parametrize("how", ["open", "forced_open"])
     def test_rejections_do_not_grow_memory(self, how: str) -> None:
