@@ -1,11 +1,12 @@
 """What the httpx transports and the requests adapter share: the HTTP rules of safe retrying.
 
-None of this imports an HTTP library. The transports ask it three questions per logical
-request (may it be retried, with which policy, under which key) and two per attempt (how
-much time is left, which headers go out). Whether and when to retry is never decided here:
-that stays ``stoic.Retry``'s decision. This module only tells Retry what it needs to know,
-by picking an idempotent or non-idempotent variant of the caller's policy, or by running the
-attempts under the request's idempotency key.
+None of this imports an HTTP library. ``Core``, the base of the httpx transports and the
+requests adapter, answers three questions per logical request (may it be retried, with which
+policy, under which key) and two per attempt (how much time is left, which headers go out);
+the subclasses only translate their library's request and do the I/O. Whether and when to
+retry is never decided here: that stays ``stoic.Retry``'s decision. This module only tells
+Retry what it needs to know, by picking an idempotent or non-idempotent variant of the
+caller's policy, or by running the attempts under the request's idempotency key.
 
 Per-host policies (a circuit breaker named ``http:<host>``, an optional bulkhead) are built
 on first use of a host and kept by the transport; breakers are also found through
@@ -173,7 +174,6 @@ class Core:
             if not isinstance(value, str) or not value or not value.isascii() or " " in value:
                 raise ValueError(f"{label} must be a non-empty ASCII header name, got {value!r}")
         self.policy = policy
-        self.per_host = bool(per_host)
         self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
         self._idempotent_policy = idempotent_variant(policy)
         self._idempotency_keys = bool(idempotency_keys)
@@ -184,6 +184,11 @@ class Core:
 
         self._annotate = annotate_http
         self._inject = inject
+
+    @property
+    def per_host(self) -> bool:
+        """Whether each host gets its own breaker (and bulkhead)."""
+        return self._hosts is not None
 
     @staticmethod
     def _address(url: Any) -> tuple[str, str, int | None]:
