@@ -437,6 +437,20 @@ def test_bad_configuration_is_refused_naming_the_parameter(
         stoic.idempotent(**args)
 
 
+def test_one_outcome_for_cache_is_refused_naming_it() -> None:
+    with pytest.raises(TypeError, match="cache must be a collection"):
+        stoic.idempotent(store=MemoryStore(), key="{k}", cache=Outcome.SUCCESS)  # type: ignore[arg-type]
+
+
+def test_extend_with_a_lease_of_zero_is_refused_not_taken_as_the_default() -> None:
+    @stoic.idempotent(store=MemoryStore(), key="{k}")
+    def work(k: str) -> bool:
+        return extend(0)
+
+    with pytest.raises(ValueError, match="lease"):
+        work("a")
+
+
 def test_store_must_implement_the_contract() -> None:
     with pytest.raises(TypeError, match="Store"):
         stoic.idempotent(store=object(), key="{k}")  # type: ignore[arg-type]

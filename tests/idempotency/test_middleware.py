@@ -279,3 +279,8 @@ def test_bad_configuration_is_refused_naming_the_parameter(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         IdempotencyMiddleware(Shop(), MemoryStore(), **kwargs)
+
+
+def test_methods_given_as_one_string_is_refused() -> None:
+    with pytest.raises(TypeError, match="methods"):
+        IdempotencyMiddleware(Shop(), MemoryStore(), methods="POST")

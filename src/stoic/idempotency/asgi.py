@@ -98,6 +98,8 @@ class IdempotencyMiddleware:
         header: str = "Idempotency-Key",
         namespace: str = "http",
     ) -> None:
+        if isinstance(methods, (str, bytes)):
+            raise TypeError(f"methods must be a collection of method names, got {methods!r}")
         self.methods = frozenset(m.upper() for m in methods)
         if not self.methods:
             raise ValueError("methods must name at least one HTTP method, got none")
@@ -112,6 +114,8 @@ class IdempotencyMiddleware:
             raise ValueError(f"header must be an ASCII header name, got {header!r}")
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
+        if not callable(store_status):
+            raise TypeError(f"store_status must be callable, got {store_status!r}")
         if SEPARATOR in namespace:
             raise ValueError(f"namespace must not contain \\x1f, got {namespace!r}")
         self.app = app

@@ -89,12 +89,14 @@ def extend(lease: float | None = None) -> bool:
     """From inside an idempotent call: keep its lease for ``lease`` more seconds.
 
     Defaults to the operation's own ``lease``. Returns False if the lease was already lost
-    (another caller took the key over), which means the work may be running twice.
+    (another caller took the key over), which means the work may be running twice. A
+    ``lease`` that is not a number of seconds > 0 raises ``ValueError``.
     """
     current = _current.get()
     if current is None:
         raise RuntimeError("extend() is only meaningful inside an @idempotent call")
-    return current.store.extend(current.key, current.token, lease or current.lease)
+    return current.store.extend(current.key, current.token,
+                                current.lease if lease is None else lease)
 
 
 async def aextend(lease: float | None = None) -> bool:
@@ -102,7 +104,8 @@ async def aextend(lease: float | None = None) -> bool:
     current = _current.get()
     if current is None:
         raise RuntimeError("aextend() is only meaningful inside an @idempotent call")
-    return await current.store.aextend(current.key, current.token, lease or current.lease)
+    return await current.store.aextend(current.key, current.token,
+                                       current.lease if lease is None else lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +240,8 @@ class Idempotent(Policy):
             raise TypeError(f"fingerprint must be callable, got {fingerprint!r}")
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
+        if isinstance(cache, (Outcome, str)):
+            raise TypeError(f"cache must be a collection of stoic.Outcome members, got {cache!r}")
         cache = frozenset(cache)
         for outcome in cache:
             if not isinstance(outcome, Outcome):
@@ -378,7 +383,7 @@ class Idempotent(Policy):
             dispatcher.emit(IdempotentReplayed(name=label, key=call.client_key))
         return value
 
-    def _claimed(self, target: _Target, call: _Call, claim: Claim) -> None:
+    def _report_takeover(self, target: _Target, call: _Call, claim: Claim) -> None:
         if claim.replaced == "lease_expired" and dispatcher.sinks:
             dispatcher.emit(IdempotencyLeaseTakenOver(
                 name=self._label(target), key=call.client_key))
@@ -433,7 +438,7 @@ class Idempotent(Policy):
     def _run(self, inner: Step, target: _Target, prepared: _Call, claim: Claim,
              fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         token = claim.token or ""
-        self._claimed(target, prepared, claim)
+        self._report_takeover(target, prepared, claim)
         handle = _current.set(_Lease(self.store, prepared.store_key, token, self.lease))
         try:
             with using_idempotency_key(prepared.client_key):
@@ -448,7 +453,7 @@ class Idempotent(Policy):
             raise
         _current.reset(handle)
         try:
-            text = self._result_record(target, prepared, token, result)
+            text = self._result_record(prepared, result)
         except CodecError:
             self._finish(target, prepared, token, None)
             raise
@@ -485,8 +490,7 @@ class Idempotent(Policy):
                      "release" if text is None else "store the outcome of",
                      prepared.client_key, exc_info=True)
 
-    def _result_record(self, target: _Target, prepared: _Call, token: str,
-                       result: Any) -> str | None:
+    def _result_record(self, prepared: _Call, result: Any) -> str | None:
         """The stored text for a result, None when results are not cached.
 
         Encoding happens before anything is marked complete: a result the codec cannot
@@ -536,7 +540,7 @@ class Idempotent(Policy):
                     fn: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
         token = claim.token or ""
-        self._claimed(target, prepared, claim)
+        self._report_takeover(target, prepared, claim)
         handle = _current.set(_Lease(self.store, prepared.store_key, token, self.lease))
         try:
             async with using_idempotency_key(prepared.client_key):
@@ -551,7 +555,7 @@ class Idempotent(Policy):
             raise
         _current.reset(handle)
         try:
-            text = self._result_record(target, prepared, token, result)
+            text = self._result_record(prepared, result)
         except CodecError:
             await self._afinish(target, prepared, token, None)
             raise

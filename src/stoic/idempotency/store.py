@@ -48,9 +48,11 @@ Keys are at most ``MAX_KEY_LENGTH`` (255) characters, refused with ``ValueError`
 leases should be much longer than the skew. Stores never unpickle or evaluate anything they
 read: records are plain columns or fields, and ``response`` is text handed back unchanged.
 
-``BaseStore`` gives each backend argument checks and default async twins that run the sync
-method in a worker thread (so the event loop never blocks); backends with a native async
-client override them.
+What every backend shares is written once here: the argument checks (``check_claim``,
+``check_seconds``, ``check_key``), what a claim on a live record answers (``live_answer``),
+why a won claim replaced a dead one (``claimed``) and what ``get`` hides (``unexpired``).
+``BaseStore`` adds default async twins that run the sync method in a worker thread (so the
+event loop never blocks); backends with a native async client override them.
 """
 
 from __future__ import annotations
