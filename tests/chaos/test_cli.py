@@ -33,6 +33,14 @@ def test_a_malformed_config_exits_2_with_the_reason(tmp_path: Path) -> None:
     assert "expected a list of proxy objects" in result.output
 
 
+def test_a_config_that_is_not_yaml_exits_2_with_the_reason(tmp_path: Path) -> None:
+    config = tmp_path / "proxies.yaml"
+    config.write_text("- name: [unclosed\n")
+    result = CliRunner().invoke(build_app(), ["proxy", "--port", "0", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "not valid YAML" in result.output
+
+
 def test_a_config_proxy_on_a_busy_port_exits_1_naming_the_address(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

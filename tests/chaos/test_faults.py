@@ -209,6 +209,14 @@ class TestPlans:
         with pytest.raises(ValueError, match=message):
             chaos.load_plan(plan)
 
+    def test_a_plan_file_that_does_not_parse_raises_value_error(self, tmp_path: Path) -> None:
+        """YAML errors too, so a watched plan file that is half written is logged, not fatal."""
+        (tmp_path / "plan.yaml").write_text("faults: [unclosed\n")
+        (tmp_path / "plan.json").write_text("{not json")
+        for name in ("plan.yaml", "plan.json"):
+            with pytest.raises(ValueError):
+                chaos.load_plan(tmp_path / name)
+
     def test_stoic_chaos_env_var_enables_a_plan_in_a_fresh_process(self, tmp_path: Path) -> None:
         plan = tmp_path / "plan.json"
         plan.write_text(json.dumps({"faults": {"charge": {"error": 503, "rate": 1.0}}}))

@@ -10,11 +10,12 @@ The config file is Toxiproxy's: a JSON (or YAML) list of ``{"name", "listen", "u
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from .faults import _read_document
 
 __all__ = ["app", "load_config"]
 
@@ -26,14 +27,7 @@ app = typer.Typer(
 
 def load_config(path: Path) -> list[dict[str, Any]]:
     """Read a proxy list from JSON or YAML (``.yaml``/``.yml``); ValueError if malformed."""
-    text = path.read_text(encoding="utf-8")
-    data: Any
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    data = _read_document(path)
     if isinstance(data, dict) and "proxies" in data:
         data = data["proxies"]
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):

@@ -308,6 +308,24 @@ class Plan:
     seed: int | None = None
 
 
+def _read_document(path: Path) -> Any:
+    """A JSON file, or YAML by its ``.yaml``/``.yml`` suffix; ValueError if it does not parse.
+
+    Shared by fault plans and the proxy's config file. OSError (a missing file) passes by.
+    """
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        return json.loads(text)  # JSONDecodeError is a ValueError
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ValueError(f"{path}: reading YAML needs PyYAML: pip install pyyaml") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_plan(source: str | os.PathLike[str] | Mapping[str, Any]) -> Plan:
     """A plan from a mapping, a JSON/YAML file path, or JSON text. ValueError if malformed."""
     data: Any
@@ -318,16 +336,7 @@ def load_plan(source: str | os.PathLike[str] | Mapping[str, Any]) -> Plan:
         if text.lstrip().startswith("{"):
             data = json.loads(text)
         else:
-            path = Path(source)
-            content = path.read_text(encoding="utf-8")
-            if path.suffix.lower() in (".yaml", ".yml"):
-                try:
-                    import yaml
-                except ImportError as exc:  # pragma: no cover - depends on the environment
-                    raise ValueError("a YAML fault plan needs PyYAML: pip install pyyaml") from exc
-                data = yaml.safe_load(content)
-            else:
-                data = json.loads(content)
+            data = _read_document(Path(source))
     if not isinstance(data, Mapping):
         raise ValueError(f"a fault plan must be an object, got {type(data).__name__}")
     faults = data.get("faults", {})
@@ -443,8 +452,8 @@ def _check_env() -> None:
 def _apply_plan_file(path: Path) -> None:
     """Enable the plan in ``path``; disable when the file is gone or says ``enabled: false``."""
     try:
-        plan = load_plan(path)
-        text = path.read_text(encoding="utf-8")
+        data = _read_document(path)
+        plan = load_plan(data)
     except FileNotFoundError:
         disable()
         return
@@ -453,21 +462,10 @@ def _apply_plan_file(path: Path) -> None:
 
         logging.getLogger("stoic").exception("stoic chaos: ignoring a bad fault plan in %s", path)
         return
-    if _switched_off(path, text):
+    if data.get("enabled") is False:  # load_plan accepted it, so it is a mapping
         disable()
     else:
         enable(plan)
-
-
-def _switched_off(path: Path, text: str) -> bool:
-    data: Any
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    return isinstance(data, Mapping) and data.get("enabled") is False
 
 
 def _watch_plan_file(path: Path, interval: float = 0.2) -> None:
