@@ -127,12 +127,16 @@ def broker(cfg: ShopConfig) -> Any:
     return messaging.connect(cfg.broker_url)
 
 
-def outbox(cfg: ShopConfig, conn: Any) -> Any:
-    """The transactional outbox orders writes its hand-offs to (table created on ``conn``)."""
-    outbox_mod = require("stoic.messaging.outbox", "the transactional outbox")
-    box = outbox_mod.Outbox()
+def _made_on(conn: Any, kind: str, what: str) -> Any:
+    """An ``Outbox`` or ``Inbox`` whose table is created on ``conn``."""
+    box = getattr(require("stoic.messaging.outbox", what), kind)()
     box.create(conn)
     return box
+
+
+def outbox(conn: Any) -> Any:
+    """The transactional outbox orders writes its hand-offs to (table created on ``conn``)."""
+    return _made_on(conn, "Outbox", "the transactional outbox")
 
 
 def start_outbox_relay(cfg: ShopConfig, db_path: str) -> None:
@@ -147,10 +151,7 @@ def start_outbox_relay(cfg: ShopConfig, db_path: str) -> None:
 
 def inbox(conn: Any) -> Any:
     """The consumer's inbox: handled message ids, committed with the handler's own writes."""
-    outbox_mod = require("stoic.messaging.outbox", "the inbox")
-    box = outbox_mod.Inbox()
-    box.create(conn)
-    return box
+    return _made_on(conn, "Inbox", "the inbox")
 
 
 def start_worker(cfg: ShopConfig, handler: Any) -> None:

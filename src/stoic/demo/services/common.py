@@ -20,7 +20,8 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,13 @@ __all__ = [
     "ShopConfig",
     "Stats",
     "connect",
+    "endpoint",
+    "header",
     "json_response",
+    "open_db",
     "read_json",
     "route",
+    "transaction",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -106,6 +111,26 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def open_db(cfg: ShopConfig, service: str, schema: str) -> tuple[sqlite3.Connection, threading.Lock]:
+    """``service``'s own database with ``schema`` applied, and the lock its connection needs."""
+    conn = connect(cfg.db(service))
+    conn.executescript(schema)
+    return conn, threading.Lock()
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite3.Connection]:
+    """One write transaction: everything in the block commits together, or nothing does."""
+    with lock:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
 async def read_json(receive: Receive) -> Any:
     """The request body, parsed as JSON (an empty body is ``{}``)."""
     body = b""
@@ -136,6 +161,44 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
+
+
+#: A service's one endpoint: ``(scope, JSON body) -> (status, JSON payload)``.
+Handler = Callable[[Scope, Any], Awaitable[tuple[int, Any]]]
+
+
+def endpoint(method: str, path: str, handle: Handler) -> ASGIApp:
+    """An ASGI app serving ``handle`` at ``method path``, and 404 for anything else.
+
+    A ``path`` ending in ``/`` matches every path under it (``/reservations/`` serves
+    ``/reservations/o1``).
+    """
+    under = path.endswith("/")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        found = scope["path"].startswith(path) if under else scope["path"] == path
+        if scope["method"] != method or not found:
+            await json_response(send, 404, {"error": "not found"})
+            return
+        status, payload = await handle(scope, await read_json(receive))
+        await json_response(send, status, payload)
+
+    return app
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def route(

@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any
 
-from .common import ASGIApp, Receive, Scope, Send, ShopConfig, Stats, connect, json_response, read_json, route
+from .. import parts
+from .common import ASGIApp, Scope, ShopConfig, Stats, endpoint, open_db, route, transaction
 
 __all__ = ["WORK_SECONDS", "build"]
 
@@ -25,36 +26,20 @@ CREATE TABLE IF NOT EXISTS fulfillments (id INTEGER PRIMARY KEY, order_id TEXT N
     message_id TEXT, at REAL NOT NULL);
 """
 
+_FULFIL = "INSERT INTO fulfillments(order_id, message_id, at) VALUES (?, ?, ?)"
+
 
 def build(cfg: ShopConfig) -> ASGIApp:
     """The fulfillment service for ``cfg.mode``; its work runs on a background thread."""
-    conn = connect(cfg.db("fulfillment"))
-    conn.executescript(SCHEMA)
-    lock = threading.Lock()
+    conn, lock = open_db(cfg, "fulfillment", SCHEMA)
     stats = Stats()
-
-    def fulfil(order_id: str, message_id: str | None) -> None:
-        time.sleep(WORK_SECONDS)
-        with lock:
-            conn.execute(
-                "INSERT INTO fulfillments(order_id, message_id, at) VALUES (?, ?, ?)",
-                (order_id, message_id, time.time()),
-            )
-        stats.add("fulfilled")
-
     batch: list[str] = []
     batch_lock = threading.Lock()
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["method"] != "POST" or scope["path"] != "/fulfillments":
-            await json_response(send, 404, {"error": "not found"})
-            return
-        body = await read_json(receive)
+    async def enqueue(scope: Scope, body: Any) -> tuple[int, dict[str, Any]]:
         with batch_lock:
             batch.append(str(body["order_id"]))
-        await json_response(send, 202, {"queued": True})
+        return 202, {"queued": True}
 
     def batches() -> None:
         while True:
@@ -63,14 +48,15 @@ def build(cfg: ShopConfig) -> ASGIApp:
                 todo = list(batch)
                 batch.clear()
             for order_id in todo:
-                fulfil(order_id, None)
+                time.sleep(WORK_SECONDS)
+                with lock:
+                    conn.execute(_FULFIL, (order_id, None, time.time()))
+                stats.add("fulfilled")
 
     def snapshot() -> dict[str, Any]:
         with batch_lock:
             pending = len(batch)
         return {**stats.snapshot(), "pending": pending}
-
-    from .. import parts
 
     if cfg.mode == "naive":
         threading.Thread(target=batches, name="fulfillment-batches", daemon=True).start()
@@ -82,19 +68,12 @@ def build(cfg: ShopConfig) -> ASGIApp:
             # The inbox row and the fulfilment commit together: a worker killed at any
             # point leaves both or neither, so a redelivered message is fulfilled once.
             time.sleep(WORK_SECONDS)
-            with lock:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if inbox.mark(conn, message):
-                        conn.execute(
-                            "INSERT INTO fulfillments(order_id, message_id, at) VALUES (?, ?, ?)",
-                            (str(message.payload["order_id"]), message.id, time.time()),
-                        )
-                        stats.add("fulfilled")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            with transaction(conn, lock):
+                if inbox.mark(conn, message):
+                    conn.execute(_FULFIL, (str(message.payload["order_id"]), message.id,
+                                           time.time()))
+                    stats.add("fulfilled")
 
         parts.start_worker(cfg, handler)
+    app = endpoint("POST", "/fulfillments", enqueue)
     return route(app, metrics=parts.metrics_app(cfg), control=None, stats=snapshot)

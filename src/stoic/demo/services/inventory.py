@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from typing import Any
 
-from .common import (
-    ASGIApp,
-    ChaosLayer,
-    Receive,
-    Scope,
-    Send,
-    ShopConfig,
-    Stats,
-    connect,
-    json_response,
-    read_json,
-    route,
-)
+from .. import parts
+from .common import ASGIApp, ChaosLayer, Scope, ShopConfig, Stats, endpoint, open_db, route
 
 __all__ = ["build"]
 
@@ -29,20 +18,11 @@ CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, sku TEXT NOT
 
 def build(cfg: ShopConfig) -> ASGIApp:
     """The inventory app; a PUT for the same order twice keeps one reservation."""
-    conn = connect(cfg.db("inventory"))
-    conn.executescript(SCHEMA)
-    lock = threading.Lock()
+    conn, lock = open_db(cfg, "inventory", SCHEMA)
     stats = Stats()
 
-    async def reservations(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        path = scope["path"]
-        if scope["method"] != "PUT" or not path.startswith("/reservations/"):
-            await json_response(send, 404, {"error": "not found"})
-            return
-        order_id = path.rsplit("/", 1)[-1]
-        body = await read_json(receive)
+    async def reserve(scope: Scope, body: Any) -> tuple[int, dict[str, Any]]:
+        order_id = scope["path"].rsplit("/", 1)[-1]
         with lock:
             conn.execute(
                 "INSERT INTO reservations(order_id, sku, quantity, at) VALUES (?, ?, ?, ?)"
@@ -51,12 +31,10 @@ def build(cfg: ShopConfig) -> ASGIApp:
                  time.time()),
             )
         stats.add("reservations")
-        await json_response(send, 200, {"order_id": order_id, "reserved": True})
+        return 200, {"order_id": order_id, "reserved": True}
 
-    chaos = ChaosLayer(reservations, seed=cfg.seed * 7919 + 2)
+    chaos = ChaosLayer(endpoint("PUT", "/reservations/", reserve), seed=cfg.seed * 7919 + 2)
     app: ASGIApp = chaos
-    from .. import parts
-
     if cfg.mode == "stoic":
         app = parts.edge_middleware(app, cfg, "inventory")
     return route(app, metrics=parts.metrics_app(cfg), control=chaos.control, stats=stats.snapshot)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .common import ASGIApp, Receive, Scope, Send, ShopConfig, Stats, connect, json_response, read_json, route
+from .. import parts
+from .common import ASGIApp, Scope, ShopConfig, Stats, endpoint, open_db, route, transaction
 
 __all__ = ["build"]
 
@@ -35,67 +35,81 @@ CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, amount REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS payment_attempts (at REAL NOT NULL, order_id TEXT);
 """
 
+Reply = tuple[int, dict[str, Any]]
+Handler = Callable[[str, dict[str, Any]], Awaitable[Reply]]
+
+
+class _Ledger:
+    """The orders database as both builds write it: one connection, one lock, short writes."""
+
+    def __init__(self, cfg: ShopConfig) -> None:
+        self.conn, self.lock = open_db(cfg, "orders", SCHEMA)
+        self.stats = Stats()
+
+    def execute(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self.lock:
+            self.conn.execute(sql, args)
+
+    def opened(self, order_id: str, body: dict[str, Any]) -> float:
+        """Record the order as pending (once, whatever the retries); returns its amount."""
+        amount = float(body.get("amount", 10.0))
+        self.execute(
+            "INSERT OR IGNORE INTO orders(id, amount, status, created_at) VALUES (?,?,?,?)",
+            (order_id, amount, "pending", time.time()),
+        )
+        return amount
+
+    def charging(self, order_id: str) -> None:
+        """The order needs its charge now (the scorecard's count of logical charges)."""
+        self.execute("UPDATE orders SET charge_at=? WHERE id=?", (time.time(), order_id))
+
+    def payment_sent(self, order_id: str | None) -> None:
+        """One request left for payments (the scorecard's count of load sent to payments)."""
+        self.execute("INSERT INTO payment_attempts(at, order_id) VALUES (?, ?)",
+                     (time.time(), order_id))
+
+    def failed(self, order_id: str, exc: Exception, status: int) -> Reply:
+        self.execute(
+            "UPDATE orders SET status='failed', finished_at=?, error=? WHERE id=?",
+            (time.time(), type(exc).__name__, order_id),
+        )
+        self.stats.add("failed")
+        return status, {"order_id": order_id, "error": type(exc).__name__}
+
+    def accepted(self, order_id: str) -> Reply:
+        """Mark the order accepted; inside ``transaction`` it commits with the hand-off."""
+        self.conn.execute("UPDATE orders SET status='accepted', finished_at=? WHERE id=?",
+                          (time.time(), order_id))
+        self.stats.add("accepted")
+        return 201, {"order_id": order_id, "status": "accepted"}
+
 
 def build(cfg: ShopConfig) -> ASGIApp:
     """The orders app for ``cfg.mode``."""
-    conn = connect(cfg.db("orders"))
-    conn.executescript(SCHEMA)
-    lock = threading.Lock()
-    stats = Stats()
+    ledger = _Ledger(cfg)
+    handle = _naive_handler(cfg, ledger) if cfg.mode == "naive" else _stoic_handler(cfg, ledger)
 
-    def execute(sql: str, args: tuple[Any, ...]) -> None:
-        with lock:
-            conn.execute(sql, args)
-
-    if cfg.mode == "naive":
-        handle = _naive_handler(cfg, execute, stats)
-    else:
-        handle = _stoic_handler(cfg, conn, lock, execute, stats)
-
-    async def orders(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        if scope["method"] != "POST" or scope["path"] != "/orders":
-            await json_response(send, 404, {"error": "not found"})
-            return
-        body = await read_json(receive)
+    async def place(scope: Scope, body: Any) -> Reply:
         order_id = str(body.get("order_id", ""))
         if not order_id:
-            await json_response(send, 400, {"error": "order_id required"})
-            return
-        status, payload = await handle(order_id, body)
-        await json_response(send, status, payload)
+            return 400, {"error": "order_id required"}
+        return await handle(order_id, body)
 
-    app: ASGIApp = orders
-    from .. import parts
-
+    app = endpoint("POST", "/orders", place)
     if cfg.mode == "stoic":
         app = parts.idempotency_middleware(app, cfg, "orders")
         app = parts.edge_middleware(app, cfg, "orders")
-        parts.count_breaker_openings(stats)
+        parts.count_breaker_openings(ledger.stats)
         parts.start_outbox_relay(cfg, cfg.db("orders"))
-    return route(app, metrics=parts.metrics_app(cfg), control=None, stats=stats.snapshot)
+    return route(app, metrics=parts.metrics_app(cfg), control=None, stats=ledger.stats.snapshot)
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+def _reservation(cfg: ShopConfig, order_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"url": f"{cfg.urls['inventory']}/reservations/{order_id}",
+            "json": {"sku": body.get("sku", "sku-1"), "quantity": body.get("quantity", 1)}}
 
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
-
-
-def _naive_handler(
-    cfg: ShopConfig, execute: Callable[[str, tuple[Any, ...]], None], stats: Stats,
-) -> Handler:
+def _naive_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
     import httpx
 
     client = httpx.AsyncClient(
@@ -115,15 +129,11 @@ def _naive_handler(
         return None
 
     async def reserve(order_id: str, body: dict[str, Any]) -> None:
-        response = await client.put(
-            f"{cfg.urls['inventory']}/reservations/{order_id}",
-            json={"sku": body.get("sku", "sku-1"), "quantity": body.get("quantity", 1)},
-        )
+        response = await client.put(**_reservation(cfg, order_id, body))
         response.raise_for_status()
 
     async def charge(order_id: str, amount: float) -> None:
-        execute("INSERT INTO payment_attempts(at, order_id) VALUES (?, ?)",
-                (time.time(), order_id))
+        ledger.payment_sent(order_id)
         response = await client.post(
             f"{cfg.urls['payments']}/charges", json={"order_id": order_id, "amount": amount},
             headers={"x-order-id": order_id},
@@ -137,48 +147,31 @@ def _naive_handler(
         )
         response.raise_for_status()
 
-    async def handle(order_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        amount = float(body.get("amount", 10.0))
-        execute(
-            "INSERT OR IGNORE INTO orders(id, amount, status, created_at) VALUES (?,?,?,?)",
-            (order_id, amount, "pending", time.time()),
-        )
+    async def handle(order_id: str, body: dict[str, Any]) -> Reply:
+        amount = ledger.opened(order_id, body)
         try:
             await with_retries(lambda: reserve(order_id, body))
-            execute("UPDATE orders SET charge_at=? WHERE id=?", (time.time(), order_id))
+            ledger.charging(order_id)
             await with_retries(lambda: charge(order_id, amount))
         except Exception as exc:
-            execute(
-                "UPDATE orders SET status='failed', finished_at=?, error=? WHERE id=?",
-                (time.time(), type(exc).__name__, order_id),
-            )
-            stats.add("failed")
-            return 502, {"order_id": order_id, "error": type(exc).__name__}
-        execute(
-            "UPDATE orders SET status='accepted', finished_at=? WHERE id=?",
-            (time.time(), order_id),
-        )
+            return ledger.failed(order_id, exc, 502)
+        with ledger.lock:
+            reply = ledger.accepted(order_id)
         try:
             await with_retries(lambda: hand_off(order_id, amount))
         except Exception as exc:  # "fulfillment will catch up": it will not
             _log.warning("hand-off of %s failed: %r", order_id, exc)
-            stats.add("hand_off_failed")
-        stats.add("accepted")
-        return 201, {"order_id": order_id, "status": "accepted"}
+            ledger.stats.add("hand_off_failed")
+        return reply
 
     return handle
 
 
-def _stoic_handler(
-    cfg: ShopConfig, conn: Any, lock: threading.Lock,
-    execute: Callable[[str, tuple[Any, ...]], None], stats: Stats,
-) -> Handler:
+def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
     import httpx
 
     import stoic
     from stoic.errors import DeadlineExceeded, Rejected
-
-    from .. import parts
 
     payments_host = httpx.URL(cfg.urls["payments"]).netloc
 
@@ -187,61 +180,37 @@ def _stoic_handler(
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             if request.url.netloc == payments_host:
-                execute("INSERT INTO payment_attempts(at, order_id) VALUES (?, ?)",
-                        (time.time(), request.headers.get("x-order-id")))
+                ledger.payment_sent(request.headers.get("x-order-id"))
             return await super().handle_async_request(request)
 
     client = parts.http_client(cfg, CountingTransport(
         limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200)))
-    with lock:
-        outbox = parts.outbox(cfg, conn)
+    with ledger.lock:
+        outbox = parts.outbox(ledger.conn)
 
-    async def handle(order_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        amount = float(body.get("amount", 10.0))
-        execute(
-            "INSERT OR IGNORE INTO orders(id, amount, status, created_at) VALUES (?,?,?,?)",
-            (order_id, amount, "pending", time.time()),
-        )
+    async def handle(order_id: str, body: dict[str, Any]) -> Reply:
+        amount = ledger.opened(order_id, body)
         try:
             async with stoic.deadline(cfg.edge_deadline):  # the edge: never longer than this
-                response = await client.put(
-                    f"{cfg.urls['inventory']}/reservations/{order_id}",
-                    json={"sku": body.get("sku", "sku-1"), "quantity": body.get("quantity", 1)},
-                )
+                response = await client.put(**_reservation(cfg, order_id, body))
                 response.raise_for_status()
-                execute("UPDATE orders SET charge_at=? WHERE id=?", (time.time(), order_id))
+                ledger.charging(order_id)
                 response = await client.post(
                     f"{cfg.urls['payments']}/charges",
                     json={"order_id": order_id, "amount": amount},
                     headers={"idempotency-key": f"charge-{order_id}", "x-order-id": order_id},
                 )
                 response.raise_for_status()
+        except Rejected as exc:
+            return ledger.failed(order_id, exc, 503)
+        except (DeadlineExceeded, TimeoutError) as exc:
+            return ledger.failed(order_id, exc, 504)
         except Exception as exc:
-            status = 502
-            if isinstance(exc, Rejected):
-                status = 503
-            elif isinstance(exc, (DeadlineExceeded, TimeoutError)):
-                status = 504
-            execute(
-                "UPDATE orders SET status='failed', finished_at=?, error=? WHERE id=?",
-                (time.time(), type(exc).__name__, order_id),
-            )
-            stats.add("failed")
-            return status, {"order_id": order_id, "error": type(exc).__name__}
-        with lock:  # the order and its hand-off commit together, or not at all
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "UPDATE orders SET status='accepted', finished_at=? WHERE id=?",
-                    (time.time(), order_id),
-                )
-                outbox.add(conn, "order.placed", {"order_id": order_id, "amount": amount},
-                           id=order_id)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        stats.add("accepted")
-        return 201, {"order_id": order_id, "status": "accepted"}
+            return ledger.failed(order_id, exc, 502)
+        with transaction(ledger.conn, ledger.lock):  # the order and its hand-off, or neither
+            reply = ledger.accepted(order_id)
+            outbox.add(ledger.conn, "order.placed", {"order_id": order_id, "amount": amount},
+                       id=order_id)
+        return reply
 
     return handle

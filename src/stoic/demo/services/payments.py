@@ -7,10 +7,10 @@ rows for one order is a duplicate charge, whatever any caller believes.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
+from .. import parts
 from .common import (
     ASGIApp,
     ChaosLayer,
@@ -19,10 +19,9 @@ from .common import (
     Send,
     ShopConfig,
     Stats,
-    connect,
+    endpoint,
     header,
-    json_response,
-    read_json,
+    open_db,
     route,
 )
 
@@ -37,41 +36,28 @@ CREATE TABLE IF NOT EXISTS arrivals (at REAL NOT NULL, order_id TEXT, key TEXT);
 
 def build(cfg: ShopConfig) -> ASGIApp:
     """The payments app for ``cfg.mode`` (the stoic build adds idempotency keys and deadlines)."""
-    conn = connect(cfg.db("payments"))
-    conn.executescript(SCHEMA)
-    lock = threading.Lock()
+    conn, lock = open_db(cfg, "payments", SCHEMA)
     stats = Stats()
 
-    async def charges(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["method"] != "POST" or scope["path"] != "/charges":
-            await json_response(send, 404, {"error": "not found"})
-            return
-        body = await read_json(receive)
+    async def charge(scope: Scope, body: Any) -> tuple[int, dict[str, Any]]:
         order_id = str(body.get("order_id", ""))
         amount = float(body.get("amount", 0.0))
         if not order_id or amount <= 0:
-            await json_response(send, 400, {"error": "order_id and a positive amount needed"})
-            return
+            return 400, {"error": "order_id and a positive amount needed"}
         with lock:
             cur = conn.execute(
                 "INSERT INTO charges(order_id, amount, key, at) VALUES (?, ?, ?, ?)",
                 (order_id, amount, header(scope, b"idempotency-key"), time.time()),
             )
         stats.add("charges")
-        await json_response(send, 201, {"charge_id": cur.lastrowid, "order_id": order_id})
+        return 201, {"charge_id": cur.lastrowid, "order_id": order_id}
 
-    app: ASGIApp = charges
+    app = endpoint("POST", "/charges", charge)
     if cfg.mode == "stoic":
-        from .. import parts
-
         app = parts.idempotency_middleware(app, cfg, "payments")
     chaos = ChaosLayer(app, seed=cfg.seed * 7919 + 1)
     app = chaos
     if cfg.mode == "stoic":
-        from .. import parts
-
         app = parts.edge_middleware(app, cfg, "payments")
 
     async def arrivals(scope: Scope, receive: Receive, send: Send) -> None:
@@ -87,7 +73,5 @@ def build(cfg: ShopConfig) -> ASGIApp:
 
     def snapshot() -> dict[str, Any]:
         return {**stats.snapshot(), "lost_replies": chaos.lost}
-
-    from .. import parts
 
     return route(arrivals, metrics=parts.metrics_app(cfg), control=chaos.control, stats=snapshot)
