@@ -101,3 +101,41 @@ _json = st.recursive(
 @given(_json)
 def test_any_json_like_value_with_tuples_round_trips(value: Any) -> None:
     assert codec.decode(codec.encode(value)) == value
+
+
+def _slow_encode(c: codec.Codec, value: Any, canonical: bool = False) -> str:
+    """What ``encode``/``canonical`` wrote before the fast path: a ``_tuples`` copy, encoded."""
+    encoder = c._canonical if canonical else c._encoder
+    return encoder.encode(codec._tuples(value, c._by_type))
+
+
+@given(_json)
+def test_fast_path_writes_the_same_text_as_the_tuple_preserving_walk(value: Any) -> None:
+    c = codec.Codec()
+    assert c.encode(value) == _slow_encode(c, value)
+    assert c.canonical(value) == _slow_encode(c, value, canonical=True)
+
+
+def test_registered_subclass_of_a_plain_type_is_still_tagged_inside_plain_containers() -> None:
+    class Cents(int):
+        pass
+
+    c = codec.Codec()
+    c.register(Cents, "cents", int, Cents)
+    value = {"lines": [{"price": Cents(250), "qty": 2}]}
+    assert c.encode(value) == _slow_encode(c, value)
+    assert isinstance(c.decode(c.encode(value))["lines"][0]["price"], Cents)
+
+
+def test_registering_an_exact_plain_type_still_wins() -> None:
+    c = codec.Codec()
+    c.register(float, "money", lambda f: f"{f:.2f}", float)
+    assert c.encode({"a": [1.5]}) == '{"a":[{"__stoic__":"money","v":"1.50"}]}'
+    assert c.decode(c.encode({"a": [1.5]})) == {"a": [1.5]}
+
+
+def test_a_cycle_is_a_codec_error() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(CodecError):
+        codec.encode({"a": loop})

@@ -22,11 +22,20 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+try:  # the C encoder json itself uses; absent on some Python implementations
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - CPython always has it
+    _c_make_encoder = None
+
 from .errors import CodecError
 
 __all__ = ["Codec", "canonical", "decode", "default_codec", "encode", "register"]
 
 _TAG = "__stoic__"
+
+# Types json writes as they are and ``_tuples`` leaves alone (exact types: a subclass goes the
+# slow way, since a registered subclass must win over the built-in).
+_LEAVES: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
 
 class Codec:
@@ -48,6 +57,11 @@ class Codec:
             default=self._default, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
             sort_keys=True,
         )
+        # The fast path: a value made only of dicts, lists and _LEAVES (most payloads) needs
+        # no ``_tuples`` copy. ``_leaves`` is None when a registered type takes dicts or lists.
+        self._leaves: frozenset[type] | None = _LEAVES
+        self._write = _writer(self._encoder)
+        self._write_canonical = _writer(self._canonical)
 
     def register(
         self,
@@ -64,6 +78,9 @@ class Codec:
         with self._lock:
             self._by_type[cls] = (name, to_json)
             self._by_name[name] = from_json
+            registered = self._by_type.keys()
+            containers = dict in registered or list in registered
+            self._leaves = None if containers else _LEAVES - registered
 
     def _default(self, obj: Any) -> Any:
         custom = self._by_type.get(type(obj))
@@ -98,6 +115,9 @@ class Codec:
     def encode(self, value: Any) -> str:
         """Value to JSON text. Raises ``CodecError`` naming the type it cannot encode."""
         try:
+            leaves = self._leaves
+            if leaves is not None and _plain(value, leaves):
+                return self._write(value)
             return self._encoder.encode(_tuples(value, self._by_type))
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
@@ -109,6 +129,9 @@ class Codec:
         Raises ``CodecError`` like ``encode``.
         """
         try:
+            leaves = self._leaves
+            if leaves is not None and _plain(value, leaves):
+                return self._write_canonical(value)
             return self._canonical.encode(_tuples(value, self._by_type))
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
@@ -153,6 +176,41 @@ def _tuples(value: Any, custom: dict[type, tuple[str, Callable[[Any], Any]]]) ->
     if isinstance(value, dict):
         return {k: _tuples(v, custom) for k, v in value.items()}
     return value
+
+
+def _plain(value: Any, leaves: frozenset[type]) -> bool:
+    """True when ``value`` is only exact dicts and lists of ``leaves``: ``_tuples`` would
+    return an equal copy, so the copy is skipped. Checking a container's items is one C-level
+    ``issuperset``; only nested containers cost a Python call. A cycle raises RecursionError,
+    as ``_tuples`` does."""
+    kind = type(value)
+    if kind is dict:
+        items: Any = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return kind in leaves
+    if leaves.issuperset(map(type, items)):
+        return True
+    return all(type(item) in leaves or _plain(item, leaves) for item in items)
+
+
+def _writer(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` for values ``_plain`` accepted, with the C encoder built once.
+
+    ``JSONEncoder.encode`` builds a C encoder per call, with a fresh dict of the containers it
+    is inside to catch cycles. A plain value has no cycle (``_plain`` walked all of it) and
+    never reaches ``default``, so one encoder without that dict serves every call and thread.
+    """
+    if _c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return encoder.encode
+    quote = json.encoder.encode_basestring_ascii if encoder.ensure_ascii else (
+        json.encoder.encode_basestring)
+    write = _c_make_encoder(
+        None, encoder.default, quote, None, encoder.key_separator, encoder.item_separator,
+        encoder.sort_keys, encoder.skipkeys, encoder.allow_nan,
+    )
+    return lambda value: "".join(write(value, 0))
 
 
 _BUILTIN_DECODERS: dict[str, Callable[[Any], Any]] = {
