@@ -3,8 +3,15 @@
 Open loop, like real customers: arrivals follow a seeded Poisson process at ``rps`` and do not
 wait for earlier orders to finish, so a slow shop piles up work instead of quietly receiving
 less of it. In-flight orders are bounded (``max_in_flight``); an arrival beyond the bound is
-recorded as not sent. Each order is one HTTP request with a client timeout; in the stoic
-build it carries an ``Idempotency-Key`` and the edge deadline in ``X-Request-Timeout-Ms``.
+recorded as not sent. Each order is an HTTP request with a client timeout.
+
+In the stoic build the client does what a careful checkout page does: it sends an
+``Idempotency-Key`` and the edge deadline (``X-Request-Timeout-Ms``), and when the shop
+answers 502 (a dependency failed, so the order may be half done: the card charged, the reply
+lost) it sends the same order again with the same key while the order's deadline has time
+left. The keys make that safe: the card is charged once, and the customer gets the final
+answer instead of a failure that was not one. The naive client sends no key, so it cannot
+retry safely, and does not.
 """
 
 from __future__ import annotations
@@ -14,18 +21,28 @@ import random
 import time
 from dataclasses import dataclass
 
-__all__ = ["LoadGenerator", "Request"]
+__all__ = ["CLIENT_TRIES", "RETRY_PAUSE", "LoadGenerator", "Request"]
+
+#: At most this many sends of one order (stoic build, on 502 only, within its deadline).
+CLIENT_TRIES = 3
+#: Seconds the client waits before sending an order again.
+RETRY_PAUSE = 0.05
 
 
 @dataclass(slots=True)
 class Request:
-    """One order as the client saw it. Times are epoch seconds; ``status`` 0 = no response."""
+    """One order as the client saw it, from its first send to its final answer.
+
+    Times are epoch seconds; ``status`` and ``error`` are the last send's (``status`` 0 = no
+    response); ``tries`` counts the sends.
+    """
 
     order_id: str
     start: float
     end: float = 0.0
     status: int = 0
     error: str = ""
+    tries: int = 0
 
     @property
     def ok(self) -> bool:
@@ -92,16 +109,36 @@ class LoadGenerator:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send(self, client: object, request: Request) -> None:
-        import httpx
-
-        assert isinstance(client, httpx.AsyncClient)
         body = {"order_id": request.order_id, "amount": round(self.rng.uniform(5, 120), 2),
                 "sku": f"sku-{self.rng.randint(1, 20)}", "quantity": 1}
         headers = {}
         if self.mode == "stoic":
             headers["idempotency-key"] = f"order-{request.order_id}"
-            headers["x-request-timeout-ms"] = str(int(self.edge_deadline * 1000))
+        deadline = time.time() + self.edge_deadline  # the whole order's, across its tries
         self.in_flight += 1
+        try:
+            while True:
+                if self.mode == "stoic":
+                    left = min(self.edge_deadline, deadline - time.time())
+                    headers["x-request-timeout-ms"] = str(int(left * 1000))
+                await self._post(client, request, body, headers)
+                if (self.mode != "stoic" or request.status != 502 or request.tries >= CLIENT_TRIES
+                        or deadline - time.time() - RETRY_PAUSE < _LEAST_TIME):
+                    break
+                await asyncio.sleep(RETRY_PAUSE)
+        finally:
+            request.end = time.time()
+            self.in_flight -= 1
+
+    async def _post(
+        self, client: object, request: Request, body: dict[str, object], headers: dict[str, str],
+    ) -> None:
+        """Send the order once; leave what the client saw in ``request``."""
+        import httpx
+
+        assert isinstance(client, httpx.AsyncClient)
+        request.tries += 1
+        request.status, request.error = 0, ""
         try:
             response = await client.post(f"{self.url}/orders", json=body, headers=headers)
             request.status = response.status_code
@@ -116,6 +153,7 @@ class LoadGenerator:
             request.error = "client timeout"
         except httpx.HTTPError as exc:
             request.error = type(exc).__name__
-        finally:
-            request.end = time.time()
-            self.in_flight -= 1
+
+
+#: A retry is sent only with at least this many seconds of the order's deadline left.
+_LEAST_TIME = 0.3

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["SCORECARD_ROWS", "first_phases", "format_value", "render"]
@@ -32,6 +32,7 @@ SCORECARD_ROWS: tuple[tuple[str, str, str], ...] = (
     ("fulfilled_exactly_once", "Accepted orders fulfilled exactly once", "int"),
     ("duplicate_fulfillments", "Duplicate fulfillments", "int"),
     ("charged_but_reported_failed", "Charged but reported failed", "int"),
+    ("client_retries", "Orders sent again by the client (same key)", "int"),
     ("load_amplification", "Load amplification at payments (outage)", "x"),
     ("time_to_recover", "Time to recover after payments returns (>= 90% ok)", "ttr"),
     ("breaker_openings", "Breaker openings", "int"),
@@ -58,88 +59,83 @@ def format_value(value: Any, kind: str) -> str:
     return str(value)
 
 
-def _svg(fig: Any) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
+def _figure(run: dict[str, Any], draw: Callable[[Any], None], *, height: float = 2.6,
+            ylabel: str | None = None, xlabel: str = "seconds", legend: bool = True) -> str:
+    """One chart of ``run`` as inline SVG: ``draw(ax)`` plots, the frame is the same for all.
 
-
-def _shade(ax: Any, run: dict[str, Any]) -> None:
-    for phase in run["phases"]:
-        faults = phase.get("faults") or []
-        for fault in faults:
-            ax.axvspan(phase["start"], phase["end"], color=_FAULT_COLOURS.get(fault, "#ddd"),
-                       alpha=0.25, lw=0)
-    ax.set_xlim(0, max(run["series"]["t"][-1] + 1, run["duration"]))
-    ax.grid(alpha=0.3)
-
-
-def _charts(run: dict[str, Any]) -> dict[str, str]:
+    Every chart shades the fault windows, spans the whole run and has a light grid.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    try:
+        draw(ax)
+        for phase in run["phases"]:
+            for fault in phase.get("faults") or []:
+                ax.axvspan(phase["start"], phase["end"],
+                           color=_FAULT_COLOURS.get(fault, "#ddd"), alpha=0.25, lw=0)
+        ax.set_xlim(0, max(run["series"]["t"][-1] + 1, run["duration"]))
+        ax.grid(alpha=0.3)
+        if ylabel is not None:
+            ax.set_ylabel(ylabel)
+        ax.set_xlabel(xlabel)
+        if legend:
+            ax.legend(loc="upper right", fontsize=8)
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _charts(run: dict[str, Any]) -> dict[str, str]:
     series = run["series"]
     t = series["t"]
-    charts: dict[str, str] = {}
 
-    fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    ax.plot(t, series["ok"], color="#2a9d8f", label="accepted / s", drawstyle="steps-post")
-    ax.plot(t, series["errors"], color="#e63946", label="failed / s", drawstyle="steps-post")
-    _shade(ax, run)
-    ax.set_ylabel("orders / s")
-    ax.set_xlabel("seconds (shaded: faults)")
-    ax.legend(loc="upper right", fontsize=8)
-    charts["throughput"] = _svg(fig)
-    plt.close(fig)
+    def throughput(ax: Any) -> None:
+        ax.plot(t, series["ok"], color="#2a9d8f", label="accepted / s", drawstyle="steps-post")
+        ax.plot(t, series["errors"], color="#e63946", label="failed / s", drawstyle="steps-post")
 
-    fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    p99 = [v if v is not None else float("nan") for v in series["p99"]]
-    ax.plot(t, p99, color="#264653", marker=".", label="p99 latency (by send time)")
-    if run["mode"] == "stoic":
-        ax.axhline(run["edge_deadline"], color="#e76f51", ls="--", lw=1, label="edge deadline")
-    _shade(ax, run)
-    ax.set_ylabel("seconds")
-    ax.set_xlabel("seconds")
-    ax.legend(loc="upper right", fontsize=8)
-    charts["latency"] = _svg(fig)
-    plt.close(fig)
+    def latency(ax: Any) -> None:
+        p99 = [v if v is not None else float("nan") for v in series["p99"]]
+        ax.plot(t, p99, color="#264653", marker=".", label="p99 latency (by send time)")
+        if run["mode"] == "stoic":
+            ax.axhline(run["edge_deadline"], color="#e76f51", ls="--", lw=1, label="edge deadline")
 
-    fig, ax = plt.subplots(figsize=(7.5, 2.2))
     names = sorted({name for scrape in run["breakers"] for name in scrape["states"]})
-    for i, name in enumerate(names):
-        xs = [s["t"] for s in run["breakers"] if name in s["states"]]
-        ys = [_STATE_LEVEL.get(s["states"][name], 0) + i * 0.05 for s in run["breakers"]
-              if name in s["states"]]
-        ax.plot(xs, ys, drawstyle="steps-post", label=name)
-    if not names:
-        ax.text(0.5, 0.5, "no circuit breakers in this build", ha="center", va="center",
-                transform=ax.transAxes, color="#666")
-    ax.set_yticks([0, 1, 2], ["closed", "half-open", "open"])
-    ax.set_ylim(-0.3, 2.4)
-    _shade(ax, run)
-    ax.set_xlabel("seconds (scraped from /metrics)")
-    if names:
-        ax.legend(loc="upper right", fontsize=8)
-    charts["breakers"] = _svg(fig)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    ax.bar(t, series["payments_arrivals"], width=1.0, align="edge", color="#457b9d",
-           label="requests arriving at payments / s")
-    ax.plot(t, series["payments_sent"], color="#f4a259", drawstyle="steps-post", lw=2,
-            label="requests orders sent to payments / s")
-    ax.plot(t, series["payments_charges"], color="#e63946", drawstyle="steps-post",
-            label="charges made / s")
-    _shade(ax, run)
-    ax.set_ylabel("per second")
-    ax.set_xlabel("seconds")
-    ax.legend(loc="upper right", fontsize=8)
-    charts["payments"] = _svg(fig)
-    plt.close(fig)
-    return charts
+    def breakers(ax: Any) -> None:
+        for i, name in enumerate(names):
+            seen = [s for s in run["breakers"] if name in s["states"]]
+            ax.plot([s["t"] for s in seen],
+                    [_STATE_LEVEL.get(s["states"][name], 0) + i * 0.05 for s in seen],
+                    drawstyle="steps-post", label=name)
+        if not names:
+            ax.text(0.5, 0.5, "no circuit breakers in this build", ha="center", va="center",
+                    transform=ax.transAxes, color="#666")
+        ax.set_yticks([0, 1, 2], ["closed", "half-open", "open"])
+        ax.set_ylim(-0.3, 2.4)
+
+    def payments(ax: Any) -> None:
+        ax.bar(t, series["payments_arrivals"], width=1.0, align="edge", color="#457b9d",
+               label="requests arriving at payments / s")
+        ax.plot(t, series["payments_sent"], color="#f4a259", drawstyle="steps-post", lw=2,
+                label="requests orders sent to payments / s")
+        ax.plot(t, series["payments_charges"], color="#e63946", drawstyle="steps-post",
+                label="charges made / s")
+
+    return {
+        "throughput": _figure(run, throughput, ylabel="orders / s",
+                              xlabel="seconds (shaded: faults)"),
+        "latency": _figure(run, latency, ylabel="seconds"),
+        "breakers": _figure(run, breakers, height=2.2, xlabel="seconds (scraped from /metrics)",
+                            legend=bool(names)),
+        "payments": _figure(run, payments, ylabel="per second"),
+    }
 
 
 _CSS = """

@@ -48,6 +48,7 @@ class Scorecard:
     fulfilled_exactly_once: int = 0
     duplicate_fulfillments: int = 0
     charged_but_reported_failed: int = 0
+    client_retries: int = 0
     payments_requests_outage: int = 0
     logical_charges_outage: int = 0
     load_amplification: float | None = None
@@ -150,6 +151,7 @@ def compute(
         fulfilled_exactly_once=sum(1 for order in accepted_ids if fulfilled.get(order, 0) == 1),
         duplicate_fulfillments=sum(n - 1 for n in fulfilled.values() if n > 1),
         charged_but_reported_failed=sum(1 for order in charges if order not in told_ok),
+        client_retries=sum(r.tries - 1 for r in requests if r.tries > 1),
         payments_requests_outage=n_arrivals,
         logical_charges_outage=n_logical,
         load_amplification=(n_arrivals / n_logical) if n_logical else None,
@@ -192,21 +194,19 @@ def series(
         begin = int(r.start - started)
         if 0 <= begin < seconds:
             lat[begin].append(r.latency)
-    arrivals = [0] * seconds
-    for (at,) in _rows(Path(workdir) / "payments.db", "SELECT at FROM arrivals"):
-        i = int(at - started)
-        if 0 <= i < seconds:
-            arrivals[i] += 1
-    charges = [0] * seconds
-    for (at,) in _rows(Path(workdir) / "payments.db", "SELECT at FROM charges"):
-        i = int(at - started)
-        if 0 <= i < seconds:
-            charges[i] += 1
-    sent = [0] * seconds
-    for (at,) in _rows(Path(workdir) / "orders.db", "SELECT at FROM payment_attempts"):
-        i = int(at - started)
-        if 0 <= i < seconds:
-            sent[i] += 1
+    work = Path(workdir)
+
+    def per_second(db: str, sql: str) -> list[int]:
+        counts = [0] * seconds
+        for (at,) in _rows(work / db, sql):
+            i = int(at - started)
+            if 0 <= i < seconds:
+                counts[i] += 1
+        return counts
+
+    arrivals = per_second("payments.db", "SELECT at FROM arrivals")
+    charges = per_second("payments.db", "SELECT at FROM charges")
+    sent = per_second("orders.db", "SELECT at FROM payment_attempts")
     return {
         "t": list(range(seconds)), "ok": ok, "errors": errors,
         "p99": [percentile(x, 99) for x in lat], "payments_arrivals": arrivals,
