@@ -393,6 +393,24 @@ class TestConfiguration:
             make()
 
 
+class TestReplace:
+    def test_replace_changes_only_what_is_named(self) -> None:
+        budget = RetryBudget()
+        original = Retry(attempts=4, backoff=constant(0.3), budget=budget, name="db")
+        twin = original.replace(idempotent=True)
+        assert (twin.idempotent, original.idempotent) == (True, False)
+        assert (twin.attempts, twin.backoff, twin.budget, twin.name) == (4, constant(0.3), budget, "db")
+        fn = failing(ConnectionResetError())
+        with virtual_time():
+            assert twin.call(fn) == "ok"  # UNKNOWN now retried
+
+    def test_replace_validates_and_refuses_unknown_names(self) -> None:
+        with pytest.raises(ValueError, match="attempts"):
+            Retry().replace(attempts=0)
+        with pytest.raises(TypeError, match="retries"):
+            Retry().replace(retries=3)
+
+
 class TestDecorator:
     def test_decorated_function_keeps_name_doc_and_signature(self) -> None:
         import inspect

@@ -15,7 +15,6 @@ on first use of a host and kept by the transport; breakers are also found throug
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import uuid
@@ -86,12 +85,7 @@ def idempotent_variant(policy: Policy) -> Policy:
     failure (a read timeout, a reset) is safe to retry for them and not for a POST.
     """
     if isinstance(policy, Retry):
-        if policy.idempotent:
-            return policy
-        twin = copy.copy(policy)
-        twin.idempotent = True
-        twin._compose()
-        return twin
+        return policy if policy.idempotent else policy.replace(idempotent=True)
     if isinstance(policy, Pipeline):
         inner = tuple(idempotent_variant(p) for p in policy.policies)
         if all(a is b for a, b in zip(inner, policy.policies, strict=True)):

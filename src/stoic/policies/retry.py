@@ -115,6 +115,24 @@ class Retry(Policy):
         self._constant = backoff.initial if fixed else -1.0
         self._compose()
 
+    def replace(self, **changes: Any) -> Retry:
+        """A new Retry with this one's configuration and ``changes`` (same names as ``__init__``).
+
+        For example ``retry.replace(idempotent=True)`` for the calls that may safely repeat.
+        Unknown names raise ``TypeError``; values are validated as at construction.
+        """
+        config: dict[str, Any] = {
+            "attempts": self.attempts, "backoff": self.backoff, "max_time": self.max_time,
+            "idempotent": self.idempotent, "on": self.on, "budget": self.budget,
+            "respect_retry_after": self.respect_retry_after, "name": self.name,
+            "on_result": self.on_result,
+        }
+        unknown = set(changes) - set(config)
+        if unknown:
+            raise TypeError(f"Retry.replace() got unknown parameters: {sorted(unknown)}")
+        config.update(changes)
+        return Retry(**config)
+
     def __repr__(self) -> str:
         return (
             f"Retry(name={self.name!r}, attempts={self.attempts}, backoff={self.backoff!r}, "
