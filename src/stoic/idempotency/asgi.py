@@ -31,12 +31,12 @@ import base64
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from ..codec import default_codec
 from ..context import using_idempotency_key
 from ..events import dispatcher
+from ..integrations.asgi import ASGIApp, Message, Receive, Scope, Send
 from .decorator import _CLAIM_TURNS, _current, _Lease
 from .events import IdempotencyKeyRejected, IdempotencyRecordCorrupted, IdempotentReplayed
 from .fingerprint import fingerprint_request
@@ -45,12 +45,6 @@ from .store import MAX_KEY_LENGTH, SEPARATOR, ClaimStatus, Store, check_seconds,
 __all__ = ["IdempotencyMiddleware", "default_store_status"]
 
 _log = logging.getLogger("stoic.idempotency")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _STORE_METHODS = ("aclaim", "acomplete", "arelease", "adelete")
 _PROBLEM = "urn:stoic:problem:idempotency-key-"
