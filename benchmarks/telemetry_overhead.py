@@ -55,27 +55,29 @@ def measure(
     return min(results)
 
 
-# --- modes: (name, setup -> teardown) ------------------------------------------------------
+# --- modes: (name, setup -> (teardown, between loops or None)) --------------------------------
+
+Setup = tuple[Callable[[], None], Callable[[], Any] | None]
 
 
-def mode_off() -> Callable[[], None]:
-    return lambda: None
+def mode_off() -> Setup:
+    return (lambda: None), None
 
 
-def mode_noop_sink() -> Callable[[], None]:
-    return dispatcher.subscribe(lambda event: None)
+def mode_noop_sink() -> Setup:
+    return dispatcher.subscribe(lambda event: None), None
 
 
-def mode_prometheus() -> Callable[[], None]:
+def mode_prometheus() -> Setup:
     from prometheus_client import CollectorRegistry
 
     from stoic.observability import prometheus
 
     prometheus.instrument(CollectorRegistry())
-    return prometheus.uninstrument
+    return prometheus.uninstrument, None
 
 
-def mode_prometheus_children() -> Callable[[], None]:
+def mode_prometheus_children() -> Setup:
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
     from stoic.observability.otel import DURATION_BUCKETS
@@ -92,10 +94,10 @@ def mode_prometheus_children() -> Callable[[], None]:
         elif type(event) is RetryScheduled:
             retries.labels(event.name).inc()
 
-    return dispatcher.subscribe(sink)
+    return dispatcher.subscribe(sink), None
 
 
-def mode_otel_sdk() -> Callable[[], None]:
+def mode_otel_sdk() -> Setup:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
@@ -109,20 +111,16 @@ def mode_otel_sdk() -> Callable[[], None]:
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     otel.instrument(tracer_provider, meter_provider)
-    tracer = tracer_provider.get_tracer("bench")
-    # keep memory flat: drop finished spans now and then
-    mode_otel_sdk.clear = exporter.clear  # type: ignore[attr-defined]
-    mode_otel_sdk.tracer = tracer  # type: ignore[attr-defined]
 
     def teardown() -> None:
         otel.uninstrument()
         meter_provider.shutdown()
         tracer_provider.shutdown()
 
-    return teardown
+    return teardown, exporter.clear  # between loops, drop finished spans: memory stays flat
 
 
-MODES: list[tuple[str, Callable[[], Callable[[], None]]]] = [
+MODES: list[tuple[str, Callable[[], Setup]]] = [
     ("off", mode_off),
     ("no-op sink (event path)", mode_noop_sink),
     ("prometheus", mode_prometheus),
@@ -145,6 +143,11 @@ def policies() -> dict[str, Any]:
     }
 
 
+def _calling(call: Callable[[Callable[[], int]], Any]) -> Callable[[], Any]:
+    """``call(work)`` as a function of no arguments, for ``measure``."""
+    return lambda: call(work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
@@ -154,15 +157,14 @@ def main() -> None:
     bare = measure(work, number, repeats)
     for mode, setup in MODES:
         dispatcher.reset()
-        teardown = setup()
+        teardown, between = setup()
         try:
             for label, policy in policies().items():
-                call = policy.call
-                clear = getattr(mode_otel_sdk, "clear", None) if setup is mode_otel_sdk else None
+                run = _calling(policy.call)
                 # the SDK is ~100x slower per call: fewer calls give the same precision
-                calls = number // 10 if clear is not None else number
-                measure(lambda call=call: call(work), calls // 10, 1, clear)  # warm up
-                us = measure(lambda call=call: call(work), calls, repeats, clear)
+                calls = number // 10 if setup is mode_otel_sdk else number
+                measure(run, calls // 10, 1, between)  # warm up
+                us = measure(run, calls, repeats, between)
                 rows.append((label, mode, us))
         finally:
             teardown()

@@ -9,6 +9,19 @@ from typing import Any
 import pytest
 
 
+def flaky(failures: int, exc: type[Exception] = ConnectionRefusedError) -> Any:
+    """A function failing ``failures`` times (TRANSIENT by default) and then returning "ok"."""
+    calls = {"n": 0}
+
+    def fn() -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise exc("refused")
+        return "ok"
+
+    return fn
+
+
 @dataclass
 class Otel:
     tracer_provider: Any

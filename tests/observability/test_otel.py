@@ -17,20 +17,7 @@ from stoic.events import dispatcher
 from stoic.observability import otel as stoic_otel
 from stoic.testing import virtual_time
 
-from .conftest import Otel
-
-
-def flaky(failures: int, exc: type[Exception] = ConnectionRefusedError) -> Any:
-    """A function failing ``failures`` times (TRANSIENT by default) and then returning "ok"."""
-    calls = {"n": 0}
-
-    def fn() -> str:
-        calls["n"] += 1
-        if calls["n"] <= failures:
-            raise exc("refused")
-        return "ok"
-
-    return fn
+from .conftest import Otel, flaky
 
 
 def attempt_spans(otel: Otel) -> list[Any]:

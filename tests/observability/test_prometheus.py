@@ -15,6 +15,8 @@ from stoic.events import dispatcher
 from stoic.observability import prometheus
 from stoic.testing import virtual_time
 
+from .conftest import flaky
+
 METRICS = {
     "stoic_calls": "counter",
     "stoic_retries": "counter",
@@ -58,18 +60,6 @@ def scrape(registry: CollectorRegistry) -> str:
         server.server_close()
 
 
-def failing(times: int) -> Any:
-    calls = {"n": 0}
-
-    def fn() -> str:
-        calls["n"] += 1
-        if calls["n"] <= times:
-            raise ConnectionRefusedError("refused")
-        return "ok"
-
-    return fn
-
-
 def scenario() -> None:
     """Two calls of 3 attempts (one recovers, one gives up: 4 retries), an open breaker that
     rejects once, one message handled and one dead-lettered, an idempotent call repeated."""
@@ -78,15 +68,15 @@ def scenario() -> None:
 
     payments = stoic.Retry(attempts=3, name="payments")
     with virtual_time():
-        payments.call(failing(2))
+        payments.call(flaky(2))
         with pytest.raises(ConnectionRefusedError):
-            payments.call(failing(9))
+            payments.call(flaky(9))
     breaker = stoic.CircuitBreaker("search", minimum_calls=2, failure_rate=0.5, open_for=60.0)
     for _ in range(2):
         with pytest.raises(ConnectionRefusedError):
-            breaker.call(failing(9))
+            breaker.call(flaky(9))
     with pytest.raises(stoic.CircuitOpenError):
-        breaker.call(failing(0))
+        breaker.call(flaky(0))
 
     broker = MemoryBroker()
     broker.publish("orders", {"ok": True})
@@ -155,7 +145,7 @@ async def test_asgi_app_serves_the_exposition(registry: CollectorRegistry) -> No
     import httpx
 
     with virtual_time():
-        stoic.Retry(attempts=3, name="payments").call(failing(1))
+        stoic.Retry(attempts=3, name="payments").call(flaky(1))
     app = prometheus.make_asgi_app(registry)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -168,7 +158,7 @@ def test_uninstrument_stops_counting_and_unregisters(registry: CollectorRegistry
     prometheus.uninstrument()
     assert dispatcher.sinks == ()
     with virtual_time():
-        stoic.Retry(attempts=3, name="payments").call(failing(1))
+        stoic.Retry(attempts=3, name="payments").call(flaky(1))
     assert "stoic_calls" not in scrape(registry)
 
 
@@ -177,7 +167,7 @@ def test_instrument_again_moves_to_the_new_registry(registry: CollectorRegistry)
     prometheus.instrument(other)
     assert len(dispatcher.sinks) == 1
     with virtual_time():
-        stoic.Retry(attempts=3, name="payments").call(failing(0))
+        stoic.Retry(attempts=3, name="payments").call(flaky(0))
     assert value(samples(scrape(other)), "stoic_calls_total", name="payments",
                  outcome="success") == 1
     assert "stoic_calls" not in scrape(registry)

@@ -115,7 +115,7 @@ def _static_processor(service: str, version: str, env: str | None) -> Processor:
     return add_fields
 
 
-def _rename_level(logger: Any, method: str, event: EventDict) -> EventDict:
+def _lowercase_level(logger: Any, method: str, event: EventDict) -> EventDict:
     level = event.get("level")
     if isinstance(level, str):
         event["level"] = level.lower()
@@ -149,7 +149,7 @@ def configure(
 
     shared: list[Any] = [
         structlog.stdlib.add_log_level,
-        _rename_level,
+        _lowercase_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
     ]

@@ -56,15 +56,32 @@ DURATION_BUCKETS: tuple[float, ...] = (
 _NULL: AbstractContextManager[None] = contextlib.nullcontext()
 
 
-class _Instrumentation:
-    """What ``instrument`` decided: the tracer (or None), and how to undo the installation."""
+class _Tracing:
+    """Tracing switched on: the tracer, and the OpenTelemetry modules the helpers use.
 
-    def __init__(self, tracer: Any, unsubscribe: Callable[[], None] | None) -> None:
-        self.tracer = tracer
+    The modules are looked up here, once, so ``inject``, ``extract`` and ``annotate_http``
+    (called per message or per attempt) never run an import statement.
+    """
+
+    __slots__ = ("propagate", "trace", "tracer")
+
+    def __init__(self, tracer: Any) -> None:
+        from opentelemetry import propagate, trace
+
+        self.tracer, self.trace, self.propagate = tracer, trace, propagate
+
+
+class _Instrumentation:
+    """What ``instrument`` decided: tracing (or None), and how to undo the installation."""
+
+    def __init__(self, tracing: _Tracing | None, unsubscribe: Callable[[], None] | None) -> None:
+        self.tracing = tracing
         self.unsubscribe = unsubscribe
 
 
 _installed: _Instrumentation | None = None
+#: Set while tracing is instrumented, None otherwise: the one check the helpers make.
+_tracing: _Tracing | None = None
 
 
 def _version() -> str:
@@ -85,7 +102,7 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
     (False when neither a tracer nor a meter provider is configured). Calling it again
     replaces the previous instrumentation. Needs ``opentelemetry-api`` (``stoic[otel]``).
     """
-    global _installed
+    global _installed, _tracing
     uninstrument()
     from opentelemetry import metrics, trace
 
@@ -100,7 +117,8 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
         unsubscribe = connect(recorder)
     if tracer is None and unsubscribe is None:
         return False
-    _installed = _Instrumentation(tracer, unsubscribe)
+    _tracing = _Tracing(tracer) if tracer is not None else None
+    _installed = _Instrumentation(_tracing, unsubscribe)
     if tracer is not None:
         status_error = trace.StatusCode.ERROR
         set_span_in_context = trace.set_span_in_context
@@ -117,13 +135,13 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
 
 def uninstrument() -> None:
     """Undo ``instrument``: remove the attempt hook and the metrics sink."""
-    global _installed
-    installed, _installed = _installed, None
+    global _installed, _tracing
+    installed, _installed, _tracing = _installed, None, None
     if installed is None:
         return
     if installed.unsubscribe is not None:
         installed.unsubscribe()
-    if installed.tracer is not None:
+    if installed.tracing is not None:
         dispatcher.set_attempt_scope(None)
 
 
@@ -259,11 +277,10 @@ def inject(carrier: _C) -> _C:
     ASGI, ``bytes``; an existing header of the same name is replaced). Does nothing unless
     tracing was switched on with ``instrument``.
     """
-    if _installed is None or _installed.tracer is None:
+    tracing = _tracing
+    if tracing is None:
         return carrier
-    from opentelemetry import propagate
-
-    propagate.inject(carrier, setter=_SETTER)  # type: ignore[arg-type]
+    tracing.propagate.inject(carrier, setter=_SETTER)
     return carrier
 
 
@@ -273,11 +290,10 @@ def annotate_http(method: str, url: str) -> None:
     HTTP integrations call this per attempt, which is what makes the attempt scope record
     ``http.request.resend_count`` on retries. Does nothing unless tracing is on.
     """
-    if _installed is None or _installed.tracer is None:
+    tracing = _tracing
+    if tracing is None:
         return
-    from opentelemetry import trace
-
-    span = trace.get_current_span()
+    span = tracing.trace.get_current_span()
     if span.is_recording():
         span.set_attribute("http.request.method", method)
         span.set_attribute("url.full", url)
@@ -289,62 +305,57 @@ def extract(carrier: Any) -> Any:
     Returns None, at once, unless tracing was switched on with ``instrument``. Header names
     match case-insensitively.
     """
-    if _installed is None or _installed.tracer is None or carrier is None:
+    tracing = _tracing
+    if tracing is None or carrier is None:
         return None
-    from opentelemetry import propagate
-
-    return propagate.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
+    return tracing.propagate.extract(carrier, getter=_GETTER)
 
 
 class _MessageSpan:
+    """A PRODUCER (``publish``) or CONSUMER (``process``) span, current inside the block."""
+
     __slots__ = ("_carrier", "_destination", "_kind", "_message_id", "_span", "_stack",
-                 "_system")
+                 "_system", "_tracing")
 
     def __init__(
-        self, kind: str, destination: str, carrier: Any, system: str, message_id: str | None
+        self, tracing: _Tracing, kind: str, destination: str, carrier: Any, system: str,
+        message_id: str | None,
     ) -> None:
-        self._kind, self._destination, self._carrier = kind, destination, carrier
-        self._system, self._message_id = system, message_id
+        self._tracing, self._kind, self._destination = tracing, kind, destination
+        self._carrier, self._system, self._message_id = carrier, system, message_id
         self._stack = contextlib.ExitStack()
         self._span: Any = None
 
     def __enter__(self) -> Any:
-        from opentelemetry import trace
-
-        assert _installed is not None  # checked by the caller
-        tracer = _installed.tracer
+        trace = self._tracing.trace
+        operation = "send" if self._kind == "publish" else "process"
         attributes: dict[str, Any] = {
             "messaging.system": self._system,
             "messaging.destination.name": self._destination,
+            "messaging.operation.type": operation,
+            "messaging.operation.name": self._kind,
         }
         if self._message_id is not None:
             attributes["messaging.message.id"] = self._message_id
         if self._kind == "publish":
-            attributes["messaging.operation.type"] = "send"
-            attributes["messaging.operation.name"] = "publish"
-            span = tracer.start_span(
+            span = self._tracing.tracer.start_span(
                 f"publish {self._destination}", kind=trace.SpanKind.PRODUCER,
                 attributes=attributes,
             )
-            self._stack.enter_context(trace.use_span(span, end_on_exit=True,
-                                                     record_exception=False,
-                                                     set_status_on_exception=False))
-            inject(self._carrier)
         else:
-            attributes["messaging.operation.type"] = "process"
-            attributes["messaging.operation.name"] = "process"
             parent = extract(self._carrier)
             links = []
             producer = trace.get_current_span(parent).get_span_context() if parent else None
             if producer is not None and producer.is_valid:
                 links.append(trace.Link(producer))
-            span = tracer.start_span(
+            span = self._tracing.tracer.start_span(
                 f"process {self._destination}", context=parent,
                 kind=trace.SpanKind.CONSUMER, attributes=attributes, links=links,
             )
-            self._stack.enter_context(trace.use_span(span, end_on_exit=True,
-                                                     record_exception=False,
-                                                     set_status_on_exception=False))
+        self._stack.enter_context(trace.use_span(span, end_on_exit=True, record_exception=False,
+                                                 set_status_on_exception=False))
+        if self._kind == "publish":
+            inject(self._carrier)  # the context of the span just made current
         self._span = span
         return span
 
@@ -353,10 +364,9 @@ class _MessageSpan:
         tb: TracebackType | None,
     ) -> None:
         if exc is not None and self._span is not None:
-            from opentelemetry.trace import StatusCode
-
             self._span.set_attribute("error.type", _error_type(exc))
-            self._span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200])
+            self._span.set_status(self._tracing.trace.StatusCode.ERROR,
+                                  f"{type(exc).__name__}: {exc}"[:200])
         self._stack.close()
 
 
@@ -368,9 +378,10 @@ def publish_span(
     Call it before the message's headers are serialised. A no-op context manager (yielding
     None) unless tracing is instrumented.
     """
-    if _installed is None or _installed.tracer is None:
+    tracing = _tracing
+    if tracing is None:
         return _NULL
-    return _MessageSpan("publish", destination, headers, system, message_id)
+    return _MessageSpan(tracing, "publish", destination, headers, system, message_id)
 
 
 def process_span(
@@ -380,9 +391,10 @@ def process_span(
 
     A no-op context manager (yielding None) unless tracing is instrumented.
     """
-    if _installed is None or _installed.tracer is None:
+    tracing = _tracing
+    if tracing is None:
         return _NULL
-    return _MessageSpan("process", destination, headers, system, message_id)
+    return _MessageSpan(tracing, "process", destination, headers, system, message_id)
 
 
 # --- metrics -------------------------------------------------------------------------------

@@ -100,41 +100,32 @@ class _StoicCollector:
             HistogramMetricFamily,
         )
 
-        with self._lock:
-            calls = dict(self.calls)
-            retries = dict(self.retries)
-            rejections = dict(self.rejections)
-            messages = dict(self.messages)
-            replays = dict(self.replays)
-            states = dict(self.states)
-            durations = {name: list(h) for name, h in self.durations.items()}
-        if empty:
-            calls, retries, rejections, messages, replays, states, durations = (
-                {}, {}, {}, {}, {}, {}, {}
-            )
-        else:
+        calls: dict[tuple[str, str], int] = {}
+        retries: dict[str, int] = {}
+        rejections: dict[tuple[str, str], int] = {}
+        messages: dict[tuple[str, str], int] = {}
+        replays: dict[str, int] = {}
+        states: dict[str, str] = {}
+        durations: dict[str, list[float]] = {}
+        if not empty:  # ``describe`` wants the families only, not a copy of the counts
+            with self._lock:
+                calls, retries, rejections = dict(self.calls), dict(self.retries), dict(self.rejections)
+                messages, replays, states = dict(self.messages), dict(self.replays), dict(self.states)
+                durations = {name: list(h) for name, h in self.durations.items()}
             states.update(breaker_states())
 
-        family = CounterMetricFamily(
-            "stoic_calls", "Calls through stoic policies that finished, by outcome.",
-            labels=["name", "outcome"],
-        )
-        for (name, outcome), value in sorted(calls.items()):
-            family.add_metric([name, outcome], value)
-        yield family
+        def counter(name: str, documentation: str, labels: list[str],
+                    values: dict[Any, int]) -> Any:
+            family = CounterMetricFamily(name, documentation, labels=labels)
+            for key, value in sorted(values.items()):
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+            return family
 
-        family = CounterMetricFamily("stoic_retries", "Retries scheduled.", labels=["name"])
-        for name, value in sorted(retries.items()):
-            family.add_metric([name], value)
-        yield family
-
-        family = CounterMetricFamily(
-            "stoic_rejections", "Calls refused before they started, by reason.",
-            labels=["name", "reason"],
-        )
-        for (name, reason), value in sorted(rejections.items()):
-            family.add_metric([name, reason], value)
-        yield family
+        yield counter("stoic_calls", "Calls through stoic policies that finished, by outcome.",
+                      ["name", "outcome"], calls)
+        yield counter("stoic_retries", "Retries scheduled.", ["name"], retries)
+        yield counter("stoic_rejections", "Calls refused before they started, by reason.",
+                      ["name", "reason"], rejections)
 
         gauge = GaugeMetricFamily(
             "stoic_circuit_breaker_state",
@@ -160,21 +151,11 @@ class _StoicCollector:
             histogram.add_metric([name], buckets, counts[-1])
         yield histogram
 
-        family = CounterMetricFamily(
-            "stoic_messages", "Messages handled, by topic and result.", labels=["topic", "result"]
-        )
-        for (topic, result), value in sorted(messages.items()):
-            family.add_metric([topic, result], value)
-        yield family
-
-        family = CounterMetricFamily(
-            "stoic_idempotent_replays",
-            "Calls answered from an idempotency store instead of running again.",
-            labels=["name"],
-        )
-        for name, value in sorted(replays.items()):
-            family.add_metric([name], value)
-        yield family
+        yield counter("stoic_messages", "Messages handled, by topic and result.",
+                      ["topic", "result"], messages)
+        yield counter("stoic_idempotent_replays",
+                      "Calls answered from an idempotency store instead of running again.",
+                      ["name"], replays)
 
 
 class _Installed:
