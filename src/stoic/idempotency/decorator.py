@@ -150,7 +150,7 @@ def _identity(value: Any) -> Any:
     return value
 
 
-class _Turns:
+class _Reclaim:
     """What a call does after a claim that neither ran nor replayed: decided here, without
     I/O, so the sync and async loops only claim again, sleep and delete."""
 
@@ -162,7 +162,7 @@ class _Turns:
         self.poll = _POLL_FIRST
         self.unreadable = 0
 
-    def next(self, claim: Claim) -> float | None:
+    def next_pause(self, claim: Claim) -> float | None:
         """Seconds to sleep before claiming again; None to delete the unreadable record and
         claim again. Raises the refusal (in use, mismatch) when there is nothing to wait for."""
         policy = self.policy
@@ -415,8 +415,8 @@ class Idempotent(Policy):
             prepared = self._prepare(target, args, kwargs)
             if prepared is None:
                 return inner(fn, args, kwargs)
-            turns: _Turns | None = None
-            while True:  # bounded by _Turns: the wait runs out, or it stops deleting
+            reclaim: _Reclaim | None = None
+            while True:  # bounded by _Reclaim: the wait runs out, or it stops deleting
                 claim = store.claim(prepared.store_key, prepared.fingerprint,
                                     lease=lease, ttl=ttl)
                 if claim.status is ClaimStatus.CLAIMED:
@@ -425,9 +425,9 @@ class Idempotent(Policy):
                     value = self._replay(target, prepared, claim)
                     if value is not _UNREADABLE:
                         return value
-                if turns is None:
-                    turns = _Turns(self, target, prepared)
-                pause = turns.next(claim)
+                if reclaim is None:
+                    reclaim = _Reclaim(self, target, prepared)
+                pause = reclaim.next_pause(claim)
                 if pause is None:
                     store.delete(prepared.store_key)
                 else:
@@ -516,8 +516,8 @@ class Idempotent(Policy):
             prepared = self._prepare(target, args, kwargs)
             if prepared is None:
                 return await inner(fn, args, kwargs)
-            turns: _Turns | None = None
-            while True:  # bounded by _Turns: the wait runs out, or it stops deleting
+            reclaim: _Reclaim | None = None
+            while True:  # bounded by _Reclaim: the wait runs out, or it stops deleting
                 claim = await store.aclaim(prepared.store_key, prepared.fingerprint,
                                            lease=lease, ttl=ttl)
                 if claim.status is ClaimStatus.CLAIMED:
@@ -526,9 +526,9 @@ class Idempotent(Policy):
                     value = self._replay(target, prepared, claim)
                     if value is not _UNREADABLE:
                         return value
-                if turns is None:
-                    turns = _Turns(self, target, prepared)
-                pause = turns.next(claim)
+                if reclaim is None:
+                    reclaim = _Reclaim(self, target, prepared)
+                pause = reclaim.next_pause(claim)
                 if pause is None:
                     await store.adelete(prepared.store_key)
                 else:

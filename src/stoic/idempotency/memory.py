@@ -19,10 +19,10 @@ from .store import (
     check_claim,
     check_key,
     check_seconds,
-    claimed,
     live_answer,
     new_token,
     unexpired,
+    won_claim,
 )
 
 __all__ = ["MemoryStore"]
@@ -51,7 +51,7 @@ class MemoryStore(BaseStore):
                 key=key, fingerprint=fingerprint, state=RecordState.IN_FLIGHT, token=token,
                 lease_until=now + lease, expires_at=now + max(ttl, lease),
             )
-        return claimed(key, token, old, now)
+        return won_claim(key, token, old, now)
 
     def _owned(self, key: str, token: str, now: float) -> Record | None:
         record = self._records.get(key)

@@ -33,10 +33,10 @@ from .store import (
     check_key,
     check_seconds,
     check_table,
-    claimed,
     live_answer,
     new_token,
     report_corrupted,
+    won_claim,
 )
 
 __all__ = ["PostgresStore", "create_table_sql"]
@@ -249,7 +249,7 @@ class PostgresStore(BaseStore):
         won, seen = row[0], row[1:]
         old = None if seen[0] is None else self._record(key, seen)
         if won:
-            return claimed(key, token, old, now, corrupted=seen[0] is not None and old is None)
+            return won_claim(key, token, old, now, corrupted=seen[0] is not None and old is None)
         # None: a concurrent claim committed after our snapshot, or the row we saw has since
         # expired or been released; the caller reads again.
         return live_answer(old, fingerprint, now)

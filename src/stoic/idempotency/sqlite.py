@@ -33,11 +33,11 @@ from .store import (
     check_key,
     check_seconds,
     check_table,
-    claimed,
     live_answer,
     new_token,
     report_corrupted,
     unexpired,
+    won_claim,
 )
 
 __all__ = ["SQLiteStore"]
@@ -228,7 +228,7 @@ class SQLiteStore(BaseStore):
                 (key, fingerprint, token, now + lease, now + max(ttl, lease), now),
             ).fetchone()
             if row is not None and row[0] == token:
-                return claimed(key, token, old, now, corrupted=corrupted)
+                return won_claim(key, token, old, now, corrupted=corrupted)
         raise RuntimeError(f"could not claim {key!r}: the record kept changing")
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:

@@ -50,7 +50,7 @@ read: records are plain columns or fields, and ``response`` is text handed back 
 
 What every backend shares is written once here: the argument checks (``check_claim``,
 ``check_seconds``, ``check_key``), what a claim on a live record answers (``live_answer``),
-why a won claim replaced a dead one (``claimed``) and what ``get`` hides (``unexpired``).
+why a won claim replaced a dead one (``won_claim``) and what ``get`` hides (``unexpired``).
 ``BaseStore`` adds default async twins that run the sync method in a worker thread (so the
 event loop never blocks); backends with a native async client override them.
 """
@@ -81,13 +81,13 @@ __all__ = [
     "check_seconds",
     "check_store",
     "check_table",
-    "claimed",
     "decide",
     "live_answer",
     "new_token",
     "report_corrupted",
     "store_key",
     "unexpired",
+    "won_claim",
 ]
 
 _log = logging.getLogger("stoic.idempotency")
@@ -266,8 +266,8 @@ def live_answer(record: Record | None, fingerprint: str, now: float) -> Claim | 
     return decide(record, fingerprint, now)
 
 
-def claimed(key: str, token: str, old: Record | None, now: float, *,
-            corrupted: bool = False) -> Claim:
+def won_claim(key: str, token: str, old: Record | None, now: float, *,
+              corrupted: bool = False) -> Claim:
     """A won claim, saying why it replaced the dead record ``old``, if there was one."""
     if corrupted:
         replaced: str | None = "corrupted"
