@@ -66,16 +66,15 @@ class AlertConfig:
     owner: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.service, str) or not _NAME.match(self.service):
-            raise ValueError(
-                f"service must be 1-63 characters of letters, digits, '_', '.' or '-', "
-                f"starting with a letter or digit, got {self.service!r}"
-            )
-        if self.team is not None and (not isinstance(self.team, str) or not _NAME.match(self.team)):
-            raise ValueError(
-                f"team must be 1-63 characters of letters, digits, '_', '.' or '-', "
-                f"starting with a letter or digit, got {self.team!r}"
-            )
+        for name in ("service", "team"):
+            value = getattr(self, name)
+            if name == "team" and value is None:
+                continue
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise ValueError(
+                    f"{name} must be 1-63 characters of letters, digits, '_', '.' or '-', "
+                    f"starting with a letter or digit, got {value!r}"
+                )
         for name in ("slo", "error_5xx_ratio", "retry_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
