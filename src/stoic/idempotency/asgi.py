@@ -73,7 +73,8 @@ class IdempotencyMiddleware:
         max_body: largest response body stored, in bytes; larger ones are not stored.
         max_request_body: largest request body accepted with a key, in bytes (413 above).
         header: the request header carrying the key.
-        namespace: separates this application's keys from others sharing the store.
+        namespace: separates this application's keys from others sharing the store, and
+            names the middleware in its events.
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """Events the idempotency layer emits (see ``stoic.events`` for sinks and the base class).
 
-``name`` is the idempotent operation's name (by default the function's qualified name, or
-``"http"`` for the middleware); ``key`` is the client's key, never the stored result.
+``name`` is the idempotent operation's name: by default the function's qualified name, or
+for the middleware its ``namespace`` (``"http"`` unless set). ``key`` is the client's key,
+never the stored result.
 """
 
 from __future__ import annotations
