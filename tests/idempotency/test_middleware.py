@@ -284,3 +284,28 @@ def test_bad_configuration_is_refused_naming_the_parameter(
 def test_methods_given_as_one_string_is_refused() -> None:
     with pytest.raises(TypeError, match="methods"):
         IdempotencyMiddleware(Shop(), MemoryStore(), methods="POST")
+
+
+async def test_events_are_named_by_the_middlewares_namespace() -> None:
+    seen: list[stoic.events.Event] = []
+    stoic.events.subscribe(seen.append)
+    middleware = IdempotencyMiddleware(Shop(), MemoryStore(), namespace="shop")
+
+    async def post(body: bytes) -> int:
+        sent: list[dict[str, Any]] = []
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return pending.pop() if pending else {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/orders", "query_string": b"",
+                 "headers": [(b"idempotency-key", b"k")]}
+        await middleware(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert [await post(b"one"), await post(b"two"), await post(b"one")] == [201, 422, 201]
+    assert [(type(e).__name__, e.name) for e in seen] == [
+        ("IdempotencyKeyRejected", "shop"), ("IdempotentReplayed", "shop")]
