@@ -25,24 +25,25 @@ from typing import Any
 
 from .. import clock
 from .store import (
+    SQL_COLUMNS,
+    SQL_COMPLETED,
+    SQL_IN_FLIGHT,
     BaseStore,
     Claim,
     Record,
-    RecordState,
     check_claim,
     check_key,
     check_seconds,
     check_table,
     live_answer,
     new_token,
+    record_from_row,
     report_corrupted,
     won_claim,
 )
 
 __all__ = ["PostgresStore", "create_table_sql"]
 
-_IN_FLIGHT, _COMPLETED = 0, 1
-_STATES = {_IN_FLIGHT: RecordState.IN_FLIGHT, _COMPLETED: RecordState.COMPLETED}
 
 
 def create_table_sql(table: str) -> str:
@@ -100,38 +101,36 @@ class PostgresStore(BaseStore):
         self._ready = not create_table
         t = table
         self._sql_claim = (
-            f"WITH old AS (SELECT fingerprint, state, token, lease_until, expires_at, response"
-            f" FROM {t} WHERE key = %(key)s),"
+            f"WITH old AS (SELECT {SQL_COLUMNS} FROM {t} WHERE key = %(key)s),"
             f" ins AS (INSERT INTO {t} AS r"
             f" (key, fingerprint, state, token, lease_until, expires_at, response)"
-            f" VALUES (%(key)s, %(fp)s, {_IN_FLIGHT}, %(token)s, %(lease)s, %(exp)s, NULL)"
+            f" VALUES (%(key)s, %(fp)s, {SQL_IN_FLIGHT}, %(token)s, %(lease)s, %(exp)s, NULL)"
             f" ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,"
-            f" state = {_IN_FLIGHT}, token = excluded.token, lease_until = excluded.lease_until,"
+            f" state = {SQL_IN_FLIGHT}, token = excluded.token, lease_until = excluded.lease_until,"
             f" expires_at = excluded.expires_at, response = NULL"
             f" WHERE r.expires_at <= %(now)s"
-            f" OR (r.state = {_IN_FLIGHT} AND r.lease_until <= %(now)s)"
-            f" OR r.state NOT IN ({_IN_FLIGHT}, {_COMPLETED})"
+            f" OR (r.state = {SQL_IN_FLIGHT} AND r.lease_until <= %(now)s)"
+            f" OR r.state NOT IN ({SQL_IN_FLIGHT}, {SQL_COMPLETED})"
             f" RETURNING token)"
             f" SELECT EXISTS (SELECT 1 FROM ins), old.fingerprint, old.state, old.token,"
             f" old.lease_until, old.expires_at, old.response"
             f" FROM (SELECT 1) AS one LEFT JOIN old ON true"
         )
         self._sql_complete = (
-            f"UPDATE {t} SET state = {_COMPLETED}, response = %s, expires_at = %s,"
-            f" lease_until = %s WHERE key = %s AND token = %s AND state = {_IN_FLIGHT}"
+            f"UPDATE {t} SET state = {SQL_COMPLETED}, response = %s, expires_at = %s,"
+            f" lease_until = %s WHERE key = %s AND token = %s AND state = {SQL_IN_FLIGHT}"
             f" AND expires_at > %s"
         )
         self._sql_release = (
-            f"DELETE FROM {t} WHERE key = %s AND token = %s AND state = {_IN_FLIGHT}"
+            f"DELETE FROM {t} WHERE key = %s AND token = %s AND state = {SQL_IN_FLIGHT}"
             f" AND expires_at > %s"
         )
         self._sql_extend = (
             f"UPDATE {t} SET lease_until = %s, expires_at = greatest(expires_at, %s)"
-            f" WHERE key = %s AND token = %s AND state = {_IN_FLIGHT} AND expires_at > %s"
+            f" WHERE key = %s AND token = %s AND state = {SQL_IN_FLIGHT} AND expires_at > %s"
         )
         self._sql_get = (
-            f"SELECT fingerprint, state, token, lease_until, expires_at, response FROM {t}"
-            f" WHERE key = %s AND expires_at > %s"
+            f"SELECT {SQL_COLUMNS} FROM {t} WHERE key = %s AND expires_at > %s"
         )
         self._sql_delete = f"DELETE FROM {t} WHERE key = %s"
         self._sql_purge = f"DELETE FROM {t} WHERE expires_at <= %s"
@@ -223,24 +222,21 @@ class PostgresStore(BaseStore):
 
     @staticmethod
     def _record(key: str, row: Any) -> Record | None:
-        """The record in a row (fingerprint, state, ...); None when its state is unknown."""
-        fingerprint, state, token, lease_until, expires_at, response = row
-        known = _STATES.get(state)
-        if known is None:
+        """The record in a row of ``SQL_COLUMNS``; None when the row does not hold one."""
+        try:
+            return record_from_row(key, row)
+        except (TypeError, ValueError):
             return None
-        return Record(
-            key=key, fingerprint=fingerprint, state=known, token=token,
-            lease_until=float(lease_until), expires_at=float(expires_at), response=response,
-        )
 
     def _read(self, key: str, row: Any) -> Record | None:
         """The record a ``SELECT`` found, or None: no row, or one that is reported unreadable."""
         if row is None:
             return None
-        record = self._record(key, row)
-        if record is None:
-            report_corrupted("PostgresStore", key, f"state={row[1]!r}")
-        return record
+        try:
+            return record_from_row(key, row)
+        except (TypeError, ValueError) as exc:
+            report_corrupted("PostgresStore", key, exc)
+            return None
 
     def _claim_answer(
         self, key: str, fingerprint: str, token: str, now: float, row: Any

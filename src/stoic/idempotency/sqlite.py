@@ -25,16 +25,19 @@ from pathlib import Path
 
 from .. import clock
 from .store import (
+    SQL_COLUMNS,
+    SQL_COMPLETED,
+    SQL_IN_FLIGHT,
     BaseStore,
     Claim,
     Record,
-    RecordState,
     check_claim,
     check_key,
     check_seconds,
     check_table,
     live_answer,
     new_token,
+    record_from_row,
     report_corrupted,
     unexpired,
     won_claim,
@@ -43,7 +46,6 @@ from .store import (
 __all__ = ["SQLiteStore"]
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_IN_FLIGHT, _COMPLETED = 0, 1
 
 
 class SQLiteStore(BaseStore):
@@ -82,35 +84,34 @@ class SQLiteStore(BaseStore):
         self._closed = False
         t = table
         self._sql_select = (
-            f"SELECT fingerprint, state, token, lease_until, expires_at, response "
-            f"FROM {t} WHERE key = ?"
+            f"SELECT {SQL_COLUMNS} FROM {t} WHERE key = ?"
         )
         self._sql_claim = (
             f"INSERT INTO {t} (key, fingerprint, state, token, lease_until, expires_at, response)"
-            f" VALUES (?1, ?2, {_IN_FLIGHT}, ?3, ?4, ?5, NULL)"
+            f" VALUES (?1, ?2, {SQL_IN_FLIGHT}, ?3, ?4, ?5, NULL)"
             f" ON CONFLICT(key) DO UPDATE SET fingerprint = excluded.fingerprint,"
-            f" state = {_IN_FLIGHT}, token = excluded.token,"
+            f" state = {SQL_IN_FLIGHT}, token = excluded.token,"
             f" lease_until = excluded.lease_until, expires_at = excluded.expires_at,"
             f" response = NULL"
-            f" WHERE {t}.expires_at <= ?6 OR ({t}.state = {_IN_FLIGHT} AND {t}.lease_until <= ?6)"
-            f" OR {t}.state NOT IN ({_IN_FLIGHT}, {_COMPLETED})"
+            f" WHERE {t}.expires_at <= ?6 OR ({t}.state = {SQL_IN_FLIGHT} AND {t}.lease_until <= ?6)"
+            f" OR {t}.state NOT IN ({SQL_IN_FLIGHT}, {SQL_COMPLETED})"
             f" OR typeof({t}.expires_at) NOT IN ('real', 'integer')"
             f" OR typeof({t}.lease_until) NOT IN ('real', 'integer')"
             f" OR typeof({t}.fingerprint) != 'text' OR typeof({t}.token) != 'text'"
             f" RETURNING token"
         )
         self._sql_complete = (
-            f"UPDATE {t} SET state = {_COMPLETED}, response = ?3, expires_at = ?4,"
-            f" lease_until = ?5 WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT}"
+            f"UPDATE {t} SET state = {SQL_COMPLETED}, response = ?3, expires_at = ?4,"
+            f" lease_until = ?5 WHERE key = ?1 AND token = ?2 AND state = {SQL_IN_FLIGHT}"
             f" AND expires_at > ?5"
         )
         self._sql_release = (
-            f"DELETE FROM {t} WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT}"
+            f"DELETE FROM {t} WHERE key = ?1 AND token = ?2 AND state = {SQL_IN_FLIGHT}"
             f" AND expires_at > ?3"
         )
         self._sql_extend = (
             f"UPDATE {t} SET lease_until = ?3, expires_at = max(expires_at, ?3)"
-            f" WHERE key = ?1 AND token = ?2 AND state = {_IN_FLIGHT} AND expires_at > ?4"
+            f" WHERE key = ?1 AND token = ?2 AND state = {SQL_IN_FLIGHT} AND expires_at > ?4"
         )
         self._sql_delete = f"DELETE FROM {t} WHERE key = ?"
         self._sql_purge = (
@@ -196,22 +197,11 @@ class SQLiteStore(BaseStore):
         row = conn.execute(self._sql_select, (key,)).fetchone()
         if row is None:
             return None, False
-        fingerprint, state, token, lease_until, expires_at, response = row
         try:
-            if state not in (_IN_FLIGHT, _COMPLETED) or not isinstance(fingerprint, str):
-                raise ValueError(f"state={state!r}")
-            if not isinstance(token, str) or not isinstance(response, (str, type(None))):
-                raise ValueError("token or response is not text")
-            record = Record(
-                key=key, fingerprint=fingerprint,
-                state=RecordState.COMPLETED if state == _COMPLETED else RecordState.IN_FLIGHT,
-                token=token, lease_until=float(lease_until), expires_at=float(expires_at),
-                response=response,
-            )
+            return record_from_row(key, row), False
         except (TypeError, ValueError) as exc:
             report_corrupted("SQLiteStore", key, exc)
             return None, True
-        return record, False
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         lease, ttl = check_claim(key, lease, ttl)

@@ -65,11 +65,14 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "MAX_KEY_LENGTH",
     "SEPARATOR",
+    "SQL_COLUMNS",
+    "SQL_COMPLETED",
+    "SQL_IN_FLIGHT",
     "BaseStore",
     "Claim",
     "ClaimStatus",
@@ -84,6 +87,7 @@ __all__ = [
     "decide",
     "live_answer",
     "new_token",
+    "record_from_row",
     "report_corrupted",
     "store_key",
     "unexpired",
@@ -281,6 +285,29 @@ def won_claim(key: str, token: str, old: Record | None, now: float, *,
 def unexpired(record: Record | None, now: float) -> Record | None:
     """What ``get`` returns: the record unless it has expired (a lapsed lease still counts)."""
     return record if record is not None and record.expires_at > now else None
+
+
+SQL_IN_FLIGHT, SQL_COMPLETED = 0, 1
+"""How the SQL stores (SQLite, PostgreSQL) keep ``RecordState`` in their integer column."""
+_SQL_STATES = {SQL_IN_FLIGHT: RecordState.IN_FLIGHT, SQL_COMPLETED: RecordState.COMPLETED}
+
+SQL_COLUMNS = "fingerprint, state, token, lease_until, expires_at, response"
+"""The columns the SQL stores select for a record, in the order ``record_from_row`` reads."""
+
+
+def record_from_row(key: str, row: tuple[Any, ...]) -> Record:
+    """The record in an SQL row of ``SQL_COLUMNS``. ``ValueError`` or ``TypeError`` when
+    the row does not hold one (an unknown state, a time or a text of the wrong type)."""
+    fingerprint, state, token, lease_until, expires_at, response = row
+    known = _SQL_STATES.get(state)
+    if known is None:
+        raise ValueError(f"state={state!r}")
+    if not (isinstance(fingerprint, str) and isinstance(token, str)
+            and (response is None or isinstance(response, str))):
+        raise TypeError("fingerprint, token or response is not text")
+    return Record(key=key, fingerprint=fingerprint, state=known, token=token,
+                  lease_until=float(lease_until), expires_at=float(expires_at),
+                  response=response)
 
 
 def report_corrupted(store: str, key: str, problem: object) -> None:
