@@ -388,9 +388,10 @@ class Idempotent(Policy):
             dispatcher.emit(IdempotencyLeaseTakenOver(
                 name=self._label(target), key=call.client_key))
 
-    def _error_record(self, exc: Exception) -> str | None:
-        """The stored text for a failure, or None when the failure releases the key."""
-        if classify(exc).outcome not in self.cache:
+    def _error_record(self, exc: BaseException) -> str | None:
+        """The stored text for a failure, or None when the failure releases the key (its
+        outcome is not in ``cache``, or it is a cancellation or an exit, never stored)."""
+        if not isinstance(exc, Exception) or classify(exc).outcome not in self.cache:
             return None
         try:
             return self.codec.encode({"error": {
@@ -443,21 +444,16 @@ class Idempotent(Policy):
         try:
             with using_idempotency_key(prepared.client_key):
                 result = inner(fn, args, kwargs)
-        except Exception as exc:
-            _current.reset(handle)
+        except BaseException as exc:
             self._finish(target, prepared, token, self._error_record(exc))
             raise
-        except BaseException:
+        finally:
             _current.reset(handle)
-            self._finish(target, prepared, token, None)
-            raise
-        _current.reset(handle)
+        text = None  # stays None if the result cannot be encoded: the key is released
         try:
             text = self._result_record(prepared, result)
-        except CodecError:
-            self._finish(target, prepared, token, None)
-            raise
-        self._finish(target, prepared, token, text)
+        finally:
+            self._finish(target, prepared, token, text)
         return result
 
     def _finish(self, target: _Target, prepared: _Call, token: str, text: str | None) -> None:
@@ -545,21 +541,16 @@ class Idempotent(Policy):
         try:
             async with using_idempotency_key(prepared.client_key):
                 result = await inner(fn, args, kwargs)
-        except Exception as exc:
-            _current.reset(handle)
+        except BaseException as exc:
             await self._afinish(target, prepared, token, self._error_record(exc))
             raise
-        except BaseException:
+        finally:
             _current.reset(handle)
-            await self._afinish(target, prepared, token, None)
-            raise
-        _current.reset(handle)
+        text = None  # stays None if the result cannot be encoded: the key is released
         try:
             text = self._result_record(prepared, result)
-        except CodecError:
-            await self._afinish(target, prepared, token, None)
-            raise
-        await self._afinish(target, prepared, token, text)
+        finally:
+            await self._afinish(target, prepared, token, text)
         return result
 
 
