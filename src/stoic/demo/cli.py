@@ -199,8 +199,7 @@ def serve(
         try:
             while True:
                 time.sleep(1.0)
-                for name in ("orders",):
-                    if not shop.procs.alive(name):
-                        _fail(f"the {name} service stopped; see {directory / (name + '.log')}")
+                if not shop.procs.alive("orders"):
+                    _fail(f"the orders service stopped; see {directory / 'orders.log'}")
         except KeyboardInterrupt:
             typer.echo("stopping")

@@ -89,7 +89,7 @@ def _install_handlers() -> None:
 
 
 class ProcessGroup:
-    """Named child processes on a ``stoic.chaos.Supervisor``: start, kill, restart, close.
+    """Named child processes on a ``stoic.chaos.Supervisor``: start, kill, start again, close.
 
     The supervisor gives each child its own process group and does the killing; this class
     adds the safety net the demo needs: every live group is also killed at exit and on
@@ -129,11 +129,6 @@ class ProcessGroup:
         if pid is not None:
             _LIVE.discard(pid)
 
-    def restart(self, name: str) -> None:
-        """Kill ``name`` if it runs, then start it again with the same command."""
-        self.kill(name)
-        self.start(name)
-
     def alive(self, name: str) -> bool:
         """Whether ``name`` is running."""
         try:
@@ -144,6 +139,9 @@ class ProcessGroup:
     def close(self) -> None:
         """Stop every process: SIGTERM, a short grace, then SIGKILL; reap all."""
         pids = [self.supervisor.pid(name) for name in self.commands]
+        for pid in pids:  # all at once: the supervisor then waits for each in turn
+            if pid is not None:
+                _kill_group(pid, signal.SIGTERM)
         self.supervisor.close()
         for pid in pids:
             if pid is not None:

@@ -26,7 +26,7 @@ from .loadgen import LoadGenerator, Request
 from .procs import ProcessGroup, free_port, wait_http
 from .scenario import Scenario, build_scenario
 from .scorecard import Scorecard, compute, series
-from .services.common import ShopConfig
+from .services.common import SERVICES, ShopConfig
 
 __all__ = ["BACKENDS", "MODES", "RunOptions", "RunResult", "Shop", "run"]
 
@@ -113,7 +113,7 @@ class Shop:
         self.procs = ProcessGroup(workdir)
         self.net: chaosnet.Network | None = None
         try:
-            self.ports = ports or {name: free_port() for name in SERVICE_NAMES}
+            self.ports = ports or {name: free_port() for name in SERVICES}
             self.net = chaosnet.start(self.procs, workdir, self.ports, api_port=proxy_port)
             self.cfg = ShopConfig(
                 mode=options.mode, workdir=str(workdir), ports=self.ports, urls=self.net.urls,
@@ -123,10 +123,10 @@ class Shop:
             )
             config_path = workdir / "shop.json"
             self.cfg.save(config_path)
-            for name in SERVICE_NAMES:
+            for name in SERVICES:
                 self.procs.start(
                     name, self.procs.python("-m", "stoic.demo.services", name, str(config_path)))
-            for name in SERVICE_NAMES:
+            for name in SERVICES:
                 self.wait(name)
         except BaseException:
             self.close()
@@ -153,9 +153,6 @@ class Shop:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-SERVICE_NAMES = ("payments", "inventory", "fulfillment", "orders")
 
 
 def run(options: RunOptions, progress: Progress | None = None) -> RunResult:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .common import SERVICES
+
 __all__ = ["build_app"]
 
 
 def build_app(name: str, cfg: Any) -> Any:
     """The ASGI app of service ``name`` for configuration ``cfg``."""
-    if name not in ("payments", "inventory", "fulfillment", "orders"):
+    if name not in SERVICES:
         raise ValueError(f"service must be payments, inventory, fulfillment or orders, got {name!r}")
     module = importlib.import_module(f"{__name__}.{name}")
     return module.build(cfg)

@@ -22,11 +22,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "SERVICES",
     "ASGIApp",
     "ChaosLayer",
     "ShopConfig",
@@ -47,6 +48,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: The shop's services, in the order they start (orders last: it calls the others).
 SERVICES = ("payments", "inventory", "fulfillment", "orders")
 
 
@@ -73,7 +75,6 @@ class ShopConfig:
     naive_attempts: int = 3
     naive_sleep: float = 0.5
     worker_lease: float = 1.5
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def db(self, service: str) -> str:
         """Path of ``service``'s own SQLite database."""
