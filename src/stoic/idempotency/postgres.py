@@ -45,7 +45,6 @@ from .store import (
 __all__ = ["PostgresStore", "create_table_sql"]
 
 
-
 def create_table_sql(table: str) -> str:
     """The DDL for the records table (what ``stoic idempotency migrate`` runs)."""
     check_table(table)
