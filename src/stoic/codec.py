@@ -58,8 +58,9 @@ class Codec:
             sort_keys=True,
         )
         # The fast path: a value made only of dicts, lists and _LEAVES (most payloads) needs
-        # no ``_tuples`` copy. ``_leaves`` is None when a registered type takes dicts or lists.
-        self._leaves: frozenset[type] | None = _LEAVES
+        # no ``_tuples`` copy. ``_leaves`` is None (no fast path) when a registered type takes
+        # dicts or lists, or without json's C encoder.
+        self._leaves: frozenset[type] | None = None if _c_make_encoder is None else _LEAVES
         self._write = _writer(self._encoder)
         self._write_canonical = _writer(self._canonical)
 
@@ -79,8 +80,8 @@ class Codec:
             self._by_type[cls] = (name, to_json)
             self._by_name[name] = from_json
             registered = self._by_type.keys()
-            containers = dict in registered or list in registered
-            self._leaves = None if containers else _LEAVES - registered
+            fast = _c_make_encoder is not None and dict not in registered and list not in registered
+            self._leaves = _LEAVES - registered if fast else None
 
     def _default(self, obj: Any) -> Any:
         custom = self._by_type.get(type(obj))
@@ -117,7 +118,7 @@ class Codec:
         try:
             leaves = self._leaves
             if leaves is not None and _plain(value, leaves):
-                return self._write(value)
+                return "".join(self._write(value, 0))
             return self._encoder.encode(_tuples(value, self._by_type))
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
@@ -131,7 +132,7 @@ class Codec:
         try:
             leaves = self._leaves
             if leaves is not None and _plain(value, leaves):
-                return self._write_canonical(value)
+                return "".join(self._write_canonical(value, 0))
             return self._canonical.encode(_tuples(value, self._by_type))
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
@@ -192,25 +193,28 @@ def _plain(value: Any, leaves: frozenset[type]) -> bool:
         return kind in leaves
     if leaves.issuperset(map(type, items)):
         return True
-    return all(type(item) in leaves or _plain(item, leaves) for item in items)
+    for item in items:  # noqa: SIM110 - all() over a generator is a third slower here
+        if type(item) not in leaves and not _plain(item, leaves):
+            return False
+    return True
 
 
-def _writer(encoder: json.JSONEncoder) -> Callable[[Any], str]:
-    """``encoder.encode`` for values ``_plain`` accepted, with the C encoder built once.
+def _writer(encoder: json.JSONEncoder) -> Any:
+    """The C encoder behind ``encoder``, built once, for values ``_plain`` accepted.
 
-    ``JSONEncoder.encode`` builds a C encoder per call, with a fresh dict of the containers it
-    is inside to catch cycles. A plain value has no cycle (``_plain`` walked all of it) and
-    never reaches ``default``, so one encoder without that dict serves every call and thread.
+    ``JSONEncoder.encode`` builds one per call, with a fresh dict of the containers it is
+    inside to catch cycles. A plain value has no cycle (``_plain`` walked all of it) and never
+    reaches ``default``, so one encoder without that dict serves every call and thread.
+    ``writer(value, 0)`` returns the chunks of the text.
     """
     if _c_make_encoder is None:  # pragma: no cover - CPython always has it
-        return encoder.encode
+        return None
     quote = json.encoder.encode_basestring_ascii if encoder.ensure_ascii else (
         json.encoder.encode_basestring)
-    write = _c_make_encoder(
+    return _c_make_encoder(
         None, encoder.default, quote, None, encoder.key_separator, encoder.item_separator,
         encoder.sort_keys, encoder.skipkeys, encoder.allow_nan,
     )
-    return lambda value: "".join(write(value, 0))
 
 
 _BUILTIN_DECODERS: dict[str, Callable[[Any], Any]] = {

@@ -17,16 +17,27 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .model import DeadLetter, Message, QueueStats
+from .model import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    encode_payload,
+    message_ids,
+    new_id,
+    outgoing_headers,
+)
 
 __all__ = [
     "AsyncBroker",
     "Broker",
+    "PublishOne",
     "SyncBroker",
     "ThreadedAsync",
     "check_claim",
     "check_delay",
     "check_topic",
+    "prepare",
+    "prepare_one",
 ]
 
 
@@ -212,6 +223,57 @@ class ThreadedAsync:
     async def aclose(self) -> None:
         sync: SyncBroker = self  # type: ignore[assignment]
         await asyncio.to_thread(sync.close)
+
+
+class PublishOne:
+    """``publish`` and ``apublish`` as a batch of one, for brokers whose ``publish_many``
+    costs no more than a single publish (one script call, one confirm round)."""
+
+    def publish(
+        self, topic: str, payload: Any, *, id: str | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> str:
+        sync: SyncBroker = self  # type: ignore[assignment]
+        return sync.publish_many(
+            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
+        )[0]
+
+    async def apublish(
+        self, topic: str, payload: Any, *, id: str | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> str:
+        broker: AsyncBroker = self  # type: ignore[assignment]
+        return (await broker.apublish_many(
+            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
+        ))[0]
+
+
+def prepare(
+    topic: str, payloads: Iterable[Any], ids: Sequence[str] | None,
+    headers: Mapping[str, str] | None, delay: float,
+) -> tuple[list[str], list[str], dict[str, str], float]:
+    """Check and encode a ``publish_many`` before anything is written.
+
+    Returns ``(ids, bodies, headers, delay)``: the caller's ids or fresh ones, the encoded
+    payloads, the outgoing headers (request id and trace context added) and the delay as a
+    float. A bad argument raises ``ValueError`` and an unencodable payload ``CodecError``, so
+    a broker that calls this first never writes half a batch.
+    """
+    check_topic(topic)
+    delay = check_delay(delay)
+    bodies = [encode_payload(p) for p in payloads]
+    return message_ids(ids, len(bodies)), bodies, outgoing_headers(headers), delay
+
+
+def prepare_one(
+    topic: str, payload: Any, id: str | None, headers: Mapping[str, str] | None, delay: float,
+) -> tuple[str, str, dict[str, str], float]:
+    """``prepare`` for a single payload, without building lists (``publish``'s hot path)."""
+    check_topic(topic)
+    delay = check_delay(delay)
+    body = encode_payload(payload)
+    msg_id = new_id() if id is None else message_ids([id], 1)[0]
+    return msg_id, body, outgoing_headers(headers), delay
 
 
 def check_topic(topic: str) -> str:

@@ -15,16 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
-from .broker import ThreadedAsync, check_claim, check_delay, check_topic
-from .model import (
-    DeadLetter,
-    Message,
-    QueueStats,
-    encode_payload,
-    message_ids,
-    outgoing_headers,
-    report_requeued,
-)
+from .broker import PublishOne, ThreadedAsync, check_claim, check_delay, check_topic, prepare
+from .model import DeadLetter, Message, QueueStats, report_requeued
 
 __all__ = ["MemoryBroker"]
 
@@ -50,7 +42,7 @@ class _Topic:
         self.dead: dict[str, DeadLetter] = {}
 
 
-class MemoryBroker(ThreadedAsync):
+class MemoryBroker(PublishOne, ThreadedAsync):
     """Broker in a dict behind a lock. ``memory://`` in ``connect``.
 
     Args:
@@ -76,23 +68,11 @@ class MemoryBroker(ThreadedAsync):
 
     # --- publishing ----------------------------------------------------------------------
 
-    def publish(
-        self, topic: str, payload: Any, *, id: str | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> str:
-        return self.publish_many(
-            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
-        )[0]
-
     def publish_many(
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
-        check_topic(topic)
-        delay = check_delay(delay)
-        bodies = [encode_payload(p) for p in payloads]
-        msg_ids = message_ids(ids, len(bodies))
-        head = outgoing_headers(headers)
+        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
         now = clock.wall()
         with self._lock:
             t = self._topic(topic)

@@ -28,16 +28,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import clock
-from .broker import SyncBroker, check_delay, check_topic
-from .model import (
-    Message,
-    decode_headers,
-    dump_headers,
-    encode_payload,
-    message_ids,
-    new_id,
-    outgoing_headers,
-)
+from .broker import SyncBroker, prepare_one
+from .model import Message, decode_headers, dump_headers
 
 __all__ = ["Inbox", "Outbox", "OutboxRelay"]
 
@@ -96,11 +88,7 @@ class Outbox:
         anything is written and the caller's transaction can roll back cleanly. Headers get
         the current request id and trace context, as a direct publish would.
         """
-        check_topic(topic)
-        delay = check_delay(delay)
-        body = encode_payload(payload)
-        msg_id = new_id() if id is None else message_ids([id], 1)[0]
-        head = outgoing_headers(headers)
+        msg_id, body, head, delay = prepare_one(topic, payload, id, headers, delay)
         now = clock.wall()
         conn.execute(
             _sql(conn, f"INSERT INTO {self.table} (topic, id, body, headers, available_at,"

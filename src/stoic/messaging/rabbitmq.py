@@ -42,16 +42,8 @@ from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import clock
-from .broker import check_claim, check_delay, check_topic
-from .model import (
-    DeadLetter,
-    Message,
-    QueueStats,
-    encode_payload,
-    message_ids,
-    outgoing_headers,
-    report_requeued,
-)
+from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
+from .model import DeadLetter, Message, QueueStats, report_requeued
 
 __all__ = ["RabbitBroker"]
 
@@ -102,7 +94,7 @@ class _Consumer:
 _IDLE = 2.0  # seconds without a claim after which a topic's consumer lets its buffer go
 
 
-class RabbitBroker:
+class RabbitBroker(PublishOne):
     """At-least-once queues on RabbitMQ quorum queues; ``amqp://...`` in ``connect``.
 
     Args:
@@ -213,44 +205,20 @@ class RabbitBroker:
 
     # --- publishing ----------------------------------------------------------------------
 
-    def publish(
-        self, topic: str, payload: Any, *, id: str | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> str:
-        return self.publish_many(
-            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
-        )[0]
-
     def publish_many(
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
-        check_topic(topic)
-        delay = check_delay(delay)
-        bodies = [encode_payload(p) for p in payloads]
-        msg_ids = message_ids(ids, len(bodies))
-        head = outgoing_headers(headers)
+        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
         fresh = self._fresh(topic, msg_ids)
         self._run(self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
         return msg_ids
-
-    async def apublish(
-        self, topic: str, payload: Any, *, id: str | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> str:
-        return (await self.apublish_many(
-            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
-        ))[0]
 
     async def apublish_many(
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
-        check_topic(topic)
-        delay = check_delay(delay)
-        bodies = [encode_payload(p) for p in payloads]
-        msg_ids = message_ids(ids, len(bodies))
-        head = outgoing_headers(headers)
+        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
         fresh = await asyncio.to_thread(self._fresh, topic, msg_ids)
         await self._in_loop(self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
         return msg_ids

@@ -35,18 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import clock
-from .broker import ThreadedAsync, check_claim, check_delay, check_topic
-from .model import (
-    DeadLetter,
-    Message,
-    QueueStats,
-    decode_headers,
-    dump_headers,
-    encode_payload,
-    message_ids,
-    outgoing_headers,
-    report_requeued,
-)
+from .broker import PublishOne, ThreadedAsync, check_claim, check_delay, check_topic, prepare
+from .model import DeadLetter, Message, QueueStats, decode_headers, dump_headers, report_requeued
 
 __all__ = ["RedisBroker"]
 
@@ -250,7 +240,7 @@ return #entries
 """
 
 
-class RedisBroker(ThreadedAsync):
+class RedisBroker(PublishOne, ThreadedAsync):
     """At-least-once queues on Redis Streams; ``redis://host:port/db`` in ``connect``.
 
     Args:
@@ -315,23 +305,12 @@ class RedisBroker(ThreadedAsync):
 
     # --- publishing ----------------------------------------------------------------------
 
-    def publish(
-        self, topic: str, payload: Any, *, id: str | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> str:
-        return self.publish_many(
-            topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
-        )[0]
-
     def publish_many(
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
-        delay = check_delay(delay)
+        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
         stream = self._stream(topic)
-        bodies = [encode_payload(p) for p in payloads]
-        msg_ids = message_ids(ids, len(bodies))
-        head = outgoing_headers(headers)
         raw_headers = dump_headers(head) if head else ""
         now = clock.wall()
         at = repr(now + delay) if delay > 0 else "0"

@@ -36,19 +36,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from .. import clock
-from .broker import ThreadedAsync, check_claim, check_delay, check_topic
-from .model import (
-    DeadLetter,
-    Message,
-    QueueStats,
-    decode_headers,
-    dump_headers,
-    encode_payload,
-    message_ids,
-    new_id,
-    outgoing_headers,
-    report_requeued,
-)
+from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
+from .model import DeadLetter, Message, QueueStats, decode_headers, dump_headers, report_requeued
 
 __all__ = ["SQLiteBroker"]
 
@@ -168,11 +157,7 @@ class SQLiteBroker(ThreadedAsync):
         self, topic: str, payload: Any, *, id: str | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> str:
-        check_topic(topic)
-        delay = check_delay(delay)
-        body = encode_payload(payload)
-        msg_id = new_id() if id is None else message_ids([id], 1)[0]
-        head = outgoing_headers(headers)
+        msg_id, body, head, delay = prepare_one(topic, payload, id, headers, delay)
         now = clock.wall()
         row = (topic, msg_id, body, dump_headers(head) if head else None, now, now + delay,
                now - self.dedupe_window)
@@ -184,11 +169,7 @@ class SQLiteBroker(ThreadedAsync):
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
-        check_topic(topic)
-        delay = check_delay(delay)
-        bodies = [encode_payload(p) for p in payloads]
-        msg_ids = message_ids(ids, len(bodies))
-        head = outgoing_headers(headers)
+        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
         raw_headers = dump_headers(head) if head else None
         now = clock.wall()
         horizon = now - self.dedupe_window
