@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import pytest
 
-__all__ = ["free_port", "require_service", "wait_for_port"]
+__all__ = ["free_port", "read_body", "require_service", "wait_for_port"]
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -45,3 +46,13 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
             return
         time.sleep(0.02)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole request body of an ASGI ``http`` request, from its ``receive`` callable."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body

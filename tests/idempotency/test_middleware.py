@@ -19,7 +19,7 @@ from stoic.idempotency import IdempotencyMiddleware, MemoryStore, Store
 from stoic.idempotency.events import IdempotencyRecordCorrupted
 from stoic.idempotency.fingerprint import fingerprint_request
 from stoic.idempotency.store import store_key
-from support import free_port, wait_for_port
+from support import free_port, read_body, wait_for_port
 
 
 @dataclass
@@ -40,12 +40,7 @@ class Shop:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         path = scope["path"]
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.runs[path] = self.runs.get(path, 0) + 1
         n = self.runs[path]
         status, headers, payload = 201, [(b"x-order", str(n).encode())], {"n": n}
