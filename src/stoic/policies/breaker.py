@@ -97,8 +97,9 @@ _STATES = (
     BreakerState.DISABLED,
 )
 
-# Outcome codes recorded in a window: bit 1 = failure, bit 2 = slow; _SKIP: record nothing.
-_FAILURE, _SLOW, _SKIP = 1, 2, -1
+# Outcome codes recorded in a window: bit 1 = failure, bit 2 = slow; _SKIP: record nothing;
+# _JUDGE: record nothing, but judge what the window holds.
+_FAILURE, _SLOW, _SKIP, _JUDGE = 1, 2, -1, -2
 
 # --- events -------------------------------------------------------------------------------
 
@@ -633,10 +634,10 @@ class CircuitBreaker(Policy):
         if shared is not None:
             pending.append(lambda: shared.opened(self, duration))
         self._later_event(
-                pending, BreakerOpened, previous, _OPEN, "local",
-                failure_rate=failures / calls if calls else 0.0,
-                slow_call_rate=slow / calls if calls else 0.0, calls=calls, open_for=duration,
-            )
+            pending, BreakerOpened, previous, _OPEN, "local",
+            failure_rate=failures / calls if calls else 0.0,
+            slow_call_rate=slow / calls if calls else 0.0, calls=calls, open_for=duration,
+        )
 
     def _close(self, pending: _Pending) -> None:
         previous = self._mode
@@ -652,9 +653,9 @@ class CircuitBreaker(Policy):
         previous = self._mode
         self._enter(_HALF_OPEN)
         self._later_event(
-                pending, BreakerHalfOpened, previous, _HALF_OPEN, "local",
-                trial_calls=self.half_open_calls,
-            )
+            pending, BreakerHalfOpened, previous, _HALF_OPEN, "local",
+            trial_calls=self.half_open_calls,
+        )
 
     # --- recording ------------------------------------------------------------------------
 
@@ -664,13 +665,14 @@ class CircuitBreaker(Policy):
 
     def _record(self, code: int, now: float) -> None:
         """Record a closed-state call. Opens the breaker when a threshold is reached."""
-        if code < 0:
+        if code == _SKIP:
             return
         pending: _Pending | None = None
         with self._lock:
             if self._mode != _CLOSED:
                 return
-            calls, failures, slow = self._ring.add(code, now)
+            ring = self._ring
+            calls, failures, slow = ring.counts(now) if code == _JUDGE else ring.add(code, now)
             if calls >= self.minimum_calls and (
                 failures >= self.failure_rate * calls or slow >= self.slow_call_rate * calls
             ):
@@ -681,18 +683,7 @@ class CircuitBreaker(Policy):
 
     def _check(self) -> None:
         """The window just reached ``minimum_calls`` on a success: judge what it holds."""
-        pending: _Pending | None = None
-        with self._lock:
-            if self._mode != _CLOSED:
-                return
-            calls, failures, slow = self._ring.counts(0.0)
-            if calls >= self.minimum_calls and (
-                failures >= self.failure_rate * calls or slow >= self.slow_call_rate * calls
-            ):
-                pending = []
-                self._open(pending, calls, failures, slow, reopen=False)
-        if pending:
-            _run(pending)
+        self._record(_JUDGE, 0.0)
 
     def _record_trial(self, generation: int, code: int, now: float) -> None:
         """Record a half-open trial; the last of them closes or re-opens the breaker."""
@@ -817,9 +808,9 @@ class CircuitBreaker(Policy):
             self._opened_for = ttl
             self._open_until = now + ttl
             self._later_event(
-                    pending, BreakerOpened, mode, _OPEN, "remote",
-                    failure_rate=0.0, slow_call_rate=0.0, calls=0, open_for=ttl,
-                )
+                pending, BreakerOpened, mode, _OPEN, "remote",
+                failure_rate=0.0, slow_call_rate=0.0, calls=0, open_for=ttl,
+            )
         _run(pending)
 
     def _remote_closed(self) -> None:
