@@ -115,13 +115,7 @@ class Codec:
 
     def encode(self, value: Any) -> str:
         """Value to JSON text. Raises ``CodecError`` naming the type it cannot encode."""
-        try:
-            leaves = self._leaves
-            if leaves is not None and _plain(value, leaves):
-                return "".join(self._write(value, 0))
-            return self._encoder.encode(_tuples(value, self._by_type))
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise CodecError(f"cannot encode value as JSON: {exc}") from exc
+        return self._dump(value, self._write, self._encoder)
 
     def canonical(self, value: Any) -> str:
         """One JSON text per value: sorted keys, ASCII only, no spaces (for fingerprints).
@@ -129,11 +123,14 @@ class Codec:
         Two equal values always give the same text, so its hash identifies a request.
         Raises ``CodecError`` like ``encode``.
         """
+        return self._dump(value, self._write_canonical, self._canonical)
+
+    def _dump(self, value: Any, write: Any, encoder: json.JSONEncoder) -> str:
         try:
             leaves = self._leaves
             if leaves is not None and _plain(value, leaves):
-                return "".join(self._write_canonical(value, 0))
-            return self._canonical.encode(_tuples(value, self._by_type))
+                return "".join(write(value, 0))
+            return encoder.encode(_tuples(value, self._by_type))
         except (TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"cannot encode value as JSON: {exc}") from exc
 

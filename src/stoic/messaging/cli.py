@@ -30,6 +30,7 @@ app = typer.Typer(
 dlq = typer.Typer(no_args_is_help=True, help="The dead-letter queue of a topic.")
 app.add_typer(dlq, name="dlq")
 
+TopicArgument = typer.Argument(..., help="The topic (queue) name.")
 BrokerOption = typer.Option(
     ..., "--broker", "-b", envvar="STOIC_BROKER",
     help="Broker URL: sqlite:///file.db, redis://host:port/db, amqp://..., memory://",
@@ -62,7 +63,11 @@ def _short(text: str | None, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> None:
+def _table(headers: list[str], rows: list[list[str]], empty: str = "") -> None:
+    """Aligned columns; ``empty`` is printed instead when there are no rows."""
+    if not rows and empty:
+        typer.echo(empty)
+        return
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
     typer.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
@@ -70,9 +75,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _dead_letters(n: int) -> str:
+    return f"{n} dead letter{'' if n == 1 else 's'}"
+
+
 @app.command()
 def stats(
-    topic: str = typer.Argument(..., help="The topic (queue) name."),
+    topic: str = TopicArgument,
     broker: str = BrokerOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -89,52 +98,48 @@ def stats(
 
 @app.command()
 def peek(
-    topic: str = typer.Argument(..., help="The topic (queue) name."),
+    topic: str = TopicArgument,
     broker: str = BrokerOption,
     limit: int = typer.Option(10, "--limit", "-n", min=1, help="How many messages to show."),
 ) -> None:
     """The next messages of TOPIC, without taking them."""
     with _broker(broker) as b:
         messages = b.peek(topic, limit)
-    if not messages:
-        typer.echo(f"{topic}: no messages")
-        return
     _table(["id", "attempts", "created", "payload"],
-           [[m.id, str(m.attempts), _when(m.created_at), _short(m.body)] for m in messages])
+           [[m.id, str(m.attempts), _when(m.created_at), _short(m.body)] for m in messages],
+           empty=f"{topic}: no messages")
 
 
 @dlq.command("list")
 def dlq_list(
-    topic: str = typer.Argument(..., help="The topic (queue) name."),
+    topic: str = TopicArgument,
     broker: str = BrokerOption,
     limit: int = typer.Option(100, "--limit", "-n", min=1, help="How many to show."),
 ) -> None:
     """Dead letters of TOPIC: why each was parked and what failed."""
     with _broker(broker) as b:
         dead = b.dead_letters(topic, limit)
-    if not dead:
-        typer.echo(f"{topic}: the dead-letter queue is empty")
-        return
     _table(["id", "attempts", "dead since", "reason", "error"],
            [[d.message.id, str(d.message.attempts), _when(d.dead_at), d.reason,
-             _short(d.error)] for d in dead])
+             _short(d.error)] for d in dead],
+           empty=f"{topic}: the dead-letter queue is empty")
 
 
 @dlq.command("requeue")
 def dlq_requeue(
-    topic: str = typer.Argument(..., help="The topic (queue) name."),
+    topic: str = TopicArgument,
     broker: str = BrokerOption,
     ids: list[str] = typer.Option(None, "--id", help="Requeue only these ids (repeatable)."),
 ) -> None:
     """Put dead letters back on TOPIC (all, or those given with --id), attempts reset."""
     with _broker(broker) as b:
         n = b.requeue(topic, ids or None)
-    typer.echo(f"{topic}: requeued {n} dead letter{'s' if n != 1 else ''}")
+    typer.echo(f"{topic}: requeued {_dead_letters(n)}")
 
 
 @dlq.command("purge")
 def dlq_purge(
-    topic: str = typer.Argument(..., help="The topic (queue) name."),
+    topic: str = TopicArgument,
     broker: str = BrokerOption,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
@@ -143,4 +148,4 @@ def dlq_purge(
         typer.confirm(f"Delete every dead letter of {topic!r}?", abort=True)
     with _broker(broker) as b:
         n = b.purge_dead(topic)
-    typer.echo(f"{topic}: purged {n} dead letter{'s' if n != 1 else ''}")
+    typer.echo(f"{topic}: purged {_dead_letters(n)}")

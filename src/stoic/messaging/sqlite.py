@@ -96,6 +96,13 @@ _ACK = (
     "UPDATE stoic_messages SET state = 1, body = NULL, headers = NULL, receipt = NULL"
     " WHERE seq = ? AND receipt = ? AND state = 0"
 )
+_NACK = (  # give back: deliverable again from available_at
+    "UPDATE stoic_messages SET receipt = NULL, available_at = ?"
+    " WHERE seq = ? AND receipt = ? AND state = 0"
+)
+_EXTEND = (  # keep the lease, and the receipt, until available_at
+    "UPDATE stoic_messages SET available_at = ? WHERE seq = ? AND receipt = ? AND state = 0"
+)
 _PURGE_FINISHED = (
     "DELETE FROM stoic_messages WHERE seq IN (SELECT seq FROM stoic_messages"
     " WHERE state <> 0 AND created_at < ? LIMIT 500)"
@@ -210,25 +217,17 @@ class SQLiteBroker(ThreadedAsync):
         return done
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
-        delay = check_delay(delay)
-        seq, token = _key(message)
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE stoic_messages SET receipt = NULL, available_at = ?"
-                " WHERE seq = ? AND receipt = ? AND state = 0",
-                (clock.wall() + delay, seq, token),
-            )
-        return cur.rowcount == 1
+        return self._reschedule(_NACK, message, check_delay(delay))
 
     def extend_lease(self, message: Message, lease: float) -> bool:
         check_claim(1, lease)
+        return self._reschedule(_EXTEND, message, lease)
+
+    def _reschedule(self, statement: str, message: Message, seconds: float) -> bool:
+        """Run ``_NACK`` or ``_EXTEND`` on a message this receipt still holds."""
         seq, token = _key(message)
         with self._lock:
-            cur = self._db.execute(
-                "UPDATE stoic_messages SET available_at = ?"
-                " WHERE seq = ? AND receipt = ? AND state = 0",
-                (clock.wall() + lease, seq, token),
-            )
+            cur = self._db.execute(statement, (clock.wall() + seconds, seq, token))
         return cur.rowcount == 1
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:

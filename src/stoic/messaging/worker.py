@@ -400,11 +400,11 @@ class Worker:
         dedupe = self._dedupe
         if dedupe is not None:
             try:
-                early, token = self._claim_key(message)
+                claim = dedupe.store.claim(_key(message), message.topic, lease=dedupe.lease,
+                                           ttl=dedupe.ttl)
             except Exception:
-                _log.exception("%s: dedupe store claim failed; message %s comes back later",
-                               self.name, message.id)
-                return Action("wait", delay=self.poll_interval)
+                return self._claim_failed(message)
+            early, token = self._claimed(message, claim)
             if early is not None:
                 return early
         started = clock.now()
@@ -420,16 +420,19 @@ class Worker:
         self._done(message, started)
         return _ACK
 
-    def _claim_key(self, message: Message) -> tuple[Action | None, str | None]:
-        dedupe = self._dedupe
-        assert dedupe is not None
-        claim = dedupe.store.claim(_key(message), message.topic, lease=dedupe.lease,
-                                   ttl=dedupe.ttl)
+    def _claim_failed(self, message: Message) -> Action:
+        _log.exception("%s: dedupe store claim failed; message %s comes back later",
+                       self.name, message.id)
+        return Action("wait", delay=self.poll_interval)
+
+    def _claimed(self, message: Message, claim: Any) -> tuple[Action | None, str | None]:
+        """What the dedupe claim means: an action instead of the handler, or the token that
+        the heartbeat extends and completion marks."""
         early = self._claim_action(message, claim)
-        if early is None:
-            self._set_token(message, claim.token)
-            return None, claim.token
-        return early, None
+        if early is not None:
+            return early, None
+        self._set_token(message, claim.token)
+        return None, claim.token
 
     def _claim_action(self, message: Message, claim: Any) -> Action | None:
         status = getattr(claim.status, "value", claim.status)
@@ -613,14 +616,10 @@ class Worker:
                 claim = await dedupe.store.aclaim(_key(message), message.topic,
                                                   lease=dedupe.lease, ttl=dedupe.ttl)
             except Exception:
-                _log.exception("%s: dedupe store claim failed; message %s comes back later",
-                               self.name, message.id)
-                return Action("wait", delay=self.poll_interval)
-            early = self._claim_action(message, claim)
+                return self._claim_failed(message)
+            early, token = self._claimed(message, claim)
             if early is not None:
                 return early
-            token = claim.token
-            self._set_token(message, token)
         started = clock.now()
         try:
             with self._scope(message):
