@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import codec, context
-from ..events import Event
+from ..events import Event, dispatcher
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -264,8 +264,6 @@ def message_ids(ids: Sequence[str] | None, n: int) -> list[str]:
 
 def report_requeued(broker: object, topic: str, count: int) -> int:
     """Emit ``DeadLettersRequeued`` for a requeue that moved ``count`` messages; returns it."""
-    from ..events import dispatcher
-
     if count and dispatcher.sinks:
         dispatcher.emit(DeadLettersRequeued(name=type(broker).__name__, topic=topic,
                                             count=count))

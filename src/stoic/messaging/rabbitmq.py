@@ -59,6 +59,10 @@ _SERVER_HEADERS = frozenset({"x-delivery-count", "x-death", "x-last-death-queue"
                              "x-last-death-reason", "x-last-death-exchange"})
 
 
+def _from_server(name: str) -> bool:
+    return name in _SERVER_HEADERS or name.startswith("x-first-death")
+
+
 def _bucket(delay: float) -> int:
     ms = int(delay * 1000 + 0.999)
     for b in _BUCKETS_MS:
@@ -186,8 +190,7 @@ class RabbitBroker(PublishOne):
         return name
 
     async def _send(
-        self, routing_key: str, msg_id: str, body: str, headers: Mapping[str, Any],
-        expiration: float | None = None,
+        self, routing_key: str, msg_id: str, body: str, headers: Mapping[str, Any]
     ) -> None:
         import aio_pika
 
@@ -485,8 +488,8 @@ class RabbitBroker(PublishOne):
                 m = _message(topic, incoming, "", 0.0, dead=True)
                 if ids is not None and m.id not in ids:
                     continue  # left unacked: back on the dead queue when the channel closes
-                headers = {k: v for k, v in (incoming.headers or {}).items() if k not in _STOIC
-                           and k not in _SERVER_HEADERS and not k.startswith("x-first-death")}
+                headers = {k: v for k, v in (incoming.headers or {}).items()
+                           if k not in _STOIC and not _from_server(k)}
                 headers["x-stoic-created"] = repr(m.created_at)
                 await self._send(self._q(topic), m.id, m.body, headers)
                 await incoming.ack()
@@ -593,8 +596,7 @@ def _attempts_before(incoming: Any, dead: bool = False) -> int:
 
 def _carry(incoming: Any, attempts: int) -> dict[str, Any]:
     """Headers for a republished copy: the user's headers plus the attempts so far."""
-    h = {k: v for k, v in (incoming.headers or {}).items()
-         if k not in _SERVER_HEADERS and not k.startswith("x-first-death")}
+    h = {k: v for k, v in (incoming.headers or {}).items() if not _from_server(k)}
     h["x-stoic-attempts"] = str(attempts)
     return h
 
@@ -606,7 +608,7 @@ def _message(
     headers: dict[str, str] = {}
     defect = None
     for k, v in raw.items():
-        if k.startswith("x-stoic-") or k in _SERVER_HEADERS or k.startswith("x-first-death"):
+        if k.startswith("x-stoic-") or _from_server(k):
             continue
         if isinstance(v, (str, bytes)):
             headers[k] = _text(v)

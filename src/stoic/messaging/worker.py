@@ -504,17 +504,13 @@ class Worker:
                     error_type=action.error_type or "",
                 ))
 
-    @contextlib.contextmanager
-    def _scope(self, message: Message) -> Iterator[None]:
+    def _scope(self, message: Message) -> contextlib.AbstractContextManager[Any]:
         """Request id and trace context of the message around the handler."""
         request_id = message.headers.get(REQUEST_ID_HEADER)
-        with contextlib.ExitStack() as stack:
-            if request_id is not None:
-                stack.enter_context(context.bind(request_id=request_id))
+        if request_id is None:  # no context to bind: just the span, or nothing
             span = _process_span(message)
-            if span is not None:
-                stack.enter_context(span)
-            yield
+            return _NO_SCOPE if span is None else span
+        return _bound_scope(message, request_id)
 
     # --- async driver -------------------------------------------------------------------
 
@@ -653,6 +649,20 @@ class Worker:
                            self.name, action.kind, message.id)
             return
         self._report(message, action)
+
+
+_NO_SCOPE = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _bound_scope(message: Message, request_id: str) -> Iterator[None]:
+    with context.bind(request_id=request_id):
+        span = _process_span(message)  # created with the request id bound
+        if span is None:
+            yield
+        else:
+            with span:
+                yield
 
 
 async def _as_awaitable(value: Awaitable[Any] | Any) -> Any:
