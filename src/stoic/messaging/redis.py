@@ -5,12 +5,13 @@ cluster slot and every script touches only that slot):
 
 - ``stoic:{topic}:stream``: the stream; consumer group ``stoic`` delivers new entries
   (XREADGROUP) and tracks them as pending until acked (XACK, then XDEL).
-- ``stoic:{topic}:leases``: a sorted set of pending entry ids scored by lease end. A claim
-  first takes over entries whose lease ended (XCLAIM to itself, so a crashed consumer's
-  messages come back), then reads new ones. Redis's own idle time cannot express a lease
-  chosen per claim and extended per message, so the deadline is kept here explicitly.
-- ``stoic:{topic}:owner``: the receipt token and the delivery count of each pending entry;
-  an ack or nack with a token that no longer owns the entry does nothing.
+- ``stoic:{topic}:leases``: a sorted set of the receipts of pending entries (``<entry
+  id>|<token>``, a fresh token per claim) scored by lease end. A claim first takes over
+  entries whose lease ended (XCLAIM to itself, so a crashed consumer's messages come back),
+  then reads new ones. Redis's own idle time cannot express a lease chosen per claim and
+  extended per message, so the deadline is kept here explicitly. An ack, nack or extension
+  whose receipt is no longer in the set (the entry was taken over) does nothing. Delivery
+  counts are the stream's own (XPENDING).
 - ``stoic:{topic}:delayed``: a sorted set of messages waiting for a publish delay or a retry
   backoff, moved into the stream by the next claim once due.
 - ``stoic:{topic}:dead``: the dead-letter stream (fields plus reason, error, time).
@@ -77,27 +78,29 @@ end
 return 1
 """
 
-# The owner hash maps a pending entry id to "<token>|<deliveries of this entry>".
-_OWNED = _META + """
-local function owned(eid, token)
-  local v = redis.call('HGET', KEYS[3], eid)
-  if not v or string.sub(v, 1, #token + 1) ~= token .. '|' then return nil end
-  return tonumber(string.sub(v, #token + 2)) or 1
+# A pending entry's lease is a member "<entry id>|<token>" of the leases set (the receipt a
+# claim hands out), scored by lease end: an ack, nack or extension with a receipt that is no
+# longer a member does nothing. Its delivery count is the stream's own (XPENDING).
+_LEASED = _META + """
+local function deliveries(eid)
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], eid, eid, 1)
+  if #p > 0 then return tonumber(p[1][4]) or 1 end
+  return 1
 end
 """
 
-# KEYS: stream, leases, owner, delayed. ARGV: group, consumer, now, until, n, token
-_CLAIM = """
+# KEYS: stream, leases, delayed. ARGV: group, consumer, now, until, n, token
+_CLAIM = _LEASED + """
 local now = tonumber(ARGV[3])
-local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
 for _, m in ipairs(due) do
   local cut = string.find(m, '\\30', 1, true)
   if cut then
     redis.call('XADD', KEYS[1], '*', 'm', string.sub(m, 1, cut - 1), 'b', string.sub(m, cut + 1))
   end
-  redis.call('ZREM', KEYS[4], m)
+  redis.call('ZREM', KEYS[3], m)
 end
-local out, zargs, hargs = {}, {}, {}
+local out, zargs = {}, {}
 local n, token = tonumber(ARGV[5]), ARGV[6]
 local count = 0
 -- a flat reply of two strings per message, "<eid>\\31<tries>\\31<meta>" and the body, is
@@ -108,66 +111,55 @@ local function emit(eid, flat, tries)
     if flat[i] == 'm' then m = flat[i + 1] elseif flat[i] == 'b' then b = flat[i + 1] end
   end
   out[#out + 1] = eid .. '\\31' .. tries .. '\\31' .. m; out[#out + 1] = b
+  zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = eid .. '|' .. token
   count = count + 1
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)
-for _, eid in ipairs(expired) do
+for _, lease in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], lease)
+  local cut = string.find(lease, '|', 1, true)
+  local eid = lease
+  if cut then eid = string.sub(lease, 1, cut - 1) end
   local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, eid)
   if #got > 0 and got[1] and got[1][2] then
-    local prev = redis.call('HGET', KEYS[3], eid)
-    local tries = 1
-    if prev then tries = (tonumber(string.match(prev, '|(%d+)$')) or 0) + 1 end
-    zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = eid
-    hargs[#hargs + 1] = eid; hargs[#hargs + 1] = token .. '|' .. tries
-    emit(eid, got[1][2], tries)
-  else
-    redis.call('ZREM', KEYS[2], eid)
-    redis.call('HDEL', KEYS[3], eid)
+    emit(eid, got[1][2], deliveries(eid))
   end
 end
 if count < n then
   local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n - count,
                          'STREAMS', KEYS[1], '>')
   if res then
-    for _, e in ipairs(res[1][2]) do
-      zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = e[1]
-      hargs[#hargs + 1] = e[1]; hargs[#hargs + 1] = token .. '|1'
-      emit(e[1], e[2], 1)
-    end
+    for _, e in ipairs(res[1][2]) do emit(e[1], e[2], 1) end
   end
 end
-if #zargs > 0 then
-  redis.call('ZADD', KEYS[2], unpack(zargs))
-  redis.call('HSET', KEYS[3], unpack(hargs))
-end
+if #zargs > 0 then redis.call('ZADD', KEYS[2], unpack(zargs)) end
 return out
 """
 
-# KEYS: stream, leases, owner. ARGV: group, then receipts "<eid>|<token>"
+# KEYS: stream, leases. ARGV: group, then receipts "<eid>|<token>"
 _ACK = """
-local eids, tokens = {}, {}
-for i = 2, #ARGV do
-  local cut = string.find(ARGV[i], '|', 1, true)
-  eids[#eids + 1] = string.sub(ARGV[i], 1, cut - 1)
-  tokens[#tokens + 1] = string.sub(ARGV[i], cut + 1)
+local receipts = {}
+for i = 2, #ARGV do receipts[#receipts + 1] = ARGV[i] end
+local held = redis.call('ZMSCORE', KEYS[2], unpack(receipts))
+local eids, leases = {}, {}
+for i = 1, #receipts do
+  if held[i] then
+    local r = receipts[i]
+    eids[#eids + 1] = string.sub(r, 1, string.find(r, '|', 1, true) - 1)
+    leases[#leases + 1] = r
+  end
 end
-local current = redis.call('HMGET', KEYS[3], unpack(eids))
-local ok = {}
-for i = 1, #eids do
-  local v, t = current[i], tokens[i]
-  if v and string.sub(v, 1, #t + 1) == t .. '|' then ok[#ok + 1] = eids[i] end
+if #eids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(eids))
+  redis.call('XDEL', KEYS[1], unpack(eids))
+  redis.call('ZREM', KEYS[2], unpack(leases))
 end
-if #ok > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ok))
-  redis.call('XDEL', KEYS[1], unpack(ok))
-  redis.call('ZREM', KEYS[2], unpack(ok))
-  redis.call('HDEL', KEYS[3], unpack(ok))
-end
-return #ok
+return #eids
 """
 
-_TAKE_BACK = _OWNED + """
-local function take_back(eid, tries)
+_TAKE_BACK = _LEASED + """
+local function take_back(eid, receipt)
+  local tries = deliveries(eid)
   local e = redis.call('XRANGE', KEYS[1], eid, eid)
   local f = {}
   if #e > 0 then
@@ -176,8 +168,7 @@ local function take_back(eid, tries)
   end
   redis.call('XACK', KEYS[1], ARGV[1], eid)
   redis.call('XDEL', KEYS[1], eid)
-  redis.call('ZREM', KEYS[2], eid)
-  redis.call('HDEL', KEYS[3], eid)
+  redis.call('ZREM', KEYS[2], receipt)
   local id, c, a, h = split(f['m'])
   if not id then id, c, a, h = eid, '0', '0', '' end
   local attempts = (tonumber(a) or 0) + tries
@@ -185,33 +176,31 @@ local function take_back(eid, tries)
 end
 """
 
-# KEYS: stream, leases, owner, delayed. ARGV: group, eid, token, at, now
+# KEYS: stream, leases, delayed. ARGV: group, eid, receipt, at, now
 _NACK = _TAKE_BACK + """
-local tries = owned(ARGV[2], ARGV[3])
-if not tries then return 0 end
-local m, b, found = take_back(ARGV[2], tries)
+if not redis.call('ZSCORE', KEYS[2], ARGV[3]) then return 0 end
+local m, b, found = take_back(ARGV[2], ARGV[3])
 if not found then return 0 end
 if tonumber(ARGV[4]) > tonumber(ARGV[5]) then
-  redis.call('ZADD', KEYS[4], ARGV[4], m .. '\\30' .. b)
+  redis.call('ZADD', KEYS[3], ARGV[4], m .. '\\30' .. b)
 else
   redis.call('XADD', KEYS[1], '*', 'm', m, 'b', b)
 end
 return 1
 """
 
-# KEYS: stream, leases, owner, dead. ARGV: group, eid, token, reason, error, now
+# KEYS: stream, leases, dead. ARGV: group, eid, receipt, reason, error, now
 _DEAD = _TAKE_BACK + """
-local tries = owned(ARGV[2], ARGV[3])
-if not tries then return 0 end
-local m, b, found = take_back(ARGV[2], tries)
-redis.call('XADD', KEYS[4], '*', 'm', m, 'b', b, 'r', ARGV[4], 'e', ARGV[5], 't', ARGV[6])
+if not redis.call('ZSCORE', KEYS[2], ARGV[3]) then return 0 end
+local m, b, found = take_back(ARGV[2], ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'm', m, 'b', b, 'r', ARGV[4], 'e', ARGV[5], 't', ARGV[6])
 return 1
 """
 
-# KEYS: stream, leases, owner. ARGV: eid, token, until
-_EXTEND = _OWNED + """
-if not owned(ARGV[1], ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+# KEYS: stream, leases. ARGV: receipt, until
+_EXTEND = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[1])
 return 1
 """
 
@@ -331,7 +320,7 @@ class RedisBroker(PublishOne, ThreadedAsync):
         now = clock.wall()
         until = now + lease
         rows = self._claim(
-            keys=self._keys(topic, "leases", "owner", "delayed"),
+            keys=self._keys(topic, "leases", "delayed"),
             args=[_GROUP, self._consumer, repr(now), repr(until), max_messages, token],
         )
         out = []
@@ -346,37 +335,36 @@ class RedisBroker(PublishOne, ThreadedAsync):
     def ack_many(self, messages: Sequence[Message]) -> int:
         by_topic: dict[str, list[str]] = {}
         for m in messages:
-            if "|" not in m.receipt:
-                _key(m)  # raises, naming the receipt
+            _key(m)  # a receipt from another broker raises here, before anything is acked
             by_topic.setdefault(m.topic, [_GROUP]).append(m.receipt)
         done = 0
         for topic, args in by_topic.items():
-            done += int(self._ack(keys=self._keys(topic, "leases", "owner"), args=args))
+            done += int(self._ack(keys=self._keys(topic, "leases"), args=args))
         return done
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
         delay = check_delay(delay)
-        eid, token = _key(message)
+        eid = _key(message)
         now = clock.wall()
         at = repr(now + delay) if delay > 0 else "0"
         return bool(self._nack(
-            keys=self._keys(message.topic, "leases", "owner", "delayed"),
-            args=[_GROUP, eid, token, at, repr(now)],
+            keys=self._keys(message.topic, "leases", "delayed"),
+            args=[_GROUP, eid, message.receipt, at, repr(now)],
         ))
 
     def extend_lease(self, message: Message, lease: float) -> bool:
         check_claim(1, lease)
-        eid, token = _key(message)
+        _key(message)
         return bool(self._extend(
-            keys=self._keys(message.topic, "leases", "owner"),
-            args=[eid, token, repr(clock.wall() + lease)],
+            keys=self._keys(message.topic, "leases"),
+            args=[message.receipt, repr(clock.wall() + lease)],
         ))
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        eid, token = _key(message)
+        eid = _key(message)
         self._dead(
-            keys=self._keys(message.topic, "leases", "owner", "dead"),
-            args=[_GROUP, eid, token, reason, error if error is not None else "",
+            keys=self._keys(message.topic, "leases", "dead"),
+            args=[_GROUP, eid, message.receipt, reason, error if error is not None else "",
                   repr(clock.wall())],
         )
 
@@ -431,7 +419,7 @@ class RedisBroker(PublishOne, ThreadedAsync):
 
     def delete_topic(self, topic: str) -> None:
         """Remove every key of ``topic`` except the de-duplication marks (for tests, tools)."""
-        parts = ("stream", "leases", "delayed", "owner", "dead")
+        parts = ("stream", "leases", "delayed", "dead")
         self._r.delete(*(self._k(topic, p) for p in parts))
         self._groups.discard(topic)
 
@@ -446,11 +434,12 @@ def _float(value: Any) -> float:
         return 0.0
 
 
-def _key(message: Message) -> tuple[str, str]:
-    eid, sep, token = message.receipt.partition("|")
+def _key(message: Message) -> str:
+    """The stream entry id of a receipt ("<entry id>|<token>", the lease's member)."""
+    eid, sep, _ = message.receipt.partition("|")
     if not sep:
         raise ValueError(f"not a receipt from RedisBroker.claim: {message.receipt!r}")
-    return eid, token
+    return eid
 
 
 def _message(
@@ -463,8 +452,10 @@ def _message(
         defect = "stream entry lacks its metadata or body field"
         parts = [eid, "0", "0", ""]
     msg_id, created, before, raw_headers = parts
-    headers, header_defect = decode_headers(raw_headers)
-    defect = defect or header_defect
+    headers: dict[str, str] = {}
+    if raw_headers:
+        headers, header_defect = decode_headers(raw_headers)
+        defect = defect or header_defect
     try:
         attempts = int(before) + int(tries)
     except ValueError:
