@@ -7,6 +7,7 @@ process, so it offers no durability; use ``SQLiteBroker`` for that.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import uuid
@@ -96,10 +97,10 @@ class MemoryBroker(PublishOne, ThreadedAsync):
         now = clock.wall()
         with self._lock:
             t = self._topic(topic)
-            ready = sorted(
-                (e for e in t.entries.values() if e.available_at <= now),
-                key=lambda e: (e.available_at, e.seq),
-            )[:max_messages]
+            ready = heapq.nsmallest(
+                max_messages, (e for e in t.entries.values() if e.available_at <= now),
+                key=_order,
+            )
             out = []
             for e in ready:
                 e.attempts += 1
@@ -178,8 +179,8 @@ class MemoryBroker(PublishOne, ThreadedAsync):
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
         with self._lock:
             t = self._topic(topic)
-            entries = sorted(t.entries.values(), key=lambda e: (e.available_at, e.seq))
-            return [_message(topic, e) for e in entries[:limit]]
+            entries = heapq.nsmallest(limit, t.entries.values(), key=_order)
+            return [_message(topic, e) for e in entries]
 
     def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         with self._lock:
@@ -206,6 +207,11 @@ class MemoryBroker(PublishOne, ThreadedAsync):
 
     def close(self) -> None:
         """Nothing to release; the messages stay until the broker is garbage-collected."""
+
+
+def _order(e: _Entry) -> tuple[float, int]:
+    """Delivery order: earliest available first, then publish order."""
+    return e.available_at, e.seq
 
 
 def _message(topic: str, e: _Entry) -> Message:

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import clock
+from .. import clock, codec
 from .broker import SyncBroker, prepare_one
 from .model import Message, decode_headers, dump_headers
 
@@ -201,8 +201,6 @@ def _republish(
     """Publish a stored body. It is decoded and encoded again by the same codec, which gives
     back the same JSON; a body the codec cannot read raises and the round is retried (and
     logged) rather than the row being marked sent."""
-    from .. import codec
-
     broker.publish(topic, codec.decode(body), id=msg_id, headers=headers, delay=delay)
 
 
