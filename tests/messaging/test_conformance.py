@@ -15,7 +15,7 @@ def claim_one(broker: Any, topic: str, lease: float = 30.0, wait: float = 3.0) -
     """Claim a message, waiting briefly for brokers that deliver asynchronously."""
     end = time.monotonic() + wait
     while True:
-        got = broker.claim(topic, max_messages=1, lease=lease)
+        got: list[Message] = broker.claim(topic, max_messages=1, lease=lease)
         if got:
             return got[0]
         if time.monotonic() > end:
@@ -23,7 +23,9 @@ def claim_one(broker: Any, topic: str, lease: float = 30.0, wait: float = 3.0) -
         time.sleep(0.02)
 
 
-def claim_all(broker: Any, topic: str, n: int, lease: float = 30.0, wait: float = 5.0) -> list:
+def claim_all(
+    broker: Any, topic: str, n: int, lease: float = 30.0, wait: float = 5.0
+) -> list[Message]:
     out: list[Message] = []
     end = time.monotonic() + wait
     while len(out) < n and time.monotonic() < end:
@@ -36,7 +38,7 @@ def claim_all(broker: Any, topic: str, n: int, lease: float = 30.0, wait: float 
 
 def nothing_ready(broker: Any, topic: str, settle: float = 0.05) -> bool:
     time.sleep(settle)
-    return broker.claim(topic, max_messages=10, lease=30.0) == []
+    return not broker.claim(topic, max_messages=10, lease=30.0)
 
 
 def test_published_message_is_delivered_with_payload_headers_and_first_attempt(

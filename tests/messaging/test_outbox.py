@@ -28,7 +28,7 @@ def sqlite_db(path: Path) -> sqlite3.Connection:
 
 
 def drain(broker: Any, topic: str) -> list[Message]:
-    got = broker.claim(topic, max_messages=100, lease=30.0)
+    got: list[Message] = broker.claim(topic, max_messages=100, lease=30.0)
     broker.ack_many(got)
     return got
 

@@ -315,14 +315,15 @@ async def test_sync_handler_under_arun_and_async_handler_under_run(
 def test_worker_config_is_validated(local_broker: Any, topic: str) -> None:
     def h(m: Message) -> None: ...
 
-    for kwargs, name in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"concurrency": 0}, "concurrency"),
         ({"lease": 0}, "lease"),
         ({"max_attempts": 0}, "max_attempts"),
         ({"prefetch": 0}, "prefetch"),
         ({"accept_versions": []}, "accept_versions"),
         ({"dedupe": object()}, "dedupe"),
-    ]:
+    ]
+    for kwargs, name in cases:
         with pytest.raises(ValueError, match=name):
             Worker(local_broker, topic, h, **kwargs)
 
