@@ -35,7 +35,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
@@ -92,7 +91,7 @@ class _Consumer:
 
     def __init__(self, channel: Any, queue: Any, tag: str, buffer: deque[Any]) -> None:
         self.channel, self.queue, self.tag, self.buffer = channel, queue, tag, buffer
-        self.last_claim = time.monotonic()
+        self.last_claim = clock.now()
 
 
 _IDLE = 2.0  # seconds without a claim after which a topic's consumer lets its buffer go
@@ -281,14 +280,14 @@ class RabbitBroker(PublishOne):
             tag = await queue.consume(deliver, no_ack=False)
             consumer = self._consumers[topic] = _Consumer(channel, queue, tag, buffer)
             await asyncio.sleep(0.02)  # let the first deliveries arrive
-        consumer.last_claim = time.monotonic()
+        consumer.last_claim = clock.now()
         return consumer
 
     async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
-        await self._expire(time.monotonic())
+        await self._expire(clock.now())
         buffer = (await self._consumer(topic)).buffer
         out: list[Message] = []
-        until = time.monotonic() + lease
+        until = clock.now() + lease
         while buffer and len(out) < n:
             incoming = buffer.popleft()
             receipt = uuid.uuid4().hex
@@ -314,7 +313,7 @@ class RabbitBroker(PublishOne):
     async def _expire_leases(self) -> None:
         while True:
             await asyncio.sleep(0.1)
-            now = time.monotonic()
+            now = clock.now()
             try:
                 await self._expire(now)
                 for topic, consumer in list(self._consumers.items()):
@@ -333,7 +332,7 @@ class RabbitBroker(PublishOne):
 
     def _take(self, message: Message) -> _Held | None:
         held = self._held.get(message.receipt)
-        if held is None or held.lease_until <= time.monotonic():
+        if held is None or held.lease_until <= clock.now():
             return None
         return self._held.pop(message.receipt)
 
@@ -391,7 +390,7 @@ class RabbitBroker(PublishOne):
 
     async def _extend(self, message: Message, lease: float) -> bool:
         held = self._held.get(message.receipt)
-        now = time.monotonic()
+        now = clock.now()
         if held is None or held.lease_until <= now:
             return False
         held.lease_until = now + lease
