@@ -846,10 +846,13 @@ class CircuitBreaker(Policy):
             slow = self.slow_call_duration
             if slow is not None and end - start >= slow:
                 code |= _SLOW
-        if generation == _PASS:
-            self._record(code, end)
-        else:
+        if generation != _PASS:
             self._record_trial(generation, code, end)
+        elif code == 0 and not self._timed:  # a plain success: the same lock-free step as
+            if next(self._seq) == self.minimum_calls - 1:  # the unmeasured path takes
+                self._check()
+        else:
+            self._record(code, end)
         if dispatcher.recorders or dispatcher.call_sinks:
             dispatcher.record_call(
                 "circuit_breaker", self.name, _outcome_name(exc), end - start, 1,
