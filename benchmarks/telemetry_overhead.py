@@ -177,11 +177,11 @@ def main() -> None:
         print(f"{label:42} {mode:36} {us:8.2f} {us - off[label]:9.2f} {us / off[label]:6.1f}")
     by = {(label, mode): us for label, mode, us in rows}
     for label in off:
-        ours = by[(label, "prometheus")] - by[(label, "no-op sink (event path)")]
-        peer = by[(label, "prometheus_client children (peer)")] - by[
-            (label, "no-op sink (event path)")]
-        print(f"{label}: prometheus adapter on top of the event path {ours:.2f} us, "
-              f"prometheus_client children {peer:.2f} us (peer/stoic {peer / ours:.1f}x)")
+        ours = by[(label, "prometheus")] - off[label]
+        peer = by[(label, "prometheus_client children (peer)")] - off[label]
+        print(f"{label}: Prometheus on adds {ours:.2f} us per call (goal < 1.5 us); "
+              f"the same series in prometheus_client children add {peer:.2f} us "
+              f"(peer/stoic {peer / ours:.1f}x)")
 
 
 if __name__ == "__main__":
