@@ -24,7 +24,7 @@ _COMMANDS: dict[str, str] = {
 
 
 def build_app() -> Any:
-    """Assemble the Typer application from the sub-apps that are installed."""
+    """Assemble the Typer application from the areas' sub-apps (each needs only the cli extra)."""
     try:
         import typer
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -34,13 +34,7 @@ def build_app() -> Any:
         help="Failures in distributed systems, made survivable.",
     )
     for name, module_name in _COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
-                continue  # that area is not built yet
-            raise
-        app.add_typer(module.app, name=name)
+        app.add_typer(importlib.import_module(module_name).app, name=name)
     return app
 
 

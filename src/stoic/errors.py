@@ -11,7 +11,6 @@ StoicError
         IdempotencyKeyMismatchError  the same key came with different arguments
         IdempotencyStoredError       a stored failure, replayed
     CodecError                   a value could not be turned into JSON or back
-    StateStoreError              shared state (Redis) failed; policies fall back to local state
 
 There is no "retries exhausted" class: giving up re-raises the caller's own exception with a
 note (``add_note``) that says what was tried and why it stopped.
@@ -30,7 +29,6 @@ __all__ = [
     "IdempotencyStoredError",
     "RateLimitedError",
     "Rejected",
-    "StateStoreError",
     "StoicError",
 ]
 
@@ -113,7 +111,3 @@ class IdempotencyStoredError(IdempotencyError):
 
 class CodecError(StoicError, ValueError):
     """A value could not be encoded to JSON, or stored JSON could not be decoded."""
-
-
-class StateStoreError(StoicError):
-    """Shared state (for example Redis) failed. Policies catch it and fall back to local state."""
