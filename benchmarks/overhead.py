@@ -206,12 +206,14 @@ def measure(case: Case, n: int, repeats: int) -> float:
     return statistics.median(results)
 
 
-def run(quick: bool = False) -> list[tuple[str, str, float, float | None]]:
+def run(quick: bool = False, only: str = "") -> list[tuple[str, str, float, float | None]]:
     n, repeats = (5_000, 3) if quick else (50_000, 7)
     bare = measure(Case("bare", ok), n, repeats)
     abare = measure(Case("bare", aok, True), n, repeats)
     rows: list[tuple[str, str, float, float | None]] = []
     for g in GROUPS:
+        if only.lower() not in g.title.lower():
+            continue
         print(f"\n{g.title}")
         print(f"  {'implementation':<28}{'us/call':>10}{'added us':>10}{'x stoic':>10}")
         timings = {c.impl: measure(c, n if c.impl != "stamina" else n // 5, repeats) for c in g.cases}
@@ -465,6 +467,8 @@ breaker_groups()
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    parser.add_argument("--only", default="", metavar="TEXT",
+                        help="run only the groups whose title contains TEXT (case-insensitive)")
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]}; times are medians, microseconds per call")
-    run(quick=args.quick)
+    run(quick=args.quick, only=args.only)

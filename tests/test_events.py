@@ -66,3 +66,66 @@ def test_no_event_is_built_without_a_subscriber(monkeypatch: pytest.MonkeyPatch)
 def test_sink_must_be_callable() -> None:
     with pytest.raises(TypeError, match="sink"):
         events.subscribe("not callable")  # type: ignore[arg-type]
+
+
+class TestCallRecording:
+    """``dispatcher.record``: what a policy calls per finished call, chosen when listeners change."""
+
+    def test_nothing_listening_means_no_recording_at_all(self) -> None:
+        assert events.dispatcher.record is None
+        remove = events.dispatcher.add_recorder(lambda *args: None)
+        remove()
+        assert events.dispatcher.record is None
+
+    def test_a_lone_trusted_recorder_is_called_directly(self) -> None:
+        seen: list[tuple[object, ...]] = []
+
+        def recorder(*args: object) -> None:
+            seen.append(args)
+
+        remove = events.dispatcher.add_recorder(recorder, trusted=True)
+        assert events.dispatcher.record is recorder  # nothing between a policy and it
+        stoic.Retry(name="direct").call(lambda: 1)
+        remove()
+        assert [args[:3] for args in seen] == [("retry", "direct", "success")]
+
+    def test_an_untrusted_recorder_that_raises_is_logged_and_the_call_goes_on(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        seen: list[tuple[object, ...]] = []
+        events.dispatcher.add_recorder(lambda *args: 1 / 0)
+        events.dispatcher.add_recorder(lambda *args: seen.append(args))
+        assert stoic.Retry(name="guarded").call(lambda: "ok") == "ok"
+        assert [args[:3] for args in seen] == [("retry", "guarded", "success")]
+        assert "recorder" in caplog.text and "ZeroDivisionError" in caplog.text
+
+    def test_sinks_that_want_calls_get_call_finished_alongside_recorders(self) -> None:
+        recorded: list[tuple[object, ...]] = []
+        finished: list[events.Event] = []
+        events.dispatcher.add_recorder(lambda *args: recorded.append(args))
+        events.subscribe(finished.append)
+        other: list[events.Event] = []
+        events.dispatcher.subscribe(other.append, calls=False)
+        stoic.Pipeline(stoic.Retry(name="outer"), stoic.CircuitBreaker("inner")).call(lambda: 1)
+        assert [args[:3] for args in recorded] == [
+            ("circuit_breaker", "inner", "success"), ("retry", "outer", "success"),
+        ]
+        assert [(type(e).__name__, e.name) for e in finished] == [
+            ("CallFinished", "inner"), ("CallFinished", "outer"),
+        ]
+        assert other == []  # calls=False: no CallFinished
+
+    def test_a_failed_call_is_recorded_with_its_outcome_and_error_type(self) -> None:
+        recorded: list[tuple[object, ...]] = []
+        events.dispatcher.add_recorder(lambda *args: recorded.append(args), trusted=True)
+        breaker = stoic.CircuitBreaker("failing")
+
+        def refused() -> None:
+            raise ConnectionRefusedError
+
+        with pytest.raises(ConnectionRefusedError):
+            breaker.call(refused)
+        ((policy, name, outcome, duration, attempts, error_type),) = recorded
+        assert (policy, name, outcome, attempts, error_type) == (
+            "circuit_breaker", "failing", "transient", 1, "ConnectionRefusedError")
+        assert isinstance(duration, float) and duration >= 0

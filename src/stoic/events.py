@@ -11,10 +11,13 @@ callable ``(policy, name, attempt) -> context manager`` wrapped around every att
 
 Per-call measurements are the one hot path: metrics need one per call, and building a frozen
 event object for each costs more than the call overhead itself. So a finished call goes out
-through ``dispatcher.record_call(...)`` with plain arguments: to *recorders*
-(``add_recorder``: a function of ``(policy, name, outcome, duration, attempts, error_type)``,
-which is how the metrics adapters listen) and, only if some sink asked for them
-(``subscribe(sink, calls=True)``, the default), as a ``CallFinished`` event.
+through ``dispatcher.record`` with plain arguments: to *recorders* (``add_recorder``: a
+function of ``(policy, name, outcome, duration, attempts, error_type)``, which is how the
+metrics adapters listen) and, only if some sink asked for them (``subscribe(sink,
+calls=True)``, the default), as a ``CallFinished`` event. ``dispatcher.record`` is None when
+nobody measures calls; otherwise it is the one function to call, chosen when listeners
+change: the lone recorder itself when there is only one and no sink wants ``CallFinished``,
+so a measured call costs one call into the backend and nothing in between.
 """
 
 from __future__ import annotations
@@ -129,7 +132,9 @@ class Dispatcher:
     listens (a sink, a recorder or an attempt scope): the one flag a hot path checks.
     """
 
-    __slots__ = ("_lock", "active", "attempt_scope", "call_sinks", "recorders", "sinks")
+    __slots__ = (
+        "_lock", "active", "attempt_scope", "call_sinks", "record", "recorders", "sinks",
+    )
 
     def __init__(self) -> None:
         self.sinks: tuple[Sink, ...] = ()
@@ -137,10 +142,20 @@ class Dispatcher:
         self.recorders: tuple[CallRecorder, ...] = ()
         self.attempt_scope: AttemptScope | None = None
         self.active = False
+        #: What a policy calls for each finished call; None when nobody measures calls.
+        self.record: CallRecorder | None = None
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
         self.active = bool(self.sinks or self.recorders or self.attempt_scope is not None)
+        if self.call_sinks:
+            self.record = self._fan_out
+        elif len(self.recorders) == 1:
+            self.record = self.recorders[0]
+        elif self.recorders:
+            self.record = self._fan_out
+        else:
+            self.record = None
 
     def emit(self, event: Event) -> None:
         """Give ``event`` to every sink. A sink that raises is logged, never propagated."""
@@ -154,12 +169,21 @@ class Dispatcher:
         self, policy: str, name: str, outcome: str, duration: float, attempts: int = 1,
         error_type: str | None = None,
     ) -> None:
-        """Report one finished call to the recorders, and as ``CallFinished`` to call sinks."""
+        """Report one finished call to the recorders, and as ``CallFinished`` to call sinks.
+
+        The same as calling ``dispatcher.record`` when it is not None (policies do that,
+        which spares this frame on the hot path).
+        """
+        record = self.record
+        if record is not None:
+            record(policy, name, outcome, duration, attempts, error_type)
+
+    def _fan_out(
+        self, policy: str, name: str, outcome: str, duration: float, attempts: int,
+        error_type: str | None,
+    ) -> None:
         for recorder in self.recorders:
-            try:
-                recorder(policy, name, outcome, duration, attempts, error_type)
-            except Exception:
-                _log.exception("stoic call recorder %r failed", recorder)
+            recorder(policy, name, outcome, duration, attempts, error_type)
         if self.call_sinks:
             event = CallFinished(
                 name=name, policy=policy, outcome=outcome, duration=duration,
@@ -193,17 +217,23 @@ class Dispatcher:
 
         return unsubscribe
 
-    def add_recorder(self, recorder: CallRecorder) -> Callable[[], None]:
-        """Add a per-call recorder; return a function that removes it."""
+    def add_recorder(self, recorder: CallRecorder, *, trusted: bool = False) -> Callable[[], None]:
+        """Add a per-call recorder; return a function that removes it.
+
+        A recorder that raises is logged, never propagated into the caller's call. With
+        ``trusted=True`` the recorder promises never to raise and is called directly, without
+        that guard: stoic's own metrics backends register this way.
+        """
         if not callable(recorder):
             raise TypeError(f"recorder must be callable, got {recorder!r}")
+        entry = recorder if trusted else _guarded(recorder)
         with self._lock:
-            self.recorders = (*self.recorders, recorder)
+            self.recorders = (*self.recorders, entry)
             self._refresh()
 
         def remove() -> None:
             with self._lock:
-                self.recorders = _without(self.recorders, recorder)
+                self.recorders = _without(self.recorders, entry)
                 self._refresh()
 
         return remove
@@ -222,6 +252,21 @@ class Dispatcher:
             self.recorders = ()
             self.attempt_scope = None
             self._refresh()
+
+
+def _guarded(recorder: CallRecorder) -> CallRecorder:
+    """``recorder``, with whatever it raises logged instead of reaching the measured call."""
+
+    def guarded(
+        policy: str, name: str, outcome: str, duration: float, attempts: int,
+        error_type: str | None,
+    ) -> None:
+        try:
+            recorder(policy, name, outcome, duration, attempts, error_type)
+        except Exception:
+            _log.exception("stoic call recorder %r failed", recorder)
+
+    return guarded
 
 
 def _without(items: tuple[Any, ...], item: Any) -> tuple[Any, ...]:

@@ -183,3 +183,62 @@ def test_a_breaker_that_never_changed_state_shows_closed(registry: CollectorRegi
     found = samples(scrape(registry))
     assert value(found, "stoic_circuit_breaker_state", name="quiet", state="closed") == 1
     assert value(found, "stoic_circuit_breaker_state", name="quiet", state="open") == 0
+
+
+def _exposed(registry: CollectorRegistry) -> dict[Any, float]:
+    from prometheus_client import generate_latest
+
+    return samples(generate_latest(registry).decode())
+
+
+def test_calls_from_many_threads_are_all_counted_while_scrapes_run(
+    registry: CollectorRegistry,
+) -> None:
+    """Calls take no lock (a shard per thread): none may be lost, and scraping mid-run is safe."""
+    import threading
+
+    policy = stoic.Retry(name="threads")
+    threads, per_thread = 8, 2_000
+    start = threading.Barrier(threads + 1)
+    scraped_mid_run: list[float] = []
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(per_thread):
+            policy.call(lambda: 1)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    start.wait()
+    while any(thread.is_alive() for thread in pool):
+        found = _exposed(registry)
+        scraped_mid_run.append(
+            found.get(("stoic_calls_total", frozenset({("name", "threads"), ("outcome", "success")})), 0.0)
+        )
+    for thread in pool:
+        thread.join()
+    found = _exposed(registry)
+    total = threads * per_thread
+    assert value(found, "stoic_calls_total", name="threads", outcome="success") == total
+    assert value(found, "stoic_call_duration_seconds_count", name="threads") == total
+    assert scraped_mid_run == sorted(scraped_mid_run)  # a counter never goes down
+    assert all(seen <= total for seen in scraped_mid_run)
+
+
+def test_shards_of_ended_threads_are_folded_and_keep_their_counts(
+    registry: CollectorRegistry,
+) -> None:
+    import threading
+
+    collector = prometheus._installed.collector  # type: ignore[union-attr]
+    policy = stoic.Retry(name="churn")
+    for _ in range(50):  # a thread per "request", each ending after one call
+        thread = threading.Thread(target=policy.call, args=(lambda: 1,))
+        thread.start()
+        thread.join()
+    policy.call(lambda: 1)  # this thread's first call folds every ended thread's shard
+    assert len(collector._shards) <= 2  # this thread's shard and at most one more
+    found = _exposed(registry)
+    assert value(found, "stoic_calls_total", name="churn", outcome="success") == 51
+    assert value(found, "stoic_call_duration_seconds_count", name="churn") == 51

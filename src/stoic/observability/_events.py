@@ -148,14 +148,15 @@ def make_sink(recorder: Recorder) -> Callable[[Event], None]:
     return sink
 
 
-def connect(recorder: Recorder) -> Callable[[], None]:
+def connect(recorder: Recorder, *, trusted: bool = False) -> Callable[[], None]:
     """Feed ``recorder`` from the dispatcher: events through a sink, calls through a recorder.
 
     Finished calls are the hot path, so they come as plain arguments (``add_recorder``), never
-    as ``CallFinished`` objects. Returns a function that disconnects both.
+    as ``CallFinished`` objects; with ``trusted=True`` (a ``call`` that cannot raise) nothing
+    stands between a policy and ``recorder.call``. Returns a function that disconnects both.
     """
     unsubscribe = dispatcher.subscribe(make_sink(recorder), calls=False)
-    remove = dispatcher.add_recorder(recorder.call)
+    remove = dispatcher.add_recorder(recorder.call, trusted=trusted)
 
     def disconnect() -> None:
         unsubscribe()

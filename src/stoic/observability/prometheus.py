@@ -4,6 +4,8 @@
 keeps plain counters under a single lock (one acquisition per event), and the collector
 turns them into metric families when Prometheus scrapes; this is cheaper per call than
 ``prometheus_client``'s labelled children, which take a lock per metric and per bucket.
+A finished call updates one list: the duration histogram of its ``(name, outcome)``, whose
+count is also that pair's ``stoic_calls_total``.
 
 Metrics (label values come from policy names, outcomes and reasons, never from ids):
 
@@ -21,10 +23,12 @@ Needs ``prometheus-client`` (``stoic[prometheus]``).
 from __future__ import annotations
 
 import threading
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..events import CallRecorder
 from ._events import BREAKER_STATES, breaker_states, connect
 from .otel import DURATION_BUCKETS
 
@@ -33,35 +37,79 @@ __all__ = ["DURATION_BUCKETS", "instrument", "make_asgi_app", "serve", "uninstru
 _BUCKET_LABELS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
 
 
+_Histograms = dict[tuple[str, str], list[float]]
+
+
 class _StoicCollector:
-    """Counters kept as plain numbers, exposed as Prometheus metric families on scrape."""
+    """Counters kept as plain numbers, exposed as Prometheus metric families on scrape.
+
+    Finished calls, the hot path, take no lock: each thread writes its own shard of
+    histograms (one per ``(name, outcome)``: counts per bucket, non-cumulative, the last for
+    +Inf, then the sum), and a scrape adds the shards up. Only the owning thread ever writes
+    a shard, so no update is lost; a scrape copies each list in one C-level step. When a new
+    thread makes its first call, the shards of threads that have ended are folded into one,
+    so a program that starts a thread per request does not grow a shard per thread. The
+    rarer events (retries, rejections, ...) share one lock.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.calls: dict[tuple[str, str], int] = {}
         self.retries: dict[str, int] = {}
         self.rejections: dict[tuple[str, str], int] = {}
         self.messages: dict[tuple[str, str], int] = {}
         self.replays: dict[str, int] = {}
         self.states: dict[str, str] = {}
-        # name -> [count per bucket (non-cumulative, last is +Inf)..., sum]
-        self.durations: dict[str, list[float]] = {}
+        self._retired: _Histograms = {}  # the shards of threads that have ended, added up
+        self._shards: list[tuple[weakref.ref[threading.Thread], _Histograms]] = []
+        self.call = self._make_call()
 
     # --- the Recorder interface (called from the event sink) ------------------------------
 
-    def call(
-        self, policy: str, name: str, outcome: str, duration: float, attempts: int,
-        error_type: str | None,
-    ) -> None:
-        key = (name, outcome)
-        with self._lock:
-            calls = self.calls
-            calls[key] = calls.get(key, 0) + 1
-            histogram = self.durations.get(name)
+    def _make_call(self) -> CallRecorder:
+        """``call``, the per-call update: a closure over locals, the hot path of metrics."""
+        local, new_shard, buckets = threading.local(), self._new_shard, DURATION_BUCKETS
+        size = len(DURATION_BUCKETS) + 2
+
+        def call(
+            policy: str, name: str, outcome: str, duration: float, attempts: int,
+            error_type: str | None,
+        ) -> None:
+            try:
+                shard = local.shard
+            except AttributeError:
+                shard = local.shard = new_shard()
+            histogram = shard.get((name, outcome))
             if histogram is None:
-                histogram = self.durations[name] = [0.0] * (len(DURATION_BUCKETS) + 2)
-            histogram[bisect_left(DURATION_BUCKETS, duration)] += 1
+                histogram = shard[name, outcome] = [0.0] * size
+            histogram[bisect_left(buckets, duration)] += 1
             histogram[-1] += duration
+
+        return call
+
+    def _new_shard(self) -> _Histograms:
+        """A shard for the calling thread; the shards of ended threads are folded first."""
+        shard: _Histograms = {}
+        owner = weakref.ref(threading.current_thread())
+        with self._lock:
+            live = []
+            for thread, histograms in self._shards:
+                running = thread()
+                if running is not None and running.is_alive():
+                    live.append((thread, histograms))
+                else:  # it can write no more: fold it
+                    _add_histograms(self._retired, histograms)
+            live.append((owner, shard))
+            self._shards = live
+        return shard
+
+    def histograms(self) -> _Histograms:
+        """Every thread's histograms added up: ``(name, outcome) -> counts..., sum``."""
+        total: _Histograms = {}
+        with self._lock:
+            _add_histograms(total, self._retired)
+            for _thread, shard in self._shards:
+                _add_histograms(total, shard)
+        return total
 
     def retry(self, name: str) -> None:
         with self._lock:
@@ -101,18 +149,20 @@ class _StoicCollector:
         )
 
         calls: dict[tuple[str, str], int] = {}
+        durations: dict[str, list[float]] = {}
         retries: dict[str, int] = {}
         rejections: dict[tuple[str, str], int] = {}
         messages: dict[tuple[str, str], int] = {}
         replays: dict[str, int] = {}
         states: dict[str, str] = {}
-        durations: dict[str, list[float]] = {}
         if not empty:  # ``describe`` wants the families only, not a copy of the counts
             with self._lock:
-                calls, retries, rejections = dict(self.calls), dict(self.retries), dict(self.rejections)
+                retries, rejections = dict(self.retries), dict(self.rejections)
                 messages, replays, states = dict(self.messages), dict(self.replays), dict(self.states)
-                durations = {name: list(h) for name, h in self.durations.items()}
             states.update(breaker_states())
+            for (name, outcome), counts in self.histograms().items():
+                calls[name, outcome] = int(sum(counts[:-1]))
+                _add(durations, name, counts)
 
         def counter(name: str, documentation: str, labels: list[str],
                     values: dict[Any, int]) -> Any:
@@ -158,6 +208,22 @@ class _StoicCollector:
                       ["name"], replays)
 
 
+def _add_histograms(total: _Histograms, shard: _Histograms) -> None:
+    """Add ``shard`` into ``total``; safe while ``shard``'s own thread keeps writing to it."""
+    for key, counts in shard.copy().items():  # a C-level copy: no size change mid-loop
+        _add(total, key, counts)
+
+
+def _add(total: dict[Any, list[float]], key: Any, counts: list[float]) -> None:
+    """Add one histogram (counts per bucket, then the sum) into ``total[key]``."""
+    into = total.get(key)
+    if into is None:
+        total[key] = list(counts)  # one C-level copy, never a list half-updated
+    else:
+        for index, value in enumerate(counts):
+            into[index] += value
+
+
 class _Installed:
     def __init__(
         self, registry: Any, collector: _StoicCollector, unsubscribe: Callable[[], None]
@@ -182,7 +248,7 @@ def instrument(registry: Any = None) -> None:
         _uninstrument_locked()
         collector = _StoicCollector()
         target.register(collector)
-        unsubscribe = connect(collector)
+        unsubscribe = connect(collector, trusted=True)
         _installed = _Installed(target, collector, unsubscribe)
 
 

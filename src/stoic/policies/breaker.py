@@ -853,11 +853,20 @@ class CircuitBreaker(Policy):
                 self._check()
         else:
             self._record(code, end)
-        if dispatcher.recorders or dispatcher.call_sinks:
-            dispatcher.record_call(
+        record = dispatcher.record
+        if record is not None:
+            record(
                 "circuit_breaker", self.name, _outcome_name(exc), end - start, 1,
                 None if exc is None else type(exc).__name__,
             )
+
+    def _measured_success(self, duration: float) -> None:
+        """A plain success through a closed breaker while calls are measured (metrics on)."""
+        if next(self._seq) == self.minimum_calls - 1:
+            self._check()
+        record = dispatcher.record
+        if record is not None:
+            record("circuit_breaker", self.name, "success", duration, 1, None)
 
     def _lease(self) -> int:
         """Ask the fleet for the half-open trial (one short round trip), then act on it."""
@@ -889,6 +898,7 @@ class CircuitBreaker(Policy):
     def wrap(self, inner: Step) -> Step:
         breaker, name = self, self.name
         record, settle, release = self._record, self._settle, self._release_trial
+        measured_success = self._measured_success
         check_at = self.minimum_calls - 1
         timed_mode = self._timed
         direct = inner is invoke  # innermost: call fn here, one frame less
@@ -924,7 +934,17 @@ class CircuitBreaker(Policy):
                         raise _CircuitOpen(left, name)
                 if mode:
                     return slow_path(fn, args, kwargs)
-                return timed(fn, args, kwargs, _PASS)
+                if timed_mode or dispatcher.record is None:
+                    return timed(fn, args, kwargs, _PASS)
+                # closed and measured (metrics on): the plain path, timed, in this frame
+                start = _active.monotonic()
+                try:
+                    result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
+                except Exception as exc:
+                    settle(_PASS, exc, start, _active.monotonic())
+                    raise
+                measured_success(_active.monotonic() - start)
+                return result
             try:
                 result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
             except Exception as exc:
@@ -939,6 +959,7 @@ class CircuitBreaker(Policy):
     def awrap(self, inner: AsyncStep) -> AsyncStep:
         breaker, name = self, self.name
         record, settle, release = self._record, self._settle, self._release_trial
+        measured_success = self._measured_success
         check_at = self.minimum_calls - 1
         timed_mode = self._timed
         direct = inner is ainvoke
@@ -974,12 +995,18 @@ class CircuitBreaker(Policy):
                         raise _CircuitOpen(left, name)
                 if mode:
                     return await slow_path(fn, args, kwargs)
-                return await timed(fn, args, kwargs, _PASS)
+                if timed_mode or dispatcher.record is None:
+                    return await timed(fn, args, kwargs, _PASS)
+                start = _active.monotonic()  # closed and measured: as in ``wrap``
+                try:
+                    result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
+                except Exception as exc:
+                    settle(_PASS, exc, start, _active.monotonic())
+                    raise
+                measured_success(_active.monotonic() - start)
+                return result
             try:
-                if direct:
-                    result = await fn(*args, **kwargs)
-                else:
-                    result = await inner(fn, args, kwargs)
+                result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
             except Exception as exc:
                 record(_code_of(exc), 0.0)
                 raise

@@ -32,8 +32,9 @@ class Fallback(Policy):
         self._compose()
 
     def _note(self, exc: BaseException) -> None:
-        if dispatcher.recorders or dispatcher.call_sinks:
-            dispatcher.record_call(
+        record = dispatcher.record
+        if record is not None:
+            record(
                 "fallback", self.name, "fallback", 0.0, 1, type(exc).__name__
             )
 

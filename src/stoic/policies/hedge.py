@@ -97,8 +97,9 @@ class Hedge(Policy):
                 dispatcher.emit(HedgeStarted(name=name, attempt=attempt, reason=reason))
 
         def finished(start: float, attempts: int, exc: BaseException | None) -> None:
-            if dispatcher.recorders or dispatcher.call_sinks:
-                dispatcher.record_call(
+            record = dispatcher.record
+            if record is not None:
+                record(
                     "hedge", name,
                     Outcome.SUCCESS.value if exc is None else classify(exc).outcome.value,
                     clock.now() - start, attempts,

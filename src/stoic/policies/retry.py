@@ -238,16 +238,19 @@ class Retry(Policy):
                     error_type=_type_name(exc),
                 )
             )
-        if dispatcher.recorders or dispatcher.call_sinks:
-            dispatcher.record_call(
+        record = dispatcher.record
+        if record is not None:
+            record(
                 "retry", self.name, verdict.outcome.value, elapsed, state.attempts,
                 _type_name(exc),
             )
 
     def _succeeded(self, state: _State) -> None:
-        if dispatcher.recorders or dispatcher.call_sinks:
-            dispatcher.record_call(
-                "retry", self.name, "success", _active.monotonic() - state.start, state.attempts
+        record = dispatcher.record
+        if record is not None:
+            record(
+                "retry", self.name, "success", _active.monotonic() - state.start,
+                state.attempts, None,
             )
 
     # --- the thin loops ---------------------------------------------------------------------
@@ -267,7 +270,7 @@ class Retry(Policy):
             start = _active.monotonic()
             if at is not None and start >= at:
                 raise _not_started(name)
-            if observed or dispatcher.sinks or dispatcher.attempt_scope is not None:
+            if observed or dispatcher.attempt_scope is not None:
                 state = _State(start, 0)
                 wait = 0.0
             else:
@@ -282,10 +285,9 @@ class Retry(Policy):
                     if first_wait is None:
                         raise
                 else:
-                    if dispatcher.recorders:
-                        dispatcher.record_call(
-                            "retry", name, "success", _active.monotonic() - start, 1
-                        )
+                    record = dispatcher.record
+                    if record is not None:
+                        record("retry", name, "success", _active.monotonic() - start, 1, None)
                     return result
                 wait = first_wait
             while True:
@@ -328,25 +330,21 @@ class Retry(Policy):
             start = _active.monotonic()
             if at is not None and start >= at:
                 raise _not_started(name)
-            if observed or dispatcher.sinks or dispatcher.attempt_scope is not None:
+            if observed or dispatcher.attempt_scope is not None:
                 state = _State(start, 0)
                 wait = 0.0
             else:
                 try:
-                    if direct:
-                        result = await fn(*args, **kwargs)
-                    else:
-                        result = await inner(fn, args, kwargs)
+                    result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
                 except Exception as exc:
                     state = _State(start, 1)
                     first_wait = decide(state, exc)
                     if first_wait is None:
                         raise
                 else:
-                    if dispatcher.recorders:
-                        dispatcher.record_call(
-                            "retry", name, "success", _active.monotonic() - start, 1
-                        )
+                    record = dispatcher.record
+                    if record is not None:
+                        record("retry", name, "success", _active.monotonic() - start, 1, None)
                     return result
                 wait = first_wait
             while True:
