@@ -56,22 +56,17 @@ local function meta(id, c, a, h)
 end
 """
 
-# KEYS: stream, delayed. ARGV: seen-prefix, window ms, now, then (id, body, headers, at) x n
+# KEYS: stream, delayed. ARGV: seen-prefix, window ms, now, headers, at, then (id, body) x n
 _PUBLISH = """
-local window = tonumber(ARGV[2])
-for i = 4, #ARGV, 4 do
+local window, at = tonumber(ARGV[2]), tonumber(ARGV[5])
+local tail = '\\31' .. ARGV[3] .. '\\31' .. '0' .. '\\31' .. ARGV[4]
+for i = 6, #ARGV, 2 do
   local id = ARGV[i]
-  local fresh = true
-  if window > 0 then
-    fresh = redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', window)
-  end
-  if fresh then
-    local m = id .. '\\31' .. ARGV[3] .. '\\31' .. '0' .. '\\31' .. ARGV[i + 2]
-    local at = tonumber(ARGV[i + 3])
+  if window <= 0 or redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', window) then
     if at > 0 then
-      redis.call('ZADD', KEYS[2], at, m .. '\\30' .. ARGV[i + 1])
+      redis.call('ZADD', KEYS[2], at, id .. tail .. '\\30' .. ARGV[i + 1])
     else
-      redis.call('XADD', KEYS[1], '*', 'm', m, 'b', ARGV[i + 1])
+      redis.call('XADD', KEYS[1], '*', 'm', id .. tail, 'b', ARGV[i + 1])
     end
   end
 end
@@ -100,19 +95,28 @@ for _, m in ipairs(due) do
   end
   redis.call('ZREM', KEYS[3], m)
 end
-local out, zargs = {}, {}
+local out, receipts = {}, {}
 local n, token = tonumber(ARGV[5]), ARGV[6]
-local count = 0
--- a flat reply of two strings per message, "<eid>\\31<tries>\\31<meta>" and the body, is
--- much cheaper for the client to parse than XREADGROUP's nested one
+-- one string per message, "<eid>\\31<tries>\\31<meta>\\30<body>" (no \\30 when the body is
+-- missing), is much cheaper for the client to parse than XREADGROUP's nested reply. Meta
+-- holds no \\30 unless the entry was written by hand; such a meta is dropped, which the
+-- client reports as a defect.
 local function emit(eid, flat, tries)
   local m, b = '', false
-  for i = 1, #flat, 2 do
-    if flat[i] == 'm' then m = flat[i + 1] elseif flat[i] == 'b' then b = flat[i + 1] end
+  if flat[1] == 'm' and flat[3] == 'b' then
+    m, b = flat[2], flat[4]
+  else
+    for i = 1, #flat, 2 do
+      if flat[i] == 'm' then m = flat[i + 1] elseif flat[i] == 'b' then b = flat[i + 1] end
+    end
   end
-  out[#out + 1] = eid .. '\\31' .. tries .. '\\31' .. m; out[#out + 1] = b
-  zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = eid .. '|' .. token
-  count = count + 1
+  if string.find(m, '\\30', 1, true) then m = '' end
+  if b then
+    out[#out + 1] = eid .. '\\31' .. tries .. '\\31' .. m .. '\\30' .. b
+  else
+    out[#out + 1] = eid .. '\\31' .. tries .. '\\31' .. m
+  end
+  receipts[#receipts + 1] = eid .. '|' .. token
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, n)
 for _, lease in ipairs(expired) do
@@ -125,34 +129,42 @@ for _, lease in ipairs(expired) do
     emit(eid, got[1][2], deliveries(eid))
   end
 end
-if count < n then
-  local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n - count,
+if #out < n then
+  local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n - #out,
                          'STREAMS', KEYS[1], '>')
   if res then
     for _, e in ipairs(res[1][2]) do emit(e[1], e[2], 1) end
   end
 end
-if #zargs > 0 then redis.call('ZADD', KEYS[2], unpack(zargs)) end
+if #receipts > 0 then
+  -- A small sorted set is a listpack that ZADD scans from its head for every member, and the
+  -- new leases share one score: added in descending order each stops at the one added
+  -- before it, where ascending order would walk the whole batch each time (O(n^2)).
+  table.sort(receipts)
+  local zargs = {}
+  for i = #receipts, 1, -1 do
+    zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = receipts[i]
+  end
+  redis.call('ZADD', KEYS[2], unpack(zargs))
+end
 return out
 """
 
 # KEYS: stream, leases. ARGV: group, then receipts "<eid>|<token>"
+# One ZREM per receipt, whose reply says whether the lease was held: a small lease set is a
+# listpack, where ZMSCORE scans from the head for every member (O(n^2) for a batch) while
+# ZREM of receipts in claim order finds each one at the head.
 _ACK = """
-local receipts = {}
-for i = 2, #ARGV do receipts[#receipts + 1] = ARGV[i] end
-local held = redis.call('ZMSCORE', KEYS[2], unpack(receipts))
-local eids, leases = {}, {}
-for i = 1, #receipts do
-  if held[i] then
-    local r = receipts[i]
+local eids = {}
+for i = 2, #ARGV do
+  local r = ARGV[i]
+  if redis.call('ZREM', KEYS[2], r) == 1 then
     eids[#eids + 1] = string.sub(r, 1, string.find(r, '|', 1, true) - 1)
-    leases[#leases + 1] = r
   end
 end
 if #eids > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(eids))
   redis.call('XDEL', KEYS[1], unpack(eids))
-  redis.call('ZREM', KEYS[2], unpack(leases))
 end
 return #eids
 """
@@ -303,9 +315,10 @@ class RedisBroker(PublishOne, ThreadedAsync):
         raw_headers = dump_headers(head) if head else ""
         now = clock.wall()
         at = repr(now + delay) if delay > 0 else "0"
-        args: list[Any] = [self._k(topic, "seen:"), int(self.dedupe_window * 1000), repr(now)]
-        for msg_id, body in zip(msg_ids, bodies, strict=True):
-            args += (msg_id, body, raw_headers, at)
+        args: list[Any] = [self._k(topic, "seen:"), int(self.dedupe_window * 1000), repr(now),
+                           raw_headers, at]
+        for pair in zip(msg_ids, bodies, strict=True):
+            args += pair
         self._publish(keys=[stream, self._k(topic, "delayed")], args=args)
         return msg_ids
 
@@ -324,9 +337,10 @@ class RedisBroker(PublishOne, ThreadedAsync):
             args=[_GROUP, self._consumer, repr(now), repr(until), max_messages, token],
         )
         out = []
-        for i in range(0, len(rows), 2):
-            eid, tries, meta = rows[i].split("\x1f", 2)
-            out.append(_message(topic, eid, meta, rows[i + 1], int(tries), token, until))
+        for row in rows:
+            head, sep, body = row.partition("\x1e")
+            eid, tries, meta = head.split("\x1f", 2)
+            out.append(_message(topic, eid, meta, body if sep else None, int(tries), token, until))
         return out
 
     def ack(self, message: Message) -> bool:
