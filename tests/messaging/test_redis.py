@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -53,3 +54,30 @@ def test_an_expired_lease_in_the_older_layout_is_still_taken_over(
     assert broker._r.zrange(leases, 0, -1) == [again.receipt]
     assert not broker.ack(first)
     assert broker.ack(again)
+
+
+def test_ack_many_acks_only_the_receipts_still_held(broker: Any, topic: str) -> None:
+    broker.publish_many(topic, [1, 2, 3])
+    [stale] = broker.claim(topic, lease=0.2)
+    kept = broker.claim(topic, max_messages=2, lease=30.0)
+    time.sleep(0.3)
+    [fresh] = broker.claim(topic, lease=30.0)  # takes over the first message
+    assert fresh.id == stale.id
+    assert broker.ack_many([stale, *kept]) == 2
+    assert broker.stats(topic).in_flight == 1
+    assert broker.ack(fresh)
+    assert broker._r.xlen(broker._stream(topic)) == 0
+    assert broker._r.zcard(broker._k(topic, "leases")) == 0
+
+
+def test_a_hand_written_entry_whose_fields_would_confuse_the_reply_is_a_defect(
+    broker: Any, topic: str
+) -> None:
+    stream = broker._stream(topic)
+    broker._r.xadd(stream, {"m": "a\x1eb\x1f0\x1f0\x1f", "b": "{}"})  # separator in meta
+    broker._r.xadd(stream, {"m": "c\x1f0\x1f0\x1f"})  # no body
+    broker._r.xadd(stream, {"b": "{}", "m": "d\x1f0\x1f0\x1f"})  # fields in another order
+    first, second, third = broker.claim(topic, max_messages=3)
+    assert first.defect and second.defect
+    assert (third.id, third.payload, third.defect) == ("d", {}, None)
+    assert broker.ack_many([first, second, third]) == 3
