@@ -81,3 +81,23 @@ def test_a_hand_written_entry_whose_fields_would_confuse_the_reply_is_a_defect(
     assert first.defect and second.defect
     assert (third.id, third.payload, third.defect) == ("d", {}, None)
     assert broker.ack_many([first, second, third]) == 3
+
+
+def test_acked_entries_leave_the_stream_whether_deleted_or_trimmed(
+    broker: Any, topic: str
+) -> None:
+    """With something still pending an ack deletes its entries; once nothing is, it trims
+    every entry up to the last one delivered. Either way entries not yet delivered stay."""
+    broker.publish_many(topic, [1, 2, 3, 4, 5])
+    first = broker.claim(topic, max_messages=2)
+    second = broker.claim(topic, max_messages=2)
+    stream = broker._stream(topic)
+    assert broker.ack_many(second) == 2  # the first batch is still pending: deleted
+    assert broker._r.xlen(stream) == 3
+    assert broker.ack_many(first) == 2  # nothing pending: trimmed
+    assert broker._r.xlen(stream) == 1
+    assert [m.payload for m in broker.peek(topic)] == [5]
+    assert broker.stats(topic).ready == 1
+    [last] = broker.claim(topic, max_messages=5)
+    assert last.payload == 5 and broker.ack(last)
+    assert broker._r.xlen(stream) == 0

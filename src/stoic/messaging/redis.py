@@ -4,7 +4,9 @@ Layout, per topic (every key carries the hash tag ``{topic}``, so one topic live
 cluster slot and every script touches only that slot):
 
 - ``stoic:{topic}:stream``: the stream; consumer group ``stoic`` delivers new entries
-  (XREADGROUP) and tracks them as pending until acked (XACK, then XDEL).
+  (XREADGROUP) and tracks them as pending until acked (XACK). An acked entry is deleted
+  (XDEL), or, when the ack leaves nothing pending, trimmed (XTRIM MINID) together with every
+  entry up to the last one delivered, which are all acked by then.
 - ``stoic:{topic}:leases``: a sorted set of the receipts of pending entries (``<entry
   id>|<token>``, a fresh token per claim) scored by lease end. A claim first takes over
   entries whose lease ended (XCLAIM to itself, so a crashed consumer's messages come back),
@@ -162,9 +164,22 @@ for i = 2, #ARGV do
     eids[#eids + 1] = string.sub(r, 1, string.find(r, '|', 1, true) - 1)
   end
 end
-if #eids > 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(eids))
+if #eids == 0 then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(eids))
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1) > 0 then
   redis.call('XDEL', KEYS[1], unpack(eids))
+  return #eids
+end
+-- Nothing is pending, so every entry up to the last one delivered has been acked (delivery
+-- is in id order, and new entries get higher ids): one trim removes them all, where XDEL
+-- would look up each id.
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then
+    redis.call('XTRIM', KEYS[1], 'MINID', f['last-delivered-id'])
+    redis.call('XDEL', KEYS[1], f['last-delivered-id'])
+  end
 end
 return #eids
 """
