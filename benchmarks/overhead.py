@@ -195,15 +195,29 @@ async def _time_async(fn: Callable[[], Awaitable[Any]], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def _once(case: Case, n: int) -> float:
+    if case.is_async:
+        return asyncio.run(_time_async(case.fn, n))
+    return _time_sync(case.fn, n)
+
+
 def measure(case: Case, n: int, repeats: int) -> float:
     """Median seconds per call over ``repeats`` loops of ``n`` calls."""
-    results = []
+    return statistics.median(_once(case, n) for _ in range(repeats))
+
+
+def measure_group(cases: list[Case], n: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each case, the cases interleaved round by round.
+
+    Each round times every case once, so load that comes and goes on a shared machine
+    reaches all of them alike instead of whichever happened to run during it.
+    """
+    loops = {c.impl: n if c.impl != "stamina" else n // 5 for c in cases}
+    results: dict[str, list[float]] = {c.impl: [] for c in cases}
     for _ in range(repeats):
-        if case.is_async:
-            results.append(asyncio.run(_time_async(case.fn, n)))
-        else:
-            results.append(_time_sync(case.fn, n))
-    return statistics.median(results)
+        for c in cases:
+            results[c.impl].append(_once(c, loops[c.impl]))
+    return {impl: statistics.median(times) for impl, times in results.items()}
 
 
 def run(quick: bool = False, only: str = "") -> list[tuple[str, str, float, float | None]]:
@@ -216,7 +230,7 @@ def run(quick: bool = False, only: str = "") -> list[tuple[str, str, float, floa
             continue
         print(f"\n{g.title}")
         print(f"  {'implementation':<28}{'us/call':>10}{'added us':>10}{'x stoic':>10}")
-        timings = {c.impl: measure(c, n if c.impl != "stamina" else n // 5, repeats) for c in g.cases}
+        timings = measure_group(g.cases, n, repeats)
         base = abare if g.is_async else bare
         stoic_t = next((t for impl, t in timings.items() if impl.startswith("stoic")), None)
         for impl, t in timings.items():
