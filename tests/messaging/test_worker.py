@@ -499,3 +499,20 @@ def test_unknown_failure_is_redelivered_because_delivery_is_at_least_once_anyway
         stop_when_empty=True
     )
     assert attempts == [1, 2]
+
+
+def test_on_that_excludes_an_error_dead_letters_it_at_once(local_broker: Any, topic: str) -> None:
+    """``on=`` decides for the worker too: a transient error it does not name is not retried."""
+    calls: list[int] = []
+
+    def handler(m: Message) -> None:
+        calls.append(1)
+        raise ConnectionRefusedError("down")
+
+    local_broker.publish(topic, 1)
+    retry = stoic.Retry(attempts=3, backoff=backoff.constant(0.0, jitter=None), on=ValueError)
+    counts = Worker(local_broker, topic, handler, retry=retry, poll_interval=0.01).run(
+        stop_when_empty=True
+    )
+    assert len(calls) == 1
+    assert counts.dead_lettered == 1

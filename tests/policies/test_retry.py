@@ -101,6 +101,12 @@ class TestWhatIsRetried:
             assert Retry(attempts=3, on=lambda e: "retry" in str(e)).call(fn) == "ok"
         assert fn.calls == 3
 
+    def test_on_matches_reports_what_on_decides(self) -> None:
+        assert Retry().on_matches(KeyError()) is None  # classification decides
+        assert Retry(on=KeyError).on_matches(KeyError()) is True
+        assert Retry(on=KeyError).on_matches(ConnectionRefusedError()) is False
+        assert Retry(on=lambda e: "retry" in str(e)).on_matches(ValueError("retry me")) is True
+
     def test_bad_results_are_retried_and_the_last_one_returned(self) -> None:
         values = iter([None, None, None, None])
 

@@ -199,7 +199,6 @@ class Worker:
             getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ counts too
         )
         self._dedupe = None if dedupe is None else _Dedupe(dedupe, self.lease, dedupe_ttl)
-        self._override = getattr(retry, "_override", None)
         self._stop = threading.Event()
         self._held: dict[str, tuple[Message, str | None]] = {}  # receipt -> (msg, dedupe token)
         self._held_lock = threading.Lock()
@@ -234,8 +233,8 @@ class Worker:
         verdict = classify(exc)
         error = f"{type(exc).__name__}: {exc}"
         error_type = type(exc).__name__
-        override = self._override
-        retryable = override(exc) if override is not None else verdict.outcome in _RETRYABLE
+        chosen = self.retry.on_matches(exc)
+        retryable = verdict.outcome in _RETRYABLE if chosen is None else chosen
         outcome = verdict.outcome.value
         if not retryable:
             return Action("dead", reason="permanent failure", error=error, outcome=outcome,

@@ -115,6 +115,15 @@ class Retry(Policy):
         self._constant = backoff.initial if fixed else -1.0
         self._compose()
 
+    def on_matches(self, exc: BaseException) -> bool | None:
+        """What ``on=`` says of ``exc``: True (retry it), False (do not), or None without ``on``.
+
+        For code that runs retries itself (a queue worker redelivering a message) and must
+        honour the same choice; with None, classification decides.
+        """
+        override = self._override
+        return None if override is None else bool(override(exc))
+
     def replace(self, **changes: Any) -> Retry:
         """A new Retry with this one's configuration and ``changes`` (same names as ``__init__``).
 
