@@ -18,7 +18,7 @@ Rows:
 - persist-queue SQLiteAckQueue (json serializer, its defaults: WAL, synchronous FULL),
   litequeue (WAL, NORMAL), huey SqliteStorage (WAL, FULL by default: fsync=None).
 - Redis: RedisBroker against raw pipelined XADD and XREADGROUP COUNT 100 + XACK on the same
-  server, alternating in three rounds, each row its best round.
+  server, alternating in five rounds, each row its best round.
 - RabbitMQ: RabbitBroker alone (quorum queues, publisher confirms), for scale.
 """
 
@@ -260,7 +260,7 @@ def peers(n: int) -> None:
 
 # --- Redis --------------------------------------------------------------------------------
 
-def redis_rows(n: int, url: str, rounds: int = 3) -> None:
+def redis_rows(n: int, url: str, rounds: int = 5) -> None:
     """Raw commands and RedisBroker alternate, round after round, and each row keeps its best
     round: the ratio then compares the two on the same server at its least disturbed, not
     whichever of them another process on the machine happened to slow down."""
@@ -434,11 +434,11 @@ def main() -> None:
          get("raw SQLite: INSERT, one commit each", "NORMAL")),
         ("backlog: claim+ack at 100k queued / at 1k queued", hundred_k, one_k),
         ("redis publish: stoic publish_many / raw pipelined XADD",
-         get("stoic RedisBroker.publish_many (100), best of 3", "redis"),
-         get("raw pipelined XADD (100 per round trip), best of 3", "redis")),
+         get("stoic RedisBroker.publish_many (100), best of 5", "redis"),
+         get("raw pipelined XADD (100 per round trip), best of 5", "redis")),
         ("redis consume: stoic claim+ack / raw XREADGROUP+XACK",
-         get("stoic RedisBroker claim(100) + ack_many, best of 3", "redis"),
-         get("raw XREADGROUP COUNT 100 + XACK, best of 3", "redis")),
+         get("stoic RedisBroker claim(100) + ack_many, best of 5", "redis"),
+         get("raw XREADGROUP COUNT 100 + XACK, best of 5", "redis")),
     ]:
         if a and b:
             print(f"  {label:62} {ratio(a, b):>8}")
