@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from stoic.messaging import QueueStats
+
 
 @pytest.fixture
 def broker(redis_url: str) -> Iterator[Any]:
@@ -101,3 +103,19 @@ def test_acked_entries_leave_the_stream_whether_deleted_or_trimmed(
     [last] = broker.claim(topic, max_messages=5)
     assert last.payload == 5 and broker.ack(last)
     assert broker._r.xlen(stream) == 0
+
+
+def test_an_ack_among_many_leases_checks_its_receipts_one_by_one(
+    broker: Any, topic: str
+) -> None:
+    """A lease set much larger than the ack's batch is not read whole (the ZMSCORE branch)."""
+    broker.publish_many(topic, list(range(6)))
+    [stale] = broker.claim(topic, lease=0.2)
+    time.sleep(0.3)
+    held = broker.claim(topic, max_messages=6, lease=30.0)  # takes the first one over
+    assert broker._r.zcard(broker._k(topic, "leases")) == 6
+    assert not broker.ack(stale)
+    assert broker.ack_many([stale, held[0]]) == 1
+    assert broker.ack_many([held[1], held[1]]) == 1  # a receipt given twice counts once
+    assert broker.ack_many(held) == 4
+    assert broker.stats(topic) == QueueStats(topic, 0, 0, 0, 0)

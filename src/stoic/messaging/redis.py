@@ -153,18 +153,30 @@ return out
 """
 
 # KEYS: stream, leases. ARGV: group, then receipts "<eid>|<token>"
-# One ZREM per receipt, whose reply says whether the lease was held: a small lease set is a
-# listpack, where ZMSCORE scans from the head for every member (O(n^2) for a batch) while
-# ZREM of receipts in claim order finds each one at the head.
+# Which receipts are still held takes one read of the lease set, never a command per receipt
+# (every command pays a key lookup, dear in a keyspace full of de-duplication marks). A set
+# not much larger than the batch (the usual case) is read whole: in a small set, a listpack,
+# ZMSCORE scans from the head for every receipt, O(n^2) for a batch.
 _ACK = """
-local eids = {}
-for i = 2, #ARGV do
-  local r = ARGV[i]
-  if redis.call('ZREM', KEYS[2], r) == 1 then
+local receipts = {}
+for i = 2, #ARGV do receipts[#receipts + 1] = ARGV[i] end
+local held = {}
+if redis.call('ZCARD', KEYS[2]) <= 2 * #receipts then
+  for _, r in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do held[r] = true end
+else
+  local scores = redis.call('ZMSCORE', KEYS[2], unpack(receipts))
+  for i = 1, #receipts do if scores[i] then held[receipts[i]] = true end end
+end
+local eids, leases = {}, {}
+for _, r in ipairs(receipts) do
+  if held[r] then
+    held[r] = nil
     eids[#eids + 1] = string.sub(r, 1, string.find(r, '|', 1, true) - 1)
+    leases[#leases + 1] = r
   end
 end
 if #eids == 0 then return 0 end
+redis.call('ZREM', KEYS[2], unpack(leases))
 redis.call('XACK', KEYS[1], ARGV[1], unpack(eids))
 if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1) > 0 then
   redis.call('XDEL', KEYS[1], unpack(eids))
@@ -365,10 +377,11 @@ class RedisBroker(PublishOne, ThreadedAsync):
         by_topic: dict[str, list[str]] = {}
         for m in messages:
             _key(m)  # a receipt from another broker raises here, before anything is acked
-            by_topic.setdefault(m.topic, [_GROUP]).append(m.receipt)
+            by_topic.setdefault(m.topic, []).append(m.receipt)
         done = 0
-        for topic, args in by_topic.items():
-            done += int(self._ack(keys=self._keys(topic, "leases"), args=args))
+        for topic, receipts in by_topic.items():
+            receipts.sort()  # the lease set's order, so ZREM finds each at a small set's head
+            done += int(self._ack(keys=self._keys(topic, "leases"), args=[_GROUP, *receipts]))
         return done
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
