@@ -119,3 +119,27 @@ def test_an_ack_among_many_leases_checks_its_receipts_one_by_one(
     assert broker.ack_many([held[1], held[1]]) == 1  # a receipt given twice counts once
     assert broker.ack_many(held) == 4
     assert broker.stats(topic) == QueueStats(topic, 0, 0, 0, 0)
+
+
+def test_a_claim_and_an_ack_larger_than_lua_can_unpack_at_once(
+    redis_url: str, topic: str
+) -> None:
+    """Lua's unpack() stops near 8,000 values: a claim of 5,000 (10,000 ZADD arguments) must
+    still lease every message it delivers, and ack them all."""
+    from stoic.messaging.redis import RedisBroker
+
+    broker = RedisBroker(redis_url, dedupe_window=0)  # leaves no 21,500 marks behind
+    try:
+        for _ in range(50):
+            broker.publish_many(topic, [1] * 100)
+        got = broker.claim(topic, max_messages=5000)
+        assert len(got) == 5000
+        assert broker._r.zcard(broker._k(topic, "leases")) == 5000
+        assert broker.ack_many(got) == 5000
+        assert broker.stats(topic) == QueueStats(topic, 0, 0, 0, 0)
+        broker.publish_many(topic, list(range(16500)))
+        got = broker.claim(topic, max_messages=16500)
+        assert broker.ack_many(got[:8100]) == 8100  # the lease set > 2x the batch: ZMSCORE
+        assert broker.ack_many(got) == 16500 - 8100
+    finally:
+        broker.close()

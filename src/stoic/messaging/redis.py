@@ -45,6 +45,22 @@ __all__ = ["RedisBroker"]
 
 _GROUP = "stoic"
 
+# Lua's unpack() stops near 8,000 values, so long argument lists go to a command in slices.
+# (A claim that failed there after XREADGROUP would leave its entries pending without
+# leases, never to be taken over.)
+_CHUNKED = """
+local function chunked(list, call)
+  local out = {}
+  for i = 1, #list, 1000 do
+    local got = call(unpack(list, i, math.min(i + 999, #list)))
+    if type(got) == 'table' then
+      for _, v in ipairs(got) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+"""
+
 # A stream entry has two fields: "m", the metadata "<id>\x1f<created>\x1f<attempts before this
 # entry>\x1f<headers JSON>", and "b", the body. Two fields instead of five halve what a claim
 # returns and parses. JSON text never holds a raw control character, and ids may not.
@@ -87,7 +103,7 @@ end
 """
 
 # KEYS: stream, leases, delayed. ARGV: group, consumer, now, until, n, token
-_CLAIM = _LEASED + """
+_CLAIM = _LEASED + _CHUNKED + """
 local now = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
 for _, m in ipairs(due) do
@@ -147,7 +163,7 @@ if #receipts > 0 then
   for i = #receipts, 1, -1 do
     zargs[#zargs + 1] = ARGV[4]; zargs[#zargs + 1] = receipts[i]
   end
-  redis.call('ZADD', KEYS[2], unpack(zargs))
+  chunked(zargs, function(...) return redis.call('ZADD', KEYS[2], ...) end)
 end
 return out
 """
@@ -157,14 +173,14 @@ return out
 # (every command pays a key lookup, dear in a keyspace full of de-duplication marks). A set
 # not much larger than the batch (the usual case) is read whole: in a small set, a listpack,
 # ZMSCORE scans from the head for every receipt, O(n^2) for a batch.
-_ACK = """
+_ACK = _CHUNKED + """
 local receipts = {}
 for i = 2, #ARGV do receipts[#receipts + 1] = ARGV[i] end
 local held = {}
 if redis.call('ZCARD', KEYS[2]) <= 2 * #receipts then
   for _, r in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do held[r] = true end
 else
-  local scores = redis.call('ZMSCORE', KEYS[2], unpack(receipts))
+  local scores = chunked(receipts, function(...) return redis.call('ZMSCORE', KEYS[2], ...) end)
   for i = 1, #receipts do if scores[i] then held[receipts[i]] = true end end
 end
 local eids, leases = {}, {}
@@ -176,10 +192,10 @@ for _, r in ipairs(receipts) do
   end
 end
 if #eids == 0 then return 0 end
-redis.call('ZREM', KEYS[2], unpack(leases))
-redis.call('XACK', KEYS[1], ARGV[1], unpack(eids))
+chunked(leases, function(...) return redis.call('ZREM', KEYS[2], ...) end)
+chunked(eids, function(...) return redis.call('XACK', KEYS[1], ARGV[1], ...) end)
 if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1) > 0 then
-  redis.call('XDEL', KEYS[1], unpack(eids))
+  chunked(eids, function(...) return redis.call('XDEL', KEYS[1], ...) end)
   return #eids
 end
 -- Nothing is pending, so every entry up to the last one delivered has been acked (delivery
