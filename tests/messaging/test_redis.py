@@ -79,10 +79,13 @@ def test_a_hand_written_entry_whose_fields_would_confuse_the_reply_is_a_defect(
     broker._r.xadd(stream, {"m": "a\x1eb\x1f0\x1f0\x1f", "b": "{}"})  # separator in meta
     broker._r.xadd(stream, {"m": "c\x1f0\x1f0\x1f"})  # no body
     broker._r.xadd(stream, {"b": "{}", "m": "d\x1f0\x1f0\x1f"})  # fields in another order
-    first, second, third = broker.claim(topic, max_messages=3)
-    assert first.defect and second.defect
+    broker._r.xadd(stream, {"m": "e\x1f0\x1f0\x1f", "b": "[1,\x1d2]"})  # separator in body
+    broker.publish(topic, {"n": 6}, id="f")
+    first, second, third, fourth, fifth = broker.claim(topic, max_messages=5)
+    assert first.defect and second.defect and fourth.defect
     assert (third.id, third.payload, third.defect) == ("d", {}, None)
-    assert broker.ack_many([first, second, third]) == 3
+    assert (fifth.id, fifth.payload, fifth.defect) == ("f", {"n": 6}, None)
+    assert broker.ack_many([first, second, third, fourth, fifth]) == 5
 
 
 def test_acked_entries_leave_the_stream_whether_deleted_or_trimmed(
