@@ -146,3 +146,22 @@ def test_a_claim_and_an_ack_larger_than_lua_can_unpack_at_once(
         assert broker.ack_many(got) == 16500 - 8100
     finally:
         broker.close()
+
+
+def test_a_body_with_a_control_character_is_refused_before_anything_is_queued(
+    broker: Any, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages travel to the publish script as one argument split on control characters,
+    which JSON text never holds raw; a body that did (a codec gone wrong) must not be split."""
+    from stoic.messaging import redis as module
+
+    real = module.prepare
+
+    def prepare(*args: Any) -> Any:
+        ids, bodies, headers, delay = real(*args)
+        return ids, ['"a\x1eb"' for _ in bodies], headers, delay
+
+    monkeypatch.setattr(module, "prepare", prepare)
+    with pytest.raises(ValueError, match="control character"):
+        broker.publish_many(topic, [1, 2])
+    assert broker.stats(topic).ready == 0
