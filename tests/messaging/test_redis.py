@@ -165,3 +165,8 @@ def test_a_body_with_a_control_character_is_refused_before_anything_is_queued(
     with pytest.raises(ValueError, match="control character"):
         broker.publish_many(topic, [1, 2])
     assert broker.stats(topic).ready == 0
+
+
+def test_publishing_nothing_queues_nothing(broker: Any, topic: str) -> None:
+    assert broker.publish_many(topic, []) == []
+    assert broker.stats(topic) == QueueStats(topic, 0, 0, 0, 0)

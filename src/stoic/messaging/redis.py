@@ -372,6 +372,8 @@ class RedisBroker(PublishOne, ThreadedAsync):
         raw_headers = dump_headers(head) if head else ""
         now = clock.wall()
         at = repr(now + delay) if delay > 0 else "0"
+        if not bodies:
+            return msg_ids
         data = "\x1e".join(map("\x1f".join, zip(msg_ids, bodies, strict=True)))
         if data.count("\x1f") != len(bodies) or data.count("\x1e") != len(bodies) - 1:
             raise ValueError("a message body holds a control character; bodies are JSON text")
