@@ -157,3 +157,33 @@ def test_relay_killed_between_publish_and_mark_delivers_once_to_a_deduping_consu
     assert broker.stats("orders").ready == (0 if dedupe_window else 5)
     consume()
     assert handled == ids  # ...and the deduping consumer runs each message once, in order
+
+
+def test_a_row_the_relay_cannot_decode_is_passed_on_and_dead_lettered_by_the_consumer(
+    tmp_path: Path,
+) -> None:
+    """The relay forwards stored bodies unread: a damaged row, or a payload type only the
+    producer registered, never stops the rows behind it; the consumer dead-letters it alone."""
+    db = sqlite_db(tmp_path / "app.db")
+    outbox = Outbox()
+    outbox.add(db, "orders", {"n": 1})
+    damaged = outbox.add(db, "orders", {"n": 2})
+    foreign = outbox.add(db, "orders", {"n": 3})
+    outbox.add(db, "orders", {"n": 4})
+    db.execute("UPDATE stoic_outbox SET body = '{\"n\": ' WHERE id = ?", (damaged,))
+    db.execute(  # a codec tag this process has no type registered for
+        "UPDATE stoic_outbox SET body = ? WHERE id = ?",
+        ('{"__stoic__": "shop.Money", "v": "12.50"}', foreign),
+    )
+    db.commit()
+    broker = SQLiteBroker(tmp_path / "q.db")
+    assert OutboxRelay(sqlite3.connect(tmp_path / "app.db"), broker).run(stop_when_empty=True) == 4
+    handled: list[Any] = []
+    counts = Worker(broker, "orders", lambda m: handled.append(m.payload)).run(
+        stop_when_empty=True
+    )
+    assert handled == [{"n": 1}, {"n": 4}]
+    assert counts.dead_lettered == 2
+    dead = {d.message.id: d for d in broker.dead_letters("orders")}
+    assert set(dead) == {damaged, foreign}
+    assert all(d.reason == "malformed" for d in dead.values())

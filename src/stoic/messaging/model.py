@@ -178,8 +178,30 @@ def new_id() -> str:
     return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
 
 
+class Encoded:
+    """A payload already encoded by ``stoic.codec`` (its JSON text), published as it is.
+
+    ``OutboxRelay`` passes stored bodies on this way: a relay need not understand a payload
+    to forward it, so a type that only the producing service registered with the codec, or a
+    body that no longer decodes, never stops it. A consumer that cannot decode a body
+    dead-letters that one message as malformed, and goes on.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str of encoded JSON, got {type(text).__name__}")
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Encoded({self.text[:40]!r}{'...' if len(self.text) > 40 else ''})"
+
+
 def encode_payload(payload: Any) -> str:
     """Encode before anything is written, so an unencodable payload fails the publish whole."""
+    if type(payload) is Encoded:
+        return payload.text
     return codec.encode(payload)
 
 

@@ -27,9 +27,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import clock, codec
+from .. import clock
 from .broker import SyncBroker, prepare_one
-from .model import Message, decode_headers, dump_headers
+from .model import Encoded, Message, decode_headers, dump_headers
 
 __all__ = ["Inbox", "Outbox", "OutboxRelay"]
 
@@ -198,10 +198,10 @@ def _republish(
     broker: SyncBroker, topic: str, body: str, msg_id: str, headers: dict[str, str],
     delay: float,
 ) -> None:
-    """Publish a stored body. It is decoded and encoded again by the same codec, which gives
-    back the same JSON; a body the codec cannot read raises and the round is retried (and
-    logged) rather than the row being marked sent."""
-    broker.publish(topic, codec.decode(body), id=msg_id, headers=headers, delay=delay)
+    """Publish a stored body as it is, never decoded here: a payload type the relay's process
+    does not know, or a body damaged in the table, reaches the consumer, whose worker
+    dead-letters it as malformed, instead of stopping every row behind it."""
+    broker.publish(topic, Encoded(body), id=msg_id, headers=headers, delay=delay)
 
 
 def _end(db: Any) -> None:
