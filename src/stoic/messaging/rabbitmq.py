@@ -109,6 +109,11 @@ class RabbitBroker(PublishOne):
             from them without a round trip.
     """
 
+    #: Seconds a message can be counted in no queue while RabbitMQ moves it (a delayed retry
+    #: dead-lettered from its delay queue back to its queue); ``Worker(stop_when_empty=True)``
+    #: waits this long and looks again before it calls a topic empty.
+    stats_settle: float = 0.25
+
     def __init__(
         self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, dedupe: Any = None,
         dedupe_window: float = 86400.0, prefix: str = "stoic", prefetch: int = 100,

@@ -368,7 +368,21 @@ class Worker:
                 self._release(*batch)
 
     def _empty(self) -> bool:
-        """Nothing ready, delayed (a retry waiting for its backoff) or held by anyone."""
+        """Nothing ready, delayed (a retry waiting for its backoff) or held by anyone.
+
+        A broker whose counts can miss a message in transit between two queues (RabbitMQ: a
+        retry moving from its delay queue back to its queue) says for how long, as
+        ``stats_settle``; the queue must then look empty twice, that long apart.
+        """
+        if not self._counted_empty():
+            return False
+        settle = float(getattr(self.broker, "stats_settle", 0.0))
+        if settle <= 0:
+            return True
+        self._stop.wait(settle)
+        return self._counted_empty()
+
+    def _counted_empty(self) -> bool:
         try:
             stats = self.broker.stats(self.topic)
         except Exception:
