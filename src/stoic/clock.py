@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from time import sleep as _sleep
 from typing import Protocol
 
@@ -51,13 +52,20 @@ class _Active:
         self.set(SYSTEM)
 
     def set(self, clock: Clock) -> None:
+        global _monotonic
         self.clock = clock
-        self.monotonic = clock.monotonic
+        self.monotonic = _monotonic = clock.monotonic
         self.time = clock.time
         self.sleep = clock.sleep
         self.asleep = clock.asleep
 
 
+#: The active clock's ``monotonic``, rebound by ``set_clock``. Hot paths call it as
+#: ``clock._monotonic()``: a module attribute is the cheapest read CPython 3.11 offers that
+#: still follows a clock change (``_active.monotonic()`` is an instance slot, which the
+#: interpreter cannot specialise as a method call: ~40 ns more per reading). Never import
+#: the name itself; the imported copy would not follow ``set_clock``.
+_monotonic: Callable[[], float] = time.monotonic
 _active = _Active()
 
 

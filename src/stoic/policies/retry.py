@@ -33,7 +33,6 @@ from .budget import RetryBudget
 __all__ = ["Retry", "add_note"]
 
 _log = logging.getLogger("stoic")
-_active = clock._active  # the active clock; read through it so virtual time applies
 _EXHAUSTED = frozenset({"attempts", "max_time", "deadline", "budget", "retry_after"})
 
 OnException = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -167,7 +166,7 @@ class Retry(Policy):
                     stop = "not idempotent (the failed attempt may have taken effect)"
             elif outcome is not Outcome.TRANSIENT and outcome is not Outcome.THROTTLED:
                 stop = "not retryable"
-        now = _active.monotonic()
+        now = clock._monotonic()
         wait = 0.0
         if stop:
             pass
@@ -258,7 +257,7 @@ class Retry(Policy):
         record = dispatcher.record
         if record is not None:
             record(
-                "retry", self.name, "success", _active.monotonic() - state.start,
+                "retry", self.name, "success", clock._monotonic() - state.start,
                 state.attempts, None,
             )
 
@@ -276,7 +275,7 @@ class Retry(Policy):
             if budget is not None:
                 budget.deposit()
             at = _deadline.get()
-            start = _active.monotonic()
+            start = clock._monotonic()
             if at is not None and start >= at:
                 raise _not_started(name)
             if observed or dispatcher.attempt_scope is not None:
@@ -296,7 +295,7 @@ class Retry(Policy):
                 else:
                     record = dispatcher.record
                     if record is not None:
-                        record("retry", name, "success", _active.monotonic() - start, 1, None)
+                        record("retry", name, "success", clock._monotonic() - start, 1, None)
                     return result
                 wait = first_wait
             while True:
@@ -336,7 +335,7 @@ class Retry(Policy):
             if budget is not None:
                 budget.deposit()
             at = _deadline.get()
-            start = _active.monotonic()
+            start = clock._monotonic()
             if at is not None and start >= at:
                 raise _not_started(name)
             if observed or dispatcher.attempt_scope is not None:
@@ -353,7 +352,7 @@ class Retry(Policy):
                 else:
                     record = dispatcher.record
                     if record is not None:
-                        record("retry", name, "success", _active.monotonic() - start, 1, None)
+                        record("retry", name, "success", clock._monotonic() - start, 1, None)
                     return result
                 wait = first_wait
             while True:
