@@ -38,7 +38,7 @@ def remaining() -> float | None:
     at = _deadline.get()
     if at is None:
         return None
-    return at - clock.now()
+    return at - clock._monotonic()
 
 
 def deadline_at() -> float | None:
@@ -64,7 +64,7 @@ class deadline:
         self._token: Token[float | None] | None = None
 
     def __enter__(self) -> deadline:
-        at = clock.now() + self.seconds
+        at = clock._monotonic() + self.seconds
         outer = _deadline.get()
         if outer is not None and outer < at:
             at = outer

@@ -43,7 +43,7 @@ class RetryBudget:
         self._lock = threading.Lock()
 
     def _bucket(self) -> list[int]:
-        second = int(clock.now())
+        second = int(clock._monotonic())
         bucket = self._buckets[second % self._size]
         if bucket[0] != second:
             bucket[0], bucket[1], bucket[2] = second, 0, 0
@@ -55,7 +55,7 @@ class RetryBudget:
             self._bucket()[1] += 1
 
     def _totals(self) -> tuple[int, int]:
-        oldest = int(clock.now()) - self._size
+        oldest = int(clock._monotonic()) - self._size
         calls = retries = 0
         for second, c, r in self._buckets:
             if second > oldest:

@@ -146,7 +146,7 @@ class Bulkhead(Policy):
         at = _deadline.get()
         if at is None:
             return limit, False
-        left = at - clock.now()
+        left = at - clock._monotonic()
         if limit is None or left < limit:
             return max(0.0, left), True
         return limit, False

@@ -102,14 +102,14 @@ class Hedge(Policy):
                 record(
                     "hedge", name,
                     Outcome.SUCCESS.value if exc is None else classify(exc).outcome.value,
-                    clock.now() - start, attempts,
+                    clock._monotonic() - start, attempts,
                     None if exc is None else type(exc).__name__,
                 )
 
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
             if budget is not None:
                 budget.deposit()
-            start = clock.now()
+            start = clock._monotonic()
             tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(inner(fn, args, kwargs))]
             hedges = 0
             last: BaseException | None = None
