@@ -206,8 +206,10 @@ def measure(case: Case, n: int, repeats: int) -> float:
     return statistics.median(_once(case, n) for _ in range(repeats))
 
 
-def measure_group(cases: list[Case], n: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each case, the cases interleaved round by round.
+def measure_group(
+    cases: list[Case], n: int, repeats: int, stat: Callable[[list[float]], float] = statistics.median
+) -> dict[str, float]:
+    """Seconds per call of each case (``stat`` of its rounds), the cases interleaved round by round.
 
     Each round times every case once, so load that comes and goes on a shared machine
     reaches all of them alike instead of whichever happened to run during it.
@@ -217,11 +219,15 @@ def measure_group(cases: list[Case], n: int, repeats: int) -> dict[str, float]:
     for _ in range(repeats):
         for c in cases:
             results[c.impl].append(_once(c, loops[c.impl]))
-    return {impl: statistics.median(times) for impl, times in results.items()}
+    return {impl: stat(times) for impl, times in results.items()}
 
 
-def run(quick: bool = False, only: str = "") -> list[tuple[str, str, float, float | None]]:
-    n, repeats = (5_000, 3) if quick else (50_000, 7)
+def run(
+    quick: bool = False, only: str = "", repeats: int | None = None, best: bool = False
+) -> list[tuple[str, str, float, float | None]]:
+    n, rounds = (5_000, 3) if quick else (50_000, 7)
+    repeats = repeats or rounds
+    stat: Callable[[list[float]], float] = min if best else statistics.median
     bare = measure(Case("bare", ok), n, repeats)
     abare = measure(Case("bare", aok, True), n, repeats)
     rows: list[tuple[str, str, float, float | None]] = []
@@ -230,7 +236,7 @@ def run(quick: bool = False, only: str = "") -> list[tuple[str, str, float, floa
             continue
         print(f"\n{g.title}")
         print(f"  {'implementation':<28}{'us/call':>10}{'added us':>10}{'x stoic':>10}")
-        timings = measure_group(g.cases, n, repeats)
+        timings = measure_group(g.cases, n, repeats, stat)
         base = abare if g.is_async else bare
         stoic_t = next((t for impl, t in timings.items() if impl.startswith("stoic")), None)
         for impl, t in timings.items():
@@ -483,6 +489,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     parser.add_argument("--only", default="", metavar="TEXT",
                         help="run only the groups whose title contains TEXT (case-insensitive)")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help="rounds per group (default 7; 3 with --quick)")
+    parser.add_argument("--best", action="store_true",
+                        help="report each case's fastest round instead of the median: on a "
+                             "shared machine the least disturbed figure")
     args = parser.parse_args()
-    print(f"Python {sys.version.split()[0]}; times are medians, microseconds per call")
-    run(quick=args.quick, only=args.only)
+    print(f"Python {sys.version.split()[0]}; times are "
+          f"{'best rounds' if args.best else 'medians'}, microseconds per call")
+    run(quick=args.quick, only=args.only, repeats=args.repeats, best=args.best)
