@@ -39,6 +39,16 @@ def test_the_real_clock_is_restored() -> None:
     assert clock.now() > a
 
 
+def test_the_hot_path_reading_follows_the_active_clock() -> None:
+    """Policies read ``clock._monotonic()``; it must follow virtual time in and back out."""
+    with virtual_time() as vclock:
+        start = clock._monotonic()
+        assert start == vclock.monotonic()
+        vclock.advance(30.0)
+        assert clock._monotonic() == start + 30.0
+    assert clock._monotonic is time.monotonic
+
+
 def test_wall_clock_moves_with_virtual_time() -> None:
     with virtual_time() as vc:
         wall = clock.wall()

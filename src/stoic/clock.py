@@ -4,7 +4,8 @@ Policies never call ``time.monotonic``, ``time.sleep`` or ``asyncio.sleep`` dire
 ``stoic.clock.now()``, ``sleep()`` and ``asleep()``. ``stoic.testing.virtual_time()`` swaps the
 implementation for a virtual clock, so a test of a 30-second backoff takes no real time.
 
-This module holds the one piece of global state it needs, the active clock, in ``_active``.
+This module holds the one piece of global state it needs, the active clock, in ``_active``,
+and, for the hot paths inside stoic, that clock's ``monotonic`` as ``_monotonic``.
 """
 
 from __future__ import annotations
