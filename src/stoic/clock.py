@@ -47,7 +47,7 @@ SYSTEM = SystemClock()
 class _Active:
     """Holds the active clock and bound shortcuts to it, so a reading is one attribute call."""
 
-    __slots__ = ("asleep", "clock", "monotonic", "sleep", "time")
+    __slots__ = ("asleep", "clock", "sleep", "time")
 
     def __init__(self) -> None:
         self.set(SYSTEM)
@@ -55,24 +55,24 @@ class _Active:
     def set(self, clock: Clock) -> None:
         global _monotonic
         self.clock = clock
-        self.monotonic = _monotonic = clock.monotonic
+        _monotonic = clock.monotonic
         self.time = clock.time
         self.sleep = clock.sleep
         self.asleep = clock.asleep
 
 
-#: The active clock's ``monotonic``, rebound by ``set_clock``. Hot paths call it as
+#: The active clock's ``monotonic``, rebound by ``set_clock``. Policies call it as
 #: ``clock._monotonic()``: a module attribute is the cheapest read CPython 3.11 offers that
-#: still follows a clock change (``_active.monotonic()`` is an instance slot, which the
-#: interpreter cannot specialise as a method call: ~40 ns more per reading). Never import
-#: the name itself; the imported copy would not follow ``set_clock``.
+#: still follows a clock change (an instance slot cannot be specialised as a method call,
+#: ~40 ns more per reading, and ``now()`` adds a Python frame). Never import the name
+#: itself; the imported copy would not follow ``set_clock``.
 _monotonic: Callable[[], float] = time.monotonic
 _active = _Active()
 
 
 def now() -> float:
     """Monotonic seconds: only differences between two readings mean anything."""
-    return _active.monotonic()
+    return _monotonic()
 
 
 def wall() -> float:

@@ -67,11 +67,8 @@ __all__ = [
 
 _log = logging.getLogger("stoic")
 
-_now = clock.now
 P = ParamSpec("P")
 T = TypeVar("T")
-# The active clock's holder: reading ``clock._monotonic()`` directly saves a call on the
-# rejection path and still follows ``stoic.testing.virtual_time()``.
 
 # --- states -------------------------------------------------------------------------------
 
@@ -552,7 +549,7 @@ class CircuitBreaker(Policy):
     def state(self) -> BreakerState:
         """The current state. An open breaker whose time is up reads as half-open."""
         mode = self._mode
-        if mode == _OPEN and not self._leasing and _now() >= self._open_until and (
+        if mode == _OPEN and not self._leasing and clock._monotonic() >= self._open_until and (
             self._shared is None
         ):
             return BreakerState.HALF_OPEN
@@ -563,13 +560,13 @@ class CircuitBreaker(Policy):
         """Seconds until an open breaker admits a trial; None when not open."""
         if self._mode != _OPEN:
             return None
-        return max(0.0, self._open_until - _now())
+        return max(0.0, self._open_until - clock._monotonic())
 
     @property
     def metrics(self) -> BreakerMetrics:
         """Counts in the window right now."""
         with self._lock:
-            return BreakerMetrics(*self._ring.counts(_now()))
+            return BreakerMetrics(*self._ring.counts(clock._monotonic()))
 
     def force_open(self) -> None:
         """Reject every call until ``reset()``: for maintenance, or to shed a dependency."""
@@ -618,7 +615,7 @@ class CircuitBreaker(Policy):
         self, pending: _Pending, calls: int, failures: int, slow: int, reopen: bool
     ) -> None:
         previous = self._mode
-        now = _now()
+        now = clock._monotonic()
         if reopen:
             self._consecutive_opens += 1
         else:
@@ -732,7 +729,7 @@ class CircuitBreaker(Policy):
             if mode == _DISABLED:
                 return _UNRECORDED
             if mode == _OPEN:
-                left = self._open_until - _now()
+                left = self._open_until - clock._monotonic()
                 if left > 0 or self._leasing:
                     retry_after = left if left > 0 else 0.0
                 elif self._shared is not None:
@@ -762,7 +759,7 @@ class CircuitBreaker(Policy):
                 if mode in (_CLOSED, _DISABLED):
                     return _PASS if mode == _CLOSED else _UNRECORDED
                 if mode == _OPEN:
-                    retry_after = max(0.0, self._open_until - _now())
+                    retry_after = max(0.0, self._open_until - clock._monotonic())
             elif granted:
                 self._half_open(pending)
                 self._trial_admitted = 1
@@ -771,7 +768,7 @@ class CircuitBreaker(Policy):
                 # another process runs the trial; its outcome reaches us through shared state
                 self._leasing = False
                 wait = min(self.open_for, 1.0)
-                self._open_until = _now() + wait
+                self._open_until = clock._monotonic() + wait
                 retry_after = wait
         _run(pending)
         if generation >= 0:
@@ -798,7 +795,7 @@ class CircuitBreaker(Policy):
             mode = self._mode
             if mode in (_FORCED_OPEN, _DISABLED) or ttl <= 0:
                 return
-            now = _now()
+            now = clock._monotonic()
             if mode == _OPEN:
                 self._open_until = now + ttl
                 self._leasing = False
@@ -847,9 +844,9 @@ class CircuitBreaker(Policy):
                 code |= _SLOW
         if generation != _PASS:
             self._record_trial(generation, code, end)
-        elif code == 0 and not self._timed:  # a plain success: the same lock-free step as
-            if next(self._seq) == self.minimum_calls - 1:  # the unmeasured path takes
-                self._check()
+        elif code == 0 and not self._timed:  # a plain success: the lock-free step
+            self._measured_success(end - start)
+            return
         else:
             self._record(code, end)
         record = dispatcher.record
@@ -1076,7 +1073,6 @@ class CircuitBreaker(Policy):
             return result
 
         return wrapper
-
 
 
 def _run(pending: _Pending) -> None:

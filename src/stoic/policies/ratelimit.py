@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RateLimiter"]
 
-_now = clock.now
 
 
 class RateLimiter(Policy):
@@ -110,12 +109,12 @@ class RateLimiter(Policy):
         limit = math.inf if self.max_wait is None else self.max_wait
         at = _deadline.get()
         if at is not None:
-            limit = min(limit, at - _now())
+            limit = min(limit, at - clock._monotonic())
         return limit
 
     def _take_local(self, max_wait: float) -> tuple[bool, float]:
         with self._lock:
-            now = _now()
+            now = clock._monotonic()
             admitted, seconds, tat = gcra(self._tat, now, self.interval, self.burst, max_wait)
             if admitted:
                 self._tat = tat

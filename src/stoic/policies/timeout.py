@@ -24,7 +24,6 @@ from .base import AsyncStep, Policy, Step
 
 __all__ = ["Timeout"]
 
-_now = clock.now
 
 
 class Timeout(Policy):
@@ -44,7 +43,7 @@ class Timeout(Policy):
 
     def _start(self) -> tuple[float, Any]:
         """The deadline for this call, set in context; raises if it has already passed."""
-        now = _now()
+        now = clock._monotonic()
         at = now + self.seconds
         outer = _deadline.get()
         if outer is not None and outer < at:
@@ -58,7 +57,7 @@ class Timeout(Policy):
         return at, _deadline.set(at)
 
     def _expired(self, at: float, started: bool = True) -> DeadlineExceeded:
-        overrun = _now() - at
+        overrun = clock._monotonic() - at
         if dispatcher.sinks:
             dispatcher.emit(
                 DeadlineExpired(
@@ -78,7 +77,7 @@ class Timeout(Policy):
                 result = inner(fn, args, kwargs)
             finally:
                 _deadline.reset(token)
-            if _now() > at:
+            if clock._monotonic() > at:
                 raise expired(at)
             return result
 
@@ -102,7 +101,7 @@ if sys.version_info >= (3, 11):
     async def _run_until(aw: Any, at: float, expired: Any) -> Any:
         loop = asyncio.get_running_loop()
         # the loop's own clock, so a virtual clock that drives the loop drives this too
-        when = loop.time() + (at - _now())
+        when = loop.time() + (at - clock._monotonic())
         cm = asyncio.timeout_at(when)
         try:
             async with cm:
@@ -116,8 +115,8 @@ else:  # pragma: no cover - Python 3.10
 
     async def _run_until(aw: Any, at: float, expired: Any) -> Any:
         try:
-            return await asyncio.wait_for(aw, max(0.0, at - _now()))
+            return await asyncio.wait_for(aw, max(0.0, at - clock._monotonic()))
         except asyncio.TimeoutError as exc:
-            if _now() >= at:
+            if clock._monotonic() >= at:
                 raise expired(at) from exc
             raise
