@@ -148,14 +148,10 @@ class Dispatcher:
 
     def _refresh(self) -> None:
         self.active = bool(self.sinks or self.recorders or self.attempt_scope is not None)
-        if self.call_sinks:
-            self.record = self._fan_out
-        elif len(self.recorders) == 1:
+        if len(self.recorders) == 1 and not self.call_sinks:
             self.record = self.recorders[0]
-        elif self.recorders:
-            self.record = self._fan_out
         else:
-            self.record = None
+            self.record = self._fan_out if self.recorders or self.call_sinks else None
 
     def emit(self, event: Event) -> None:
         """Give ``event`` to every sink. A sink that raises is logged, never propagated."""

@@ -1,11 +1,11 @@
 """Prometheus metrics for stoic, fed by its events.
 
-``instrument(registry=None)`` registers one collector and subscribes one sink. The sink
-keeps plain counters under a single lock (one acquisition per event), and the collector
-turns them into metric families when Prometheus scrapes; this is cheaper per call than
-``prometheus_client``'s labelled children, which take a lock per metric and per bucket.
-A finished call updates one list: the duration histogram of its ``(name, outcome)``, whose
-count is also that pair's ``stoic_calls_total``.
+``instrument(registry=None)`` registers one collector, which keeps plain numbers and turns
+them into metric families only when Prometheus scrapes. A finished call updates one list
+in its own thread's shard, without a lock: the duration histogram of its ``(name,
+outcome)``, whose count is also that pair's ``stoic_calls_total``. The rarer events arrive
+through one sink and share one lock. Both are cheaper per call than ``prometheus_client``'s
+labelled children, which take a lock per metric and per bucket.
 
 Metrics (label values come from policy names, outcomes and reasons, never from ids):
 
