@@ -14,11 +14,11 @@ Layout, per topic:
   ``x-stoic-error`` and the attempt count in headers.
 
 Leases: a claimed message is an unacked delivery on this broker's connection. Deliveries
-are pushed ahead by a consumer (``prefetch`` per topic) so a claim needs no round trip. If the process
-dies or loses its connection, RabbitMQ redelivers it at once. Within a living process, a
-lease that runs out without an ack or an extension is given back (``nack`` with requeue) by
-a housekeeping task, so a hung handler's messages reach other workers, as on the other
-brokers.
+are pushed ahead by a consumer (``prefetch`` per topic), so a claim needs no round trip. If
+the process dies or loses its connection, RabbitMQ redelivers it at once. Within a living
+process, a lease that runs out without an ack or an extension is given back (``nack`` with
+requeue) by a housekeeping task, so a hung handler's messages reach other workers, as on
+the other brokers.
 
 De-duplication: RabbitMQ has no publish-side de-duplication. Pass ``dedupe=<idempotency
 store>`` to make publishing an id already published within ``dedupe_window`` a no-op (the

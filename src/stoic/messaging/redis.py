@@ -530,10 +530,8 @@ def _message(
         defect = "stream entry lacks its metadata or body field"
         parts = [eid, "0", "0", ""]
     msg_id, created, before, raw_headers = parts
-    headers: dict[str, str] = {}
-    if raw_headers:
-        headers, header_defect = decode_headers(raw_headers)
-        defect = defect or header_defect
+    headers, header_defect = decode_headers(raw_headers)
+    defect = defect or header_defect
     try:
         attempts = int(before) + int(tries)
     except ValueError:
