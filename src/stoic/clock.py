@@ -1,8 +1,9 @@
 """Time for every policy: monotonic readings and sleeps, replaceable in tests.
 
-Policies never call ``time.monotonic``, ``time.sleep`` or ``asyncio.sleep`` directly; they call
-``stoic.clock.now()``, ``sleep()`` and ``asleep()``. ``stoic.testing.virtual_time()`` swaps the
-implementation for a virtual clock, so a test of a 30-second backoff takes no real time.
+Policies never call ``time.monotonic``, ``time.sleep`` or ``asyncio.sleep`` directly; they
+call this module (``now()``, or ``_monotonic()`` on hot paths, ``sleep()``, ``asleep()``).
+``stoic.testing.virtual_time()`` swaps the implementation for a virtual clock, so a test of a
+30-second backoff takes no real time.
 
 This module holds the one piece of global state it needs, the active clock, in ``_active``,
 and, for the hot paths inside stoic, that clock's ``monotonic`` as ``_monotonic``.
