@@ -1,11 +1,14 @@
 """Per-call overhead of stoic's policies against the peers, measured side by side in one run.
 
-    .venv/bin/python benchmarks/overhead.py [--quick]
+    .venv/bin/python benchmarks/overhead.py [--quick] [--only TEXT] [--repeats N] [--best]
 
 Each row group runs the same trivial function through each implementation: timings are the
-median over several repeats of a tight loop, in microseconds per call, with the bare call
-subtracted as "added". The last column is each peer's time divided by stoic's (> 1 means
-stoic is faster). Peers missing from the environment are skipped.
+median (or with --best the fastest) of several interleaved rounds of a tight loop, in
+microseconds per call, with the bare call subtracted as "added" (for groups whose calls
+raise, a bare raise: a fresh exception raised by a plain function and caught). The last
+column is each peer's added cost divided by stoic's (> 1 means stoic is faster); the line
+under each group gives the ratio of whole times per call and of added costs. Peers missing
+from the environment are skipped.
 
 To add a group, append to ``GROUPS`` with ``group(title)`` and ``add(...)``; see the bottom
 for the breaker rows.
@@ -30,6 +33,7 @@ class Case:
     impl: str
     fn: Callable[[], Any]
     is_async: bool = False
+    raises: bool = False  # every call raises: the try/except sits in the timing loop itself
 
 
 @dataclass
@@ -37,13 +41,14 @@ class Group:
     title: str
     cases: list[Case] = field(default_factory=list)
     is_async: bool = False
+    raises: bool = False  # "added" is then measured from a bare raise, not a bare call
 
 
 GROUPS: list[Group] = []
 
 
-def group(title: str, is_async: bool = False) -> Group:
-    g = Group(title, is_async=is_async)
+def group(title: str, is_async: bool = False, raises: bool = False) -> Group:
+    g = Group(title, is_async=is_async, raises=raises)
     GROUPS.append(g)
     return g
 
@@ -64,6 +69,19 @@ def ok() -> int:
 
 async def aok() -> int:
     return 1
+
+
+class _Floor(Exception):
+    pass
+
+
+def bare_raise() -> None:
+    """The floor of any rejection: a fresh exception raised from a function and caught."""
+    raise _Floor()
+
+
+async def abare_raise() -> None:
+    raise _Floor()
 
 
 def fail_every_other() -> Callable[[], int]:
@@ -188,6 +206,16 @@ def _time_sync(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def _time_sync_raising(fn: Callable[[], Any], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        try:
+            fn()
+        except Exception:
+            pass
+    return (time.perf_counter() - start) / n
+
+
 async def _time_async(fn: Callable[[], Awaitable[Any]], n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
@@ -195,10 +223,27 @@ async def _time_async(fn: Callable[[], Awaitable[Any]], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+async def _time_async_raising(fn: Callable[[], Awaitable[Any]], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        try:
+            await fn()
+        except Exception:
+            pass
+    return (time.perf_counter() - start) / n
+
+
 def _once(case: Case, n: int) -> float:
+    """Seconds per call: the call as a caller makes it, with no wrapper frame of the harness.
+
+    A raising case keeps its ``try``/``except`` in the loop, as a caller's own code would,
+    rather than in a helper function that would add one frame (one coroutine, when async)
+    to every implementation alike.
+    """
     if case.is_async:
-        return asyncio.run(_time_async(case.fn, n))
-    return _time_sync(case.fn, n)
+        timer = _time_async_raising if case.raises else _time_async
+        return asyncio.run(timer(case.fn, n))
+    return (_time_sync_raising if case.raises else _time_sync)(case.fn, n)
 
 
 def measure(case: Case, n: int, repeats: int) -> float:
@@ -230,6 +275,8 @@ def run(
     stat: Callable[[list[float]], float] = min if best else statistics.median
     bare = measure(Case("bare", ok), n, repeats)
     abare = measure(Case("bare", aok, True), n, repeats)
+    floor = measure(Case("bare raise", bare_raise, raises=True), n, repeats)
+    afloor = measure(Case("bare raise", abare_raise, True, raises=True), n, repeats)
     rows: list[tuple[str, str, float, float | None]] = []
     for g in GROUPS:
         if only.lower() not in g.title.lower():
@@ -237,20 +284,27 @@ def run(
         print(f"\n{g.title}")
         print(f"  {'implementation':<28}{'us/call':>10}{'added us':>10}{'x stoic':>10}")
         timings = measure_group(g.cases, n, repeats, stat)
-        base = abare if g.is_async else bare
+        if g.raises:
+            base = afloor if g.is_async else floor
+        else:
+            base = abare if g.is_async else bare
+        # a group that times its own bare case measures "added" from it: same rounds, same load
+        base = next((t for impl, t in timings.items() if impl.startswith("bare")), base)
         stoic_t = next((t for impl, t in timings.items() if impl.startswith("stoic")), None)
         for impl, t in timings.items():
-            ratio = (t - base) / (stoic_t - base) if stoic_t and impl not in ("bare call",) else None
+            ratio = (t - base) / (stoic_t - base) if stoic_t and not impl.startswith("bare") else None
             shown = f"{ratio:>9.1f}x" if ratio is not None and not impl.startswith("stoic") else ""
             print(f"  {impl:<28}{t * 1e6:>10.3f}{(t - base) * 1e6:>10.3f}{shown:>10}")
             rows.append((g.title, impl, t, ratio))
         peers = {
             impl: t for impl, t in timings.items()
-            if impl != "bare call" and not impl.startswith(("stoic", "hand-written"))
+            if not impl.startswith(("bare", "stoic", "hand-written"))
         }
         if stoic_t and peers:
             best = min(peers, key=lambda k: peers[k])
-            print(f"  -> stoic is {peers[best] / stoic_t:.1f}x faster than the fastest peer ({best})")
+            added = (peers[best] - base) / (stoic_t - base)
+            print(f"  -> stoic is {peers[best] / stoic_t:.2f}x faster than the fastest peer "
+                  f"({best}) per call, {added:.2f}x on the added cost")
     return rows
 
 
@@ -259,7 +313,10 @@ retry_groups()
 # --- breakers (issue 3 adds its groups below this line) ------------------------------------
 # ==== issue 3: circuit breakers, bulkhead, Pipeline(Retry, CircuitBreaker, Bulkhead) ========
 # Owned by the breakers/bulkheads work; every peer gets the same trivial function. "open:
-# reject" rows trip each breaker first, then time a call that is rejected and caught.
+# reject" rows trip each breaker first, check that it now rejects a call that would succeed,
+# then time rejected calls caught in the timing loop; their "added" column is measured from
+# a bare raise (a fresh exception raised by a plain function and caught), the floor of any
+# rejection.
 
 
 class _Switch:
@@ -286,43 +343,42 @@ class _Switch:
 
 
 def _tripped(wrapped: Callable[[], Any], switch: _Switch, times: int = 30) -> Callable[[], Any]:
+    """``wrapped`` after failing ``times`` calls, checked to reject a call that would succeed."""
     switch.failing = True
     for _ in range(times):
         try:
             wrapped()
         except Exception:
             pass
-
-    def reject() -> None:
-        try:
-            wrapped()
-        except Exception:
-            pass
-
-    return reject
+    switch.failing = False  # from here on only the breaker can make a call fail
+    try:
+        wrapped()
+    except Exception:
+        return wrapped
+    raise RuntimeError("the breaker did not open")
 
 
 def _atripped(
     wrapped: Callable[[], Awaitable[Any]], switch: _Switch, times: int = 30
-) -> Callable[[], Awaitable[None]]:
+) -> Callable[[], Awaitable[Any]]:
     switch.failing = True
 
-    async def trip() -> None:
+    async def trip() -> bool:
         for _ in range(times):
             try:
                 await wrapped()
             except Exception:
                 pass
-
-    asyncio.run(trip())
-
-    async def reject() -> None:
+        switch.failing = False
         try:
             await wrapped()
         except Exception:
-            pass
+            return True
+        return False
 
-    return reject
+    if not asyncio.run(trip()):
+        raise RuntimeError("the breaker did not open")
+    return wrapped
 
 
 def _breakers_sync() -> list[tuple[str, Callable[[Callable[[], Any]], Callable[[], Any]]]]:
@@ -392,12 +448,14 @@ def _breakers_async() -> list[tuple[str, Callable[[Any], Callable[[], Awaitable[
 def breaker_groups() -> None:
     closed = group("CircuitBreaker, closed (sync)")
     closed.cases.append(Case("bare call", ok))
-    rejecting = group("CircuitBreaker, open: reject (sync)")
+    rejecting = group("CircuitBreaker, open: reject (sync)", raises=True)
+    rejecting.cases.append(Case("bare raise", bare_raise, raises=True))
     for impl, decorate in _breakers_sync():
         try:
             closed.cases.append(Case(impl, decorate(ok)))
             switch = _Switch()
-            rejecting.cases.append(Case(impl, _tripped(decorate(switch.make_sync()), switch)))
+            rejecting.cases.append(
+                Case(impl, _tripped(decorate(switch.make_sync()), switch), raises=True))
         except Exception as exc:  # a peer whose API changed: say so, measure the rest
             print(f"skipping {impl}: {type(exc).__name__}: {exc}", file=sys.stderr)
     hand = _HandBreaker()
@@ -405,13 +463,14 @@ def breaker_groups() -> None:
 
     aclosed = group("CircuitBreaker, closed (async)", is_async=True)
     aclosed.cases.append(Case("bare call", aok, True))
-    arejecting = group("CircuitBreaker, open: reject (async)", is_async=True)
+    arejecting = group("CircuitBreaker, open: reject (async)", is_async=True, raises=True)
+    arejecting.cases.append(Case("bare raise", abare_raise, True, raises=True))
     for impl, decorate in _breakers_async():
         try:
             aclosed.cases.append(Case(impl, decorate(aok), True))
             switch = _Switch()
             arejecting.cases.append(
-                Case(impl, _atripped(decorate(switch.make_async()), switch), True))
+                Case(impl, _atripped(decorate(switch.make_async()), switch), True, raises=True))
         except Exception as exc:
             print(f"skipping {impl}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
