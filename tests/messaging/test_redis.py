@@ -148,23 +148,29 @@ def test_a_claim_and_an_ack_larger_than_lua_can_unpack_at_once(
         broker.close()
 
 
-def test_a_body_with_a_control_character_is_refused_before_anything_is_queued(
-    broker: Any, topic: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("delay", [0.0, 0.05])
+def test_a_body_holding_the_framing_characters_is_queued_whole_with_its_batch(
+    broker: Any, topic: str, delay: float
 ) -> None:
-    """Messages travel to the publish script as one argument split on control characters,
-    which JSON text never holds raw; a body that did (a codec gone wrong) must not be split."""
-    from stoic.messaging import redis as module
+    """A batch travels to the publish script as one argument split on \\x1e and \\x1f, which
+    JSON text never holds raw. An ``Encoded`` text that does (a damaged outbox row) sends its
+    batch unframed instead: every message is queued with its body unchanged, in order."""
+    from stoic.messaging.model import Encoded
 
-    real = module.prepare
-
-    def prepare(*args: Any) -> Any:
-        ids, bodies, headers, delay = real(*args)
-        return ids, ['"a\x1eb"' for _ in bodies], headers, delay
-
-    monkeypatch.setattr(module, "prepare", prepare)
-    with pytest.raises(ValueError, match="control character"):
-        broker.publish_many(topic, [1, 2])
-    assert broker.stats(topic).ready == 0
+    bodies = ['{"n":1}', '"a\x1eb"', '{"n":"\x1f"}', '\x1d\x1e\x1f', '{"n":2}']
+    ids = broker.publish_many(topic, [Encoded(b) for b in bodies], delay=delay)
+    broker.publish(topic, Encoded('"x\x1ey"'), id=ids[1], delay=delay)  # de-duplicated
+    time.sleep(delay)
+    stored = broker.peek(topic, limit=10) if not delay else []
+    got = broker.claim(topic, max_messages=10)
+    assert [m.id for m in got] == ids
+    # A claim's reply separates records with \x1d, so a body holding it comes back as a
+    # defect for the worker to dead-letter; the stream entry keeps the body unchanged.
+    assert [m.body for m in got if m.defect is None] == bodies[:3] + bodies[4:]
+    assert [m.id for m in got if m.defect is not None] == [ids[3]]
+    if stored:
+        assert [m.body for m in stored] == bodies
+    assert broker.ack_many(got) == len(bodies)
 
 
 def test_publishing_nothing_queues_nothing(broker: Any, topic: str) -> None:

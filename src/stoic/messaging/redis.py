@@ -30,6 +30,7 @@ a server crash can lose the last second of writes; configure Redis accordingly.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
@@ -76,17 +77,14 @@ end
 
 # KEYS: stream, delayed. ARGV: seen-prefix, window ms, now, headers, at, and the messages as
 # one argument, "<id>\\31<body>" each, joined by \\30 (one argument is cheaper for the client
-# to send than two per message; ids and JSON bodies hold no control characters)
+# to send than two per message; ids and JSON text hold no control characters). A batch with
+# a body that does hold \\30 (an ``Encoded`` text that is not JSON, such as a damaged outbox
+# row) comes instead as an empty ARGV[6] followed by id, body, id, body...: it is queued
+# whole, and the consumer dead-letters what it cannot decode.
 _PUBLISH = """
 local window, at = tonumber(ARGV[2]), tonumber(ARGV[5])
 local tail = '\\31' .. ARGV[3] .. '\\31' .. '0' .. '\\31' .. ARGV[4]
-local data = ARGV[6]
-local pos, size = 1, #data
-while pos <= size do
-  local cut = string.find(data, '\\31', pos, true)
-  local stop = string.find(data, '\\30', cut, true) or size + 1
-  local id, body = string.sub(data, pos, cut - 1), string.sub(data, cut + 1, stop - 1)
-  pos = stop + 1
+local function add(id, body)
   if window <= 0 or redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', window) then
     if at > 0 then
       redis.call('ZADD', KEYS[2], at, id .. tail .. '\\30' .. body)
@@ -94,6 +92,18 @@ while pos <= size do
       redis.call('XADD', KEYS[1], '*', 'm', id .. tail, 'b', body)
     end
   end
+end
+local data = ARGV[6]
+if data == '' then
+  for i = 7, #ARGV, 2 do add(ARGV[i], ARGV[i + 1]) end
+  return 1
+end
+local pos, size = 1, #data
+while pos <= size do
+  local cut = string.find(data, '\\31', pos, true)
+  local stop = string.find(data, '\\30', cut, true) or size + 1
+  add(string.sub(data, pos, cut - 1), string.sub(data, cut + 1, stop - 1))
+  pos = stop + 1
 end
 return 1
 """
@@ -126,8 +136,10 @@ local n, token = tonumber(ARGV[5]), ARGV[6]
 -- \\30 when the body is missing), records separated by \\29. One string is far cheaper for
 -- the client to read than XREADGROUP's nested reply or a string per message. Stored fields
 -- hold neither separator (meta is control-character free, bodies are JSON text) unless an
--- entry was written by hand; such a record goes without its fields, which the client reports
--- as a defect (the stream entry itself is untouched).
+-- entry was written by hand or its body is an ``Encoded`` text that is not JSON: such a
+-- record goes without the field that cannot be framed (without both, if it is the meta),
+-- which the client reports as a defect. The stream entry itself is untouched, so a dead
+-- letter keeps what was stored.
 local function emit(eid, flat, tries)
   local m, b = '', false
   if flat[1] == 'm' and flat[3] == 'b' then
@@ -138,13 +150,12 @@ local function emit(eid, flat, tries)
     end
   end
   local record
-  if b then
+  if string.find(m, '\\30', 1, true) or string.find(m, '\\29', 1, true) then
+    record = eid .. '\\31' .. tries .. '\\31'
+  elseif b and not string.find(b, '\\29', 1, true) then
     record = eid .. '\\31' .. tries .. '\\31' .. m .. '\\30' .. b
   else
     record = eid .. '\\31' .. tries .. '\\31' .. m
-  end
-  if string.find(m, '\\30', 1, true) or string.find(record, '\\29', 1, true) then
-    record = eid .. '\\31' .. tries .. '\\31'
   end
   out[#out + 1] = record
   receipts[#receipts + 1] = eid .. '|' .. token
@@ -375,12 +386,13 @@ class RedisBroker(PublishOne, ThreadedAsync):
         if not bodies:
             return msg_ids
         data = "\x1e".join(map("\x1f".join, zip(msg_ids, bodies, strict=True)))
-        if data.count("\x1f") != len(bodies) or data.count("\x1e") != len(bodies) - 1:
-            raise ValueError("a message body holds a control character; bodies are JSON text")
+        messages = [data]
+        if data.count("\x1e") != len(bodies) - 1:  # a body holds the separator: send unframed
+            messages = ["", *itertools.chain.from_iterable(zip(msg_ids, bodies, strict=True))]
         self._publish(
             keys=[stream, self._k(topic, "delayed")],
             args=[self._k(topic, "seen:"), int(self.dedupe_window * 1000), repr(now),
-                  raw_headers, at, data],
+                  raw_headers, at, *messages],
         )
         return msg_ids
 
@@ -526,9 +538,11 @@ def _message(
 ) -> Message:
     parts = meta.split("\x1f", 3)
     defect = None
-    if body is None or len(parts) != 4:
-        defect = "stream entry lacks its metadata or body field"
+    if len(parts) != 4:
+        defect = "stream entry lacks readable metadata"
         parts = [eid, "0", "0", ""]
+    elif body is None:
+        defect = "stream entry lacks its body, or it holds a raw \\x1d that a claim cannot carry"
     msg_id, created, before, raw_headers = parts
     headers, header_defect = decode_headers(raw_headers)
     defect = defect or header_defect
