@@ -41,14 +41,13 @@ class Group:
     title: str
     cases: list[Case] = field(default_factory=list)
     is_async: bool = False
-    raises: bool = False  # "added" is then measured from a bare raise, not a bare call
 
 
 GROUPS: list[Group] = []
 
 
-def group(title: str, is_async: bool = False, raises: bool = False) -> Group:
-    g = Group(title, is_async=is_async, raises=raises)
+def group(title: str, is_async: bool = False) -> Group:
+    g = Group(title, is_async=is_async)
     GROUPS.append(g)
     return g
 
@@ -275,8 +274,6 @@ def run(
     stat: Callable[[list[float]], float] = min if best else statistics.median
     bare = measure(Case("bare", ok), n, repeats)
     abare = measure(Case("bare", aok, True), n, repeats)
-    floor = measure(Case("bare raise", bare_raise, raises=True), n, repeats)
-    afloor = measure(Case("bare raise", abare_raise, True, raises=True), n, repeats)
     rows: list[tuple[str, str, float, float | None]] = []
     for g in GROUPS:
         if only.lower() not in g.title.lower():
@@ -284,12 +281,10 @@ def run(
         print(f"\n{g.title}")
         print(f"  {'implementation':<28}{'us/call':>10}{'added us':>10}{'x stoic':>10}")
         timings = measure_group(g.cases, n, repeats, stat)
-        if g.raises:
-            base = afloor if g.is_async else floor
-        else:
-            base = abare if g.is_async else bare
-        # a group that times its own bare case measures "added" from it: same rounds, same load
-        base = next((t for impl, t in timings.items() if impl.startswith("bare")), base)
+        # "added" is measured from the group's own bare case (a bare call, or for rejections a
+        # bare raise) when it has one: same rounds, same load
+        base = next((t for impl, t in timings.items() if impl.startswith("bare")),
+                    abare if g.is_async else bare)
         stoic_t = next((t for impl, t in timings.items() if impl.startswith("stoic")), None)
         for impl, t in timings.items():
             ratio = (t - base) / (stoic_t - base) if stoic_t and not impl.startswith("bare") else None
@@ -448,7 +443,7 @@ def _breakers_async() -> list[tuple[str, Callable[[Any], Callable[[], Awaitable[
 def breaker_groups() -> None:
     closed = group("CircuitBreaker, closed (sync)")
     closed.cases.append(Case("bare call", ok))
-    rejecting = group("CircuitBreaker, open: reject (sync)", raises=True)
+    rejecting = group("CircuitBreaker, open: reject (sync)")
     rejecting.cases.append(Case("bare raise", bare_raise, raises=True))
     for impl, decorate in _breakers_sync():
         try:
@@ -463,7 +458,7 @@ def breaker_groups() -> None:
 
     aclosed = group("CircuitBreaker, closed (async)", is_async=True)
     aclosed.cases.append(Case("bare call", aok, True))
-    arejecting = group("CircuitBreaker, open: reject (async)", is_async=True, raises=True)
+    arejecting = group("CircuitBreaker, open: reject (async)", is_async=True)
     arejecting.cases.append(Case("bare raise", abare_raise, True, raises=True))
     for impl, decorate in _breakers_async():
         try:
