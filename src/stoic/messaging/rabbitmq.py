@@ -459,7 +459,8 @@ class RabbitBroker(PublishOne):
         ch = await self._conn.channel()
         out = []
         try:
-            queue = await ch.get_queue(queue_name, ensure=False)
+            queue = await ch.declare_queue(queue_name, passive=True)
+            before = int(queue.declaration_result.message_count or 0)
             for _ in range(limit):
                 incoming = await queue.get(no_ack=False, fail=False)
                 if incoming is None:
@@ -473,7 +474,26 @@ class RabbitBroker(PublishOne):
                 ))
         finally:
             await ch.close()  # everything read goes back to the queue, in order
+        if out:
+            await self._counted_again(queue_name, before)
         return out
+
+    async def _counted_again(self, queue_name: str, before: int, within: float = 1.0) -> None:
+        """Wait (at most ``within`` seconds) until a browsed queue counts what it held before.
+
+        Closing the browsing channel gives its messages back, but a quorum queue applies the
+        return after answering the close, so a ``stats`` right after a browse could miss
+        them. Other consumers taking messages meanwhile can keep the count lower: hence the
+        bound.
+        """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within
+        ch = await self._conn.channel()
+        try:
+            while await _count(ch, queue_name) < before and loop.time() < until:
+                await asyncio.sleep(0.005)
+        finally:
+            await ch.close()
 
     def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
         n = self._run(self._requeue(topic, None if ids is None else set(ids)))
