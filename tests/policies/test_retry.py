@@ -444,3 +444,38 @@ class TestDecorator:
 
 def test_outcome_values_are_stable_strings() -> None:
     assert [o.value for o in Outcome] == ["success", "transient", "throttled", "unknown", "permanent"]
+
+
+class TestNextDelay:
+    """``Retry.next_delay``: the decision a queue worker or workflow engine asks for."""
+
+    def test_transient_failure_gets_the_backoff_wait(self) -> None:
+        retry = Retry(attempts=3, backoff=constant(0.5))
+        assert retry.next_delay(1, ConnectionRefusedError()) == 0.5
+
+    def test_unknown_failure_is_retried_only_when_idempotent(self) -> None:
+        error = TimeoutError()
+        assert Retry(attempts=3, backoff=constant(0.5)).next_delay(1, error) is None
+        assert Retry(attempts=3, backoff=constant(0.5), idempotent=True).next_delay(1, error) == 0.5
+
+    def test_gives_up_after_the_attempts_cap_with_a_note(self) -> None:
+        error = ConnectionRefusedError()
+        assert Retry(attempts=2, backoff=constant(0.5)).next_delay(2, error) is None
+        assert any("gave up after 2 attempts" in note for note in error.__notes__)
+
+    def test_max_time_is_measured_by_elapsed(self) -> None:
+        retry = Retry(attempts=10, backoff=constant(1.0), max_time=5.0)
+        assert retry.next_delay(3, ConnectionRefusedError(), elapsed=3.0) == 1.0
+        assert retry.next_delay(3, ConnectionRefusedError(), elapsed=4.5) is None
+
+    def test_a_spent_budget_stops_retries(self) -> None:
+        budget = RetryBudget(ratio=0.1, min_per_second=0.0)  # no calls deposited: nothing to spend
+        retry = Retry(attempts=5, backoff=constant(0.1), budget=budget)
+        assert retry.next_delay(1, ConnectionRefusedError()) is None
+
+    def test_permanent_failure_is_never_retried(self) -> None:
+        assert Retry(attempts=5, backoff=constant(0.1)).next_delay(1, ValueError("bad")) is None
+
+    def test_attempt_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="attempt must be"):
+            Retry().next_delay(0, ConnectionRefusedError())

@@ -123,6 +123,30 @@ class Retry(Policy):
         override = self._override
         return None if override is None else bool(override(exc))
 
+    def next_delay(
+        self, attempt: int, error: BaseException | None, *, elapsed: float = 0.0,
+        previous: float = 0.0,
+    ) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up: Retry's decision.
+
+        For code that runs its attempts itself (a queue worker redelivering a message, a
+        workflow engine re-running a step later) and must retry exactly when a call through
+        this Retry would: classification, ``on=``, idempotency (``idempotent=`` or a bound
+        idempotency key), ``attempts``, ``max_time`` (measured by ``elapsed``, the seconds
+        since the first attempt began), the context deadline, ``Retry-After`` and the budget
+        (a granted retry withdraws from it). ``attempt`` is how many attempts have been made
+        (>= 1); ``previous`` is the last wait, for decorrelated jitter; ``error`` None means
+        a result rejected by ``on_result``. Giving up adds the same note to ``error`` as a
+        call would, and emits the same events.
+        """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
+        if not elapsed >= 0:
+            raise ValueError(f"elapsed must be >= 0 seconds, got {elapsed!r}")
+        state = _State(clock._monotonic() - elapsed, attempt)
+        state.previous = float(previous)
+        return self._decide(state, error)
+
     def replace(self, **changes: Any) -> Retry:
         """A new Retry with this one's configuration and ``changes`` (same names as ``__init__``).
 
