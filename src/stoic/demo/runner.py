@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import chaosnet
+from . import chaosnet, workdirs
 from .loadgen import LoadGenerator, Request
 from .procs import ProcessGroup, free_port, wait_http
 from .scenario import Scenario, build_scenario
@@ -51,6 +50,7 @@ class RunOptions:
     drain_timeout: float = 15.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    cleanup: bool = False  # delete the working directory if the runner dies mid-run
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -119,7 +119,7 @@ class Shop:
                 mode=options.mode, workdir=str(workdir), ports=self.ports, urls=self.net.urls,
                 backend=options.backend, seed=options.seed,
                 prefix=f"stoic-demo-{uuid.uuid4().hex[:8]}", edge_deadline=options.edge_deadline,
-                redis_url=options.redis_url, amqp_url=options.amqp_url,
+                redis_url=options.redis_url, amqp_url=options.amqp_url, cleanup=options.cleanup,
             )
             config_path = workdir / "shop.json"
             self.cfg.save(config_path)
@@ -162,7 +162,7 @@ def run(options: RunOptions, progress: Progress | None = None) -> RunResult:
     ``options.workdir`` is set): they are the scorecard's ground truth.
     """
     scenario = build_scenario(options.duration, options.seed)
-    workdir = Path(options.workdir or tempfile.mkdtemp(prefix=f"stoic-demo-{options.mode}-"))
+    workdir = Path(options.workdir) if options.workdir else workdirs.make(options.mode)
     workdir.mkdir(parents=True, exist_ok=True)
     with Shop(options, workdir) as shop:
         assert shop.net is not None
@@ -188,6 +188,7 @@ async def _drive(
     # breakers are named http:<host:port>; show them by the service behind that address
     hosts = {f"http:{httpx.URL(url).netloc.decode()}": name for name, url in cfg.urls.items()}
     stop = asyncio.Event()
+    reported: list[str] = []
     async with httpx.AsyncClient(timeout=2.0) as control:
 
         async def scrape() -> None:
@@ -200,7 +201,12 @@ async def _drive(
                     breakers.append({"t": round(t, 2), "states": states})
                 except httpx.HTTPError:
                     pass
-                if progress is not None:
+                if progress is not None:  # every phase, also one shorter than a scrape
+                    for phase in scenario.phases[len(reported):]:
+                        if phase.start > t:
+                            break
+                        reported.append(phase.name)
+                        progress(phase.name, max(phase.start, 0.0), scenario.duration)
                     progress(scenario.phase_at(max(0.0, t)), max(0.0, t), scenario.duration)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)

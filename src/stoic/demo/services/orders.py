@@ -19,12 +19,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from .. import parts
-from .common import ASGIApp, Scope, ShopConfig, Stats, endpoint, open_db, route, transaction
+from .common import ASGIApp, ShopConfig, Stats, open_db, route, transaction
 
-__all__ = ["build"]
+__all__ = ["OrderError", "OrderRequest", "OrderStatus", "build"]
 
 _log = logging.getLogger("stoic.demo.orders")
 
@@ -36,7 +40,34 @@ CREATE TABLE IF NOT EXISTS payment_attempts (at REAL NOT NULL, order_id TEXT);
 """
 
 Reply = tuple[int, dict[str, Any]]
-Handler = Callable[[str, dict[str, Any]], Awaitable[Reply]]
+
+
+class OrderRequest(BaseModel):
+    """An order as the checkout page sends it."""
+
+    order_id: str = Field(min_length=1, max_length=128)
+    amount: float = Field(10.0, gt=0, le=1_000_000)
+    sku: str = Field("sku-1", min_length=1, max_length=64)
+    quantity: int = Field(1, ge=1, le=1000)
+
+
+class OrderStatus(BaseModel):
+    """Where an order stands: ``accepted`` (paid and handed to fulfillment), ``pending``
+    (being worked on), or ``failed``."""
+
+    order_id: str
+    status: str
+    error: str | None = None
+
+
+class OrderError(BaseModel):
+    """Why an order was not accepted."""
+
+    order_id: str | None = None
+    error: str
+
+
+Handler = Callable[[str, OrderRequest], Awaitable[Reply]]
 
 
 class _Ledger:
@@ -50,14 +81,13 @@ class _Ledger:
         with self.lock:
             self.conn.execute(sql, args)
 
-    def opened(self, order_id: str, body: dict[str, Any]) -> float:
+    def opened(self, order_id: str, order: OrderRequest) -> float:
         """Record the order as pending (once, whatever the retries); returns its amount."""
-        amount = float(body.get("amount", 10.0))
         self.execute(
             "INSERT OR IGNORE INTO orders(id, amount, status, created_at) VALUES (?,?,?,?)",
-            (order_id, amount, "pending", time.time()),
+            (order_id, order.amount, "pending", time.time()),
         )
-        return amount
+        return order.amount
 
     def charging(self, order_id: str) -> None:
         """The order needs its charge now (the scorecard's count of logical charges)."""
@@ -83,19 +113,44 @@ class _Ledger:
         self.stats.add("accepted")
         return 201, {"order_id": order_id, "status": "accepted"}
 
+    def status(self, order_id: str) -> OrderStatus | None:
+        with self.lock:
+            row = self.conn.execute("SELECT status, error FROM orders WHERE id=?",
+                                    (order_id,)).fetchone()
+        return None if row is None else OrderStatus(order_id=order_id, status=row[0], error=row[1])
+
+
+_FAILURES: dict[int | str, dict[str, Any]] = {
+    code: {"model": OrderError, "description": what} for code, what in (
+        (404, "no such order"),
+        (502, "a dependency failed; the order was not accepted"),
+        (503, "a dependency is refusing calls (open breaker, limit); not accepted"),
+        (504, "the order could not be finished within its deadline; not accepted"),
+    )
+}
+
 
 def build(cfg: ShopConfig) -> ASGIApp:
     """The orders app for ``cfg.mode``."""
     ledger = _Ledger(cfg)
     handle = _naive_handler(cfg, ledger) if cfg.mode == "naive" else _stoic_handler(cfg, ledger)
+    api = FastAPI(title="orders", version="demo", description=__doc__)
 
-    async def place(scope: Scope, body: Any) -> Reply:
-        order_id = str(body.get("order_id", ""))
-        if not order_id:
-            return 400, {"error": "order_id required"}
-        return await handle(order_id, body)
+    @api.post("/orders", status_code=201, response_model=OrderStatus, responses=_FAILURES)
+    async def place(order: OrderRequest) -> JSONResponse:
+        """Place an order: reserve stock, charge the card, hand it to fulfillment."""
+        status, payload = await handle(order.order_id, order)
+        return JSONResponse(payload, status_code=status)
 
-    app = endpoint("POST", "/orders", place)
+    @api.get("/orders/{order_id}", response_model=OrderStatus, responses=_FAILURES)
+    async def show(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> JSONResponse:
+        """Where the order stands now."""
+        found = ledger.status(order_id)
+        if found is None:
+            return JSONResponse({"order_id": order_id, "error": "no such order"}, status_code=404)
+        return JSONResponse(found.model_dump())
+
+    app: ASGIApp = api
     if cfg.mode == "stoic":
         app = parts.idempotency_middleware(app, cfg, "orders")
         app = parts.edge_middleware(app, cfg, "orders")
@@ -104,9 +159,9 @@ def build(cfg: ShopConfig) -> ASGIApp:
     return route(app, metrics=parts.metrics_app(cfg), control=None, stats=ledger.stats.snapshot)
 
 
-def _reservation(cfg: ShopConfig, order_id: str, body: dict[str, Any]) -> dict[str, Any]:
+def _reservation(cfg: ShopConfig, order_id: str, order: OrderRequest) -> dict[str, Any]:
     return {"url": f"{cfg.urls['inventory']}/reservations/{order_id}",
-            "json": {"sku": body.get("sku", "sku-1"), "quantity": body.get("quantity", 1)}}
+            "json": {"sku": order.sku, "quantity": order.quantity}}
 
 
 def _naive_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
@@ -128,8 +183,8 @@ def _naive_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
                 await asyncio.sleep(cfg.naive_sleep)
         return None
 
-    async def reserve(order_id: str, body: dict[str, Any]) -> None:
-        response = await client.put(**_reservation(cfg, order_id, body))
+    async def reserve(order_id: str, order: OrderRequest) -> None:
+        response = await client.put(**_reservation(cfg, order_id, order))
         response.raise_for_status()
 
     async def charge(order_id: str, amount: float) -> None:
@@ -147,10 +202,10 @@ def _naive_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
         )
         response.raise_for_status()
 
-    async def handle(order_id: str, body: dict[str, Any]) -> Reply:
-        amount = ledger.opened(order_id, body)
+    async def handle(order_id: str, order: OrderRequest) -> Reply:
+        amount = ledger.opened(order_id, order)
         try:
-            await with_retries(lambda: reserve(order_id, body))
+            await with_retries(lambda: reserve(order_id, order))
             ledger.charging(order_id)
             await with_retries(lambda: charge(order_id, amount))
         except Exception as exc:
@@ -188,11 +243,11 @@ def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
     with ledger.lock:
         outbox = parts.outbox(ledger.conn)
 
-    async def handle(order_id: str, body: dict[str, Any]) -> Reply:
-        amount = ledger.opened(order_id, body)
+    async def handle(order_id: str, order: OrderRequest) -> Reply:
+        amount = ledger.opened(order_id, order)
         try:
             async with stoic.deadline(cfg.edge_deadline):  # the edge: never longer than this
-                response = await client.put(**_reservation(cfg, order_id, body))
+                response = await client.put(**_reservation(cfg, order_id, order))
                 response.raise_for_status()
                 ledger.charging(order_id)
                 response = await client.post(
