@@ -79,6 +79,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     started: float = 0.0
+    drain_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -91,6 +92,7 @@ class RunResult:
                        for p in self.scenario.phases],
             "scorecard": self.scorecard.as_dict(), "series": self.series,
             "breakers": self.breakers, "notes": self.notes,
+            "drain_seconds": round(self.drain_seconds, 2),
         }
 
 
@@ -224,7 +226,10 @@ async def _drive(
         await chaos
         if progress is not None:
             progress("drain", scenario.duration, scenario.duration)
+        drain_began = time.monotonic()
         await _drain(options, cfg, control)
+        drain_seconds = time.monotonic() - drain_began
+        drained_at = time.time()
         stats = await _stats(control, orders_url)
         dead = await asyncio.to_thread(_dead_lettered, cfg) if cfg.mode == "stoic" else None
         stop.set()
@@ -232,14 +237,16 @@ async def _drive(
     card = compute(
         options.mode, cfg.workdir, load.requests, scenario, started, not_sent=load.not_sent,
         breaker_openings=int(stats.get("breaker_openings", 0)) if cfg.mode == "stoic" else None,
-        dead_lettered=dead,
+        dead_lettered=dead, deadline=options.edge_deadline,
     )
-    length = max([scenario.duration] + [r.end - started for r in load.requests if r.end])
+    # the charts run to the end of the drain, where the last pending orders completed
+    length = max([scenario.duration, drained_at - started]
+                 + [r.end - started for r in load.requests if r.end])
     return RunResult(
         options=options, scorecard=card, scenario=scenario,
         series=series(cfg.workdir, load.requests, started, length), breakers=breakers,
         network_faults=net.kind, workdir=cfg.workdir, notes=list(net.notes),
-        requests=load.requests, started=started,
+        requests=load.requests, started=started, drain_seconds=drain_seconds,
     )
 
 
