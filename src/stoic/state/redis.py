@@ -46,6 +46,7 @@ import weakref
 from typing import Any
 
 from .. import clock
+from .._validate import non_empty, seconds
 from ..events import dispatcher
 from .base import BreakerLink, StateStoreDegraded, StateStoreRecovered
 from .memory import MemoryState
@@ -112,14 +113,12 @@ class RedisState:
     ) -> None:
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")
+        non_empty("prefix", prefix)
         for parameter, value in (
             ("timeout", timeout), ("poll", poll), ("retry_interval", retry_interval),
             ("trial_lease", trial_lease),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{parameter} must be > 0 seconds, got {value!r}")
+            seconds(parameter, value)
         self.url = url
         self.prefix = prefix
         self.timeout = float(timeout)
