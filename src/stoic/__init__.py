@@ -25,6 +25,7 @@ from .errors import (
     Rejected,
     StoicError,
 )
+from .classifiers import stdlib as stdlib_classifiers
 from .outcome import Outcome, Verdict, classify, classify_status, register_classifier
 from .policies.budget import RetryBudget
 from .policies.fallback import Fallback
@@ -86,6 +87,9 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+stdlib_classifiers.install()  # the base classifiers: the registry never imports its plugins
+del stdlib_classifiers
 
 _LAZY: dict[str, tuple[str, str | None]] = {
     "CircuitBreaker": ("stoic.policies.breaker", "CircuitBreaker"),

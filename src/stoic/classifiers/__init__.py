@@ -1,6 +1,6 @@
 """Built-in classifiers, one module per library.
 
-``stdlib`` is installed with the registry. The others are imported by ``stoic.outcome`` the
+``stdlib`` is installed by ``import stoic`` (``stoic.outcome.install_defaults``). The others are imported by ``stoic.outcome`` the
 first time an exception from their library is classified, so stoic never imports a library
 the application does not use.
 """
