@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import backoff, clock, context, events, testing
+from .classifiers import stdlib as stdlib_classifiers
 from .context import deadline, remaining
 from .errors import (
     BulkheadFullError,
@@ -25,7 +26,6 @@ from .errors import (
     Rejected,
     StoicError,
 )
-from .classifiers import stdlib as stdlib_classifiers
 from .outcome import Outcome, Verdict, classify, classify_status, register_classifier
 from .policies.budget import RetryBudget
 from .policies.fallback import Fallback
