@@ -778,10 +778,14 @@ class CircuitBreaker(Policy):
             )
         return _CircuitOpen(retry_after, self.name)
 
-    # --- remote transitions (called by shared state from its own thread) -------------------
+    # --- following the fleet (called by shared state, from its own thread) ------------------
 
-    def _remote_opened(self, ttl: float) -> None:
-        """Another process opened this breaker for ``ttl`` more seconds: follow it."""
+    def follow_open(self, ttl: float) -> None:
+        """Another process opened this breaker for ``ttl`` more seconds: follow it.
+
+        For shared-state backends (``stoic.state.SharedState``); thread-safe. A forced-open
+        or disabled breaker ignores it, and so does a ``ttl`` <= 0.
+        """
         pending: _Pending = []
         with self._lock:
             mode = self._mode
@@ -801,8 +805,11 @@ class CircuitBreaker(Policy):
             )
         _run(pending)
 
-    def _remote_closed(self) -> None:
-        """Another process's trial calls succeeded: close too."""
+    def follow_close(self) -> None:
+        """Another process's trial calls succeeded: close too (if open or half-open).
+
+        For shared-state backends, like ``follow_open``; thread-safe.
+        """
         pending: _Pending = []
         with self._lock:
             mode = self._mode

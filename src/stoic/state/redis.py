@@ -344,9 +344,9 @@ class RedisState:
         if breaker is None:
             return
         if op == "open":
-            breaker._remote_opened(ttl)
+            breaker.follow_open(ttl)
         elif op == "closed":
-            breaker._remote_closed()
+            breaker.follow_close()
 
     def _refresh(self) -> None:
         """Read the open keys of every attached breaker (catches missed messages)."""
@@ -359,9 +359,9 @@ class RedisState:
             pipe.pttl(self._open_key(link.name))
         for link, ttl in zip(links, pipe.execute(), strict=True):
             if isinstance(ttl, int) and ttl > 0:
-                remaining = getattr(link, "retry_after", None)
+                remaining = link.retry_after
                 if remaining is None or abs(remaining - ttl / 1000) > 0.5:
-                    link._remote_opened(ttl / 1000)
+                    link.follow_open(ttl / 1000)
 
     # --- rate limits ----------------------------------------------------------------------
 
