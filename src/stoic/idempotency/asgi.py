@@ -9,10 +9,11 @@ middleware makes sure the application handles it once and the retry gets the fir
 * the key completed before: the stored status, headers and body, plus
   ``Idempotent-Replayed: true``.
 
-Errors are ``application/problem+json`` (RFC 9457). Which responses are stored is
-``store_status`` (2xx and 4xx by default: a 5xx is not stored, so the client's retry runs
-again). A response body larger than ``max_body`` is passed to the client but not stored,
-and the key is released. The request body is read in full
+Errors are ``application/problem+json`` (RFC 9457). A response that says the request never
+ran (400, 401, 403, 404 from routing, 405, 415, 422, 429, any 5xx) is not stored and gives
+the key back, so the corrected retry runs; any other response is stored (``store_status``
+and ``not_executed`` change the rule). A response body larger than ``max_body`` is passed
+to the client but not stored, and the key is released. The request body is read in full
 before the application sees it, to fingerprint it; ``max_request_body`` bounds that (413).
 
 The response streams to the client as the application sends it. Its last body message is
@@ -30,16 +31,16 @@ configuration, and per-request state lives in ``_Exchange``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from ..errors import CodecError
 from ..integrations._http import header_name
 from .claims import Lease, holding
-from .http import HttpIdempotency, Reply, default_store_status
+from .http import NOT_EXECUTED, HttpIdempotency, Reply, default_store_status
 from .store import Store
 
-__all__ = ["IdempotencyMiddleware", "default_store_status"]
+__all__ = ["NOT_EXECUTED", "IdempotencyMiddleware", "default_store_status"]
 
 
 class IdempotencyMiddleware:
@@ -55,7 +56,13 @@ class IdempotencyMiddleware:
         lease: seconds a request in progress holds its key before another may take over.
         scope: a callable on the ASGI scope returning the principal (user, tenant, API
             key); keys are separate per principal, so nobody can replay another's reply.
-        store_status: which response statuses are stored (default: 2xx and 4xx).
+        store_status: a function of the status deciding alone which responses are stored;
+            by default (None) every response is stored except those saying the request
+            never ran: any 5xx and the statuses in ``not_executed``.
+        not_executed: the statuses that mean the request never ran (default
+            ``NOT_EXECUTED``: 400, 401, 403, 404, 405, 415, 422, 429). A 404 after a route
+            matched (Starlette and FastAPI put ``endpoint`` in the scope) is the handler's
+            own answer and is stored.
         max_body: largest response body stored, in bytes; larger ones are not stored.
         max_request_body: largest request body accepted with a key, in bytes (413 above).
         header: the request header carrying the key.
@@ -73,7 +80,8 @@ class IdempotencyMiddleware:
         ttl: float = 86400.0,
         lease: float = 60.0,
         scope: Callable[[Scope], str | None] | None = None,
-        store_status: Callable[[int], bool] = default_store_status,
+        store_status: Callable[[int], bool] | None = None,
+        not_executed: Collection[int] = NOT_EXECUTED,
         max_body: int = 1024 * 1024,
         max_request_body: int = 10 * 1024 * 1024,
         header: str = "Idempotency-Key",
@@ -86,7 +94,7 @@ class IdempotencyMiddleware:
         self.scope = scope
         self.rules = HttpIdempotency(
             store, methods=methods, required=required, ttl=ttl, lease=lease,
-            store_status=store_status, max_body=max_body,
+            store_status=store_status, not_executed=not_executed, max_body=max_body,
             max_request_body=max_request_body, header=header, namespace=namespace,
         )
 
@@ -199,7 +207,7 @@ class _Exchange:
                 # The response ends here: store it (or give the key back) first, so a client
                 # that has the whole reply and sends the key again gets the replay; then
                 # send at once, whatever the application still does after its response.
-                await lease.afinish(recorder.stored())
+                await lease.afinish(recorder.stored(routed="endpoint" in scope))
                 finished = True
             await send(message)
 

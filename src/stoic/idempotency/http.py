@@ -16,13 +16,16 @@ moves bytes between its server and these calls:
    the body it read.
 5. Feed the response to a ``ResponseRecorder`` (``recorder()``): ``start(status, headers)``,
    then ``body(chunk, more)`` per chunk; when ``body`` returns True that chunk ends the
-   response: finish the lease with ``stored()`` (the text to store, or None to release
+   response: finish the lease with ``stored(routed)`` (the text to store, or None to release
    the key) *before* sending that chunk, then send it at once. Anything the application does
    after its response (background tasks) must not delay the reply. If the application fails
    before the response ended, finish the lease with None.
 
-Which responses are stored is ``store_status`` (2xx and 4xx by default: a 5xx is not
-stored, so the client's retry runs again).
+Which responses are stored (Stripe's rule): a response that says the request was never
+executed is not stored and gives the key back, so the corrected retry runs: 400, 401, 403,
+404 from routing, 405, 415, 422, 429 (``NOT_EXECUTED``) and every 5xx. Everything else is
+stored: the request ran, and a retry must not run it twice. A 404 counts as the handler's own
+answer ("no such order": it ran) when the adapter says a route matched (``routed``).
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ from .store import (
 )
 
 __all__ = [
+    "NOT_EXECUTED",
     "HttpIdempotency",
     "Reply",
     "ResponseRecorder",
     "default_store_status",
     "problem",
 ]
+
+NOT_EXECUTED = frozenset({400, 401, 403, 404, 405, 415, 422, 429})
+"""Statuses saying the request was never executed (bad input, no access, no such route,
+wrong method or media type, throttled). Not stored; the key is given back. So is every 5xx."""
 
 _PROBLEM = "urn:stoic:problem:idempotency-key-"
 _REPLAYED = (b"idempotent-replayed", b"true")
@@ -64,8 +72,8 @@ Headers = tuple[tuple[bytes, bytes], ...]
 
 
 def default_store_status(status: int) -> bool:
-    """Store 2xx and 4xx replies; never 5xx, so a retry after a server error runs again."""
-    return 200 <= status < 300 or 400 <= status < 500
+    """Stripe's rule by status alone: store unless 5xx or a status in ``NOT_EXECUTED``."""
+    return status < 500 and status not in NOT_EXECUTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +125,8 @@ class HttpIdempotency:
     """What ``Idempotency-Key`` means for one application: configuration and decisions.
 
     The arguments are those of ``IdempotencyMiddleware`` (see there), checked here once.
+    ``store_status`` None means Stripe's rule (``NOT_EXECUTED``, 5xx, and a 404 with a
+    matched route stored); a function of the status replaces the whole rule.
     """
 
     store: Store
@@ -124,7 +134,8 @@ class HttpIdempotency:
     required: bool = False
     ttl: float = 86400.0
     lease: float = 60.0
-    store_status: Callable[[int], bool] = default_store_status
+    store_status: Callable[[int], bool] | None = None
+    not_executed: Iterable[int] = NOT_EXECUTED  # kept as a frozenset
     max_body: int = 1024 * 1024
     max_request_body: int = 10 * 1024 * 1024
     header: str = "Idempotency-Key"
@@ -145,8 +156,17 @@ class HttpIdempotency:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a whole number of bytes >= 0, got {value!r}")
-        if not callable(self.store_status):
+        if self.store_status is not None and not callable(self.store_status):
             raise TypeError(f"store_status must be callable, got {self.store_status!r}")
+        statuses: object = self.not_executed
+        if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
+            raise TypeError(f"not_executed must be a collection of statuses, got {statuses!r}")
+        statuses = frozenset(statuses)
+        for status in statuses:
+            if isinstance(status, bool) or not isinstance(status, int) or not (
+                    100 <= status <= 599):
+                raise ValueError(f"not_executed must hold HTTP statuses, got {status!r}")
+        object.__setattr__(self, "not_executed", statuses)
         if not isinstance(self.namespace, str) or SEPARATOR in self.namespace:
             raise ValueError(f"namespace must be a str without \\x1f, got {self.namespace!r}")
         object.__setattr__(self, "required", bool(self.required))
@@ -224,9 +244,16 @@ class HttpIdempotency:
 
     # -- the response ----------------------------------------------------------------------
 
-    def stores(self, status: int) -> bool:
-        """Whether a complete response with ``status`` is stored (else the key is released)."""
-        return bool(self.store_status(status))
+    def stores(self, status: int, *, routed: bool = False) -> bool:
+        """Whether a complete response with ``status`` is stored (else the key is released).
+        ``routed``: the application says a route matched, so a 404 is the handler's own."""
+        if self.store_status is not None:
+            return bool(self.store_status(status))
+        if status >= 500:
+            return False
+        if status == 404 and routed:
+            return True
+        return status not in self.not_executed
 
     def recorder(self) -> ResponseRecorder:
         """A fresh recorder for one response."""
@@ -261,10 +288,10 @@ class ResponseRecorder:
             self.chunks.append(bytes(chunk))
         return not more
 
-    def stored(self) -> str | None:
+    def stored(self, *, routed: bool = False) -> str | None:
         """The text to store for the finished response, or None to release the key (its
-        status is not stored, or it is over ``max_body``)."""
-        if self.too_big or not self.rules.stores(self.status):
+        status says it never ran or failed, or it is over ``max_body``)."""
+        if self.too_big or not self.rules.stores(self.status, routed=routed):
             return None
         return default_codec.encode({
             "status": self.status,
