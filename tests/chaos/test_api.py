@@ -6,19 +6,10 @@ import socket
 from typing import Any
 
 import pytest
-import requests
 
 from stoic.chaos import ApiError, ProxyClient, ProxyServer
 
-
-def api(server: ProxyServer, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(method, server.api_url + path, timeout=5, **kwargs)
-
-
-def echoes(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"ping")
-        return sock.recv(100) == b"ping"
+from .conftest import api, echoes
 
 
 @pytest.fixture

@@ -36,6 +36,8 @@ MAX_BODY = 1 << 20
 #: largest request line plus headers, in bytes
 MAX_HEAD = 64 * 1024
 
+_LINGER_SECONDS = 2.0  # after a refusal, how long unread input is drained before closing
+_LINGER_BYTES = 4 * MAX_BODY
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""})
 
@@ -150,18 +152,38 @@ class _Exchange:
         method = request.method.decode("ascii").upper()
         refusal = browser_refusal(method, headers, self.api.origins) or _too_large(headers)
         if refusal is not None:  # answered unread: the connection cannot be trusted further
-            await self._respond(*_error(refusal), close=True)
+            await self._refuse(refusal)
             return False
         if self.conn.they_are_waiting_for_100_continue:
             self.writer.write(self.conn.send(h11.InformationalResponse(status_code=100)) or b"")
         raw = await self._body()
         if raw is None:
-            await self._respond(*_error(ApiError(413, f"request body too large (limit "
-                                                      f"{MAX_BODY} bytes)")), close=True)
+            await self._refuse(ApiError(413, f"request body too large (limit {MAX_BODY} bytes)"))
             return False
         target = request.target.decode("ascii")
         await self._respond(*await answer(self.api.collection, method, target, raw))
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    async def _refuse(self, error: ApiError) -> None:
+        """Answer ``error`` and end the connection without reading another request from it.
+
+        What the client sent after is drained unread for a moment (at most ``_LINGER_BYTES``
+        bytes or ``_LINGER_SECONDS``): closing with unread data would send a TCP reset, which
+        can destroy the answer before the client reads it.
+        """
+        await self._respond(*_error(error), close=True)
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        loop = asyncio.get_running_loop()
+        until, drained = loop.time() + _LINGER_SECONDS, 0
+        while drained < _LINGER_BYTES and (left := until - loop.time()) > 0:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), left)
+            except (asyncio.TimeoutError, ConnectionError):
+                return
+            if not data:
+                return
+            drained += len(data)
 
     async def _body(self) -> bytes | None:
         """The request body, or None as soon as it passes ``MAX_BODY``."""
