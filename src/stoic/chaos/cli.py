@@ -119,6 +119,8 @@ def _serve(host: str, port: int, config: Path | None, seed: int | None) -> None:
         asyncio.run(main())
     except ApiError as exc:
         _fail(exc.message)
+    except ImportError as exc:
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     except KeyboardInterrupt:

@@ -91,7 +91,7 @@ def _error(exc: ApiError) -> Answer:
     return exc.status, {"error": exc.message, "status": exc.status}
 
 
-async def answer(collection: Collection, method: str, target: str, raw: bytes) -> Answer:
+async def _answer(collection: Collection, method: str, target: str, raw: bytes) -> Answer:
     """Decode the JSON body, dispatch, and turn every refusal into an error answer."""
     try:
         body = json.loads(raw) if raw.strip() else None
@@ -161,7 +161,7 @@ class _Exchange:
             await self._refuse(ApiError(413, f"request body too large (limit {MAX_BODY} bytes)"))
             return False
         target = request.target.decode("ascii")
-        await self._respond(*await answer(self.api.collection, method, target, raw))
+        await self._respond(*await _answer(self.api.collection, method, target, raw))
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     async def _refuse(self, error: ApiError) -> None:
@@ -228,7 +228,10 @@ class _Api:
 
 async def start_api(collection: Collection, host: str, port: int) -> asyncio.Server:
     """Serve the Toxiproxy API for ``collection`` on ``host:port`` (0 picks a free port)."""
-    import h11  # noqa: F401  (fail here, at start, when the chaos extra is missing)
+    try:
+        import h11  # noqa: F401  (fail here, at start, when the chaos extra is missing)
+    except ImportError:
+        raise ImportError("the fault proxy's API needs h11: pip install 'stoic[chaos]'") from None
 
     api = _Api(collection, host)
 
