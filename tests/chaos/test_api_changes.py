@@ -74,6 +74,16 @@ class TestPatchThatCannotBind:
             socket.create_connection(("127.0.0.1", old), timeout=2)
 
 
+    def test_a_new_name_for_the_same_address_is_not_a_clash_with_itself(
+        self, proxy_server: ProxyServer, echo_proxy: ProxyHandle
+    ) -> None:
+        port = echo_proxy.port
+        response = api(proxy_server, "PATCH", "/proxies/echo", json={"listen": f"localhost:{port}"})
+        assert response.status_code == 200
+        assert response.json()["listen"] == f"127.0.0.1:{port}"
+        assert echoes(port)
+
+
 class TestReset:
     def test_reset_resets_every_proxy_and_names_those_it_could_not_enable(
         self, proxy_server: ProxyServer, echo_port: int

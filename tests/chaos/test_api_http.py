@@ -79,6 +79,20 @@ class TestBodyLimit:
                        headers={"Content-Type": "application/json"})
         assert response.status_code == 201
 
+    def test_a_head_request_is_answered_without_a_body(self, proxy_server: ProxyServer) -> None:
+        raw = b"HEAD /version HTTP/1.1\r\nHost: api\r\n\r\nGET /version HTTP/1.1\r\n" \
+              b"Host: api\r\nConnection: close\r\n\r\n"
+        answer = exchange(proxy_server, raw)
+        assert statuses(answer) == [405, 200]
+        assert answer.count(b'"version"') == 1
+
+    def test_an_oversized_header_block_answers_431_and_closes(
+        self, proxy_server: ProxyServer
+    ) -> None:
+        raw = b"GET /version HTTP/1.1\r\nHost: api\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+        assert statuses(exchange(proxy_server, raw + SMUGGLED)) == [431]
+        assert proxy_server.proxies() == {}
+
     def test_a_malformed_request_answers_400_and_closes(self, proxy_server: ProxyServer) -> None:
         answer = exchange(proxy_server, b"NOT A REQUEST\r\n\r\n" + SMUGGLED)
         assert statuses(answer) == [400]

@@ -80,7 +80,10 @@ def browser_refusal(method: str, headers: Headers, origins: Iterable[str]) -> Ap
     return None
 
 
-def _too_large(headers: Headers) -> ApiError | None:
+def _too_large(headers: Headers, head_size: int) -> ApiError | None:
+    # h11 enforces MAX_HEAD only on a header block still arriving; this catches the rest
+    if head_size > MAX_HEAD:
+        return ApiError(431, f"request header block over {MAX_HEAD} bytes")
     lengths = headers.get("content-length", ())  # digits only: h11 checked
     if any(len(length) > 12 or int(length) > MAX_BODY for length in lengths):
         return ApiError(413, f"request body too large (limit {MAX_BODY} bytes)")
@@ -119,6 +122,7 @@ class _Exchange:
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.head = False
 
     async def run(self) -> None:
         h11 = self.h11
@@ -128,7 +132,7 @@ class _Exchange:
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
             with contextlib.suppress(ConnectionError, h11.LocalProtocolError):
-                await self._respond(*_error(ApiError(status, f"bad request: {exc}")), close=True)
+                await self._refuse(ApiError(status, f"bad request: {exc}"))
         except (ConnectionError, h11.LocalProtocolError):
             pass
 
@@ -150,7 +154,10 @@ class _Exchange:
         for name, value in request.headers:
             headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
         method = request.method.decode("ascii").upper()
-        refusal = browser_refusal(method, headers, self.api.origins) or _too_large(headers)
+        self.head = method == "HEAD"  # a HEAD answer has the headers of GET's, and no body
+        head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        refusal = browser_refusal(method, headers, self.api.origins) or _too_large(
+            headers, head_size)
         if refusal is not None:  # answered unread: the connection cannot be trusted further
             await self._refuse(refusal)
             return False
@@ -210,7 +217,7 @@ class _Exchange:
             headers.append(("connection", "close"))
         out = self.conn.send(h11.Response(status_code=status, headers=headers,
                                          reason=HTTPStatus(status).phrase))
-        if body:
+        if body and not self.head:
             out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
         out = (out or b"") + (self.conn.send(h11.EndOfMessage()) or b"")
         self.writer.write(out)
@@ -220,9 +227,8 @@ class _Exchange:
 class _Api:
     """What every connection of one API server shares."""
 
-    def __init__(self, collection: Collection, host: str) -> None:
+    def __init__(self, collection: Collection) -> None:
         self.collection = collection
-        self.host = host
         self.origins: frozenset[str] = frozenset()
 
 
@@ -233,7 +239,7 @@ async def start_api(collection: Collection, host: str, port: int) -> asyncio.Ser
     except ImportError:
         raise ImportError("the fault proxy's API needs h11: pip install 'stoic[chaos]'") from None
 
-    api = _Api(collection, host)
+    api = _Api(collection)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
