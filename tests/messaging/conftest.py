@@ -6,6 +6,7 @@ or leftovers of an earlier run on the shared Redis and RabbitMQ, never collide.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-BROKERS = ["memory", "sqlite", "redis", "rabbitmq", "postgres"]
+BROKERS = ["memory", "sqlite", "redis", "rabbitmq", "postgres", "nats"]
 
 # One schema per test run on the shared PostgreSQL: dropped at the end, never anyone else's.
 PG_SCHEMA = f"stoic_test_{uuid.uuid4().hex[:10]}"
@@ -66,7 +67,20 @@ def make_broker(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> An
         from stoic.messaging.postgres import PostgresBroker
 
         return PostgresBroker(dsn, schema=PG_SCHEMA, min_size=0, max_size=4)
+    if kind == "nats":
+        url = request.getfixturevalue("nats_url")
+        from stoic.messaging.nats import NatsBroker
+
+        return NatsBroker(url, prefix="stoictest")  # streams are per topic, deleted after
     raise AssertionError(kind)
+
+
+@pytest.fixture
+def nats_url() -> str:
+    from support import require_service
+
+    require_service("NATS", "127.0.0.1", 4222)
+    return os.environ.get("STOIC_TEST_NATS", "nats://127.0.0.1:4222")
 
 
 @pytest.fixture(params=BROKERS)

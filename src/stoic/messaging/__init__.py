@@ -42,6 +42,7 @@ __all__ = [
     "MessageDeadLettered",
     "MessageHandled",
     "MessageRetried",
+    "NatsBroker",
     "Outbox",
     "OutboxRelay",
     "PostgresBroker",
@@ -70,6 +71,10 @@ def __getattr__(name: str) -> Any:
         from .postgres import PostgresBroker
 
         return PostgresBroker
+    if name == "NatsBroker":
+        from .nats import NatsBroker
+
+        return NatsBroker
     raise AttributeError(f"module 'stoic.messaging' has no attribute {name!r}")
 
 
@@ -80,7 +85,9 @@ def connect(url: str, **options: Any) -> Any:
     options: ``synchronous``, ``dedupe_window``), ``redis://host:port/db`` (``rediss://``
     too), ``amqp://user:password@host:port/vhost`` (``amqps://`` too) and
     ``postgresql://user@host:port/db`` (``postgres://`` too; query options ``schema``,
-    ``table_prefix``, ``dedupe_window``; the rest of the query goes to libpq). Keyword
+    ``table_prefix``, ``dedupe_window``; the rest of the query goes to libpq) and
+    ``nats://host:4222`` (``tls://`` too; query options ``prefix``, ``ack_wait``,
+    ``dedupe_window``, ``max_deliver``, ``storage``). Keyword
     ``options`` go to the broker's constructor and win over the query string.
     """
     if not isinstance(url, str) or "://" not in url:
@@ -120,7 +127,15 @@ def connect(url: str, **options: Any) -> Any:
             options.setdefault("dedupe_window", float(query.pop("dedupe_window")))
         dsn = urlunsplit(parts._replace(query=urlencode(query)))
         return PostgresBroker(dsn, **options)
+    if scheme in ("nats", "tls"):
+        from .nats import NatsBroker
+
+        for name, kind in (("prefix", str), ("storage", str), ("ack_wait", float),
+                           ("dedupe_window", float), ("max_deliver", int)):
+            if name in query:
+                options.setdefault(name, kind(query.pop(name)))
+        return NatsBroker(urlunsplit(parts._replace(query=urlencode(query))), **options)
     raise ValueError(
         f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///, redis://, "
-        "amqp:// or postgresql://"
+        "amqp://, postgresql:// or nats://"
     )
