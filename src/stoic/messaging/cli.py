@@ -149,3 +149,26 @@ def dlq_purge(
     with _broker(broker) as b:
         n = b.purge_dead(topic)
     typer.echo(f"{topic}: purged {_dead_letters(n)}")
+
+
+@app.command()
+def migrate(
+    url: str = typer.Argument(..., help="postgresql://user@host/db[?schema=...&table_prefix=...]"),
+    print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
+) -> None:
+    """Create the PostgreSQL broker's tables ahead of time (safe to run again).
+
+    For deployments whose application role may not run DDL: construct the broker with
+    ``create_tables=False``.
+    """
+    from .postgres import PostgresBroker, schema_sql
+
+    with _broker(url) as b:
+        if not isinstance(b, PostgresBroker):
+            typer.echo(f"error: migrate is for postgresql:// brokers, got {url!r}", err=True)
+            raise typer.Exit(2)
+        if print_sql:
+            typer.echo(schema_sql(b.schema, b.table_prefix).strip())
+            return
+        b.migrate()
+        typer.echo(f"tables {b.schema}.{b.table_prefix}messages, dead and counters are ready")
