@@ -298,3 +298,33 @@ def test_alerts_render_help_names_only_its_real_parameters() -> None:
     assert helped.exit_code == 0
     assert "SERVICE" not in helped.stdout and " OUT" not in helped.stdout
     assert "--service" in helped.stdout and "--out" in helped.stdout
+
+
+def test_a_bug_keeps_its_traceback_and_expected_failures_become_one_line() -> None:
+    import sqlite3
+
+    from stoic._cli import RUNTIME, USAGE, explain
+
+    assert explain(KeyError("x")) is None
+    assert explain(RuntimeError("boom")) is None
+    not_db = explain(sqlite3.DatabaseError("file is not a database"))
+    assert not_db is not None and (not_db.message, not_db.exit_code) == (
+        "not a SQLite database", RUNTIME
+    )
+    bad_value = explain(ValueError("limit must be >= 1,\ngot 0"))
+    assert bad_value is not None and (bad_value.message, bad_value.exit_code) == (
+        "limit must be >= 1, got 0", USAGE
+    )
+
+
+def test_messages_never_show_a_password() -> None:
+    from stoic._cli import redacted
+
+    assert redacted("amqp://guest:s3cret@host:5672/") == "amqp://guest:***@host:5672/"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"
+    result = CliRunner().invoke(
+        build_app(),
+        ["queue", "stats", "q", "-b", f"amqp://guest:s3cret@127.0.0.1:{free_port()}/"],
+    )
+    assert result.exit_code == 1
+    assert "s3cret" not in result.output and "guest:***@" in result.output
