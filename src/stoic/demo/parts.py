@@ -33,6 +33,7 @@ __all__ = [
     "outbox",
     "start_outbox_relay",
     "start_worker",
+    "sync_http_client",
 ]
 
 
@@ -68,21 +69,11 @@ def _breaker_state(cfg: ShopConfig) -> RedisState | None:
     return RedisState(cfg.redis_url, prefix=f"{cfg.prefix}:breakers")
 
 
-def http_client(cfg: ShopConfig, inner: Any) -> Any:
-    """An ``httpx.AsyncClient`` through stoic's resilient transport.
-
-    Retries by classification (UNKNOWN only with an idempotency key), at most 3 attempts,
-    exponential backoff with full jitter, a retry budget of 20% of traffic; one breaker per
-    host that opens at 60% failures over the last 40 calls (so a 30% loss rate, which
-    retries with keys absorb, does not trip it; an outage does) and tries again after 1 s
-    (short, because the whole demo lasts a minute); attempts bounded by the deadline.
-    """
+def _transport_options(cfg: ShopConfig) -> dict[str, Any]:
+    """The resilience settings both HTTP clients share (see ``http_client``)."""
     import httpx
 
-    from ..integrations.httpx import ResilientAsyncTransport
-
     shared = _breaker_state(cfg)
-
     # the transport asks for a breaker per host ("http:127.0.0.1:40123"); name each after the
     # service behind that address, so /metrics, dashboards and probes say "payments"
     services = {f"http:{httpx.URL(url).netloc.decode()}": name for name, url in cfg.urls.items()}
@@ -97,10 +88,35 @@ def http_client(cfg: ShopConfig, inner: Any) -> Any:
         attempts=3, backoff=stoic.backoff.exponential(0.02, 2.0, 0.2),
         budget=stoic.RetryBudget(ratio=0.2, min_per_second=1.0), name="orders-out",
     )
-    transport = ResilientAsyncTransport(
-        inner=inner, policy=policy, per_host=True, breaker=breaker,
-    )
+    return {"policy": policy, "per_host": True, "breaker": breaker}
+
+
+def http_client(cfg: ShopConfig, inner: Any) -> Any:
+    """An ``httpx.AsyncClient`` through stoic's resilient transport.
+
+    Retries by classification (UNKNOWN only with an idempotency key), at most 3 attempts,
+    exponential backoff with full jitter, a retry budget of 20% of traffic; one breaker per
+    host that opens at 60% failures over the last 40 calls (so a 30% loss rate, which
+    retries with keys absorb, does not trip it; an outage does) and tries again after 1 s
+    (short, because the whole demo lasts a minute); attempts bounded by the deadline.
+    """
+    import httpx
+
+    from ..integrations.httpx import ResilientAsyncTransport
+
+    transport = ResilientAsyncTransport(inner=inner, **_transport_options(cfg))
     return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(1.0))
+
+
+def sync_http_client(cfg: ShopConfig, inner: Any) -> Any:
+    """An ``httpx.Client`` with the same resilience as ``http_client``, for workflow steps
+    (they run on the workflow worker's threads)."""
+    import httpx
+
+    from ..integrations.httpx import ResilientTransport
+
+    transport = ResilientTransport(inner=inner, **_transport_options(cfg))
+    return httpx.Client(transport=transport, timeout=httpx.Timeout(1.0))
 
 
 def broker(cfg: ShopConfig) -> Any:

@@ -47,7 +47,7 @@ class RunOptions:
     workdir: str | None = None
     edge_deadline: float = 2.0
     client_timeout: float = 8.0
-    drain_timeout: float = 15.0
+    drain_timeout: float = 30.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     cleanup: bool = False  # delete the working directory if the runner dies mid-run
@@ -272,10 +272,14 @@ async def _apply(
 
 
 async def _drain(options: RunOptions, cfg: ShopConfig, control: Any) -> None:
-    """Wait until every accepted order is fulfilled, or nothing moves for a while."""
+    """Wait until the shop has finished its work, or nothing moves for a while.
+
+    Finished: no order still pending (the stoic build's workflows finish orders accepted
+    during an outage once the dependency is back) and every accepted order fulfilled.
+    """
     import sqlite3
 
-    def counts() -> tuple[int, int]:
+    def counts() -> tuple[int, int, int]:
         def one(db: str, sql: str) -> int:
             conn = sqlite3.connect(cfg.db(db), timeout=10.0)
             try:
@@ -286,17 +290,19 @@ async def _drain(options: RunOptions, cfg: ShopConfig, control: Any) -> None:
                 conn.close()
 
         return (one("orders", "SELECT COUNT(*) FROM orders WHERE status='accepted'"),
-                one("fulfillment", "SELECT COUNT(DISTINCT order_id) FROM fulfillments"))
+                one("fulfillment", "SELECT COUNT(DISTINCT order_id) FROM fulfillments"),
+                one("orders", "SELECT COUNT(*) FROM orders WHERE status='pending'")
+                if cfg.mode == "stoic" else 0)
 
-    quiet = cfg.worker_lease + 2.0 if cfg.mode == "stoic" else 1.0
+    quiet = cfg.worker_lease + 3.0 if cfg.mode == "stoic" else 1.0
     end = time.monotonic() + options.drain_timeout
     last, last_change = None, time.monotonic()
     while time.monotonic() < end:
         now = await asyncio.to_thread(counts)
         if now != last:
             last, last_change = now, time.monotonic()
-        accepted, fulfilled = now
-        if fulfilled >= accepted and time.monotonic() - last_change > 0.5:
+        accepted, fulfilled, pending = now
+        if fulfilled >= accepted and not pending and time.monotonic() - last_change > 0.5:
             return
         if time.monotonic() - last_change > quiet:
             return

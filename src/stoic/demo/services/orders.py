@@ -16,14 +16,18 @@ The same shop, written two ways:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+
+import stoic
 
 from .. import parts
 from .common import ASGIApp, ShopConfig, Stats, open_db, route, transaction
@@ -223,49 +227,103 @@ def _naive_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
 
 
 def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
+    """Take the order on a durable workflow; answer with its result, or 202 if it needs longer.
+
+    The workflow (reserve stock, charge with the step's own idempotency key, hand off through
+    the outbox in the same commit as the checkpoint, mark the order accepted) runs on this
+    process's workflow worker. While payments or inventory is down its steps come back later,
+    durably, with backoff; the customer has already been told the truth: accepted, finishing.
+    A declined charge or an unknown item fails the workflow, and its compensations release
+    the stock and refund the charge.
+    """
     import httpx
 
-    import stoic
-    from stoic.errors import DeadlineExceeded, Rejected
+    from stoic.workflow import WorkflowFailed, Workflows
 
+    flows = Workflows(
+        f"sqlite:///{cfg.db('orders')}", lease=cfg.worker_lease, poll_interval=0.05,
+        retry=stoic.Retry(attempts=1000, backoff=stoic.backoff.exponential(0.2, 2.0, 1.0),
+                          max_time=600.0, name="order-steps"),
+    )
     payments_host = httpx.URL(cfg.urls["payments"]).netloc
 
-    class CountingTransport(httpx.AsyncHTTPTransport):
+    class CountingTransport(httpx.HTTPTransport):
         """Counts every request that leaves for payments (what the network carries)."""
 
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
             if request.url.netloc == payments_host:
                 ledger.payment_sent(request.headers.get("x-order-id"))
-            return await super().handle_async_request(request)
+            return super().handle_request(request)
 
-    client = parts.http_client(cfg, CountingTransport(
-        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200)))
+    client = parts.sync_http_client(cfg, CountingTransport(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)))
     with ledger.lock:
-        outbox = parts.outbox(ledger.conn)
+        box = parts.outbox(ledger.conn)
+
+    def keyed() -> dict[str, str]:
+        key = stoic.context.idempotency_key()  # the step's: workflow id + step + occurrence
+        return {} if key is None else {"idempotency-key": key}
+
+    def reserve(order: dict[str, Any]) -> None:
+        client.put(f"{cfg.urls['inventory']}/reservations/{order['order_id']}",
+                   json={"sku": order["sku"], "quantity": order["quantity"]}).raise_for_status()
+
+    def release(order: dict[str, Any]) -> None:
+        client.delete(f"{cfg.urls['inventory']}/reservations/{order['order_id']}",
+                      ).raise_for_status()
+
+    def charge(order: dict[str, Any]) -> None:
+        order_id = order["order_id"]
+        ledger.charging(order_id)
+        client.post(f"{cfg.urls['payments']}/charges",
+                    json={"order_id": order_id, "amount": order["amount"]},
+                    headers={**keyed(), "x-order-id": order_id}).raise_for_status()
+
+    def refund(order: dict[str, Any]) -> None:
+        client.post(f"{cfg.urls['payments']}/refunds", json={"order_id": order["order_id"]},
+                    headers=keyed()).raise_for_status()
+
+    def accepted(order_id: str) -> None:
+        with transaction(ledger.conn, ledger.lock):
+            ledger.accepted(order_id)
+
+    @flows.workflow("place-order", version=1)
+    def place_order(ctx: Any, order: dict[str, Any]) -> dict[str, Any]:
+        ctx.step("reserve", reserve, order, compensate=release)
+        ctx.step("charge", charge, order, compensate=refund)
+        ctx.publish(box, "order.placed", {"order_id": order["order_id"],
+                                          "amount": order["amount"]})
+        ctx.step("accept", accepted, order["order_id"])
+        return {"order_id": order["order_id"], "status": "accepted"}
+
+    flows.start_worker(concurrency=16)
+
+    # the edge waits for workflows on threads of its own: asyncio's default pool (a handful
+    # of threads) would queue the orders of a busy second behind each other's waits
+    edge = ThreadPoolExecutor(max_workers=256, thread_name_prefix="orders-edge")
 
     async def handle(order_id: str, order: OrderRequest) -> Reply:
-        amount = ledger.opened(order_id, order)
+        loop = asyncio.get_running_loop()
+        ledger.opened(order_id, order)
+        run = await loop.run_in_executor(
+            edge, functools.partial(flows.start, "place-order", order.model_dump(),
+                                    id=f"order-{order_id}"))
+        left = stoic.remaining()
+        wait = _FIRST_WAIT if left is None else max(0.0, min(_FIRST_WAIT, left - _ANSWER_MARGIN))
         try:
-            async with stoic.deadline(cfg.edge_deadline):  # the edge: never longer than this
-                response = await client.put(**_reservation(cfg, order_id, order))
-                response.raise_for_status()
-                ledger.charging(order_id)
-                response = await client.post(
-                    f"{cfg.urls['payments']}/charges",
-                    json={"order_id": order_id, "amount": amount},
-                    headers={"idempotency-key": f"charge-{order_id}", "x-order-id": order_id},
-                )
-                response.raise_for_status()
-        except Rejected as exc:
-            return ledger.failed(order_id, exc, 503)
-        except (DeadlineExceeded, TimeoutError) as exc:
-            return ledger.failed(order_id, exc, 504)
-        except Exception as exc:
-            return ledger.failed(order_id, exc, 502)
-        with transaction(ledger.conn, ledger.lock):  # the order and its hand-off, or neither
-            reply = ledger.accepted(order_id)
-            outbox.add(ledger.conn, "order.placed", {"order_id": order_id, "amount": amount},
-                       id=order_id)
-        return reply
+            await loop.run_in_executor(edge, functools.partial(run.result, timeout=wait))
+        except TimeoutError:
+            ledger.stats.add("accepted_later")
+            return 202, {"order_id": order_id, "status": "pending",
+                         "url": f"/orders/{order_id}"}
+        except WorkflowFailed as exc:
+            return ledger.failed(order_id, exc, 422)
+        return 201, {"order_id": order_id, "status": "accepted"}
 
     return handle
+
+
+#: How long the edge waits for the workflow before answering 202 (seconds).
+_FIRST_WAIT = 0.3
+#: Time kept back from the deadline for sending the answer (seconds).
+_ANSWER_MARGIN = 0.1
