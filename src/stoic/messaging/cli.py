@@ -226,6 +226,7 @@ def dlq_purge(
 def migrate(
     url: str = typer.Argument(..., help="postgresql://user@host/db[?schema=...&table_prefix=...]"),
     print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Create the PostgreSQL broker's tables ahead of time (safe to run again).
 
@@ -234,10 +235,9 @@ def migrate(
     """
     from .postgres import PostgresBroker, schema_sql
 
-    with _broker(url) as b:
-        if not isinstance(b, PostgresBroker):
-            typer.echo(f"error: migrate is for postgresql:// brokers, got {url!r}", err=True)
-            raise typer.Exit(2)
+    parse_backend(url, "URL", ("postgresql",))  # migrate is for PostgreSQL brokers only
+    with _broker(url, "", timeout, read_only=False) as b:
+        assert isinstance(b, PostgresBroker)
         if print_sql:
             typer.echo(schema_sql(b.schema, b.table_prefix).strip())
             return
