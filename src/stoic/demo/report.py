@@ -30,7 +30,7 @@ SCORECARD_ROWS: tuple[tuple[str, str, str], ...] = (
     ("p99", "p99 answer latency", "s"),
     ("p99_outage", "p99 answer latency during the payments outage", "s"),
     ("told_success_not_completed", "Told success, not completed", "int"),
-    ("charged_but_reported_failed", "Told failure, but charged", "int"),
+    ("told_failure_but_charged", "Told failure, but charged", "int"),
     ("duplicate_charges", "Duplicate charges", "int"),
     ("lost_orders", "Lost orders (accepted, never fulfilled)", "int"),
     ("duplicate_fulfillments", "Duplicate fulfillments", "int"),
@@ -64,7 +64,7 @@ DEFINITIONS: dict[str, str] = {
                   "or down.",
     "told_success_not_completed": "Customers told their order went through whose order never "
                                   "completed correctly.",
-    "charged_but_reported_failed": "Customers told their order failed (or given no answer) whose "
+    "told_failure_but_charged": "Customers told their order failed (or given no answer) whose "
                                    "card was charged and not refunded.",
     "duplicate_charges": "Charges beyond the first for the same order, in the payments ledger.",
     "lost_orders": "Orders the shop accepted (told the customer, or marked accepted) that were "

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ORDER_ID",
     "SERVICES",
     "ASGIApp",
     "ChaosLayer",
@@ -48,6 +49,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: What an order id may be: letters, digits and ``._:-``, 1 to 128 of them (it travels in
+#: URL paths, headers and keys).
+ORDER_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 
 #: The shop's services, in the order they start (orders last: it calls the others).
 SERVICES = ("payments", "inventory", "fulfillment", "orders")

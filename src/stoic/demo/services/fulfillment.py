@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from .. import parts
-from .common import ASGIApp, ShopConfig, Stats, open_db, route, transaction
+from .common import ORDER_ID, ASGIApp, ShopConfig, Stats, open_db, route, transaction
 
 __all__ = ["WORK_SECONDS", "FulfillmentRequest", "Queued", "build"]
 
@@ -37,7 +37,7 @@ _FULFIL = "INSERT INTO fulfillments(order_id, message_id, at) VALUES (?, ?, ?)"
 class FulfillmentRequest(BaseModel):
     """Fulfil ``order_id`` (the naive build's direct hand-off)."""
 
-    order_id: str = Field(min_length=1, max_length=128)
+    order_id: str = Field(pattern=ORDER_ID)
     amount: float = Field(0.0, ge=0)
 
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Path
 from pydantic import BaseModel, Field
 
 from .. import parts
-from .common import ASGIApp, ChaosLayer, ShopConfig, Stats, open_db, route
+from .common import ORDER_ID, ASGIApp, ChaosLayer, ShopConfig, Stats, open_db, route
 
 __all__ = ["Reservation", "ReservationRequest", "build"]
 
@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, sku TEXT NOT
     quantity INTEGER NOT NULL, at REAL NOT NULL, released_at REAL);
 """
 
-OrderId = Annotated[str, Path(min_length=1, max_length=128)]
+OrderId = Annotated[str, Path(pattern=ORDER_ID)]
 
 
 class ReservationRequest(BaseModel):

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 import stoic
 
 from .. import parts
-from .common import ASGIApp, ShopConfig, Stats, open_db, route, transaction
+from .common import ORDER_ID, ASGIApp, ShopConfig, Stats, open_db, route, transaction
 
 __all__ = ["OrderError", "OrderRequest", "OrderStatus", "build"]
 
@@ -49,7 +49,7 @@ Reply = tuple[int, dict[str, Any]]
 class OrderRequest(BaseModel):
     """An order as the checkout page sends it."""
 
-    order_id: str = Field(min_length=1, max_length=128)
+    order_id: str = Field(pattern=ORDER_ID)
     amount: float = Field(10.0, gt=0, le=1_000_000)
     sku: str = Field("sku-1", min_length=1, max_length=64)
     quantity: int = Field(1, ge=1, le=1000)
@@ -62,6 +62,7 @@ class OrderStatus(BaseModel):
     order_id: str
     status: str
     error: str | None = None
+    url: str | None = None
 
 
 class OrderError(BaseModel):
@@ -124,9 +125,15 @@ class _Ledger:
         return None if row is None else OrderStatus(order_id=order_id, status=row[0], error=row[1])
 
 
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    202: {"model": OrderStatus,
+          "description": "accepted: the order finishes in the background; follow its url"},
+}
 _FAILURES: dict[int | str, dict[str, Any]] = {
     code: {"model": OrderError, "description": what} for code, what in (
         (404, "no such order"),
+        (409, "an order with this id and other contents was placed before"),
+        (424, "the order failed for good (declined, unknown item); its steps were undone"),
         (502, "a dependency failed; the order was not accepted"),
         (503, "a dependency is refusing calls (open breaker, limit); not accepted"),
         (504, "the order could not be finished within its deadline; not accepted"),
@@ -140,14 +147,15 @@ def build(cfg: ShopConfig) -> ASGIApp:
     handle = _naive_handler(cfg, ledger) if cfg.mode == "naive" else _stoic_handler(cfg, ledger)
     api = FastAPI(title="orders", version="demo", description=__doc__)
 
-    @api.post("/orders", status_code=201, response_model=OrderStatus, responses=_FAILURES)
+    @api.post("/orders", status_code=201, response_model=OrderStatus,
+              responses={**_ANSWERS, **_FAILURES})
     async def place(order: OrderRequest) -> JSONResponse:
         """Place an order: reserve stock, charge the card, hand it to fulfillment."""
         status, payload = await handle(order.order_id, order)
         return JSONResponse(payload, status_code=status)
 
     @api.get("/orders/{order_id}", response_model=OrderStatus, responses=_FAILURES)
-    async def show(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> JSONResponse:
+    async def show(order_id: Annotated[str, Path(pattern=ORDER_ID)]) -> JSONResponse:
         """Where the order stands now."""
         found = ledger.status(order_id)
         if found is None:
@@ -238,7 +246,7 @@ def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
     """
     import httpx
 
-    from stoic.workflow import WorkflowFailed, Workflows
+    from stoic.workflow import WorkflowConflict, WorkflowFailed, Workflows
 
     flows = Workflows(
         f"sqlite:///{cfg.db('orders')}", lease=cfg.worker_lease, poll_interval=0.05,
@@ -305,9 +313,13 @@ def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
     async def handle(order_id: str, order: OrderRequest) -> Reply:
         loop = asyncio.get_running_loop()
         ledger.opened(order_id, order)
-        run = await loop.run_in_executor(
-            edge, functools.partial(flows.start, "place-order", order.model_dump(),
-                                    id=f"order-{order_id}"))
+        try:
+            run = await loop.run_in_executor(
+                edge, functools.partial(flows.start, "place-order", order.model_dump(),
+                                        id=f"order-{order_id}"))
+        except WorkflowConflict:  # the same order id, placed again with other contents
+            return 409, {"order_id": order_id,
+                         "error": "an order with this id and other contents exists"}
         left = stoic.remaining()
         wait = _FIRST_WAIT if left is None else max(0.0, min(_FIRST_WAIT, left - _ANSWER_MARGIN))
         try:
@@ -317,7 +329,7 @@ def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
             return 202, {"order_id": order_id, "status": "pending",
                          "url": f"/orders/{order_id}"}
         except WorkflowFailed as exc:
-            return ledger.failed(order_id, exc, 422)
+            return ledger.failed(order_id, exc, 424)
         return 201, {"order_id": order_id, "status": "accepted"}
 
     return handle

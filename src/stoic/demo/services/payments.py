@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from .. import parts
 from .common import (
+    ORDER_ID,
     ASGIApp,
     ChaosLayer,
     Receive,
@@ -29,7 +30,7 @@ from .common import (
     route,
 )
 
-__all__ = ["Charge", "ChargeRequest", "Refund", "RefundRequest", "build"]
+__all__ = ["KEY_PATTERN", "Charge", "ChargeRequest", "Problem", "Refund", "RefundRequest", "build"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS refunds (order_id TEXT PRIMARY KEY, amount REAL NOT N
 class ChargeRequest(BaseModel):
     """Charge ``amount`` for ``order_id``."""
 
-    order_id: str = Field(min_length=1, max_length=128)
+    order_id: str = Field(pattern=ORDER_ID)
     amount: float = Field(gt=0, le=1_000_000)
 
 
@@ -57,7 +58,32 @@ class Charge(BaseModel):
 class RefundRequest(BaseModel):
     """Give back what was charged for ``order_id``."""
 
-    order_id: str = Field(min_length=1, max_length=128)
+    order_id: str = Field(pattern=ORDER_ID)
+
+
+class Problem(BaseModel):
+    """An error answered by stoic's IdempotencyMiddleware (RFC 9457 problem details)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+
+
+def _problem(what: str) -> dict[str, Any]:
+    return {"description": what, "content": {"application/problem+json": {
+        "schema": Problem.model_json_schema()}}}
+
+
+#: What stoic's IdempotencyMiddleware may answer in front of ``/charges``.
+_KEYED: dict[int | str, dict[str, Any]] = {
+    400: _problem("the Idempotency-Key is malformed"),
+    409: _problem("a request with this key is still being handled; retry after Retry-After"),
+    422: _problem("the key was used before for a different request"),
+}
+
+#: What an Idempotency-Key may be (printable ASCII without spaces, 1 to 255 characters).
+KEY_PATTERN = r"^[!-~]{1,255}$"
 
 
 class Refund(BaseModel):
@@ -73,10 +99,10 @@ def build(cfg: ShopConfig) -> ASGIApp:
     stats = Stats()
     api = FastAPI(title="payments", version="demo", description=__doc__)
 
-    @api.post("/charges", status_code=201)
+    @api.post("/charges", status_code=201, responses=_KEYED)
     async def charge(
         body: ChargeRequest,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+        idempotency_key: Annotated[str | None, Header(pattern=KEY_PATTERN)] = None,
     ) -> Charge:
         """Charge the card. Not idempotent by itself: send an ``Idempotency-Key``."""
         with lock:
