@@ -220,3 +220,26 @@ def dlq_purge(
     with _broker(broker, topic, timeout, read_only=False) as b:
         n = b.purge_dead(topic)
     typer.echo(f"{topic}: purged {_dead_letters(n)}")
+
+
+@app.command()
+def migrate(
+    url: str = typer.Argument(..., help="postgresql://user@host/db[?schema=...&table_prefix=...]"),
+    print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
+    timeout: float = TIMEOUT_OPTION,
+) -> None:
+    """Create the PostgreSQL broker's tables ahead of time (safe to run again).
+
+    For deployments whose application role may not run DDL: construct the broker with
+    ``create_tables=False``.
+    """
+    from .postgres import PostgresBroker, schema_sql
+
+    parse_backend(url, "URL", ("postgresql",))  # migrate is for PostgreSQL brokers only
+    with _broker(url, "", timeout, read_only=False) as b:
+        assert isinstance(b, PostgresBroker)
+        if print_sql:
+            typer.echo(schema_sql(b.schema, b.table_prefix).strip())
+            return
+        b.migrate()
+        typer.echo(f"tables {b.schema}.{b.table_prefix}messages, dead and counters are ready")

@@ -37,7 +37,15 @@ from typing import Any, Literal
 
 from .. import clock
 from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
-from .model import DeadLetter, Message, QueueStats, decode_headers, dump_headers, report_requeued
+from .model import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    dump_headers,
+    message_from_row,
+    report_requeued,
+    split_receipt,
+)
 
 __all__ = ["SQLiteBroker"]
 
@@ -388,22 +396,7 @@ class _Tx:
 
 
 def _key(message: Message) -> tuple[int, str]:
-    seq, _, token = message.receipt.partition(":")
-    try:
-        return int(seq), token
-    except ValueError:
-        raise ValueError(f"not a receipt from SQLiteBroker.claim: {message.receipt!r}") from None
+    return split_receipt(message, "SQLiteBroker")
 
 
-def _message(topic: str, row: Sequence[Any], token: str, available_at: float) -> Message:
-    seq, msg_id, body, raw_headers, attempts, created_at = row
-    headers, defect = decode_headers(raw_headers)
-    if not isinstance(body, str):
-        defect = defect or f"body is not text (got {type(body).__name__})"
-        body = "" if body is None else str(body)
-    return Message(
-        id=str(msg_id), topic=topic, body=body, headers=headers,
-        attempts=int(attempts) if isinstance(attempts, int) else 0,
-        created_at=float(created_at), available_at=float(available_at),
-        receipt=f"{seq}:{token}" if token else "", defect=defect,
-    )
+_message = message_from_row
