@@ -163,6 +163,15 @@ def test_idempotency_commands_answer_every_bad_store_with_one_line(
                               workdir)
 
 
+def test_queue_migrate_answers_every_bad_broker_with_one_line(
+    workdir: Path, silent_port: int,
+) -> None:
+    for bad in bad_inputs(silent_port):
+        code, fragment = bad.migrate
+        assert_one_line_error(["queue", "migrate", "--broker", bad.url, "--timeout", "2"], code,
+                              fragment, workdir)
+
+
 @pytest.mark.parametrize("command", STORE_COMMANDS, ids=lambda c: c[1])
 def test_a_bad_table_name_is_a_usage_error_before_any_connection(
     command: list[str], workdir: Path,
@@ -173,7 +182,7 @@ def test_a_bad_table_name_is_a_usage_error_before_any_connection(
 
 
 def test_a_missing_backend_is_a_usage_error(workdir: Path) -> None:
-    assert_one_line_error(["idempotency", "purge"], 2, "missing the store: --store URL",
+    assert_one_line_error(["idempotency", "purge"], 2, "missing --store URL (or STOIC_STORE)",
                           workdir)
 
 

@@ -63,7 +63,7 @@ def test_the_positional_store_url_still_works_with_a_deprecation_note(tmp_path: 
     result = CliRunner().invoke(build_app(), ["idempotency", "purge", f"sqlite:///{path}"])
     assert result.exit_code == 0, result.output
     assert "purged 0 expired records" in result.output
-    assert "positional store URL is deprecated; use --store URL" in result.output
+    assert "positional URL is deprecated; use --store URL" in result.output
 
 
 def test_purge_never_creates_a_postgres_table(postgres_dsn: str) -> None:

@@ -23,7 +23,9 @@ from .._cli import (
     Backend,
     CommandError,
     check_reachable,
+    choose_url,
     existing_sqlite_file,
+    note_deprecated_url,
     parse_backend,
     reaching,
     redis_client,
@@ -101,19 +103,11 @@ def _has_table(path: Any, table: str) -> None:
 
 
 def _store_url(option: str | None, positional: str | None) -> str:
-    if option is not None and positional is not None:
-        raise CommandError("give the store once: --store URL (the positional URL is the "
-                           "deprecated spelling)", USAGE)
-    url = positional if positional is not None else option
-    if url is None:
-        raise CommandError("missing the store: --store URL (or STOIC_STORE)", USAGE)
-    return url
+    return choose_url("--store", option, positional, "STOIC_STORE")
 
 
 def _deprecated_spelling(positional: str | None) -> None:
-    # after success only: a failure stays one line
-    if positional is not None:
-        typer.echo("note: the positional store URL is deprecated; use --store URL", err=True)
+    note_deprecated_url("--store", positional)
 
 
 @app.command()
