@@ -221,6 +221,42 @@ def test_alerts_render_refuses_bad_arguments_with_one_line(
                           workdir)
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "cannot read it"),
+        ("x = [\n", "not valid TOML"),
+        ("[policies.payments]\nretry = {attempts = 0}\n", "policies.payments.retry.attempts = 0"),
+    ],
+)
+def test_config_check_refuses_a_bad_file_with_one_line(
+    content: str | None, fragment: str, workdir: Path,
+) -> None:
+    if content is not None:
+        (workdir / "policies.toml").write_text(content)
+    assert_one_line_error(["config", "check", "policies.toml"], 2, fragment, workdir)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["proxy", "list"],
+        ["proxy", "create", "db", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:5432"],
+        ["proxy", "delete", "db"],
+        ["proxy", "toggle", "db"],
+        ["proxy", "toxic", "list", "db"],
+        ["proxy", "toxic", "add", "db", "-t", "latency", "-a", "latency=100"],
+        ["proxy", "toxic", "remove", "db", "-n", "latency_downstream"],
+    ],
+    ids=lambda c: " ".join(c[1:3]),
+)
+def test_proxy_commands_answer_an_unreachable_proxy_with_one_line(
+    command: list[str], workdir: Path,
+) -> None:
+    assert_one_line_error([*command, "--host", f"127.0.0.1:{free_port()}"], 1,
+                          "cannot reach the proxy API", workdir)
+
+
 # --- the reproductions, as real processes ----------------------------------------
 
 
