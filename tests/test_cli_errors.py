@@ -1,11 +1,12 @@
 """Every ``stoic`` command meets a bad input with one line on stderr, never a traceback.
 
 Each command that takes a backend is run with each bad input (missing file or directory, a
-file that is not a database, a directory, a wrong scheme, a malformed URL, Redis, PostgreSQL
-and RabbitMQ on a free port where nothing listens, a server that accepts and never answers,
-a bad table name). Each run must exit 2 (usage) or 1 (run time), print a single line naming
-the problem, create no file, and finish in under 10 s. The matrix runs in-process; the
-reproductions from the issue also run as real ``python -m stoic`` processes.
+file that is not a database, a directory, a wrong scheme, a malformed URL, Redis, PostgreSQL,
+RabbitMQ and NATS on a free port where nothing listens, a server that accepts and never
+answers, a bad table name, a bad policy file, an unreachable fault proxy). Each run must exit
+2 (usage) or 1 (run time), print a single line naming the problem, create no file, and finish
+in under 10 s. The matrix runs in-process; the reproductions from the issue also run as real
+``python -m stoic`` processes.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def bad_inputs(silent: int) -> list[Bad]:
         Bad("rabbitmq-down", f"amqp://guest:guest@127.0.0.1:{down}/",
             (1, "cannot connect to RabbitMQ"), (2, "unsupported scheme 'amqp'"),
             (2, "unsupported scheme 'amqp'")),
+        Bad("nats-down", f"nats://127.0.0.1:{down}", (1, "cannot connect: Connection refused"),
+            (2, "unsupported scheme 'nats'"), (2, "unsupported scheme 'nats'")),
         Bad("redis-silent", f"redis://127.0.0.1:{silent}/0", (1, "no answer within 2 s"),
             pg_only, (1, "no answer within 2 s")),
         Bad("postgres-silent", f"postgresql://postgres@127.0.0.1:{silent}/test",
