@@ -59,7 +59,7 @@ def test_no_event_is_built_without_a_subscriber(monkeypatch: pytest.MonkeyPatch)
         return "ok"
 
     with stoic.testing.virtual_time():
-        assert stoic.Retry(attempts=2).call(flaky) == "ok"
+        assert stoic.Retry(max_attempts=2).call(flaky) == "ok"
     assert built == 0
 
 
