@@ -25,6 +25,8 @@ __all__ = [
     "get",
     "idempotency_key",
     "remaining",
+    "reset_deadline",
+    "set_deadline",
     "using_idempotency_key",
 ]
 
@@ -46,6 +48,12 @@ def remaining() -> float | None:
 #: every policy makes on every call (benchmarks/overhead.py, "Retry, happy path"). This is
 #: the one place that knows how the deadline is stored; everything else calls this.
 deadline_at: Callable[[], float | None] = _deadline.get
+
+#: ``set_deadline(at) -> token``: make ``at`` (a ``stoic.clock.now()`` reading) the deadline
+#: until ``reset_deadline(token)``. For policies that bound a call themselves (``Timeout``):
+#: the caller keeps the earliest deadline, as ``deadline`` does. Bound C methods, as above.
+set_deadline: Callable[[float | None], Token[float | None]] = _deadline.set
+reset_deadline: Callable[[Token[float | None]], None] = _deadline.reset
 
 
 class deadline:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from .._validate import count, number, seconds
-from ..context import _deadline
+from ..context import deadline_at
 from ..errors import RateLimitedError
 from ..events import CallRejected, dispatcher
 from ..state.memory import gcra
@@ -116,14 +116,14 @@ class RateLimiter(Policy):
         if not self.wait:
             return 0.0
         limit = math.inf if self.max_wait is None else self.max_wait
-        at = _deadline.get()
+        at = deadline_at()
         if at is not None:
-            limit = min(limit, at - clock._monotonic())
+            limit = min(limit, at - clock.monotonic())
         return limit
 
     def _take_local(self, max_wait: float) -> tuple[bool, float]:
         with self._lock:
-            now = clock._monotonic()
+            now = clock.monotonic()
             admitted, seconds, tat = gcra(self._tat, now, self.interval, self.burst, max_wait)
             if admitted:
                 self._tat = tat
