@@ -37,7 +37,7 @@ from .backoff import Backoff, exponential
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
 from .budget import RetryBudget
 
-__all__ = ["Retry", "RetryConfig", "add_note"]
+__all__ = ["OnException", "Retry", "RetryConfig", "add_note", "compile_on"]
 
 _log = logging.getLogger("stoic")
 _EXHAUSTED = frozenset({"attempts", "max_time", "deadline", "budget", "retry_after"})
@@ -80,7 +80,7 @@ class RetryConfig:
         non_empty("name", self.name)
         set_(self, "idempotent", bool(self.idempotent))
         set_(self, "respect_retry_after", bool(self.respect_retry_after))
-        _compile_on(self.on)  # validates ``on``
+        compile_on(self.on)  # validates ``on``
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RetryConfig))
@@ -144,7 +144,7 @@ class Retry(Policy):
 
     def _build(self, config: RetryConfig) -> None:
         self.config = config
-        self._override = _compile_on(config.on)
+        self._override = compile_on(config.on)
         self._decide = _decider(config, self._override)
         self._compose()
 
@@ -477,7 +477,11 @@ def _type_name(exc: BaseException | None) -> str:
     return "BadResult" if exc is None else type(exc).__name__
 
 
-def _compile_on(on: OnException | None) -> Callable[[BaseException], bool] | None:
+def compile_on(on: OnException | None) -> Callable[[BaseException], bool] | None:
+    """``on=`` as a predicate on the exception (None for None); ``ValueError`` when malformed.
+
+    Shared by every policy that takes ``on=`` (``Retry``, ``Fallback``), so it means one thing.
+    """
     if on is None:
         return None
     if isinstance(on, type) and issubclass(on, BaseException):
