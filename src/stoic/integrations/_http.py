@@ -75,7 +75,7 @@ def default_policy() -> Retry:
     longer than 10 s is not waited for: the caller gets the response back at once.
     """
     return Retry(
-        attempts=3, backoff=exponential(0.1, 2.0, 10.0), budget=RetryBudget(), name="http"
+        max_attempts=3, backoff=exponential(0.1, 2.0, 10.0), budget=RetryBudget(), name="http"
     )
 
 

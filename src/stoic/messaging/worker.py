@@ -71,7 +71,7 @@ _log = logging.getLogger("stoic.messaging")
 
 Handler = Callable[[Message], Any]
 _RETRYABLE = frozenset({Outcome.TRANSIENT, Outcome.THROTTLED, Outcome.UNKNOWN})
-_DEFAULT_RETRY = Retry(attempts=5, backoff=exponential(1.0, 2.0, 300.0), name="worker")
+_DEFAULT_RETRY = Retry(max_attempts=5, backoff=exponential(1.0, 2.0, 300.0), name="worker")
 
 
 @dataclass(frozen=True, slots=True)
