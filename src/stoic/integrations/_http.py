@@ -22,6 +22,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .. import context
+from .._validate import header_name
 from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..events import dispatcher
@@ -42,7 +43,6 @@ __all__ = [
     "Plan",
     "default_policy",
     "expired",
-    "header_name",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
@@ -98,17 +98,6 @@ def idempotent_variant(policy: Policy) -> Policy:
 def new_idempotency_key() -> str:
     """A fresh key for one logical request (random, so two requests never share one)."""
     return str(uuid.uuid4())
-
-
-def header_name(parameter: str, value: object) -> str:
-    """Check a header name given as ``parameter``: a non-empty ASCII str without spaces.
-
-    The one check for every header-name argument of stoic's HTTP pieces (clients and
-    middlewares); ``ValueError`` naming the parameter and the value otherwise.
-    """
-    if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-        raise ValueError(f"{parameter} must be a non-empty ASCII header name, got {value!r}")
-    return value
 
 
 def host_name(scheme: str, host: str, port: int | None) -> str:

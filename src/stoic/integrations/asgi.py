@@ -32,10 +32,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from .._validate import header_name
 from ..context import bind, deadline
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..policies.base import Policy
-from ._http import header_name
 
 if TYPE_CHECKING:
     from ..idempotency.asgi import IdempotencyMiddleware
