@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ WORKERS = 3
 class Harness:
     """Payments service and worker processes around one workflow store."""
 
-    def __init__(self, url: str, tmp: Path) -> None:
+    def __init__(self, url: str, tmp: Path, prefix: str = "stoic_wf") -> None:
         self.url = url
+        self.prefix = prefix
         self.tmp = tmp
         self.logs = tmp / "logs"
         self.logs.mkdir()
@@ -42,7 +44,7 @@ class Harness:
         self.effects = tmp / "effects.db"
         self.port = free_port()
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(stoic.__file__).parent.parent), str(HERE)])}
+            [str(Path(stoic.__file__).parent.parent), str(HERE)]), "WF_PREFIX": prefix}
         self.payments: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         from workflow.worker_proc import create_effects
@@ -72,7 +74,18 @@ class Harness:
         from workflow.worker_proc import build
 
         return build(self.url, f"http://127.0.0.1:{self.port}", str(self.effects),
-                     str(self.logs))
+                     str(self.logs), prefix=self.prefix)
+
+    def finished(self) -> int:
+        """How many runs have ended (a cheap count, polled by the test's loop)."""
+        sql = (f"SELECT COUNT(*) FROM {self.prefix}_runs WHERE status IN ('completed',"
+               " 'failed')")
+        if self.url.startswith("sqlite"):
+            return int(self.query(self.tmp / "flows.db", sql)[0][0])
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            return int(conn.execute(sql).fetchone()[0])  # type: ignore[index]
 
     def query(self, db: Path, sql: str) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(db, timeout=30)
@@ -97,6 +110,24 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         made.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    if request.param == "sqlite":
+        yield request.getfixturevalue("harness")
+        return
+    prefix = f"wf_crash_{uuid.uuid4().hex[:10]}"
+    made = Harness(str(request.getfixturevalue("postgres_dsn")), tmp_path, prefix)
+    try:
+        yield made
+    finally:
+        made.stop()
+        from stoic.workflow import PostgresStore
+
+        store = PostgresStore(made.url, prefix=prefix)
+        store.drop()
+        store.close()
+
+
 def _wait(predicate: Any, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while not predicate():
@@ -105,7 +136,10 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_sigkilled_workers_and_payments_lose_nothing_and_charge_once(harness: Harness) -> None:
+def test_sigkilled_workers_and_payments_lose_nothing_and_charge_once(
+    any_harness: Harness,
+) -> None:
+    harness = any_harness
     harness.start_payments()
     flows = harness.flows()
     declined = {n for n in range(N) if n % 20 == 7}
@@ -121,12 +155,8 @@ def test_sigkilled_workers_and_payments_lose_nothing_and_charge_once(harness: Ha
     deadline = time.monotonic() + 170  # a bound for a loaded machine, not a speed claim
     store = flows.store
 
-    def finished() -> int:
-        return int(harness.query(harness.tmp / "flows.db", "SELECT COUNT(*) FROM stoic_wf_runs"
-                                 " WHERE status IN ('completed', 'failed')")[0][0])
-
     while True:
-        done = finished()
+        done = harness.finished()
         if done >= N:
             break
         assert time.monotonic() < deadline, f"only {done} of {N} finished in time"

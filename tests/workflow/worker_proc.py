@@ -54,10 +54,13 @@ def create_effects(path: str) -> None:
     conn.close()
 
 
-def build(url: str, payments: str, effects: str, logs: str, lease: float = 1.0) -> Workflows:
+def build(url: str, payments: str, effects: str, logs: str, lease: float = 1.0,
+          prefix: str | None = None) -> Workflows:
     log_dir = Path(logs)
+    options: dict[str, Any] = {"synchronous": "NORMAL"} if url.startswith("sqlite") else {
+        "prefix": prefix or os.environ["WF_PREFIX"], "max_size": 10}
     flows = Workflows(
-        url, lease=lease, poll_interval=0.1, synchronous="NORMAL",
+        url, lease=lease, poll_interval=0.1, **options,
         retry=stoic.Retry(attempts=100, backoff=stoic.backoff.exponential(0.1, 2.0, 5.0),
                           max_time=300.0),
     )
