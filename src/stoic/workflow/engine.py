@@ -240,6 +240,16 @@ class Workflows:
 
         return register
 
+    def include(self, other: Workflows) -> None:
+        """Register every workflow of ``other`` here too (the CLI's worker runs an app's
+        workflows on the store given on its command line)."""
+        for kind, definition in other._registry.items():
+            if kind not in self._registry:
+                self._registry[kind] = definition
+                self._latest[definition.name] = max(definition.version,
+                                                    self._latest.get(definition.name, 0))
+        self._limits.update(other._limits)
+
     @property
     def kinds(self) -> tuple[str, ...]:
         """The ``name@version`` of every registered workflow."""
