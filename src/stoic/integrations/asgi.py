@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 from ..context import bind, deadline
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..policies.base import Policy
+from .shedding import LoadShedder  # re-exported: the ASGI pieces live in one place
 
 if TYPE_CHECKING:
     from ..idempotency.asgi import (  # type: ignore[import-not-found,unused-ignore]
         IdempotencyMiddleware,
     )
 
-__all__ = ["IdempotencyMiddleware", "StoicMiddleware"]
+__all__ = ["IdempotencyMiddleware", "LoadShedder", "StoicMiddleware"]
 
 _log = logging.getLogger("stoic.asgi")
 
