@@ -27,9 +27,13 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import clock
+
+if TYPE_CHECKING:
+    from .integrations.shedding import RequestShed
+    from .policies.limit import LimitChanged
 
 __all__ = [
     "AttemptScope",
@@ -39,6 +43,8 @@ __all__ = [
     "DeadlineExpired",
     "Dispatcher",
     "Event",
+    "LimitChanged",
+    "RequestShed",
     "RetryGaveUp",
     "RetryScheduled",
     "Sink",
@@ -278,3 +284,17 @@ dispatcher = Dispatcher()
 def subscribe(sink: Sink) -> Callable[[], None]:
     """Send every stoic event to ``sink`` until the returned function is called."""
     return dispatcher.subscribe(sink)
+
+
+def __getattr__(name: str) -> Any:
+    # Events of the load-control policies live with them (they import this module, so a
+    # direct import here would be a cycle); re-exported so one catalogue names every event.
+    if name == "LimitChanged":
+        from .policies.limit import LimitChanged
+
+        return LimitChanged
+    if name == "RequestShed":
+        from .integrations.shedding import RequestShed
+
+        return RequestShed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

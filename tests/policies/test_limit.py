@@ -280,3 +280,26 @@ def test_adaptive_limit_composes_in_a_pipeline_and_decorates_async_functions() -
 
     assert asyncio.run(work()) == 7
     assert limit.inflight == 0
+
+
+def test_limit_changes_show_in_the_prometheus_gauge() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from stoic.observability import prometheus
+
+    registry = prometheus_client.CollectorRegistry()
+    prometheus.instrument(registry)
+    try:
+        with virtual_time() as clock:
+            limit = AdaptiveLimit("aimd", initial_limit=10, window_samples=1, name="orders")
+            run(limit, clock, [2.0])
+        text = prometheus_client.generate_latest(registry).decode()
+        assert 'stoic_concurrency_limit{name="orders"} 9.0' in text
+    finally:
+        prometheus.uninstrument()
+
+
+def test_load_events_are_in_the_event_catalogue() -> None:
+    from stoic.integrations.shedding import RequestShed
+
+    assert stoic.events.LimitChanged is LimitChanged
+    assert stoic.events.RequestShed is RequestShed
