@@ -1,112 +1,62 @@
 """LoadShedder: an adaptive limit on a real uvicorn server, shedding the least important work.
 
-The overload test runs the service in its own process (``capacity_service.py``) so the
-load generator here does not compete with it for the GIL, then cuts its capacity by 4x.
+The overload test runs the service and the load of ``benchmarks/overload.py`` (one
+implementation for the claim and its benchmark): the service in its own uvicorn process, so
+the load generator here does not compete with it for the GIL, with 16 workers of 100 ms
+each behind a ``LoadShedder`` with its defaults; then it cuts the workers to 4.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import importlib.util
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 import stoic
-from integrations.rawload import Connections
+from integrations.servers import Running
 from stoic.integrations.asgi import LoadShedder
 from stoic.integrations.shedding import RequestShed
 from support import free_port, wait_for_port
 
-HERE = Path(__file__).parent
-
-WORKERS = 16          # healthy capacity: 16 workers ...
-SERVICE_TIME = 0.1    # ... of 100 ms each: 160 requests/s
-DEGRADED = 4          # after the drop: 40 requests/s
-RATE = 60.0           # offered load: under healthy capacity, 1.5x the degraded one
-MIX = (("critical", 0.2), ("default", 0.2), ("sheddable", 0.6))
+ROOT = Path(__file__).resolve().parents[2]
+RATE = 60.0  # requests/s: under the healthy capacity (160/s), 1.5x the degraded one (40/s)
 
 
-@dataclass
-class Sample:
-    sent: float
-    priority: str
-    status: int
-    latency: float
+def _overload() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("overload", ROOT / "benchmarks" / "overload.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+overload = _overload()
 
 
 @pytest.fixture
-def capacity_service() -> Iterator[str]:
+def shedding_service() -> Iterator[int]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent.parent / "src"), str(HERE)])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "capacity_service.py"), str(port), str(WORKERS),
-         str(SERVICE_TIME)],
+        [sys.executable, str(ROOT / "benchmarks" / "overload.py"), "serve", "stoic", str(port)],
         env=env,
     )
     try:
         wait_for_port(port, timeout=20)
-        yield f"http://127.0.0.1:{port}"
+        yield port
     finally:
         process.terminate()
         process.wait(10)
-
-
-async def _drive(url: str, seconds_healthy: float, seconds_degraded: float) -> tuple[
-    list[Sample], list[tuple[float, int]], float
-]:
-    host, port = url.removeprefix("http://").split(":")
-    pool = Connections(host, int(port))
-    control = Connections(host, int(port))
-    samples: list[Sample] = []
-    limits: list[tuple[float, int]] = []
-    origin = time.monotonic()
-    drop_at = origin + seconds_healthy
-    end = drop_at + seconds_degraded
-
-    async def one(priority: str) -> None:
-        sent = time.monotonic()
-        status, _ = await pool.request(
-            "GET", "/work", {"X-Priority": priority, "X-Request-Timeout-Ms": "1000"}
-        )
-        samples.append(Sample(sent - origin, priority, status, time.monotonic() - sent))
-
-    async def watch() -> None:
-        dropped = False
-        while time.monotonic() < end:
-            if not dropped and time.monotonic() >= drop_at:
-                await control.request("POST", f"/capacity?workers={DEGRADED}")
-                dropped = True
-            _, body = await control.request("GET", "/stats")
-            limits.append((time.monotonic() - origin, json.loads(body)["limit"]))
-            await asyncio.sleep(0.1)
-
-    watcher = asyncio.create_task(watch())
-    tasks: set[asyncio.Task[None]] = set()
-    pattern = [name for name, share in MIX for _ in range(round(share * 10))]
-    index = 0
-    next_at = origin
-    while next_at < end:
-        now = time.monotonic()
-        if now < next_at:
-            await asyncio.sleep(next_at - now)
-        task = asyncio.create_task(one(pattern[index % len(pattern)]))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        index += 1
-        next_at += 1.0 / RATE
-    await asyncio.gather(*tasks)
-    await watcher
-    pool.close()
-    control.close()
-    return samples, limits, seconds_healthy
 
 
 def _p99(latencies: list[float]) -> float:
@@ -115,9 +65,11 @@ def _p99(latencies: list[float]) -> float:
 
 
 def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succeeds(
-    capacity_service: str,
+    shedding_service: int,
 ) -> None:
-    samples, limits, drop = asyncio.run(_drive(capacity_service, 6.0, 14.0))
+    drop = 6.0
+    samples, limits = asyncio.run(overload.drive(shedding_service, RATE, drop, 14.0))
+    degraded_workers = overload.DEGRADED
 
     healthy = [s.latency for s in samples if 1.0 <= s.sent < drop and s.status == 200]
     healthy_p99 = _p99(healthy)
@@ -126,7 +78,7 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     for at, limit in limits:
         if at < drop:
             continue
-        if limit <= 2 * DEGRADED:
+        if limit <= 2 * degraded_workers:
             converged_at = at if converged_at is None else converged_at
         else:
             converged_at = None
@@ -140,13 +92,14 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     assert admitted_p99 < 2 * healthy_p99, (admitted_p99, healthy_p99)
     # the service is kept busy: admitted throughput near the degraded capacity
     span = max(s.sent for s in steady) - min(s.sent for s in steady)
-    assert len(admitted) / span >= 0.8 * DEGRADED / SERVICE_TIME
+    assert len(admitted) / span >= 0.8 * degraded_workers / overload.SERVICE_TIME
 
     degraded = [s for s in samples if s.sent >= drop]
     by_priority = {
-        name: [s for s in degraded if s.priority == name] for name, _ in MIX
+        name: [s for s in degraded if s.priority == name] for name, _ in overload.MIX
     }
     critical_ok = sum(s.status == 200 for s in by_priority["critical"])
+    assert len(by_priority["critical"]) >= 100
     assert critical_ok >= 0.99 * len(by_priority["critical"])
     refused = {name: sum(s.status == 503 for s in group) for name, group in by_priority.items()}
     assert refused["sheddable"] > 0
@@ -303,3 +256,24 @@ def test_bad_configuration_raises_value_error_naming_the_parameter() -> None:
         LoadShedder(_ok, limit=stoic.Bulkhead(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="codel_target"):
         LoadShedder(_ok, codel_target=0)
+
+
+def test_stoic_http_clients_keep_one_adaptive_limit_per_host(
+    service: Running, other_service: Running
+) -> None:
+    import stoic.http
+
+    made: dict[str, stoic.AdaptiveLimit] = {}
+
+    def per_host(name: str) -> stoic.AdaptiveLimit:
+        made[name] = stoic.AdaptiveLimit(name=name)
+        return made[name]
+
+    with stoic.http.Client(bulkhead=per_host) as client:
+        assert client.get(f"{service.url}/a").status_code == 200
+        assert client.get(f"{other_service.url}/b").status_code == 200
+        assert client.get(f"{service.url}/c").status_code == 200
+    assert sorted(made) == sorted(
+        [f"http:127.0.0.1:{service.server.port}", f"http:127.0.0.1:{other_service.server.port}"]
+    )
+    assert all(limit.inflight == 0 for limit in made.values())
