@@ -97,17 +97,36 @@ def serve(mode: str, port: int) -> None:
     elif mode == "stoic":
         work = shedder = LoadShedder(work)
 
+    served: list[tuple[float, str, int, float]] = []
+
+    async def timed(scope: Any, receive: Any, send: Any) -> None:
+        """``work``, with the time the server took (admission included) kept per request."""
+        began = time.monotonic()  # CLOCK_MONOTONIC: the same clock as the load generator's
+        status = 0
+
+        async def watch(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await work(scope, receive, watch)
+        priority = dict(scope["headers"]).get(b"x-priority", b"").decode()
+        served.append((began, priority, status, time.monotonic() - began))
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"] == "/capacity":
+        if scope["path"] == "/served":
+            await _reply(send, 200, json.dumps(served).encode())
+        elif scope["path"] == "/capacity":
             await pool.resize(int(scope["query_string"].decode().split("=")[1]))
             await _reply(send, 200, b"ok")
         elif scope["path"] == "/stats":
             limit = shedder.limit.limit if shedder is not None else None
             await _reply(send, 200, json.dumps({"limit": limit}).encode())
         else:
-            await work(scope, receive, send)
+            await timed(scope, receive, send)
 
     uvicorn.run(
         app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="off",
@@ -166,8 +185,10 @@ class Sample:
 
 
 async def drive(port: int, rate: float, healthy: float, degraded: float) -> tuple[
-    list[Sample], list[tuple[float, int | None]]
+    list[Sample], list[tuple[float, int | None]], list[Sample]
 ]:
+    """Offer the load; the answers as the client saw them, the limit over time, and the
+    requests as the server saw them (its own time for each, admission included)."""
     pool, control = Connections(port), Connections(port)
     samples: list[Sample] = []
     limits: list[tuple[float, int | None]] = []
@@ -221,7 +242,9 @@ async def drive(port: int, rate: float, healthy: float, degraded: float) -> tupl
         next_at += 1.0 / rate
     await asyncio.gather(*tasks)
     await watcher
-    return samples, limits
+    served = [Sample(at - origin, priority, status, took)
+              for at, priority, status, took in json.loads(await ask("/served"))]
+    return samples, limits, served
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -239,7 +262,7 @@ def measure(mode: str, rate: float, healthy: float, degraded: float) -> dict[str
     process = subprocess.Popen([sys.executable, __file__, "serve", mode, str(port)], env=env)
     try:
         _wait_for_port(port)
-        samples, limits = asyncio.run(drive(port, rate, healthy, degraded))
+        samples, limits, _ = asyncio.run(drive(port, rate, healthy, degraded))
     finally:
         process.terminate()
         process.wait(10)

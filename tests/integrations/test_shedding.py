@@ -68,10 +68,12 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     shedding_service: int,
 ) -> None:
     drop = 6.0
-    samples, limits = asyncio.run(overload.drive(shedding_service, RATE, drop, 14.0))
+    samples, limits, served = asyncio.run(overload.drive(shedding_service, RATE, drop, 15.0))
     degraded_workers = overload.DEGRADED
 
-    healthy = [s.latency for s in samples if 1.0 <= s.sent < drop and s.status == 200]
+    # latency as the server measured it, admission included: the client's own event loop,
+    # on a shared two-core machine, adds stalls that are not the server's
+    healthy = [s.latency for s in served if 1.0 <= s.sent < drop and s.status == 200]
     healthy_p99 = _p99(healthy)
     # converged: from this time on the limit stays within 2x the new capacity
     converged_at = None
@@ -85,7 +87,8 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     assert converged_at is not None, f"limit never settled: {limits[-20:]}"
     assert converged_at - drop <= 10.0, f"converged {converged_at - drop:.1f}s after the drop"
 
-    steady = [s for s in samples if s.sent >= converged_at + 0.5]
+    # from 1.5 s after: what queued inside the app before the limit came down has drained
+    steady = [s for s in served if s.sent >= converged_at + 1.5]
     admitted = [s.latency for s in steady if s.status == 200]
     assert len(admitted) > 100
     admitted_p99 = _p99(admitted)

@@ -10,7 +10,8 @@ requests it admits still finish in time. Which ones it refuses depends on their 
 
 - ``critical``: waits longest for a slot (``max_wait``) and is served first;
 - ``default``: waits a little;
-- ``sheddable``: never waits: it runs only on a slot that is free when it arrives.
+- ``sheddable``: never waits: it runs only on a slot that is free when it arrives, and
+  leaves ``reserve`` slots (1) free for the others.
 
 A refused request gets ``503`` with ``Retry-After``. A request whose deadline (the time left
 that ``StoicMiddleware`` bound, or the ``X-Request-Timeout-Ms`` header) is shorter than the
@@ -26,11 +27,12 @@ Plain ASGI; scopes other than ``http`` pass straight through.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from .. import clock
+from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from .._validate import count, header_name, seconds
 from ..context import remaining
 from ..errors import DeadlineExceeded, Rejected
 from ..events import Event, dispatcher
@@ -38,11 +40,6 @@ from ..policies.limit import AdaptiveLimit, Vegas
 
 __all__ = ["PRIORITIES", "LoadShedder", "RequestShed"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PriorityHook = Callable[[Scope], "str | None"]
 
 #: Priority names, most important first; the number is the queue order.
@@ -76,6 +73,8 @@ class LoadShedder:
             all. Never longer than the request's deadline.
         codel: shrink every wait to ``codel_target`` while the queue has stayed non-empty
             for more than ``codel_interval`` seconds.
+        reserve: slots a sheddable request must leave free (never its last one), so a
+            critical or default request arriving finds one instead of queueing for it.
         deadline_header: the header with the caller's time left in milliseconds, read when
             no ``StoicMiddleware`` outside has bound a deadline.
         name: names the shedder in events.
@@ -92,6 +91,7 @@ class LoadShedder:
         codel: bool = False,
         codel_target: float = 0.005,
         codel_interval: float = 0.1,
+        reserve: int = 1,
         deadline_header: str = "X-Request-Timeout-Ms",
         name: str = "load_shedder",
     ) -> None:
@@ -103,11 +103,8 @@ class LoadShedder:
             raise ValueError(f"limit must be a stoic.AdaptiveLimit or None, got {limit!r}")
         if priority is not None and not callable(priority):
             raise ValueError(f"priority must be a callable taking the scope, got {priority!r}")
-        for label, value in (
-            ("priority_header", priority_header), ("deadline_header", deadline_header)
-        ):
-            if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-                raise ValueError(f"{label} must be a non-empty ASCII header name, got {value!r}")
+        header_name("priority_header", priority_header)
+        header_name("deadline_header", deadline_header)
         waits = dict(_DEFAULT_WAIT)
         if isinstance(max_wait, Mapping):
             unknown = set(max_wait) - set(PRIORITIES)
@@ -119,16 +116,11 @@ class LoadShedder:
             waits.update(max_wait)
         elif max_wait is not None:
             waits = dict.fromkeys(PRIORITIES, max_wait)
-        for key, seconds in waits.items():
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-                0 <= seconds < math.inf
-            ):
-                raise ValueError(f"max_wait[{key!r}] must be >= 0 seconds, got {seconds!r}")
-        for label, seconds in (("codel_target", codel_target), ("codel_interval", codel_interval)):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-                0 < seconds < math.inf
-            ):
-                raise ValueError(f"{label} must be > 0 seconds, got {seconds!r}")
+        for key, wait in waits.items():
+            seconds(f"max_wait[{key!r}]", wait, zero=True, finite=True)
+        count("reserve", reserve, minimum=0)
+        seconds("codel_target", codel_target, finite=True)
+        seconds("codel_interval", codel_interval, finite=True)
         self.app = app
         self.limit = limit
         self.priority = priority
@@ -142,6 +134,8 @@ class LoadShedder:
         self._priority_key = priority_header.lower().encode("latin-1")
         self._deadline_key = deadline_header.lower().encode("latin-1")
         self._queued_since: float | None = None
+        self.reserve = reserve
+        self._headroom = {"critical": 0, "default": 0, "sheddable": reserve}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,7 +147,7 @@ class LoadShedder:
         if left is not None and (left <= 0 or left < limit.rtt):
             await self._refuse(send, priority, 504, "deadline")
             return
-        start = limit.try_acquire()
+        start = limit.try_acquire(self._headroom[priority])
         if start is None:
             try:
                 start = await limit.aacquire(PRIORITIES[priority], self._wait(priority, left))

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import clock
+from .._validate import count, number, rate, seconds
 from ..context import deadline_at
 from ..errors import DeadlineExceeded, Rejected
 from ..events import CallRejected, Event, dispatcher
@@ -103,13 +104,6 @@ class LimitAlgorithm(Protocol):
         ...
 
 
-def _positive(name: str, value: float, *, zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value < 0 if zero else value <= 0):
-        bound = ">= 0" if zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
 def _scale(limit: float) -> float:
     """log10 of the limit, at least 1: how Vegas grows its thresholds with the limit."""
     return max(1.0, math.log10(max(limit, 1.0)))
@@ -131,14 +125,9 @@ class Vegas:
     probe_every: int = 200
 
     def __post_init__(self) -> None:
-        _positive("alpha", self.alpha)
-        _positive("beta", self.beta)
-        if self.beta < self.alpha:
-            raise ValueError(f"beta must be >= alpha ({self.alpha!r}), got {self.beta!r}")
-        if isinstance(self.probe_every, bool) or not isinstance(self.probe_every, int) or (
-            self.probe_every < 1
-        ):
-            raise ValueError(f"probe_every must be an int >= 1, got {self.probe_every!r}")
+        number("alpha", self.alpha, above=0)
+        number("beta", self.beta, at_least=self.alpha)
+        count("probe_every", self.probe_every)
 
     def start(self) -> Estimator:
         return _VegasState(self)
@@ -190,16 +179,9 @@ class Gradient2:
     long_window: int = 100
 
     def __post_init__(self) -> None:
-        _positive("tolerance", self.tolerance)
-        if self.tolerance < 1.0:
-            raise ValueError(f"tolerance must be >= 1, got {self.tolerance!r}")
-        _positive("smoothing", self.smoothing)
-        if self.smoothing > 1.0:
-            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing!r}")
-        if isinstance(self.long_window, bool) or not isinstance(self.long_window, int) or (
-            self.long_window < 1
-        ):
-            raise ValueError(f"long_window must be an int >= 1, got {self.long_window!r}")
+        number("tolerance", self.tolerance, at_least=1.0)
+        rate("smoothing", self.smoothing)
+        count("long_window", self.long_window)
 
     def start(self) -> Estimator:
         return _GradientState(self)
@@ -249,12 +231,11 @@ class Aimd:
     latency: float | None = 1.0
 
     def __post_init__(self) -> None:
-        _positive("increase", self.increase)
-        _positive("backoff", self.backoff)
-        if self.backoff >= 1.0:
+        number("increase", self.increase, above=0)
+        if rate("backoff", self.backoff) == 1.0:
             raise ValueError(f"backoff must be in (0, 1), got {self.backoff!r}")
         if self.latency is not None:
-            _positive("latency", self.latency)
+            seconds("latency", self.latency, optional=True)
 
     def start(self) -> Estimator:
         return _AimdState(self)
@@ -357,13 +338,11 @@ class AdaptiveLimit(Policy):
             algorithm = factory()
         elif not callable(getattr(algorithm, "start", None)):
             raise ValueError(f"algorithm must be a name or have start(), got {algorithm!r}")
-        for label, value, low in (
-            ("min_limit", min_limit, 1), ("max_limit", max_limit, 1),
-            ("initial_limit", initial_limit, 1), ("window_samples", window_samples, 1),
-            ("max_waiting", max_waiting, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
+        count("min_limit", min_limit)
+        count("max_limit", max_limit)
+        count("initial_limit", initial_limit)
+        count("window_samples", window_samples)
+        count("max_waiting", max_waiting, minimum=0)
         if min_limit > max_limit:
             raise ValueError(f"min_limit must be <= max_limit ({max_limit}), got {min_limit!r}")
         if not min_limit <= initial_limit <= max_limit:
@@ -371,14 +350,12 @@ class AdaptiveLimit(Policy):
                 f"initial_limit must be in [min_limit, max_limit] = [{min_limit}, {max_limit}], "
                 f"got {initial_limit!r}"
             )
-        _positive("window", window)
-        _positive("max_wait", max_wait, zero=True)
         self.algorithm = algorithm
         self.min_limit = min_limit
         self.max_limit = max_limit
-        self.window = float(window)
+        self.window = seconds("window", window, finite=True)
         self.window_samples = window_samples
-        self.max_wait = float(max_wait)
+        self.max_wait = seconds("max_wait", max_wait, zero=True, finite=True)
         self.max_waiting = max_waiting
         self.name = name or "adaptive_limit"
         self._estimator = algorithm.start()
@@ -426,10 +403,14 @@ class AdaptiveLimit(Policy):
 
     # --- admission ------------------------------------------------------------------------
 
-    def try_acquire(self) -> float | None:
-        """Take a slot without waiting: the start time to give to ``release``, or None."""
+    def try_acquire(self, headroom: int = 0) -> float | None:
+        """Take a slot without waiting: the start time to give to ``release``, or None.
+
+        With ``headroom`` the call is admitted only if that many slots stay free after it
+        (never below one slot in all): how a shedder keeps room for more important work.
+        """
         with self._lock:
-            if self._inflight >= self._cap or self._waiting:
+            if self._inflight >= max(1, self._cap - headroom) or self._waiting:
                 return None
             self._inflight += 1
         return _now()

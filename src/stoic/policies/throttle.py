@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from .. import clock
+from .._validate import count, number, seconds
 from ..errors import Rejected
 from ..events import CallRejected, dispatcher
 from ..outcome import Outcome, classify
@@ -67,17 +68,9 @@ class AdaptiveThrottle(Policy):
         rng: random.Random | None = None,
         name: str | None = None,
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 1.0 <= k < math.inf:
-            raise ValueError(f"k must be a number >= 1, got {k!r}")
-        if isinstance(window, bool) or not isinstance(window, (int, float)) or not (
-            0 < window < math.inf
-        ):
-            raise ValueError(f"window must be > 0 seconds, got {window!r}")
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise ValueError(f"buckets must be an int >= 1, got {buckets!r}")
-        self.k = float(k)
-        self.window = float(window)
-        self.buckets = buckets
+        self.k = number("k", k, at_least=1.0)
+        self.window = seconds("window", window, finite=True)
+        self.buckets = count("buckets", buckets)
         self.name = name or "throttle"
         self._width = self.window / buckets
         self._random = (rng or random.Random()).random
@@ -99,8 +92,8 @@ class AdaptiveThrottle(Policy):
     def _totals(self, now: float) -> tuple[float, float]:
         oldest = math.floor(now / self._width) - self.buckets
         requests = accepts = 0.0
-        for number, r, a in self._slices:
-            if number > oldest:
+        for slice_number, r, a in self._slices:
+            if slice_number > oldest:
                 requests += r
                 accepts += a
         return requests, accepts
