@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import backoff, clock, context, events, testing
+from .classifiers import stdlib as stdlib_classifiers
 from .context import deadline, remaining
 from .errors import (
     BulkheadFullError,
@@ -86,6 +87,9 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+stdlib_classifiers.install()  # the base classifiers: the registry never imports its plugins
+del stdlib_classifiers
 
 _LAZY: dict[str, tuple[str, str | None]] = {
     "CircuitBreaker": ("stoic.policies.breaker", "CircuitBreaker"),

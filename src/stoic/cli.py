@@ -20,6 +20,7 @@ _COMMANDS: dict[str, str] = {
     "alerts": "stoic.observability.cli",
     "proxy": "stoic.chaos.cli",
     "demo": "stoic.demo.cli",
+    "config": "stoic.registry.cli",
 }
 
 

@@ -27,6 +27,7 @@ try:  # the C encoder json itself uses; absent on some Python implementations
 except ImportError:  # pragma: no cover - CPython always has it
     _c_make_encoder = None
 
+from ._validate import non_empty
 from .errors import CodecError
 
 __all__ = ["Codec", "canonical", "decode", "default_codec", "encode", "register"]
@@ -74,8 +75,7 @@ class Codec:
         """Teach the codec a type. ``name`` is stored in the JSON; keep it stable."""
         if not isinstance(cls, type):
             raise TypeError(f"cls must be a type, got {cls!r}")
-        if not name or not isinstance(name, str):
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        non_empty("name", name)
         with self._lock:
             self._by_type[cls] = (name, to_json)
             self._by_name[name] = from_json

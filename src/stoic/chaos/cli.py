@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from .faults import _read_document
+from .faults import read_document
 
 __all__ = ["app", "load_config"]
 
@@ -27,7 +27,7 @@ app = typer.Typer(
 
 def load_config(path: Path) -> list[dict[str, Any]]:
     """Read a proxy list from JSON or YAML (``.yaml``/``.yml``); ValueError if malformed."""
-    data = _read_document(path)
+    data = read_document(path)
     if isinstance(data, dict) and "proxies" in data:
         data = data["proxies"]
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):

@@ -31,7 +31,8 @@ def render(
                              "rules.test.yml into (created if missing)."),
     team: str | None = typer.Option(None, help="Owning team for routing (default: the service)."),
 ) -> None:
-    """Write rules.yml, alertmanager.yml and rules.test.yml for SERVICE into OUT."""
+    """Write rules.yml, alertmanager.yml and rules.test.yml for --service into the --out
+    directory (each file is rendered and checked before any is written)."""
     try:
         config = AlertConfig(service=service, slo=slo, latency_p99=latency_p99, team=team)
     except ValueError as exc:

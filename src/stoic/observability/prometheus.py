@@ -28,6 +28,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._validate import count as check_count
 from ..events import CallRecorder
 from ._events import BREAKER_STATES, breaker_states, connect
 from .otel import DURATION_BUCKETS
@@ -276,8 +277,7 @@ def serve(port: int, addr: str = "127.0.0.1", registry: Any = None) -> Any:
     Returns the server; call ``.shutdown()`` on it to stop. Binds loopback by default:
     pass ``addr="0.0.0.0"`` deliberately to let another machine scrape.
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    check_count("port", port, minimum=0, maximum=65535)
     from prometheus_client import REGISTRY, start_http_server
 
     target = REGISTRY if registry is None else registry

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .. import clock
+from .._validate import count, is_number, non_empty, number, rate, seconds
 from ..errors import CircuitOpenError, Rejected
 from ..events import CallRejected, Event, dispatcher
 from ..outcome import Outcome, classify
@@ -175,7 +176,7 @@ class CountWindow:
     __slots__ = ("size",)
 
     def __init__(self, size: int = 100) -> None:
-        _check_count("size", size)
+        count("size", size)
         self.size = size
 
     def __repr__(self) -> str:
@@ -195,9 +196,7 @@ class TimeWindow:
     __slots__ = ("seconds",)
 
     def __init__(self, seconds: int = 60) -> None:
-        _check_count("seconds", seconds)
-        if seconds > 3600:
-            raise ValueError(f"seconds must be <= 3600, got {seconds!r}")
+        count("seconds", seconds, maximum=3600)
         self.seconds = seconds
 
     def __repr__(self) -> str:
@@ -475,28 +474,21 @@ class CircuitBreaker(Policy):
         open_for_growth: float = 1.0,
         max_open_for: float | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
-        _check_rate("failure_rate", failure_rate)
-        _check_rate("slow_call_rate", slow_call_rate)
-        if slow_call_duration is not None and not (
-            _is_number(slow_call_duration) and slow_call_duration > 0
-        ):
-            raise ValueError(
-                f"slow_call_duration must be > 0 seconds or None, got {slow_call_duration!r}"
-            )
+        non_empty("name", name)
+        rate("failure_rate", failure_rate)
+        rate("slow_call_rate", slow_call_rate)
+        if slow_call_duration is not None:
+            seconds("slow_call_duration", slow_call_duration, optional=True)
         if window is None:
             window = CountWindow(100)
         elif not isinstance(window, (CountWindow, TimeWindow)):
             raise ValueError(f"window must be a CountWindow or a TimeWindow, got {window!r}")
-        _check_count("minimum_calls", minimum_calls)
-        if not (_is_number(open_for) and 0 < open_for < float("inf")):
-            raise ValueError(f"open_for must be > 0 seconds (finite), got {open_for!r}")
-        _check_count("half_open_calls", half_open_calls)
-        if not (_is_number(open_for_growth) and 1.0 <= open_for_growth < float("inf")):
-            raise ValueError(f"open_for_growth must be >= 1, got {open_for_growth!r}")
+        count("minimum_calls", minimum_calls)
+        seconds("open_for", open_for, finite=True)
+        count("half_open_calls", half_open_calls)
+        number("open_for_growth", open_for_growth, at_least=1)
         if max_open_for is not None and not (
-            _is_number(max_open_for) and open_for <= max_open_for < float("inf")
+            is_number(max_open_for) and open_for <= max_open_for < float("inf")
         ):
             raise ValueError(
                 f"max_open_for must be >= open_for ({open_for!r}) or None, got {max_open_for!r}"
@@ -786,10 +778,14 @@ class CircuitBreaker(Policy):
             )
         return _CircuitOpen(retry_after, self.name)
 
-    # --- remote transitions (called by shared state from its own thread) -------------------
+    # --- following the fleet (called by shared state, from its own thread) ------------------
 
-    def _remote_opened(self, ttl: float) -> None:
-        """Another process opened this breaker for ``ttl`` more seconds: follow it."""
+    def follow_open(self, ttl: float) -> None:
+        """Another process opened this breaker for ``ttl`` more seconds: follow it.
+
+        For shared-state backends (``stoic.state.SharedState``); thread-safe. A forced-open
+        or disabled breaker ignores it, and so does a ``ttl`` <= 0.
+        """
         pending: _Pending = []
         with self._lock:
             mode = self._mode
@@ -809,8 +805,11 @@ class CircuitBreaker(Policy):
             )
         _run(pending)
 
-    def _remote_closed(self) -> None:
-        """Another process's trial calls succeeded: close too."""
+    def follow_close(self) -> None:
+        """Another process's trial calls succeeded: close too (if open or half-open).
+
+        For shared-state backends, like ``follow_open``; thread-safe.
+        """
         pending: _Pending = []
         with self._lock:
             mode = self._mode
@@ -1079,16 +1078,3 @@ def _run(pending: _Pending) -> None:
     for action in pending:
         action()
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
-def _check_count(parameter: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{parameter} must be an int >= 1, got {value!r}")
-
-
-def _check_rate(parameter: str, value: object) -> None:
-    if not (_is_number(value) and 0.0 < value <= 1.0):  # type: ignore[operator]
-        raise ValueError(f"{parameter} must be in (0, 1], got {value!r}")

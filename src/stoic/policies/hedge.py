@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
+from .._validate import count, seconds
 from ..events import Event, dispatcher
 from ..outcome import Outcome, classify
 from .base import AsyncStep, Policy, Step
@@ -60,12 +61,8 @@ class Hedge(Policy):
         *,
         name: str | None = None,
     ) -> None:
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
-            0 < delay < float("inf")
-        ):
-            raise ValueError(f"delay must be > 0 seconds, got {delay!r}")
-        if isinstance(max_hedges, bool) or not isinstance(max_hedges, int) or max_hedges < 1:
-            raise ValueError(f"max_hedges must be an int >= 1, got {max_hedges!r}")
+        delay = seconds("delay", delay, finite=True)
+        count("max_hedges", max_hedges)
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ValueError(f"budget must be a RetryBudget or None, got {budget!r}")
         self.delay = float(delay)

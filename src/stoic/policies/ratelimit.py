@@ -22,6 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
+from .._validate import count, number, seconds
 from ..context import _deadline
 from ..errors import RateLimitedError
 from ..events import CallRejected, dispatcher
@@ -63,19 +64,16 @@ class RateLimiter(Policy):
         *,
         name: str | None = None,
     ) -> None:
-        if not _positive(rate):
-            raise ValueError(f"rate must be > 0, got {rate!r}")
-        if not _positive(per):
-            raise ValueError(f"per must be > 0 seconds, got {per!r}")
+        rate = number("rate", rate, above=0)
+        per = seconds("per", per, finite=True)
         if burst is None:
             burst = max(1, math.ceil(rate))
-        elif isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ValueError(f"burst must be an int >= 1 or None, got {burst!r}")
+        else:
+            count("burst", burst, optional=True)
         if max_wait is not None:
             if not wait:
                 raise ValueError(f"max_wait needs wait=True, got max_wait={max_wait!r}")
-            if not _positive(max_wait):
-                raise ValueError(f"max_wait must be > 0 seconds or None, got {max_wait!r}")
+            max_wait = seconds("max_wait", max_wait, optional=True, finite=True)
         if state is not None and not hasattr(state, "take"):
             raise ValueError(f"state must be a stoic.state backend or None, got {state!r}")
         if state is not None and not name:
@@ -169,9 +167,3 @@ class RateLimiter(Policy):
 
         return acall
 
-
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-        and 0 < value < math.inf
-    )

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from .. import clock
+from .._validate import count, seconds
 from ..context import _deadline, _idempotency_key
 from ..errors import DeadlineExceeded
 from ..events import DeadlineExpired, RetryGaveUp, RetryScheduled, dispatcher
@@ -87,21 +88,20 @@ class Retry(Policy):
         *,
         on_result: Callable[[Any], bool] | None = None,
     ) -> None:
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+        count("attempts", attempts)
         if backoff is None:
             backoff = exponential()
         elif not isinstance(backoff, Backoff):
             raise ValueError(f"backoff must be a stoic.backoff schedule, got {backoff!r}")
-        if max_time is not None and not max_time > 0:
-            raise ValueError(f"max_time must be > 0 seconds or None, got {max_time!r}")
+        if max_time is not None:
+            max_time = seconds("max_time", max_time, optional=True)
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ValueError(f"budget must be a RetryBudget or None, got {budget!r}")
         if on_result is not None and not callable(on_result):
             raise ValueError(f"on_result must be callable or None, got {on_result!r}")
         self.attempts = attempts
         self.backoff = backoff
-        self.max_time = None if max_time is None else float(max_time)
+        self.max_time = max_time
         self.idempotent = bool(idempotent)
         self.on = on
         self.on_result = on_result
@@ -139,10 +139,8 @@ class Retry(Policy):
         a result rejected by ``on_result``. Giving up adds the same note to ``error`` as a
         call would, and emits the same events.
         """
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-            raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
-        if not elapsed >= 0:
-            raise ValueError(f"elapsed must be >= 0 seconds, got {elapsed!r}")
+        count("attempt", attempt)
+        seconds("elapsed", elapsed, zero=True)
         state = _State(clock._monotonic() - elapsed, attempt)
         state.previous = float(previous)
         return self._decide(state, error)

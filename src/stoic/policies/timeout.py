@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from .. import clock
+from .._validate import seconds as check_seconds
 from ..context import _deadline
 from ..errors import DeadlineExceeded
 from ..events import CallRejected, DeadlineExpired, dispatcher
@@ -30,11 +31,9 @@ class Timeout(Policy):
     """Limit each call to ``seconds`` (float seconds, > 0)."""
 
     def __init__(self, seconds: float, *, name: str | None = None) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise ValueError(f"seconds must be > 0, got {seconds!r}")
         if seconds == float("inf"):
             raise ValueError("seconds must be finite; leave the Timeout out for no limit")
-        self.seconds = float(seconds)
+        self.seconds = check_seconds("seconds", seconds)
         self.name = name or "timeout"
         self._compose()
 
