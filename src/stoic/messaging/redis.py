@@ -42,7 +42,7 @@ from .. import clock
 from .broker import PublishOne, ThreadedAsync, check_claim, check_delay, check_topic, prepare
 from .model import DeadLetter, Message, QueueStats, decode_headers, dump_headers, report_requeued
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "open_client"]
 
 _GROUP = "stoic"
 
@@ -329,14 +329,7 @@ class RedisBroker(PublishOne, ThreadedAsync):
             raise ValueError(f"url must start with redis://, rediss:// or unix://, got {url!r}")
         if not dedupe_window >= 0:
             raise ValueError(f"dedupe_window must be >= 0 seconds, got {dedupe_window!r}")
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
-        if client is None:
-            try:
-                import redis
-            except ImportError as exc:  # pragma: no cover - depends on the environment
-                raise ImportError("RedisBroker needs redis: pip install 'stoic[redis]'") from exc
-            client = redis.Redis.from_url(url, decode_responses=True)
+        client = open_client(url, client, prefix, "RedisBroker")
         self.url = url
         self.dedupe_window = float(dedupe_window)
         self.prefix = prefix
@@ -556,3 +549,17 @@ def _message(
         created_at=_float(created), available_at=available_at,
         receipt=f"{eid}|{token}" if token else "", defect=defect,
     )
+
+
+def open_client(url: str, client: Any, prefix: str, who: str) -> Any:
+    """``client``, or a redis-py client for ``url`` (text replies); checks the key
+    ``prefix`` (braces would break the hash tags that keep a topic's keys on one slot)."""
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+    if client is not None:
+        return client
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{who} needs redis: pip install 'stoic[redis]'") from exc
+    return redis.Redis.from_url(url, decode_responses=True)
