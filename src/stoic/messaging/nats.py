@@ -127,6 +127,7 @@ class NatsBroker(PublishOne):
         self._ready: set[str] = set()  # topics whose streams and consumers exist
         self._held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()  # taken by callers' threads and the loop's
+        self._sending: set[asyncio.Future[None]] = set()
         self._recovered: dict[str, int] = {}
         self._next_delay_check: dict[str, float] = {}
         self._inboxes: dict[str, Any] = {}  # stream -> the subscription its pulls answer on
@@ -376,8 +377,13 @@ class NatsBroker(PublishOne):
         return len(taken)
 
     def _send_acks(self, taken: list[_Held]) -> None:
+        task = asyncio.ensure_future(self._acks(taken))
+        self._sending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._sending.discard)
+
+    async def _acks(self, taken: list[_Held]) -> None:
         for held in taken:
-            asyncio.ensure_future(held.msg.ack())
+            await held.msg.ack()
 
     async def aack_many(self, messages: Sequence[Message]) -> int:
         return await self._loop.arun(self._ack_many(list(messages)))
