@@ -256,7 +256,7 @@ class FlowControl:
         self._fire = client.register_script(_FIRE)
         self._lock = threading.Lock()
         self._current = [0] * levels  # smooth weighted round robin state
-        self._cursor: dict[int, int] = {}
+        self._last: dict[int, str] = {}  # per level, the key served last
         self._next_fire: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -365,6 +365,7 @@ class FlowControl:
             sub = subtopic(topic, key, level, default=self.default_priority)
             got = broker.claim(sub, max_messages=1, lease=lease)
             if got:
+                self._served(level, key)
                 self._wait_for_slot(topic)
                 return got[0], permit
             if permit is not None:
@@ -376,8 +377,8 @@ class FlowControl:
     def _order(
         self, topic: str, members: list[tuple[str, float]]
     ) -> list[tuple[int, str, float | None]]:
-        """Sub-topics in the order to try: the level smooth weighted round robin picks, its
-        keys from a rotating start, then the other levels by priority."""
+        """Sub-topics in the order to try: the level smooth weighted round robin picks, then
+        the other levels by priority; within each, the keys after the one served last."""
         by_level: dict[int, list[tuple[str, float | None]]] = {}
         for member, score in members:
             level_text, _, key = member.partition(_SEP)
@@ -392,14 +393,18 @@ class FlowControl:
                 self._current[level] += self.weights[level]
             chosen = max(present, key=lambda level: (self._current[level], -level))
             self._current[chosen] -= total
-            cursor = self._cursor.get(chosen, 0)
-            self._cursor[chosen] = cursor + 1
+            last = dict(self._last)
         out: list[tuple[int, str, float | None]] = []
         for level in [chosen, *(lv for lv in present if lv != chosen)]:
             keys = sorted(by_level[level], key=lambda item: item[0])
-            start = cursor % len(keys) if level == chosen else 0
+            after = last.get(level)  # round robin: start after the key served last
+            start = next((i for i, (k, _) in enumerate(keys) if after is None or k > after), 0)
             out += [(level, k, s) for k, s in keys[start:] + keys[:start]]
         return out
+
+    def _served(self, level: int, key: str) -> None:
+        with self._lock:
+            self._last[level] = key
 
     def _permit(self, topic: str, key: str, lease: float) -> Permit | None:
         permit = Permit(key, self._k(topic, f"running:{key}"), uuid.uuid4().hex)
