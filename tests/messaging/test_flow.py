@@ -238,7 +238,7 @@ def test_a_schedule_fires_once_per_period_with_3_worker_processes(
     log = tmp_path / "log.jsonl"
     procs = workers(3, redis_url, topic, options, log)
     try:
-        time.sleep(6)
+        wait_for_lines(log, 5, 60)  # five periods once the three are up (slow on a busy box)
     finally:
         stop(procs)
     periods = [int(x["id"].rsplit(":", 1)[1]) for x in read_log(log)]
@@ -257,3 +257,21 @@ def test_publish_at_holds_a_message_until_then(
     Worker(redis_broker, topic, lambda m: seen.append(time.time()), flow=flow,
            poll_interval=0.02).run(stop_when_empty=True)
     assert len(seen) == 1 and seen[0] >= at
+
+
+async def test_arun_follows_the_same_rules(redis_url: str, topic: str, flow_prefix: str) -> None:
+    from stoic.messaging import MemoryBroker
+
+    broker = MemoryBroker()
+    flow = FlowControl(redis_url, prefix=flow_prefix)
+    for i in range(3):
+        flow.publish(broker, topic, i, priority=2)
+    flow.publish(broker, topic, "first", priority=0)
+    order: list[Any] = []
+
+    async def handler(m: Message) -> None:
+        order.append(m.payload)
+
+    await Worker(broker, topic, handler, flow=flow, poll_interval=0.01).arun(
+        stop_when_empty=True, handle_signals=False)
+    assert order == ["first", 0, 1, 2]
