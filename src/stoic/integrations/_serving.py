@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["budget_seconds", "check_header_name", "check_max_deadline", "request_id"]
 
@@ -33,6 +35,31 @@ def check_max_deadline(value: object) -> float | None:
     ):
         raise ValueError(f"max_deadline must be > 0 seconds (finite) or None, got {value!r}")
     return float(value)
+
+
+def check_server(service: object, version: object, bulkhead: object, user_id: object,
+                 hook_takes: str) -> None:
+    """Validate what every server-side integration takes; ``ValueError`` naming the argument."""
+    from ..policies.base import Policy
+
+    for label, value in (("service", service), ("version", version)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{label} must be a non-empty str, got {value!r}")
+    if bulkhead is not None and not isinstance(bulkhead, Policy):
+        raise ValueError(f"bulkhead must be a stoic policy (a Bulkhead) or None, got {bulkhead!r}")
+    if user_id is not None and not callable(user_id):
+        raise ValueError(f"user_id must be a callable taking {hook_takes}, got {user_id!r}")
+
+
+def user_of(hook: Callable[[Any], str | None] | None, request: Any) -> str | None:
+    """The user id the ``user_id`` hook finds in ``request``; None when it fails (logged)."""
+    if hook is None:
+        return None
+    try:
+        return hook(request)
+    except Exception:
+        _log.warning("stoic: the user_id hook failed", exc_info=True)
+        return None
 
 
 def request_id(raw: str | bytes | None) -> str:

@@ -65,7 +65,7 @@ from ._http import (
     Plan,
     raise_if_deadline,
 )
-from ._serving import check_header_name, check_max_deadline, request_id
+from ._serving import check_header_name, check_max_deadline, check_server, request_id, user_of
 
 __all__ = [
     "IDEMPOTENCY_KEY",
@@ -345,12 +345,7 @@ class _Arrival:
             seconds = cap
         self.seconds = seconds
         self.expired = seconds is not None and seconds <= 0 and interceptor.shed_when_expired
-        self.user_id = None
-        if interceptor.user_id is not None:
-            try:
-                self.user_id = interceptor.user_id(metadata)
-            except Exception:
-                _log.warning("stoic: the user_id hook failed", exc_info=True)
+        self.user_id = user_of(interceptor.user_id, metadata)
 
 
 class _Server:
@@ -370,15 +365,7 @@ class _Server:
         lease: float = 60.0,
         request_id_header: str = "x-request-id",
     ) -> None:
-        for label, value in (("service", service), ("version", version)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{label} must be a non-empty str, got {value!r}")
-        if bulkhead is not None and not isinstance(bulkhead, Policy):
-            raise ValueError(f"bulkhead must be a stoic policy (a Bulkhead) or None, got "
-                             f"{bulkhead!r}")
-        if user_id is not None and not callable(user_id):
-            raise ValueError(f"user_id must be a callable taking the metadata dict, got "
-                             f"{user_id!r}")
+        check_server(service, version, bulkhead, user_id, "the metadata dict")
         self.service = service
         self.version = version
         self.max_deadline = check_max_deadline(max_deadline)

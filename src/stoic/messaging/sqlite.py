@@ -129,11 +129,14 @@ class SQLiteBroker(ThreadedAsync):
         dedupe_window: seconds during which an id already published is not queued again
             (default a day). Rows of finished messages are kept that long, without bodies.
         busy_timeout: seconds a writer waits for another process's lock before failing.
+        read_only: open an existing file read-only, for inspection (stats, peek, dead
+            letters): nothing is created, a missing file raises ``sqlite3.OperationalError``
+            and so does every method that writes.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], *, synchronous: Synchronous = "NORMAL",
-        dedupe_window: float = 86400.0, busy_timeout: float = 30.0,
+        dedupe_window: float = 86400.0, busy_timeout: float = 30.0, read_only: bool = False,
     ) -> None:
         sync = str(synchronous).upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -149,10 +152,14 @@ class SQLiteBroker(ThreadedAsync):
         self.dedupe_window = float(dedupe_window)
         self._lock = threading.Lock()
         self._acks_since_purge = 0
+        self.read_only = bool(read_only)
         self._db = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            _read_only_uri(self.path) if read_only else self.path, timeout=busy_timeout,
+            isolation_level=None, check_same_thread=False, uri=self.read_only,
         )
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        if read_only:
+            return
         _setup(self._db, busy_timeout)
         self._db.execute(f"PRAGMA synchronous={sync}")
         # Checkpoint the WAL every 10,000 pages instead of 1,000: a checkpoint copies pages
@@ -334,6 +341,14 @@ class SQLiteBroker(ThreadedAsync):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _read_only_uri(path: str) -> str:
+    """SQLite's URI for opening ``path`` read-only: it never creates the file or a table."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    return f"file:{quote(str(Path(path).absolute()))}?mode=ro"
 
 
 def _setup(db: sqlite3.Connection, busy_timeout: float) -> None:

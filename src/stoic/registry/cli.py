@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from .._cli import USAGE, CommandError
 from . import ConfigError, load
 
 __all__ = ["app"]
@@ -31,8 +32,7 @@ def check(
     try:
         registry = load(file)
     except ConfigError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise CommandError(str(exc), USAGE) from None  # one line, like every stoic command
     settings = registry.settings()
     if as_json:
         typer.echo(json.dumps(settings, indent=2, sort_keys=True))
