@@ -93,8 +93,10 @@ class _Metadata(dict[str, Any]):
     __slots__ = ("added", "pairs")
 
     def __init__(self, pairs: Iterable[tuple[str, Any]] | None) -> None:
-        self.pairs = tuple(pairs or ())
-        super().__init__((k.lower(), v) for k, v in self.pairs)
+        super().__init__()
+        self.pairs = tuple(pairs) if pairs else ()
+        for key, value in self.pairs:
+            dict.__setitem__(self, key.lower(), value)
         self.added: dict[str, Any] = {}
 
     def __setitem__(self, key: str, value: Any) -> None:
