@@ -23,7 +23,7 @@ from support import require_service
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
 _NEEDS = re.compile(r"<!--\s*needs:\s*([\w, ]+)-->")
-_SERVICES = {"redis": 6379, "postgres": 5432, "rabbitmq": 5672}
+_SERVICES = {"redis": 6379, "postgres": 5432, "rabbitmq": 5672, "nats": 4222}
 
 PAGES = sorted(p for p in DOCS.glob("**/*.md") if _BLOCK.search(p.read_text()))
 

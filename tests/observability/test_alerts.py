@@ -143,7 +143,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(
 ) -> None:
     code, output, out = render_cli(tmp_path, *args)
     assert code == 2
-    assert "Error" in output
+    assert output.startswith("error: ")
     assert message in output
     assert not out.exists()
 

@@ -56,7 +56,7 @@ from ..idempotency.store import Claim, ClaimStatus, Store
 from ..outcome import Outcome, classify
 from ..policies.backoff import exponential
 from ..policies.retry import Retry
-from .broker import Broker, check_topic
+from .broker import Broker, Waking, check_topic
 from .model import (
     REQUEST_ID_HEADER,
     Message,
@@ -211,6 +211,8 @@ class Worker:
         )
         self._dedupe = None if dedupe is None else _Dedupe(dedupe, self.lease, dedupe_ttl)
         self._stop = threading.Event()
+        # A broker that announces publishes (LISTEN/NOTIFY) wakes an idle worker at once.
+        self._wake = broker.wait if isinstance(broker, Waking) else None
         self._held: dict[str, tuple[Message, str | None]] = {}  # receipt -> (msg, dedupe token)
         self._held_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -359,7 +361,7 @@ class Worker:
             if not batch:
                 if stop_when_empty and self._empty():
                     return
-                self._stop.wait(idle)
+                self._idle(idle)
                 continue
             self._hold(batch)
             acks: list[Message] = []
@@ -380,6 +382,22 @@ class Worker:
                         _log.exception("%s: ack failed; the messages will be redelivered",
                                        self.name)
                 self._release(*batch)
+
+    def _idle(self, seconds: float) -> None:
+        """Wait for work: until a publish on a waking broker, else a plain (stoppable) pause."""
+        wake = self._wake
+        if wake is None:
+            self._stop.wait(seconds)
+            return
+        end = clock.now() + seconds
+        try:  # in slices of at most 0.25 s, so stop() and SIGTERM are not kept waiting
+            while not self._stop.is_set():
+                left = end - clock.now()
+                if left <= 0 or wake(self.topic, min(left, 0.25)):
+                    return
+        except Exception:
+            _log.exception("%s: waiting for a publish failed; polling instead", self.name)
+            self._stop.wait(seconds)
 
     def _empty(self) -> bool:
         """Nothing ready, delayed (a retry waiting for its backoff) or held by anyone.
@@ -606,7 +624,10 @@ class Worker:
             if not batch:
                 if stop_when_empty and await asyncio.to_thread(self._empty):
                     return
-                await self._await_stop(idle)
+                if self._wake is None:
+                    await self._await_stop(idle)
+                else:
+                    await asyncio.to_thread(self._idle, idle)
                 continue
             self._hold(batch)
             acks: list[Message] = []

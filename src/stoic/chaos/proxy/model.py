@@ -49,6 +49,8 @@ def split_address(text: Any, what: str) -> tuple[str, int]:
     host, _, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if any(ch.isspace() or not ch.isprintable() for ch in host):
+        raise ApiError(400, f"{what} has a bad host: {text!r}")
     if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
         raise ApiError(400, f"{what} has a bad port: {text!r}")
     port = int(port_text)
@@ -158,6 +160,8 @@ class Proxy:
             )
         except OSError as exc:
             raise ApiError(409, f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        except (ValueError, UnicodeError) as exc:  # a host name the resolver refuses
+            raise ApiError(400, f"cannot listen on {listen!r}: {exc}") from None
         sockname = server.sockets[0].getsockname()
         bound_host = host if host and host != "localhost" else str(sockname[0])
         if not host:

@@ -302,7 +302,7 @@ class Connection:
             _transport, upstream = await self.loop.create_connection(
                 lambda: _Side(self, is_client=False), host, port
             )
-        except OSError:
+        except Exception:  # OSError mostly; whatever it is, the client must not hang
             self.abort()  # like Toxiproxy: an unreachable upstream closes the client
             return
         if self.closed:

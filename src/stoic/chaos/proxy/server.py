@@ -36,6 +36,8 @@ MAX_BODY = 1 << 20
 #: largest request line plus headers, in bytes
 MAX_HEAD = 64 * 1024
 
+_LINGER_SECONDS = 2.0  # after a refusal, how long unread input is drained before closing
+_LINGER_BYTES = 4 * MAX_BODY
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", ""})
 
@@ -78,7 +80,10 @@ def browser_refusal(method: str, headers: Headers, origins: Iterable[str]) -> Ap
     return None
 
 
-def _too_large(headers: Headers) -> ApiError | None:
+def _too_large(headers: Headers, head_size: int) -> ApiError | None:
+    # h11 enforces MAX_HEAD only on a header block still arriving; this catches the rest
+    if head_size > MAX_HEAD:
+        return ApiError(431, f"request header block over {MAX_HEAD} bytes")
     lengths = headers.get("content-length", ())  # digits only: h11 checked
     if any(len(length) > 12 or int(length) > MAX_BODY for length in lengths):
         return ApiError(413, f"request body too large (limit {MAX_BODY} bytes)")
@@ -89,7 +94,7 @@ def _error(exc: ApiError) -> Answer:
     return exc.status, {"error": exc.message, "status": exc.status}
 
 
-async def answer(collection: Collection, method: str, target: str, raw: bytes) -> Answer:
+async def _answer(collection: Collection, method: str, target: str, raw: bytes) -> Answer:
     """Decode the JSON body, dispatch, and turn every refusal into an error answer."""
     try:
         body = json.loads(raw) if raw.strip() else None
@@ -117,6 +122,7 @@ class _Exchange:
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.head = False
 
     async def run(self) -> None:
         h11 = self.h11
@@ -126,7 +132,7 @@ class _Exchange:
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
             with contextlib.suppress(ConnectionError, h11.LocalProtocolError):
-                await self._respond(*_error(ApiError(status, f"bad request: {exc}")), close=True)
+                await self._refuse(ApiError(status, f"bad request: {exc}"))
         except (ConnectionError, h11.LocalProtocolError):
             pass
 
@@ -148,20 +154,43 @@ class _Exchange:
         for name, value in request.headers:
             headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
         method = request.method.decode("ascii").upper()
-        refusal = browser_refusal(method, headers, self.api.origins) or _too_large(headers)
+        self.head = method == "HEAD"  # a HEAD answer has the headers of GET's, and no body
+        head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        refusal = browser_refusal(method, headers, self.api.origins) or _too_large(
+            headers, head_size)
         if refusal is not None:  # answered unread: the connection cannot be trusted further
-            await self._respond(*_error(refusal), close=True)
+            await self._refuse(refusal)
             return False
         if self.conn.they_are_waiting_for_100_continue:
             self.writer.write(self.conn.send(h11.InformationalResponse(status_code=100)) or b"")
         raw = await self._body()
         if raw is None:
-            await self._respond(*_error(ApiError(413, f"request body too large (limit "
-                                                      f"{MAX_BODY} bytes)")), close=True)
+            await self._refuse(ApiError(413, f"request body too large (limit {MAX_BODY} bytes)"))
             return False
         target = request.target.decode("ascii")
-        await self._respond(*await answer(self.api.collection, method, target, raw))
+        await self._respond(*await _answer(self.api.collection, method, target, raw))
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    async def _refuse(self, error: ApiError) -> None:
+        """Answer ``error`` and end the connection without reading another request from it.
+
+        What the client sent after is drained unread for a moment (at most ``_LINGER_BYTES``
+        bytes or ``_LINGER_SECONDS``): closing with unread data would send a TCP reset, which
+        can destroy the answer before the client reads it.
+        """
+        await self._respond(*_error(error), close=True)
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        loop = asyncio.get_running_loop()
+        until, drained = loop.time() + _LINGER_SECONDS, 0
+        while drained < _LINGER_BYTES and (left := until - loop.time()) > 0:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), left)
+            except (asyncio.TimeoutError, ConnectionError):
+                return
+            if not data:
+                return
+            drained += len(data)
 
     async def _body(self) -> bytes | None:
         """The request body, or None as soon as it passes ``MAX_BODY``."""
@@ -188,7 +217,7 @@ class _Exchange:
             headers.append(("connection", "close"))
         out = self.conn.send(h11.Response(status_code=status, headers=headers,
                                          reason=HTTPStatus(status).phrase))
-        if body:
+        if body and not self.head:
             out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
         out = (out or b"") + (self.conn.send(h11.EndOfMessage()) or b"")
         self.writer.write(out)
@@ -198,17 +227,19 @@ class _Exchange:
 class _Api:
     """What every connection of one API server shares."""
 
-    def __init__(self, collection: Collection, host: str) -> None:
+    def __init__(self, collection: Collection) -> None:
         self.collection = collection
-        self.host = host
         self.origins: frozenset[str] = frozenset()
 
 
 async def start_api(collection: Collection, host: str, port: int) -> asyncio.Server:
     """Serve the Toxiproxy API for ``collection`` on ``host:port`` (0 picks a free port)."""
-    import h11  # noqa: F401  (fail here, at start, when the chaos extra is missing)
+    try:
+        import h11  # noqa: F401  (fail here, at start, when the chaos extra is missing)
+    except ImportError:
+        raise ImportError("the fault proxy's API needs h11: pip install 'stoic[chaos]'") from None
 
-    api = _Api(collection, host)
+    api = _Api(collection)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
