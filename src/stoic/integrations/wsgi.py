@@ -37,9 +37,9 @@ from typing import Any
 from ..context import bind, deadline
 from ..errors import DeadlineExceeded, Rejected
 from ..policies.base import Policy
+from ._http import header_name
 from ._serving import (
     budget_seconds,
-    check_header_name,
     check_max_deadline,
     check_server,
     request_id,
@@ -115,12 +115,12 @@ class Edge:
         check_server(service, version, bulkhead, user_id, "the environ")
         self.service = service
         self.version = version
-        self.deadline_header = check_header_name("deadline_header", deadline_header)
+        self.deadline_header = header_name("deadline_header", deadline_header)
         self.max_deadline = check_max_deadline(max_deadline)
         self.shed_when_expired = bool(shed_when_expired)
         self.bulkhead = bulkhead
         self.user_id = user_id
-        self.request_id_header = check_header_name("request_id_header", request_id_header)
+        self.request_id_header = header_name("request_id_header", request_id_header)
         self._deadline_key = environ_key(deadline_header)
         self._request_id_key = environ_key(request_id_header)
         from ..observability.otel import extract  # None at once unless tracing is on
