@@ -1,8 +1,9 @@
 """``stoic config check FILE``: validate a policy file and print what it resolves to.
 
 The environment overrides (``STOIC_POLICIES__...``) of the current shell are applied, so
-the output is what a service started from this shell would run. A bad file prints the
-error naming the file, key and value, and exits with status 2.
+the output is what a service started from this shell would run. A bad file prints one line,
+``error: <file>: <key> = <value>: <reason>``, and exits with status 2 (the CLI conventions of
+``stoic._cli``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from .._cli import USAGE, CommandError
 from . import ConfigError, load
 
 __all__ = ["app"]
@@ -31,8 +33,7 @@ def check(
     try:
         registry = load(file)
     except ConfigError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise CommandError(str(exc), USAGE) from None
     settings = registry.settings()
     if as_json:
         typer.echo(json.dumps(settings, indent=2, sort_keys=True))
