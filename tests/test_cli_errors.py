@@ -1,11 +1,12 @@
 """Every ``stoic`` command meets a bad input with one line on stderr, never a traceback.
 
 Each command that takes a backend is run with each bad input (missing file or directory, a
-file that is not a database, a directory, a wrong scheme, a malformed URL, Redis, PostgreSQL
-and RabbitMQ on a free port where nothing listens, a server that accepts and never answers,
-a bad table name). Each run must exit 2 (usage) or 1 (run time), print a single line naming
-the problem, create no file, and finish in under 10 s. The matrix runs in-process; the
-reproductions from the issue also run as real ``python -m stoic`` processes.
+file that is not a database, a directory, a wrong scheme, a malformed URL, Redis, PostgreSQL,
+RabbitMQ and NATS on a free port where nothing listens, a server that accepts and never
+answers, a bad table name, a bad policy file, an unreachable fault proxy). Each run must exit
+2 (usage) or 1 (run time), print a single line naming the problem, create no file, and finish
+in under 10 s. The matrix runs in-process; the reproductions from the issue also run as real
+``python -m stoic`` processes.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def bad_inputs(silent: int) -> list[Bad]:
         Bad("rabbitmq-down", f"amqp://guest:guest@127.0.0.1:{down}/",
             (1, "cannot connect to RabbitMQ"), (2, "unsupported scheme 'amqp'"),
             (2, "unsupported scheme 'amqp'")),
+        Bad("nats-down", f"nats://127.0.0.1:{down}", (1, "cannot connect: Connection refused"),
+            (2, "unsupported scheme 'nats'"), (2, "unsupported scheme 'nats'")),
         Bad("redis-silent", f"redis://127.0.0.1:{silent}/0", (1, "no answer within 2 s"),
             pg_only, (1, "no answer within 2 s")),
         Bad("postgres-silent", f"postgresql://postgres@127.0.0.1:{silent}/test",
@@ -163,6 +166,15 @@ def test_idempotency_commands_answer_every_bad_store_with_one_line(
                               workdir)
 
 
+def test_queue_migrate_answers_every_bad_broker_with_one_line(
+    workdir: Path, silent_port: int,
+) -> None:
+    for bad in bad_inputs(silent_port):
+        code, fragment = bad.migrate
+        assert_one_line_error(["queue", "migrate", "--broker", bad.url, "--timeout", "2"], code,
+                              fragment, workdir)
+
+
 @pytest.mark.parametrize("command", STORE_COMMANDS, ids=lambda c: c[1])
 def test_a_bad_table_name_is_a_usage_error_before_any_connection(
     command: list[str], workdir: Path,
@@ -173,7 +185,7 @@ def test_a_bad_table_name_is_a_usage_error_before_any_connection(
 
 
 def test_a_missing_backend_is_a_usage_error(workdir: Path) -> None:
-    assert_one_line_error(["idempotency", "purge"], 2, "missing the store: --store URL",
+    assert_one_line_error(["idempotency", "purge"], 2, "missing --store URL (or STOIC_STORE)",
                           workdir)
 
 
@@ -210,6 +222,42 @@ def test_alerts_render_refuses_bad_arguments_with_one_line(
     out = [] if "--out" in args else ["--out", "rules"]
     assert_one_line_error(["alerts", "render", "--service", "shop", *out, *args], 2, fragment,
                           workdir)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "cannot read it"),
+        ("x = [\n", "not valid TOML"),
+        ("[policies.payments]\nretry = {attempts = 0}\n", "policies.payments.retry.attempts = 0"),
+    ],
+)
+def test_config_check_refuses_a_bad_file_with_one_line(
+    content: str | None, fragment: str, workdir: Path,
+) -> None:
+    if content is not None:
+        (workdir / "policies.toml").write_text(content)
+    assert_one_line_error(["config", "check", "policies.toml"], 2, fragment, workdir)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["proxy", "list"],
+        ["proxy", "create", "db", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:5432"],
+        ["proxy", "delete", "db"],
+        ["proxy", "toggle", "db"],
+        ["proxy", "toxic", "list", "db"],
+        ["proxy", "toxic", "add", "db", "-t", "latency", "-a", "latency=100"],
+        ["proxy", "toxic", "remove", "db", "-n", "latency_downstream"],
+    ],
+    ids=lambda c: " ".join(c[1:3]),
+)
+def test_proxy_commands_answer_an_unreachable_proxy_with_one_line(
+    command: list[str], workdir: Path,
+) -> None:
+    assert_one_line_error([*command, "--host", f"127.0.0.1:{free_port()}"], 1,
+                          "cannot reach the proxy API", workdir)
 
 
 # --- the issue's reproductions, as real processes ----------------------------------------

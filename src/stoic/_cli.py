@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import typer
 from typer.core import TyperGroup
@@ -47,8 +47,10 @@ __all__ = [
     "BoundaryGroup",
     "CommandError",
     "check_reachable",
+    "choose_url",
     "existing_sqlite_file",
     "explain",
+    "note_deprecated_url",
     "parse_backend",
     "reaching",
     "redacted",
@@ -135,6 +137,12 @@ def _prefixed(prefix: str, exit_code: int = RUNTIME) -> Callable[[BaseException]
     return lambda exc: CommandError(f"{prefix}{_message(exc)}", exit_code)
 
 
+def _postgres(exc: BaseException) -> CommandError:
+    # libpq's first line is the error; the next ones are hints and the query's context
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return CommandError(f"PostgreSQL: {first or type(exc).__name__}")
+
+
 def _optional_type(module: str, name: str) -> type[BaseException] | None:
     # Only a library that was imported can have raised: look it up, never import it here.
     found = getattr(sys.modules.get(module), name, None)
@@ -146,8 +154,7 @@ def _rules() -> list[tuple[type[BaseException] | None, Callable[[BaseException],
     return [
         (_optional_type("psycopg_pool", "PoolTimeout"),
          _prefixed("PostgreSQL: no connection in time: ")),
-        (_optional_type("psycopg", "OperationalError"), _prefixed("PostgreSQL: ")),
-        (_optional_type("psycopg", "Error"), _prefixed("PostgreSQL: ")),
+        (_optional_type("psycopg", "Error"), _postgres),
         (_optional_type("redis.exceptions", "TimeoutError"), _prefixed("Redis did not answer: ")),
         (_optional_type("redis.exceptions", "ConnectionError"),
          _prefixed("cannot connect to Redis: ")),
@@ -253,6 +260,24 @@ def parse_backend(url: str, option: str, accepted: Sequence[str]) -> Backend:
     return Backend(url=url, family=family, option=option, path=path)
 
 
+def choose_url(option: str, given: str | None, positional: str | None, envvar: str) -> str:
+    """The backend URL from ``option`` or from the deprecated positional spelling (not both)."""
+    if given is not None and positional is not None:
+        raise CommandError(f"give the URL once: {option} URL (the positional URL is the "
+                           "deprecated spelling)", USAGE)
+    url = positional if positional is not None else given
+    if url is None:
+        raise CommandError(f"missing {option} URL (or {envvar})", USAGE)
+    return url
+
+
+def note_deprecated_url(option: str, positional: str | None) -> None:
+    """Say once, after the command succeeded (a failure stays one line), that the positional
+    URL is the old spelling."""
+    if positional is not None:
+        typer.echo(f"note: the positional URL is deprecated; use {option} URL", err=True)
+
+
 @contextmanager
 def reaching(backend: Backend) -> Iterator[None]:
     """Expected failures inside become ``CommandError`` starting with the backend's URL."""
@@ -330,8 +355,13 @@ def _ping_redis(backend: Backend, timeout: float) -> None:
 def _connect_postgres(backend: Backend, timeout: float) -> None:
     import psycopg
 
+    # A broker URL may carry stoic's own options (schema, table_prefix...): libpq gets its own
+    known = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
+    parts = urlsplit(backend.url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k in known]
+    dsn = urlunsplit(parts._replace(query=urlencode(query)))
     try:  # libpq counts whole seconds, at least 2
-        with psycopg.connect(backend.url, connect_timeout=max(2, round(timeout))):
+        with psycopg.connect(dsn, connect_timeout=max(2, round(timeout))):
             pass
     except psycopg.OperationalError as exc:
         if "timeout expired" in str(exc):  # libpq's words for connect_timeout running out

@@ -200,3 +200,13 @@ def test_without_host_the_commands_use_the_toxiproxy_port() -> None:
     assert api_url("localhost") == "http://localhost:8474"
     assert api_url("10.0.0.1:9000") == "http://10.0.0.1:9000"
     assert api_url("https://proxy.example/") == "https://proxy.example:8474"
+
+
+def test_a_silent_api_gives_up_after_the_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        result = CliRunner().invoke(
+            build_app(), ["proxy", "list", "--host", host, "--timeout", "0.5"])
+    assert_one_line_error(result, 1, "cannot reach the proxy API", "timed out")

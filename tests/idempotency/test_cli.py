@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -62,4 +63,25 @@ def test_the_positional_store_url_still_works_with_a_deprecation_note(tmp_path: 
     result = CliRunner().invoke(build_app(), ["idempotency", "purge", f"sqlite:///{path}"])
     assert result.exit_code == 0, result.output
     assert "purged 0 expired records" in result.output
-    assert "positional store URL is deprecated; use --store URL" in result.output
+    assert "positional URL is deprecated; use --store URL" in result.output
+
+
+def test_purge_never_creates_a_postgres_table(postgres_dsn: str) -> None:
+    table = f"stoic_idem_cli_{uuid.uuid4().hex[:10]}"
+    result = CliRunner().invoke(build_app(), ["idempotency", "purge", "--store", postgres_dsn,
+                                              "--table", table])
+    assert result.exit_code == 1
+    assert f"no table {table} (create it with stoic idempotency migrate)" in result.stderr
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
+
+
+def test_purge_never_adds_a_table_to_a_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    sqlite3.connect(path).execute("CREATE TABLE users (id)").connection.close()
+    before = path.read_bytes()
+    result = CliRunner().invoke(build_app(), ["idempotency", "purge", "--store",
+                                              f"sqlite:///{path}"])
+    assert result.exit_code == 1
+    assert "not a stoic database: it has no table stoic_idempotency" in result.stderr
+    assert path.read_bytes() == before

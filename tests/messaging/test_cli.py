@@ -121,3 +121,30 @@ def test_a_read_only_broker_reads_and_refuses_to_write(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError):
         SQLiteBroker(tmp_path / "missing.db", read_only=True)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_inspecting_a_postgres_broker_never_creates_its_tables(postgres_dsn: str) -> None:
+    import uuid
+
+    import psycopg
+
+    schema = f"stoic_cli_{uuid.uuid4().hex[:10]}"
+    url = f"{postgres_dsn}?schema={schema}"
+    try:
+        for command in (["stats"], ["peek"], ["dlq", "list"]):
+            result = CliRunner().invoke(build_app(), ["queue", *command, "orders", "-b", url])
+            assert result.exit_code == 1, result.output
+            [line] = result.stderr.splitlines()
+            assert line.startswith("error: ") and "does not exist" in line, line
+        with psycopg.connect(postgres_dsn) as conn:
+            found = conn.execute("SELECT count(*) FROM information_schema.tables"
+                                 " WHERE table_schema = %s", (schema,)).fetchone()
+        assert found == (0,)
+        migrated = CliRunner().invoke(build_app(), ["queue", "migrate", "--broker", url])
+        assert migrated.exit_code == 0, migrated.output
+        result = CliRunner().invoke(build_app(), ["queue", "stats", "orders", "-b", url, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["ready"] == 0
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

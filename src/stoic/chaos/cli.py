@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from .._cli import RUNTIME, TIMEOUT_OPTION, USAGE, CommandError
 from .faults import read_document
 
 __all__ = ["DEFAULT_API", "api_url", "app", "load_config", "toxic_app"]
@@ -67,9 +68,9 @@ def api_url(host: str) -> str:
     return url.rstrip("/")
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def _fail(message: str, code: int = RUNTIME) -> NoReturn:
+    """One line on stderr and exit ``code``, through the root command's error boundary."""
+    raise CommandError(message, code)
 
 
 @app.callback()
@@ -89,7 +90,7 @@ def proxy(
         given = {name for name, source in sources.items()  # typer may bundle its own click
                  if source is not None and source.name != "DEFAULT"}
         if config is not None or seed is not None:
-            _fail("--config and --seed are for serving; leave them out with a command", 2)
+            _fail("--config and --seed are for serving; leave them out with a command", USAGE)
         if given:  # `stoic proxy --port 9000 list`: the API of a proxy served that way
             if ":" in host and "://" not in host and not host.startswith("["):
                 host = f"[{host}]"  # an IPv6 address
@@ -106,7 +107,7 @@ def _serve(host: str, port: int, config: Path | None, seed: int | None) -> None:
         try:
             proxies = load_config(config)
         except ValueError as exc:
-            _fail(str(exc), 2)
+            _fail(str(exc), USAGE)
 
     async def main() -> None:
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -147,18 +148,20 @@ ATTRIBUTES = typer.Option(
 )
 
 
-def _call(ctx: typer.Context, host: str | None, what: str, action: Callable[[Any], T]) -> T:
+def _call(
+    ctx: typer.Context, host: str | None, timeout: float, what: str, action: Callable[[Any], T]
+) -> T:
     """Run ``action(client)`` and turn every expected failure into one line and an exit."""
     from .proxy import ApiError, ProxyClient
 
     try:
         url = api_url(host or ctx.obj or DEFAULT_API)
     except ValueError as exc:
-        _fail(f"bad --host: {exc}", 2)
+        _fail(f"bad --host: {exc}", USAGE)
     try:
-        return action(ProxyClient(url, timeout=5.0))
+        return action(ProxyClient(url, timeout=timeout))
     except ApiError as exc:
-        _fail(f"{what}: {exc.message}", 2 if exc.status == 400 else 1)
+        _fail(f"{what}: {exc.message}", USAGE if exc.status == 400 else RUNTIME)
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
         _fail(f"cannot reach the proxy API at {url}: {reason}")
@@ -182,20 +185,23 @@ def _attributes(pairs: list[str]) -> dict[str, int]:
                 raise ValueError
             attributes[key.strip()] = int(value)
         except ValueError:
-            _fail(f"--attribute must be KEY=INTEGER (e.g. latency=1000), got {pair!r}", 2)
+            _fail(f"--attribute must be KEY=INTEGER (e.g. latency=1000), got {pair!r}", USAGE)
     return attributes
 
 
 def _toxicity(value: float | None) -> float | None:
     if value is not None and not 0.0 <= value <= 1.0:
-        _fail(f"--toxicity must be between 0 and 1, got {value!r}", 2)
+        _fail(f"--toxicity must be between 0 and 1, got {value!r}", USAGE)
     return value
 
 
 @app.command("list")
-def list_proxies(ctx: typer.Context, host: str | None = HOST, json_: bool = JSON) -> None:
+def list_proxies(
+    ctx: typer.Context, host: str | None = HOST, timeout: float = TIMEOUT_OPTION,
+    json_: bool = JSON,
+) -> None:
     """List every proxy: name, listen and upstream addresses, enabled, number of toxics."""
-    proxies = _call(ctx, host, "list", lambda client: client.proxies())
+    proxies = _call(ctx, host, timeout, "list", lambda client: client.proxies())
     if json_:
         typer.echo(json.dumps(proxies, indent=2, sort_keys=True))
         return
@@ -207,25 +213,32 @@ def list_proxies(ctx: typer.Context, host: str | None = HOST, json_: bool = JSON
 @app.command("create")
 def create_proxy(
     ctx: typer.Context, name: str = PROXY, host: str | None = HOST,
+    timeout: float = TIMEOUT_OPTION,
     listen: str = typer.Option("127.0.0.1:0", "--listen", "-l",
                                help="Address to listen on (port 0: a free one)."),
     upstream: str = typer.Option(..., "--upstream", "-u", help="Address to forward to."),
 ) -> None:
     """Create a proxy (enabled) from LISTEN to UPSTREAM."""
-    handle = _call(ctx, host, f"create {name}",
+    handle = _call(ctx, host, timeout, f"create {name}",
                    lambda client: client.create(name, upstream=upstream, listen=listen))
     typer.echo(f"Created new proxy {name} listening on {handle.listen}")
 
 
 @app.command("delete")
-def delete_proxy(ctx: typer.Context, name: str = PROXY, host: str | None = HOST) -> None:
+def delete_proxy(
+    ctx: typer.Context, name: str = PROXY, host: str | None = HOST,
+    timeout: float = TIMEOUT_OPTION,
+) -> None:
     """Delete a proxy: its port closes and its connections drop."""
-    _call(ctx, host, f"delete {name}", lambda client: client.delete(name))
+    _call(ctx, host, timeout, f"delete {name}", lambda client: client.delete(name))
     typer.echo(f"Deleted proxy {name}")
 
 
 @app.command("toggle")
-def toggle_proxy(ctx: typer.Context, name: str = PROXY, host: str | None = HOST) -> None:
+def toggle_proxy(
+    ctx: typer.Context, name: str = PROXY, host: str | None = HOST,
+    timeout: float = TIMEOUT_OPTION,
+) -> None:
     """Disable an enabled proxy (connections refused), or enable a disabled one."""
 
     def toggle(client: Any) -> bool:
@@ -233,13 +246,14 @@ def toggle_proxy(ctx: typer.Context, name: str = PROXY, host: str | None = HOST)
         (client.enable if enabled else client.disable)(name)
         return enabled
 
-    enabled = _call(ctx, host, f"toggle {name}", toggle)
+    enabled = _call(ctx, host, timeout, f"toggle {name}", toggle)
     typer.echo(f"Proxy {name} is now {'enabled' if enabled else 'disabled'}")
 
 
 @toxic_app.command("add")
 def add_toxic(
     ctx: typer.Context, proxy: str = PROXY, host: str | None = HOST,
+    timeout: float = TIMEOUT_OPTION,
     type_: str = typer.Option(..., "--type", "-t", help="latency, bandwidth, slow_close, "
                               "timeout, reset_peer, slicer or limit_data."),
     toxic_name: str | None = typer.Option(
@@ -251,12 +265,13 @@ def add_toxic(
 ) -> None:
     """Add a toxic to PROXY; it applies at once, to open connections too."""
     if upstream and downstream:
-        _fail("give --upstream or --downstream, not both", 2)
+        _fail("give --upstream or --downstream, not both", USAGE)
     attributes = _attributes(attribute)
     rate = _toxicity(toxicity)
-    toxic = _call(ctx, host, f"toxic add on proxy {proxy}", lambda client: client.add_toxic(
-        proxy, type_, name=toxic_name, stream="upstream" if upstream else "downstream",
-        toxicity=1.0 if rate is None else rate, **attributes))
+    stream = "upstream" if upstream else "downstream"
+    toxic = _call(ctx, host, timeout, f"toxic add on proxy {proxy}", lambda client: (
+        client.add_toxic(proxy, type_, name=toxic_name, stream=stream,
+                         toxicity=1.0 if rate is None else rate, **attributes)))
     typer.echo(f"Added {toxic['stream']} {toxic['type']} toxic '{toxic['name']}' "
                f"on proxy '{proxy}'")
 
@@ -264,24 +279,26 @@ def add_toxic(
 @toxic_app.command("update")
 def update_toxic(
     ctx: typer.Context, proxy: str = PROXY, host: str | None = HOST,
+    timeout: float = TIMEOUT_OPTION,
     toxic_name: str = TOXIC_NAME, toxicity: float | None = TOXICITY,
     attribute: list[str] = ATTRIBUTES,
 ) -> None:
     """Change a toxic's toxicity or attributes; attributes left out keep their values."""
     attributes = _attributes(attribute)
     rate = _toxicity(toxicity)
-    _call(ctx, host, f"toxic update on proxy {proxy}", lambda client: client.update_toxic(
-        proxy, toxic_name, toxicity=rate, **attributes))
+    _call(ctx, host, timeout, f"toxic update on proxy {proxy}", lambda client: (
+        client.update_toxic(proxy, toxic_name, toxicity=rate, **attributes)))
     typer.echo(f"Updated toxic '{toxic_name}' on proxy '{proxy}'")
 
 
 @toxic_app.command("remove")
 def remove_toxic(
     ctx: typer.Context, proxy: str = PROXY, host: str | None = HOST,
+    timeout: float = TIMEOUT_OPTION,
     toxic_name: str = TOXIC_NAME,
 ) -> None:
     """Remove a toxic from PROXY (also: toxic delete, as in toxiproxy-cli)."""
-    _call(ctx, host, f"toxic remove on proxy {proxy}",
+    _call(ctx, host, timeout, f"toxic remove on proxy {proxy}",
           lambda client: client.remove_toxic(proxy, toxic_name))
     typer.echo(f"Removed toxic '{toxic_name}' on proxy '{proxy}'")
 
@@ -291,10 +308,11 @@ toxic_app.command("delete", hidden=True)(remove_toxic)
 
 @toxic_app.command("list")
 def list_toxics(
-    ctx: typer.Context, proxy: str = PROXY, host: str | None = HOST, json_: bool = JSON
+    ctx: typer.Context, proxy: str = PROXY, host: str | None = HOST,
+    timeout: float = TIMEOUT_OPTION, json_: bool = JSON,
 ) -> None:
     """List PROXY's toxics in the order they apply."""
-    toxics = _call(ctx, host, f"toxic list on proxy {proxy}",
+    toxics = _call(ctx, host, timeout, f"toxic list on proxy {proxy}",
                    lambda client: client.toxics(proxy))
     if json_:
         typer.echo(json.dumps(toxics, indent=2, sort_keys=True))

@@ -17,12 +17,15 @@ from typing import Any
 import typer
 
 from .._cli import (
+    DEFAULT_TIMEOUT,
     TIMEOUT_OPTION,
     USAGE,
     Backend,
     CommandError,
     check_reachable,
+    choose_url,
     existing_sqlite_file,
+    note_deprecated_url,
     parse_backend,
     reaching,
     redis_client,
@@ -46,11 +49,15 @@ StoreOption = typer.Option(
 TableOption = typer.Option("stoic_idempotency", help="Table name (SQLite, PostgreSQL).")
 
 
-def open_store(url: str, table: str = "stoic_idempotency", *, timeout: float | None = None) -> Any:
+def open_store(
+    url: str, table: str = "stoic_idempotency", *, timeout: float | None = None,
+    create: bool = True,
+) -> Any:
     """A store from a URL: ``sqlite:///path.db``, ``redis://…``, ``postgresql://…``.
 
     With ``timeout`` the server is checked first (a handshake bounded by it) and a Redis
-    client waits at most that long; a SQLite file must already exist.
+    client waits at most that long. With ``create=False`` the SQLite file or the table must
+    already exist: ``CommandError`` instead of creating them.
     """
     backend = parse_backend(url, "--store", _STORES)
     _table(table)
@@ -60,16 +67,19 @@ def open_store(url: str, table: str = "stoic_idempotency", *, timeout: float | N
         if backend.family == "sqlite":
             from .sqlite import SQLiteStore
 
-            path = existing_sqlite_file(backend)
-            _has_table(path, table)
-            return SQLiteStore(path, table=table)
+            if not create:
+                _has_table(existing_sqlite_file(backend), table)
+            return SQLiteStore(backend.path or "", table=table)
         if backend.family == "redis":
             from .redis import RedisStore
 
             client = None if timeout is None else redis_client(url, timeout,
                                                                 decode_responses=False)
             return RedisStore(url, client=client)
-        return PostgresStore(url, table=table)
+        if not create and not _postgres_table_exists(backend, table, timeout):
+            raise CommandError(f"{backend.shown}: no table {table} (create it with "
+                               f"stoic idempotency migrate)")
+        return PostgresStore(url, table=table, create_table=create)
 
 
 def _table(table: str) -> None:
@@ -93,19 +103,11 @@ def _has_table(path: Any, table: str) -> None:
 
 
 def _store_url(option: str | None, positional: str | None) -> str:
-    if option is not None and positional is not None:
-        raise CommandError("give the store once: --store URL (the positional URL is the "
-                           "deprecated spelling)", USAGE)
-    url = positional if positional is not None else option
-    if url is None:
-        raise CommandError("missing the store: --store URL (or STOIC_STORE)", USAGE)
-    return url
+    return choose_url("--store", option, positional, "STOIC_STORE")
 
 
 def _deprecated_spelling(positional: str | None) -> None:
-    # after success only: a failure stays one line
-    if positional is not None:
-        typer.echo("note: the positional store URL is deprecated; use --store URL", err=True)
+    note_deprecated_url("--store", positional)
 
 
 @app.command()
@@ -139,10 +141,11 @@ def migrate(
     _deprecated_spelling(dsn)
 
 
-def _postgres_table_exists(backend: Backend, table: str, timeout: float) -> bool:
+def _postgres_table_exists(backend: Backend, table: str, timeout: float | None) -> bool:
     import psycopg
 
-    with psycopg.connect(backend.url, connect_timeout=max(2, round(timeout))) as conn:
+    seconds = max(2, round(timeout if timeout is not None else DEFAULT_TIMEOUT))
+    with psycopg.connect(backend.url, connect_timeout=seconds) as conn:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
     return bool(row and row[0])
 
@@ -157,7 +160,7 @@ def purge(
 ) -> None:
     """Delete expired records (reads ignore them anyway; this reclaims the space)."""
     target = _store_url(store, url)
-    opened = open_store(target, table, timeout=timeout)
+    opened = open_store(target, table, timeout=timeout, create=False)
     backend = parse_backend(target, "--store", _STORES)
     with reaching(backend):
         try:

@@ -26,7 +26,9 @@ from .._cli import (
     TIMEOUT_OPTION,
     Backend,
     check_reachable,
+    choose_url,
     existing_sqlite_file,
+    note_deprecated_url,
     parse_backend,
     reaching,
     redis_client,
@@ -71,6 +73,8 @@ def _broker(url: str, topic: str, timeout: float, *, read_only: bool) -> Iterato
         check_reachable(backend, timeout)
         if backend.family == "redis":
             options["client"] = redis_client(url, timeout, decode_responses=True)
+        if backend.family == "postgresql":  # tables come from `stoic queue migrate` only
+            options.update(create_tables=False, min_size=0, max_size=2)
     with reaching(backend):
         broker = connect(url, **options)
         try:
@@ -224,22 +228,33 @@ def dlq_purge(
 
 @app.command()
 def migrate(
-    url: str = typer.Argument(..., help="postgresql://user@host/db[?schema=...&table_prefix=...]"),
+    url: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
+                                     help="Deprecated: use --broker."),
+    broker: str | None = typer.Option(
+        None, "--broker", "-b", envvar="STOIC_BROKER", metavar="URL",
+        help="postgresql://user@host/db[?schema=...&table_prefix=...]",
+    ),
     print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
     timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Create the PostgreSQL broker's tables ahead of time (safe to run again).
 
     For deployments whose application role may not run DDL: construct the broker with
-    ``create_tables=False``.
+    ``create_tables=False``. The other queue commands never create them.
     """
-    from .postgres import PostgresBroker, schema_sql
+    from urllib.parse import parse_qs, urlsplit
 
-    parse_backend(url, "URL", ("postgresql",))  # migrate is for PostgreSQL brokers only
-    with _broker(url, "", timeout, read_only=False) as b:
-        assert isinstance(b, PostgresBroker)
-        if print_sql:
-            typer.echo(schema_sql(b.schema, b.table_prefix).strip())
-            return
+    from .postgres import schema_sql
+
+    target = choose_url("--broker", broker, url, "STOIC_BROKER")
+    backend = parse_backend(target, "--broker", ("postgresql",))
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(target).query).items()}
+    schema, prefix = query.get("schema", "public"), query.get("table_prefix", "stoic_")
+    ddl = schema_sql(schema, prefix).strip()  # ValueError (usage) for a bad name
+    if print_sql:
+        typer.echo(ddl)
+        return
+    with _broker(target, "", timeout, read_only=False) as b, reaching(backend):
         b.migrate()
-        typer.echo(f"tables {b.schema}.{b.table_prefix}messages, dead and counters are ready")
+    typer.echo(f"tables {schema}.{prefix}messages, dead and counters are ready")
+    note_deprecated_url("--broker", url)

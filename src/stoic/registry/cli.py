@@ -1,9 +1,8 @@
 """``stoic config check FILE``: validate a policy file and print what it resolves to.
 
 The environment overrides (``STOIC_POLICIES__...``) of the current shell are applied, so
-the output is what a service started from this shell would run. A bad file prints one line,
-``error: <file>: <key> = <value>: <reason>``, and exits with status 2 (the CLI conventions of
-``stoic._cli``).
+the output is what a service started from this shell would run. A bad file prints the
+error naming the file, key and value, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ def check(
     try:
         registry = load(file)
     except ConfigError as exc:
-        raise CommandError(str(exc), USAGE) from None
+        raise CommandError(str(exc), USAGE) from None  # one line, like every stoic command
     settings = registry.settings()
     if as_json:
         typer.echo(json.dumps(settings, indent=2, sort_keys=True))
