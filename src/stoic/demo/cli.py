@@ -40,13 +40,16 @@ def demo(
     rps: float = typer.Option(30.0, help="Orders per second sent to the shop."),
     seed: int = typer.Option(1, help="Fixes every random choice: the same seed, the same run."),
     backend: str = typer.Option(
-        "sqlite", help="Where idempotency keys, the queue and breaker state live: "
-        "sqlite, redis or rabbitmq (the queue; keys stay in SQLite)."),
+        "sqlite", help="Where stoic's machinery lives (idempotency keys, the queue, breaker "
+        "state, workflows): sqlite, redis, rabbitmq (the queue; keys stay in SQLite) or "
+        "postgres (keys, queue, workflows and their outbox, in a schema of the run's own)."),
     report: Path | None = typer.Option(None, help="Write the HTML report here."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the scorecard as JSON."),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", help="Redis for --backend redis."),
     amqp_url: str = typer.Option("amqp://guest:guest@127.0.0.1:5672/",
                                  help="RabbitMQ for --backend rabbitmq."),
+    postgres_url: str = typer.Option("postgresql://postgres@127.0.0.1:5432/test",
+                                     help="PostgreSQL for --backend postgres."),
     keep: bool = typer.Option(False, "--keep", help="Keep the working files (databases, logs)."),
     workdir: Path | None = typer.Option(
         None, help="Put the working files here, one folder per build, and keep them."),
@@ -71,12 +74,12 @@ def demo(
     try:
         options = [
             RunOptions(mode=m, duration=duration, rps=rps, seed=seed, backend=backend,
-                       redis_url=redis_url, amqp_url=amqp_url)
+                       redis_url=redis_url, amqp_url=amqp_url, postgres_url=postgres_url)
             for m in modes
         ]
     except ValueError as exc:
         _fail(str(exc))
-    _check_backend(backend, redis_url, amqp_url)
+    _check_backend(backend, redis_url, amqp_url, postgres_url)
     results = _run_all(options, keep=keep or workdir is not None, parent=workdir)
     data = [r.as_dict() for r in results]
     _print_scorecard(data)
@@ -92,11 +95,12 @@ def demo(
         typer.echo(f"report written to {report}")
 
 
-def _check_backend(backend: str, redis_url: str, amqp_url: str) -> None:
+def _check_backend(backend: str, redis_url: str, amqp_url: str, postgres_url: str) -> None:
     """The server of --backend answers, before any process of the shop starts."""
     option, url, family = {
         "redis": ("--redis-url", redis_url, "redis"),
         "rabbitmq": ("--amqp-url", amqp_url, "amqp"),
+        "postgres": ("--postgres-url", postgres_url, "postgresql"),
     }.get(backend, ("", "", ""))
     if url:
         check_reachable(parse_backend(url, option, (family,)), DEFAULT_TIMEOUT)
@@ -249,7 +253,7 @@ def _print_scorecard(data: list[dict[str, Any]]) -> None:
 def serve(
     port: int = typer.Option(8000, help="Port of the orders service (POST /orders)."),
     proxy_port: int = typer.Option(8474, help="Port of the chaos proxy's Toxiproxy API."),
-    backend: str = typer.Option("sqlite", help="sqlite, redis or rabbitmq."),
+    backend: str = typer.Option("sqlite", help="sqlite, redis, rabbitmq or postgres."),
     workdir: Path | None = typer.Option(None, help="Where the databases go (default: temp)."),
 ) -> None:
     """Keep the shop (stoic build) up until Ctrl-C, for you and for Chaos Toolkit."""

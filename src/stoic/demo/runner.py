@@ -30,7 +30,7 @@ from .services.common import SERVICES, ShopConfig
 __all__ = ["BACKENDS", "MODES", "RunOptions", "RunResult", "Shop", "run"]
 
 MODES = ("naive", "stoic")
-BACKENDS = ("sqlite", "redis", "rabbitmq")
+BACKENDS = ("sqlite", "redis", "rabbitmq", "postgres")
 _STATE = re.compile(r'^stoic_circuit_breaker_state\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -50,6 +50,7 @@ class RunOptions:
     drain_timeout: float = 30.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
     cleanup: bool = False  # delete the working directory if the runner dies mid-run
 
     def __post_init__(self) -> None:
@@ -114,6 +115,7 @@ class Shop:
         self.workdir = workdir
         self.procs = ProcessGroup(workdir)
         self.net: chaosnet.Network | None = None
+        self.namespace = False  # the run's schema exists on the shared server (postgres)
         try:
             self.ports = ports or {name: free_port() for name in SERVICES}
             self.net = chaosnet.start(self.procs, workdir, self.ports, api_port=proxy_port)
@@ -121,8 +123,14 @@ class Shop:
                 mode=options.mode, workdir=str(workdir), ports=self.ports, urls=self.net.urls,
                 backend=options.backend, seed=options.seed,
                 prefix=f"stoic-demo-{uuid.uuid4().hex[:8]}", edge_deadline=options.edge_deadline,
-                redis_url=options.redis_url, amqp_url=options.amqp_url, cleanup=options.cleanup,
+                redis_url=options.redis_url, amqp_url=options.amqp_url,
+                postgres_url=options.postgres_url, cleanup=options.cleanup,
             )
+            if options.backend == "postgres":
+                from . import parts
+
+                parts.create_namespace(self.cfg)
+                self.namespace = True
             config_path = workdir / "shop.json"
             self.cfg.save(config_path)
             for name in SERVICES:
@@ -145,10 +153,16 @@ class Shop:
             raise RuntimeError(f"the {name} service did not start:\n{log}") from exc
 
     def close(self) -> None:
-        """Stop every process of the shop."""
+        """Stop every process of the shop, and remove its state from a shared server."""
         self.procs.close()
         if self.net is not None:
             self.net.close()
+        if self.namespace:
+            from . import parts
+
+            self.namespace = False
+            with contextlib.suppress(Exception):
+                parts.drop_namespace(self.cfg)
 
     def __enter__(self) -> Shop:
         return self
@@ -304,7 +318,9 @@ async def _drain(options: RunOptions, cfg: ShopConfig, control: Any) -> None:
         accepted, fulfilled, pending = now
         if fulfilled >= accepted and not pending and time.monotonic() - last_change > 0.5:
             return
-        if time.monotonic() - last_change > quiet:
+        # an order still pending in the stoic build is a workflow waiting for its next try
+        # (up to a few seconds after an outage): worth waiting for, up to the drain timeout
+        if not pending and time.monotonic() - last_change > quiet:
             return
         await asyncio.sleep(0.2)
 

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
     "ORDER_ID",
@@ -63,8 +64,8 @@ class ShopConfig:
     """Everything a service needs to know about the run, written once by the runner.
 
     ``urls`` are where ``orders`` reaches the others: through a chaos proxy when one is
-    running, directly otherwise. ``prefix`` namespaces Redis keys and RabbitMQ queues so
-    two runs never share state.
+    running, directly otherwise. ``prefix`` namespaces Redis keys, RabbitMQ queues and the
+    PostgreSQL schema (``pg_schema``) so two runs never share state.
     """
 
     mode: str
@@ -77,6 +78,7 @@ class ShopConfig:
     edge_deadline: float = 2.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
     naive_timeout: float = 5.0
     naive_attempts: int = 3
     naive_sleep: float = 0.5
@@ -88,12 +90,29 @@ class ShopConfig:
         return str(Path(self.workdir) / f"{service}.db")
 
     @property
+    def pg_schema(self) -> str:
+        """The run's own PostgreSQL schema (``--backend postgres``): every table of stoic's
+        machinery lives in it, and dropping it removes the run's state."""
+        return self.prefix.replace("-", "_")
+
+    @property
+    def pg_dsn(self) -> str:
+        """``postgres_url`` with the run's schema first on the search path, so stores that
+        name plain tables (workflow runs, idempotency records, the outbox) create and find
+        them in the run's schema."""
+        parts = urlsplit(self.postgres_url)
+        query = [*parse_qsl(parts.query), ("options", f"-csearch_path={self.pg_schema}")]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    @property
     def broker_url(self) -> str:
         """Where the stoic build's durable queue lives, by backend."""
         if self.backend == "redis":
             return self.redis_url
         if self.backend == "rabbitmq":
             return self.amqp_url
+        if self.backend == "postgres":
+            return self.postgres_url
         return "sqlite:///" + str(Path(self.workdir) / "queue.db")
 
     def save(self, path: str | Path) -> None:

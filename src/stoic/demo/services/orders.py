@@ -95,8 +95,13 @@ class _Ledger:
         return order.amount
 
     def charging(self, order_id: str) -> None:
-        """The order needs its charge now (the scorecard's count of logical charges)."""
-        self.execute("UPDATE orders SET charge_at=? WHERE id=?", (time.time(), order_id))
+        """The order needs its charge now (the scorecard's count of logical charges).
+
+        The first time only: a workflow's charge step tried again after an outage is the
+        same logical charge, needed when it was first tried (moving it would count the
+        outage's attempts against charges needed later)."""
+        self.execute("UPDATE orders SET charge_at=? WHERE id=? AND charge_at IS NULL",
+                     (time.time(), order_id))
 
     def payment_sent(self, order_id: str | None) -> None:
         """One request left for payments (the scorecard's count of load sent to payments)."""
@@ -248,9 +253,13 @@ def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
 
     from stoic.workflow import WorkflowConflict, WorkflowFailed, Workflows
 
+    store = parts.workflow_store(cfg)
     flows = Workflows(
-        f"sqlite:///{cfg.db('orders')}", lease=cfg.worker_lease, poll_interval=0.05,
-        retry=stoic.Retry(attempts=1000, backoff=stoic.backoff.exponential(0.2, 2.0, 1.0),
+        store, lease=cfg.worker_lease, poll_interval=0.05,
+        # waits up to KEY_LEASE: a 409 "key still in use" asks for up to that long
+        # (Retry-After), and a Retry-After beyond the backoff's cap is a give-up
+        retry=stoic.Retry(max_attempts=1000,
+                          backoff=stoic.backoff.exponential(0.2, 2.0, parts.KEY_LEASE),
                           max_time=600.0, name="order-steps"),
     )
     payments_host = httpx.URL(cfg.urls["payments"]).netloc
@@ -265,8 +274,11 @@ def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
 
     client = parts.sync_http_client(cfg, CountingTransport(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)))
-    with ledger.lock:
-        box = parts.outbox(ledger.conn)
+    if isinstance(store, str):  # the outbox lives where the checkpoints do: orders.db
+        with ledger.lock:
+            box = parts.outbox(ledger.conn)
+    else:
+        box = parts.postgres_outbox(store)
 
     def keyed() -> dict[str, str]:
         key = stoic.context.idempotency_key()  # the step's: workflow id + step + occurrence
@@ -310,13 +322,18 @@ def _stoic_handler(cfg: ShopConfig, ledger: _Ledger) -> Handler:
     # of threads) would queue the orders of a busy second behind each other's waits
     edge = ThreadPoolExecutor(max_workers=256, thread_name_prefix="orders-edge")
 
+    def open_and_start(order_id: str, order: OrderRequest) -> Any:
+        ledger.opened(order_id, order)
+        return flows.start("place-order", order.model_dump(), id=f"order-{order_id}")
+
     async def handle(order_id: str, order: OrderRequest) -> Reply:
         loop = asyncio.get_running_loop()
-        ledger.opened(order_id, order)
         try:
-            run = await loop.run_in_executor(
-                edge, functools.partial(flows.start, "place-order", order.model_dump(),
-                                        id=f"order-{order_id}"))
+            # both writes wait for the database's write lock, which the workflows' checkpoints
+            # also take: on the event loop that wait would hold up every other order (seconds,
+            # on a busy machine), so they run on the edge's threads
+            run = await loop.run_in_executor(edge, functools.partial(open_and_start, order_id,
+                                                                     order))
         except WorkflowConflict:  # the same order id, placed again with other contents
             return 409, {"order_id": order_id,
                          "error": "an order with this id and other contents exists"}

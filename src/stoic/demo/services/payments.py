@@ -35,6 +35,7 @@ __all__ = ["KEY_PATTERN", "Charge", "ChargeRequest", "Problem", "Refund", "Refun
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL,
     amount REAL NOT NULL, key TEXT, at REAL NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS charges_key ON charges(key) WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS arrivals (at REAL NOT NULL, order_id TEXT, key TEXT);
 CREATE TABLE IF NOT EXISTS refunds (order_id TEXT PRIMARY KEY, amount REAL NOT NULL,
     at REAL NOT NULL);
@@ -104,14 +105,22 @@ def build(cfg: ShopConfig) -> ASGIApp:
         body: ChargeRequest,
         idempotency_key: Annotated[str | None, Header(pattern=KEY_PATTERN)] = None,
     ) -> Charge:
-        """Charge the card. Not idempotent by itself: send an ``Idempotency-Key``."""
+        """Charge the card. Without an ``Idempotency-Key`` every request is a new charge."""
         with lock:
+            # The key is also recorded with the charge, in the charge's own write: a process
+            # killed after the charge and before stoic's middleware stored the answer leaves
+            # the key in flight; when its lease runs out the retry runs here again and must
+            # find the charge, not make a second one (as a payment processor's ledger does).
             cur = conn.execute(
-                "INSERT INTO charges(order_id, amount, key, at) VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO charges(order_id, amount, key, at) VALUES (?, ?, ?, ?)",
                 (body.order_id, body.amount, idempotency_key, time.time()),
             )
+            charge_id, order_id = int(cur.lastrowid or 0), body.order_id
+            if cur.rowcount == 0:  # charged before under this key
+                charge_id, order_id = conn.execute(
+                    "SELECT id, order_id FROM charges WHERE key=?", (idempotency_key,)).fetchone()
         stats.add("charges")
-        return Charge(charge_id=int(cur.lastrowid or 0), order_id=body.order_id)
+        return Charge(charge_id=charge_id, order_id=order_id)
 
     @api.post("/refunds", status_code=200)
     async def refund(body: RefundRequest) -> Refund:
