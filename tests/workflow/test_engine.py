@@ -582,3 +582,23 @@ def test_records_are_frozen() -> None:
     record = StepRecord(0, "a", "step", "k", "started", 1, 0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.status = "completed"  # type: ignore[misc]
+
+
+def test_worker_threads_run_many_workflows_and_emit_events(store: Store) -> None:
+    flows = Workflows(store, lease=5.0, poll_interval=0.05)
+    seen: list[Any] = []
+    unsubscribe = stoic.events.subscribe(seen.append)
+
+    @flows.workflow("w")
+    def w(ctx: Any, n: int) -> int:
+        return int(ctx.step("double", lambda: n * 2)) + int(ctx.step("one", lambda: 1))
+
+    worker = flows.start_worker(concurrency=4)
+    try:
+        handles = [flows.start("w", n) for n in range(20)]
+        assert [h.result(timeout=60) for h in handles] == [n * 2 + 1 for n in range(20)]
+    finally:
+        worker.stop()
+        unsubscribe()
+    kinds = {type(e).__name__ for e in seen}
+    assert {"WorkflowStarted", "StepCompleted", "WorkflowFinished"} <= kinds
