@@ -131,9 +131,9 @@ MODES: list[tuple[str, Callable[[], Setup]]] = [
 
 
 def policies() -> dict[str, Any]:
-    from stoic.policies.breaker import _reset_registry
+    from stoic.policies.breaker import reset_breakers
 
-    _reset_registry()
+    reset_breakers()
     return {
         "Retry": stoic.Retry(attempts=3, name="bench"),
         "Pipeline(Retry, CircuitBreaker, Timeout)": stoic.Pipeline(

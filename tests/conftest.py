@@ -50,6 +50,4 @@ def _reset_stoic_registries() -> Iterator[None]:
         from stoic.policies import breaker
     except ImportError:
         return
-    reset = getattr(breaker, "_reset_registry", None)
-    if reset is not None:
-        reset()
+    breaker.reset_breakers()

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import backoff, clock, context, events, testing
+from .classifiers import stdlib as stdlib_classifiers
 from .context import deadline, remaining
 from .errors import (
     BulkheadFullError,
@@ -38,9 +39,13 @@ if TYPE_CHECKING:
     from .policies.breaker import CircuitBreaker, CountWindow, TimeWindow, breakers
     from .policies.bulkhead import Bulkhead
     from .policies.hedge import Hedge
+    from .policies.limit import AdaptiveLimit
     from .policies.ratelimit import RateLimiter
+    from .policies.throttle import AdaptiveThrottle
 
 __all__ = [
+    "AdaptiveLimit",
+    "AdaptiveThrottle",
     "Bulkhead",
     "BulkheadFullError",
     "CircuitBreaker",
@@ -87,6 +92,9 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+stdlib_classifiers.install()  # the base classifiers: the registry never imports its plugins
+del stdlib_classifiers
+
 _LAZY: dict[str, tuple[str, str | None]] = {
     "CircuitBreaker": ("stoic.policies.breaker", "CircuitBreaker"),
     "CountWindow": ("stoic.policies.breaker", "CountWindow"),
@@ -95,6 +103,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Bulkhead": ("stoic.policies.bulkhead", "Bulkhead"),
     "RateLimiter": ("stoic.policies.ratelimit", "RateLimiter"),
     "Hedge": ("stoic.policies.hedge", "Hedge"),
+    "AdaptiveLimit": ("stoic.policies.limit", "AdaptiveLimit"),
+    "AdaptiveThrottle": ("stoic.policies.throttle", "AdaptiveThrottle"),
     "idempotent": ("stoic.idempotency", "idempotent"),
     "idempotency": ("stoic.idempotency", None),
     "messaging": ("stoic.messaging", None),

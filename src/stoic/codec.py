@@ -22,11 +22,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+# The one speed trick of this module: json's own C encoder (CPython's private
+# ``c_make_encoder``), called directly so that encoding a payload skips json.dumps' Python
+# layers. Benchmarks: benchmarks/idempotency.py (every stored reply is encoded) and
+# benchmarks/queues.py (every published message). Everything else calls ``dumps``/``loads``.
 try:  # the C encoder json itself uses; absent on some Python implementations
     from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - CPython always has it
     _c_make_encoder = None
 
+from ._validate import non_empty
 from .errors import CodecError
 
 __all__ = ["Codec", "canonical", "decode", "default_codec", "encode", "register"]
@@ -74,8 +79,7 @@ class Codec:
         """Teach the codec a type. ``name`` is stored in the JSON; keep it stable."""
         if not isinstance(cls, type):
             raise TypeError(f"cls must be a type, got {cls!r}")
-        if not name or not isinstance(name, str):
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        non_empty("name", name)
         with self._lock:
             self._by_type[cls] = (name, to_json)
             self._by_name[name] = from_json

@@ -31,6 +31,7 @@ __all__ = [
     "Verdict",
     "classify",
     "classify_status",
+    "install_defaults",
     "parse_retry_after",
     "register_classifier",
     "register_default",
@@ -85,6 +86,8 @@ _LAZY: dict[str, str] = {
 
 _lock = threading.RLock()
 _registry: dict[type[BaseException], _Entry] = {}
+# the base set (the standard library's), restored by reset_classifiers
+_defaults: dict[type[BaseException], _Entry] = {}
 _by_name: dict[str, _Entry] = {}
 _loaded: set[str] = set()
 # exception type -> the registered entries along its MRO, most specific first
@@ -148,12 +151,24 @@ def register_default(exc_type: type[BaseException], outcome_or_fn: Classifier) -
             _cache.clear()
 
 
+def install_defaults(defaults: Mapping[type[BaseException], Classifier]) -> None:
+    """Install the base classifiers, the ones ``reset_classifiers`` restores.
+
+    ``import stoic`` calls it once with ``stoic.classifiers.stdlib.DEFAULTS``: the classifier
+    modules import this registry, never the other way round. A type the user registered
+    already keeps the user's classifier.
+    """
+    with _lock:
+        for exc_type, classifier in defaults.items():
+            entry = _entry(classifier, exc_type.__name__)
+            _defaults[exc_type] = entry
+            _registry.setdefault(exc_type, entry)
+        _cache.clear()
+
+
 def _ensure_defaults() -> None:
     if not _registry:
-        from .classifiers import stdlib
-
-        for exc_type, classifier in stdlib.DEFAULTS.items():
-            _registry[exc_type] = _entry(classifier, exc_type.__name__)
+        _registry.update(_defaults)
 
 
 def _chain(exc_type: type[BaseException]) -> tuple[_Entry, ...]:

@@ -20,9 +20,9 @@ from ..errors import (
     IdempotencyStoredError,
     Rejected,
 )
-from ..outcome import Classifier, Outcome, Verdict, classify, classify_status
+from ..outcome import Classifier, Outcome, Verdict, classify, classify_status, install_defaults
 
-__all__ = ["DEFAULTS"]
+__all__ = ["DEFAULTS", "install"]
 
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _CONNECT_ERRNOS = frozenset(
@@ -89,3 +89,8 @@ DEFAULTS: dict[type[BaseException], Classifier] = {
     urllib.error.URLError: _url_error,
     urllib.error.HTTPError: _http_error,
 }
+
+
+def install() -> None:
+    """Make these the registry's base classifiers (``import stoic`` does it once)."""
+    install_defaults(DEFAULTS)

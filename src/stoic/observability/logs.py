@@ -25,6 +25,7 @@ from collections.abc import Callable, MutableMapping
 from typing import IO, Any
 
 from .. import context
+from .._validate import non_empty
 
 __all__ = ["ECS_FIELDS", "OTEL_FIELDS", "configure", "get_logger", "unconfigure"]
 
@@ -138,10 +139,8 @@ def configure(
     or ``version``, or an unknown ``level``.
     """
     global _handler
-    if not isinstance(service, str) or not service:
-        raise ValueError(f"service must be a non-empty string, got {service!r}")
-    if not isinstance(version, str) or not version:
-        raise ValueError(f"version must be a non-empty string, got {version!r}")
+    non_empty("service", service)
+    non_empty("version", version)
     if env is not None and not isinstance(env, str):
         raise ValueError(f"env must be a string or None, got {env!r}")
     number = _level(level)

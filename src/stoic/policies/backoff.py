@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from .._validate import number, seconds
+
 __all__ = ["Backoff", "Jitter", "constant", "exponential", "linear"]
 
 Jitter = Literal["full", "equal", "decorrelated"] | None
@@ -38,14 +40,10 @@ class Backoff:
     jitter: Jitter = None
 
     def __post_init__(self) -> None:
-        if not self.initial >= 0:
-            raise ValueError(f"initial must be >= 0 seconds, got {self.initial!r}")
-        if not self.factor >= 1:
-            raise ValueError(f"factor must be >= 1, got {self.factor!r}")
-        if not self.step >= 0:
-            raise ValueError(f"step must be >= 0 seconds, got {self.step!r}")
-        if not self.max >= 0:
-            raise ValueError(f"max must be >= 0 seconds, got {self.max!r}")
+        seconds("initial", self.initial, zero=True)
+        number("factor", self.factor, at_least=1, finite=False)
+        seconds("step", self.step, zero=True)
+        seconds("max", self.max, zero=True)
         if self.jitter not in _JITTERS:
             raise ValueError(
                 f"jitter must be one of 'full', 'equal', 'decorrelated' or None, got {self.jitter!r}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 
 from .. import clock
+from .._validate import is_number, number, rate
 
 __all__ = ["RetryBudget"]
 
@@ -28,11 +29,9 @@ class RetryBudget:
     __slots__ = ("_buckets", "_lock", "_size", "min_per_second", "ratio", "window")
 
     def __init__(self, ratio: float = 0.1, min_per_second: float = 10.0, window: float = 10.0):
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
-        if not min_per_second >= 0:
-            raise ValueError(f"min_per_second must be >= 0, got {min_per_second!r}")
-        if not 1.0 <= window <= 3600.0:
+        rate("ratio", ratio, zero=True)
+        number("min_per_second", min_per_second, at_least=0, finite=False)
+        if not (is_number(window) and 1.0 <= window <= 3600.0):
             raise ValueError(f"window must be in [1, 3600] seconds, got {window!r}")
         self.ratio = float(ratio)
         self.min_per_second = float(min_per_second)
@@ -43,7 +42,7 @@ class RetryBudget:
         self._lock = threading.Lock()
 
     def _bucket(self) -> list[int]:
-        second = int(clock._monotonic())
+        second = int(clock.monotonic())
         bucket = self._buckets[second % self._size]
         if bucket[0] != second:
             bucket[0], bucket[1], bucket[2] = second, 0, 0
@@ -55,7 +54,7 @@ class RetryBudget:
             self._bucket()[1] += 1
 
     def _totals(self) -> tuple[int, int]:
-        oldest = int(clock._monotonic()) - self._size
+        oldest = int(clock.monotonic()) - self._size
         calls = retries = 0
         for second, c, r in self._buckets:
             if second > oldest:

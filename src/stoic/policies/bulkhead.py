@@ -20,7 +20,8 @@ import threading
 from typing import Any
 
 from .. import clock
-from ..context import _deadline
+from .._validate import count, seconds
+from ..context import deadline_at
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..events import CallRejected, dispatcher
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
@@ -87,20 +88,11 @@ class Bulkhead(Policy):
         *,
         name: str | None = None,
     ) -> None:
-        if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or (
-            max_concurrent < 1
-        ):
-            raise ValueError(f"max_concurrent must be an int >= 1, got {max_concurrent!r}")
-        if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
-            raise ValueError(f"max_waiting must be an int >= 0, got {max_waiting!r}")
-        if wait_timeout is not None and (
-            isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float))
-            or not wait_timeout > 0
-        ):
-            raise ValueError(f"wait_timeout must be > 0 seconds or None, got {wait_timeout!r}")
-        self.max_concurrent = max_concurrent
-        self.max_waiting = max_waiting
-        self.wait_timeout = None if wait_timeout is None else float(wait_timeout)
+        self.max_concurrent = count("max_concurrent", max_concurrent)
+        self.max_waiting = count("max_waiting", max_waiting, minimum=0)
+        self.wait_timeout = None if wait_timeout is None else seconds(
+            "wait_timeout", wait_timeout, optional=True
+        )
         self.name = name or "bulkhead"
         self._lock = threading.Lock()
         self._active = 0
@@ -143,10 +135,10 @@ class Bulkhead(Policy):
     def _wait_limit(self) -> tuple[float | None, bool]:
         """Seconds a waiter may wait, and whether the context deadline is what bounds it."""
         limit = self.wait_timeout
-        at = _deadline.get()
+        at = deadline_at()
         if at is None:
             return limit, False
-        left = at - clock._monotonic()
+        left = at - clock.monotonic()
         if limit is None or left < limit:
             return max(0.0, left), True
         return limit, False

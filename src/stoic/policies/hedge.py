@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
+from .._validate import count, seconds
 from ..events import Event, dispatcher
 from ..outcome import Outcome, classify
 from .base import AsyncStep, Policy, Step
@@ -60,12 +61,8 @@ class Hedge(Policy):
         *,
         name: str | None = None,
     ) -> None:
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
-            0 < delay < float("inf")
-        ):
-            raise ValueError(f"delay must be > 0 seconds, got {delay!r}")
-        if isinstance(max_hedges, bool) or not isinstance(max_hedges, int) or max_hedges < 1:
-            raise ValueError(f"max_hedges must be an int >= 1, got {max_hedges!r}")
+        delay = seconds("delay", delay, finite=True)
+        count("max_hedges", max_hedges)
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ValueError(f"budget must be a RetryBudget or None, got {budget!r}")
         self.delay = float(delay)
@@ -102,14 +99,14 @@ class Hedge(Policy):
                 record(
                     "hedge", name,
                     Outcome.SUCCESS.value if exc is None else classify(exc).outcome.value,
-                    clock._monotonic() - start, attempts,
+                    clock.monotonic() - start, attempts,
                     None if exc is None else type(exc).__name__,
                 )
 
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
             if budget is not None:
                 budget.deposit()
-            start = clock._monotonic()
+            start = clock.monotonic()
             tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(inner(fn, args, kwargs))]
             hedges = 0
             last: BaseException | None = None

@@ -22,12 +22,22 @@ __all__ = [
 
 
 class BreakerLink(Protocol):
-    """What shared state needs from a breaker: its name and two ways to follow the fleet."""
+    """What shared state needs from a breaker (``CircuitBreaker`` is one).
 
-    name: str
+    ``name`` keys the shared records; ``retry_after`` is the local view of an open period
+    (None when not open), so a backend can tell whether the fleet's view differs. The two
+    methods let the breaker follow the fleet; a backend calls them from its own thread.
+    """
 
-    def _remote_opened(self, ttl: float) -> None: ...
-    def _remote_closed(self) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def retry_after(self) -> float | None: ...
+
+    def follow_open(self, ttl: float) -> None:
+        """Another process opened the breaker for ``ttl`` more seconds."""
+    def follow_close(self) -> None:
+        """Another process closed the breaker (its trial calls succeeded)."""
 
 
 class SharedState(Protocol):

@@ -46,6 +46,7 @@ import weakref
 from typing import Any
 
 from .. import clock
+from .._validate import non_empty, seconds
 from ..events import dispatcher
 from .base import BreakerLink, StateStoreDegraded, StateStoreRecovered
 from .memory import MemoryState
@@ -112,14 +113,12 @@ class RedisState:
     ) -> None:
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"url must be a redis:// URL, got {url!r}")
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")
+        non_empty("prefix", prefix)
         for parameter, value in (
             ("timeout", timeout), ("poll", poll), ("retry_interval", retry_interval),
             ("trial_lease", trial_lease),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{parameter} must be > 0 seconds, got {value!r}")
+            seconds(parameter, value)
         self.url = url
         self.prefix = prefix
         self.timeout = float(timeout)
@@ -345,9 +344,9 @@ class RedisState:
         if breaker is None:
             return
         if op == "open":
-            breaker._remote_opened(ttl)
+            breaker.follow_open(ttl)
         elif op == "closed":
-            breaker._remote_closed()
+            breaker.follow_close()
 
     def _refresh(self) -> None:
         """Read the open keys of every attached breaker (catches missed messages)."""
@@ -360,9 +359,9 @@ class RedisState:
             pipe.pttl(self._open_key(link.name))
         for link, ttl in zip(links, pipe.execute(), strict=True):
             if isinstance(ttl, int) and ttl > 0:
-                remaining = getattr(link, "retry_after", None)
+                remaining = link.retry_after
                 if remaining is None or abs(remaining - ttl / 1000) > 0.5:
-                    link._remote_opened(ttl / 1000)
+                    link.follow_open(ttl / 1000)
 
     # --- rate limits ----------------------------------------------------------------------
 
