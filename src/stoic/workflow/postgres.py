@@ -164,12 +164,13 @@ class PostgresStore:
         with self._tx() as conn:
             row = conn.execute(
                 f"INSERT INTO {self._runs} (id, name, version, kind, args, fingerprint, status,"
-                " priority, ckey, due_at, deadline_at, created_at, updated_at, trace) VALUES"
-                " (%s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO NOTHING RETURNING id",
+                " priority, ckey, due_at, deadline_at, created_at, updated_at, trace, owner,"
+                " token, lease_until, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
                 (run.id, run.name, run.version, f"{run.name}@{run.version}", run.args,
-                 run.fingerprint, run.priority, run.key, run.created_at, run.deadline_at,
-                 run.created_at, run.created_at, run.trace),
+                 run.fingerprint, run.status, run.priority, run.key, run.created_at,
+                 run.deadline_at, run.created_at, run.created_at, run.trace, run.owner,
+                 run.token, run.lease_until, run.started_at),
             ).fetchone()
             if row is not None:
                 self._notify(conn)

@@ -282,11 +282,13 @@ class SQLiteStore:
         with self._write() as conn:
             cur = conn.execute(
                 f"INSERT INTO {self._runs} (id, name, version, kind, args, fingerprint, status,"
-                " priority, ckey, due_at, deadline_at, created_at, updated_at, trace) VALUES"
-                " (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                " priority, ckey, due_at, deadline_at, created_at, updated_at, trace, owner,"
+                " token, lease_until, started_at) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (run.id, run.name, run.version, f"{run.name}@{run.version}", run.args,
-                 run.fingerprint, run.priority, run.key, run.created_at, run.deadline_at,
-                 run.created_at, run.created_at, run.trace),
+                 run.fingerprint, run.status, run.priority, run.key, run.created_at,
+                 run.deadline_at, run.created_at, run.created_at, run.trace, run.owner,
+                 run.token, run.lease_until, run.started_at),
             )
             if cur.rowcount == 1:
                 return None
