@@ -419,11 +419,11 @@ def catalogue() -> tuple[type[Event], ...]:
         MessageHandled, MessageRetried, MessageDeadLettered, DeadLettersRequeued,
         # load control
         LimitChanged, RequestShed,
-        # chaos
-        FaultInjected, ProcessFaulted, NetworkPartitioned, NetworkHealed,
         # durable workflows
         WorkflowStarted, WorkflowRecovered, WorkflowFinished, WorkflowParked, WorkflowLeaseLost,
         StepCompleted, StepFailed, CompensationRan,
+        # chaos
+        FaultInjected, ProcessFaulted, NetworkPartitioned, NetworkHealed,
     )
 
 
