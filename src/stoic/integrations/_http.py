@@ -236,13 +236,18 @@ class Core:
         self, method: str, headers: MutableMapping[str, str], replayable: bool, url: Any,
         timeouts: Any,
     ) -> Plan:
-        """Decide once per logical request: its key (generated into ``headers`` for a POST
-        or PATCH), its policy (the idempotent variant for an idempotent method, none for a
+        """Decide once per logical request: its key (the bound ``stoic.context`` key, else
+        generated, into ``headers`` for a POST or PATCH), its policy (the idempotent variant for an idempotent method, none for a
         body that cannot be sent twice) and its host's breaker and bulkhead."""
         key = headers.get(IDEMPOTENCY_HEADER)
-        if key is None and self._idempotency_keys and method in KEYED_METHODS:
-            key = new_idempotency_key()
-            headers[IDEMPOTENCY_HEADER] = key
+        if key is None and method in KEYED_METHODS:
+            # a key bound by the caller (a workflow step's, an @idempotent call's) goes out
+            # as is, so the downstream applies a re-run of the step once; else a fresh one
+            key = context.idempotency_key()
+            if key is None and self._idempotency_keys:
+                key = new_idempotency_key()
+            if key is not None:
+                headers[IDEMPOTENCY_HEADER] = key
         policy: Policy | None
         guarded = not context.retries_allowed()  # the caller retries: no retries here
         if not replayable:
