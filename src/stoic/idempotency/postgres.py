@@ -94,8 +94,8 @@ class PostgresStore(BaseStore):
             at least 2) or from a full pool; then ``psycopg_pool.PoolTimeout``. 30 s suits a
             server; a command-line tool wants about 5.
         check_connections: test each pooled connection as it is handed out, so a dead one is
-            replaced before use. It costs one round trip per operation (a replay, one
-            ``SELECT``, takes about twice as long on loopback). False skips the test: a dead
+            replaced before use. It adds one round trip to every operation (most felt by
+            a replay, otherwise one ``SELECT``). False skips the test: a dead
             connection is then found by failing, and the operation is retried once after the
             pool has tested and replaced its idle connections.
     """
