@@ -237,8 +237,9 @@ class Core:
         timeouts: Any,
     ) -> Plan:
         """Decide once per logical request: its key (the bound ``stoic.context`` key, else
-        generated, into ``headers`` for a POST or PATCH), its policy (the idempotent variant for an idempotent method, none for a
-        body that cannot be sent twice) and its host's breaker and bulkhead."""
+        generated, into ``headers`` for a POST or PATCH), its policy (the idempotent variant
+        for an idempotent method, none for a body that cannot be sent twice) and its host's
+        breaker and bulkhead."""
         key = headers.get(IDEMPOTENCY_HEADER)
         if key is None and method in KEYED_METHODS:
             # a key bound by the caller (a workflow step's, an @idempotent call's) goes out
