@@ -10,7 +10,7 @@ an inner ``deadline(10)`` inside an outer ``deadline(1)`` still ends after one s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
@@ -23,14 +23,21 @@ __all__ = [
     "deadline",
     "deadline_at",
     "get",
+    "hop",
+    "hop_attempt",
     "idempotency_key",
     "remaining",
+    "reset_deadline",
+    "retries_allowed",
+    "set_deadline",
     "using_idempotency_key",
 ]
 
 _deadline: ContextVar[float | None] = ContextVar("stoic_deadline", default=None)
 _fields: ContextVar[Mapping[str, Any]] = ContextVar("stoic_fields", default={})  # noqa: B039
 _idempotency_key: ContextVar[str | None] = ContextVar("stoic_idempotency_key", default=None)
+# (attempt number at the caller, whether the caller allows retries below it); see ``hop``
+_hop: ContextVar[tuple[int, bool] | None] = ContextVar("stoic_hop", default=None)
 
 
 def remaining() -> float | None:
@@ -38,12 +45,20 @@ def remaining() -> float | None:
     at = _deadline.get()
     if at is None:
         return None
-    return at - clock._monotonic()
+    return at - clock.monotonic()
 
 
-def deadline_at() -> float | None:
-    """The current deadline as a ``stoic.clock.now()`` reading, or None."""
-    return _deadline.get()
+#: ``deadline_at()``: the current deadline as a ``stoic.clock.now()`` reading, or None.
+#: It is the context variable's own ``get``, bound once: a C call with no Python frame, which
+#: every policy makes on every call (benchmarks/overhead.py, "Retry, happy path"). This is
+#: the one place that knows how the deadline is stored; everything else calls this.
+deadline_at: Callable[[], float | None] = _deadline.get
+
+#: ``set_deadline(at) -> token``: make ``at`` (a ``stoic.clock.now()`` reading) the deadline
+#: until ``reset_deadline(token)``. For policies that bound a call themselves (``Timeout``):
+#: the caller keeps the earliest deadline, as ``deadline`` does. Bound C methods, as above.
+set_deadline: Callable[[float | None], Token[float | None]] = _deadline.set
+reset_deadline: Callable[[Token[float | None]], None] = _deadline.reset
 
 
 class deadline:
@@ -64,7 +79,7 @@ class deadline:
         self._token: Token[float | None] | None = None
 
     def __enter__(self) -> deadline:
-        at = clock._monotonic() + self.seconds
+        at = clock.monotonic() + self.seconds
         outer = _deadline.get()
         if outer is not None and outer < at:
             at = outer
@@ -158,6 +173,53 @@ class using_idempotency_key:
             self._token = None
 
     async def __aenter__(self) -> using_idempotency_key:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+
+def retries_allowed() -> bool:
+    """False when the request being served is already retried by its caller (the hop guard).
+
+    stoic's HTTP clients then make one attempt per request and tell the next hop the same,
+    so retries do not multiply down a chain of services (3 attempts at each of 4 hops would
+    be 81 calls at the bottom).
+    """
+    bound = _hop.get()
+    return bound is None or bound[1]
+
+
+def hop_attempt() -> int | None:
+    """Which attempt of its caller the request being served is (1 = first), if it said."""
+    bound = _hop.get()
+    return None if bound is None else bound[0]
+
+
+class hop:
+    """Bind what the caller of this request said about retrying (``StoicMiddleware`` does).
+
+    ``attempt`` is the caller's attempt number; ``retry_below`` False means the caller
+    retries this request itself, so nothing below should add retries of its own.
+    """
+
+    __slots__ = ("_token", "attempt", "retry_below")
+
+    def __init__(self, attempt: int, retry_below: bool) -> None:
+        self.attempt = attempt
+        self.retry_below = retry_below
+        self._token: Token[tuple[int, bool] | None] | None = None
+
+    def __enter__(self) -> hop:
+        self._token = _hop.set((self.attempt, self.retry_below))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _hop.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> hop:
         return self.__enter__()
 
     async def __aexit__(self, *exc_info: object) -> None:

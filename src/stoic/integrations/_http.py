@@ -22,6 +22,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .. import context
+from .._validate import header_name
 from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..events import dispatcher
@@ -32,21 +33,24 @@ from ..policies.pipeline import Pipeline
 from ..policies.retry import Retry
 
 __all__ = [
+    "ATTEMPT_HEADER",
     "DEADLINE_HEADER",
     "IDEMPOTENCY_HEADER",
     "IDEMPOTENT_METHODS",
     "KEYED_METHODS",
     "REQUEST_ID_HEADER",
+    "RETRY_BELOW_HEADER",
     "Core",
     "HostPolicies",
     "Plan",
     "default_policy",
     "expired",
-    "header_name",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
     "raise_if_deadline",
+    "retries",
+    "single_attempt_variant",
 ]
 
 _log = logging.getLogger("stoic.http")
@@ -58,6 +62,10 @@ KEYED_METHODS = frozenset({"POST", "PATCH"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 REQUEST_ID_HEADER = "X-Request-ID"
+#: The hop guard's headers: which attempt of the sender this request is (1 = first), and
+#: whether hops below may retry it ("1") or must not because the sender retries ("0").
+ATTEMPT_HEADER = "X-Stoic-Attempt"
+RETRY_BELOW_HEADER = "X-Stoic-Retry-Below"
 
 # A timeout that fires with less than this left of the deadline was the deadline firing.
 _DEADLINE_SLACK = 0.005
@@ -75,7 +83,7 @@ def default_policy() -> Retry:
     longer than 10 s is not waited for: the caller gets the response back at once.
     """
     return Retry(
-        attempts=3, backoff=exponential(0.1, 2.0, 10.0), budget=RetryBudget(), name="http"
+        max_attempts=3, backoff=exponential(0.1, 2.0, 10.0), budget=RetryBudget(), name="http"
     )
 
 
@@ -85,30 +93,46 @@ def idempotent_variant(policy: Policy) -> Policy:
     Used for requests whose method is idempotent, so Retry itself decides that an UNKNOWN
     failure (a read timeout, a reset) is safe to retry for them and not for a POST.
     """
+    return _each_retry(
+        policy, lambda retry: retry if retry.idempotent else retry.replace(idempotent=True)
+    )
+
+
+def _each_retry(policy: Policy, change: Callable[[Retry], Retry]) -> Policy:
+    """``policy`` with ``change`` applied to every ``Retry`` in it; itself when none changed."""
     if isinstance(policy, Retry):
-        return policy if policy.idempotent else policy.replace(idempotent=True)
+        return change(policy)
     if isinstance(policy, Pipeline):
-        inner = tuple(idempotent_variant(p) for p in policy.policies)
+        inner = tuple(_each_retry(p, change) for p in policy.policies)
         if all(a is b for a, b in zip(inner, policy.policies, strict=True)):
             return policy
         return Pipeline(*inner)
     return policy
 
 
+def single_attempt_variant(policy: Policy) -> Policy:
+    """``policy`` with every ``Retry`` in it cut to one attempt (a copy; the original is kept).
+
+    The hop guard uses it for requests made while serving a request that its caller retries:
+    the breaker and the rest still apply, the retries happen above.
+    """
+    return _each_retry(
+        policy, lambda retry: retry if retry.attempts == 1 else retry.replace(attempts=1)
+    )
+
+
+def retries(policy: Policy | None) -> bool:
+    """Whether ``policy`` may make more than one attempt (holds a ``Retry`` of attempts > 1)."""
+    if isinstance(policy, Retry):
+        return policy.attempts > 1
+    if isinstance(policy, Pipeline):
+        return any(retries(p) for p in policy.policies)
+    return False
+
+
 def new_idempotency_key() -> str:
     """A fresh key for one logical request (random, so two requests never share one)."""
     return str(uuid.uuid4())
-
-
-def header_name(parameter: str, value: object) -> str:
-    """Check a header name given as ``parameter``: a non-empty ASCII str without spaces.
-
-    The one check for every header-name argument of stoic's HTTP pieces (clients and
-    middlewares); ``ValueError`` naming the parameter and the value otherwise.
-    """
-    if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-        raise ValueError(f"{parameter} must be a non-empty ASCII header name, got {value!r}")
-    return value
 
 
 def host_name(scheme: str, host: str, port: int | None) -> str:
@@ -134,7 +158,7 @@ class Plan:
     names the request in error messages; it is built only when one is raised.
     """
 
-    __slots__ = ("host", "key", "method", "policy", "timeouts", "url")
+    __slots__ = ("attempt", "host", "key", "method", "policy", "retry_below", "timeouts", "url")
 
     def __init__(
         self, policy: Policy | None, host: Policy | None, key: str | None, timeouts: Any,
@@ -146,6 +170,8 @@ class Plan:
         self.timeouts = timeouts
         self.method = method
         self.url = url
+        self.attempt = 0  # attempts begun, for the hop guard's header
+        self.retry_below = "1"
 
     @property
     def what(self) -> str:
@@ -179,6 +205,10 @@ class Core:
         self.policy = policy
         self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
         self._idempotent_policy = idempotent_variant(policy)
+        # the hop guard: the variants used while the caller of the request served retries it
+        self._single_policy = single_attempt_variant(policy)
+        self._single_idempotent = single_attempt_variant(self._idempotent_policy)
+        self._retries = retries(policy)
         self._idempotency_keys = bool(idempotency_keys)
         self._propagate = bool(propagate)
         self._deadline_header = deadline_header
@@ -214,13 +244,17 @@ class Core:
             key = new_idempotency_key()
             headers[IDEMPOTENCY_HEADER] = key
         policy: Policy | None
+        guarded = not context.retries_allowed()  # the caller retries: no retries here
         if not replayable:
             policy = None
         elif method in IDEMPOTENT_METHODS:
-            policy = self._idempotent_policy
+            policy = self._single_idempotent if guarded else self._idempotent_policy
         else:
-            policy = self.policy
-        return Plan(policy, self._host_policy(url), key, timeouts, method, url)
+            policy = self._single_policy if guarded else self.policy
+        plan = Plan(policy, self._host_policy(url), key, timeouts, method, url)
+        if guarded or (policy is not None and self._retries):
+            plan.retry_below = "0"
+        return plan
 
     def _begin_attempt(self, headers: MutableMapping[str, str], plan: Plan) -> float | None:
         """Per attempt: refuse after the deadline, set the outgoing headers; the time left.
@@ -232,8 +266,11 @@ class Core:
         left = remaining()
         if left is not None and left <= 0:
             raise expired(plan.what)
+        plan.attempt += 1
         if not self._propagate:
             return left
+        headers[ATTEMPT_HEADER] = str(plan.attempt)
+        headers[RETRY_BELOW_HEADER] = plan.retry_below
         if left is not None:
             headers[self._deadline_header] = str(int(left * 1000))
         request_id = context.get("request_id")

@@ -47,6 +47,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+from .._validate import header_name
 from ..context import bind, deadline, using_idempotency_key
 from ..errors import (
     BulkheadFullError,
@@ -63,7 +64,6 @@ from ._http import (
     BulkheadFactory,
     Core,
     Plan,
-    header_name,
     raise_if_deadline,
 )
 from ._serving import check_max_deadline, check_server, request_id, user_of

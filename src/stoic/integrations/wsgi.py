@@ -40,13 +40,13 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 
+from .._validate import header_name
 from ..context import bind, deadline
 from ..errors import CodecError, DeadlineExceeded, Rejected
 from ..idempotency.claims import Lease, holding
 from ..idempotency.http import NOT_EXECUTED, HttpIdempotency, Reply, ResponseRecorder
 from ..idempotency.store import Store
 from ..policies.base import Policy
-from ._http import header_name
 from ._serving import (
     budget_seconds,
     check_max_deadline,
