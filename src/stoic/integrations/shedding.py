@@ -147,10 +147,13 @@ class LoadShedder:
         if left is not None and (left <= 0 or left < limit.rtt):
             await self._refuse(send, priority, 504, "deadline")
             return
-        start = limit.try_acquire(self._headroom[priority])
+        headroom = self._headroom[priority]
+        start = limit.try_acquire(headroom)
         if start is None:
             try:
-                start = await limit.aacquire(PRIORITIES[priority], self._wait(priority, left))
+                start = await limit.aacquire(
+                    PRIORITIES[priority], self._wait(priority, left), headroom
+                )
             except DeadlineExceeded:
                 await self._refuse(send, priority, 504, "deadline")
                 return

@@ -432,9 +432,15 @@ class AdaptiveLimit(Policy):
             waiter.lock.acquire(timeout=limit)
         return self._after_wait(waiter, by_deadline)
 
-    async def aacquire(self, priority: int = 0, timeout: float | None = None) -> float:
-        """``acquire`` for coroutines; the wait never blocks the event loop."""
-        start = self.try_acquire()
+    async def aacquire(
+        self, priority: int = 0, timeout: float | None = None, headroom: int = 0
+    ) -> float:
+        """``acquire`` for coroutines; the wait never blocks the event loop.
+
+        ``headroom`` applies to taking a free slot at once, as in ``try_acquire``; a slot
+        handed over while waiting is handed over whatever the headroom.
+        """
+        start = self.try_acquire(headroom)
         if start is not None:
             return start
         limit, by_deadline = self._wait_limit(timeout)
