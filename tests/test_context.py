@@ -80,3 +80,14 @@ class TestBind:
 
         assert await asyncio.gather(task("a"), task("b")) == ["a", "b"]
         assert context.get("request_id") is None
+
+
+def test_set_deadline_and_reset_deadline_restore_exactly() -> None:
+    """The public pair policies use to bound a call: the token restores what was there."""
+    from stoic.context import deadline_at, reset_deadline, set_deadline
+
+    assert deadline_at() is None
+    token = set_deadline(123.0)
+    assert deadline_at() == 123.0
+    reset_deadline(token)
+    assert deadline_at() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_no_event_is_built_without_a_subscriber(monkeypatch: pytest.MonkeyPatch)
         return "ok"
 
     with stoic.testing.virtual_time():
-        assert stoic.Retry(attempts=2).call(flaky) == "ok"
+        assert stoic.Retry(max_attempts=2).call(flaky) == "ok"
     assert built == 0
 
 
@@ -129,3 +130,59 @@ class TestCallRecording:
         assert (policy, name, outcome, attempts, error_type) == (
             "circuit_breaker", "failing", "transient", 1, "ConnectionRefusedError")
         assert isinstance(duration, float) and duration >= 0
+
+
+def _every_stoic_module() -> None:
+    """Import every module of stoic (those whose extras are missing are passed over)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(stoic.__path__, "stoic."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ImportError:
+            continue
+
+
+def _subclasses(cls: type) -> set[type]:
+    found: set[type] = set()
+    for sub in cls.__subclasses__():
+        found |= {sub} | _subclasses(sub)
+    return found
+
+
+class TestCatalogue:
+    def test_every_event_class_stoic_defines_is_in_the_catalogue(self) -> None:
+        """A new event class must be listed in stoic.events.catalogue(), beside its area's."""
+        from stoic.events import Event, catalogue
+
+        _every_stoic_module()
+        # dataclass(slots=True) replaces each class: keep the ones their module holds
+        defined = {
+            c for c in _subclasses(Event)
+            if c.__module__.startswith("stoic.")
+            and getattr(sys.modules[c.__module__], c.__qualname__, None) is c
+        }
+        missing = sorted(c.__qualname__ for c in defined - set(catalogue()))
+        assert missing == []
+
+    def test_every_catalogued_event_is_a_frozen_slotted_dataclass(self) -> None:
+        import dataclasses
+
+        from stoic.events import catalogue
+
+        for cls in catalogue():
+            assert dataclasses.is_dataclass(cls), cls
+            assert cls.__dataclass_params__.frozen, cls  # type: ignore[attr-defined]
+            assert "__slots__" in cls.__dict__, cls
+
+    def test_catalogued_classes_are_attributes_of_stoic_events(self) -> None:
+        import stoic.events
+        from stoic.policies.breaker import BreakerOpened
+
+        assert stoic.events.BreakerOpened is BreakerOpened
+        for cls in stoic.events.catalogue():
+            assert getattr(stoic.events, cls.__name__) is cls
+            assert cls.__name__ in stoic.events.__all__

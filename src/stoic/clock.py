@@ -1,12 +1,13 @@
 """Time for every policy: monotonic readings and sleeps, replaceable in tests.
 
 Policies never call ``time.monotonic``, ``time.sleep`` or ``asyncio.sleep`` directly; they
-call this module (``now()``, or ``_monotonic()`` on hot paths, ``sleep()``, ``asleep()``).
+call this module (``now()``, or ``clock.monotonic()`` on hot paths, ``sleep()``, ``asleep()``).
 ``stoic.testing.virtual_time()`` swaps the implementation for a virtual clock, so a test of a
 30-second backoff takes no real time.
 
 This module holds the one piece of global state it needs, the active clock, in ``_active``,
-and, for the hot paths inside stoic, that clock's ``monotonic`` as ``_monotonic``.
+and, for the hot paths inside stoic, that clock's ``monotonic`` as the module attribute
+``monotonic``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from time import sleep as _sleep
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "asleep", "now", "sleep", "wall"]
+__all__ = ["SYSTEM", "Clock", "SystemClock", "asleep", "monotonic", "now", "set_clock", "sleep", "wall"]
 
 
 class Clock(Protocol):
@@ -54,26 +55,30 @@ class _Active:
         self.set(SYSTEM)
 
     def set(self, clock: Clock) -> None:
-        global _monotonic
+        global monotonic, _monotonic
         self.clock = clock
-        _monotonic = clock.monotonic
+        monotonic = _monotonic = clock.monotonic
         self.time = clock.time
         self.sleep = clock.sleep
         self.asleep = clock.asleep
 
 
-#: The active clock's ``monotonic``, rebound by ``set_clock``. Policies call it as
-#: ``clock._monotonic()``: a module attribute is the cheapest read CPython 3.11 offers that
-#: still follows a clock change (an instance slot cannot be specialised as a method call,
-#: ~40 ns more per reading, and ``now()`` adds a Python frame). Never import the name
-#: itself; the imported copy would not follow ``set_clock``.
+#: The active clock's ``monotonic``, rebound by ``set_clock``: the one speed trick of this
+#: module, for every policy's per-call path (benchmarks/overhead.py, "Retry, happy path" and
+#: the breaker rows read the clock on each call). Call it as ``clock.monotonic()``: a module
+#: attribute is the cheapest read CPython 3.11 offers that still follows a clock change (an
+#: instance slot cannot be specialised as a method call, ~40 ns more per reading, and
+#: ``now()`` adds a Python frame). Never import the name itself; the imported copy would not
+#: follow ``set_clock``.
+monotonic: Callable[[], float] = time.monotonic
+#: The old name of ``monotonic``, rebound with it, for code not yet moved to the public name.
 _monotonic: Callable[[], float] = time.monotonic
 _active = _Active()
 
 
 def now() -> float:
     """Monotonic seconds: only differences between two readings mean anything."""
-    return _monotonic()
+    return monotonic()
 
 
 def wall() -> float:

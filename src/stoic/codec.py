@@ -22,6 +22,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+# The one speed trick of this module: json's own C encoder (CPython's private
+# ``c_make_encoder``), called directly so that encoding a payload skips json.dumps' Python
+# layers. Benchmarks: benchmarks/idempotency.py (every stored reply is encoded) and
+# benchmarks/queues.py (every published message). Everything else calls ``dumps``/``loads``.
 try:  # the C encoder json itself uses; absent on some Python implementations
     from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - CPython always has it

@@ -10,7 +10,7 @@ an inner ``deadline(10)`` inside an outer ``deadline(1)`` still ends after one s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
@@ -27,7 +27,9 @@ __all__ = [
     "hop_attempt",
     "idempotency_key",
     "remaining",
+    "reset_deadline",
     "retries_allowed",
+    "set_deadline",
     "using_idempotency_key",
 ]
 
@@ -43,12 +45,20 @@ def remaining() -> float | None:
     at = _deadline.get()
     if at is None:
         return None
-    return at - clock._monotonic()
+    return at - clock.monotonic()
 
 
-def deadline_at() -> float | None:
-    """The current deadline as a ``stoic.clock.now()`` reading, or None."""
-    return _deadline.get()
+#: ``deadline_at()``: the current deadline as a ``stoic.clock.now()`` reading, or None.
+#: It is the context variable's own ``get``, bound once: a C call with no Python frame, which
+#: every policy makes on every call (benchmarks/overhead.py, "Retry, happy path"). This is
+#: the one place that knows how the deadline is stored; everything else calls this.
+deadline_at: Callable[[], float | None] = _deadline.get
+
+#: ``set_deadline(at) -> token``: make ``at`` (a ``stoic.clock.now()`` reading) the deadline
+#: until ``reset_deadline(token)``. For policies that bound a call themselves (``Timeout``):
+#: the caller keeps the earliest deadline, as ``deadline`` does. Bound C methods, as above.
+set_deadline: Callable[[float | None], Token[float | None]] = _deadline.set
+reset_deadline: Callable[[Token[float | None]], None] = _deadline.reset
 
 
 class deadline:
@@ -69,7 +79,7 @@ class deadline:
         self._token: Token[float | None] | None = None
 
     def __enter__(self) -> deadline:
-        at = clock._monotonic() + self.seconds
+        at = clock.monotonic() + self.seconds
         outer = _deadline.get()
         if outer is not None and outer < at:
             at = outer

@@ -18,10 +18,18 @@ calls=True)``, the default), as a ``CallFinished`` event. ``dispatcher.record`` 
 nobody measures calls; otherwise it is the one function to call, chosen when listeners
 change: the lone recorder itself when there is only one and no sink wants ``CallFinished``,
 so a measured call costs one call into the backend and nothing in between.
+
+The catalogue: every event class stoic emits is listed here, once, though each is defined
+beside the code that emits it (``RetryScheduled`` here, ``BreakerOpened`` in
+``stoic.policies.breaker.events``, ``MessageHandled`` in ``stoic.messaging.model``, ...).
+``catalogue()`` returns them all and ``stoic.events.BreakerOpened`` (any catalogued name)
+works as an attribute. Those defined elsewhere are imported on first use, not at
+``import stoic``: their modules import this one for ``Event`` and ``dispatcher``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -31,23 +39,84 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import clock
 
-if TYPE_CHECKING:
-    from .integrations.shedding import RequestShed
-    from .policies.limit import LimitChanged
+if TYPE_CHECKING:  # the catalogue's other members, for type checkers (see ``catalogue``)
+    from .chaos.faults import FaultInjected as FaultInjected
+    from .chaos.process import NetworkHealed as NetworkHealed
+    from .chaos.process import NetworkPartitioned as NetworkPartitioned
+    from .chaos.process import ProcessFaulted as ProcessFaulted
+    from .idempotency.events import IdempotencyKeyRejected as IdempotencyKeyRejected
+    from .idempotency.events import IdempotencyLeaseLost as IdempotencyLeaseLost
+    from .idempotency.events import IdempotencyLeaseTakenOver as IdempotencyLeaseTakenOver
+    from .idempotency.events import IdempotencyRecordCorrupted as IdempotencyRecordCorrupted
+    from .idempotency.events import IdempotentReplayed as IdempotentReplayed
+    from .integrations.shedding import RequestShed as RequestShed
+    from .messaging.model import DeadLettersRequeued as DeadLettersRequeued
+    from .messaging.model import MessageDeadLettered as MessageDeadLettered
+    from .messaging.model import MessageHandled as MessageHandled
+    from .messaging.model import MessageRetried as MessageRetried
+    from .policies.breaker.events import BreakerClosed as BreakerClosed
+    from .policies.breaker.events import BreakerDisabled as BreakerDisabled
+    from .policies.breaker.events import BreakerForcedOpen as BreakerForcedOpen
+    from .policies.breaker.events import BreakerHalfOpened as BreakerHalfOpened
+    from .policies.breaker.events import BreakerOpened as BreakerOpened
+    from .policies.breaker.events import BreakerTransitioned as BreakerTransitioned
+    from .policies.hedge import HedgeStarted as HedgeStarted
+    from .policies.limit import LimitChanged as LimitChanged
+    from .state.base import StateStoreDegraded as StateStoreDegraded
+    from .state.base import StateStoreRecovered as StateStoreRecovered
+    from .workflow.events import CompensationRan as CompensationRan
+    from .workflow.events import StepCompleted as StepCompleted
+    from .workflow.events import StepFailed as StepFailed
+    from .workflow.events import WorkflowFinished as WorkflowFinished
+    from .workflow.events import WorkflowLeaseLost as WorkflowLeaseLost
+    from .workflow.events import WorkflowParked as WorkflowParked
+    from .workflow.events import WorkflowRecovered as WorkflowRecovered
+    from .workflow.events import WorkflowStarted as WorkflowStarted
 
 __all__ = [
     "AttemptScope",
+    "BreakerClosed",
+    "BreakerDisabled",
+    "BreakerForcedOpen",
+    "BreakerHalfOpened",
+    "BreakerOpened",
+    "BreakerTransitioned",
     "CallFinished",
     "CallRecorder",
     "CallRejected",
+    "CompensationRan",
+    "DeadLettersRequeued",
     "DeadlineExpired",
     "Dispatcher",
     "Event",
+    "FaultInjected",
+    "HedgeStarted",
+    "IdempotencyKeyRejected",
+    "IdempotencyLeaseLost",
+    "IdempotencyLeaseTakenOver",
+    "IdempotencyRecordCorrupted",
+    "IdempotentReplayed",
     "LimitChanged",
+    "MessageDeadLettered",
+    "MessageHandled",
+    "MessageRetried",
+    "NetworkHealed",
+    "NetworkPartitioned",
+    "ProcessFaulted",
     "RequestShed",
     "RetryGaveUp",
     "RetryScheduled",
     "Sink",
+    "StateStoreDegraded",
+    "StateStoreRecovered",
+    "StepCompleted",
+    "StepFailed",
+    "WorkflowFinished",
+    "WorkflowLeaseLost",
+    "WorkflowParked",
+    "WorkflowRecovered",
+    "WorkflowStarted",
+    "catalogue",
     "dispatcher",
     "subscribe",
 ]
@@ -224,7 +293,8 @@ class Dispatcher:
 
         A recorder that raises is logged, never propagated into the caller's call. With
         ``trusted=True`` the recorder promises never to raise and is called directly, without
-        that guard: stoic's own metrics backends register this way.
+        that guard: stoic's own metrics backends register this way (the speed trick of this
+        module, for benchmarks/telemetry_overhead.py: a guard costs a frame on every call).
         """
         if not callable(recorder):
             raise TypeError(f"recorder must be callable, got {recorder!r}")
@@ -286,15 +356,83 @@ def subscribe(sink: Sink) -> Callable[[], None]:
     return dispatcher.subscribe(sink)
 
 
-def __getattr__(name: str) -> Any:
-    # Events of the load-control policies live with them (they import this module, so a
-    # direct import here would be a cycle); re-exported so one catalogue names every event.
-    if name == "LimitChanged":
-        from .policies.limit import LimitChanged
+# --- the catalogue ------------------------------------------------------------------------
 
-        return LimitChanged
-    if name == "RequestShed":
-        from .integrations.shedding import RequestShed
 
-        return RequestShed
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+@functools.cache
+def catalogue() -> tuple[type[Event], ...]:
+    """Every event class stoic emits, from every area, in one tuple (imports those areas).
+
+    Adapters check against it that they handle every kind (``tests/test_events.py``); a new
+    event class is added here, beside its area's other events.
+    """
+    from .chaos.faults import FaultInjected
+    from .chaos.process import NetworkHealed, NetworkPartitioned, ProcessFaulted
+    from .idempotency.events import (
+        IdempotencyKeyRejected,
+        IdempotencyLeaseLost,
+        IdempotencyLeaseTakenOver,
+        IdempotencyRecordCorrupted,
+        IdempotentReplayed,
+    )
+    from .integrations.shedding import RequestShed
+    from .messaging.model import (
+        DeadLettersRequeued,
+        MessageDeadLettered,
+        MessageHandled,
+        MessageRetried,
+    )
+    from .policies.breaker.events import (
+        BreakerClosed,
+        BreakerDisabled,
+        BreakerForcedOpen,
+        BreakerHalfOpened,
+        BreakerOpened,
+        BreakerTransitioned,
+    )
+    from .policies.hedge import HedgeStarted
+    from .policies.limit import LimitChanged
+    from .state.base import StateStoreDegraded, StateStoreRecovered
+    from .workflow.events import (
+        CompensationRan,
+        StepCompleted,
+        StepFailed,
+        WorkflowFinished,
+        WorkflowLeaseLost,
+        WorkflowParked,
+        WorkflowRecovered,
+        WorkflowStarted,
+    )
+
+    return (
+        # calls, retries, rejections, deadlines (this module)
+        CallFinished, CallRejected, DeadlineExpired, RetryGaveUp, RetryScheduled,
+        # circuit breaker
+        BreakerTransitioned, BreakerOpened, BreakerHalfOpened, BreakerClosed,
+        BreakerForcedOpen, BreakerDisabled,
+        # hedging and shared state
+        HedgeStarted, StateStoreDegraded, StateStoreRecovered,
+        # idempotency
+        IdempotentReplayed, IdempotencyKeyRejected, IdempotencyLeaseTakenOver,
+        IdempotencyLeaseLost, IdempotencyRecordCorrupted,
+        # messaging
+        MessageHandled, MessageRetried, MessageDeadLettered, DeadLettersRequeued,
+        # load control
+        LimitChanged, RequestShed,
+        # durable workflows
+        WorkflowStarted, WorkflowRecovered, WorkflowFinished, WorkflowParked, WorkflowLeaseLost,
+        StepCompleted, StepFailed, CompensationRan,
+        # chaos
+        FaultInjected, ProcessFaulted, NetworkPartitioned, NetworkHealed,
+    )
+
+
+def __getattr__(name: str) -> type[Event]:
+    """``stoic.events.BreakerOpened`` and the like: a catalogued class defined elsewhere."""
+    if name.startswith("__"):  # the import system asks for __path__ and such: never ours
+        raise AttributeError(name)
+    for cls in catalogue():
+        if cls.__name__ == name:
+            globals()[name] = cls
+            return cls
+    raise AttributeError(f"module 'stoic.events' has no attribute {name!r}")

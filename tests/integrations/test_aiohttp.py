@@ -190,3 +190,24 @@ class TestConfiguration:
     def test_bad_configuration_names_the_parameter(self, kwargs: dict, name: str) -> None:
         with pytest.raises(ValueError, match=name):
             ResilientMiddleware(**kwargs)
+
+
+class TestDownstream:
+    async def test_the_deadline_is_honoured_by_a_stoic_service_downstream(self) -> None:
+        from integrations.servers import Server
+        from stoic.integrations.asgi import StoicMiddleware
+
+        seen: list[float | None] = []
+
+        async def app(scope: dict, receive: object, send: object) -> None:
+            seen.append(stoic.remaining())
+            await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+        server = Server(StoicMiddleware(app, service="down", version="1")).start()
+        try:
+            async with session() as s, stoic.deadline(1.5), s.get(f"{server.url}/x") as response:
+                assert response.status == 200
+        finally:
+            server.stop()
+        assert seen and seen[0] is not None and 0 < seen[0] <= 1.5

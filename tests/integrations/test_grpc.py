@@ -366,3 +366,36 @@ class TestConfiguration:
         kwargs.setdefault("version", "1")
         with pytest.raises(ValueError, match=name):
             StoicServerInterceptor(**kwargs)
+
+
+class TestStreams:
+    def test_a_stream_gets_the_deadline_and_request_id_and_no_retry(self) -> None:
+        seen: list[tuple[float, dict[str, str]]] = []
+
+        def items(request: bytes, context: Any) -> Iterator[bytes]:
+            seen.append((context.time_remaining(), dict(context.invocation_metadata())))
+            if len(seen) == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+            yield b"one"
+
+        server = grpc.server(futures.ThreadPoolExecutor(2),
+                             interceptors=[StoicServerInterceptor("shop", "1")])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Shop", {"Items": grpc.unary_stream_rpc_method_handler(items)}),))
+        port = free_port()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        target = f"127.0.0.1:{port}"
+        try:
+            ch = grpc.intercept_channel(grpc.insecure_channel(target),
+                                        ResilientInterceptor(target, policy=FAST))
+            with ch, stoic.deadline(2.0), stoic.context.bind(request_id="s-1"), pytest.raises(
+                grpc.RpcError
+            ) as info:
+                list(ch.unary_stream("/test.Shop/Items")(b"x"))
+        finally:
+            server.stop(0)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert len(seen) == 1  # a stream is never replayed
+        left, metadata = seen[0]
+        assert 0 < left <= 2.0 and metadata["x-request-id"] == "s-1"

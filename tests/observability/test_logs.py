@@ -72,9 +72,9 @@ def test_retry_logs_the_retry_at_debug_and_the_give_up_at_warning(captured: Capt
         raise ConnectionRefusedError("refused")
 
     with virtual_time():
-        stoic.Retry(attempts=2, name="payments").call(lambda: "ok")
+        stoic.Retry(max_attempts=2, name="payments").call(lambda: "ok")
         with stoic.context.bind(request_id="req-9"), pytest.raises(ConnectionRefusedError):
-            stoic.Retry(attempts=2, name="payments").call(refused)
+            stoic.Retry(max_attempts=2, name="payments").call(refused)
     lines = captured.lines()
     assert [(line["logger"], line["level"]) for line in lines] == [
         ("stoic", "debug"), ("stoic", "warning"),

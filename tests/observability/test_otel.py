@@ -30,7 +30,7 @@ def attempt_spans(otel: Otel) -> list[Any]:
 def test_three_attempts_are_three_child_spans_of_the_caller(otel: Otel) -> None:
     tracer = otel.tracer_provider.get_tracer("test")
     with virtual_time(), tracer.start_as_current_span("checkout") as caller:
-        assert stoic.Retry(attempts=5, name="payments").call(flaky(2)) == "ok"
+        assert stoic.Retry(max_attempts=5, name="payments").call(flaky(2)) == "ok"
     spans = attempt_spans(otel)
     assert [s.attributes["stoic.attempt"] for s in spans] == [1, 2, 3]
     for span in spans:
@@ -60,7 +60,7 @@ async def test_async_attempts_are_child_spans_too(otel: Otel) -> None:
 
     async with virtual_time():
         with tracer.start_as_current_span("checkout") as caller:
-            assert await stoic.Retry(attempts=3, name="pay").acall(fn) == "ok"
+            assert await stoic.Retry(max_attempts=3, name="pay").acall(fn) == "ok"
     spans = attempt_spans(otel)
     assert [s.attributes["stoic.outcome"] for s in spans] == ["transient", "success"]
     assert {s.parent.span_id for s in spans} == {caller.get_span_context().span_id}
@@ -78,14 +78,14 @@ def test_http_attempts_carry_resend_count(otel: Otel) -> None:
         return 200
 
     with virtual_time():
-        stoic.Retry(attempts=3, name="inventory").call(get)
+        stoic.Retry(max_attempts=3, name="inventory").call(get)
     spans = attempt_spans(otel)
     assert [s.attributes.get("http.request.resend_count") for s in spans] == [None, 1, 2]
 
 
 def test_non_http_attempts_have_no_http_attributes(otel: Otel) -> None:
     with virtual_time():
-        stoic.Retry(attempts=3, name="db").call(flaky(2))
+        stoic.Retry(max_attempts=3, name="db").call(flaky(2))
     assert all(
         not any(k.startswith("http.") for k in s.attributes) for s in attempt_spans(otel)
     )
@@ -93,7 +93,7 @@ def test_non_http_attempts_have_no_http_attributes(otel: Otel) -> None:
 
 def test_metrics_count_three_attempts_two_retries_one_success(otel: Otel) -> None:
     with virtual_time():
-        stoic.Retry(attempts=5, name="payments").call(flaky(2))
+        stoic.Retry(max_attempts=5, name="payments").call(flaky(2))
     metrics = otel.metrics()
     assert metrics["stoic.calls"] == [({"stoic.name": "payments", "stoic.outcome": "success"}, 1)]
     assert metrics["stoic.attempts"] == [({"stoic.name": "payments"}, 3)]
@@ -106,7 +106,7 @@ def test_metrics_count_three_attempts_two_retries_one_success(otel: Otel) -> Non
 
 def test_give_up_counts_as_a_failed_call_with_its_outcome(otel: Otel) -> None:
     with virtual_time(), pytest.raises(ConnectionRefusedError):
-        stoic.Retry(attempts=2, name="payments").call(flaky(5))
+        stoic.Retry(max_attempts=2, name="payments").call(flaky(5))
     metrics = otel.metrics()
     assert metrics["stoic.calls"] == [
         ({"stoic.name": "payments", "stoic.outcome": "transient"}, 1)
@@ -182,7 +182,7 @@ def test_cancellation_leaves_the_attempt_span_ended_and_marked(otel: Otel) -> No
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        stoic.Retry(attempts=3, name="job").call(interrupted)
+        stoic.Retry(max_attempts=3, name="job").call(interrupted)
     [span] = attempt_spans(otel)
     assert span.attributes["stoic.outcome"] == "cancelled"
     assert span.end_time is not None

@@ -66,7 +66,7 @@ def scenario() -> None:
     from stoic.idempotency import MemoryStore
     from stoic.messaging import MemoryBroker, Worker
 
-    payments = stoic.Retry(attempts=3, name="payments")
+    payments = stoic.Retry(max_attempts=3, name="payments")
     with virtual_time():
         payments.call(flaky(2))
         with pytest.raises(ConnectionRefusedError):
@@ -145,7 +145,7 @@ async def test_asgi_app_serves_the_exposition(registry: CollectorRegistry) -> No
     import httpx
 
     with virtual_time():
-        stoic.Retry(attempts=3, name="payments").call(flaky(1))
+        stoic.Retry(max_attempts=3, name="payments").call(flaky(1))
     app = prometheus.make_asgi_app(registry)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -158,7 +158,7 @@ def test_uninstrument_stops_counting_and_unregisters(registry: CollectorRegistry
     prometheus.uninstrument()
     assert dispatcher.sinks == ()
     with virtual_time():
-        stoic.Retry(attempts=3, name="payments").call(flaky(1))
+        stoic.Retry(max_attempts=3, name="payments").call(flaky(1))
     assert "stoic_calls" not in scrape(registry)
 
 
@@ -167,7 +167,7 @@ def test_instrument_again_moves_to_the_new_registry(registry: CollectorRegistry)
     prometheus.instrument(other)
     assert len(dispatcher.sinks) == 1
     with virtual_time():
-        stoic.Retry(attempts=3, name="payments").call(flaky(0))
+        stoic.Retry(max_attempts=3, name="payments").call(flaky(0))
     assert value(samples(scrape(other)), "stoic_calls_total", name="payments",
                  outcome="success") == 1
     assert "stoic_calls" not in scrape(registry)

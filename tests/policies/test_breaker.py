@@ -303,7 +303,7 @@ class TestRejectionCost:
             run = {
                 "decorator": breaker(ok),
                 "call": lambda: breaker.call(ok),
-                "pipeline": lambda: stoic.Pipeline(stoic.Retry(attempts=1), breaker).call(ok),
+                "pipeline": lambda: stoic.Pipeline(stoic.Retry(max_attempts=1), breaker).call(ok),
                 "async": lambda: asyncio.run(breaker(_aok)()),
             }[path]
             with pytest.raises(stoic.CircuitOpenError) as info:
@@ -476,7 +476,7 @@ class TestComposition:
                 calls.append(1)
                 raise ConnectionRefusedError("refused")  # TRANSIENT: Retry retries it
 
-            pipeline = stoic.Pipeline(stoic.Retry(attempts=5), breaker)
+            pipeline = stoic.Pipeline(stoic.Retry(max_attempts=5), breaker)
             with pytest.raises(stoic.CircuitOpenError):
                 pipeline.call(flaky)
             assert len(calls) == 2  # the third attempt was rejected, not made
@@ -552,3 +552,20 @@ class TestTransitionLogsAndMeasurements:
         finally:
             remove()
         assert [(p, n, o) for p, n, o, *_ in seen] == [("circuit_breaker", "measured", "success")]
+
+
+class TestBackendName:
+    def test_backend_shares_state_and_state_is_its_deprecated_alias(self) -> None:
+        memory = stoic.state.MemoryState()
+        breaker = stoic.CircuitBreaker("named-backend", backend=memory)
+        assert breaker.config.backend is memory
+        with pytest.warns(DeprecationWarning, match="backend"):
+            old = stoic.CircuitBreaker("named-state", state=memory)
+        assert old.config.backend is memory
+        assert old.state is BreakerState.CLOSED
+
+    def test_settings_are_read_only(self) -> None:
+        breaker = stoic.CircuitBreaker("frozen", open_for=5.0)
+        with pytest.raises(AttributeError):
+            breaker.open_for = 1.0  # type: ignore[misc]
+        assert breaker.open_for == 5.0

@@ -72,7 +72,7 @@ class TestPipeline:
 
         async def main() -> str:
             async with virtual_time():
-                policy = Pipeline(Retry(attempts=2, idempotent=True, backoff=constant(0)), Timeout(1))
+                policy = Pipeline(Retry(max_attempts=2, idempotent=True, backoff=constant(0)), Timeout(1))
                 return await policy.acall(slow_then_fast)
 
         assert asyncio.run(main()) == "done"
@@ -85,7 +85,7 @@ class TestPipeline:
         assert log == ["a>", "b>", "c>", "<c", "<b", "<a"]
 
     def test_decorates_sync_and_async(self) -> None:
-        policy = Pipeline(Retry(attempts=2, backoff=constant(0)))
+        policy = Pipeline(Retry(max_attempts=2, backoff=constant(0)))
 
         @policy
         def f(x: int) -> int:
@@ -146,7 +146,7 @@ class TestFallback:
             raise ConnectionRefusedError
 
         with virtual_time():
-            policy = Pipeline(Fallback("degraded"), Retry(attempts=3, backoff=constant(0.1)))
+            policy = Pipeline(Fallback("degraded"), Retry(max_attempts=3, backoff=constant(0.1)))
             assert policy.call(down) == "degraded"
 
 

@@ -121,9 +121,9 @@ class TestShared:
     def test_limiters_sharing_memory_state_and_name_share_one_rate(self) -> None:
         with virtual_time():
             state = MemoryState()
-            a = stoic.RateLimiter(5, state=state, name="api")
-            b = stoic.RateLimiter(5, state=state, name="api")
-            other = stoic.RateLimiter(5, state=state, name="other")
+            a = stoic.RateLimiter(5, backend=state, name="api")
+            b = stoic.RateLimiter(5, backend=state, name="api")
+            other = stoic.RateLimiter(5, backend=state, name="other")
             assert admitted(a, 4) + admitted(b, 4) == 5
             assert admitted(other, 10) == 5
 
@@ -151,7 +151,7 @@ def test_rejection_emits_call_rejected() -> None:
         ({"rate": 1, "burst": 0}, "burst"),
         ({"rate": 1, "wait": True, "max_wait": 0}, "max_wait"),
         ({"rate": 1, "max_wait": 1.0}, "max_wait"),
-        ({"rate": 1, "state": MemoryState()}, "name"),  # unnamed limiters would share a rate
+        ({"rate": 1, "backend": MemoryState()}, "name"),  # unnamed limiters would share a rate
     ],
 )
 def test_bad_configuration_names_the_parameter(kwargs: dict[str, Any], parameter: str) -> None:
@@ -180,3 +180,11 @@ def test_no_window_ever_admits_more_than_burst_plus_rate(
             for j in range(i, len(times)):
                 span = times[j] - start
                 assert j - i + 1 <= burst + rate * span + 1e-6
+
+
+def test_state_is_the_deprecated_name_of_backend() -> None:
+    memory = MemoryState()
+    with pytest.warns(DeprecationWarning, match="backend"):
+        limiter = stoic.RateLimiter(5, state=memory, name="old-name")
+    assert limiter.backend is memory
+    assert limiter.state is memory

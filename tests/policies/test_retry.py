@@ -65,40 +65,40 @@ def run(request: pytest.FixtureRequest) -> Callable[..., Any]:
 class TestWhatIsRetried:
     def test_transient_failures_are_retried(self, run: Any) -> None:
         with virtual_time():
-            result, fn = run(Retry(attempts=3), ConnectionRefusedError(), ConnectionRefusedError())
+            result, fn = run(Retry(max_attempts=3), ConnectionRefusedError(), ConnectionRefusedError())
         assert (result, fn.calls) == ("ok", 3)
 
     def test_permanent_errors_are_never_retried(self, run: Any) -> None:
         with virtual_time() as clock, pytest.raises(ValueError, match="bad") as info:
-            run(Retry(attempts=5), ValueError("bad"))
+            run(Retry(max_attempts=5), ValueError("bad"))
         assert clock.sleeps == []
         assert "not retryable" in info.value.__notes__[-1]
 
     def test_unknown_outcome_is_retried_only_when_idempotent(self, run: Any) -> None:
         with virtual_time(), pytest.raises(ConnectionResetError) as info:
-            run(Retry(attempts=3), ConnectionResetError())
+            run(Retry(max_attempts=3), ConnectionResetError())
         assert "not idempotent" in info.value.__notes__[-1]
         with virtual_time():
-            result, fn = run(Retry(attempts=3, idempotent=True), ConnectionResetError())
+            result, fn = run(Retry(max_attempts=3, idempotent=True), ConnectionResetError())
         assert (result, fn.calls) == ("ok", 2)
 
     def test_unknown_outcome_is_retried_under_an_idempotency_key(self) -> None:
         fn = failing(TimeoutError())
         with virtual_time(), stoic.context.using_idempotency_key("order-7"):
-            assert Retry(attempts=2).call(fn) == "ok"
+            assert Retry(max_attempts=2).call(fn) == "ok"
         assert fn.calls == 2
 
     def test_on_types_override_classification(self, run: Any) -> None:
         with virtual_time():
-            result, fn = run(Retry(attempts=2, on=KeyError), KeyError("x"))
+            result, fn = run(Retry(max_attempts=2, on=KeyError), KeyError("x"))
         assert (result, fn.calls) == ("ok", 2)
         with virtual_time(), pytest.raises(ConnectionRefusedError):
-            run(Retry(attempts=2, on=KeyError), ConnectionRefusedError())
+            run(Retry(max_attempts=2, on=KeyError), ConnectionRefusedError())
 
     def test_on_predicate_overrides_classification(self) -> None:
         fn = failing(ValueError("retry me"), ValueError("retry me"))
         with virtual_time():
-            assert Retry(attempts=3, on=lambda e: "retry" in str(e)).call(fn) == "ok"
+            assert Retry(max_attempts=3, on=lambda e: "retry" in str(e)).call(fn) == "ok"
         assert fn.calls == 3
 
     def test_on_matches_reports_what_on_decides(self) -> None:
@@ -114,13 +114,13 @@ class TestWhatIsRetried:
             return next(values)
 
         with virtual_time() as clock:
-            assert Retry(attempts=3, on_result=lambda r: r is None).call(fn) is None
+            assert Retry(max_attempts=3, on_result=lambda r: r is None).call(fn) is None
         assert len(clock.sleeps) == 2
 
     def test_a_good_result_after_bad_ones_is_returned(self) -> None:
         values = iter([0, 0, 5])
         with virtual_time():
-            assert Retry(attempts=3, on_result=lambda r: r == 0).call(lambda: next(values)) == 5
+            assert Retry(max_attempts=3, on_result=lambda r: r == 0).call(lambda: next(values)) == 5
 
 
 class TestCancellation:
@@ -128,7 +128,7 @@ class TestCancellation:
     def test_cancellation_is_never_retried_nor_delayed(self, exc: BaseException) -> None:
         fn = failing(exc)
         with virtual_time() as clock, pytest.raises(type(exc)):
-            Retry(attempts=5, on=BaseException).call(fn)
+            Retry(max_attempts=5, on=BaseException).call(fn)
         assert (fn.calls, clock.sleeps) == (1, [])
 
     async def test_async_cancellation_passes_untouched(self) -> None:
@@ -141,7 +141,7 @@ class TestCancellation:
 
         async with virtual_time() as clock:
             with pytest.raises(asyncio.CancelledError):
-                await Retry(attempts=5, idempotent=True).acall(fn)
+                await Retry(max_attempts=5, idempotent=True).acall(fn)
         assert (calls, clock.sleeps) == (1, [])
 
     async def test_cancelling_a_task_while_it_waits_to_retry_cancels_at_once(self) -> None:
@@ -151,7 +151,7 @@ class TestCancellation:
             started.set()
             raise ConnectionRefusedError
 
-        task = asyncio.create_task(Retry(attempts=5, backoff=constant(30.0)).acall(fn))
+        task = asyncio.create_task(Retry(max_attempts=5, backoff=constant(30.0)).acall(fn))
         await started.wait()
         await asyncio.sleep(0)
         task.cancel()
@@ -163,27 +163,27 @@ class TestGivingUp:
     def test_original_exception_is_reraised_with_a_note(self, run: Any) -> None:
         errors = [ConnectionRefusedError(f"try {i}") for i in range(3)]
         with virtual_time(), pytest.raises(ConnectionRefusedError) as info:
-            run(Retry(attempts=3, name="payments"), *errors)
+            run(Retry(max_attempts=3, name="payments"), *errors)
         assert info.value is errors[-1]
         note = info.value.__notes__[-1]
         assert "'payments'" in note and "3 attempts" in note and "all 3 attempts used" in note
 
     def test_exhaustion_note_says_elapsed_time(self) -> None:
         with virtual_time(), pytest.raises(ConnectionRefusedError) as info:
-            Retry(attempts=2, backoff=constant(1.5)).call(failing(*[ConnectionRefusedError()] * 2))
+            Retry(max_attempts=2, backoff=constant(1.5)).call(failing(*[ConnectionRefusedError()] * 2))
         assert "in 1.500s" in info.value.__notes__[-1]
 
     def test_no_sleep_past_max_time(self) -> None:
         fn = failing(*[ConnectionRefusedError()] * 10)
         with virtual_time() as clock, pytest.raises(ConnectionRefusedError) as info:
-            Retry(attempts=10, backoff=constant(1.0), max_time=2.5).call(fn)
+            Retry(max_attempts=10, backoff=constant(1.0), max_time=2.5).call(fn)
         assert clock.sleeps == [1.0, 1.0]
         assert clock.elapsed <= 2.5
         assert "max_time" in info.value.__notes__[-1]
 
     def test_no_sleep_past_the_deadline(self, run: Any) -> None:
         with virtual_time() as clock, stoic.deadline(2.5), pytest.raises(ConnectionRefusedError) as info:
-            run(Retry(attempts=10, backoff=constant(1.0)), *[ConnectionRefusedError()] * 10)
+            run(Retry(max_attempts=10, backoff=constant(1.0)), *[ConnectionRefusedError()] * 10)
         assert clock.elapsed <= 2.5
         assert "deadline" in info.value.__notes__[-1]
 
@@ -196,12 +196,12 @@ class TestGivingUp:
 
     def test_zero_wait_never_calls_sleep(self) -> None:
         with virtual_time() as clock:
-            Retry(attempts=3, backoff=constant(0.0)).call(failing(ConnectionRefusedError()))
+            Retry(max_attempts=3, backoff=constant(0.0)).call(failing(ConnectionRefusedError()))
         assert clock.sleeps == []
 
     async def test_zero_wait_never_calls_sleep_async(self) -> None:
         async with virtual_time() as clock:
-            await Retry(attempts=3, backoff=constant(0.0)).acall(afailing(ConnectionRefusedError()))
+            await Retry(max_attempts=3, backoff=constant(0.0)).acall(afailing(ConnectionRefusedError()))
         assert clock.sleeps == []
 
 
@@ -209,26 +209,26 @@ class TestThrottled:
     def test_throttled_waits_at_least_retry_after(self) -> None:
         fn = failing(stoic.RateLimitedError("slow down", retry_after=2.0))
         with virtual_time() as clock:
-            Retry(attempts=2, backoff=constant(0.5)).call(fn)
+            Retry(max_attempts=2, backoff=constant(0.5)).call(fn)
         assert clock.sleeps == [2.0]
 
     def test_backoff_longer_than_retry_after_wins(self) -> None:
         fn = failing(stoic.RateLimitedError("slow down", retry_after=0.1))
         with virtual_time() as clock:
-            Retry(attempts=2, backoff=constant(0.5)).call(fn)
+            Retry(max_attempts=2, backoff=constant(0.5)).call(fn)
         assert clock.sleeps == [0.5]
 
     def test_retry_after_beyond_the_backoff_max_gives_up_at_once(self) -> None:
         fn = failing(stoic.RateLimitedError("come back tomorrow", retry_after=86400.0))
         with virtual_time() as clock, pytest.raises(stoic.RateLimitedError) as info:
-            Retry(attempts=3, backoff=exponential(max=5.0)).call(fn)
+            Retry(max_attempts=3, backoff=exponential(max=5.0)).call(fn)
         assert clock.sleeps == []
         assert "retry_after" in info.value.__notes__[-1]
 
     def test_retry_after_can_be_ignored(self) -> None:
         fn = failing(stoic.RateLimitedError("x", retry_after=3.0))
         with virtual_time() as clock:
-            Retry(attempts=2, backoff=constant(0.5), respect_retry_after=False).call(fn)
+            Retry(max_attempts=2, backoff=constant(0.5), respect_retry_after=False).call(fn)
         assert clock.sleeps == [0.5]
 
 
@@ -236,13 +236,13 @@ class TestBackoff:
     def test_exponential_without_jitter_doubles_up_to_max(self) -> None:
         fn = failing(*[ConnectionRefusedError()] * 5)
         with virtual_time() as clock:
-            Retry(attempts=6, backoff=exponential(0.1, 2.0, 1.0, jitter=None)).call(fn)
+            Retry(max_attempts=6, backoff=exponential(0.1, 2.0, 1.0, jitter=None)).call(fn)
         assert clock.sleeps == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])
 
     def test_linear_steps(self) -> None:
         fn = failing(*[ConnectionRefusedError()] * 3)
         with virtual_time() as clock:
-            Retry(attempts=4, backoff=linear(0.5, 0.25, 10, jitter=None)).call(fn)
+            Retry(max_attempts=4, backoff=linear(0.5, 0.25, 10, jitter=None)).call(fn)
         assert clock.sleeps == pytest.approx([0.5, 0.75, 1.0])
 
     @given(retry=st.integers(1, 30), jitter=st.sampled_from(["full", "equal", "decorrelated"]))
@@ -260,7 +260,7 @@ class TestBudget:
     def test_empty_budget_gives_up_with_a_note(self) -> None:
         budget = RetryBudget(ratio=0.0, min_per_second=0.0)
         with virtual_time(), pytest.raises(ConnectionRefusedError) as info:
-            Retry(attempts=3, budget=budget).call(failing(ConnectionRefusedError()))
+            Retry(max_attempts=3, budget=budget).call(failing(ConnectionRefusedError()))
         assert "retry budget" in info.value.__notes__[-1]
 
     def test_one_budget_is_shared_by_many_retry_objects(self) -> None:
@@ -296,7 +296,7 @@ class TestBudget:
                 retries += 1
 
         unsubscribe = stoic.events.subscribe(sink)
-        policy = Retry(attempts=4, backoff=constant(0.0), budget=budget)
+        policy = Retry(max_attempts=4, backoff=constant(0.0), budget=budget)
 
         def dependency() -> str:
             if next(pattern) or True:
@@ -325,7 +325,7 @@ class TestEventsAndConcurrency:
         seen: list[Any] = []
         stoic.events.subscribe(seen.append)
         with virtual_time(), pytest.raises(ConnectionRefusedError):
-            Retry(attempts=2, backoff=constant(0.25), name="inventory").call(
+            Retry(max_attempts=2, backoff=constant(0.25), name="inventory").call(
                 failing(ConnectionRefusedError(), ConnectionRefusedError())
             )
         kinds = [type(e).__name__ for e in seen]
@@ -337,10 +337,10 @@ class TestEventsAndConcurrency:
     def test_a_failing_subscriber_never_breaks_the_call(self) -> None:
         stoic.events.subscribe(lambda e: 1 / 0)
         with virtual_time():
-            assert Retry(attempts=2).call(failing(ConnectionRefusedError())) == "ok"
+            assert Retry(max_attempts=2).call(failing(ConnectionRefusedError())) == "ok"
 
     def test_one_retry_object_from_eight_threads_behaves_per_call(self) -> None:
-        policy = Retry(attempts=3, backoff=constant(0.0))
+        policy = Retry(max_attempts=3, backoff=constant(0.0))
         results: list[tuple[str, int]] = []
         lock = threading.Lock()
 
@@ -361,7 +361,7 @@ class TestEventsAndConcurrency:
         assert {calls for _, calls in results} == {1, 2, 3}
 
     async def test_one_retry_object_from_many_tasks_behaves_per_call(self) -> None:
-        policy = Retry(attempts=3, backoff=constant(0.01))
+        policy = Retry(max_attempts=3, backoff=constant(0.01))
 
         async def one(i: int) -> int:
             fn = afailing(*[ConnectionRefusedError()] * (i % 3))
@@ -377,8 +377,8 @@ class TestConfiguration:
     @pytest.mark.parametrize(
         ("make", "parameter"),
         [
-            (lambda: Retry(attempts=0), "attempts"),
-            (lambda: Retry(attempts=1.5), "attempts"),  # type: ignore[arg-type]
+            (lambda: Retry(max_attempts=0), "attempts"),
+            (lambda: Retry(max_attempts=1.5), "attempts"),  # type: ignore[arg-type]
             (lambda: Retry(max_time=0), "max_time"),
             (lambda: Retry(max_time=-1), "max_time"),
             (lambda: exponential(initial=-0.1), "initial"),
@@ -402,7 +402,7 @@ class TestConfiguration:
 class TestReplace:
     def test_replace_changes_only_what_is_named(self) -> None:
         budget = RetryBudget()
-        original = Retry(attempts=4, backoff=constant(0.3), budget=budget, name="db")
+        original = Retry(max_attempts=4, backoff=constant(0.3), budget=budget, name="db")
         twin = original.replace(idempotent=True)
         assert (twin.idempotent, original.idempotent) == (True, False)
         assert (twin.attempts, twin.backoff, twin.budget, twin.name) == (4, constant(0.3), budget, "db")
@@ -450,32 +450,62 @@ class TestNextDelay:
     """``Retry.next_delay``: the decision a queue worker or workflow engine asks for."""
 
     def test_transient_failure_gets_the_backoff_wait(self) -> None:
-        retry = Retry(attempts=3, backoff=constant(0.5))
+        retry = Retry(max_attempts=3, backoff=constant(0.5))
         assert retry.next_delay(1, ConnectionRefusedError()) == 0.5
 
     def test_unknown_failure_is_retried_only_when_idempotent(self) -> None:
         error = TimeoutError()
-        assert Retry(attempts=3, backoff=constant(0.5)).next_delay(1, error) is None
-        assert Retry(attempts=3, backoff=constant(0.5), idempotent=True).next_delay(1, error) == 0.5
+        assert Retry(max_attempts=3, backoff=constant(0.5)).next_delay(1, error) is None
+        assert Retry(max_attempts=3, backoff=constant(0.5), idempotent=True).next_delay(1, error) == 0.5
 
     def test_gives_up_after_the_attempts_cap_with_a_note(self) -> None:
         error = ConnectionRefusedError()
-        assert Retry(attempts=2, backoff=constant(0.5)).next_delay(2, error) is None
+        assert Retry(max_attempts=2, backoff=constant(0.5)).next_delay(2, error) is None
         assert any("gave up after 2 attempts" in note for note in error.__notes__)
 
     def test_max_time_is_measured_by_elapsed(self) -> None:
-        retry = Retry(attempts=10, backoff=constant(1.0), max_time=5.0)
+        retry = Retry(max_attempts=10, backoff=constant(1.0), max_time=5.0)
         assert retry.next_delay(3, ConnectionRefusedError(), elapsed=3.0) == 1.0
         assert retry.next_delay(3, ConnectionRefusedError(), elapsed=4.5) is None
 
     def test_a_spent_budget_stops_retries(self) -> None:
         budget = RetryBudget(ratio=0.1, min_per_second=0.0)  # no calls deposited: nothing to spend
-        retry = Retry(attempts=5, backoff=constant(0.1), budget=budget)
+        retry = Retry(max_attempts=5, backoff=constant(0.1), budget=budget)
         assert retry.next_delay(1, ConnectionRefusedError()) is None
 
     def test_permanent_failure_is_never_retried(self) -> None:
-        assert Retry(attempts=5, backoff=constant(0.1)).next_delay(1, ValueError("bad")) is None
+        assert Retry(max_attempts=5, backoff=constant(0.1)).next_delay(1, ValueError("bad")) is None
 
     def test_attempt_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="attempt must be"):
             Retry().next_delay(0, ConnectionRefusedError())
+
+
+class TestFrozenConfiguration:
+    def test_settings_cannot_be_changed_on_a_live_retry(self) -> None:
+        retry = Retry(max_attempts=2, budget=RetryBudget())
+        with pytest.raises(AttributeError):
+            retry.budget = RetryBudget()  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            retry.config.max_attempts = 5  # type: ignore[misc]
+
+    def test_replace_builds_a_new_retry_whose_calls_use_its_own_budget(self) -> None:
+        spent = RetryBudget(ratio=0.0, min_per_second=0.0)
+        plenty = RetryBudget()
+        original = Retry(max_attempts=3, backoff=constant(0.0), budget=spent)
+        twin = original.replace(budget=plenty)
+        assert twin.call(failing(ConnectionRefusedError())) == "ok"
+        with pytest.raises(ConnectionRefusedError):
+            original.call(failing(ConnectionRefusedError()))
+
+    def test_max_attempts_is_the_cap_and_attempts_its_deprecated_alias(self) -> None:
+        assert Retry(max_attempts=4).attempts == 4
+        with pytest.warns(DeprecationWarning, match="max_attempts"):
+            old = Retry(attempts=2, backoff=constant(0.0))
+        assert old.max_attempts == 2
+        fn = failing(ConnectionRefusedError(), ConnectionRefusedError())
+        with pytest.raises(ConnectionRefusedError):
+            old.call(fn)
+        assert fn.calls == 2  # type: ignore[attr-defined]
+        with pytest.raises(TypeError, match="max_attempts"):
+            Retry(max_attempts=4, attempts=2)

@@ -156,7 +156,7 @@ retries = st.fixed_dictionaries({
     "initial": st.sampled_from([0.01, 0.1, 0.25, 1.0]),
     "max": st.sampled_from([0.5, 2.0, 10.0]),
     "idempotent": st.booleans(),
-})
+}).filter(lambda r: r["max"] >= r["initial"])  # a schedule's max is at least its first wait
 breakers = st.one_of(st.none(), st.fixed_dictionaries({
     "failure_rate": st.sampled_from([0.25, 0.5, 1.0]),
     "minimum_calls": st.integers(1, 4),

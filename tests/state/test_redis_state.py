@@ -94,7 +94,7 @@ CHILD = textwrap.dedent(
 
     url, prefix, poll = sys.argv[1], sys.argv[2], float(sys.argv[3])
     state = RedisState(url, prefix=prefix, poll=poll)
-    breaker = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, state=state)
+    breaker = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, backend=state)
     print(f"ready {time.time():.6f}", flush=True)
     end = time.time() + 20
     while time.time() < end:
@@ -130,7 +130,7 @@ class TestFleetBreaker:
             time.sleep(0.3)  # let the child subscribe, so this measures the message path
             state = RedisState(redis_url, prefix=prefix, poll=POLL)
             states.append(state)
-            breaker = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, state=state)
+            breaker = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, backend=state)
             trip(breaker, 2)
             opened_at = time.time()
             line = child.stdout.readline().split()
@@ -146,7 +146,7 @@ class TestFleetBreaker:
     ) -> None:
         state = RedisState(redis_url, prefix=prefix, poll=POLL)
         states.append(state)
-        breaker = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, state=state)
+        breaker = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, backend=state)
         trip(breaker, 2)
         time.sleep(0.2)  # published
         child = spawn_child(redis_url, prefix)  # starts after the message went out
@@ -167,10 +167,10 @@ class TestFleetBreaker:
         b_state = RedisState(redis_url, prefix=prefix, poll=POLL)
         states += [a_state, b_state]
         a = stoic.CircuitBreaker(
-            "payments", minimum_calls=2, open_for=0.3, half_open_calls=1, state=a_state
+            "payments", minimum_calls=2, open_for=0.3, half_open_calls=1, backend=a_state
         )
         b = stoic.CircuitBreaker(
-            "payments", minimum_calls=2, open_for=0.3, half_open_calls=1, state=b_state
+            "payments", minimum_calls=2, open_for=0.3, half_open_calls=1, backend=b_state
         )
         trip(a, 2)
         until(lambda: b.state is BreakerState.OPEN, POLL + SLACK)
@@ -214,7 +214,7 @@ class TestFleetBreaker:
         state = RedisState(redis_url, prefix=prefix, poll=POLL)
         states.append(state)
         breaker = stoic.CircuitBreaker(
-            "search", minimum_calls=1, open_for=0.2, half_open_calls=1, state=state
+            "search", minimum_calls=1, open_for=0.2, half_open_calls=1, backend=state
         )
 
         async def down() -> None:
@@ -244,8 +244,8 @@ class TestFleetBreaker:
         ours = RedisState(redis_url, prefix=prefix, poll=POLL)
         theirs = RedisState(redis_url, prefix=prefix + "-other", poll=POLL)
         states += [ours, theirs]
-        mine = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, state=ours)
-        other = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, state=theirs)
+        mine = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, backend=ours)
+        other = stoic.CircuitBreaker("payments", minimum_calls=2, open_for=30, backend=theirs)
         trip(mine, 2)
         client = redis.Redis.from_url(redis_url)
         try:
@@ -263,8 +263,8 @@ class TestFleetRateLimit:
         a_state = RedisState(redis_url, prefix=prefix)
         b_state = RedisState(redis_url, prefix=prefix)
         states += [a_state, b_state]
-        a = stoic.RateLimiter(10, per=60, state=a_state, name="signup")
-        b = stoic.RateLimiter(10, per=60, state=b_state, name="signup")
+        a = stoic.RateLimiter(10, per=60, backend=a_state, name="signup")
+        b = stoic.RateLimiter(10, per=60, backend=b_state, name="signup")
         admitted, waits = 0, []
         for limiter in (a, b) * 10:
             try:
@@ -280,7 +280,7 @@ class TestFleetRateLimit:
     ) -> None:
         state = RedisState(redis_url, prefix=prefix)
         states.append(state)
-        limiter = stoic.RateLimiter(3, per=60, state=state, name="async")
+        limiter = stoic.RateLimiter(3, per=60, backend=state, name="async")
 
         async def work() -> str:
             return "ok"
@@ -304,7 +304,7 @@ class TestOwnServer:
         url = f"redis://127.0.0.1:{port}/0"
         state = RedisState(url, prefix="rt")
         try:
-            limiter = stoic.RateLimiter(1000, state=state, name="api")
+            limiter = stoic.RateLimiter(1000, backend=state, name="api")
             limiter.call(ok)  # loads the script
             probe = redis.Redis.from_url(url)
 
@@ -338,10 +338,10 @@ class TestOwnServer:
         state = RedisState(url, prefix="kill", timeout=0.2, retry_interval=0.2, poll=0.2)
         try:
             breaker = stoic.CircuitBreaker(
-                "payments", minimum_calls=5, open_for=0.2, half_open_calls=1, state=state,
+                "payments", minimum_calls=5, open_for=0.2, half_open_calls=1, backend=state,
                 window=stoic.CountWindow(5),
             )
-            limiter = stoic.RateLimiter(10_000, state=state, name="api")
+            limiter = stoic.RateLimiter(10_000, backend=state, name="api")
             pipeline = stoic.Pipeline(limiter, breaker)
             for _ in range(20):
                 assert pipeline.call(ok) == "ok"
@@ -374,7 +374,7 @@ class TestOwnServer:
         state = RedisState(f"redis://127.0.0.1:{port}/0", prefix="slow", timeout=0.1,
                            retry_interval=30.0)
         try:
-            limiter = stoic.RateLimiter(10_000, state=state, name="api")
+            limiter = stoic.RateLimiter(10_000, backend=state, name="api")
             assert limiter.call(ok) == "ok"
             server.send_signal(signal.SIGSTOP)  # still accepts connections, never answers
             start = time.monotonic()
@@ -392,8 +392,8 @@ class TestOwnServer:
         port = free_port()  # nothing listens here
         state = RedisState(f"redis://127.0.0.1:{port}/0", timeout=0.1, retry_interval=5.0)
         try:
-            breaker = stoic.CircuitBreaker("x", state=state)
-            limiter = stoic.RateLimiter(5, state=state, name="x")
+            breaker = stoic.CircuitBreaker("x", backend=state)
+            limiter = stoic.RateLimiter(5, backend=state, name="x")
             assert [stoic.Pipeline(limiter, breaker).call(ok) for _ in range(5)] == ["ok"] * 5
             with pytest.raises(stoic.RateLimitedError):
                 limiter.call(ok)  # the local fallback still limits

@@ -94,7 +94,7 @@ def http_client(cfg: ShopConfig, inner: Any) -> Any:
         )
 
     policy = stoic.Retry(
-        attempts=3, backoff=stoic.backoff.exponential(0.02, 2.0, 0.2),
+        max_attempts=3, backoff=stoic.backoff.exponential(0.02, 2.0, 0.2),
         budget=stoic.RetryBudget(ratio=0.2, min_per_second=1.0), name="orders-out",
     )
     transport = ResilientAsyncTransport(
@@ -145,7 +145,7 @@ def start_worker(cfg: ShopConfig, handler: Any) -> None:
     worker = Worker(
         broker(cfg), "order.placed", handler, lease=cfg.worker_lease,
         dedupe=_idempotency_store(cfg, "fulfillment"), prefetch=10,
-        retry=stoic.Retry(attempts=5, backoff=stoic.backoff.exponential(0.1, 2.0, 1.0)),
+        retry=stoic.Retry(max_attempts=5, backoff=stoic.backoff.exponential(0.1, 2.0, 1.0)),
         poll_interval=0.05,
     )
 

@@ -34,8 +34,8 @@ import dataclasses
 from collections.abc import Callable, Collection, Iterable
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from .._validate import header_name
 from ..errors import CodecError
-from ..integrations._http import header_name
 from .claims import Lease, holding
 from .http import NOT_EXECUTED, HttpIdempotency, Reply, default_store_status
 from .store import Store

@@ -22,6 +22,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .. import context
+from .._validate import header_name
 from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..events import dispatcher
@@ -44,7 +45,6 @@ __all__ = [
     "Plan",
     "default_policy",
     "expired",
-    "header_name",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
@@ -83,7 +83,7 @@ def default_policy() -> Retry:
     longer than 10 s is not waited for: the caller gets the response back at once.
     """
     return Retry(
-        attempts=3, backoff=exponential(0.1, 2.0, 10.0), budget=RetryBudget(), name="http"
+        max_attempts=3, backoff=exponential(0.1, 2.0, 10.0), budget=RetryBudget(), name="http"
     )
 
 
@@ -133,17 +133,6 @@ def retries(policy: Policy | None) -> bool:
 def new_idempotency_key() -> str:
     """A fresh key for one logical request (random, so two requests never share one)."""
     return str(uuid.uuid4())
-
-
-def header_name(parameter: str, value: object) -> str:
-    """Check a header name given as ``parameter``: a non-empty ASCII str without spaces.
-
-    The one check for every header-name argument of stoic's HTTP pieces (clients and
-    middlewares); ``ValueError`` naming the parameter and the value otherwise.
-    """
-    if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-        raise ValueError(f"{parameter} must be a non-empty ASCII header name, got {value!r}")
-    return value
 
 
 def host_name(scheme: str, host: str, port: int | None) -> str:

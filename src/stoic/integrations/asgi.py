@@ -33,10 +33,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from .._validate import header_name
 from ..context import bind, deadline, hop
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..policies.base import Policy
-from ._http import header_name
 from .shedding import LoadShedder  # re-exported: the ASGI pieces live in one place
 
 if TYPE_CHECKING:

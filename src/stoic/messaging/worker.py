@@ -57,6 +57,7 @@ from ..outcome import Outcome, classify
 from ..policies.backoff import exponential
 from ..policies.retry import Retry
 from .broker import Broker, Waking, check_topic
+from .flow import FlowControl, Permit
 from .model import (
     REQUEST_ID_HEADER,
     Message,
@@ -71,7 +72,7 @@ _log = logging.getLogger("stoic.messaging")
 
 Handler = Callable[[Message], Any]
 _RETRYABLE = frozenset({Outcome.TRANSIENT, Outcome.THROTTLED, Outcome.UNKNOWN})
-_DEFAULT_RETRY = Retry(attempts=5, backoff=exponential(1.0, 2.0, 300.0), name="worker")
+_DEFAULT_RETRY = Retry(max_attempts=5, backoff=exponential(1.0, 2.0, 300.0), name="worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,9 @@ class Worker:
             leased, and renewed, until handled).
         poll_interval: seconds to wait when the queue is empty before claiming again.
         name: names the worker in events and logs (default ``worker:<topic>``).
+        flow: shared flow-control rules (``stoic.messaging.flow.FlowControl``): priorities,
+            fairness across keys, a per-key concurrency limit, a global rate, schedules.
+            The worker then claims one message at a time, in the order the rules give.
     """
 
     def __init__(
@@ -162,6 +166,7 @@ class Worker:
         prefetch: int = 10,
         poll_interval: float = 0.2,
         name: str | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         check_topic(topic)
         if not callable(handler):
@@ -184,6 +189,8 @@ class Worker:
             raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        if flow is not None and not isinstance(flow, FlowControl):
+            raise ValueError(f"flow must be a stoic.messaging.flow.FlowControl, got {flow!r}")
         versions: frozenset[str] | None = None
         if accept_versions is not None:
             if isinstance(accept_versions, (str, int)):
@@ -215,6 +222,8 @@ class Worker:
         self._wake = broker.wait if isinstance(broker, Waking) else None
         self._held: dict[str, tuple[Message, str | None]] = {}  # receipt -> (msg, dedupe token)
         self._held_lock = threading.Lock()
+        self.flow = flow
+        self._permits: dict[str, Permit] = {}  # receipt -> its key's place (flow control)
         self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -335,6 +344,7 @@ class Worker:
     def _heartbeat(self, stop: threading.Event) -> None:
         interval = self.lease / 3
         while not stop.wait(interval):
+            self._keep_permits()
             with self._held_lock:
                 held = list(self._held.values())
             for message, token in held:
@@ -351,7 +361,7 @@ class Worker:
         errors = 0
         while not self._stop.is_set():
             try:
-                batch = broker.claim(self.topic, max_messages=self.prefetch, lease=self.lease)
+                batch = self._claim()
             except Exception:
                 errors += 1
                 _log.exception("%s: claim failed; retrying", self.name)
@@ -382,6 +392,40 @@ class Worker:
                         _log.exception("%s: ack failed; the messages will be redelivered",
                                        self.name)
                 self._release(*batch)
+                self._free(batch)
+
+    def _claim(self) -> list[Message]:
+        """The next batch: ``prefetch`` messages, or one chosen by the flow rules."""
+        flow = self.flow
+        if flow is None:
+            return self.broker.claim(self.topic, max_messages=self.prefetch, lease=self.lease)
+        got = flow.claim(self.broker, self.topic, self.lease)
+        if got is None:
+            return []
+        message, permit = got
+        if permit is not None:
+            with self._held_lock:
+                self._permits[message.receipt] = permit
+        return [message]
+
+    def _free(self, batch: list[Message]) -> None:
+        """Give back the key permits of a finished batch (flow control)."""
+        flow = self.flow
+        if flow is None:
+            return
+        with self._held_lock:
+            permits = [p for p in (self._permits.pop(m.receipt, None) for m in batch) if p]
+        for permit in permits:
+            self._quietly(flow.release, permit)
+
+    def _keep_permits(self) -> None:
+        flow = self.flow
+        if flow is None:
+            return
+        with self._held_lock:
+            permits = list(self._permits.values())
+        for permit in permits:
+            self._quietly(flow.extend, permit, self.lease)
 
     def _idle(self, seconds: float) -> None:
         """Wait for work: until a publish on a waking broker, else a plain (stoppable) pause."""
@@ -417,6 +461,8 @@ class Worker:
     def _counted_empty(self) -> bool:
         try:
             stats = self.broker.stats(self.topic)
+            if self.flow is not None and self.flow.pending(self.topic):
+                return False
         except Exception:
             _log.exception("%s: stats failed; not stopping yet", self.name)
             return False
@@ -588,6 +634,8 @@ class Worker:
     async def _aheartbeat(self) -> None:
         while True:
             await clock.asleep(self.lease / 3)
+            if self.flow is not None:
+                await asyncio.to_thread(self._keep_permits)
             with self._held_lock:
                 held = list(self._held.values())
             for message, token in held:
@@ -612,9 +660,12 @@ class Worker:
         errors = 0
         while not self._stop.is_set():
             try:
-                batch = await broker.aclaim(
-                    self.topic, max_messages=self.prefetch, lease=self.lease
-                )
+                if self.flow is None:
+                    batch = await broker.aclaim(
+                        self.topic, max_messages=self.prefetch, lease=self.lease
+                    )
+                else:
+                    batch = await asyncio.to_thread(self._claim)
             except Exception:
                 errors += 1
                 _log.exception("%s: claim failed; retrying", self.name)
@@ -648,6 +699,7 @@ class Worker:
                         _log.exception("%s: ack failed; the messages will be redelivered",
                                        self.name)
                 self._release(*batch)
+                self._free(batch)
 
     async def _ahandle(self, message: Message) -> Action:
         bad = self._check(message)

@@ -1,48 +1,58 @@
 """Turn stoic events into metric updates, once, for every telemetry backend.
 
 Each backend (Prometheus, OpenTelemetry) implements the small ``Recorder`` interface and gets
-a sink from ``make_sink``. The sink looks the event's type up in a dict of handlers built on
-first sight of that type, so a call pays one dict lookup and the backend's own update.
+a sink from ``make_sink``. The sink looks the event's class up in a dict of handlers built on
+first sight of that class, so a call pays one dict lookup and the backend's own update.
 
-Event types owned by other areas (breaker, messaging, idempotency) are recognised by class
-name (``kind``) and a few attribute names, never imported, so this keeps working whatever
-lands there and in whatever order:
-
-- ``Breaker*`` / ``Circuit*`` events carrying a new state (``state``/``to_state``/``to``/
-  ``new_state``), or named for it (``BreakerOpened`` -> ``open``, ``BreakerHalfOpened`` ->
-  ``half_open``, ``BreakerClosed`` -> ``closed``).
-- ``Message*`` events: the result is the rest of the name in snake case
-  (``MessageDeadLettered`` -> ``dead_lettered``); the topic is ``topic``/``destination``/
-  ``queue`` or else the event's ``name``.
-  ``MessageHandled(duplicate=True)`` counts as ``duplicate``.
-- events whose name contains ``Replay`` count an idempotent replay for ``name``.
-- other ``*Rejected`` events count a rejection with reason ``<prefix>_<reason>``
-  (``IdempotencyKeyRejected(reason="in_flight")`` -> ``idempotency_key_in_flight``).
+``HANDLERS`` maps every event class of ``stoic.events.catalogue()`` to the update it makes,
+or to None when the event is not a metric (a test fails when a catalogued class is missing).
+A subclass not listed uses its nearest listed base (every ``BreakerTransitioned``, say).
 """
 
 from __future__ import annotations
 
-import re
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from ..events import CallFinished, CallRejected, Event, RetryScheduled, dispatcher
+from ..chaos.faults import FaultInjected
+from ..chaos.process import NetworkHealed, NetworkPartitioned, ProcessFaulted
+from ..events import (
+    CallFinished,
+    CallRejected,
+    DeadlineExpired,
+    Event,
+    RetryGaveUp,
+    RetryScheduled,
+    dispatcher,
+)
+from ..idempotency.events import (
+    IdempotencyKeyRejected,
+    IdempotencyLeaseLost,
+    IdempotencyLeaseTakenOver,
+    IdempotencyRecordCorrupted,
+    IdempotentReplayed,
+)
+from ..integrations.shedding import RequestShed
+from ..messaging.model import DeadLettersRequeued, MessageDeadLettered, MessageHandled, MessageRetried
+from ..policies.breaker import BreakerTransitioned, breakers
+from ..policies.hedge import HedgeStarted
+from ..policies.limit import LimitChanged
+from ..state.base import StateStoreDegraded, StateStoreRecovered
+from ..workflow.events import (
+    CompensationRan,
+    StepCompleted,
+    StepFailed,
+    WorkflowFinished,
+    WorkflowLeaseLost,
+    WorkflowParked,
+    WorkflowRecovered,
+    WorkflowStarted,
+)
 
-__all__ = ["BREAKER_STATES", "Recorder", "breaker_states", "connect", "make_sink", "snake"]
+__all__ = ["BREAKER_STATES", "HANDLERS", "Recorder", "breaker_states", "connect", "make_sink"]
 
 #: States every breaker reports in the state gauge (1 for the current one, 0 for the others).
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
-
-_BREAKER_BY_KIND = {
-    "opened": "open",
-    "closed": "closed",
-    "halfopened": "half_open",
-    "forcedopen": "forced_open",
-    "forcedopened": "forced_open",
-    "disabled": "disabled",
-    "reset": "closed",
-}
 
 
 class Recorder(Protocol):
@@ -60,90 +70,99 @@ class Recorder(Protocol):
     def replay(self, name: str) -> None: ...
 
 
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+def _retry(recorder: Recorder, event: RetryScheduled) -> None:
+    recorder.retry(event.name)
 
 
-def snake(text: str) -> str:
-    """``DeadLettered`` -> ``dead_lettered``."""
-    return _CAMEL.sub("_", text).lower()
+def _rejected(recorder: Recorder, event: CallRejected) -> None:
+    recorder.rejection(event.name, event.reason)
 
 
-def _state_text(value: Any) -> str:
-    value = getattr(value, "value", value)
-    if not isinstance(value, str):
-        value = getattr(value, "name", str(value))
-    return snake(str(value).replace("-", "_").replace(" ", "_")).replace("__", "_")
+def _breaker(recorder: Recorder, event: BreakerTransitioned) -> None:
+    recorder.breaker(event.name, event.state)
 
 
-def _breaker_state(event: Event) -> str | None:
-    for attr in ("state", "to_state", "to", "new_state"):
-        value = getattr(event, attr, None)
-        if value is not None:
-            return _state_text(value)
-    kind = type(event).__name__
-    for prefix in ("CircuitBreaker", "Breaker", "Circuit"):
-        if kind.startswith(prefix):
-            return _BREAKER_BY_KIND.get(kind[len(prefix):].lower())
-    return None
+def _handled(recorder: Recorder, event: MessageHandled) -> None:
+    recorder.message(event.topic, "duplicate" if event.duplicate else "handled")
 
 
-def _handler_for(recorder: Recorder, cls: type) -> Callable[[Any], None] | None:
-    """The update for events of type ``cls``, or None when it is not a metric."""
-    kind = cls.__name__
-    if issubclass(cls, CallFinished):
-        return None  # calls arrive through the cheaper recorder channel (see ``connect``)
-    if issubclass(cls, RetryScheduled):
-        def on_retry(ev: RetryScheduled) -> None:
-            recorder.retry(ev.name)
-        return on_retry
-    if issubclass(cls, CallRejected):
-        def on_rejected(ev: CallRejected) -> None:
-            recorder.rejection(ev.name, ev.reason)
-        return on_rejected
-    if kind.startswith(("Breaker", "Circuit")):
-        def on_breaker(ev: Event) -> None:
-            state = _breaker_state(ev)
-            if state is not None:
-                recorder.breaker(ev.name, state)
-        return on_breaker
-    if kind.startswith("Message") and len(kind) > len("Message"):
-        result = snake(kind[len("Message"):])
+def _retried(recorder: Recorder, event: MessageRetried) -> None:
+    recorder.message(event.topic, "retried")
 
-        def on_message(ev: Event) -> None:
-            topic = None
-            for attr in ("topic", "destination", "queue"):
-                topic = getattr(ev, attr, None)
-                if topic is not None:
-                    break
-            outcome = "duplicate" if getattr(ev, "duplicate", False) else result
-            recorder.message(str(topic if topic is not None else ev.name), outcome)
-        return on_message
-    if "Replay" in kind:
-        def on_replay(ev: Event) -> None:
-            recorder.replay(ev.name)
-        return on_replay
-    if kind.endswith("Rejected"):  # e.g. IdempotencyKeyRejected(reason="in_flight")
-        prefix = snake(kind[: -len("Rejected")])
 
-        def on_other_rejection(ev: Event) -> None:
-            reason = getattr(ev, "reason", None)
-            recorder.rejection(ev.name, f"{prefix}_{reason}" if reason else prefix)
-        return on_other_rejection
+def _dead_lettered(recorder: Recorder, event: MessageDeadLettered) -> None:
+    recorder.message(event.topic, "dead_lettered")
+
+
+def _replayed(recorder: Recorder, event: IdempotentReplayed) -> None:
+    recorder.replay(event.name)
+
+
+def _key_rejected(recorder: Recorder, event: IdempotencyKeyRejected) -> None:
+    recorder.rejection(event.name, f"idempotency_key_{event.reason}")
+
+
+Handler = Callable[[Recorder, Any], None]
+
+#: Event class -> the metric update it makes, or None: not a metric (said, not forgotten).
+HANDLERS: dict[type[Event], Handler | None] = {
+    CallFinished: None,  # calls arrive through the cheaper recorder channel (see ``connect``)
+    RetryScheduled: _retry,
+    RetryGaveUp: None,  # counted by its CallFinished (outcome and attempts)
+    CallRejected: _rejected,
+    DeadlineExpired: None,
+    BreakerTransitioned: _breaker,
+    HedgeStarted: None,
+    StateStoreDegraded: None,
+    StateStoreRecovered: None,
+    IdempotentReplayed: _replayed,
+    IdempotencyKeyRejected: _key_rejected,
+    IdempotencyLeaseTakenOver: None,
+    IdempotencyLeaseLost: None,
+    IdempotencyRecordCorrupted: None,
+    MessageHandled: _handled,
+    MessageRetried: _retried,
+    MessageDeadLettered: _dead_lettered,
+    DeadLettersRequeued: None,
+    FaultInjected: None,
+    ProcessFaulted: None,
+    NetworkPartitioned: None,
+    NetworkHealed: None,
+    # load control: the Prometheus adapter keeps its own gauge and counter for these
+    LimitChanged: None,
+    RequestShed: None,
+    # durable workflows: spans and logs (otel, logs adapters), not these metrics
+    WorkflowStarted: None,
+    WorkflowRecovered: None,
+    WorkflowFinished: None,
+    WorkflowParked: None,
+    WorkflowLeaseLost: None,
+    StepCompleted: None,
+    StepFailed: None,
+    CompensationRan: None,
+}
+
+
+def handler_for(cls: type[Event]) -> Handler | None:
+    """The handler of ``cls`` or of its nearest listed base; None when it is not a metric."""
+    for base in cls.__mro__:
+        if base in HANDLERS:
+            return HANDLERS[base]
     return None
 
 
 def make_sink(recorder: Recorder) -> Callable[[Event], None]:
-    """A dispatcher sink feeding ``recorder``; handlers are chosen once per event type."""
-    handlers: dict[type, Callable[[Any], None] | None] = {}
+    """A dispatcher sink feeding ``recorder``; handlers are chosen once per event class."""
+    handlers: dict[type, Handler | None] = {}
 
     def sink(event: Event) -> None:
         cls = type(event)
         try:
             handler = handlers[cls]
         except KeyError:
-            handler = handlers[cls] = _handler_for(recorder, cls)
+            handler = handlers[cls] = handler_for(cls)
         if handler is not None:
-            handler(event)
+            handler(recorder, event)
 
     return sink
 
@@ -166,20 +185,9 @@ def connect(recorder: Recorder, *, trusted: bool = False) -> Callable[[], None]:
 
 
 def breaker_states() -> Iterator[tuple[str, str]]:
-    """(name, state) of every breaker in ``stoic.breakers``, if the breaker module is loaded.
+    """(name, state) of every breaker in ``stoic.breakers``.
 
     Read at scrape time so the gauge is right even for breakers that never changed state.
-    The module is not imported here: a process that never made a breaker has none.
     """
-    module = sys.modules.get("stoic.policies.breaker")
-    registry = getattr(module, "breakers", None) if module is not None else None
-    if registry is None:
-        return
-    try:
-        items = list(registry.items())
-    except Exception:  # a registry we do not understand: report nothing rather than fail
-        return
-    for name, breaker in items:
-        state = getattr(breaker, "state", None)
-        if state is not None:
-            yield str(name), _state_text(state)
+    for name, breaker in list(breakers.items()):
+        yield name, breaker.state.value

@@ -42,7 +42,7 @@ class RetryBudget:
         self._lock = threading.Lock()
 
     def _bucket(self) -> list[int]:
-        second = int(clock._monotonic())
+        second = int(clock.monotonic())
         bucket = self._buckets[second % self._size]
         if bucket[0] != second:
             bucket[0], bucket[1], bucket[2] = second, 0, 0
@@ -54,7 +54,7 @@ class RetryBudget:
             self._bucket()[1] += 1
 
     def _totals(self) -> tuple[int, int]:
-        oldest = int(clock._monotonic()) - self._size
+        oldest = int(clock.monotonic()) - self._size
         calls = retries = 0
         for second, c, r in self._buckets:
             if second > oldest:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import clock
 from .._validate import count, seconds
-from ..context import _deadline
+from ..context import deadline_at
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..events import CallRejected, dispatcher
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
@@ -135,10 +135,10 @@ class Bulkhead(Policy):
     def _wait_limit(self) -> tuple[float | None, bool]:
         """Seconds a waiter may wait, and whether the context deadline is what bounds it."""
         limit = self.wait_timeout
-        at = _deadline.get()
+        at = deadline_at()
         if at is None:
             return limit, False
-        left = at - clock._monotonic()
+        left = at - clock.monotonic()
         if limit is None or left < limit:
             return max(0.0, left), True
         return limit, False

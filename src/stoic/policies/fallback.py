@@ -14,7 +14,7 @@ from typing import Any
 
 from ..events import dispatcher
 from .base import AsyncStep, Policy, Step
-from .retry import OnException, _compile_on
+from .retry import OnException, compile_on
 
 __all__ = ["Fallback"]
 
@@ -28,7 +28,7 @@ class Fallback(Policy):
         self.value_or_fn = value_or_fn
         self.on = on
         self.name = name or "fallback"
-        self._matches: Callable[[BaseException], bool] = _compile_on(on) or _any
+        self._matches: Callable[[BaseException], bool] = compile_on(on) or _any
         self._compose()
 
     def _note(self, exc: BaseException) -> None:

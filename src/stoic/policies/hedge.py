@@ -99,14 +99,14 @@ class Hedge(Policy):
                 record(
                     "hedge", name,
                     Outcome.SUCCESS.value if exc is None else classify(exc).outcome.value,
-                    clock._monotonic() - start, attempts,
+                    clock.monotonic() - start, attempts,
                     None if exc is None else type(exc).__name__,
                 )
 
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
             if budget is not None:
                 budget.deposit()
-            start = clock._monotonic()
+            start = clock.monotonic()
             tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(inner(fn, args, kwargs))]
             hedges = 0
             last: BaseException | None = None

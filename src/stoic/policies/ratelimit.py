@@ -10,7 +10,7 @@ sleeps until it comes, unless that is more than ``max_wait`` seconds away or pas
 deadline (then it is rejected without waiting). A reserved slot is used even if the caller is
 cancelled while waiting.
 
-With ``state=stoic.state.RedisState(...)`` every process using the same ``name`` shares one
+With ``backend=stoic.state.RedisState(...)`` every process using the same ``name`` shares one
 rate: one atomic Lua script, one round trip per call. If Redis fails, each process falls back
 to enforcing the rate alone (see ``stoic.state.redis``).
 """
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from .._validate import count, number, seconds
-from ..context import _deadline
+from ..context import deadline_at
 from ..errors import RateLimitedError
 from ..events import CallRejected, dispatcher
 from ..state.memory import gcra
@@ -47,10 +48,11 @@ class RateLimiter(Policy):
         wait: sleep until the next slot instead of rejecting.
         max_wait: with ``wait=True``, the longest wait in seconds before rejecting instead
             (> 0, or None for as long as the context deadline allows).
-        state: ``stoic.state.RedisState`` (or a shared ``MemoryState``) to share the rate
+        backend: ``stoic.state.RedisState`` (or a shared ``MemoryState``) to share the rate
             with every limiter of the same ``name``; None keeps it in this object.
-        name: names the limit in events, metrics and shared state; required with ``state``,
-            since it is what limiters sharing one rate have in common.
+            ``state=`` is its old name (deprecated).
+        name: names the limit in events, metrics and shared state; required with
+            ``backend``, since it is what limiters sharing one rate have in common.
     """
 
     def __init__(
@@ -63,7 +65,16 @@ class RateLimiter(Policy):
         state: SharedState | None = None,
         *,
         name: str | None = None,
+        backend: SharedState | None = None,
     ) -> None:
+        if state is not None:
+            if backend is not None:
+                raise TypeError("give backend= only (state= is its deprecated old name)")
+            warnings.warn(
+                "RateLimiter(state=...) is deprecated; pass backend=...",
+                DeprecationWarning, stacklevel=2,
+            )
+            backend = state
         rate = number("rate", rate, above=0)
         per = seconds("per", per, finite=True)
         if burst is None:
@@ -74,17 +85,17 @@ class RateLimiter(Policy):
             if not wait:
                 raise ValueError(f"max_wait needs wait=True, got max_wait={max_wait!r}")
             max_wait = seconds("max_wait", max_wait, optional=True, finite=True)
-        if state is not None and not hasattr(state, "take"):
-            raise ValueError(f"state must be a stoic.state backend or None, got {state!r}")
-        if state is not None and not name:
+        if backend is not None and not hasattr(backend, "take"):
+            raise ValueError(f"backend must be a stoic.state backend or None, got {backend!r}")
+        if backend is not None and not name:
             # every limiter of a name shares one rate: a default name would merge them all
-            raise ValueError(f"name is required with state={state!r}, got {name!r}")
+            raise ValueError(f"name is required with backend={backend!r}, got {name!r}")
         self.rate = float(rate)
         self.per = float(per)
         self.burst = burst
         self.wait = bool(wait)
         self.max_wait = None if max_wait is None else float(max_wait)
-        self.state = state
+        self.backend = backend
         self.name = name or "ratelimit"
         self.interval = self.per / self.rate
         self._message = f"rate limit {self.name!r} exceeded ({self.rate:g} per {self.per:g}s)"
@@ -105,14 +116,14 @@ class RateLimiter(Policy):
         if not self.wait:
             return 0.0
         limit = math.inf if self.max_wait is None else self.max_wait
-        at = _deadline.get()
+        at = deadline_at()
         if at is not None:
-            limit = min(limit, at - clock._monotonic())
+            limit = min(limit, at - clock.monotonic())
         return limit
 
     def _take_local(self, max_wait: float) -> tuple[bool, float]:
         with self._lock:
-            now = clock._monotonic()
+            now = clock.monotonic()
             admitted, seconds, tat = gcra(self._tat, now, self.interval, self.burst, max_wait)
             if admitted:
                 self._tat = tat
@@ -129,14 +140,19 @@ class RateLimiter(Policy):
             )
         return RateLimitedError(self._message, retry_after=retry_after, name=self.name)
 
+    @property
+    def state(self) -> SharedState | None:
+        """The old name of ``backend``."""
+        return self.backend
+
     def _take(self, max_wait: float) -> tuple[bool, float]:
-        state = self.state
+        state = self.backend
         if state is None:
             return self._take_local(max_wait)
         return state.take(self.name, self.interval, self.burst, min(max_wait, 1e12))
 
     async def _atake(self, max_wait: float) -> tuple[bool, float]:
-        state = self.state
+        state = self.backend
         if state is None:
             return self._take_local(max_wait)
         return await state.atake(self.name, self.interval, self.burst, min(max_wait, 1e12))

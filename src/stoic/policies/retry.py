@@ -11,19 +11,25 @@ attempts were made, in how long, and why it stopped: attempts, max_time, deadlin
 retry_after beyond the backoff's max, not retryable, or not idempotent. A wait that would
 cross ``max_time`` or the context deadline is not slept: Retry gives up at once.
 
-The decision (``_decide``) is plain code without I/O; ``call`` and ``acall`` are thin loops
-around it that do the calling and the sleeping.
+The decision (``next_delay``, and the closure behind it) is plain code without I/O, written
+once; ``call`` and ``acall`` are thin loops around it that do the calling and the sleeping.
+The settings are a frozen ``RetryConfig``: a Retry never changes after it is built, so every
+call path and the decision read the same budget, backoff and limits (``replace`` builds a
+new Retry).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import clock
-from .._validate import count, seconds
-from ..context import _deadline, _idempotency_key
+from .._validate import count, non_empty, seconds
+from ..context import deadline_at, idempotency_key
 from ..errors import DeadlineExceeded
 from ..events import DeadlineExpired, RetryGaveUp, RetryScheduled, dispatcher
 from ..outcome import Outcome, Verdict, classify
@@ -31,23 +37,13 @@ from .backoff import Backoff, exponential
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
 from .budget import RetryBudget
 
-__all__ = ["Retry", "add_note"]
+__all__ = ["OnException", "Retry", "RetryConfig", "add_note", "compile_on"]
 
 _log = logging.getLogger("stoic")
 _EXHAUSTED = frozenset({"attempts", "max_time", "deadline", "budget", "retry_after"})
 
 OnException = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
-
-class _State:
-    """Per-call bookkeeping, created only once a call has failed (or when observed)."""
-
-    __slots__ = ("attempts", "previous", "start")
-
-    def __init__(self, start: float, attempts: int) -> None:
-        self.start = start
-        self.attempts = attempts
-        self.previous = 0.0
 
 
 def _not_started(name: str) -> DeadlineExceeded:
@@ -56,11 +52,49 @@ def _not_started(name: str) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline passed before {name!r} started; the call was not made")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    """What a ``Retry`` was told, validated and frozen; see ``Retry`` for each setting."""
+
+    max_attempts: int = 3
+    backoff: Backoff = field(default_factory=exponential)
+    max_time: float | None = None
+    idempotent: bool = False
+    on: OnException | None = None
+    budget: RetryBudget | None = None
+    respect_retry_after: bool = True
+    name: str = "retry"
+    on_result: Callable[[Any], bool] | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise once, here
+        count("max_attempts", self.max_attempts)
+        if not isinstance(self.backoff, Backoff):
+            raise ValueError(f"backoff must be a stoic.backoff schedule, got {self.backoff!r}")
+        if self.max_time is not None:
+            set_(self, "max_time", seconds("max_time", self.max_time, optional=True))
+        if self.budget is not None and not isinstance(self.budget, RetryBudget):
+            raise ValueError(f"budget must be a RetryBudget or None, got {self.budget!r}")
+        if self.on_result is not None and not callable(self.on_result):
+            raise ValueError(f"on_result must be callable or None, got {self.on_result!r}")
+        non_empty("name", self.name)
+        set_(self, "idempotent", bool(self.idempotent))
+        set_(self, "respect_retry_after", bool(self.respect_retry_after))
+        compile_on(self.on)  # validates ``on``
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RetryConfig))
+
+#: A decision: ``(attempts made, start of the first, the last wait, error) -> wait or None``.
+Decide = Callable[[int, float, float, "BaseException | None"], "float | None"]
+
+
 class Retry(Policy):
     """Retry failed calls when, and only when, retrying is safe.
 
     Args:
-        attempts: total attempts including the first (>= 1).
+        max_attempts: total attempts including the first (>= 1). ``attempts=`` is its old
+            name, still accepted (deprecated: a message's ``attempts`` is a running count).
         backoff: wait schedule; by default exponential from 0.1 s, doubling, capped at 5 s,
             with full jitter.
         max_time: give up rather than start a wait that would end more than this many
@@ -73,11 +107,16 @@ class Retry(Policy):
         budget: a shared ``RetryBudget``; when it is spent, Retry gives up.
         respect_retry_after: THROTTLED failures wait at least their ``retry_after``.
         name: names this policy in events, logs and metrics.
+
+    The settings are read-only (``retry.config`` holds them all); ``replace`` makes a
+    changed copy.
     """
+
+    config: RetryConfig
 
     def __init__(
         self,
-        attempts: int = 3,
+        max_attempts: int = 3,
         backoff: Backoff | None = None,
         max_time: float | None = None,
         idempotent: bool = False,
@@ -87,32 +126,71 @@ class Retry(Policy):
         name: str | None = None,
         *,
         on_result: Callable[[Any], bool] | None = None,
+        attempts: int | None = None,
     ) -> None:
-        count("attempts", attempts)
-        if backoff is None:
-            backoff = exponential()
-        elif not isinstance(backoff, Backoff):
-            raise ValueError(f"backoff must be a stoic.backoff schedule, got {backoff!r}")
-        if max_time is not None:
-            max_time = seconds("max_time", max_time, optional=True)
-        if budget is not None and not isinstance(budget, RetryBudget):
-            raise ValueError(f"budget must be a RetryBudget or None, got {budget!r}")
-        if on_result is not None and not callable(on_result):
-            raise ValueError(f"on_result must be callable or None, got {on_result!r}")
-        self.attempts = attempts
-        self.backoff = backoff
-        self.max_time = max_time
-        self.idempotent = bool(idempotent)
-        self.on = on
-        self.on_result = on_result
-        self.budget = budget
-        self.respect_retry_after = bool(respect_retry_after)
-        self.name = name or "retry"
-        self._override = _compile_on(on)
-        # a fixed wait needs no arithmetic per retry; -1 means "ask the backoff"
-        fixed = backoff.jitter is None and backoff.factor == 1 and backoff.step == 0
-        self._constant = backoff.initial if fixed else -1.0
+        if attempts is not None:
+            if max_attempts != 3:
+                raise TypeError("give max_attempts= only (attempts= is its deprecated old name)")
+            warnings.warn(
+                "Retry(attempts=...) is deprecated; pass max_attempts=... (the cap on attempts)",
+                DeprecationWarning, stacklevel=2,
+            )
+            max_attempts = attempts
+        self._build(RetryConfig(
+            max_attempts=max_attempts, backoff=exponential() if backoff is None else backoff,
+            max_time=max_time, idempotent=idempotent, on=on, budget=budget,
+            respect_retry_after=respect_retry_after, name=name or "retry", on_result=on_result,
+        ))
+
+    def _build(self, config: RetryConfig) -> None:
+        self.config = config
+        self._override = compile_on(config.on)
+        self._decide = _decider(config, self._override)
         self._compose()
+
+    # --- settings (read-only) ---------------------------------------------------------------
+
+    @property
+    def max_attempts(self) -> int:
+        """Total attempts including the first."""
+        return self.config.max_attempts
+
+    @property
+    def attempts(self) -> int:
+        """The same as ``max_attempts`` (its old name, kept readable)."""
+        return self.config.max_attempts
+
+    @property
+    def backoff(self) -> Backoff:
+        return self.config.backoff
+
+    @property
+    def max_time(self) -> float | None:
+        return self.config.max_time
+
+    @property
+    def idempotent(self) -> bool:
+        return self.config.idempotent
+
+    @property
+    def on(self) -> OnException | None:
+        return self.config.on
+
+    @property
+    def on_result(self) -> Callable[[Any], bool] | None:
+        return self.config.on_result
+
+    @property
+    def budget(self) -> RetryBudget | None:
+        return self.config.budget
+
+    @property
+    def respect_retry_after(self) -> bool:
+        return self.config.respect_retry_after
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     def on_matches(self, exc: BaseException) -> bool | None:
         """What ``on=`` says of ``exc``: True (retry it), False (do not), or None without ``on``.
@@ -132,18 +210,16 @@ class Retry(Policy):
         For code that runs its attempts itself (a queue worker redelivering a message, a
         workflow engine re-running a step later) and must retry exactly when a call through
         this Retry would: classification, ``on=``, idempotency (``idempotent=`` or a bound
-        idempotency key), ``attempts``, ``max_time`` (measured by ``elapsed``, the seconds
-        since the first attempt began), the context deadline, ``Retry-After`` and the budget
-        (a granted retry withdraws from it). ``attempt`` is how many attempts have been made
-        (>= 1); ``previous`` is the last wait, for decorrelated jitter; ``error`` None means
-        a result rejected by ``on_result``. Giving up adds the same note to ``error`` as a
-        call would, and emits the same events.
+        idempotency key), ``max_attempts``, ``max_time`` (measured by ``elapsed``, the
+        seconds since the first attempt began), the context deadline, ``Retry-After`` and the
+        budget (a granted retry withdraws from it). ``attempt`` is how many attempts have been
+        made (>= 1); ``previous`` is the last wait, for decorrelated jitter; ``error`` None
+        means a result rejected by ``on_result``. Giving up adds the same note to ``error`` as
+        a call would, and emits the same events.
         """
         count("attempt", attempt)
         seconds("elapsed", elapsed, zero=True)
-        state = _State(clock._monotonic() - elapsed, attempt)
-        state.previous = float(previous)
-        return self._decide(state, error)
+        return self._decide(attempt, clock.monotonic() - elapsed, float(previous), error)
 
     def replace(self, **changes: Any) -> Retry:
         """A new Retry with this one's configuration and ``changes`` (same names as ``__init__``).
@@ -151,258 +227,234 @@ class Retry(Policy):
         For example ``retry.replace(idempotent=True)`` for the calls that may safely repeat.
         Unknown names raise ``TypeError``; values are validated as at construction.
         """
-        config: dict[str, Any] = {
-            "attempts": self.attempts, "backoff": self.backoff, "max_time": self.max_time,
-            "idempotent": self.idempotent, "on": self.on, "budget": self.budget,
-            "respect_retry_after": self.respect_retry_after, "name": self.name,
-            "on_result": self.on_result,
-        }
-        unknown = set(changes) - set(config)
+        if "attempts" in changes:  # the old name of max_attempts
+            changes["max_attempts"] = changes.pop("attempts")
+        unknown = set(changes) - _FIELDS
         if unknown:
             raise TypeError(f"Retry.replace() got unknown parameters: {sorted(unknown)}")
-        config.update(changes)
-        return Retry(**config)
+        if "name" in changes:
+            changes["name"] = changes["name"] or "retry"
+        if changes.get("backoff", self.config.backoff) is None:
+            changes["backoff"] = exponential()
+        twin = Retry.__new__(Retry)
+        twin._build(dataclasses.replace(self.config, **changes))
+        return twin
 
     def __repr__(self) -> str:
         return (
-            f"Retry(name={self.name!r}, attempts={self.attempts}, backoff={self.backoff!r}, "
-            f"max_time={self.max_time}, idempotent={self.idempotent})"
+            f"Retry(name={self.name!r}, max_attempts={self.max_attempts}, "
+            f"backoff={self.backoff!r}, max_time={self.max_time}, idempotent={self.idempotent})"
         )
 
-    # --- the decision, written once -------------------------------------------------------
+    # --- the thin loops ---------------------------------------------------------------------
+    # One loop per mode, around the one decision. The first attempt takes the same path as
+    # the others; only a failure (or a result ``on_result`` rejects) reaches ``decide``.
 
-    def _decide(self, state: _State, exc: BaseException | None) -> float | None:
+    def wrap(self, inner: Step) -> Step:
+        decide, name = self._decide, self.config.name
+        budget, on_result = self.config.budget, self.config.on_result
+        direct = inner is invoke  # innermost: call fn here, one frame less
+
+        def call(fn: Any, args: Any, kwargs: Any) -> Any:
+            if budget is not None:
+                budget.deposit()
+            at = deadline_at()
+            start = clock.monotonic()
+            if at is not None and start >= at:
+                raise _not_started(name)
+            attempt, wait = 1, 0.0
+            while True:
+                scope = dispatcher.attempt_scope
+                try:
+                    if scope is not None:
+                        with scope("retry", name, attempt):
+                            result = inner(fn, args, kwargs)
+                    elif direct:
+                        result = fn(*args, **kwargs)
+                    else:
+                        result = inner(fn, args, kwargs)
+                except Exception as exc:
+                    next_wait = decide(attempt, start, wait, exc)
+                    if next_wait is None:
+                        raise
+                else:
+                    next_wait = None
+                    if on_result is not None and on_result(result):
+                        next_wait = decide(attempt, start, wait, None)
+                    if next_wait is None:
+                        record = dispatcher.record
+                        if record is not None:
+                            record("retry", name, "success", clock.monotonic() - start,
+                                   attempt, None)
+                        return result
+                wait = next_wait
+                if wait > 0:
+                    clock.sleep(wait)
+                attempt += 1
+
+        return call
+
+    def awrap(self, inner: AsyncStep) -> AsyncStep:
+        decide, name = self._decide, self.config.name
+        budget, on_result = self.config.budget, self.config.on_result
+        direct = inner is ainvoke
+
+        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
+            if budget is not None:
+                budget.deposit()
+            at = deadline_at()
+            start = clock.monotonic()
+            if at is not None and start >= at:
+                raise _not_started(name)
+            attempt, wait = 1, 0.0
+            while True:
+                scope = dispatcher.attempt_scope
+                try:
+                    if scope is not None:
+                        with scope("retry", name, attempt):
+                            result = await inner(fn, args, kwargs)
+                    elif direct:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        result = await inner(fn, args, kwargs)
+                except Exception as exc:
+                    next_wait = decide(attempt, start, wait, exc)
+                    if next_wait is None:
+                        raise
+                else:
+                    next_wait = None
+                    if on_result is not None and on_result(result):
+                        next_wait = decide(attempt, start, wait, None)
+                    if next_wait is None:
+                        record = dispatcher.record
+                        if record is not None:
+                            record("retry", name, "success", clock.monotonic() - start,
+                                   attempt, None)
+                        return result
+                wait = next_wait
+                if wait > 0:
+                    await clock.asleep(wait)
+                attempt += 1
+
+        return acall
+
+
+# --- the decision, written once ------------------------------------------------------------
+
+
+def _decider(config: RetryConfig, override: Callable[[BaseException], bool] | None) -> Decide:
+    """Build the decision for ``config``: settings bound as locals, so a retry reads no attribute."""
+    max_attempts, backoff, max_time = config.max_attempts, config.backoff, config.max_time
+    idempotent, budget, name = config.idempotent, config.budget, config.name
+    respect_retry_after, longest = config.respect_retry_after, backoff.max
+    # a fixed wait needs no arithmetic per retry; None means "ask the backoff"
+    fixed = backoff.jitter is None and backoff.factor == 1 and backoff.step == 0
+    constant = backoff.initial if fixed else None
+    transient, throttled, unknown = Outcome.TRANSIENT, Outcome.THROTTLED, Outcome.UNKNOWN
+    debug_enabled, DEBUG = _log.isEnabledFor, logging.DEBUG
+    monotonic = clock.now  # a retry reads the clock only to check a limit or to give up
+
+    def decide(
+        attempt: int, start: float, previous: float, exc: BaseException | None
+    ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up (noted on ``exc``)."""
         stop = ""
         if exc is None:  # a bad result (on_result)
             verdict = _BAD_RESULT
         else:
             verdict = classify(exc)
-            override = self._override
             outcome = verdict.outcome
             if override is not None:
                 if not override(exc):
                     stop = "not retryable (on= did not match)"
-            elif outcome is Outcome.UNKNOWN:
-                if not self.idempotent and _idempotency_key.get() is None:
+            elif outcome is unknown:
+                if not idempotent and idempotency_key() is None:
                     stop = "not idempotent (the failed attempt may have taken effect)"
-            elif outcome is not Outcome.TRANSIENT and outcome is not Outcome.THROTTLED:
+            elif outcome is not transient and outcome is not throttled:
                 stop = "not retryable"
-        now = clock._monotonic()
         wait = 0.0
         if stop:
             pass
-        elif state.attempts >= self.attempts:
+        elif attempt >= max_attempts:
             stop = "attempts"
         else:
-            wait = self._constant
-            if wait < 0:
-                wait = self.backoff.delay(state.attempts, state.previous)
+            wait = constant if constant is not None else backoff.delay(attempt, previous)
             retry_after = verdict.retry_after
-            if retry_after is not None and self.respect_retry_after:
-                if retry_after > self.backoff.max:
+            if retry_after is not None and respect_retry_after:
+                if retry_after > longest:
                     stop = "retry_after"
                 elif retry_after > wait:
                     wait = retry_after
             if not stop:
-                if self.max_time is not None and now - state.start + wait > self.max_time:
-                    stop = "max_time"
-                else:
-                    at = _deadline.get()
-                    if at is not None and now + wait >= at:
+                at = deadline_at()
+                if max_time is not None or at is not None:  # the clock is read only if needed
+                    now = monotonic()
+                    if max_time is not None and now - start + wait > max_time:
+                        stop = "max_time"
+                    elif at is not None and now + wait >= at:
                         stop = "deadline"
-                    elif self.budget is not None and not self.budget.try_withdraw():
-                        stop = "budget"
+                if not stop and budget is not None and not budget.try_withdraw():
+                    stop = "budget"
         if stop:
-            self._give_up(state, exc, verdict, stop, now)
+            _give_up(config, attempt, monotonic() - start, exc, verdict, stop)
             return None
-        state.previous = wait
         if dispatcher.sinks:
             dispatcher.emit(
                 RetryScheduled(
-                    name=self.name, attempt=state.attempts, wait=wait,
+                    name=name, attempt=attempt, wait=wait,
                     outcome=verdict.outcome.value, error_type=_type_name(exc),
                 )
             )
-        if _log.isEnabledFor(logging.DEBUG):
+        if debug_enabled(DEBUG):
             _log.debug(
                 "stoic retry %s: attempt %d failed (%s, %s); retrying in %.3fs",
-                self.name, state.attempts, verdict.outcome.name, _type_name(exc), wait,
+                name, attempt, verdict.outcome.name, _type_name(exc), wait,
             )
         return wait
 
-    def _give_up(
-        self, state: _State, exc: BaseException | None, verdict: Verdict, stop: str,
-        now: float,
-    ) -> None:
-        elapsed = now - state.start
-        detail = {
-            "attempts": f"all {self.attempts} attempts used",
-            "max_time": f"the next wait would pass max_time={self.max_time}s",
-            "deadline": "the next wait would pass the deadline",
-            "budget": "the retry budget is spent",
-            "retry_after": (
-                f"retry_after={verdict.retry_after}s exceeds the backoff max={self.backoff.max}s"
-            ),
-        }.get(stop, stop)
-        if exc is not None:
-            what = f"{verdict.outcome.name}"
-            if verdict.reason:
-                what += f": {verdict.reason}"
-            add_note(
-                exc,
-                f"stoic.Retry({self.name!r}) gave up after {state.attempts} "
-                f"attempt{'s' if state.attempts != 1 else ''} in {elapsed:.3f}s: {detail} "
-                f"(last failure {what})",
+    return decide
+
+
+def _give_up(
+    config: RetryConfig, attempts: int, elapsed: float, exc: BaseException | None,
+    verdict: Verdict, stop: str,
+) -> None:
+    name = config.name
+    detail = {
+        "attempts": f"all {config.max_attempts} attempts used",
+        "max_time": f"the next wait would pass max_time={config.max_time}s",
+        "deadline": "the next wait would pass the deadline",
+        "budget": "the retry budget is spent",
+        "retry_after": (
+            f"retry_after={verdict.retry_after}s exceeds the backoff max={config.backoff.max}s"
+        ),
+    }.get(stop, stop)
+    if exc is not None:
+        what = f"{verdict.outcome.name}"
+        if verdict.reason:
+            what += f": {verdict.reason}"
+        add_note(
+            exc,
+            f"stoic.Retry({name!r}) gave up after {attempts} "
+            f"attempt{'s' if attempts != 1 else ''} in {elapsed:.3f}s: {detail} "
+            f"(last failure {what})",
+        )
+    if stop in _EXHAUSTED:
+        _log.warning(
+            "stoic retry %s gave up after %d attempts in %.3fs: %s (%s)",
+            name, attempts, elapsed, detail, _type_name(exc),
+        )
+    if dispatcher.sinks:
+        dispatcher.emit(
+            RetryGaveUp(
+                name=name, attempts=attempts, elapsed=elapsed,
+                reason=stop.split(" (")[0], outcome=verdict.outcome.value,
+                error_type=_type_name(exc),
             )
-        if stop in _EXHAUSTED:
-            _log.warning(
-                "stoic retry %s gave up after %d attempts in %.3fs: %s (%s)",
-                self.name, state.attempts, elapsed, detail, _type_name(exc),
-            )
-        if dispatcher.sinks:
-            dispatcher.emit(
-                RetryGaveUp(
-                    name=self.name, attempts=state.attempts, elapsed=elapsed,
-                    reason=stop.split(" (")[0], outcome=verdict.outcome.value,
-                    error_type=_type_name(exc),
-                )
-            )
-        record = dispatcher.record
-        if record is not None:
-            record(
-                "retry", self.name, verdict.outcome.value, elapsed, state.attempts,
-                _type_name(exc),
-            )
-
-    def _succeeded(self, state: _State) -> None:
-        record = dispatcher.record
-        if record is not None:
-            record(
-                "retry", self.name, "success", clock._monotonic() - state.start,
-                state.attempts, None,
-            )
-
-    # --- the thin loops ---------------------------------------------------------------------
-    # One function per mode: the first attempt runs inline (the happy path allocates nothing),
-    # and only a failure, a bad result or a listener leads into the loop below it.
-
-    def wrap(self, inner: Step) -> Step:
-        decide, succeeded, name = self._decide, self._succeeded, self.name
-        budget, on_result = self.budget, self.on_result
-        observed = on_result is not None
-        direct = inner is invoke
-
-        def call(fn: Any, args: Any, kwargs: Any) -> Any:
-            if budget is not None:
-                budget.deposit()
-            at = _deadline.get()
-            start = clock._monotonic()
-            if at is not None and start >= at:
-                raise _not_started(name)
-            if observed or dispatcher.attempt_scope is not None:
-                state = _State(start, 0)
-                wait = 0.0
-            else:
-                try:
-                    if direct:
-                        result = fn(*args, **kwargs)
-                    else:
-                        result = inner(fn, args, kwargs)
-                except Exception as exc:
-                    state = _State(start, 1)
-                    first_wait = decide(state, exc)
-                    if first_wait is None:
-                        raise
-                else:
-                    record = dispatcher.record
-                    if record is not None:
-                        record("retry", name, "success", clock._monotonic() - start, 1, None)
-                    return result
-                wait = first_wait
-            while True:
-                if wait > 0:
-                    clock.sleep(wait)
-                state.attempts += 1
-                scope = dispatcher.attempt_scope
-                try:
-                    if scope is None:
-                        result = inner(fn, args, kwargs)
-                    else:
-                        with scope("retry", name, state.attempts):
-                            result = inner(fn, args, kwargs)
-                except Exception as exc:
-                    next_wait = decide(state, exc)
-                    if next_wait is None:
-                        raise
-                    wait = next_wait
-                    continue
-                if on_result is not None and on_result(result):
-                    next_wait = decide(state, None)
-                    if next_wait is not None:
-                        wait = next_wait
-                        continue
-                succeeded(state)
-                return result
-
-        return call
-
-    def awrap(self, inner: AsyncStep) -> AsyncStep:
-        decide, succeeded, name = self._decide, self._succeeded, self.name
-        budget, on_result = self.budget, self.on_result
-        observed = on_result is not None
-        direct = inner is ainvoke
-
-        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
-            if budget is not None:
-                budget.deposit()
-            at = _deadline.get()
-            start = clock._monotonic()
-            if at is not None and start >= at:
-                raise _not_started(name)
-            if observed or dispatcher.attempt_scope is not None:
-                state = _State(start, 0)
-                wait = 0.0
-            else:
-                try:
-                    result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-                except Exception as exc:
-                    state = _State(start, 1)
-                    first_wait = decide(state, exc)
-                    if first_wait is None:
-                        raise
-                else:
-                    record = dispatcher.record
-                    if record is not None:
-                        record("retry", name, "success", clock._monotonic() - start, 1, None)
-                    return result
-                wait = first_wait
-            while True:
-                if wait > 0:
-                    await clock.asleep(wait)
-                state.attempts += 1
-                scope = dispatcher.attempt_scope
-                try:
-                    if scope is None:
-                        result = await inner(fn, args, kwargs)
-                    else:
-                        with scope("retry", name, state.attempts):
-                            result = await inner(fn, args, kwargs)
-                except Exception as exc:
-                    next_wait = decide(state, exc)
-                    if next_wait is None:
-                        raise
-                    wait = next_wait
-                    continue
-                if on_result is not None and on_result(result):
-                    next_wait = decide(state, None)
-                    if next_wait is not None:
-                        wait = next_wait
-                        continue
-                succeeded(state)
-                return result
-
-        return acall
+        )
+    record = dispatcher.record
+    if record is not None:
+        record("retry", name, verdict.outcome.value, elapsed, attempts, _type_name(exc))
 
 
 _BAD_RESULT = Verdict(Outcome.TRANSIENT, None, "result rejected by on_result")
@@ -425,7 +477,11 @@ def _type_name(exc: BaseException | None) -> str:
     return "BadResult" if exc is None else type(exc).__name__
 
 
-def _compile_on(on: OnException | None) -> Callable[[BaseException], bool] | None:
+def compile_on(on: OnException | None) -> Callable[[BaseException], bool] | None:
+    """``on=`` as a predicate on the exception (None for None); ``ValueError`` when malformed.
+
+    Shared by every policy that takes ``on=`` (``Retry``, ``Fallback``), so it means one thing.
+    """
     if on is None:
         return None
     if isinstance(on, type) and issubclass(on, BaseException):

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import clock
 from .._validate import seconds as check_seconds
-from ..context import _deadline
+from ..context import deadline_at, reset_deadline, set_deadline
 from ..errors import DeadlineExceeded
 from ..events import CallRejected, DeadlineExpired, dispatcher
 from .base import AsyncStep, Policy, Step
@@ -42,9 +42,9 @@ class Timeout(Policy):
 
     def _start(self) -> tuple[float, Any]:
         """The deadline for this call, set in context; raises if it has already passed."""
-        now = clock._monotonic()
+        now = clock.monotonic()
         at = now + self.seconds
-        outer = _deadline.get()
+        outer = deadline_at()
         if outer is not None and outer < at:
             at = outer
         if at <= now:
@@ -53,10 +53,10 @@ class Timeout(Policy):
                     CallRejected(name=self.name, policy="timeout", reason="deadline_exceeded")
                 )
             raise DeadlineExceeded(f"deadline passed before {self.name!r} started")
-        return at, _deadline.set(at)
+        return at, set_deadline(at)
 
     def _expired(self, at: float, started: bool = True) -> DeadlineExceeded:
-        overrun = clock._monotonic() - at
+        overrun = clock.monotonic() - at
         if dispatcher.sinks:
             dispatcher.emit(
                 DeadlineExpired(
@@ -75,8 +75,8 @@ class Timeout(Policy):
             try:
                 result = inner(fn, args, kwargs)
             finally:
-                _deadline.reset(token)
-            if clock._monotonic() > at:
+                reset_deadline(token)
+            if clock.monotonic() > at:
                 raise expired(at)
             return result
 
@@ -90,7 +90,7 @@ class Timeout(Policy):
             try:
                 return await _run_until(inner(fn, args, kwargs), at, expired)
             finally:
-                _deadline.reset(token)
+                reset_deadline(token)
 
         return acall
 
@@ -100,7 +100,7 @@ if sys.version_info >= (3, 11):
     async def _run_until(aw: Any, at: float, expired: Any) -> Any:
         loop = asyncio.get_running_loop()
         # the loop's own clock, so a virtual clock that drives the loop drives this too
-        when = loop.time() + (at - clock._monotonic())
+        when = loop.time() + (at - clock.monotonic())
         cm = asyncio.timeout_at(when)
         try:
             async with cm:
@@ -114,8 +114,8 @@ else:  # pragma: no cover - Python 3.10
 
     async def _run_until(aw: Any, at: float, expired: Any) -> Any:
         try:
-            return await asyncio.wait_for(aw, max(0.0, at - clock._monotonic()))
+            return await asyncio.wait_for(aw, max(0.0, at - clock.monotonic()))
         except asyncio.TimeoutError as exc:
-            if clock._monotonic() >= at:
+            if clock.monotonic() >= at:
                 raise expired(at) from exc
             raise

@@ -60,6 +60,7 @@ from .store import (
     Fence,
     Limits,
     NewRun,
+    Notifying,
     RunRecord,
     Status,
     StepRecord,
@@ -95,6 +96,10 @@ def open_store(target: str | Store, **options: Any) -> Store:
         from .memory import MemoryStore
 
         return MemoryStore()
+    if target.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(target, **options)
     raise ValueError(f"store must be sqlite:///path, postgresql://... or memory://, got {target!r}")
 
 
@@ -234,6 +239,16 @@ class Workflows:
             return fn
 
         return register
+
+    def include(self, other: Workflows) -> None:
+        """Register every workflow of ``other`` here too (the CLI's worker runs an app's
+        workflows on the store given on its command line)."""
+        for kind, definition in other._registry.items():
+            if kind not in self._registry:
+                self._registry[kind] = definition
+                self._latest[definition.name] = max(definition.version,
+                                                    self._latest.get(definition.name, 0))
+        self._limits.update(other._limits)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -503,6 +518,20 @@ class Worker:
     def run(self) -> None:
         flows = self.flows
         renew_every = flows.lease / 3
+        store = flows.store
+        stop_listening = store.listen(self._wake) if isinstance(store, Notifying) else None
+        try:
+            self._loop(renew_every)
+        finally:
+            if stop_listening is not None:
+                stop_listening()
+
+    def _wake(self) -> None:
+        with self.flows._wake:
+            self.flows._wake.notify_all()
+
+    def _loop(self, renew_every: float) -> None:
+        flows = self.flows
         next_renew = next_park = 0.0
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stoic-workflow") as pool:
             while not self._stop.is_set():

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "ACTIVE",
@@ -32,6 +32,7 @@ __all__ = [
     "Fence",
     "Limits",
     "NewRun",
+    "Notifying",
     "RunRecord",
     "RunUpdate",
     "Status",
@@ -282,6 +283,15 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Notifying(Protocol):
+    """A store that can wake idle workers when a run becomes due (PostgreSQL LISTEN/NOTIFY)."""
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake()`` from a background thread on each notice; returns ``stop``."""
+        ...
 
 
 def check_limit(name: str, value: int | None) -> int | None:

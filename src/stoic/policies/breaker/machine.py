@@ -162,7 +162,7 @@ class BreakerMachine:
     def state(self) -> BreakerState:
         """The current state. An open breaker whose time is up reads as half-open."""
         mode = self._mode
-        if mode == OPEN and not self._leasing and clock._monotonic() >= self._open_until and (
+        if mode == OPEN and not self._leasing and clock.monotonic() >= self._open_until and (
             self._shared is None
         ):
             return BreakerState.HALF_OPEN
@@ -173,13 +173,13 @@ class BreakerMachine:
         """Seconds until an open breaker admits a trial; None when not open."""
         if self._mode != OPEN:
             return None
-        return max(0.0, self._open_until - clock._monotonic())
+        return max(0.0, self._open_until - clock.monotonic())
 
     @property
     def metrics(self) -> BreakerMetrics:
         """Counts in the window right now."""
         with self._lock:
-            return BreakerMetrics(*self._ring.counts(clock._monotonic()))
+            return BreakerMetrics(*self._ring.counts(clock.monotonic()))
 
     def force_open(self) -> None:
         """Reject every call until ``reset()``: for maintenance, or to shed a dependency."""
@@ -228,7 +228,7 @@ class BreakerMachine:
         self, pending: _Pending, calls: int, failures: int, slow: int, reopen: bool
     ) -> None:
         previous = self._mode
-        now = clock._monotonic()
+        now = clock.monotonic()
         if reopen:
             self._consecutive_opens += 1
         else:
@@ -344,7 +344,7 @@ class BreakerMachine:
             if mode == DISABLED:
                 return UNRECORDED
             if mode == OPEN:
-                left = self._open_until - clock._monotonic()
+                left = self._open_until - clock.monotonic()
                 if left > 0 or self._leasing:
                     retry_after = left if left > 0 else 0.0
                 elif self._shared is not None:
@@ -374,7 +374,7 @@ class BreakerMachine:
                 if mode in (CLOSED, DISABLED):
                     return PASS if mode == CLOSED else UNRECORDED
                 if mode == OPEN:
-                    retry_after = max(0.0, self._open_until - clock._monotonic())
+                    retry_after = max(0.0, self._open_until - clock.monotonic())
             elif granted:
                 self._half_open(pending)
                 self._trial_admitted = 1
@@ -383,7 +383,7 @@ class BreakerMachine:
                 # another process runs the trial; its outcome reaches us through shared state
                 self._leasing = False
                 wait = min(self.config.open_for, 1.0)
-                self._open_until = clock._monotonic() + wait
+                self._open_until = clock.monotonic() + wait
                 retry_after = wait
         _run(pending)
         if generation is not None:
@@ -414,7 +414,7 @@ class BreakerMachine:
             mode = self._mode
             if mode in (FORCED_OPEN, DISABLED) or ttl <= 0:
                 return
-            now = clock._monotonic()
+            now = clock.monotonic()
             if mode == OPEN:
                 self._open_until = now + ttl
                 self._leasing = False

@@ -162,17 +162,17 @@ class CircuitBreaker(BreakerMachine, Policy):
         direct = inner is invoke  # innermost: call fn here, one frame less
 
         def timed(fn: Any, args: Any, kwargs: Any, generation: int) -> Any:
-            start = clock._monotonic()
+            start = clock.monotonic()
             try:
                 result = inner(fn, args, kwargs)
             except Exception as exc:
-                settle(generation, exc, start, clock._monotonic())
+                settle(generation, exc, start, clock.monotonic())
                 raise
             except BaseException:  # cancelled or interrupted: not an outcome
                 if generation >= 0:
                     release(generation)
                 raise
-            settle(generation, None, start, clock._monotonic())
+            settle(generation, None, start, clock.monotonic())
             return result
 
         def slow_path(fn: Any, args: Any, kwargs: Any) -> Any:
@@ -187,7 +187,7 @@ class CircuitBreaker(BreakerMachine, Policy):
             mode = breaker._mode
             if mode or timed_mode or dispatcher.active:
                 if mode == OPEN:
-                    left = breaker._open_until - clock._monotonic()
+                    left = breaker._open_until - clock.monotonic()
                     if left > 0.0 and not dispatcher.sinks:
                         raise CircuitOpen(left, name)
                 if mode:
@@ -195,13 +195,13 @@ class CircuitBreaker(BreakerMachine, Policy):
                 if timed_mode or dispatcher.record is None:
                     return timed(fn, args, kwargs, PASS)
                 # closed and measured (metrics on): the plain path, timed, in this frame
-                start = clock._monotonic()
+                start = clock.monotonic()
                 try:
                     result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
                 except Exception as exc:
-                    settle(PASS, exc, start, clock._monotonic())
+                    settle(PASS, exc, start, clock.monotonic())
                     raise
-                measured_success(clock._monotonic() - start)
+                measured_success(clock.monotonic() - start)
                 return result
             try:
                 result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
@@ -223,17 +223,17 @@ class CircuitBreaker(BreakerMachine, Policy):
         direct = inner is ainvoke
 
         async def timed(fn: Any, args: Any, kwargs: Any, generation: int) -> Any:
-            start = clock._monotonic()
+            start = clock.monotonic()
             try:
                 result = await inner(fn, args, kwargs)
             except Exception as exc:
-                settle(generation, exc, start, clock._monotonic())
+                settle(generation, exc, start, clock.monotonic())
                 raise
             except BaseException:
                 if generation >= 0:
                     release(generation)
                 raise
-            settle(generation, None, start, clock._monotonic())
+            settle(generation, None, start, clock.monotonic())
             return result
 
         async def slow_path(fn: Any, args: Any, kwargs: Any) -> Any:
@@ -248,20 +248,20 @@ class CircuitBreaker(BreakerMachine, Policy):
             mode = breaker._mode
             if mode or timed_mode or dispatcher.active:
                 if mode == OPEN:
-                    left = breaker._open_until - clock._monotonic()
+                    left = breaker._open_until - clock.monotonic()
                     if left > 0.0 and not dispatcher.sinks:
                         raise CircuitOpen(left, name)
                 if mode:
                     return await slow_path(fn, args, kwargs)
                 if timed_mode or dispatcher.record is None:
                     return await timed(fn, args, kwargs, PASS)
-                start = clock._monotonic()  # closed and measured: as in ``wrap``
+                start = clock.monotonic()  # closed and measured: as in ``wrap``
                 try:
                     result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
                 except Exception as exc:
-                    settle(PASS, exc, start, clock._monotonic())
+                    settle(PASS, exc, start, clock.monotonic())
                     raise
-                measured_success(clock._monotonic() - start)
+                measured_success(clock.monotonic() - start)
                 return result
             try:
                 result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
@@ -284,7 +284,7 @@ class CircuitBreaker(BreakerMachine, Policy):
 
         Same behaviour as ``Policy.__call__``; one frame less per call (and per rejection's
         traceback), since the decorator is where most breakers are used. A rejection costs
-        a clock reading (``clock._monotonic``, the cheapest that follows virtual time), a
+        a clock reading (``clock.monotonic``, the cheapest that follows virtual time), a
         float-to-float compare (``0.0``, not ``0``: CPython specialises only like with like)
         and a fresh exception built in C.
         """
@@ -300,7 +300,7 @@ class CircuitBreaker(BreakerMachine, Policy):
                 mode = breaker._mode
                 if mode or dispatcher.active:
                     if mode == OPEN:
-                        left = breaker._open_until - clock._monotonic()
+                        left = breaker._open_until - clock.monotonic()
                         if left > 0.0 and not dispatcher.sinks:
                             raise CircuitOpen(left, name)
                     return await acall(fn, args, kwargs)
@@ -321,7 +321,7 @@ class CircuitBreaker(BreakerMachine, Policy):
             mode = breaker._mode
             if mode or dispatcher.active:
                 if mode == OPEN:
-                    left = breaker._open_until - clock._monotonic()
+                    left = breaker._open_until - clock.monotonic()
                     if left > 0.0 and not dispatcher.sinks:
                         raise CircuitOpen(left, name)
                 return call(fn, args, kwargs)
