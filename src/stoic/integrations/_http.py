@@ -117,14 +117,14 @@ def single_attempt_variant(policy: Policy) -> Policy:
     the breaker and the rest still apply, the retries happen above.
     """
     return _each_retry(
-        policy, lambda retry: retry if retry.attempts == 1 else retry.replace(attempts=1)
+        policy, lambda retry: retry if retry.max_attempts == 1 else retry.replace(max_attempts=1)
     )
 
 
 def retries(policy: Policy | None) -> bool:
     """Whether ``policy`` may make more than one attempt (holds a ``Retry`` of attempts > 1)."""
     if isinstance(policy, Retry):
-        return policy.attempts > 1
+        return policy.max_attempts > 1
     if isinstance(policy, Pipeline):
         return any(retries(p) for p in policy.policies)
     return False
