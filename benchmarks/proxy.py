@@ -1,6 +1,7 @@
 """What the fault proxy costs with no toxic, measured the way Toxiproxy measures itself.
 
     .venv/bin/python benchmarks/proxy.py [--quick] [--requests N] [--megabytes M]
+                                         [--baseline SRC]
 
 Toxiproxy's README benchmark: an HTTP GET of a 64 KiB body and of an 11-byte body
 ("hello world"), direct and through the proxy, and a large stream's throughput. Here:
@@ -11,6 +12,11 @@ Toxiproxy's README benchmark: an HTTP GET of a 64 KiB body and of an 11-byte bod
   each one: the added latency is proxied minus direct, at p50 and p99;
 * the stream test reads M megabytes (100 by default) on one connection: MB/s, direct and
   proxied (1 MB = 10^6 bytes).
+
+Every target is measured in interleaved rounds (a fifth of the GETs each, round by round), so
+a machine whose load drifts during the run hurts them alike. ``--baseline SRC`` adds a second
+``stoic proxy`` run from another source tree (e.g. ``git archive main src | tar -x -C /tmp/b``
+then ``--baseline /tmp/b/src``): before/after in one run.
 
 A Toxiproxy binary (``toxiproxy-server``) on the PATH is measured in the same run as a peer;
 otherwise its published figures are printed for reference (Go: under 100 us added per
@@ -108,6 +114,9 @@ class Client:
         self.sock.close()
 
 
+ROUNDS = 5
+
+
 def latencies(port: int, path: str, requests: int) -> list[float]:
     client = Client(port)
     try:
@@ -121,6 +130,14 @@ def latencies(port: int, path: str, requests: int) -> list[float]:
         return samples
     finally:
         client.close()
+
+
+def interleaved_latencies(targets: dict[str, int], path: str, requests: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(ROUNDS):
+        for name, port in targets.items():
+            samples[name] += latencies(port, path, max(1, requests // ROUNDS))
+    return samples
 
 
 def throughput(port: int, megabytes: int) -> float:
@@ -139,17 +156,20 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def start_stoic_proxy(supervisor: Supervisor, upstream: int, work: Path) -> int:
+def start_stoic_proxy(
+    supervisor: Supervisor, upstream: int, work: Path, name: str = "stoic proxy",
+    source: str | None = None,
+) -> int:
     api, listen = free_port(), free_port()
-    config = work / "proxies.json"
+    config = work / f"proxies-{api}.json"
     config.write_text(json.dumps([{"name": "bench", "listen": f"127.0.0.1:{listen}",
                                    "upstream": f"127.0.0.1:{upstream}"}]))
     # the config's proxies listen before the API answers, so the API port is the one to wait on
     supervisor.start(
-        "stoic proxy",
+        name,
         [sys.executable, "-c", "from stoic.cli import main; main()", "proxy",
          "--port", str(api), "--config", str(config)],
-        ready_port=api, ready_timeout=15.0,
+        env={"PYTHONPATH": source} if source else None, ready_port=api, ready_timeout=15.0,
     )
     return listen
 
@@ -200,6 +220,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, 20 MB stream")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="also measure the stoic proxy of this source tree (before/after)")
     args = parser.parse_args()
     requests = 500 if args.quick else args.requests
     megabytes = 20 if args.quick else args.megabytes
@@ -208,8 +230,11 @@ def main() -> None:
         upstream = free_port()
         supervisor.start("upstream", [sys.executable, "-c", UPSTREAM, str(upstream)],
                          ready_port=upstream, ready_timeout=15.0)
-        targets = {"direct": upstream,
-                   "stoic proxy": start_stoic_proxy(supervisor, upstream, Path(tmp))}
+        targets = {"direct": upstream}
+        if args.baseline:
+            targets["baseline"] = start_stoic_proxy(supervisor, upstream, Path(tmp), "baseline",
+                                                    args.baseline)
+        targets["stoic proxy"] = start_stoic_proxy(supervisor, upstream, Path(tmp))
         toxiproxy = start_toxiproxy(supervisor, upstream)
         if toxiproxy is not None:
             targets["toxiproxy"] = toxiproxy
@@ -224,8 +249,8 @@ def report(targets: dict[str, int], requests: int, megabytes: int) -> None:
           f"{'added p99':>10}")
     for path, label in (("/11b", "11 B"), ("/64k", "64 KiB")):
         base: tuple[float, float] | None = None
-        for name, port in targets.items():
-            samples = latencies(port, path, requests)
+        measured = interleaved_latencies(targets, path, requests)
+        for name, samples in measured.items():
             p50, p99 = percentile(samples, 50) * 1e6, percentile(samples, 99) * 1e6
             if base is None:
                 base = (p50, p99)
@@ -235,10 +260,13 @@ def report(targets: dict[str, int], requests: int, megabytes: int) -> None:
             print(f"{label:<6} {name:<12} {p50:>9.0f} {p99:>9.0f} {added[0]:>10} {added[1]:>10}")
     print()
     print(f"{'stream':<19} {'MB/s':>9} {'vs direct':>10}")
-    direct = None
-    for name, port in targets.items():
-        rate = statistics.median(throughput(port, megabytes) for _ in range(3))
-        direct = direct or rate
+    rates: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(3):
+        for name, port in targets.items():
+            rates[name].append(throughput(port, megabytes))
+    direct = statistics.median(rates["direct"])
+    for name, runs in rates.items():
+        rate = statistics.median(runs)
         print(f"{name:<19} {rate:>9.0f} {rate / direct:>10.2f}")
     fault_point_overhead()
     if "toxiproxy" not in targets:

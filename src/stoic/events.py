@@ -62,6 +62,14 @@ if TYPE_CHECKING:  # the catalogue's other members, for type checkers (see ``cat
     from .policies.hedge import HedgeStarted as HedgeStarted
     from .state.base import StateStoreDegraded as StateStoreDegraded
     from .state.base import StateStoreRecovered as StateStoreRecovered
+    from .workflow.events import CompensationRan as CompensationRan
+    from .workflow.events import StepCompleted as StepCompleted
+    from .workflow.events import StepFailed as StepFailed
+    from .workflow.events import WorkflowFinished as WorkflowFinished
+    from .workflow.events import WorkflowLeaseLost as WorkflowLeaseLost
+    from .workflow.events import WorkflowParked as WorkflowParked
+    from .workflow.events import WorkflowRecovered as WorkflowRecovered
+    from .workflow.events import WorkflowStarted as WorkflowStarted
 
 __all__ = [
     "AttemptScope",
@@ -74,6 +82,7 @@ __all__ = [
     "CallFinished",
     "CallRecorder",
     "CallRejected",
+    "CompensationRan",
     "DeadLettersRequeued",
     "DeadlineExpired",
     "Dispatcher",
@@ -96,6 +105,13 @@ __all__ = [
     "Sink",
     "StateStoreDegraded",
     "StateStoreRecovered",
+    "StepCompleted",
+    "StepFailed",
+    "WorkflowFinished",
+    "WorkflowLeaseLost",
+    "WorkflowParked",
+    "WorkflowRecovered",
+    "WorkflowStarted",
     "catalogue",
     "dispatcher",
     "subscribe",
@@ -371,6 +387,16 @@ def catalogue() -> tuple[type[Event], ...]:
     )
     from .policies.hedge import HedgeStarted
     from .state.base import StateStoreDegraded, StateStoreRecovered
+    from .workflow.events import (
+        CompensationRan,
+        StepCompleted,
+        StepFailed,
+        WorkflowFinished,
+        WorkflowLeaseLost,
+        WorkflowParked,
+        WorkflowRecovered,
+        WorkflowStarted,
+    )
 
     return (
         # calls, retries, rejections, deadlines (this module)
@@ -387,6 +413,9 @@ def catalogue() -> tuple[type[Event], ...]:
         MessageHandled, MessageRetried, MessageDeadLettered, DeadLettersRequeued,
         # chaos
         FaultInjected, ProcessFaulted, NetworkPartitioned, NetworkHealed,
+        # durable workflows
+        WorkflowStarted, WorkflowRecovered, WorkflowFinished, WorkflowParked,
+        WorkflowLeaseLost, StepCompleted, StepFailed, CompensationRan,
     )
 
 

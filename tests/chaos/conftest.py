@@ -10,12 +10,26 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import requests
 
 from stoic.chaos import ProxyClient, ProxyHandle, ProxyServer, faults
 
 Handler = Callable[[socket.socket], None]
+
+
+def api(server: ProxyServer, method: str, path: str, **kwargs: Any) -> requests.Response:
+    """One request to ``server``'s HTTP API, as any client sends it."""
+    return requests.request(method, server.api_url + path, timeout=10, **kwargs)
+
+
+def echoes(port: int) -> bool:
+    """Whether a connection to ``port`` (a proxy in front of the echo server) echoes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"ping")
+        return sock.recv(100) == b"ping"
 
 
 class _Server(socketserver.ThreadingTCPServer):

@@ -6,19 +6,10 @@ import socket
 from typing import Any
 
 import pytest
-import requests
 
 from stoic.chaos import ApiError, ProxyClient, ProxyServer
 
-
-def api(server: ProxyServer, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(method, server.api_url + path, timeout=5, **kwargs)
-
-
-def echoes(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"ping")
-        return sock.recv(100) == b"ping"
+from .conftest import api, echoes
 
 
 @pytest.fixture
@@ -177,6 +168,11 @@ class TestBadInput:
             ("POST", "/proxies", {"upstream": "127.0.0.1:1"}, 400, "missing required field: name"),
             ("POST", "/proxies", {"name": "x"}, 400, "missing required field: upstream"),
             ("POST", "/proxies", {"name": "x", "upstream": "nohost"}, 400, "host:port"),
+            ("POST", "/proxies", {"name": "x", "upstream": "bad\u0000host:1"}, 400, "bad host"),
+            ("POST", "/proxies", {"name": "x", "upstream": "127.0.0.1:1",
+                                  "listen": "127.0.0.1 :0"}, 400, "bad host"),
+            ("POST", "/proxies", {"name": "x", "upstream": "127.0.0.1:+80"}, 400, "bad port"),
+            ("PATCH", "/proxies/echo", {"listen": "127.0.0.1:99999"}, 400, "0..65535"),
             ("POST", "/proxies", [1, 2], 400, "bad request body"),
             ("POST", "/populate", {"name": "x"}, 400, "bad request body"),
             ("GET", "/proxies/missing", None, 404, "proxy not found"),

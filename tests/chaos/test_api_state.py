@@ -113,6 +113,13 @@ class ProxyApi(RuleBasedStateMachine):
         status = status_of(lambda: self.server.add_toxic(proxy, kind))
         assert status == (400 if proxy in self.model else 404)
 
+    @rule(proxy=NAMES, kind=st.sampled_from(sorted(TYPES)),
+          value=st.one_of(st.integers(max_value=-1), st.integers(min_value=2**31)))
+    def add_out_of_range_toxic(self, proxy: str, kind: str, value: int) -> None:
+        attribute = next(iter(DEFAULTS[kind]))
+        status = status_of(lambda: self.server.add_toxic(proxy, kind, **{attribute: value}))
+        assert status == (400 if proxy in self.model else 404)
+
     @precondition(lambda self: bool(self.model))
     @rule()
     def reset(self) -> None:

@@ -50,6 +50,8 @@ class Shop:
             status = 503
         elif path == "/missing":
             status = 404
+        elif path == "/declined":
+            status = 402
         elif path == "/big":
             payload = {"blob": "x" * 4096}
         elif path == "/boom":
@@ -182,16 +184,20 @@ def test_invalid_keys_are_400(shop: Server) -> None:
     assert fits.status_code == 201
 
 
-def test_5xx_is_not_stored_so_the_retry_runs_again_but_4xx_is(shop: Server) -> None:
+def test_5xx_and_never_executed_statuses_are_not_stored_but_other_4xx_are(shop: Server) -> None:
     with httpx.Client(base_url=shop.url) as client:
         failed = [client.post("/fail", headers={"Idempotency-Key": "f"}) for _ in range(2)]
         missing = [client.post("/missing", headers={"Idempotency-Key": "m"}) for _ in range(2)]
+        declined = [client.post("/declined", headers={"Idempotency-Key": "d"}) for _ in range(2)]
     assert [r.status_code for r in failed] == [503, 503]
     assert "idempotent-replayed" not in failed[1].headers
     assert shop.shop.runs["/fail"] == 2
     assert [r.status_code for r in missing] == [404, 404]
-    assert missing[1].headers["idempotent-replayed"] == "true"
-    assert shop.shop.runs["/missing"] == 1
+    assert "idempotent-replayed" not in missing[1].headers, "no route matched: never ran"
+    assert shop.shop.runs["/missing"] == 2
+    assert [r.status_code for r in declined] == [402, 402]
+    assert declined[1].headers["idempotent-replayed"] == "true", "it ran: stored"
+    assert shop.shop.runs["/declined"] == 1
 
 
 def test_response_over_the_size_limit_is_sent_but_not_stored(shop: Server) -> None:

@@ -6,6 +6,7 @@ or leftovers of an earlier run on the shared Redis and RabbitMQ, never collide.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,32 @@ from typing import Any
 
 import pytest
 
-BROKERS = ["memory", "sqlite", "redis", "rabbitmq"]
+BROKERS = ["memory", "sqlite", "redis", "rabbitmq", "postgres", "nats"]
+
+# One schema per test run on the shared PostgreSQL: dropped at the end, never anyone else's.
+PG_SCHEMA = f"stoic_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def postgres_broker_url(postgres_dsn: str, pg_schema_cleanup: set[str]) -> str:
+    """The broker URL of this run's schema (``connect`` reads ``schema`` from the query)."""
+    pg_schema_cleanup.add(postgres_dsn)
+    return f"{postgres_dsn}{'&' if '?' in postgres_dsn else '?'}schema={PG_SCHEMA}"
+
+
+@pytest.fixture(scope="session")
+def pg_schema_cleanup() -> Iterator[set[str]]:
+    """Collects the DSNs this run's schema was used on, and drops the schema at the end."""
+    used: set[str] = set()
+    yield used
+    for dsn in used:
+        try:
+            import psycopg
+
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+        except Exception:  # the server went away: nothing to clean
+            pass
 
 
 def make_broker(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
@@ -35,7 +61,26 @@ def make_broker(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> An
 
         # RabbitMQ has no publish-side de-duplication; RabbitBroker gets it from a store.
         return RabbitBroker(url, dedupe=SQLiteStore(tmp_path / "publish-dedupe.db"))
+    if kind == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        request.getfixturevalue("pg_schema_cleanup").add(dsn)
+        from stoic.messaging.postgres import PostgresBroker
+
+        return PostgresBroker(dsn, schema=PG_SCHEMA, min_size=0, max_size=4)
+    if kind == "nats":
+        url = request.getfixturevalue("nats_url")
+        from stoic.messaging.nats import NatsBroker
+
+        return NatsBroker(url, prefix="stoictest")  # streams are per topic, deleted after
     raise AssertionError(kind)
+
+
+@pytest.fixture
+def nats_url() -> str:
+    from support import require_service
+
+    require_service("NATS", "127.0.0.1", 4222)
+    return os.environ.get("STOIC_TEST_NATS", "nats://127.0.0.1:4222")
 
 
 @pytest.fixture(params=BROKERS)

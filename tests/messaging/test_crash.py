@@ -52,11 +52,15 @@ def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         return f"sqlite:///{tmp_path / 'queue.db'}"
     if kind == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if kind == "postgres":
+        return str(request.getfixturevalue("postgres_broker_url"))
+    if kind == "nats":  # JetStream's ack wait is the lease a killed worker's messages wait out
+        return f"{request.getfixturevalue('nats_url')}?ack_wait=2&prefix=stoictest"
     return str(request.getfixturevalue("amqp_url"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "redis", "rabbitmq"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "rabbitmq", "postgres", "nats"])
 def test_sigkilled_workers_lose_nothing_and_effects_happen_exactly_once(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -516,3 +516,48 @@ def test_on_that_excludes_an_error_dead_letters_it_at_once(local_broker: Any, to
     )
     assert len(calls) == 1
     assert counts.dead_lettered == 1
+
+
+def test_a_spent_retry_budget_dead_letters_like_a_call_would_give_up(
+    local_broker: Any, topic: str
+) -> None:
+    """The worker asks Retry's own decision (``next_delay``): its budget counts too."""
+    spent = stoic.RetryBudget(ratio=0.0, min_per_second=0.0)
+    retry = stoic.Retry(attempts=5, backoff=backoff.constant(0.0, jitter=None), budget=spent)
+
+    def handler(m: Message) -> None:
+        raise ConnectionRefusedError("down")
+
+    with pytest.raises(ConnectionRefusedError):  # a call through the same Retry gives up at once
+        retry.call(handler, None)  # type: ignore[arg-type]
+    local_broker.publish(topic, 1)
+    counts = Worker(local_broker, topic, handler, retry=retry, poll_interval=0.01).run(
+        stop_when_empty=True
+    )
+    assert counts.retried == 0
+    [dead] = local_broker.dead_letters(topic)
+    assert dead.message.attempts == 1
+    assert dead.reason.startswith("retry gave up")
+
+
+def test_max_time_counts_from_the_first_publish(local_broker: Any, topic: str) -> None:
+    """A message older than ``max_time`` is not retried again: the wait would pass it."""
+    retry = stoic.Retry(attempts=10, backoff=backoff.constant(0.2, jitter=None), max_time=0.3)
+    calls: list[int] = []
+
+    def handler(m: Message) -> None:
+        calls.append(m.attempts)
+        raise ConnectionRefusedError("down")
+
+    local_broker.publish(topic, 1)
+    Worker(local_broker, topic, handler, retry=retry, poll_interval=0.01).run(
+        stop_when_empty=True
+    )
+    assert calls in ([1], [1, 2])  # 0.2 s fits once in 0.3 s, never twice
+    [dead] = local_broker.dead_letters(topic)
+    assert dead.reason.startswith("retry gave up")
+
+
+def test_a_dedupe_store_that_is_not_a_store_is_refused() -> None:
+    with pytest.raises(ValueError, match="dedupe"):
+        Worker(stoic.messaging.MemoryBroker(), "t", print, dedupe="redis://x")  # type: ignore[arg-type]

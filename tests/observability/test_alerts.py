@@ -76,6 +76,18 @@ def test_a_wrong_threshold_fails_the_unit_tests(tmp_path: Path) -> None:
     assert tested.returncode != 0
 
 
+def test_multi_line_rule_expressions_are_block_scalars_one_promql_line_per_line() -> None:
+    text = render(AlertConfig("shop", 0.999, 0.5))["rules.yml"]
+    document = yaml.safe_load(text)
+    exprs = [r["expr"] for g in document["groups"] for r in g["rules"]]
+    multi_line = [e for e in exprs if "\n" in e]
+    assert multi_line, "expected multi-line expressions (error ratios, burn rates)"
+    for expr in multi_line:
+        indented = "\n".join("      " + line for line in expr.splitlines())
+        assert f"expr: |-\n{indented}\n" in text
+    assert "\n\n" not in text.split("\n", 1)[1]  # no blank lines inside quoted scalars
+
+
 def test_burn_rate_windows_follow_the_sre_workbook() -> None:
     document = yaml.safe_load(render(AlertConfig("shop", 0.999, 0.5))["rules.yml"])
     records = {r["record"] for g in document["groups"] for r in g["rules"] if "record" in r}
@@ -131,7 +143,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(
 ) -> None:
     code, output, out = render_cli(tmp_path, *args)
     assert code == 2
-    assert "Error" in output
+    assert output.startswith("error: ")
     assert message in output
     assert not out.exists()
 

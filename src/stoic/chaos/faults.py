@@ -72,6 +72,7 @@ __all__ = [
     "first",
     "is_enabled",
     "load_plan",
+    "read_document",
     "seed",
     "window",
 ]
@@ -308,7 +309,7 @@ class Plan:
     seed: int | None = None
 
 
-def _read_document(path: Path) -> Any:
+def read_document(path: Path) -> Any:
     """A JSON file, or YAML by its ``.yaml``/``.yml`` suffix; ValueError if it does not parse.
 
     Shared by fault plans and the proxy's config file. OSError (a missing file) passes by.
@@ -336,7 +337,7 @@ def load_plan(source: str | os.PathLike[str] | Mapping[str, Any]) -> Plan:
         if text.lstrip().startswith("{"):
             data = json.loads(text)
         else:
-            data = _read_document(Path(source))
+            data = read_document(Path(source))
     if not isinstance(data, Mapping):
         raise ValueError(f"a fault plan must be an object, got {type(data).__name__}")
     faults = data.get("faults", {})
@@ -452,7 +453,7 @@ def _check_env() -> None:
 def _apply_plan_file(path: Path) -> None:
     """Enable the plan in ``path``; disable when the file is gone or says ``enabled: false``."""
     try:
-        data = _read_document(path)
+        data = read_document(path)
         plan = load_plan(data)
     except FileNotFoundError:
         disable()

@@ -2,7 +2,7 @@
 
 A ``Toxic`` is configuration (name, type, stream, toxicity, attributes) shared by every
 connection of a proxy. Each connection that the toxic applies to gets its own small state
-object (a ``_Stage``) made by ``make_stage``; the stage holds what must be per connection:
+object (a ``Stage``) made by ``make_stage``; the stage holds what must be per connection:
 whether the toxicity roll hit, bytes counted so far, a bandwidth schedule, a pending timer.
 
 Units follow Toxiproxy so its clients and docs carry over unchanged:
@@ -20,6 +20,12 @@ slicer          average_size, size_variation (bytes),       cut chunks into smal
 limit_data      bytes                                       close after that many bytes
 ==============  ==========================================  =====================================
 
+Every attribute is an integer from 0 to ``ATTRIBUTE_MAX`` (2**31 - 1); anything else is refused
+with a ``ToxicError`` naming the attribute. Zero is the "off" or "unlimited" value: no delay
+(latency, slow_close, slicer's delay), no cap (bandwidth ``rate``), no slicing (slicer
+``average_size``), hold forever (timeout ``timeout``), reset at once (reset_peer ``timeout``).
+limit_data's ``bytes`` has no unlimited value: 0 closes the connection at its first data.
+
 ``stream`` is ``"downstream"`` (server to client, the default) or ``"upstream"`` (client to
 server); ``toxicity`` is the probability, rolled once per connection, that the toxic applies.
 """
@@ -33,8 +39,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "ATTRIBUTE_MAX",
     "STREAMS",
     "TOXIC_TYPES",
+    "Link",
+    "Stage",
     "Toxic",
     "ToxicError",
     "make_stage",
@@ -52,6 +61,11 @@ TOXIC_TYPES: dict[str, dict[str, int]] = {
     "slicer": {"average_size": 0, "size_variation": 0, "delay": 0},
     "limit_data": {"bytes": 0},
 }
+
+#: the largest value of any attribute (2**31 - 1, Go's int32 limit): 24.8 days in ms, about
+#: 2 TB/s as a bandwidth. Larger values are refused with 400 rather than overflowing a timer
+#: inside the data path.
+ATTRIBUTE_MAX = 2**31 - 1
 
 # Above this many bytes per 100 ms, bandwidth sends in 100 ms slices (smooth, like Toxiproxy).
 _BANDWIDTH_SLICE_SECONDS = 0.1
@@ -153,8 +167,18 @@ def _attributes(kind: str, value: Any, base: dict[str, int]) -> dict[str, int]:
             raise ToxicError(f"attribute {key} of {kind} must be an integer, got {raw!r}")
         if raw < 0:
             raise ToxicError(f"attribute {key} of {kind} must be >= 0, got {raw!r}")
+        if raw > ATTRIBUTE_MAX:
+            raise ToxicError(
+                f"attribute {key} of {kind} must be <= {ATTRIBUTE_MAX}, got {_short(raw)}"
+            )
         base[key] = raw
     return base
+
+
+def _short(number: int) -> str:
+    """A huge number shown by its first digits and length, so an error message stays a line."""
+    text = str(number)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +199,7 @@ class Link(Protocol):
         """Abort both sides with a TCP RST."""
 
 
-class _Stage:
+class Stage:
     """Per-connection state of one toxic on one stream. The base passes data through."""
 
     __slots__ = ("link", "rng", "toxic")
@@ -199,7 +223,7 @@ class _Stage:
         """The toxic was removed or the connection closed: drop timers."""
 
 
-class _Latency(_Stage):
+class _Latency(Stage):
     __slots__ = ()
 
     async def pipe(self, data: bytes, arrived: float, next_: Next) -> None:
@@ -214,7 +238,7 @@ class _Latency(_Stage):
         await next_(data, due)
 
 
-class _Bandwidth(_Stage):
+class _Bandwidth(Stage):
     __slots__ = ("next_free",)
 
     def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
@@ -239,7 +263,7 @@ class _Bandwidth(_Stage):
             await next_(piece, arrived)
 
 
-class _SlowClose(_Stage):
+class _SlowClose(Stage):
     __slots__ = ()
 
     async def before_eof(self) -> None:
@@ -248,7 +272,7 @@ class _SlowClose(_Stage):
             await asyncio.sleep(delay / 1000.0)
 
 
-class _Timeout(_Stage):
+class _Timeout(Stage):
     __slots__ = ("released", "timer")
 
     def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
@@ -272,7 +296,7 @@ class _Timeout(_Stage):
             self.timer.cancel()
 
 
-class _ResetPeer(_Stage):
+class _ResetPeer(Stage):
     __slots__ = ("timer",)
 
     def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
@@ -292,7 +316,7 @@ class _ResetPeer(_Stage):
             self.timer.cancel()
 
 
-class _Slicer(_Stage):
+class _Slicer(Stage):
     __slots__ = ()
 
     async def pipe(self, data: bytes, arrived: float, next_: Next) -> None:
@@ -313,7 +337,7 @@ class _Slicer(_Stage):
                 await asyncio.sleep(delay)
 
 
-class _LimitData(_Stage):
+class _LimitData(Stage):
     __slots__ = ("sent",)
 
     def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
@@ -331,7 +355,7 @@ class _LimitData(_Stage):
             self.link.close()
 
 
-_STAGES: dict[str, type[_Stage]] = {
+_STAGES: dict[str, type[Stage]] = {
     "latency": _Latency,
     "bandwidth": _Bandwidth,
     "slow_close": _SlowClose,
@@ -342,7 +366,7 @@ _STAGES: dict[str, type[_Stage]] = {
 }
 
 
-def make_stage(toxic: Toxic, link: Link, rng: random.Random) -> _Stage | None:
+def make_stage(toxic: Toxic, link: Link, rng: random.Random) -> Stage | None:
     """Roll the toxicity for one connection: a stage when the toxic applies, else None."""
     if toxic.toxicity < 1.0 and not rng.random() < toxic.toxicity:
         return None

@@ -16,6 +16,13 @@ _EXACT = {
     "53300": Outcome.THROTTLED,  # too_many_connections
     "57P03": Outcome.TRANSIENT,  # cannot_connect_now
 }
+# What the SQLSTATEs that look alike mean, for the verdict's reason: a statement timeout
+# (the query was too slow; with stoic.integrations.psycopg under a deadline it is raised as
+# DeadlineExceeded instead) is not a lock timeout (another transaction held the row).
+_REASONS = {
+    "57014": "statement timeout or cancel (SQLSTATE 57014, rolled back)",
+    "55P03": "lock timeout (SQLSTATE 55P03, rolled back)",
+}
 _CLASSES = {
     "08": Outcome.UNKNOWN,  # connection exception: the commit may or may not have happened
     "53": Outcome.THROTTLED,  # insufficient resources
@@ -35,7 +42,7 @@ def _error(exc: BaseException) -> Verdict:
     sqlstate = getattr(exc, "sqlstate", None)
     outcome = by_sqlstate(sqlstate)
     if outcome is not None:
-        return Verdict(outcome, None, f"SQLSTATE {sqlstate}")
+        return Verdict(outcome, None, _REASONS.get(str(sqlstate), f"SQLSTATE {sqlstate}"))
     if isinstance(exc, psycopg.OperationalError):
         text = str(exc).lower()
         if "connection refused" in text or "connection failed" in text or "could not connect" in text:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
+
+from .._cli import DEFAULT_TIMEOUT, RUNTIME, USAGE, CommandError, check_reachable, parse_backend
 
 __all__ = ["app"]
 
@@ -25,9 +27,8 @@ app = typer.Typer(
 QUICK_DURATION = 12.0
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def _fail(message: str, exit_code: int = USAGE) -> NoReturn:
+    raise CommandError(message, exit_code)  # the root command prints it on one line
 
 
 @app.callback()
@@ -87,19 +88,13 @@ def demo(
 
 
 def _check_backend(backend: str, redis_url: str, amqp_url: str) -> None:
-    import socket
-    from urllib.parse import urlsplit
-
-    url = {"redis": redis_url, "rabbitmq": amqp_url}.get(backend)
-    if url is None:
-        return
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or (6379 if backend == "redis" else 5672)
-    try:
-        with socket.create_connection((host, port), timeout=2.0):
-            pass
-    except OSError as exc:
-        _fail(f"--backend {backend}: cannot reach {host}:{port} ({exc.strerror or exc})")
+    """The server of --backend answers, before any process of the shop starts."""
+    option, url, family = {
+        "redis": ("--redis-url", redis_url, "redis"),
+        "rabbitmq": ("--amqp-url", amqp_url, "amqp"),
+    }.get(backend, ("", "", ""))
+    if url:
+        check_reachable(parse_backend(url, option, (family,)), DEFAULT_TIMEOUT)
 
 
 def _run_all(options: list[Any]) -> list[Any]:
@@ -124,7 +119,7 @@ def _run_all(options: list[Any]) -> list[Any]:
                 result = run(option, progress=update)
             except RuntimeError as exc:
                 progress.stop()
-                _fail(str(exc))
+                _fail(str(exc), RUNTIME)
             except KeyboardInterrupt:
                 progress.stop()
                 typer.echo("interrupted: every process of the shop was stopped", err=True)
@@ -188,7 +183,7 @@ def serve(
         shop = Shop(RunOptions(mode="stoic", backend=backend), directory, ports=ports,
                     proxy_port=proxy_port)
     except RuntimeError as exc:
-        _fail(str(exc))
+        _fail(str(exc), RUNTIME)
     with shop:
         typer.echo(f"orders:      http://127.0.0.1:{port}/orders  (POST {{\"order_id\": ...}})")
         typer.echo(f"metrics:     http://127.0.0.1:{port}/metrics")
@@ -200,6 +195,6 @@ def serve(
             while True:
                 time.sleep(1.0)
                 if not shop.procs.alive("orders"):
-                    _fail(f"the orders service stopped; see {directory / 'orders.log'}")
+                    _fail(f"the orders service stopped; see {directory / 'orders.log'}", RUNTIME)
         except KeyboardInterrupt:
             typer.echo("stopping")

@@ -17,7 +17,8 @@ from .store import MAX_KEY_LENGTH, BaseStore, Claim, ClaimStatus, Record, Record
 
 if TYPE_CHECKING:
     from .asgi import IdempotencyMiddleware
-    from .decorator import Idempotent, aextend, extend, idempotent
+    from .claims import aextend, extend
+    from .decorator import Idempotent, idempotent
     from .postgres import PostgresStore
     from .redis import RedisStore
     from .sqlite import SQLiteStore
@@ -44,8 +45,8 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "IdempotencyMiddleware": "stoic.idempotency.asgi",
     "Idempotent": "stoic.idempotency.decorator",
-    "aextend": "stoic.idempotency.decorator",
-    "extend": "stoic.idempotency.decorator",
+    "aextend": "stoic.idempotency.claims",
+    "extend": "stoic.idempotency.claims",
     "idempotent": "stoic.idempotency.decorator",
     "PostgresStore": "stoic.idempotency.postgres",
     "RedisStore": "stoic.idempotency.redis",

@@ -9,51 +9,38 @@ middleware makes sure the application handles it once and the retry gets the fir
 * the key completed before: the stored status, headers and body, plus
   ``Idempotent-Replayed: true``.
 
-Errors are ``application/problem+json`` (RFC 9457). Which responses are stored is
-``store_status`` (2xx and 4xx by default: a 5xx is not stored, so the client's retry runs
-again). A response body larger than ``max_body`` is passed to the client but not stored,
-and the key is released: a retry then runs again. The request body is read in full before
-the application sees it, to fingerprint it; ``max_request_body`` bounds that (413 above).
+Errors are ``application/problem+json`` (RFC 9457). A response that says the request never
+ran (400, 401, 403, 404 from routing, 405, 415, 422, 429, any 5xx) is not stored and gives
+the key back, so the corrected retry runs; any other response is stored (``store_status``
+and ``not_executed`` change the rule). A response body larger than ``max_body`` is passed
+to the client but not stored, and the key is released. The request body is read in full
+before the application sees it, to fingerprint it; ``max_request_body`` bounds that (413).
 
-The response streams to the client as the application sends it, except its last body
-message, which is held until the record is stored: a client that has received a whole reply
-and sends the key again always gets the replay, never a 409. The application can keep a long
-request's key with ``await stoic.idempotency.aextend()``.
+The response streams to the client as the application sends it. Its last body message is
+sent as soon as the record is stored, so a client that has the whole reply and sends the key
+again always gets the replay, never a 409; work the application does after its response
+(Starlette's background tasks) never delays it. The application can keep a long request's
+key with ``await stoic.idempotency.aextend()``.
 
-The middleware is plain ASGI with no framework import: it works under Starlette, FastAPI or
-any ASGI server. One instance holds only configuration; per-request state lives in
-``_Exchange``.
+This module only moves ASGI messages: what the header means is ``stoic.idempotency.http``
+(sans-IO, shared with other adapters) and the claim loop and lease are
+``stoic.idempotency.claims``. No framework is imported; one instance holds only
+configuration, and per-request state lives in ``_Exchange``.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import logging
-import math
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Collection, Iterable
 
-from ..codec import default_codec
-from ..context import using_idempotency_key
-from ..events import dispatcher
-from ..integrations.asgi import ASGIApp, Message, Receive, Scope, Send
-from .decorator import _CLAIM_TURNS, _current, _Lease
-from .events import IdempotencyKeyRejected, IdempotencyRecordCorrupted, IdempotentReplayed
-from .fingerprint import fingerprint_request
-from .store import MAX_KEY_LENGTH, SEPARATOR, ClaimStatus, Store, check_seconds, check_store, store_key
+from .._asgi import ASGIApp, Message, Receive, Scope, Send
+from ..errors import CodecError
+from ..integrations._http import header_name
+from .claims import Lease, holding
+from .http import NOT_EXECUTED, HttpIdempotency, Reply, default_store_status
+from .store import Store
 
-__all__ = ["IdempotencyMiddleware", "default_store_status"]
-
-_log = logging.getLogger("stoic.idempotency")
-
-_STORE_METHODS = ("aclaim", "acomplete", "arelease", "adelete")
-_PROBLEM = "urn:stoic:problem:idempotency-key-"
-_REPLAYED = (b"idempotent-replayed", b"true")
-
-
-def default_store_status(status: int) -> bool:
-    """Store 2xx and 4xx replies; never 5xx, so a retry after a server error runs again."""
-    return 200 <= status < 300 or 400 <= status < 500
+__all__ = ["NOT_EXECUTED", "IdempotencyMiddleware", "default_store_status"]
 
 
 class IdempotencyMiddleware:
@@ -69,7 +56,13 @@ class IdempotencyMiddleware:
         lease: seconds a request in progress holds its key before another may take over.
         scope: a callable on the ASGI scope returning the principal (user, tenant, API
             key); keys are separate per principal, so nobody can replay another's reply.
-        store_status: which response statuses are stored (default: 2xx and 4xx).
+        store_status: a function of the status deciding alone which responses are stored;
+            by default (None) every response is stored except those saying the request
+            never ran: any 5xx and the statuses in ``not_executed``.
+        not_executed: the statuses that mean the request never ran (default
+            ``NOT_EXECUTED``: 400, 401, 403, 404, 405, 415, 422, 429). A 404 after a route
+            matched (Starlette and FastAPI put ``endpoint`` in the scope) is the handler's
+            own answer and is stored.
         max_body: largest response body stored, in bytes; larger ones are not stored.
         max_request_body: largest request body accepted with a key, in bytes (413 above).
         header: the request header carrying the key.
@@ -87,175 +80,113 @@ class IdempotencyMiddleware:
         ttl: float = 86400.0,
         lease: float = 60.0,
         scope: Callable[[Scope], str | None] | None = None,
-        store_status: Callable[[int], bool] = default_store_status,
+        store_status: Callable[[int], bool] | None = None,
+        not_executed: Collection[int] = NOT_EXECUTED,
         max_body: int = 1024 * 1024,
         max_request_body: int = 10 * 1024 * 1024,
         header: str = "Idempotency-Key",
         namespace: str = "http",
     ) -> None:
-        if isinstance(methods, (str, bytes)):
-            raise TypeError(f"methods must be a collection of method names, got {methods!r}")
-        self.methods = frozenset(m.upper() for m in methods)
-        if not self.methods:
-            raise ValueError("methods must name at least one HTTP method, got none")
-        check_store(store, _STORE_METHODS)
-        self.ttl = check_seconds("ttl", ttl)
-        self.lease = check_seconds("lease", lease)
-        if max_body < 0:
-            raise ValueError(f"max_body must be >= 0 bytes, got {max_body!r}")
-        if max_request_body < 0:
-            raise ValueError(f"max_request_body must be >= 0 bytes, got {max_request_body!r}")
-        if not header or not header.isascii():
-            raise ValueError(f"header must be an ASCII header name, got {header!r}")
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
-        if not callable(store_status):
-            raise TypeError(f"store_status must be callable, got {store_status!r}")
-        if SEPARATOR in namespace:
-            raise ValueError(f"namespace must not contain \\x1f, got {namespace!r}")
+        header_name("header", header)
         self.app = app
-        self.store = store
-        self.required = bool(required)
         self.scope = scope
-        self.store_status = store_status
-        self.max_body = int(max_body)
-        self.max_request_body = int(max_request_body)
-        self.header = header.lower().encode("ascii")
-        self.namespace = namespace
+        self.rules = HttpIdempotency(
+            store, methods=methods, required=required, ttl=ttl, lease=lease,
+            store_status=store_status, not_executed=not_executed, max_body=max_body,
+            max_request_body=max_request_body, header=header, namespace=namespace,
+        )
+
+    @property
+    def store(self) -> Store:
+        return self.rules.store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self.rules = dataclasses.replace(self.rules, store=store)
+
+    @property
+    def required(self) -> bool:
+        return self.rules.required
+
+    @required.setter
+    def required(self, required: bool) -> None:
+        self.rules = dataclasses.replace(self.rules, required=required)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method", "").upper() not in self.methods:
+        rules = self.rules
+        if scope["type"] != "http" or not rules.applies(scope.get("method", "")):
             await self.app(scope, receive, send)
             return
         raw = None
         for name, value in scope.get("headers", ()):
-            if name.lower() == self.header:
+            if name.lower() == rules.header_key:
                 raw = value
                 break
-        if raw is None:
-            if self.required:
-                await _problem(send, 400, "missing", "Idempotency-Key is required",
-                               f"{self.method_list} requests must carry an Idempotency-Key "
-                               "header so that retrying them is safe.")
-                return
+        key = rules.key(raw)
+        if key is None:
             await self.app(scope, receive, send)
-            return
-        await _Exchange(self, scope, raw).run(receive, send)
-
-    @property
-    def method_list(self) -> str:
-        return "/".join(sorted(self.methods))
-
-
-def _parse_key(raw: bytes) -> str | None:
-    """The key from the header value: a structured-field string (quoted) or a bare token."""
-    try:
-        text = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        return None
-    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        text = text[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    if not text or len(text) > MAX_KEY_LENGTH or not text.isprintable():
-        return None
-    return text
-
-
-class _TooLarge(Exception):
-    """The request body is over ``max_request_body``."""
+        elif isinstance(key, Reply):
+            await _send_reply(send, key)
+        else:
+            await _Exchange(self, rules, scope, key).run(receive, send)
 
 
 class _Exchange:
     """One keyed request: read it, claim its key, run or replay, store the reply."""
 
-    def __init__(self, owner: IdempotencyMiddleware, scope: Scope, raw: bytes) -> None:
-        self.owner = owner
-        self.scope = scope
-        self.raw = raw
+    __slots__ = ("key", "owner", "rules", "scope")
+
+    def __init__(self, owner: IdempotencyMiddleware, rules: HttpIdempotency, scope: Scope,
+                 key: str) -> None:
+        self.owner, self.rules, self.scope, self.key = owner, rules, scope, key
 
     async def run(self, receive: Receive, send: Send) -> None:
-        owner = self.owner
-        key = _parse_key(self.raw)
-        if key is None:
-            await _problem(send, 400, "invalid", "Invalid Idempotency-Key",
-                           f"The key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters, "
-                           'optionally in double quotes.')
-            return
-        try:
-            body = await self._read_body(receive)
-        except _TooLarge:
-            await _problem(send, 413, "body-too-large", "Request body too large",
-                           f"Requests with an Idempotency-Key may carry at most "
-                           f"{owner.max_request_body} bytes.")
+        rules, scope = self.rules, self.scope
+        body = await self._read_body(receive)
+        if isinstance(body, Reply):
+            await _send_reply(send, body)
             return
         if body is None:
             return  # the client went away
-        scope = self.scope
-        fingerprint = fingerprint_request(
-            scope.get("method", ""), scope.get("path", ""),
-            scope.get("query_string", b"").decode("latin-1"), body,
-        )
         principal = ""
-        if owner.scope is not None:
-            principal = str(owner.scope(scope) or "").replace(SEPARATOR, "")
-        stored_as = store_key(owner.namespace, principal, key)
-        label = owner.namespace or "http"
-
-        for _ in range(_CLAIM_TURNS):  # a corrupted record is deleted and claimed again
-            claim = await owner.store.aclaim(stored_as, fingerprint, lease=owner.lease,
-                                             ttl=owner.ttl)
-            if claim.status is ClaimStatus.CLAIMED:
-                break
-            if claim.status is ClaimStatus.MISMATCH:
-                _rejected(label, key, "mismatch", None)
-                await _problem(send, 422, "mismatch", "Idempotency-Key reused",
-                               "This key was already used with a different request "
-                               "(method, path or body).")
-                return
-            if claim.status is ClaimStatus.IN_FLIGHT:
-                _rejected(label, key, "in_flight", claim.retry_after)
-                retry_after = max(1, math.ceil(claim.retry_after or 1))
-                await _problem(send, 409, "in-flight", "Request in progress",
-                               "A request with this key is still being processed; "
-                               "retry later.", [(b"retry-after", str(retry_after).encode())])
-                return
-            response = claim.record.response if claim.record is not None else None
-            replay = _decode_response(response)
-            if replay is not None:
-                if dispatcher.sinks:
-                    dispatcher.emit(IdempotentReplayed(name=label, key=key))
-                await _send_replay(send, *replay)
-                return
-            _log.warning("idempotency http: stored response for key %r is unreadable; "
-                         "treating it as absent", key)
-            if dispatcher.sinks:
-                dispatcher.emit(IdempotencyRecordCorrupted(
-                    name=label, key=key, problem="unreadable response"))
-            await owner.store.adelete(stored_as)
-        else:
-            await _problem(send, 500, "unreadable", "Stored response unreadable",
-                           "The stored response for this key cannot be read.")
+        if self.owner.scope is not None:
+            principal = str(self.owner.scope(scope) or "")
+        call = rules.call(self.key, scope.get("method", ""), scope.get("path", ""),
+                          scope.get("query_string", b"").decode("latin-1"), body, principal)
+        try:
+            settled = await rules.asettle(call)
+        except CodecError:
+            await _send_reply(send, rules.unreadable())
             return
-        await self._handle(key, stored_as, claim.token or "", body, receive, send)
+        if settled.lease is None:
+            reply = rules.answer(settled)
+            if reply is not None:
+                await _send_reply(send, reply)
+            return
+        await self._handle(settled.lease, body, receive, send)
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
+    async def _read_body(self, receive: Receive) -> bytes | Reply | None:
         chunks: list[bytes] = []
-        size = 0
+        size, limit = 0, self.rules.max_request_body
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.owner.max_request_body:
-                raise _TooLarge
+            if size > limit:
+                return self.rules.too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _handle(self, key: str, store_key: str, token: str, body: bytes,
-                      receive: Receive, send: Send) -> None:
-        owner = self.owner
+    async def _handle(self, lease: Lease, body: bytes, receive: Receive, send: Send) -> None:
+        scope = self.scope
         delivered = False
+        finished = False  # the response ended and the lease was finished
+        recorder = self.rules.recorder()
 
         async def replay_receive() -> Message:
             nonlocal delivered
@@ -264,110 +195,31 @@ class _Exchange:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        status = 0
-        headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
-        size = 0
-        too_big = False
-        held: Message | None = None  # the last body message, sent once the record is stored
-
         async def capture(message: Message) -> None:
-            nonlocal status, headers, size, too_big, held
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
-            elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > owner.max_body:
-                    too_big = True
-                    chunks.clear()
-                elif not too_big:
-                    chunks.append(chunk)
-                if (not message.get("more_body", False) and not too_big
-                        and owner.store_status(status)):
-                    # Store before the client sees the end of the response: a client that
-                    # has the whole reply and sends the key again must get the replay.
-                    held = message
-                    return
+            nonlocal finished
+            kind = message["type"]
+            if finished:
+                pass
+            elif kind == "http.response.start":
+                recorder.start(message["status"], message.get("headers", ()))
+            elif kind == "http.response.body" and recorder.body(
+                    message.get("body", b""), message.get("more_body", False)):
+                # The response ends here: store it (or give the key back) first, so a client
+                # that has the whole reply and sends the key again gets the replay; then
+                # send at once, whatever the application still does after its response.
+                await lease.afinish(recorder.stored(routed="endpoint" in scope))
+                finished = True
             await send(message)
 
-        lease = _current.set(_Lease(owner.store, store_key, token, owner.lease))
         try:
-            async with using_idempotency_key(key):
-                await owner.app(self.scope, replay_receive, capture)
-        except BaseException:
-            await self._finish(key, store_key, token, None)
-            if held is not None:
-                await send(held)
-            raise
+            async with holding(lease):
+                await self.owner.app(scope, replay_receive, capture)
         finally:
-            _current.reset(lease)
-        if held is None:
-            if too_big:
-                _log.info("idempotency http: response for key %r is %d bytes, over max_body=%d;"
-                          " not stored", key, size, owner.max_body)
-            await self._finish(key, store_key, token, None)
-            return
-        text = default_codec.encode({
-            "status": status,
-            "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers],
-            "body": base64.b64encode(b"".join(chunks)).decode("ascii"),
-        })
-        await self._finish(key, store_key, token, text)
-        await send(held)
-
-    async def _finish(self, key: str, store_key: str, token: str, text: str | None) -> None:
-        """Store the response (``text``) or release the key (None), never raising: the
-        response has been sent, and a store failure must not turn into a server error."""
-        store = self.owner.store
-        try:
-            if text is None:
-                await store.arelease(store_key, token)
-            elif not await store.acomplete(store_key, token, text, ttl=self.owner.ttl):
-                _log.warning("idempotency http: lease on key %r was lost before the response "
-                             "was stored", key)
-        except Exception:
-            _log.warning("idempotency http: could not %s key %r; it stays in flight until its "
-                         "lease runs out", "release" if text is None else "store the response of",
-                         key, exc_info=True)
+            if not finished:  # failed, or returned without ending its response
+                await lease.afinish(None)
 
 
-def _decode_response(text: str | None) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        status = int(data["status"])
-        headers = [(str(n).encode("latin-1"), str(v).encode("latin-1"))
-                   for n, v in data["headers"]]
-        body = base64.b64decode(data["body"], validate=True)
-    except (ValueError, TypeError, KeyError, UnicodeEncodeError):
-        return None
-    if not 100 <= status <= 599:
-        return None
-    return status, headers, body
-
-
-def _rejected(name: str, key: str, reason: str, retry_after: float | None) -> None:
-    if dispatcher.sinks:
-        dispatcher.emit(IdempotencyKeyRejected(name=name, key=key, reason=reason,
-                                               retry_after=retry_after))
-
-
-async def _send_replay(send: Send, status: int, headers: list[tuple[bytes, bytes]],
-                       body: bytes) -> None:
-    headers = [h for h in headers if h[0].lower() != _REPLAYED[0]]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, _REPLAYED]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _problem(send: Send, status: int, kind: str, title: str, detail: str,
-                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"type": _PROBLEM + kind, "title": title, "status": status,
-                       "detail": detail}).encode()
-    headers = [(b"content-type", b"application/problem+json"),
-               (b"content-length", str(len(body)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+async def _send_reply(send: Send, reply: Reply) -> None:
+    await send({"type": "http.response.start", "status": reply.status,
+                "headers": list(reply.headers)})
+    await send({"type": "http.response.body", "body": reply.body, "more_body": False})

@@ -1,8 +1,13 @@
 """``stoic idempotency``: operate idempotency stores from the shell.
 
+    stoic idempotency migrate --store postgresql://admin@db/app [--table NAME] [--print-sql]
+    stoic idempotency purge --store sqlite:///idempotency.db
+
 ``migrate`` creates the PostgreSQL table ahead of time, for deployments whose application
-role may not run DDL (then construct ``PostgresStore(..., create_table=False)``).
-``purge`` removes expired records from a store given by URL.
+role may not run DDL (then construct ``PostgresStore(..., create_table=False)``), and says
+whether it created it. ``purge`` removes expired records from an existing store; it never
+creates a file or a table. ``--store`` defaults to the ``STOIC_STORE`` environment variable;
+the URL given as a positional argument (the first spelling) still works, with a note.
 """
 
 from __future__ import annotations
@@ -11,7 +16,22 @@ from typing import Any
 
 import typer
 
+from .._cli import (
+    DEFAULT_TIMEOUT,
+    TIMEOUT_OPTION,
+    USAGE,
+    Backend,
+    CommandError,
+    check_reachable,
+    choose_url,
+    existing_sqlite_file,
+    note_deprecated_url,
+    parse_backend,
+    reaching,
+    redis_client,
+)
 from .postgres import PostgresStore, create_table_sql
+from .store import check_table
 
 __all__ = ["app", "open_store"]
 
@@ -20,49 +40,135 @@ app = typer.Typer(
     help="Idempotency-key stores: create tables, purge expired records.",
 )
 
+_STORES = ("sqlite", "redis", "postgresql")
 
-def open_store(url: str, table: str = "stoic_idempotency") -> Any:
-    """A store from a URL: ``sqlite:///path.db``, ``redis://…``, ``postgresql://…``."""
-    if url.startswith("sqlite:///"):
-        from .sqlite import SQLiteStore
+StoreOption = typer.Option(
+    None, "--store", "-s", envvar="STOIC_STORE", metavar="URL",
+    help="Store URL: sqlite:///file.db, redis://host:port/db or postgresql://user@host/db.",
+)
+TableOption = typer.Option("stoic_idempotency", help="Table name (SQLite, PostgreSQL).")
 
-        return SQLiteStore(url[len("sqlite:///"):], table=table)
-    if url.startswith(("redis://", "rediss://")):
-        from .redis import RedisStore
 
-        return RedisStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, table=table)
-    raise typer.BadParameter(f"unsupported store URL {url!r}", param_hint="URL")
+def open_store(
+    url: str, table: str = "stoic_idempotency", *, timeout: float | None = None,
+    create: bool = True,
+) -> Any:
+    """A store from a URL: ``sqlite:///path.db``, ``redis://…``, ``postgresql://…``.
+
+    With ``timeout`` the server is checked first (a handshake bounded by it) and a Redis
+    client waits at most that long. With ``create=False`` the SQLite file or the table must
+    already exist: ``CommandError`` instead of creating them.
+    """
+    backend = parse_backend(url, "--store", _STORES)
+    _table(table)
+    if timeout is not None:
+        check_reachable(backend, timeout)
+    with reaching(backend):
+        if backend.family == "sqlite":
+            from .sqlite import SQLiteStore
+
+            if not create:
+                _has_table(existing_sqlite_file(backend), table)
+            return SQLiteStore(backend.path or "", table=table)
+        if backend.family == "redis":
+            from .redis import RedisStore
+
+            client = None if timeout is None else redis_client(url, timeout,
+                                                                decode_responses=False)
+            return RedisStore(url, client=client)
+        if not create and not _postgres_table_exists(backend, table, timeout):
+            raise CommandError(f"{backend.shown}: no table {table} (create it with "
+                               f"stoic idempotency migrate)")
+        return PostgresStore(url, table=table, create_table=create)
+
+
+def _table(table: str) -> None:
+    try:
+        check_table(table)
+    except ValueError as exc:
+        raise CommandError(f"--table: {exc}", USAGE) from None
+
+
+def _has_table(path: Any, table: str) -> None:
+    """A SQLite store file holds the table: opened read-only, so a wrong file stays as it was."""
+    import sqlite3
+    from pathlib import Path
+    from urllib.parse import quote
+
+    db = sqlite3.connect(f"file:{quote(str(Path(path).absolute()))}?mode=ro", uri=True)
+    try:
+        db.execute(f"SELECT 1 FROM {table} LIMIT 0")  # the name passed check_table
+    finally:
+        db.close()
+
+
+def _store_url(option: str | None, positional: str | None) -> str:
+    return choose_url("--store", option, positional, "STOIC_STORE")
+
+
+def _deprecated_spelling(positional: str | None) -> None:
+    note_deprecated_url("--store", positional)
 
 
 @app.command()
 def migrate(
-    dsn: str = typer.Argument(..., help="PostgreSQL DSN, e.g. postgresql://user@host/db"),
-    table: str = typer.Option("stoic_idempotency", help="Table name."),
+    dsn: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
+                                     help="Deprecated: use --store."),
+    store: str | None = StoreOption,
+    table: str = TableOption,
     print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
-    """Create the PostgreSQL table and index (safe to run again)."""
+    """Create the PostgreSQL table and index (safe to run again); says if it created them."""
+    _table(table)
     if print_sql:
         typer.echo(create_table_sql(table))
         return
-    store = PostgresStore(dsn, table=table, min_size=0, max_size=1)
-    try:
-        store.migrate()
-    finally:
-        store.close()
-    typer.echo(f"table {table} is ready")
+    url = _store_url(store, dsn)
+    backend = parse_backend(url, "--store", ("postgresql",))
+    check_reachable(backend, timeout)
+    with reaching(backend):
+        existed = _postgres_table_exists(backend, table, timeout)
+        pg = PostgresStore(url, table=table, min_size=0, max_size=1)
+        try:
+            pg.migrate()
+        finally:
+            pg.close()
+    if existed:
+        typer.echo(f"table {table} is ready (it already existed in {backend.shown})")
+    else:
+        typer.echo(f"table {table} is ready: created it and its index in {backend.shown}")
+    _deprecated_spelling(dsn)
+
+
+def _postgres_table_exists(backend: Backend, table: str, timeout: float | None) -> bool:
+    import psycopg
+
+    seconds = max(2, round(timeout if timeout is not None else DEFAULT_TIMEOUT))
+    with psycopg.connect(backend.url, connect_timeout=seconds) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])
 
 
 @app.command()
 def purge(
-    url: str = typer.Argument(..., help="sqlite:///path.db, redis://... or postgresql://..."),
-    table: str = typer.Option("stoic_idempotency", help="Table name (SQLite, PostgreSQL)."),
+    url: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
+                                     help="Deprecated: use --store."),
+    store: str | None = StoreOption,
+    table: str = TableOption,
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Delete expired records (reads ignore them anyway; this reclaims the space)."""
-    store = open_store(url, table)
-    try:
-        count = store.purge_expired()
-    finally:
-        store.close()
-    typer.echo(f"purged {count} expired record{'s' if count != 1 else ''}")
+    target = _store_url(store, url)
+    opened = open_store(target, table, timeout=timeout, create=False)
+    backend = parse_backend(target, "--store", _STORES)
+    with reaching(backend):
+        try:
+            count = opened.purge_expired()
+        finally:
+            opened.close()
+    if backend.family == "redis":
+        typer.echo("purged 0 expired records (Redis expires them by itself)")
+    else:
+        typer.echo(f"purged {count} expired record{'s' if count != 1 else ''}")
+    _deprecated_spelling(url)

@@ -22,25 +22,23 @@ out the key can be claimed again and the work runs again: execution is *at least
 across crashes and *at most once* while leases hold. A call that may run longer than its
 lease calls ``stoic.idempotency.extend()`` (or ``await aextend()``) from inside to keep it.
 
-The decision logic (which key, which fingerprint, what a claim means, what an outcome
-stores) is written once here as plain functions; the sync and async paths only do I/O.
+The decision logic (which key, which fingerprint, what an outcome stores) is written once
+here as plain functions; the claim loop, the lease and the current-call context are
+``stoic.idempotency.claims``, shared with the HTTP middlewares. The sync and async paths
+only do I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 import math
 import typing
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from .. import clock
 from ..codec import Codec, default_codec
-from ..context import _deadline, using_idempotency_key
 from ..errors import (
     CodecError,
     IdempotencyKeyInUseError,
@@ -50,62 +48,20 @@ from ..errors import (
 from ..events import dispatcher
 from ..outcome import Outcome, classify
 from ..policies.base import AsyncStep, Policy, Step
-from .events import (
-    IdempotencyKeyRejected,
-    IdempotencyLeaseLost,
-    IdempotencyLeaseTakenOver,
-    IdempotencyRecordCorrupted,
-    IdempotentReplayed,
-)
+from .claims import KeyedCall, Lease, Settled, aextend, asettle, extend, holding, settle
+from .events import IdempotentReplayed
 from .fingerprint import Binder, digest, fingerprint_arguments
 from .store import SEPARATOR, Claim, ClaimStatus, Store, check_key, check_seconds, check_store, store_key
 
 __all__ = ["DEFAULT_CACHE", "Idempotent", "aextend", "extend", "idempotent"]
 
-_log = logging.getLogger("stoic.idempotency")
-
 DEFAULT_CACHE = frozenset({Outcome.SUCCESS, Outcome.PERMANENT})
 """Store results and permanent failures; let everything else be retried."""
 
-_POLL_FIRST, _POLL_MAX = 0.005, 0.1
-_CLAIM_TURNS = 5  # a corrupted record is deleted and claimed again, a few times at most
 _STORE_METHODS = ("claim", "complete", "release", "delete", "aclaim", "acomplete", "arelease",
                   "adelete")
-_UNREADABLE: Any = object()  # what _replay returns for a stored result it cannot read
 
-
-@dataclass(slots=True)
-class _Lease:
-    store: Store
-    key: str
-    token: str
-    lease: float
-
-
-_current: ContextVar[_Lease | None] = ContextVar("stoic_idempotency_lease", default=None)
-
-
-def extend(lease: float | None = None) -> bool:
-    """From inside an idempotent call: keep its lease for ``lease`` more seconds.
-
-    Defaults to the operation's own ``lease``. Returns False if the lease was already lost
-    (another caller took the key over), which means the work may be running twice. A
-    ``lease`` that is not a number of seconds > 0 raises ``ValueError``.
-    """
-    current = _current.get()
-    if current is None:
-        raise RuntimeError("extend() is only meaningful inside an @idempotent call")
-    return current.store.extend(current.key, current.token,
-                                current.lease if lease is None else lease)
-
-
-async def aextend(lease: float | None = None) -> bool:
-    """``extend`` for async code."""
-    current = _current.get()
-    if current is None:
-        raise RuntimeError("aextend() is only meaningful inside an @idempotent call")
-    return await current.store.aextend(current.key, current.token,
-                                       current.lease if lease is None else lease)
+_Replay = tuple[Any, "tuple[str, str] | None"]  # a stored value, or a stored error's type, message
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +69,23 @@ class _Target:
     """What the policy needs to know about one decorated function, worked out once."""
 
     namespace: str
+    name: str  # the operation's name in events and logs
     binder: Binder
     revive: Callable[[Any], Any]
+    codec: Codec
 
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    client_key: str
-    store_key: str
-    fingerprint: str
+    def read(self, response: str | None) -> _Replay:
+        """A stored outcome: ``(value, None)`` or ``(None, (error type, message))``.
+        ``CodecError``, ``KeyError``, ``TypeError`` or ``ValueError`` when unreadable."""
+        if response is None:
+            raise CodecError("the record has no stored response")
+        data = self.codec.decode(response)
+        if not isinstance(data, dict) or not ({"result", "error"} & data.keys()):
+            raise CodecError("the stored response is not an idempotent outcome")
+        if "error" in data:
+            error = data["error"]
+            return None, (str(error["type"]), str(error["message"]))
+        return self.revive(data["result"]), None
 
 
 def _revive_for(fn: Callable[..., Any]) -> Callable[[Any], Any]:
@@ -148,40 +112,6 @@ def _note(exc: BaseException, text: str) -> None:
 
 def _identity(value: Any) -> Any:
     return value
-
-
-class _Reclaim:
-    """What a call does after a claim that neither ran nor replayed: decided here, without
-    I/O, so the sync and async loops only claim again, sleep and delete."""
-
-    __slots__ = ("call", "policy", "poll", "target", "unreadable", "wait_until")
-
-    def __init__(self, policy: Idempotent, target: _Target, call: _Call) -> None:
-        self.policy, self.target, self.call = policy, target, call
-        self.wait_until: float | None = None  # set at the first in-flight answer
-        self.poll = _POLL_FIRST
-        self.unreadable = 0
-
-    def next_pause(self, claim: Claim) -> float | None:
-        """Seconds to sleep before claiming again; None to delete the unreadable record and
-        claim again. Raises the refusal (in use, mismatch) when there is nothing to wait for."""
-        policy = self.policy
-        if claim.status is ClaimStatus.COMPLETED:  # its stored result was unreadable
-            self.unreadable += 1
-            if self.unreadable >= _CLAIM_TURNS:
-                raise CodecError(f"stored result for {self.call.client_key!r} stays unreadable")
-            return None
-        if claim.status is ClaimStatus.IN_FLIGHT and policy.wait > 0:
-            if self.wait_until is None:
-                end = clock.now() + policy.wait
-                deadline = _deadline.get()  # never wait past the caller's deadline
-                self.wait_until = end if deadline is None else min(end, deadline)
-            left = self.wait_until - clock.now()
-            if left > 0:
-                pause = min(self.poll, left)
-                self.poll = min(self.poll * 2, _POLL_MAX)
-                return pause
-        raise policy._refusal(self.target, self.call, claim)
 
 
 class Idempotent(Policy):
@@ -284,8 +214,9 @@ class Idempotent(Policy):
             namespace = self.namespace
             if namespace is None:
                 namespace = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}"
-            target = _Target(namespace.replace(SEPARATOR, ""), Binder(signature),
-                             _revive_for(fn))
+            namespace = namespace.replace(SEPARATOR, "")
+            target = _Target(namespace, self.name or namespace, Binder(signature),
+                             _revive_for(fn), self.codec)
             if len(self._targets) >= 1024:  # .call() with fresh lambdas or bound methods
                 self._targets.clear()
             self._targets[fn] = target
@@ -293,7 +224,7 @@ class Idempotent(Policy):
 
     def _prepare(
         self, target: _Target, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> _Call | None:
+    ) -> KeyedCall | None:
         bound = target.binder.bind(args, kwargs) if self._binds else None
         key_format = self._key_format
         if key_format is not None:
@@ -327,66 +258,30 @@ class Idempotent(Policy):
             except CodecError as exc:
                 _note(exc, "pass fingerprint= to @idempotent to say what identifies a request")
                 raise
-        return _Call(client_key, stored_as, fingerprint)
+        return KeyedCall(target.name, client_key, stored_as, fingerprint)
 
-    def _label(self, target: _Target) -> str:
-        return self.name or target.namespace
-
-    def _refusal(self, target: _Target, call: _Call, claim: Claim) -> Exception:
-        label = self._label(target)
-        if claim.status is ClaimStatus.MISMATCH:
-            if dispatcher.sinks:
-                dispatcher.emit(IdempotencyKeyRejected(
-                    name=label, key=call.client_key, reason="mismatch"))
-            return IdempotencyKeyMismatchError(
-                f"idempotency key {call.client_key!r} was used with different arguments",
-                key=call.client_key,
-            )
-        if dispatcher.sinks:
-            dispatcher.emit(IdempotencyKeyRejected(
-                name=label, key=call.client_key, reason="in_flight",
-                retry_after=claim.retry_after))
-        return IdempotencyKeyInUseError(
-            f"a call with idempotency key {call.client_key!r} is still in flight",
-            key=call.client_key, retry_after=claim.retry_after,
-        )
-
-    def _replay(self, target: _Target, call: _Call, claim: Claim) -> Any:
-        """Decode a completed record: its value, or raise the stored error.
-        ``_UNREADABLE`` when the record cannot be read (reported; the caller claims again)."""
-        response = claim.record.response if claim.record is not None else None
-        label = self._label(target)
-        try:
-            if response is None:
-                raise CodecError("the record has no stored response")
-            data = self.codec.decode(response)
-            if not isinstance(data, dict) or not ({"result", "error"} & data.keys()):
-                raise CodecError("the stored response is not an idempotent outcome")
-            if "error" in data:
-                error = data["error"]
-                type_name, message = str(error["type"]), str(error["message"])
-            else:
-                value = target.revive(data["result"])
-        except (CodecError, KeyError, TypeError, ValueError) as exc:
-            _log.warning("idempotency %s: stored result for key %r is unreadable (%s); "
-                         "treating it as absent", label, call.client_key, exc)
-            if dispatcher.sinks:
-                dispatcher.emit(IdempotencyRecordCorrupted(
-                    name=label, key=call.client_key, problem=str(exc)))
-            return _UNREADABLE
-        if "error" in data:
+    def _settled(self, call: KeyedCall, settled: Settled[_Replay]) -> Any:
+        """A claim loop that did not win: the replayed outcome, or the refusal raised."""
+        claim = settled.claim
+        if claim.status is ClaimStatus.COMPLETED and settled.replay is not None:
+            value, error = settled.replay
             if dispatcher.sinks:
                 dispatcher.emit(IdempotentReplayed(
-                    name=label, key=call.client_key, error_type=type_name))
-            raise IdempotencyStoredError(type_name, message, key=call.client_key)
-        if dispatcher.sinks:
-            dispatcher.emit(IdempotentReplayed(name=label, key=call.client_key))
-        return value
+                    name=call.name, key=call.key, error_type=None if error is None else error[0]))
+            if error is not None:
+                raise IdempotencyStoredError(*error, key=call.key)
+            return value
+        raise self._refusal(call, claim)
 
-    def _report_takeover(self, target: _Target, call: _Call, claim: Claim) -> None:
-        if claim.replaced == "lease_expired" and dispatcher.sinks:
-            dispatcher.emit(IdempotencyLeaseTakenOver(
-                name=self._label(target), key=call.client_key))
+    @staticmethod
+    def _refusal(call: KeyedCall, claim: Claim) -> Exception:
+        if claim.status is ClaimStatus.MISMATCH:
+            return IdempotencyKeyMismatchError(
+                f"idempotency key {call.key!r} was used with different arguments", key=call.key)
+        return IdempotencyKeyInUseError(
+            f"a call with idempotency key {call.key!r} is still in flight",
+            key=call.key, retry_after=claim.retry_after,
+        )
 
     def _error_record(self, exc: BaseException) -> str | None:
         """The stored text for a failure, or None when the failure releases the key (its
@@ -400,93 +295,40 @@ class Idempotent(Policy):
         except CodecError:  # pragma: no cover - two strings always encode
             return None
 
-    def _lost(self, target: _Target, call: _Call) -> None:
-        _log.warning("idempotency %s: lease on key %r was lost before the call finished; "
-                     "its result was not stored", self._label(target), call.client_key)
-        if dispatcher.sinks:
-            dispatcher.emit(IdempotencyLeaseLost(name=self._label(target), key=call.client_key))
-
     # -- sync ------------------------------------------------------------------------------
 
     def wrap(self, inner: Step) -> Step:
-        store, ttl, lease = self.store, self.ttl, self.lease
+        store, ttl, lease, wait = self.store, self.ttl, self.lease, self.wait
 
         def call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             target = self._target(fn)
             prepared = self._prepare(target, args, kwargs)
             if prepared is None:
                 return inner(fn, args, kwargs)
-            reclaim: _Reclaim | None = None
-            while True:  # bounded by _Reclaim: the wait runs out, or it stops deleting
-                claim = store.claim(prepared.store_key, prepared.fingerprint,
-                                    lease=lease, ttl=ttl)
-                if claim.status is ClaimStatus.CLAIMED:
-                    return self._run(inner, target, prepared, claim, fn, args, kwargs)
-                if claim.status is ClaimStatus.COMPLETED:
-                    value = self._replay(target, prepared, claim)
-                    if value is not _UNREADABLE:
-                        return value
-                if reclaim is None:
-                    reclaim = _Reclaim(self, target, prepared)
-                pause = reclaim.next_pause(claim)
-                if pause is None:
-                    store.delete(prepared.store_key)
-                else:
-                    clock.sleep(pause)
+            settled = settle(store, prepared, lease=lease, ttl=ttl, read=target.read,
+                             wait=wait)
+            if settled.lease is None:
+                return self._settled(prepared, settled)
+            return self._run(inner, settled.lease, fn, args, kwargs)
 
         return call
 
-    def _run(self, inner: Step, target: _Target, prepared: _Call, claim: Claim,
-             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        token = claim.token or ""
-        self._report_takeover(target, prepared, claim)
-        handle = _current.set(_Lease(self.store, prepared.store_key, token, self.lease))
+    def _run(self, inner: Step, held: Lease, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
         try:
-            with using_idempotency_key(prepared.client_key):
+            with holding(held):
                 result = inner(fn, args, kwargs)
         except BaseException as exc:
-            self._finish(target, prepared, token, self._error_record(exc))
+            held.finish(self._error_record(exc))
             raise
-        finally:
-            _current.reset(handle)
         text = None  # stays None if the result cannot be encoded: the key is released
         try:
-            text = self._result_record(prepared, result)
+            text = self._result_record(held.call, result)
         finally:
-            self._finish(target, prepared, token, text)
+            held.finish(text)
         return result
 
-    def _finish(self, target: _Target, prepared: _Call, token: str, text: str | None) -> None:
-        """Store the outcome (``text``) or give the key back (None). Never raises: the
-        call's own outcome is what the caller must see; a store that fails here leaves an
-        in-flight record that the next caller may take over once its lease runs out."""
-        store, key = self.store, prepared.store_key
-        try:
-            if text is None:
-                store.release(key, token)
-            elif not store.complete(key, token, text, ttl=self.ttl):
-                self._lost(target, prepared)
-        except Exception:
-            self._store_failed(target, prepared, text)
-
-    async def _afinish(self, target: _Target, prepared: _Call, token: str,
-                       text: str | None) -> None:
-        store, key = self.store, prepared.store_key
-        try:
-            if text is None:
-                await store.arelease(key, token)
-            elif not await store.acomplete(key, token, text, ttl=self.ttl):
-                self._lost(target, prepared)
-        except Exception:
-            self._store_failed(target, prepared, text)
-
-    def _store_failed(self, target: _Target, prepared: _Call, text: str | None) -> None:
-        _log.warning("idempotency %s: could not %s key %r; it stays in flight until its lease "
-                     "runs out", self._label(target),
-                     "release" if text is None else "store the outcome of",
-                     prepared.client_key, exc_info=True)
-
-    def _result_record(self, prepared: _Call, result: Any) -> str | None:
+    def _result_record(self, call: KeyedCall, result: Any) -> str | None:
         """The stored text for a result, None when results are not cached.
 
         Encoding happens before anything is marked complete: a result the codec cannot
@@ -496,14 +338,14 @@ class Idempotent(Policy):
         try:
             return self.codec.encode({"result": result})
         except CodecError as exc:
-            _note(exc, f"the result of the idempotent call with key {prepared.client_key!r} "
+            _note(exc, f"the result of the idempotent call with key {call.key!r} "
                        "cannot be stored; register its type with stoic.codec.register")
             raise
 
     # -- async -----------------------------------------------------------------------------
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
-        store, ttl, lease = self.store, self.ttl, self.lease
+        store, ttl, lease, wait = self.store, self.ttl, self.lease, self.wait
 
         async def acall(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -512,45 +354,27 @@ class Idempotent(Policy):
             prepared = self._prepare(target, args, kwargs)
             if prepared is None:
                 return await inner(fn, args, kwargs)
-            reclaim: _Reclaim | None = None
-            while True:  # bounded by _Reclaim: the wait runs out, or it stops deleting
-                claim = await store.aclaim(prepared.store_key, prepared.fingerprint,
-                                           lease=lease, ttl=ttl)
-                if claim.status is ClaimStatus.CLAIMED:
-                    return await self._arun(inner, target, prepared, claim, fn, args, kwargs)
-                if claim.status is ClaimStatus.COMPLETED:
-                    value = self._replay(target, prepared, claim)
-                    if value is not _UNREADABLE:
-                        return value
-                if reclaim is None:
-                    reclaim = _Reclaim(self, target, prepared)
-                pause = reclaim.next_pause(claim)
-                if pause is None:
-                    await store.adelete(prepared.store_key)
-                else:
-                    await clock.asleep(pause)
+            settled = await asettle(store, prepared, lease=lease, ttl=ttl, read=target.read,
+                                    wait=wait)
+            if settled.lease is None:
+                return self._settled(prepared, settled)
+            return await self._arun(inner, settled.lease, fn, args, kwargs)
 
         return acall
 
-    async def _arun(self, inner: AsyncStep, target: _Target, prepared: _Call, claim: Claim,
-                    fn: Callable[..., Any], args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-        token = claim.token or ""
-        self._report_takeover(target, prepared, claim)
-        handle = _current.set(_Lease(self.store, prepared.store_key, token, self.lease))
+    async def _arun(self, inner: AsyncStep, held: Lease, fn: Callable[..., Any],
+                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
-            async with using_idempotency_key(prepared.client_key):
+            async with holding(held):
                 result = await inner(fn, args, kwargs)
         except BaseException as exc:
-            await self._afinish(target, prepared, token, self._error_record(exc))
+            await held.afinish(self._error_record(exc))
             raise
-        finally:
-            _current.reset(handle)
         text = None  # stays None if the result cannot be encoded: the key is released
         try:
-            text = self._result_record(prepared, result)
+            text = self._result_record(held.call, result)
         finally:
-            await self._afinish(target, prepared, token, text)
+            await held.afinish(text)
         return result
 
 

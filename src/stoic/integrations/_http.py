@@ -42,6 +42,7 @@ __all__ = [
     "Plan",
     "default_policy",
     "expired",
+    "header_name",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
@@ -97,6 +98,17 @@ def idempotent_variant(policy: Policy) -> Policy:
 def new_idempotency_key() -> str:
     """A fresh key for one logical request (random, so two requests never share one)."""
     return str(uuid.uuid4())
+
+
+def header_name(parameter: str, value: object) -> str:
+    """Check a header name given as ``parameter``: a non-empty ASCII str without spaces.
+
+    The one check for every header-name argument of stoic's HTTP pieces (clients and
+    middlewares); ``ValueError`` naming the parameter and the value otherwise.
+    """
+    if not isinstance(value, str) or not value or not value.isascii() or " " in value:
+        raise ValueError(f"{parameter} must be a non-empty ASCII header name, got {value!r}")
+    return value
 
 
 def host_name(scheme: str, host: str, port: int | None) -> str:
@@ -162,11 +174,8 @@ class Core:
             policy = default_policy()
         elif not isinstance(policy, Policy):
             raise ValueError(f"policy must be a stoic policy (a Retry, a Pipeline), got {policy!r}")
-        for label, value in (
-            ("deadline_header", deadline_header), ("request_id_header", request_id_header)
-        ):
-            if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-                raise ValueError(f"{label} must be a non-empty ASCII header name, got {value!r}")
+        header_name("deadline_header", deadline_header)
+        header_name("request_id_header", request_id_header)
         self.policy = policy
         self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
         self._idempotent_policy = idempotent_variant(policy)

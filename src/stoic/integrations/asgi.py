@@ -28,27 +28,22 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from ..context import bind, deadline
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..policies.base import Policy
+from ._http import header_name
 
 if TYPE_CHECKING:
-    from ..idempotency.asgi import (  # type: ignore[import-not-found,unused-ignore]
-        IdempotencyMiddleware,
-    )
+    from ..idempotency.asgi import IdempotencyMiddleware
 
 __all__ = ["IdempotencyMiddleware", "StoicMiddleware"]
 
 _log = logging.getLogger("stoic.asgi")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 UserIdHook = Callable[[Scope], "str | None"]
 
 _MAX_REQUEST_ID = 200
@@ -99,11 +94,8 @@ class StoicMiddleware:
             raise ValueError(f"service must be a non-empty str, got {service!r}")
         if not isinstance(version, str) or not version:
             raise ValueError(f"version must be a non-empty str, got {version!r}")
-        for label, value in (
-            ("deadline_header", deadline_header), ("request_id_header", request_id_header)
-        ):
-            if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-                raise ValueError(f"{label} must be a non-empty ASCII header name, got {value!r}")
+        header_name("deadline_header", deadline_header)
+        header_name("request_id_header", request_id_header)
         if max_deadline is not None and (
             isinstance(max_deadline, bool)
             or not isinstance(max_deadline, (int, float))
@@ -274,7 +266,7 @@ def __getattr__(name: str) -> Any:
     # IdempotencyMiddleware lives with the idempotency engine; re-exported here, lazily, so
     # the ASGI pieces are found in one place without importing the engine for every app.
     if name == "IdempotencyMiddleware":
-        from ..idempotency.asgi import IdempotencyMiddleware  # type: ignore[import-not-found,unused-ignore]
+        from ..idempotency.asgi import IdempotencyMiddleware as middleware
 
-        return IdempotencyMiddleware
+        return middleware
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

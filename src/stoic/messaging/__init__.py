@@ -10,7 +10,7 @@ See docs/messaging.md for what is guaranteed and what is not.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 from .broker import AsyncBroker, Broker, SyncBroker
 from .memory import MemoryBroker
@@ -42,8 +42,10 @@ __all__ = [
     "MessageDeadLettered",
     "MessageHandled",
     "MessageRetried",
+    "NatsBroker",
     "Outbox",
     "OutboxRelay",
+    "PostgresBroker",
     "QueueStats",
     "RabbitBroker",
     "RedisBroker",
@@ -65,6 +67,14 @@ def __getattr__(name: str) -> Any:
         from .rabbitmq import RabbitBroker
 
         return RabbitBroker
+    if name == "PostgresBroker":
+        from .postgres import PostgresBroker
+
+        return PostgresBroker
+    if name == "NatsBroker":
+        from .nats import NatsBroker
+
+        return NatsBroker
     raise AttributeError(f"module 'stoic.messaging' has no attribute {name!r}")
 
 
@@ -73,7 +83,11 @@ def connect(url: str, **options: Any) -> Any:
 
     ``memory://``, ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (query
     options: ``synchronous``, ``dedupe_window``), ``redis://host:port/db`` (``rediss://``
-    too) and ``amqp://user:password@host:port/vhost`` (``amqps://`` too). Keyword
+    too), ``amqp://user:password@host:port/vhost`` (``amqps://`` too) and
+    ``postgresql://user@host:port/db`` (``postgres://`` too; query options ``schema``,
+    ``table_prefix``, ``dedupe_window``; the rest of the query goes to libpq) and
+    ``nats://host:4222`` (``tls://`` too; query options ``prefix``, ``ack_wait``,
+    ``dedupe_window``, ``max_deliver``, ``storage``). Keyword
     ``options`` go to the broker's constructor and win over the query string.
     """
     if not isinstance(url, str) or "://" not in url:
@@ -103,7 +117,25 @@ def connect(url: str, **options: Any) -> Any:
         from .rabbitmq import RabbitBroker
 
         return RabbitBroker(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresBroker
+
+        for name in ("schema", "table_prefix"):
+            if name in query:
+                options.setdefault(name, query.pop(name))
+        if "dedupe_window" in query:
+            options.setdefault("dedupe_window", float(query.pop("dedupe_window")))
+        dsn = urlunsplit(parts._replace(query=urlencode(query)))
+        return PostgresBroker(dsn, **options)
+    if scheme in ("nats", "tls"):
+        from .nats import NatsBroker
+
+        for name, kind in (("prefix", str), ("storage", str), ("ack_wait", float),
+                           ("dedupe_window", float), ("max_deliver", int)):
+            if name in query:
+                options.setdefault(name, kind(query.pop(name)))
+        return NatsBroker(urlunsplit(parts._replace(query=urlencode(query))), **options)
     raise ValueError(
-        f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///, redis:// "
-        "or amqp://"
+        f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///, redis://, "
+        "amqp://, postgresql:// or nats://"
     )

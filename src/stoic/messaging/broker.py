@@ -33,6 +33,7 @@ __all__ = [
     "PublishOne",
     "SyncBroker",
     "ThreadedAsync",
+    "Waking",
     "check_claim",
     "check_delay",
     "check_topic",
@@ -160,6 +161,17 @@ class AsyncBroker(Protocol):
 @runtime_checkable
 class Broker(SyncBroker, AsyncBroker, Protocol):
     """A broker: the sync and the async contract together. Every stoic broker is one."""
+
+
+@runtime_checkable
+class Waking(Protocol):
+    """A broker that can tell an idle consumer that something was published (PostgreSQL's
+    LISTEN/NOTIFY). The ``Worker`` calls ``wait`` instead of sleeping when a claim found
+    nothing, so it reacts to a publish at once instead of at its next poll."""
+
+    def wait(self, topic: str, timeout: float) -> bool:
+        """Block until a publish on ``topic`` or ``timeout`` seconds; True when woken."""
+        ...
 
 
 class ThreadedAsync:

@@ -1,12 +1,15 @@
 """``stoic queue``: look into a queue and handle its dead letters from the shell.
 
     stoic queue stats orders --broker sqlite:///app.db
-    stoic queue peek orders --limit 5 --broker redis://localhost:6379/0
-    stoic queue dlq list orders --broker ...
+    stoic queue peek orders --limit 5 --broker redis://localhost:6379/0 [--json]
+    stoic queue dlq list orders --broker ... [--json]
     stoic queue dlq requeue orders [--id ID ...] --broker ...
     stoic queue dlq purge orders --yes --broker ...
 
-``--broker`` defaults to the ``STOIC_BROKER`` environment variable. Needs ``stoic[cli]``.
+``--broker`` defaults to the ``STOIC_BROKER`` environment variable. Inspection (stats, peek,
+dlq list) opens a SQLite file read-only; no command creates a file or a queue database: a
+path that does not exist is an error. Servers get ``--timeout`` seconds (default 5) to
+answer. Needs ``stoic[cli]``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,17 @@ from typing import Any
 
 import typer
 
+from .._cli import (
+    TIMEOUT_OPTION,
+    Backend,
+    check_reachable,
+    choose_url,
+    existing_sqlite_file,
+    note_deprecated_url,
+    parse_backend,
+    reaching,
+    redis_client,
+)
 from . import connect
 
 __all__ = ["app"]
@@ -37,17 +51,40 @@ BrokerOption = typer.Option(
 )
 
 
+_BROKERS = ("sqlite", "redis", "amqp", "postgresql", "nats", "memory")
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
 @contextmanager
-def _broker(url: str) -> Iterator[Any]:
-    try:
-        broker = connect(url)
-    except (ValueError, ImportError, OSError) as exc:
-        typer.echo(f"error: cannot open broker {url!r}: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    try:
-        yield broker
-    finally:
-        broker.close()
+def _broker(url: str, topic: str, timeout: float, *, read_only: bool) -> Iterator[Any]:
+    """The broker ``url`` names, checked first: a SQLite file must exist (and is opened
+    read-only for inspection; a command that writes first checks it is a queue database
+    read-only), a server must answer within ``timeout`` seconds."""
+    backend = parse_backend(url, "--broker", _BROKERS)
+    options: dict[str, Any] = {}
+    if backend.family == "sqlite":
+        existing_sqlite_file(backend)
+        if not read_only:
+            with _broker(url, topic, timeout, read_only=True) as b:
+                b.stats(topic)  # fails on a file that is not a queue database
+        else:
+            options["read_only"] = True
+    else:
+        check_reachable(backend, timeout)
+        if backend.family == "redis":
+            options["client"] = redis_client(url, timeout, decode_responses=True)
+        if backend.family == "postgresql":  # tables come from `stoic queue migrate` only
+            options.update(create_tables=False, min_size=0, max_size=2)
+    with reaching(backend):
+        broker = connect(url, **options)
+        try:
+            yield broker
+        finally:
+            broker.close()
+
+
+def _backend(url: str) -> Backend:
+    return parse_backend(url, "--broker", _BROKERS)
 
 
 def _when(epoch: float) -> str:
@@ -75,6 +112,11 @@ def _table(headers: list[str], rows: list[list[str]], empty: str = "") -> None:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _message_json(m: Any) -> dict[str, Any]:
+    return {"id": m.id, "attempts": m.attempts, "created_at": m.created_at,
+            "available_at": m.available_at, "headers": dict(m.headers), "body": m.body}
+
+
 def _dead_letters(n: int) -> str:
     return f"{n} dead letter{'' if n == 1 else 's'}"
 
@@ -83,10 +125,11 @@ def _dead_letters(n: int) -> str:
 def stats(
     topic: str = TopicArgument,
     broker: str = BrokerOption,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = JsonOption,
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Ready, delayed, in-flight and dead-lettered message counts of TOPIC."""
-    with _broker(broker) as b:
+    with _broker(broker, topic, timeout, read_only=True) as b:
         s = b.stats(topic)
     if as_json:
         typer.echo(json.dumps({"topic": s.topic, "ready": s.ready, "delayed": s.delayed,
@@ -101,10 +144,15 @@ def peek(
     topic: str = TopicArgument,
     broker: str = BrokerOption,
     limit: int = typer.Option(10, "--limit", "-n", min=1, help="How many messages to show."),
+    as_json: bool = JsonOption,
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """The next messages of TOPIC, without taking them."""
-    with _broker(broker) as b:
+    with _broker(broker, topic, timeout, read_only=True) as b:
         messages = b.peek(topic, limit)
+    if as_json:
+        typer.echo(json.dumps([_message_json(m) for m in messages]))
+        return
     _table(["id", "attempts", "created", "payload"],
            [[m.id, str(m.attempts), _when(m.created_at), _short(m.body)] for m in messages],
            empty=f"{topic}: no messages")
@@ -115,10 +163,19 @@ def dlq_list(
     topic: str = TopicArgument,
     broker: str = BrokerOption,
     limit: int = typer.Option(100, "--limit", "-n", min=1, help="How many to show."),
+    as_json: bool = JsonOption,
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Dead letters of TOPIC: why each was parked and what failed."""
-    with _broker(broker) as b:
+    with _broker(broker, topic, timeout, read_only=True) as b:
         dead = b.dead_letters(topic, limit)
+    if as_json:
+        typer.echo(json.dumps([
+            _message_json(d.message) | {"reason": d.reason, "error": d.error,
+                                        "dead_at": d.dead_at}
+            for d in dead
+        ]))
+        return
     _table(["id", "attempts", "dead since", "reason", "error"],
            [[d.message.id, str(d.message.attempts), _when(d.dead_at), d.reason,
              _short(d.error)] for d in dead],
@@ -130,11 +187,27 @@ def dlq_requeue(
     topic: str = TopicArgument,
     broker: str = BrokerOption,
     ids: list[str] = typer.Option(None, "--id", help="Requeue only these ids (repeatable)."),
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
-    """Put dead letters back on TOPIC (all, or those given with --id), attempts reset."""
-    with _broker(broker) as b:
-        n = b.requeue(topic, ids or None)
+    """Put dead letters back on TOPIC (all, or those given with --id), attempts reset.
+
+    Exits 1, after requeueing the others, when an --id is not among the dead letters."""
+    missing: list[str] = []
+    with _broker(broker, topic, timeout, read_only=False) as b:
+        if not ids:
+            n = b.requeue(topic, None)
+        else:
+            n = 0
+            for msg_id in dict.fromkeys(ids):  # one at a time: the count says which were found
+                found = b.requeue(topic, [msg_id])
+                n += found
+                if not found:
+                    missing.append(msg_id)
     typer.echo(f"{topic}: requeued {_dead_letters(n)}")
+    if missing:
+        typer.echo(f"error: not in the dead-letter queue of {topic}: {', '.join(missing)}",
+                   err=True)
+        raise typer.Exit(1)
 
 
 @dlq.command("purge")
@@ -142,10 +215,46 @@ def dlq_purge(
     topic: str = TopicArgument,
     broker: str = BrokerOption,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Delete the dead letters of TOPIC for good."""
+    _backend(broker)  # a bad URL is reported before the question
     if not yes:
         typer.confirm(f"Delete every dead letter of {topic!r}?", abort=True)
-    with _broker(broker) as b:
+    with _broker(broker, topic, timeout, read_only=False) as b:
         n = b.purge_dead(topic)
     typer.echo(f"{topic}: purged {_dead_letters(n)}")
+
+
+@app.command()
+def migrate(
+    url: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
+                                     help="Deprecated: use --broker."),
+    broker: str | None = typer.Option(
+        None, "--broker", "-b", envvar="STOIC_BROKER", metavar="URL",
+        help="postgresql://user@host/db[?schema=...&table_prefix=...]",
+    ),
+    print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
+    timeout: float = TIMEOUT_OPTION,
+) -> None:
+    """Create the PostgreSQL broker's tables ahead of time (safe to run again).
+
+    For deployments whose application role may not run DDL: construct the broker with
+    ``create_tables=False``. The other queue commands never create them.
+    """
+    from urllib.parse import parse_qs, urlsplit
+
+    from .postgres import schema_sql
+
+    target = choose_url("--broker", broker, url, "STOIC_BROKER")
+    backend = parse_backend(target, "--broker", ("postgresql",))
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(target).query).items()}
+    schema, prefix = query.get("schema", "public"), query.get("table_prefix", "stoic_")
+    ddl = schema_sql(schema, prefix).strip()  # ValueError (usage) for a bad name
+    if print_sql:
+        typer.echo(ddl)
+        return
+    with _broker(target, "", timeout, read_only=False) as b, reaching(backend):
+        b.migrate()
+    typer.echo(f"tables {schema}.{prefix}messages, dead and counters are ready")
+    note_deprecated_url("--broker", url)

@@ -37,10 +37,12 @@ __all__ = [
     "decode_headers",
     "dump_headers",
     "encode_payload",
+    "message_from_row",
     "message_ids",
     "new_id",
     "outgoing_headers",
     "report_requeued",
+    "split_receipt",
 ]
 
 VERSION_HEADER = "schema-version"
@@ -111,7 +113,9 @@ class QueueStats:
     ``ready``: deliverable now; ``delayed``: waiting for their ``available_at`` (retry backoff
     or a publish delay); ``in_flight``: leased to a consumer and not yet acked; ``dead``: in
     the dead-letter queue. A broker that cannot tell delayed from ready (RabbitMQ) reports
-    what it can and leaves the rest at 0.
+    what it can and leaves the rest at 0. ``recovered``: deliveries so far that took a
+    message back from a consumer whose lease ran out (it died, hung or lost its connection)
+    -- stalled work that came back by itself; 0 on brokers that cannot count it.
     """
 
     topic: str
@@ -119,6 +123,7 @@ class QueueStats:
     delayed: int
     in_flight: int
     dead: int
+    recovered: int = 0
 
 
 # --- events (for metrics and logs) -------------------------------------------------------
@@ -290,3 +295,30 @@ def report_requeued(broker: object, topic: str, count: int) -> int:
         dispatcher.emit(DeadLettersRequeued(name=type(broker).__name__, topic=topic,
                                             count=count))
     return count
+
+
+def split_receipt(message: Message, broker: str) -> tuple[int, str]:
+    """``(seq, token)`` of a receipt ``"seq:token"`` made by an SQL broker's claim."""
+    seq, _, token = message.receipt.partition(":")
+    try:
+        return int(seq), token
+    except ValueError:
+        raise ValueError(f"not a receipt from {broker}.claim: {message.receipt!r}") from None
+
+
+def message_from_row(
+    topic: str, row: Sequence[Any], token: str, available_at: float
+) -> Message:
+    """A ``Message`` from an SQL broker's row ``(seq, id, body, headers, attempts,
+    created_at)``; a row that cannot be read becomes a message with a ``defect``."""
+    seq, msg_id, body, raw_headers, attempts, created_at = row
+    headers, defect = decode_headers(raw_headers)
+    if not isinstance(body, str):
+        defect = defect or f"body is not text (got {type(body).__name__})"
+        body = "" if body is None else str(body)
+    return Message(
+        id=str(msg_id), topic=topic, body=body, headers=headers,
+        attempts=int(attempts) if isinstance(attempts, int) else 0,
+        created_at=float(created_at), available_at=float(available_at),
+        receipt=f"{seq}:{token}" if token else "", defect=defect,
+    )

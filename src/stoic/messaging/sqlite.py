@@ -37,7 +37,15 @@ from typing import Any, Literal
 
 from .. import clock
 from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
-from .model import DeadLetter, Message, QueueStats, decode_headers, dump_headers, report_requeued
+from .model import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    dump_headers,
+    message_from_row,
+    report_requeued,
+    split_receipt,
+)
 
 __all__ = ["SQLiteBroker"]
 
@@ -121,11 +129,14 @@ class SQLiteBroker(ThreadedAsync):
         dedupe_window: seconds during which an id already published is not queued again
             (default a day). Rows of finished messages are kept that long, without bodies.
         busy_timeout: seconds a writer waits for another process's lock before failing.
+        read_only: open an existing file read-only, for inspection (stats, peek, dead
+            letters): nothing is created, a missing file raises ``sqlite3.OperationalError``
+            and so does every method that writes.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], *, synchronous: Synchronous = "NORMAL",
-        dedupe_window: float = 86400.0, busy_timeout: float = 30.0,
+        dedupe_window: float = 86400.0, busy_timeout: float = 30.0, read_only: bool = False,
     ) -> None:
         sync = str(synchronous).upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -141,10 +152,14 @@ class SQLiteBroker(ThreadedAsync):
         self.dedupe_window = float(dedupe_window)
         self._lock = threading.Lock()
         self._acks_since_purge = 0
+        self.read_only = bool(read_only)
         self._db = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            _read_only_uri(self.path) if read_only else self.path, timeout=busy_timeout,
+            isolation_level=None, check_same_thread=False, uri=self.read_only,
         )
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        if read_only:
+            return
         _setup(self._db, busy_timeout)
         self._db.execute(f"PRAGMA synchronous={sync}")
         # Checkpoint the WAL every 10,000 pages instead of 1,000: a checkpoint copies pages
@@ -328,6 +343,14 @@ class SQLiteBroker(ThreadedAsync):
             self._db.close()
 
 
+def _read_only_uri(path: str) -> str:
+    """SQLite's URI for opening ``path`` read-only: it never creates the file or a table."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    return f"file:{quote(str(Path(path).absolute()))}?mode=ro"
+
+
 def _setup(db: sqlite3.Connection, busy_timeout: float) -> None:
     """WAL and the schema. Several processes may race here on a new file: switching to WAL
     needs a moment without other writers, so a lock error is retried until the timeout."""
@@ -373,22 +396,7 @@ class _Tx:
 
 
 def _key(message: Message) -> tuple[int, str]:
-    seq, _, token = message.receipt.partition(":")
-    try:
-        return int(seq), token
-    except ValueError:
-        raise ValueError(f"not a receipt from SQLiteBroker.claim: {message.receipt!r}") from None
+    return split_receipt(message, "SQLiteBroker")
 
 
-def _message(topic: str, row: Sequence[Any], token: str, available_at: float) -> Message:
-    seq, msg_id, body, raw_headers, attempts, created_at = row
-    headers, defect = decode_headers(raw_headers)
-    if not isinstance(body, str):
-        defect = defect or f"body is not text (got {type(body).__name__})"
-        body = "" if body is None else str(body)
-    return Message(
-        id=str(msg_id), topic=topic, body=body, headers=headers,
-        attempts=int(attempts) if isinstance(attempts, int) else 0,
-        created_at=float(created_at), available_at=float(available_at),
-        receipt=f"{seq}:{token}" if token else "", defect=defect,
-    )
+_message = message_from_row

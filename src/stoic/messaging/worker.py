@@ -11,11 +11,18 @@ For each message a ``Worker`` claims (under a lease) it:
    OpenTelemetry is instrumented, inside a consumer span linked to the producer's;
 4. on success marks the dedupe key completed and acks (acks of one claimed batch go in one
    broker call: a crash before it means a redelivery, never a loss);
-5. on failure classifies the exception (``stoic.classify``, or the retry policy's ``on=``):
-   TRANSIENT, THROTTLED and UNKNOWN failures come back after the retry policy's backoff
-   (at least the ``retry_after`` a THROTTLED failure asked for) until ``max_attempts``
-   deliveries were made; PERMANENT failures and exhausted attempts are dead-lettered with the
-   error's type, text and the attempt count.
+5. on failure asks the retry policy (``Retry.next_delay``, the decision a call through that
+   Retry makes) whether and when to try again: the message comes back after that delay, or
+   is dead-lettered with the error's type, text and the attempt count when Retry gives up
+   (PERMANENT failure, ``max_attempts`` deliveries made, ``max_time`` since the message was
+   first published, an empty retry budget).
+
+The worker's one rule of its own, said through Retry's parameters: it asks
+``retry.replace(idempotent=True)``. Delivery is at-least-once on every broker, so a handler
+already runs twice whenever a worker dies after its side effect and before its ack; an
+UNKNOWN failure ("it may have taken effect") therefore adds no risk that the queue does not
+already impose, and it is retried. Make the effect safe to repeat with ``dedupe=`` or an
+``Inbox``. ``max_attempts``, when given, is ``retry.replace(attempts=max_attempts)``.
 
 While a handler runs, a heartbeat extends the lease of every message the worker holds (and
 the dedupe lease), so a slow handler does not lose its message to another worker. On SIGTERM
@@ -45,10 +52,11 @@ from typing import Any, Literal
 from .. import clock, context
 from ..errors import CodecError
 from ..events import dispatcher
+from ..idempotency.store import Claim, ClaimStatus, Store
 from ..outcome import Outcome, classify
 from ..policies.backoff import exponential
 from ..policies.retry import Retry
-from .broker import Broker, check_topic
+from .broker import Broker, Waking, check_topic
 from .model import (
     REQUEST_ID_HEADER,
     Message,
@@ -98,12 +106,11 @@ class _Dedupe:
 
     __slots__ = ("lease", "store", "ttl")
 
-    def __init__(self, store: Any, lease: float, ttl: float) -> None:
-        for method in ("claim", "complete", "release", "extend"):
-            if not callable(getattr(store, method, None)):
-                raise ValueError(
-                    f"dedupe must be an idempotency store (stoic.idempotency.Store), got {store!r}"
-                )
+    def __init__(self, store: Store, lease: float, ttl: float) -> None:
+        if not isinstance(store, Store):
+            raise ValueError(
+                f"dedupe must be an idempotency store (stoic.idempotency.Store), got {store!r}"
+            )
         self.store, self.lease, self.ttl = store, lease, ttl
 
 
@@ -119,9 +126,11 @@ class Worker:
         topic: the topic (queue, stream) to consume.
         handler: ``handler(message)``, sync or async; ``message.payload`` is the decoded
             payload. Its return value is ignored; raising means "not done".
-        retry: gives the backoff between redeliveries, ``on=`` (which exceptions retry) and
-            the default ``max_attempts`` (its ``attempts``). By default 5 attempts with
-            exponential backoff from 1 s, doubling, capped at 300 s, full jitter.
+        retry: decides each redelivery (``Retry.next_delay``): backoff, ``on=``,
+            ``max_time`` (counted from the message's first publish), budget, Retry-After,
+            and the default ``max_attempts`` (its ``attempts``). The worker uses it as
+            ``retry.replace(idempotent=True)`` (see the module docstring). By default 5
+            attempts with exponential backoff from 1 s, doubling, capped at 300 s, full jitter.
         concurrency: messages handled at once (threads for ``run``, tasks for ``arun``).
         lease: seconds a claimed message stays invisible to other workers; the heartbeat
             renews it every ``lease / 3`` while the worker holds it.
@@ -146,7 +155,7 @@ class Worker:
         retry: Retry | None = None,
         concurrency: int = 1,
         lease: float = 30.0,
-        dedupe: Any = None,
+        dedupe: Store | None = None,
         dedupe_ttl: float = 7 * 86400.0,
         max_attempts: int | None = None,
         accept_versions: Iterable[str | int] | None = None,
@@ -186,6 +195,8 @@ class Worker:
         self.topic = topic
         self.handler = handler
         self.retry = retry
+        # The decision the worker asks: the caller's Retry, idempotent (module docstring).
+        self._decision = retry.replace(idempotent=True, attempts=max_attempts)
         self.concurrency = concurrency
         self.lease = float(lease)
         self.dedupe = dedupe
@@ -200,6 +211,8 @@ class Worker:
         )
         self._dedupe = None if dedupe is None else _Dedupe(dedupe, self.lease, dedupe_ttl)
         self._stop = threading.Event()
+        # A broker that announces publishes (LISTEN/NOTIFY) wakes an idle worker at once.
+        self._wake = broker.wait if isinstance(broker, Waking) else None
         self._held: dict[str, tuple[Message, str | None]] = {}  # receipt -> (msg, dedupe token)
         self._held_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -229,25 +242,28 @@ class Worker:
         return None
 
     def _failed(self, message: Message, exc: Exception) -> Action:
-        """Retry later or dead-letter, from the exception's classification and the attempts."""
-        verdict = classify(exc)
+        """Retry later or dead-letter: Retry's own decision, for this delivery."""
         error = f"{type(exc).__name__}: {exc}"
         error_type = type(exc).__name__
-        chosen = self.retry.on_matches(exc)
-        retryable = verdict.outcome in _RETRYABLE if chosen is None else chosen
+        verdict = classify(exc)
         outcome = verdict.outcome.value
-        if not retryable:
-            return Action("dead", reason="permanent failure", error=error, outcome=outcome,
+        attempt = max(1, message.attempts)
+        elapsed = clock.wall() - message.created_at if message.created_at > 0 else 0.0
+        delay = self._decision.next_delay(attempt, exc, elapsed=max(0.0, elapsed))
+        if delay is not None:
+            return Action("retry", delay=delay, error=error, outcome=outcome,
                           error_type=error_type)
-        if message.attempts >= self.max_attempts:
-            return Action(
-                "dead", reason=f"attempts exhausted ({message.attempts} of {self.max_attempts})",
-                error=error, outcome=outcome, error_type=error_type,
-            )
-        delay = self.retry.backoff.delay(max(1, message.attempts))
-        if verdict.retry_after is not None and self.retry.respect_retry_after:
-            delay = max(delay, verdict.retry_after)
-        return Action("retry", delay=delay, error=error, outcome=outcome, error_type=error_type)
+        return Action("dead", reason=self._why_dead(exc, verdict.outcome, attempt),
+                      error=error, outcome=outcome, error_type=error_type)
+
+    def _why_dead(self, exc: Exception, outcome: Outcome, attempt: int) -> str:
+        """The dead letter's category once Retry gave up (a label only: Retry decided)."""
+        chosen = self.retry.on_matches(exc)
+        if chosen is False or (chosen is None and outcome not in _RETRYABLE):
+            return "permanent failure"
+        if attempt >= self.max_attempts:
+            return f"attempts exhausted ({attempt} of {self.max_attempts})"
+        return "retry gave up (max_time, deadline, retry budget or Retry-After; see the error)"
 
     # --- sync driver --------------------------------------------------------------------
 
@@ -345,7 +361,7 @@ class Worker:
             if not batch:
                 if stop_when_empty and self._empty():
                     return
-                self._stop.wait(idle)
+                self._idle(idle)
                 continue
             self._hold(batch)
             acks: list[Message] = []
@@ -366,6 +382,22 @@ class Worker:
                         _log.exception("%s: ack failed; the messages will be redelivered",
                                        self.name)
                 self._release(*batch)
+
+    def _idle(self, seconds: float) -> None:
+        """Wait for work: until a publish on a waking broker, else a plain (stoppable) pause."""
+        wake = self._wake
+        if wake is None:
+            self._stop.wait(seconds)
+            return
+        end = clock.now() + seconds
+        try:  # in slices of at most 0.25 s, so stop() and SIGTERM are not kept waiting
+            while not self._stop.is_set():
+                left = end - clock.now()
+                if left <= 0 or wake(self.topic, min(left, 0.25)):
+                    return
+        except Exception:
+            _log.exception("%s: waiting for a publish failed; polling instead", self.name)
+            self._stop.wait(seconds)
 
     def _empty(self) -> bool:
         """Nothing ready, delayed (a retry waiting for its backoff) or held by anyone.
@@ -438,7 +470,7 @@ class Worker:
                        self.name, message.id)
         return Action("wait", delay=self.poll_interval)
 
-    def _claimed(self, message: Message, claim: Any) -> tuple[Action | None, str | None]:
+    def _claimed(self, message: Message, claim: Claim) -> tuple[Action | None, str | None]:
         """What the dedupe claim means: an action instead of the handler, or the token that
         the heartbeat extends and completion marks."""
         early = self._claim_action(message, claim)
@@ -447,11 +479,11 @@ class Worker:
         self._set_token(message, claim.token)
         return None, claim.token
 
-    def _claim_action(self, message: Message, claim: Any) -> Action | None:
-        status = getattr(claim.status, "value", claim.status)
-        if status == "claimed":
+    def _claim_action(self, message: Message, claim: Claim) -> Action | None:
+        status = claim.status
+        if status is ClaimStatus.CLAIMED:
             return None
-        if status == "completed":
+        if status is ClaimStatus.COMPLETED:
             with self._count_lock:
                 self.counts.duplicates += 1
             if dispatcher.sinks:
@@ -460,11 +492,11 @@ class Worker:
                     attempts=message.attempts, duration=0.0, duplicate=True,
                 ))
             return _ACK
-        if status == "in_flight":
+        if status is ClaimStatus.IN_FLIGHT:
             wait = claim.retry_after if claim.retry_after is not None else self.lease
             return Action("wait", delay=min(max(wait, 0.05), self.lease))
         return Action("dead", reason="dedupe key in use",
-                      error=f"idempotency store answered {status!r} for {_key(message)!r}")
+                      error=f"idempotency store answered {status.value!r} for {_key(message)!r}")
 
     def _done(self, message: Message, started: float) -> None:
         with self._count_lock:
@@ -592,7 +624,10 @@ class Worker:
             if not batch:
                 if stop_when_empty and await asyncio.to_thread(self._empty):
                     return
-                await self._await_stop(idle)
+                if self._wake is None:
+                    await self._await_stop(idle)
+                else:
+                    await asyncio.to_thread(self._idle, idle)
                 continue
             self._hold(batch)
             acks: list[Message] = []

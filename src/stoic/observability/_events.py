@@ -36,6 +36,16 @@ from ..messaging.model import DeadLettersRequeued, MessageDeadLettered, MessageH
 from ..policies.breaker import BreakerTransitioned, breakers
 from ..policies.hedge import HedgeStarted
 from ..state.base import StateStoreDegraded, StateStoreRecovered
+from ..workflow.events import (
+    CompensationRan,
+    StepCompleted,
+    StepFailed,
+    WorkflowFinished,
+    WorkflowLeaseLost,
+    WorkflowParked,
+    WorkflowRecovered,
+    WorkflowStarted,
+)
 
 __all__ = ["BREAKER_STATES", "HANDLERS", "Recorder", "breaker_states", "connect", "make_sink"]
 
@@ -116,6 +126,14 @@ HANDLERS: dict[type[Event], Handler | None] = {
     ProcessFaulted: None,
     NetworkPartitioned: None,
     NetworkHealed: None,
+    WorkflowStarted: None,
+    WorkflowRecovered: None,
+    WorkflowFinished: None,
+    WorkflowParked: None,
+    WorkflowLeaseLost: None,
+    StepCompleted: None,
+    StepFailed: None,
+    CompensationRan: None,
 }
 
 

@@ -432,9 +432,26 @@ def render(config: AlertConfig) -> dict[str, str]:
     out = {}
     for name, document in documents.items():
         header = _HEADER[name].format(service=config.service, team=config.owner)
-        text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=100)
+        text = yaml.dump(document, Dumper=_block_dumper(yaml), sort_keys=False,
+                         default_flow_style=False, width=100)
         out[name] = header + text
     return out
+
+
+def _block_dumper(yaml: Any) -> Any:
+    """A safe dumper writing multi-line strings (the rule expressions) as ``|`` block scalars,
+    so each line of a PromQL expression stays a line in rules.yml instead of a quoted string
+    with blank lines between its parts."""
+
+    class BlockDumper(yaml.SafeDumper):  # type: ignore[misc,name-defined]
+        pass
+
+    def text(dumper: Any, value: str) -> Any:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    BlockDumper.add_representer(str, text)
+    return BlockDumper
 
 
 def write(config: AlertConfig, out: str | Path) -> list[Path]:

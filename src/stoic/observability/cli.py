@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from .._cli import USAGE, CommandError
 from .alerts import AlertConfig, write
 
 __all__ = ["app"]
@@ -31,15 +32,14 @@ def render(
                              "rules.test.yml into (created if missing)."),
     team: str | None = typer.Option(None, help="Owning team for routing (default: the service)."),
 ) -> None:
-    """Write rules.yml, alertmanager.yml and rules.test.yml for SERVICE into OUT."""
+    """Write rules.yml, alertmanager.yml and rules.test.yml for --service into the --out
+    directory (each file is rendered and checked before any is written)."""
     try:
         config = AlertConfig(service=service, slo=slo, latency_p99=latency_p99, team=team)
     except ValueError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise CommandError(str(exc), USAGE) from None
     if out.exists() and not out.is_dir():
-        typer.echo(f"Error: --out must be a directory, {out} is a file", err=True)
-        raise typer.Exit(2)
+        raise CommandError(f"--out must be a directory, {out} is a file", USAGE)
     for path in write(config, out):
         typer.echo(f"wrote {path}")
     typer.echo(f"check with: promtool test rules {out / 'rules.test.yml'}")

@@ -1,0 +1,259 @@
+"""WSGI middleware: a request arrives with its deadline, its ids and its trace, or is shed.
+
+    application = StoicMiddleware(application, service="orders", version="1.4.2",
+                                  max_deadline=10.0, bulkhead=stoic.Bulkhead(32))
+
+The WSGI twin of ``stoic.integrations.asgi.StoicMiddleware``, for Flask, Django (see
+``stoic.integrations.flask`` and ``stoic.integrations.django``) and any WSGI app. For every
+request it:
+
+- reads the caller's time left from the deadline header (``X-Request-Timeout-Ms``, as
+  stoic's clients send it) and runs the app inside ``stoic.deadline``, so retries stop in
+  time and outgoing stoic calls (HTTP, gRPC, database) carry what is left. A request that
+  arrives with no time left is answered 504 without running the app. A malformed or
+  negative value is ignored with a warning; ``max_deadline`` caps the value and bounds
+  requests that come without one.
+- binds ``request_id`` (from ``X-Request-ID`` when it is sane, or a new one), ``user_id``
+  (from the ``user_id`` hook), ``service`` and ``version``, and echoes the request id in
+  the response.
+- continues the caller's W3C trace when ``stoic.observability.otel`` tracing is on.
+- answers 503 with ``Retry-After`` when a ``stoic.Rejected`` escapes before the response
+  started: the ``bulkhead`` is full (load shedding), or the app's own call to a dependency
+  was refused by its open breaker or rate limit; the caller's stoic client retries later.
+- answers 504 when ``stoic.DeadlineExceeded`` escapes before the response started.
+
+The context stays bound while the server iterates the response body. The bulkhead covers
+the app call; a streamed body is produced after the app returned, outside it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..context import bind, deadline
+from ..errors import DeadlineExceeded, Rejected
+from ..policies.base import Policy
+from ._serving import (
+    budget_seconds,
+    check_header_name,
+    check_max_deadline,
+    check_server,
+    request_id,
+    user_of,
+)
+
+__all__ = ["Arrival", "Edge", "StoicMiddleware", "environ_key", "refusal"]
+
+_log = logging.getLogger("stoic.wsgi")
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+UserIdHook = Callable[[Environ], "str | None"]
+
+
+def environ_key(header: str) -> str:
+    """Where WSGI puts request header ``header``: ``X-Request-ID`` -> ``HTTP_X_REQUEST_ID``."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def refusal(exc: BaseException) -> tuple[int, str, int | None] | None:
+    """How a stoic error escaping the app is answered: (status, text, Retry-After) or None.
+
+    A ``stoic.Rejected`` (nothing was done; try again later) is 503 with ``Retry-After``
+    (its ``retry_after`` rounded up, 1 s when unknown); a ``DeadlineExceeded`` is 504.
+    """
+    if isinstance(exc, Rejected):
+        wait = exc.retry_after if exc.retry_after is not None else 1.0
+        return 503, "overloaded, try again later", max(1, math.ceil(wait))
+    if isinstance(exc, DeadlineExceeded):
+        return 504, "deadline exceeded while handling the request", None
+    return None
+
+
+class Arrival:
+    """What one request brought: its time budget, its request id, its user.
+
+    Built from the WSGI environ (Django's ``request.META`` is one), so every WSGI
+    integration reads a request the same way.
+    """
+
+    __slots__ = ("expired", "request_id", "seconds", "user_id")
+
+    def __init__(self, middleware: Edge, environ: Environ) -> None:
+        self.request_id = request_id(environ.get(middleware._request_id_key))
+        self.seconds = budget_seconds(environ.get(middleware._deadline_key),
+                                      middleware.max_deadline, middleware.deadline_header)
+        self.expired = (self.seconds is not None and self.seconds <= 0
+                        and middleware.shed_when_expired)
+        self.user_id = user_of(middleware.user_id, environ)
+
+
+class Edge:
+    """The validated configuration of a request edge, and what it does to each request.
+
+    Framework-free: ``StoicMiddleware`` (WSGI) and the Django middleware both use it. See
+    ``StoicMiddleware`` for the arguments.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        version: str,
+        deadline_header: str = "X-Request-Timeout-Ms",
+        max_deadline: float | None = None,
+        shed_when_expired: bool = True,
+        bulkhead: Policy | None = None,
+        user_id: UserIdHook | None = None,
+        *,
+        request_id_header: str = "X-Request-ID",
+    ) -> None:
+        check_server(service, version, bulkhead, user_id, "the environ")
+        self.service = service
+        self.version = version
+        self.deadline_header = check_header_name("deadline_header", deadline_header)
+        self.max_deadline = check_max_deadline(max_deadline)
+        self.shed_when_expired = bool(shed_when_expired)
+        self.bulkhead = bulkhead
+        self.user_id = user_id
+        self.request_id_header = check_header_name("request_id_header", request_id_header)
+        self._deadline_key = environ_key(deadline_header)
+        self._request_id_key = environ_key(request_id_header)
+        from ..observability.otel import extract  # None at once unless tracing is on
+
+        self._extract = extract
+
+    def enter(self, environ: Environ, arrival: Arrival) -> None:
+        """Bind the request's deadline, ids and trace in the *current* context, for good.
+
+        Call it inside a context made for the request (``contextvars.copy_context().run``):
+        nothing is restored, the context is dropped with the request.
+        """
+        bind(request_id=arrival.request_id, user_id=arrival.user_id, service=self.service,
+             version=self.version).__enter__()
+        if arrival.seconds is not None:
+            deadline(max(arrival.seconds, 0.0)).__enter__()
+        try:
+            carrier = [(k[5:].replace("_", "-").lower(), v) for k, v in environ.items()
+                       if k.startswith("HTTP_")]
+            ctx = self._extract(carrier)
+            if ctx is not None:
+                from opentelemetry import context as otel_context
+
+                otel_context.attach(ctx)
+        except Exception:  # a bad traceparent must not fail the request
+            _log.debug("stoic: trace context extraction failed", exc_info=True)
+
+
+class StoicMiddleware(Edge):
+    """Deadlines, request context, trace context and load shedding for a WSGI app.
+
+    Args:
+        app: the WSGI application to wrap.
+        service, version: bound into the request context (logs carry them).
+        deadline_header: the header carrying the caller's time left, in milliseconds.
+        max_deadline: the most time, in seconds, any request may have; longer, negative
+            and missing values become this. None: no cap and no default deadline.
+        shed_when_expired: answer 504 without running the app when the caller's time is
+            already up.
+        bulkhead: a ``stoic.Bulkhead`` (or any policy) around the app; when it rejects, the
+            answer is 503 with ``Retry-After``.
+        user_id: ``environ -> str | None``, the authenticated user for the context.
+        request_id_header: where the request id comes from and is echoed to.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        service: str,
+        version: str,
+        deadline_header: str = "X-Request-Timeout-Ms",
+        max_deadline: float | None = None,
+        shed_when_expired: bool = True,
+        bulkhead: Policy | None = None,
+        user_id: UserIdHook | None = None,
+        *,
+        request_id_header: str = "X-Request-ID",
+    ) -> None:
+        if not callable(app):
+            raise ValueError(f"app must be a WSGI application, got {app!r}")
+        super().__init__(service, version, deadline_header, max_deadline, shed_when_expired,
+                         bulkhead, user_id, request_id_header=request_id_header)
+        self.app = app
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        arrival = Arrival(self, environ)
+        echo = (self.request_id_header, arrival.request_id)
+        if arrival.expired:
+            return _answer(start_response, 504, b"deadline exceeded before the request was "
+                           b"handled", echo)
+        # The request's context lives in its own copy, entered again while the server reads
+        # the body, so a streamed response still sees the deadline and the ids.
+        scope = contextvars.copy_context()
+        return scope.run(self._handle, environ, start_response, arrival, echo, scope)
+
+    def _handle(self, environ: Environ, start_response: StartResponse, arrival: Arrival,
+                echo: tuple[str, str], scope: contextvars.Context) -> Iterable[bytes]:
+        self.enter(environ, arrival)
+        started = False
+        lower = echo[0].lower()
+
+        def start_with_id(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            nonlocal started
+            started = True
+            headers = [h for h in headers if h[0].lower() != lower]
+            headers.append(echo)
+            return start_response(status, headers, *exc_info)
+
+        try:
+            if self.bulkhead is None:
+                body = self.app(environ, start_with_id)
+            else:
+                body = self.bulkhead.call(self.app, environ, start_with_id)
+        except (Rejected, DeadlineExceeded) as exc:
+            answer = refusal(exc)
+            if started or answer is None:
+                raise
+            status, text, retry_after = answer
+            return _answer(start_response, status, text.encode(), echo, retry_after)
+        return _Body(body, scope)
+
+
+class _Body:
+    """The app's response iterable, read inside the request's context; closed as WSGI says."""
+
+    __slots__ = ("_body", "_scope")
+
+    def __init__(self, body: Iterable[bytes], scope: contextvars.Context) -> None:
+        self._body = body
+        self._scope = scope
+
+    def __iter__(self) -> Iterator[bytes]:
+        iterator = iter(self._body)
+        run = self._scope.run
+        while True:
+            try:
+                chunk = run(next, iterator)
+            except StopIteration:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            self._scope.run(close)
+
+
+def _answer(start_response: StartResponse, status: int, body: bytes, echo: tuple[str, str],
+            retry_after: int | None = None) -> list[bytes]:
+    reason = {503: "Service Unavailable", 504: "Gateway Timeout"}[status]
+    headers = [("Content-Type", "text/plain; charset=utf-8"),
+               ("Content-Length", str(len(body))), echo]
+    if retry_after is not None:
+        headers.append(("Retry-After", str(retry_after)))
+    start_response(f"{status} {reason}", headers)
+    return [body]

@@ -1,0 +1,578 @@
+"""A broker on NATS JetStream (``stoic[nats]``, nats-py): ``nats://`` in ``connect``.
+
+Layout, per topic (``<t>`` is the topic when it is letters, digits and dashes, else a hash):
+
+- stream ``<prefix>_<t>`` on subject ``<prefix>.q.<t>``: work-queue retention (a message is
+  removed when acked), file storage, and a de-duplication window: a publish carries its id
+  as ``Nats-Msg-Id``, so publishing an id again within ``dedupe_window`` is a no-op on the
+  server. One durable pull consumer, ``stoic``, shared by every worker.
+- stream ``<prefix>_<t>_delay``: messages published with a ``delay``. JetStream (2.9) has no
+  delayed delivery, so a claim moves due ones to the topic's stream (publish with the same
+  ``Nats-Msg-Id``, then ack: a crash in between is absorbed by the de-duplication window)
+  and gives the others back with ``nak(delay=time left)``.
+- stream ``<prefix>_<t>_dead``: dead letters, with reason, error and attempts in a header.
+
+Leases: a claimed message is an unacked delivery. The consumer's ``ack_wait`` is the lease a
+*dead* process's messages wait out before JetStream redelivers them (set it to the lease
+your workers use; 30 s by default). Within a living process every claim's own ``lease`` is
+kept exactly: a lease longer than ``ack_wait`` is kept alive with ``in_progress``
+(``extend_lease`` does the same), and a lease that runs out is given back with ``nak`` by
+a housekeeping task, so a hung handler's messages reach other workers. ``nack(delay)`` is
+``nak(delay)``. A message delivered more than ``max_deliver`` times without being acked or
+dead-lettered (a poison message that kills its worker every time) is moved to the dead
+letters by the next claim, with the reason "max deliveries" and that error.
+
+Counts: ``stats`` reads the consumer: ``ready`` is what was never delivered, ``in_flight``
+every delivered and unacked message, including retries waiting for their ``nak`` delay
+(JetStream does not tell those apart); ``delayed`` is the delay stream. ``recovered``
+counts the messages whose lease ran out in *this* broker object (a hung handler's messages,
+given back by the housekeeping task). JetStream redelivers a dead process's messages
+without telling anyone, and a redelivery after a crash looks the same as one after a nack,
+so those are not counted on NATS.
+
+The sync methods run the async ones on a private event-loop thread (``LoopThread``); the
+async twins can be awaited from any event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import clock
+from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
+from .loop import LoopThread
+from .model import DeadLetter, Message, QueueStats, decode_headers, report_requeued
+
+__all__ = ["NatsBroker"]
+
+_TOKEN = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+_DURABLE = "stoic"
+_HOUSEKEEPING = 0.05  # seconds between two passes over the held leases
+_DELAY_CHECK = 0.1  # seconds between two looks at a topic's delay stream
+
+# headers stoic writes (NATS header values are single-line text: JSON where needed)
+_ID, _CREATED, _AT, _HEADERS, _DEAD = (
+    "Nats-Msg-Id", "Stoic-Created", "Stoic-At", "Stoic-Headers", "Stoic-Dead",
+)
+_STOIC_ID = "Stoic-Id"  # the message id when Nats-Msg-Id had to differ (a requeue)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    stream: str
+    subject: str
+    delay_stream: str
+    delay_subject: str
+    dead_stream: str
+    dead_subject: str
+
+
+class _Held:
+    __slots__ = ("msg", "progressed", "topic", "until")
+
+    def __init__(self, msg: Any, topic: str, until: float, progressed: float) -> None:
+        self.msg, self.topic, self.until, self.progressed = msg, topic, until, progressed
+
+
+class NatsBroker(PublishOne):
+    """At-least-once queues on NATS JetStream; see the module docstring for the layout.
+
+    Args:
+        url: the NATS server, e.g. ``nats://127.0.0.1:4222``.
+        prefix: stream and subject prefix (letters, digits, dashes).
+        ack_wait: seconds JetStream waits for an ack before redelivering a message whose
+            consumer died (the lease of a dead process); living processes keep each claim's
+            own lease.
+        dedupe_window: seconds an id stays de-duplicated (the stream's duplicate window).
+        max_deliver: deliveries after which an unacked message is dead-lettered.
+        storage: ``"file"`` (survives a server restart) or ``"memory"``.
+    """
+
+    def __init__(
+        self, url: str = "nats://127.0.0.1:4222", *, prefix: str = "stoic",
+        ack_wait: float = 30.0, dedupe_window: float = 86400.0, max_deliver: int = 20,
+        storage: str = "file",
+    ) -> None:
+        if not url.startswith(("nats://", "tls://")):
+            raise ValueError(f"url must start with nats:// or tls://, got {url!r}")
+        if not isinstance(prefix, str) or not _TOKEN.match(prefix) or len(prefix) > 32:
+            raise ValueError(f"prefix must be 1-32 letters, digits or dashes, got {prefix!r}")
+        if not ack_wait >= 0.1:
+            raise ValueError(f"ack_wait must be >= 0.1 seconds, got {ack_wait!r}")
+        if not dedupe_window > 0:
+            raise ValueError(f"dedupe_window must be > 0 seconds, got {dedupe_window!r}")
+        if isinstance(max_deliver, bool) or not isinstance(max_deliver, int) or max_deliver < 1:
+            raise ValueError(f"max_deliver must be an int >= 1, got {max_deliver!r}")
+        if storage not in ("file", "memory"):
+            raise ValueError(f"storage must be 'file' or 'memory', got {storage!r}")
+        try:
+            import nats  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("NatsBroker needs nats-py: pip install 'stoic[nats]'") from exc
+        self.url, self.prefix = url, prefix
+        self.ack_wait = float(ack_wait)
+        self.dedupe_window = float(dedupe_window)
+        self.max_deliver = max_deliver
+        self.storage = storage
+        self._token = uuid.uuid4().hex[:12]
+        self._names: dict[str, _Names] = {}
+        self._ready: set[str] = set()  # topics whose streams and consumers exist
+        self._held: dict[str, _Held] = {}
+        self._recovered: dict[str, int] = {}
+        self._next_delay_check: dict[str, float] = {}
+        self._closed = False
+        self._loop = LoopThread("stoic-nats")
+        try:
+            self._loop.run(self._connect())
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    def __repr__(self) -> str:
+        return f"NatsBroker({self.url!r}, prefix={self.prefix!r})"
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        import nats
+
+        self._nc = await nats.connect(self.url, name=f"stoic-{self._token}",
+                                      max_reconnect_attempts=-1)
+        self._js = self._nc.jetstream()
+        self._housekeeping = asyncio.ensure_future(self._keep_leases())
+
+    def names(self, topic: str) -> _Names:
+        """Stream and subject names of ``topic``."""
+        names = self._names.get(topic)
+        if names is None:
+            check_topic(topic)
+            t = topic if _TOKEN.match(topic) else "h" + hashlib.sha256(
+                topic.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+            p = self.prefix
+            names = _Names(f"{p}_{t}", f"{p}.q.{t}", f"{p}_{t}_delay", f"{p}.delay.{t}",
+                           f"{p}_{t}_dead", f"{p}.dead.{t}")
+            self._names[topic] = names
+        return names
+
+    async def _ensure(self, topic: str) -> _Names:
+        names = self.names(topic)
+        if topic in self._ready:
+            return names
+        from nats.js import api
+
+        work = api.RetentionPolicy.WORK_QUEUE
+        storage = api.StorageType.FILE if self.storage == "file" else api.StorageType.MEMORY
+        for stream, subject, retention in (
+            (names.stream, names.subject, work), (names.delay_stream, names.delay_subject, work),
+            (names.dead_stream, names.dead_subject, api.RetentionPolicy.LIMITS),
+        ):
+            await self._stream(api.StreamConfig(
+                name=stream, subjects=[subject], retention=retention, storage=storage,
+                duplicate_window=self.dedupe_window,
+            ))
+        for stream, ack_wait in ((names.stream, self.ack_wait), (names.delay_stream, 30.0)):
+            await self._consumer(stream, api.ConsumerConfig(
+                durable_name=_DURABLE, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
+                max_deliver=-1, max_ack_pending=100_000, deliver_policy=api.DeliverPolicy.ALL,
+            ))
+        self._ready.add(topic)
+        return names
+
+    async def _stream(self, config: Any) -> None:
+        from nats.js.errors import BadRequestError, NotFoundError
+
+        try:
+            await self._js.stream_info(config.name)
+            return
+        except NotFoundError:
+            pass
+        try:
+            await self._js.add_stream(config)
+        except BadRequestError:  # created by another process in between
+            await self._js.stream_info(config.name)
+
+    async def _consumer(self, stream: str, config: Any) -> None:
+        from nats.js.errors import BadRequestError, NotFoundError
+
+        try:
+            await self._js.consumer_info(stream, _DURABLE)
+            return
+        except NotFoundError:
+            pass
+        try:
+            await self._js.add_consumer(stream, config)
+        except BadRequestError:  # created by another process in between
+            await self._js.consumer_info(stream, _DURABLE)
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def publish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]:
+        return self._loop.run(self._publish(topic, *prepare(topic, payloads, ids, headers,
+                                                            delay)))
+
+    async def apublish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]:
+        prepared = prepare(topic, payloads, ids, headers, delay)
+        return await self._loop.arun(self._publish(topic, *prepared))
+
+    async def _publish(
+        self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
+        delay: float,
+    ) -> list[str]:
+        names = await self._ensure(topic)
+        now = clock.wall()
+        common = {_CREATED: repr(now)}
+        if head:
+            common[_HEADERS] = json.dumps(head, separators=(",", ":"))
+        subject = names.subject
+        if delay > 0:
+            subject = names.delay_subject
+            common[_AT] = repr(now + delay)
+        sends = [
+            self._js.publish(subject, _bytes(body), headers={**common, _ID: msg_id})
+            for msg_id, body in zip(msg_ids, bodies, strict=True)
+        ]
+        await asyncio.gather(*sends)  # pipelined; each waits for the stream's ack
+        return msg_ids
+
+    # --- consuming -----------------------------------------------------------------------
+
+    def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
+        check_claim(max_messages, lease)
+        return self._loop.run(self._claim(topic, max_messages, lease))
+
+    async def aclaim(
+        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
+    ) -> list[Message]:
+        check_claim(max_messages, lease)
+        return await self._loop.arun(self._claim(topic, max_messages, lease))
+
+    async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
+        names = await self._ensure(topic)
+        now = clock.wall()
+        await self._expire(now)
+        if now >= self._next_delay_check.get(topic, 0.0):
+            self._next_delay_check[topic] = now + _DELAY_CHECK
+            await self._move_due(names, now)
+        out: list[Message] = []
+        for msg in await self._pull(names.stream, n):
+            meta = msg.metadata
+            receipt = f"{meta.sequence.stream}:{meta.num_delivered}:{self._token}"
+            message = _message(topic, msg, receipt, now + lease)
+            if meta.num_delivered > self.max_deliver:
+                await self._dead(names, message, msg, "max deliveries", (
+                    f"delivered {meta.num_delivered} times without an ack (its consumer "
+                    "died or hung each time)"))
+                await msg.term()
+                continue
+            self._held[receipt] = _Held(msg, topic, now + lease, now)
+            out.append(message)
+        return out
+
+    async def _pull(self, stream: str, n: int) -> list[Any]:
+        """Up to ``n`` messages that are ready now: one no-wait pull request."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        got: list[Any] = []
+        try:
+            await self._nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{_DURABLE}",
+                json.dumps({"batch": n, "no_wait": True}).encode(), reply=inbox,
+            )
+            while len(got) < n:
+                try:
+                    msg = await sub.next_msg(timeout=5.0)
+                except asyncio.TimeoutError:
+                    break
+                if msg.headers and msg.headers.get("Status"):  # 404/408: nothing more now
+                    break
+                got.append(msg)
+        finally:
+            await sub.unsubscribe()
+        return got
+
+    async def _move_due(self, names: _Names, now: float) -> None:
+        """Delayed messages whose time has come go to the topic's stream; others wait."""
+        for msg in await self._pull(names.delay_stream, 100):
+            headers = msg.headers or {}
+            left = _float(headers.get(_AT)) - now
+            if left > 0:
+                await msg.nak(delay=left)
+                continue
+            kept = {k: v for k, v in headers.items() if k != _AT}
+            await self._js.publish(names.subject, msg.data, headers=kept)
+            await msg.ack()
+
+    async def _expire(self, now: float) -> None:
+        for receipt, held in list(self._held.items()):
+            if held.until <= now:
+                del self._held[receipt]
+                self._recovered[held.topic] = self._recovered.get(held.topic, 0) + 1
+                await self._give_back(held, 0.0)
+            elif now - held.progressed >= self.ack_wait / 3:
+                held.progressed = now
+                await held.msg.in_progress()
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING)
+            try:
+                await self._expire(clock.wall())
+            except Exception:  # the connection reconnects; leases are kept on the next pass
+                continue
+
+    async def _give_back(self, held: _Held, delay: float) -> None:
+        await held.msg.nak(delay=delay or None)
+
+    def _take(self, message: Message) -> _Held | None:
+        held = self._held.pop(message.receipt, None)
+        if held is not None and held.until <= clock.wall():
+            self._held[message.receipt] = held  # expired: housekeeping gives it back
+            return None
+        return held
+
+    def ack(self, message: Message) -> bool:
+        return self.ack_many([message]) == 1
+
+    async def aack(self, message: Message) -> bool:
+        return await self.aack_many([message]) == 1
+
+    def ack_many(self, messages: Sequence[Message]) -> int:
+        return self._loop.run(self._ack_many(list(messages)))
+
+    async def aack_many(self, messages: Sequence[Message]) -> int:
+        return await self._loop.arun(self._ack_many(list(messages)))
+
+    async def _ack_many(self, messages: list[Message]) -> int:
+        done = 0
+        for message in messages:
+            held = self._take(message)
+            if held is not None:
+                await held.msg.ack()
+                done += 1
+        if done:
+            await self._nc.flush()  # the server has the acks before this returns
+        return done
+
+    def nack(self, message: Message, delay: float = 0.0) -> bool:
+        return self._loop.run(self._nack(message, check_delay(delay)))
+
+    async def anack(self, message: Message, delay: float = 0.0) -> bool:
+        return await self._loop.arun(self._nack(message, check_delay(delay)))
+
+    async def _nack(self, message: Message, delay: float) -> bool:
+        held = self._take(message)
+        if held is None:
+            return False
+        await self._give_back(held, delay)
+        await self._nc.flush()
+        return True
+
+    def extend_lease(self, message: Message, lease: float) -> bool:
+        check_claim(1, lease)
+        return self._loop.run(self._extend(message, lease))
+
+    async def aextend_lease(self, message: Message, lease: float) -> bool:
+        check_claim(1, lease)
+        return await self._loop.arun(self._extend(message, lease))
+
+    async def _extend(self, message: Message, lease: float) -> bool:
+        held = self._take(message)
+        if held is None:
+            return False
+        now = clock.wall()
+        held.until, held.progressed = now + lease, now
+        self._held[message.receipt] = held
+        await held.msg.in_progress()
+        return True
+
+    def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
+        self._loop.run(self._dead_letter(message, reason, error))
+
+    async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
+        await self._loop.arun(self._dead_letter(message, reason, error))
+
+    async def _dead_letter(self, message: Message, reason: str, error: str | None) -> None:
+        held = self._take(message)
+        if held is None:
+            return
+        await self._dead(self.names(message.topic), message, held.msg, reason, error)
+        await held.msg.term()
+        await self._nc.flush()
+
+    async def _dead(
+        self, names: _Names, message: Message, msg: Any, reason: str, error: str | None,
+    ) -> None:
+        """Write the dead letter (before the original is terminated: never neither)."""
+        record = {"id": message.id, "reason": reason, "error": error,
+                  "attempts": message.attempts, "created_at": message.created_at,
+                  "dead_at": clock.wall(), "headers": dict(message.headers)}
+        await self._js.publish(names.dead_subject, msg.data, headers={
+            _DEAD: json.dumps(record, separators=(",", ":"))})
+
+    # --- inspection and the DLQ ----------------------------------------------------------
+
+    def stats(self, topic: str) -> QueueStats:
+        return self._loop.run(self._stats(topic))
+
+    async def astats(self, topic: str) -> QueueStats:
+        return await self._loop.arun(self._stats(topic))
+
+    async def _stats(self, topic: str) -> QueueStats:
+        names = await self._ensure(topic)
+        info = await self._js.consumer_info(names.stream, _DURABLE)
+        delayed = (await self._js.stream_info(names.delay_stream)).state.messages
+        dead = (await self._js.stream_info(names.dead_stream)).state.messages
+        return QueueStats(topic, int(info.num_pending or 0), int(delayed),
+                          int(info.num_ack_pending or 0), int(dead),
+                          recovered=self._recovered.get(topic, 0))
+
+    async def _browse(self, stream: str, subject: str, limit: int) -> list[Any]:
+        """Up to ``limit`` stored messages of ``stream``, oldest first, without consuming."""
+        from nats.js.errors import NotFoundError
+
+        out: list[Any] = []
+        seq = 1
+        while len(out) < limit:
+            try:
+                raw = await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            out.append(raw)
+            seq = int(raw.seq or seq) + 1
+        return out
+
+    def peek(self, topic: str, limit: int = 10) -> list[Message]:
+        return self._loop.run(self._peek(topic, limit))
+
+    async def _peek(self, topic: str, limit: int) -> list[Message]:
+        names = await self._ensure(topic)
+        return [_message(topic, raw, "", 0.0)
+                for raw in await self._browse(names.stream, names.subject, limit)]
+
+    def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
+        return self._loop.run(self._dead_letters(topic, limit))
+
+    async def _dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        names = await self._ensure(topic)
+        return [_dead_letter(topic, raw)
+                for raw in await self._browse(names.dead_stream, names.dead_subject, limit)]
+
+    def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
+        return self._loop.run(self._requeue(topic, None if ids is None else set(ids)))
+
+    async def _requeue(self, topic: str, ids: set[str] | None) -> int:
+        names = await self._ensure(topic)
+        count = 0
+        for raw in await self._browse(names.dead_stream, names.dead_subject, 1_000_000):
+            dead = _dead_letter(topic, raw)
+            if ids is not None and dead.message.id not in ids:
+                continue
+            headers = {_ID: f"{dead.message.id}:requeued:{uuid.uuid4().hex}",
+                       _STOIC_ID: dead.message.id, _CREATED: repr(dead.message.created_at)}
+            if dead.message.headers:
+                headers[_HEADERS] = json.dumps(dict(dead.message.headers),
+                                               separators=(",", ":"))
+            await self._js.publish(names.subject, raw.data or b"", headers=headers)
+            await self._js.delete_msg(names.dead_stream, int(raw.seq))
+            count += 1
+        return report_requeued(self, topic, count)
+
+    def purge_dead(self, topic: str) -> int:
+        return self._loop.run(self._purge(topic))
+
+    async def _purge(self, topic: str) -> int:
+        names = await self._ensure(topic)
+        count = (await self._js.stream_info(names.dead_stream)).state.messages
+        await self._js.purge_stream(names.dead_stream)
+        return int(count)
+
+    def delete_topic(self, topic: str) -> None:
+        """Delete the topic's three streams (and its messages, dead letters included)."""
+        self._loop.run(self._delete(topic))
+
+    async def _delete(self, topic: str) -> None:
+        from nats.js.errors import NotFoundError
+
+        names = self.names(topic)
+        for stream in (names.stream, names.delay_stream, names.dead_stream):
+            try:
+                await self._js.delete_stream(stream)
+            except NotFoundError:
+                pass
+        self._ready.discard(topic)
+        for receipt in [r for r, h in self._held.items() if h.topic == topic]:
+            del self._held[receipt]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._loop.run(self._close())
+        finally:
+            self._loop.stop()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    async def _close(self) -> None:
+        self._housekeeping.cancel()
+        self._held.clear()  # unacked deliveries come back after ack_wait
+        await self._nc.drain()
+
+
+def _bytes(body: str) -> bytes:
+    return body.encode("utf-8", "surrogatepass")
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _message(topic: str, msg: Any, receipt: str, available_at: float) -> Message:
+    """A ``Message`` from a delivery or a stored message; unreadable parts become a defect."""
+    headers = msg.headers or {}
+    user, defect = decode_headers(headers.get(_HEADERS))
+    attempts = msg.metadata.num_delivered if receipt else 0
+    try:
+        body = (msg.data or b"").decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        body, defect = "", defect or f"body is not UTF-8 text: {exc}"
+    return Message(
+        id=headers.get(_STOIC_ID) or headers.get(_ID) or "", topic=topic, body=body,
+        headers=user, attempts=attempts, created_at=_float(headers.get(_CREATED)),
+        available_at=available_at, receipt=receipt, defect=defect,
+    )
+
+
+def _dead_letter(topic: str, raw: Any) -> DeadLetter:
+    try:
+        record = json.loads((raw.headers or {}).get(_DEAD) or "{}")
+    except ValueError:
+        record = {}
+    headers = record.get("headers") if isinstance(record.get("headers"), dict) else {}
+    message = Message(
+        id=str(record.get("id", "")), topic=topic,
+        body=(raw.data or b"").decode("utf-8", "surrogatepass"),
+        headers={str(k): str(v) for k, v in headers.items()},
+        attempts=int(record.get("attempts") or 0), created_at=_float(record.get("created_at")),
+        available_at=_float(record.get("dead_at")),
+    )
+    return DeadLetter(message=message, reason=str(record.get("reason", "")),
+                      error=record.get("error"), dead_at=_float(record.get("dead_at")))

@@ -1,0 +1,540 @@
+"""``Workflows``: register workflow functions, start runs, and work them off.
+
+    flows = Workflows("sqlite:///shop-flows.db")
+
+    @flows.workflow("place-order", version=1)
+    def place_order(ctx, order_id):
+        hold = ctx.step("reserve", reserve_stock, order_id, compensate=release_stock)
+        return ctx.step("charge", charge_card, order_id, policy=payments)
+
+    handle = flows.start("place-order", "o-17", id="order-o-17")
+    flows.run_worker()          # in any number of processes
+
+A worker claims due runs with a lease and a fencing token, runs each pass on a thread of its
+pool, renews the leases of the runs it holds, and takes over runs whose worker's lease ran
+out (it crashed or hung). Nothing waits in a worker thread: a sleep, a wait for a signal or a
+step's durable backoff stores the time the run is due and frees the thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .. import clock
+from ..codec import Codec, default_codec
+from ..events import dispatcher
+from ..policies.backoff import exponential
+from ..policies.retry import Retry
+from .context import AsyncWorkflowContext, Execution, WorkflowContext
+from .errors import (
+    CompensationOutcome,
+    StaleLease,
+    UnknownWorkflow,
+    WorkflowConflict,
+    WorkflowDiverged,
+    WorkflowFailed,
+    WorkflowNeedsAttention,
+    WorkflowNotFound,
+)
+from .events import (
+    WorkflowFinished,
+    WorkflowLeaseLost,
+    WorkflowParked,
+    WorkflowRecovered,
+    WorkflowStarted,
+)
+from .store import (
+    FOREVER,
+    TERMINAL,
+    Claimed,
+    Fence,
+    Limits,
+    NewRun,
+    RunRecord,
+    Status,
+    StepRecord,
+    Store,
+    check_limit,
+    check_seconds,
+    fingerprint,
+    kind_of,
+)
+
+__all__ = ["Definition", "Worker", "WorkflowHandle", "Workflows", "default_retry", "open_store"]
+
+_log = logging.getLogger("stoic.workflow")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_retry() -> Retry:
+    """The engine's durable retry of steps: 30 passes, 1 s doubling to 5 min, full jitter,
+    for at most a day. A step's own policy retries quickly first; this outlasts outages."""
+    return Retry(max_attempts=30, backoff=exponential(1.0, 2.0, 300.0), max_time=86400.0,
+                 name="workflow-step")
+
+
+def open_store(target: str | Store, **options: Any) -> Store:
+    """A store from a URL (``sqlite:///path``, ``memory://``, ``postgresql://...``) or as is."""
+    if not isinstance(target, str):
+        return target
+    if target.startswith("sqlite:///"):
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(target[len("sqlite:///"):], **options)
+    if target.startswith("memory://"):
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    raise ValueError(f"store must be sqlite:///path, postgresql://... or memory://, got {target!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """A registered workflow function."""
+
+    name: str
+    version: int
+    fn: Callable[..., Any]
+    is_async: bool
+    limits: Limits
+
+
+class WorkflowHandle:
+    """A started run: ask for its status or wait for its result."""
+
+    __slots__ = ("_flows", "id")
+
+    def __init__(self, flows: Workflows, run_id: str) -> None:
+        self._flows = flows
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r})"
+
+    def info(self) -> RunRecord:
+        run = self._flows.store.get(self.id)
+        if run is None:
+            raise WorkflowNotFound(f"no workflow run {self.id!r}")
+        return run
+
+    def status(self) -> Status:
+        return Status(self.info().status)
+
+    def steps(self) -> list[StepRecord]:
+        return self._flows.store.steps(self.id)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end and return its result.
+
+        Raises ``WorkflowFailed`` (failed or cancelled), ``WorkflowDiverged`` or
+        ``WorkflowNeedsAttention`` (parked), ``TimeoutError`` after ``timeout`` real seconds.
+        Some worker must be running the run (this process's or another's).
+        """
+        flows = self._flows
+        # Real time on purpose: this waits for other threads or processes, whose progress a
+        # virtual clock in this thread would not follow.
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            generation = flows._generation
+            run = self.info()
+            if run.status in TERMINAL or run.status in ("needs_attention", "unknown_workflow"):
+                return flows.outcome(run)
+            left = 0.1 if end is None else min(0.1, end - time.monotonic())
+            if left <= 0:
+                raise TimeoutError(f"workflow {self.id!r} is still {run.status} after "
+                                   f"{timeout} s")
+            with flows._finished:
+                if flows._generation == generation:
+                    flows._finished.wait(left)
+
+    def cancel(self) -> Status | None:
+        return self._flows.cancel(self.id)
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        self._flows.signal(self.id, name, payload)
+
+
+class Workflows:
+    """Durable workflows on one store.
+
+    Args:
+        store: ``"sqlite:///file.db"``, ``"postgresql://..."``, ``"memory://"`` or a store.
+        lease: seconds a worker holds a run without renewing it; after that another worker
+            takes it over. Workers renew every third of it.
+        retry: the engine's durable retry of steps whose own policy gave up on a TRANSIENT or
+            THROTTLED failure (``Retry.next_delay`` decides; default ``default_retry()``).
+        poll_interval: the longest a worker waits before looking for due runs again (it is
+            woken at once by starts in its own process and at the next due time it knows).
+        codec: encodes arguments, step results and payloads (never pickle).
+        store_options: passed to the store when ``store`` is a URL (``synchronous=``, ...).
+    """
+
+    def __init__(
+        self, store: str | Store, *, lease: float = 30.0, retry: Retry | None = None,
+        poll_interval: float = 0.25, codec: Codec | None = None, **store_options: Any,
+    ) -> None:
+        self.lease = check_seconds("lease", lease)
+        self.poll_interval = check_seconds("poll_interval", poll_interval)
+        if retry is not None and not isinstance(retry, Retry):
+            raise ValueError(f"retry must be a stoic.Retry or None, got {retry!r}")
+        self.retry = retry or default_retry()
+        self.codec = codec or default_codec
+        self.store = open_store(store, **store_options)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._registry: dict[str, Definition] = {}
+        self._latest: dict[str, int] = {}
+        self._limits: dict[str, Limits] = {}
+        self._wake = threading.Condition()
+        self._finished = threading.Condition()
+        self._generation = 0
+
+    def __repr__(self) -> str:
+        return f"Workflows({self.store!r})"
+
+    # --- registration ---------------------------------------------------------------------
+
+    def workflow(
+        self, name: str, *, version: int = 1, concurrency: int | None = None,
+        concurrency_per_key: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register a workflow function (sync or ``async def``) as ``name`` at ``version``.
+
+        Register several versions of one name so runs recorded by old code finish on it;
+        ``start`` uses the highest. ``concurrency`` caps runs of this name in progress at
+        once (across every worker), ``concurrency_per_key`` caps those sharing a ``key=``.
+        """
+        if not isinstance(name, str) or not name or "@" in name:
+            raise ValueError(f"name must be a non-empty string without '@', got {name!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"version must be an int >= 1, got {version!r}")
+        limits = Limits(check_limit("concurrency", concurrency),
+                        check_limit("concurrency_per_key", concurrency_per_key))
+
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise ValueError(f"a workflow must be a function, got {fn!r}")
+            kind = kind_of(name, version)
+            if kind in self._registry:
+                raise ValueError(f"workflow {name!r} version {version} is already registered")
+            self._registry[kind] = Definition(name, version, fn,
+                                              inspect.iscoroutinefunction(fn), limits)
+            self._latest[name] = max(version, self._latest.get(name, 0))
+            if limits.total is not None or limits.per_key is not None:
+                self._limits[name] = limits
+            return fn
+
+        return register
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The ``name@version`` of every registered workflow."""
+        return tuple(self._registry)
+
+    # --- starting and steering runs -------------------------------------------------------
+
+    def start(
+        self, name: str, /, *args: Any, id: str | None = None, deadline: float | None = None,
+        priority: int = 0, key: str | None = None, version: int | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> WorkflowHandle:
+        """Record a run of workflow ``name`` with ``args`` and return its handle.
+
+        Idempotent on ``id``: starting an existing id with the same arguments returns its
+        handle; with different arguments it raises ``WorkflowConflict``. Arguments that the
+        codec cannot encode raise ``CodecError`` and nothing is written. ``deadline``: seconds
+        from now after which the run fails (and compensates), durably. ``priority``: higher
+        runs first. ``key``: groups runs for ``concurrency_per_key``.
+        """
+        if version is None:
+            if name not in self._latest:
+                raise UnknownWorkflow(f"no workflow {name!r} is registered; pass version= to "
+                                      "start one registered in another process")
+            version = self._latest[name]
+        if id is not None and (not isinstance(id, str) or not id):
+            raise ValueError(f"id must be a non-empty string, got {id!r}")
+        if deadline is not None:
+            deadline = check_seconds("deadline", deadline)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority must be an int, got {priority!r}")
+        if key is not None and not isinstance(key, str):
+            raise ValueError(f"key must be a string or None, got {key!r}")
+        text = self.codec.encode([list(args), dict(kwargs or {})])
+        run_id = id or uuid.uuid4().hex
+        now = clock.wall()
+        existing = self.store.create(NewRun(
+            id=run_id, name=name, version=version, args=text, fingerprint=fingerprint(name, text),
+            priority=priority, key=key, deadline_at=None if deadline is None else now + deadline,
+            created_at=now,
+        ))
+        if existing is not None:
+            if existing.fingerprint != fingerprint(name, text):
+                raise WorkflowConflict(
+                    f"workflow id {run_id!r} was already started as {existing.name!r} with other "
+                    "arguments; use a new id, or the same arguments to get its handle")
+            return WorkflowHandle(self, run_id)
+        if dispatcher.sinks:
+            dispatcher.emit(WorkflowStarted(name=name, workflow_id=run_id, version=version))
+        with self._wake:
+            self._wake.notify_all()
+        return WorkflowHandle(self, run_id)
+
+    def handle(self, run_id: str) -> WorkflowHandle:
+        """The handle of an existing run (``WorkflowNotFound`` if there is none)."""
+        if self.store.get(run_id) is None:
+            raise WorkflowNotFound(f"no workflow run {run_id!r}")
+        return WorkflowHandle(self, run_id)
+
+    def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` to a run; kept until its ``ctx.wait_for(name)`` takes it."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if not self.store.signal(run_id, name, self.codec.encode(payload), clock.wall()):
+            raise WorkflowNotFound(f"no workflow run {run_id!r}")
+        with self._wake:
+            self._wake.notify_all()
+
+    def cancel(self, run_id: str) -> Status:
+        """Cancel a run: a run not yet started ends at once; a started one stops before its
+        next step and runs its compensations. Returns the status after the request."""
+        status = self.store.cancel(run_id, clock.wall())
+        if status is None:
+            raise WorkflowNotFound(f"no workflow run {run_id!r}")
+        with self._wake:
+            self._wake.notify_all()
+        self._bump()
+        return Status(status)
+
+    def outcome(self, run: RunRecord) -> Any:
+        """A finished run's result, or the exception its end calls for."""
+        if run.status == "completed":
+            return self.codec.decode(run.result or "null")
+        info = self.codec.decode(run.error) if run.error and run.error.startswith("{") else {}
+        if run.status in ("failed", "cancelled"):
+            raise WorkflowFailed(
+                run.id, status=run.status, error_type=info.get("type", "Exception"),
+                message=info.get("message", ""),
+                compensations=[CompensationOutcome(*c) for c in info.get("compensations", [])],
+            )
+        if run.status == "unknown_workflow":
+            raise WorkflowNeedsAttention(run.id, run.error or "no worker knows its code")
+        if info.get("type") == "WorkflowDiverged":
+            error = WorkflowDiverged.__new__(WorkflowDiverged)
+            Exception.__init__(error, info.get("message", ""))
+            raise error
+        if run.status == "needs_attention":
+            raise WorkflowNeedsAttention(run.id, info.get("message", ""))
+        raise ValueError(f"run {run.id!r} has not ended ({run.status})")
+
+    # --- running --------------------------------------------------------------------------
+
+    def execute(self, claimed: Claimed) -> None:
+        """Run one pass of a claimed run in this thread (what a worker's threads do)."""
+        run = claimed.run
+        definition = self._registry[run.kind]
+        if claimed.recovered and dispatcher.sinks:
+            dispatcher.emit(WorkflowRecovered(name=run.name, workflow_id=run.id,
+                                              token=claimed.fence.token, worker=self.owner))
+        execution = Execution(self.store, claimed, codec=self.codec, retry=self.retry,
+                              lease=self.lease, code_version=definition.version)
+        try:
+            args, kwargs = self.codec.decode(run.args)
+            if definition.is_async:
+                import asyncio
+
+                context = AsyncWorkflowContext(execution)
+                asyncio.run(context.run(definition.fn, tuple(args), kwargs))
+            else:
+                WorkflowContext(execution).run(definition.fn, tuple(args), kwargs)
+        except StaleLease:
+            _log.warning("workflow %s: lease lost (token %d); another worker has the run",
+                         run.id, claimed.fence.token)
+            if dispatcher.sinks:
+                dispatcher.emit(WorkflowLeaseLost(name=run.name, workflow_id=run.id,
+                                                  token=claimed.fence.token, worker=self.owner))
+        except Exception:
+            # The store failed (or the engine has a bug): the lease runs out and a later pass
+            # takes the run over from its last checkpoint.
+            _log.exception("workflow %s: pass failed; it resumes after its lease", run.id)
+        else:
+            self._report(run, execution)
+        finally:
+            self._bump()
+
+    def _report(self, run: RunRecord, execution: Execution) -> None:
+        if not dispatcher.sinks:
+            return
+        final = self.store.get(run.id)
+        if final is None:
+            return
+        if final.status in TERMINAL:
+            info = self.codec.decode(final.error) if final.error else {}
+            dispatcher.emit(WorkflowFinished(name=run.name, workflow_id=run.id,
+                                             status=final.status,
+                                             error_type=info.get("type") if info else None))
+        elif final.status == "needs_attention":
+            dispatcher.emit(WorkflowParked(name=run.name, workflow_id=run.id,
+                                           status=final.status, reason=final.error or ""))
+
+    def _bump(self) -> None:
+        with self._finished:
+            self._generation += 1
+            self._finished.notify_all()
+        with self._wake:
+            self._wake.notify_all()
+
+    def claim(self, limit: int, only: str | None = None) -> list[Claimed]:
+        return self.store.claim(self.owner, self.kinds, clock.wall(), self.lease, limit,
+                                self._limits, only)
+
+    def drain(self, *, max_passes: int = 100_000) -> int:
+        """Run due runs in this thread until none is due and none will be (except runs waiting
+        for a signal without a timeout); sleeps between on stoic's clock, so under
+        ``stoic.testing.virtual_time()`` sleeps and timeouts take no real time. Returns the
+        number of passes. For tests and scripts; services run ``run_worker``."""
+        passes = 0
+        while passes < max_passes:
+            claimed = self.claim(1)
+            if claimed:
+                self.execute(claimed[0])
+                passes += 1
+                continue
+            self._park_unknown()
+            due = self.store.next_due(self.kinds, clock.wall())
+            if due is None or due >= FOREVER:
+                return passes
+            wait = due - clock.wall()
+            if wait > 0:
+                clock.sleep(wait)
+        return passes
+
+    def run(self, name: str, /, *args: Any, id: str | None = None, **options: Any) -> Any:
+        """Start a run and work it off in this thread; return its result (``result()``'s
+        exceptions). Durable like ``start``: a crash leaves it for any worker to finish."""
+        handle = self.start(name, *args, id=id, **options)
+        while True:
+            claimed = self.claim(1, only=handle.id)
+            if claimed:
+                self.execute(claimed[0])
+            run = handle.info()
+            if run.status in TERMINAL or run.status in ("needs_attention", "unknown_workflow"):
+                return self.outcome(run)
+            if run.status == "running":  # another worker holds it
+                return handle.result()
+            wait = run.due_at - clock.wall()
+            if run.due_at >= FOREVER:
+                return handle.result()
+            if wait > 0:
+                clock.sleep(wait)
+
+    def _park_unknown(self) -> None:
+        parked = self.store.park_unknown(
+            self.kinds, clock.wall(),
+            f"no workflow of this name and version is registered in worker {self.owner}; it "
+            "runs as soon as a worker that has the code claims it")
+        if parked and dispatcher.sinks:
+            for run_id in parked:
+                dispatcher.emit(WorkflowParked(name="?", workflow_id=run_id,
+                                               status="unknown_workflow",
+                                               reason="unknown workflow"))
+
+    def start_worker(self, *, concurrency: int = 8) -> Worker:
+        """A worker on a background thread; call ``stop()`` on it to end it."""
+        worker = Worker(self, concurrency=concurrency)
+        worker.start()
+        return worker
+
+    def run_worker(self, *, concurrency: int = 8) -> None:
+        """Work off due runs until interrupted (SIGINT/SIGTERM via KeyboardInterrupt)."""
+        worker = Worker(self, concurrency=concurrency)
+        try:
+            worker.run()
+        finally:
+            worker.stop()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Worker:
+    """Claims due runs and runs their passes on a pool of ``concurrency`` threads."""
+
+    def __init__(self, flows: Workflows, *, concurrency: int = 8) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        self.flows = flows
+        self.concurrency = concurrency
+        self._stop = threading.Event()
+        self._active: dict[str, Fence] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="stoic-workflow-worker",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        self._stop.set()
+        with self.flows._wake:
+            self.flows._wake.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _pass(self, claimed: Claimed) -> None:
+        try:
+            self.flows.execute(claimed)
+        finally:
+            with self._lock:
+                self._active.pop(claimed.run.id, None)
+            with self.flows._wake:
+                self.flows._wake.notify_all()
+
+    def run(self) -> None:
+        flows = self.flows
+        renew_every = flows.lease / 3
+        next_renew = next_park = 0.0
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stoic-workflow") as pool:
+            while not self._stop.is_set():
+                try:
+                    now = clock.wall()
+                    if now >= next_renew:
+                        with self._lock:
+                            fences = list(self._active.values())
+                        for run_id in flows.store.renew(fences, now, flows.lease):
+                            _log.warning("workflow %s: lease lost to another worker", run_id)
+                        next_renew = now + renew_every
+                    if now >= next_park:
+                        flows._park_unknown()
+                        next_park = now + 5 * flows.poll_interval
+                    with self._lock:
+                        free = self.concurrency - len(self._active)
+                    claimed = flows.claim(free) if free > 0 else []
+                    for item in claimed:
+                        with self._lock:
+                            self._active[item.run.id] = item.fence
+                        pool.submit(self._pass, item)
+                    if claimed and len(claimed) == free:
+                        continue
+                    wait = min(flows.poll_interval, renew_every)
+                    if free > len(claimed):
+                        due = flows.store.next_due(flows.kinds, clock.wall())
+                        if due is not None:
+                            wait = min(wait, max(0.0, due - clock.wall()))
+                except Exception:
+                    _log.exception("workflow worker: round failed; retrying")
+                    wait = flows.poll_interval
+                if wait > 0:
+                    with flows._wake:
+                        if not self._stop.is_set():
+                            flows._wake.wait(wait)

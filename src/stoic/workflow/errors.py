@@ -1,0 +1,144 @@
+"""Exceptions of durable workflows.
+
+StoicError
+    WorkflowError                 base of everything below
+        WorkflowFailed            the workflow ended failed or cancelled; carries the cause and
+                                  each compensation's outcome
+        WorkflowDiverged          the code no longer matches the recorded step sequence
+        WorkflowNeedsAttention    the run is parked (a ``once`` step in doubt, a divergence,
+                                  a failed compensation) until someone resolves it
+        WorkflowConflict          ``start()`` with an existing id and different arguments
+                                  (also a ``ValueError``)
+        WorkflowNotFound          no run with that id (also a ``LookupError``)
+        UnknownWorkflow           no workflow of that name (and version) is registered
+                                  (also a ``LookupError``)
+        StaleLease                a worker whose lease was taken over tried to commit; the
+                                  store refused its fencing token
+        StepError                 a recorded step failure replayed in a process that cannot
+                                  rebuild the original exception
+
+A step's own exception is never wrapped: on the first run the workflow sees it as raised (with
+a note), and on a replay it sees the same class rebuilt from the record when that class is
+importable in the running process (see ``stoic.workflow.context``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import StoicError
+
+__all__ = [
+    "CompensationOutcome",
+    "StaleLease",
+    "StepError",
+    "UnknownWorkflow",
+    "WorkflowConflict",
+    "WorkflowDiverged",
+    "WorkflowError",
+    "WorkflowFailed",
+    "WorkflowNeedsAttention",
+    "WorkflowNotFound",
+]
+
+
+class WorkflowError(StoicError):
+    """Base of the exceptions of ``stoic.workflow``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationOutcome:
+    """How one compensation ended: ``outcome`` is ``"completed"`` or ``"failed"``."""
+
+    step: str
+    outcome: str
+    error: str | None = None
+
+
+class WorkflowFailed(WorkflowError):
+    """The workflow failed (an error escaped it, its deadline passed, or it was cancelled).
+
+    ``error_type`` and ``message`` describe the cause (the original exception is not kept
+    across processes); ``status`` is ``"failed"`` or ``"cancelled"``; ``compensations`` lists
+    the compensations that ran, in the order they ran (reverse step order).
+    """
+
+    def __init__(
+        self, workflow_id: str, *, status: str, error_type: str, message: str,
+        compensations: Sequence[CompensationOutcome] = (),
+    ) -> None:
+        ran = ", ".join(f"{c.step}: {c.outcome}" for c in compensations) or "none"
+        super().__init__(
+            f"workflow {workflow_id!r} {status}: {error_type}: {message} (compensations: {ran})"
+        )
+        self.workflow_id = workflow_id
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.compensations = tuple(compensations)
+
+
+class WorkflowDiverged(WorkflowError):
+    """A recovered run's code asks for a different step than the one recorded at that point.
+
+    The engine never guesses how to map old history onto new code: the run is parked as
+    ``needs_attention``. Register the old version next to the new one so old runs drain on
+    the code that recorded them.
+    """
+
+    def __init__(
+        self, workflow: str, *, position: int, recorded: str | None, requested: str | None,
+        recorded_version: int, code_version: int,
+    ) -> None:
+        def what(step: str | None) -> str:
+            return repr(step) if step is not None else "nothing (the run ends here)"
+
+        super().__init__(
+            f"workflow {workflow!r} diverged at step #{position}: recorded by version "
+            f"{recorded_version}: {what(recorded)}; code of version {code_version} asks for "
+            f"{what(requested)}"
+        )
+        self.workflow = workflow
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+        self.recorded_version = recorded_version
+        self.code_version = code_version
+
+
+class WorkflowNeedsAttention(WorkflowError):
+    """The run is parked; ``reason`` says why and what resolves it."""
+
+    def __init__(self, workflow_id: str, reason: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} needs attention: {reason}")
+        self.workflow_id = workflow_id
+        self.reason = reason
+
+
+class WorkflowConflict(WorkflowError, ValueError):
+    """``start()`` reused an id with different arguments (or another workflow name)."""
+
+
+class WorkflowNotFound(WorkflowError, LookupError):
+    """No run with that id."""
+
+
+class UnknownWorkflow(WorkflowError, LookupError):
+    """No workflow of that name (and version) is registered on this ``Workflows``."""
+
+
+class StaleLease(WorkflowError):
+    """A commit came with a fencing token that is no longer current: another worker took
+    the run over after this worker's lease expired. Nothing of the commit was written."""
+
+
+class StepError(WorkflowError):
+    """A step failure replayed from the record, when the original exception class cannot be
+    rebuilt in this process. ``error_type`` is the original class's qualified name."""
+
+    def __init__(self, step: str, error_type: str, message: str) -> None:
+        super().__init__(f"step {step!r} failed: {error_type}: {message}")
+        self.step = step
+        self.error_type = error_type
+        self.message = message
