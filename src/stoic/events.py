@@ -424,6 +424,9 @@ def catalogue() -> tuple[type[Event], ...]:
         StepCompleted, StepFailed, CompensationRan,
         # chaos
         FaultInjected, ProcessFaulted, NetworkPartitioned, NetworkHealed,
+        # durable workflows
+        WorkflowStarted, WorkflowRecovered, WorkflowFinished, WorkflowParked,
+        WorkflowLeaseLost, StepCompleted, StepFailed, CompensationRan,
     )
 
 

@@ -223,6 +223,7 @@ def _backoff(part: _Part, values: dict[str, Any]) -> Any:
 
 
 def _retry(part: _Part, name: str) -> Policy:
+    from .._validate import count
     from ..policies.budget import RetryBudget
     from ..policies.retry import Retry
 
@@ -230,11 +231,14 @@ def _retry(part: _Part, name: str) -> Policy:
     part.check_fields(("attempts", "max_attempts", "backoff", "initial", "factor", "step",
                        "delay", "max", "jitter", "max_time", "idempotent",
                        "respect_retry_after", "budget", "name"))
-    if "attempts" in values:  # the short name files use (as in the issue), for max_attempts
+    if "attempts" in values:  # a file's name for the cap; Retry's keyword is max_attempts
         if "max_attempts" in values:
             raise part.error("attempts", values["attempts"],
                              "give attempts or max_attempts (the same setting), not both")
-        values["max_attempts"] = values.pop("attempts")
+        try:
+            values["max_attempts"] = count("attempts", values.pop("attempts"))
+        except ValueError as exc:
+            raise part.error("attempts", part.values["attempts"], str(exc)) from exc
         part.aliases["max_attempts"] = "attempts"
     schedule = _backoff(part, values)
     budget = values.pop("budget", None)
