@@ -22,17 +22,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "stoic"
 
-# Known violations outside the areas already reworked (issue 19), as
-# "importing module -> module.private_name". Owners: idempotency (idem), chaos (proxy). The
-# coordinator empties this list as their branches land.
-ALLOWED_PRIVATE: frozenset[str] = frozenset({
-    "stoic.chaos.cli -> stoic.chaos.faults._read_document",
-    "stoic.chaos.proxy -> stoic.chaos.toxics._Stage",
-    "stoic.idempotency.asgi -> stoic.idempotency.decorator._CLAIM_TURNS",
-    "stoic.idempotency.asgi -> stoic.idempotency.decorator._Lease",
-    "stoic.idempotency.asgi -> stoic.idempotency.decorator._current",
-    "stoic.idempotency.decorator -> stoic.context._deadline",  # use context.deadline_at()
-})
+# Known violations, as "importing module -> module.private_name": none left (issue 19).
+ALLOWED_PRIVATE: frozenset[str] = frozenset()
 
 # Known import cycles, as the sorted modules of each strongly connected component.
 ALLOWED_CYCLES: frozenset[tuple[str, ...]] = frozenset()

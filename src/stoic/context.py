@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
-from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from . import clock
 
@@ -39,6 +38,9 @@ _idempotency_key: ContextVar[str | None] = ContextVar("stoic_idempotency_key", d
 # (attempt number at the caller, whether the caller allows retries below it); see ``hop``
 _hop: ContextVar[tuple[int, bool] | None] = ContextVar("stoic_hop", default=None)
 
+V = TypeVar("V")
+_S = TypeVar("_S", bound="_Scoped[Any]")
+
 
 def remaining() -> float | None:
     """Seconds left before the current deadline (negative once passed), or None without one."""
@@ -61,7 +63,39 @@ set_deadline: Callable[[float | None], Token[float | None]] = _deadline.set
 reset_deadline: Callable[[Token[float | None]], None] = _deadline.reset
 
 
-class deadline:
+class _Scoped(Generic[V]):
+    """Set one context variable for a ``with`` (or ``async with``) block, then restore it exactly.
+
+    A subclass names its variable (``_var``) and the value to set (``_value``); the token taken
+    on entry is reset on exit, so nested and interleaved blocks each put back what they found.
+    """
+
+    __slots__ = ("_token",)
+    _var: ClassVar[ContextVar[Any]]
+
+    def __init__(self) -> None:
+        self._token: Token[V] | None = None
+
+    def _value(self) -> V:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        self._token = self._var.set(self._value())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            self._var.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self: _S) -> _S:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+
+class deadline(_Scoped["float | None"]):
     """Bound the time of everything inside the block to ``seconds`` from now.
 
     Works with ``with`` and ``async with``. The deadline is only information: stoic's policies
@@ -70,69 +104,39 @@ class deadline:
     interrupt running code; wrap a call in ``stoic.Timeout`` for that.
     """
 
-    __slots__ = ("_token", "seconds")
+    __slots__ = ("seconds",)
+    _var = _deadline
 
     def __init__(self, seconds: float) -> None:
         if seconds != seconds:  # NaN
             raise ValueError("seconds must be a number, got nan")
+        super().__init__()
         self.seconds = float(seconds)
-        self._token: Token[float | None] | None = None
 
-    def __enter__(self) -> deadline:
+    def _value(self) -> float | None:
         at = clock.monotonic() + self.seconds
         outer = _deadline.get()
-        if outer is not None and outer < at:
-            at = outer
-        self._token = _deadline.set(at)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._token is not None:
-            _deadline.reset(self._token)
-            self._token = None
-
-    async def __aenter__(self) -> deadline:
-        return self.__enter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        return outer if outer is not None and outer < at else at
 
 
-class bind:
+class bind(_Scoped[Mapping[str, Any]]):
     """Bind request fields (``request_id``, ``user_id``, ...) for the block.
 
     Logs from stoic's log configuration and outgoing HTTP calls and messages carry them.
     Values bound in an outer block stay visible unless overridden; ``None`` values are ignored.
     """
 
-    __slots__ = ("_token", "fields")
+    __slots__ = ("fields",)
+    _var = _fields
 
     def __init__(self, **fields: Any) -> None:
+        super().__init__()
         self.fields = {k: v for k, v in fields.items() if v is not None}
-        self._token: Token[Mapping[str, Any]] | None = None
 
-    def __enter__(self) -> bind:
+    def _value(self) -> Mapping[str, Any]:
         merged = dict(_fields.get())
         merged.update(self.fields)
-        self._token = _fields.set(merged)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _fields.reset(self._token)
-            self._token = None
-
-    async def __aenter__(self) -> bind:
-        return self.__enter__()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.__exit__(*exc_info)
+        return merged
 
 
 def current() -> Mapping[str, Any]:
@@ -150,33 +154,22 @@ def idempotency_key() -> str | None:
     return _idempotency_key.get()
 
 
-class using_idempotency_key:
+class using_idempotency_key(_Scoped["str | None"]):
     """Mark the block as part of an operation with idempotency key ``key``.
 
     Inside it, ``Retry`` treats UNKNOWN failures as safe to retry, because the operation
     will not take effect twice.
     """
 
-    __slots__ = ("_token", "key")
+    __slots__ = ("key",)
+    _var = _idempotency_key
 
     def __init__(self, key: str) -> None:
+        super().__init__()
         self.key = key
-        self._token: Token[str | None] | None = None
 
-    def __enter__(self) -> using_idempotency_key:
-        self._token = _idempotency_key.set(self.key)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _idempotency_key.reset(self._token)
-            self._token = None
-
-    async def __aenter__(self) -> using_idempotency_key:
-        return self.__enter__()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.__exit__(*exc_info)
+    def _value(self) -> str | None:
+        return self.key
 
 
 def retries_allowed() -> bool:
@@ -196,31 +189,20 @@ def hop_attempt() -> int | None:
     return None if bound is None else bound[0]
 
 
-class hop:
+class hop(_Scoped["tuple[int, bool] | None"]):
     """Bind what the caller of this request said about retrying (``StoicMiddleware`` does).
 
     ``attempt`` is the caller's attempt number; ``retry_below`` False means the caller
     retries this request itself, so nothing below should add retries of its own.
     """
 
-    __slots__ = ("_token", "attempt", "retry_below")
+    __slots__ = ("attempt", "retry_below")
+    _var = _hop
 
     def __init__(self, attempt: int, retry_below: bool) -> None:
+        super().__init__()
         self.attempt = attempt
         self.retry_below = retry_below
-        self._token: Token[tuple[int, bool] | None] | None = None
 
-    def __enter__(self) -> hop:
-        self._token = _hop.set((self.attempt, self.retry_below))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _hop.reset(self._token)
-            self._token = None
-
-    async def __aenter__(self) -> hop:
-        return self.__enter__()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.__exit__(*exc_info)
+    def _value(self) -> tuple[int, bool] | None:
+        return (self.attempt, self.retry_below)

@@ -64,6 +64,14 @@ if TYPE_CHECKING:  # the catalogue's other members, for type checkers (see ``cat
     from .policies.limit import LimitChanged as LimitChanged
     from .state.base import StateStoreDegraded as StateStoreDegraded
     from .state.base import StateStoreRecovered as StateStoreRecovered
+    from .workflow.events import CompensationRan as CompensationRan
+    from .workflow.events import StepCompleted as StepCompleted
+    from .workflow.events import StepFailed as StepFailed
+    from .workflow.events import WorkflowFinished as WorkflowFinished
+    from .workflow.events import WorkflowLeaseLost as WorkflowLeaseLost
+    from .workflow.events import WorkflowParked as WorkflowParked
+    from .workflow.events import WorkflowRecovered as WorkflowRecovered
+    from .workflow.events import WorkflowStarted as WorkflowStarted
 
 __all__ = [
     "AttemptScope",
@@ -76,6 +84,7 @@ __all__ = [
     "CallFinished",
     "CallRecorder",
     "CallRejected",
+    "CompensationRan",
     "DeadLettersRequeued",
     "DeadlineExpired",
     "Dispatcher",
@@ -100,6 +109,13 @@ __all__ = [
     "Sink",
     "StateStoreDegraded",
     "StateStoreRecovered",
+    "StepCompleted",
+    "StepFailed",
+    "WorkflowFinished",
+    "WorkflowLeaseLost",
+    "WorkflowParked",
+    "WorkflowRecovered",
+    "WorkflowStarted",
     "catalogue",
     "dispatcher",
     "subscribe",
@@ -377,6 +393,16 @@ def catalogue() -> tuple[type[Event], ...]:
     from .policies.hedge import HedgeStarted
     from .policies.limit import LimitChanged
     from .state.base import StateStoreDegraded, StateStoreRecovered
+    from .workflow.events import (
+        CompensationRan,
+        StepCompleted,
+        StepFailed,
+        WorkflowFinished,
+        WorkflowLeaseLost,
+        WorkflowParked,
+        WorkflowRecovered,
+        WorkflowStarted,
+    )
 
     return (
         # calls, retries, rejections, deadlines (this module)
@@ -393,8 +419,14 @@ def catalogue() -> tuple[type[Event], ...]:
         MessageHandled, MessageRetried, MessageDeadLettered, DeadLettersRequeued,
         # load control
         LimitChanged, RequestShed,
+        # durable workflows
+        WorkflowStarted, WorkflowRecovered, WorkflowFinished, WorkflowParked, WorkflowLeaseLost,
+        StepCompleted, StepFailed, CompensationRan,
         # chaos
         FaultInjected, ProcessFaulted, NetworkPartitioned, NetworkHealed,
+        # durable workflows
+        WorkflowStarted, WorkflowRecovered, WorkflowFinished, WorkflowParked,
+        WorkflowLeaseLost, StepCompleted, StepFailed, CompensationRan,
     )
 
 

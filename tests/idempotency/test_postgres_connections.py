@@ -56,13 +56,15 @@ class Target:
         raise AssertionError("the store's statement never waited for the lock")
 
 
-@pytest.fixture
-def target(postgres_dsn: str) -> Iterator[Target]:
+@pytest.fixture(params=[True, False], ids=["checked", "unchecked"])
+def target(postgres_dsn: str, request: pytest.FixtureRequest) -> Iterator[Target]:
+    """A store checking its connections on checkout, and one finding dead ones by failing."""
     run = uuid.uuid4().hex[:12]
     app, table = f"stoic-test-{run}", f"stoic_idem_conn_{run}"
     joiner = "&" if "?" in postgres_dsn else "?"
     store = PostgresStore(f"{postgres_dsn}{joiner}application_name={app}", table=table,
-                          min_size=2, max_size=4, connect_timeout=5.0)
+                          min_size=2, max_size=4, connect_timeout=5.0,
+                          check_connections=request.param)
     admin = psycopg.connect(postgres_dsn, autocommit=True)
     try:
         yield Target(store, app, admin)

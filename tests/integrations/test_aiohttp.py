@@ -15,7 +15,7 @@ from stoic.integrations.aiohttp import ResilientMiddleware
 from stoic.outcome import Outcome, classify
 from stoic.policies.breaker import CircuitBreaker, CountWindow
 
-FAST = stoic.Retry(attempts=3, backoff=backoff.constant(0.01, max=5.0))
+FAST = stoic.Retry(max_attempts=3, backoff=backoff.constant(0.01, max=5.0))
 
 
 def session(**kwargs: object) -> aiohttp.ClientSession:
@@ -146,7 +146,7 @@ class TestBreakers:
             return CircuitBreaker(name, window=CountWindow(4), minimum_calls=4, open_for=600)
 
         service.backend.answer("/down", Action(503))
-        policy = stoic.Retry(attempts=2, backoff=backoff.constant(0, max=5.0))
+        policy = stoic.Retry(max_attempts=2, backoff=backoff.constant(0, max=5.0))
         async with session(policy=policy, breaker=small) as s:
             for _ in range(2):
                 async with s.get(f"{service.url}/down") as response:

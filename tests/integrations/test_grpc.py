@@ -26,7 +26,7 @@ from stoic.integrations.grpc import (
 from stoic.outcome import Outcome, classify
 from support import free_port
 
-FAST = stoic.Retry(attempts=3, backoff=backoff.constant(0.01, max=5.0))
+FAST = stoic.Retry(max_attempts=3, backoff=backoff.constant(0.01, max=5.0))
 PAY = "/test.Shop/Pay"
 GET = "/test.Shop/Get"
 
@@ -206,7 +206,7 @@ class TestLostReply:
         # retries carry the same key, wait while it is in flight (ABORTED), then get the
         # stored reply: the server did the work once.
         served.shop.answer("Pay", Act(delay=0.6), Act())
-        policy = stoic.Retry(attempts=8, backoff=backoff.constant(0.2, max=5.0))
+        policy = stoic.Retry(max_attempts=8, backoff=backoff.constant(0.2, max=5.0))
         with channel(served, policy=policy) as ch:
             assert ch.unary_unary(PAY)(b"order-2", timeout=0.3) == b"ok:order-2"
         hits = served.shop.seen("Pay")
@@ -226,8 +226,8 @@ class TestLostReply:
 class TestDeadlines:
     def test_deadline_travels_and_is_bound_on_the_server(self, served: Served) -> None:
         with channel(served) as ch, stoic.deadline(2.0):
-            ch.unary_unary(GET)(b"x")
-        hit = served.shop.seen("Get")[0]
+            ch.unary_unary(GET)(b"deadline-travels")
+        [hit] = [h for h in served.shop.seen("Get") if h.request == b"deadline-travels"]
         assert hit.remaining is not None and 0 < hit.remaining <= 2.0
         assert 0 < int(hit.metadata["x-request-timeout-ms"]) <= 2000
 

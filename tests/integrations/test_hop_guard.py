@@ -22,7 +22,7 @@ from support import read_body
 
 
 def _retry() -> stoic.Retry:
-    return stoic.Retry(attempts=3, backoff=stoic.backoff.constant(0.001))
+    return stoic.Retry(max_attempts=3, backoff=stoic.backoff.constant(0.001))
 
 
 class Bottom:
@@ -108,7 +108,7 @@ def test_a_client_not_serving_a_retried_request_retries_and_says_so_below(
     guarded_chain: tuple[str, Bottom],
 ) -> None:
     url, bottom = guarded_chain
-    with stoic.http.Client(policy=stoic.Retry(attempts=1), per_host=False) as client:
+    with stoic.http.Client(policy=stoic.Retry(max_attempts=1), per_host=False) as client:
         assert client.get(f"{url}/work").status_code == 503
     # the edge did not retry, so the first hop below it did (3), and told the rest not to
     assert len(bottom.received) == 3

@@ -173,6 +173,23 @@ def test_over_the_limit_a_sheddable_request_is_refused_with_503_and_retry_after(
     asyncio.run(main())
 
 
+def test_a_sheddable_request_leaves_the_reserved_slot_to_more_important_work() -> None:
+    async def main() -> None:
+        gate = Gate()
+        shedder = LoadShedder(gate, _limit(2), reserve=1)
+        first = asyncio.create_task(_call(shedder, _request("default")))
+        while gate.entered == 0:
+            await asyncio.sleep(0.001)
+        assert (await _call(shedder, _request("sheddable")))[0] == 503  # one slot is left
+        second = asyncio.create_task(_call(shedder, _request("critical")))
+        while gate.entered < 2:
+            await asyncio.sleep(0.001)
+        gate.open.set()
+        assert [(await first)[0], (await second)[0]] == [200, 200]
+
+    asyncio.run(main())
+
+
 def test_a_waiting_critical_request_gets_the_next_slot_before_a_default_one() -> None:
     async def main() -> None:
         gate = Gate()

@@ -30,7 +30,7 @@ HITS = django_urls.HITS
 CHARGES = django_urls.CHARGES
 STORE = MemoryStore()
 DOWNSTREAM = django_urls.DOWNSTREAM
-FAST = stoic.Retry(attempts=4, backoff=backoff.constant(0.05, max=5.0))
+FAST = stoic.Retry(max_attempts=4, backoff=backoff.constant(0.05, max=5.0))
 
 
 def user_from(environ: dict[str, Any]) -> str | None:
@@ -277,7 +277,7 @@ def test_a_lost_reply_with_a_key_is_retried_and_charges_once(served: Served) -> 
     # retry is refused while the first runs (Django: 409 with Retry-After = the lease left,
     # 2 s here; plain WSGI and Flask shed it first, 503 Retry-After 1, their bulkhead of 1
     # being taken) and waits; the next gets the stored reply, replayed
-    policy = stoic.Retry(attempts=5, backoff=backoff.constant(0.1, max=5.0))
+    policy = stoic.Retry(max_attempts=5, backoff=backoff.constant(0.1, max=5.0))
     with httpx.Client(transport=ResilientTransport(policy=policy),
                       timeout=httpx.Timeout(5, read=0.25)) as c:
         response = c.post(f"{served.url}/pay", content=b"order-2")

@@ -272,7 +272,7 @@ def test_bad_algorithm_configuration_names_the_parameter(build: Any, parameter: 
 
 def test_adaptive_limit_composes_in_a_pipeline_and_decorates_async_functions() -> None:
     limit = stoic.AdaptiveLimit("gradient2")
-    pipeline = stoic.Pipeline(stoic.Retry(attempts=2), limit)
+    pipeline = stoic.Pipeline(stoic.Retry(max_attempts=2), limit)
 
     @pipeline
     async def work() -> int:

@@ -129,7 +129,7 @@ def test_as_retry_budget_retries_stop_when_the_backend_refuses_most_requests() -
     with virtual_time():
         throttle = AdaptiveThrottle(rng=random.Random(4))
         retry = stoic.Retry(
-            attempts=3, budget=ThrottleBudget(throttle, ratio=1.0),
+            max_attempts=3, budget=ThrottleBudget(throttle, ratio=1.0),
             backoff=stoic.backoff.constant(0.01),
         )
         backend = Backend()

@@ -173,7 +173,7 @@ def code_policy(r: dict[str, Any], b: dict[str, Any] | None, name: str) -> stoic
         schedule = backoff.exponential(r["initial"], 2.0, r["max"], jitter=None)
     else:
         schedule = backoff.linear(r["initial"], 0.1, r["max"], jitter=None)
-    parts: list[Any] = [stoic.Retry(attempts=r["attempts"], backoff=schedule,
+    parts: list[Any] = [stoic.Retry(max_attempts=r["attempts"], backoff=schedule,
                                     idempotent=r["idempotent"], name=name)]
     if b is not None:
         parts.append(CircuitBreaker(name, failure_rate=b["failure_rate"],

@@ -136,6 +136,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # about 30-80 s; a loaded 2-core machine has needed 150
 def test_sigkilled_workers_and_payments_lose_nothing_and_charge_once(
     any_harness: Harness,
 ) -> None:
@@ -144,15 +145,15 @@ def test_sigkilled_workers_and_payments_lose_nothing_and_charge_once(
     flows = harness.flows()
     declined = {n for n in range(N) if n % 20 == 7}
     rng = random.Random(15)
-    for n in rng.sample(range(N), 8):  # these charges kill their worker right after
+    for n in rng.sample(range(N), 10):  # these charges kill their worker right after
         (harness.logs / f"kill-after-charge-o{n}").touch()
     for n in range(N):
         flows.start("order", f"o{n}", n in declined, id=f"order-{n}")
     procs = [harness.spawn(lease=2.0) for _ in range(WORKERS)]
     kills = restarts = 0
-    next_kill, last_kill = rng.randint(30, 70), 0.0
+    next_kill, last_kill = rng.randint(50, 80), 0.0
     payment_kills = [300, 650]
-    deadline = time.monotonic() + 170  # a bound for a loaded machine, not a speed claim
+    deadline = time.monotonic() + 270  # a bound for a loaded machine, not a speed claim
     store = flows.store
 
     while True:
@@ -173,7 +174,7 @@ def test_sigkilled_workers_and_payments_lose_nothing_and_charge_once(
             procs[victim].wait()
             procs[victim] = harness.spawn(lease=2.0)
             kills += 1
-            next_kill, last_kill = done + rng.randint(30, 70), time.monotonic()
+            next_kill, last_kill = done + rng.randint(50, 80), time.monotonic()
         if payment_kills and done >= payment_kills[0]:
             payment_kills.pop(0)
             harness.kill_payments()
@@ -182,7 +183,7 @@ def test_sigkilled_workers_and_payments_lose_nothing_and_charge_once(
         time.sleep(0.02)
     self_kills = len((harness.logs / "self-kills").read_text().split())
     assert kills + self_kills >= 20, (kills, self_kills)
-    assert self_kills == 8  # killed with the charge made and its checkpoint not committed
+    assert self_kills == 10  # killed with the charge made and its checkpoint not committed
     assert not payment_kills
 
     runs = {r.id: r for r in store.runs(limit=2 * N)}
@@ -259,13 +260,18 @@ def test_saga_compensates_in_reverse_once_each_through_a_kill(harness: Harness) 
 @pytest.mark.slow
 def test_durable_sleep_survives_a_worker_restart_and_wakes_on_time(harness: Harness) -> None:
     flows = harness.flows()
+    workers = [harness.spawn(), harness.spawn()]
+    _wait(lambda: all((harness.logs / f"ready-{w.pid}").exists() for w in workers), 60,
+          "both workers to start")
     handle = flows.start("sleeper", "z1", 2.0, id="sleeper-1")
-    first = harness.spawn()
     _wait(lambda: handle.status() is stoic.workflow.Status.SLEEPING, 30, "the sleep")
-    (before,) = harness.query(harness.effects, "SELECT at FROM effects WHERE kind='before'")[0]
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    harness.spawn()
+    (before, pid) = harness.query(harness.effects,
+                                  "SELECT at, pid FROM effects WHERE kind='before'")[0]
+    (sleeper,) = [w for w in workers if w.pid == pid]
+    sleeper.send_signal(signal.SIGKILL)  # the worker that recorded the sleep dies
+    sleeper.wait()
     handle.result(timeout=30)
-    (after,) = harness.query(harness.effects, "SELECT at FROM effects WHERE kind='after'")[0]
+    (after, woke_in) = harness.query(harness.effects,
+                                     "SELECT at, pid FROM effects WHERE kind='after'")[0]
+    assert woke_in != pid
     assert 2.0 <= after - before < 2.5

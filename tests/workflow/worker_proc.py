@@ -61,7 +61,7 @@ def build(url: str, payments: str, effects: str, logs: str, lease: float = 1.0,
         "prefix": prefix or os.environ["WF_PREFIX"], "max_size": 10}
     flows = Workflows(
         url, lease=lease, poll_interval=0.1, **options,
-        retry=stoic.Retry(attempts=100, backoff=stoic.backoff.exponential(0.1, 2.0, 5.0),
+        retry=stoic.Retry(max_attempts=100, backoff=stoic.backoff.exponential(0.1, 2.0, 5.0),
                           max_time=300.0),
     )
     # The per-host breaker opens while payments is down; its Retry-After (open_for) must stay
@@ -69,7 +69,7 @@ def build(url: str, payments: str, effects: str, logs: str, lease: float = 1.0,
     client = stoic.http.Client(
         base_url=payments, timeout=5.0,
         breaker=lambda name: stoic.CircuitBreaker(name, open_for=1.0, minimum_calls=10))
-    http_policy = stoic.Retry(attempts=3, backoff=stoic.backoff.exponential(0.05, 2.0, 0.2))
+    http_policy = stoic.Retry(max_attempts=3, backoff=stoic.backoff.exponential(0.05, 2.0, 0.2))
 
     def effect(kind: str, order: str) -> int:
         db = _db(effects)

@@ -34,7 +34,6 @@ import dataclasses
 from collections.abc import Callable, Collection, Iterable
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._validate import header_name
 from ..errors import CodecError
 from .claims import Lease, holding
 from .http import NOT_EXECUTED, HttpIdempotency, Reply, default_store_status
@@ -89,7 +88,6 @@ class IdempotencyMiddleware:
     ) -> None:
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
-        header_name("header", header)
         self.app = app
         self.scope = scope
         self.rules = HttpIdempotency(

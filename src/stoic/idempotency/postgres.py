@@ -10,12 +10,12 @@ single ``UPDATE``/``DELETE`` statements guarded by the owner's token.
 
 Dead connections: a pooled connection whose server backend went away (a restart, a failover,
 ``pg_terminate_backend``, an idle timeout in a proxy) is found on checkout, where the pool
-checks each connection before handing it out, and thrown away. A connection that dies while
-a statement runs is retried once on a fresh connection, for every operation: ``complete``
-and ``release`` so a finished call never leaves its key in flight for a whole lease, and
-``claim`` because it keeps its token across the retry (a claim whose commit was lost with
-the connection finds its own token on the retry and is won, not refused). Other errors are
-never retried.
+checks each connection before handing it out (``check_connections``), and thrown away. A
+connection that dies while a statement runs is retried once on a fresh connection, for
+every operation: ``complete`` and ``release`` so a finished call never leaves its key in
+flight for a whole lease, and ``claim`` because it keeps its token across the retry (a
+claim whose commit was lost with the connection finds its own token on the retry and is
+won, not refused). Other errors are never retried.
 
 The table is created on first use (``CREATE TABLE IF NOT EXISTS`` under an advisory lock so
 concurrent first users do not collide), or ahead of time with ``stoic idempotency migrate``
@@ -93,6 +93,11 @@ class PostgresStore(BaseStore):
         connect_timeout: seconds to wait for a connection, new (libpq's ``connect_timeout``,
             at least 2) or from a full pool; then ``psycopg_pool.PoolTimeout``. 30 s suits a
             server; a command-line tool wants about 5.
+        check_connections: test each pooled connection as it is handed out, so a dead one is
+            replaced before use. It adds one round trip to every operation (most felt by
+            a replay, otherwise one ``SELECT``). False skips the test: a dead
+            connection is then found by failing, and the operation is retried once after the
+            pool has tested and replaced its idle connections.
     """
 
     def __init__(
@@ -104,9 +109,11 @@ class PostgresStore(BaseStore):
         max_size: int = 10,
         create_table: bool = True,
         connect_timeout: float = 30.0,
+        check_connections: bool = True,
     ) -> None:
         check_table(table)
         self.connect_timeout = check_seconds("connect_timeout", connect_timeout)
+        self.check_connections = bool(check_connections)
         if min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {min_size!r}")
         if max_size < max(1, min_size):
@@ -186,7 +193,7 @@ class PostgresStore(BaseStore):
                 self._pool = ConnectionPool(
                     self.dsn, min_size=self.min_size, max_size=self.max_size, open=True,
                     kwargs=self._connection_options(), timeout=self.connect_timeout,
-                    check=ConnectionPool.check_connection,
+                    check=ConnectionPool.check_connection if self.check_connections else None,
                 )
             if not self._ready:
                 with self._pool.connection() as conn, conn.transaction():
@@ -205,7 +212,7 @@ class PostgresStore(BaseStore):
             pool = AsyncConnectionPool(
                 self.dsn, min_size=self.min_size, max_size=self.max_size, open=False,
                 kwargs=self._connection_options(), timeout=self.connect_timeout,
-                check=AsyncConnectionPool.check_connection,
+                check=AsyncConnectionPool.check_connection if self.check_connections else None,
             )
             await pool.open()
             self._apool, self._apool_loop = pool, loop
@@ -315,6 +322,8 @@ class PostgresStore(BaseStore):
                 raise
             _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
                          "fresh connection", exc)
+            if not self.check_connections:
+                pool.check()  # replace every dead idle connection before the retry
         with pool.connection() as conn:
             return work(conn, True)
 
@@ -399,6 +408,8 @@ class PostgresStore(BaseStore):
                 raise
             _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
                          "fresh connection", exc)
+            if not self.check_connections:
+                await pool.check()
         async with pool.connection() as conn:
             return await work(conn, True)
 

@@ -16,8 +16,8 @@ on first use of a host and kept by the transport; breakers are also found throug
 from __future__ import annotations
 
 import logging
+import os
 import threading
-import uuid
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -117,22 +117,26 @@ def single_attempt_variant(policy: Policy) -> Policy:
     the breaker and the rest still apply, the retries happen above.
     """
     return _each_retry(
-        policy, lambda retry: retry if retry.attempts == 1 else retry.replace(attempts=1)
+        policy, lambda retry: retry if retry.max_attempts == 1 else retry.replace(max_attempts=1)
     )
 
 
 def retries(policy: Policy | None) -> bool:
     """Whether ``policy`` may make more than one attempt (holds a ``Retry`` of attempts > 1)."""
     if isinstance(policy, Retry):
-        return policy.attempts > 1
+        return policy.max_attempts > 1
     if isinstance(policy, Pipeline):
         return any(retries(p) for p in policy.policies)
     return False
 
 
 def new_idempotency_key() -> str:
-    """A fresh key for one logical request (random, so two requests never share one)."""
-    return str(uuid.uuid4())
+    """A fresh key for one logical request (random, so two requests never share one).
+
+    128 random bits as hex: ``str(uuid.uuid4())`` costs several times more per request and
+    adds nothing a key needs (``benchmarks/http_overhead.py``, the keyed gRPC and POST cases).
+    """
+    return os.urandom(16).hex()
 
 
 def host_name(scheme: str, host: str, port: int | None) -> str:
@@ -236,13 +240,19 @@ class Core:
         self, method: str, headers: MutableMapping[str, str], replayable: bool, url: Any,
         timeouts: Any,
     ) -> Plan:
-        """Decide once per logical request: its key (generated into ``headers`` for a POST
-        or PATCH), its policy (the idempotent variant for an idempotent method, none for a
-        body that cannot be sent twice) and its host's breaker and bulkhead."""
+        """Decide once per logical request: its key (the bound ``stoic.context`` key, else
+        generated, into ``headers`` for a POST or PATCH), its policy (the idempotent variant
+        for an idempotent method, none for a body that cannot be sent twice) and its host's
+        breaker and bulkhead."""
         key = headers.get(IDEMPOTENCY_HEADER)
-        if key is None and self._idempotency_keys and method in KEYED_METHODS:
-            key = new_idempotency_key()
-            headers[IDEMPOTENCY_HEADER] = key
+        if key is None and method in KEYED_METHODS:
+            # a key bound by the caller (a workflow step's, an @idempotent call's) goes out
+            # as is, so the downstream applies a re-run of the step once; else a fresh one
+            key = context.idempotency_key()
+            if key is None and self._idempotency_keys:
+                key = new_idempotency_key()
+            if key is not None:
+                headers[IDEMPOTENCY_HEADER] = key
         policy: Policy | None
         guarded = not context.retries_allowed()  # the caller retries: no retries here
         if not replayable:

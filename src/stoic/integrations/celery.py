@@ -1,6 +1,6 @@
 """Celery tasks that retry by stoic's rules, run once per idempotency key, and carry deadlines.
 
-    @app.task(base=StoicTask, bind=True, retry_policy=stoic.Retry(attempts=5), idempotent=False)
+    @app.task(base=StoicTask, bind=True, retry_policy=stoic.Retry(max_attempts=5), idempotent=False)
     def charge(self, order_id): ...
 
     with stoic.deadline(30):

@@ -235,7 +235,8 @@ class ResilientInterceptor(
         metadata = _Metadata(details.metadata)
         plan = self._plan_call(details, metadata, True)
         policy = plan.policy
-        assert policy is not None  # a unary request can always be sent again
+        if policy is None:  # not reached: a unary request can always be sent again
+            return self._attempt(continuation, details, request, plan, metadata)
         if plan.key is None:
             return policy.call(self._attempt, continuation, details, request, plan, metadata)
         with using_idempotency_key(plan.key):
@@ -289,7 +290,8 @@ class ResilientAioInterceptor(
         metadata = _Metadata(details.metadata)
         plan = self._plan_call(details, metadata, True)
         policy = plan.policy
-        assert policy is not None
+        if policy is None:  # not reached: a unary request can always be sent again
+            return await self._attempt(continuation, details, request, plan, metadata)
         if plan.key is None:
             return await policy.acall(self._attempt, continuation, details, request, plan, metadata)
         with using_idempotency_key(plan.key):

@@ -10,8 +10,8 @@ requests it admits still finish in time. Which ones it refuses depends on their 
 
 - ``critical``: waits longest for a slot (``max_wait``) and is served first;
 - ``default``: waits a little;
-- ``sheddable``: never waits: it runs only on a slot that is free when it arrives, and
-  leaves ``reserve`` slots (1) free for the others.
+- ``sheddable``: never waits: it runs only on a slot that is free when it arrives (and,
+  with ``reserve``, leaves that many slots free for the others).
 
 A refused request gets ``503`` with ``Retry-After``. A request whose deadline (the time left
 that ``StoicMiddleware`` bound, or the ``X-Request-Timeout-Ms`` header) is shorter than the
@@ -73,8 +73,10 @@ class LoadShedder:
             all. Never longer than the request's deadline.
         codel: shrink every wait to ``codel_target`` while the queue has stayed non-empty
             for more than ``codel_interval`` seconds.
-        reserve: slots a sheddable request must leave free (never its last one), so a
-            critical or default request arriving finds one instead of queueing for it.
+        reserve: slots a sheddable request must leave free (never the last one), so a
+            critical or default request arriving finds one instead of queueing for it. It
+            costs throughput when the others do not use it (benchmarks/overload.py: 88%
+            goodput with 1, 94% with 0), so it is off by default.
         deadline_header: the header with the caller's time left in milliseconds, read when
             no ``StoicMiddleware`` outside has bound a deadline.
         name: names the shedder in events.
@@ -91,7 +93,7 @@ class LoadShedder:
         codel: bool = False,
         codel_target: float = 0.005,
         codel_interval: float = 0.1,
-        reserve: int = 1,
+        reserve: int = 0,
         deadline_header: str = "X-Request-Timeout-Ms",
         name: str = "load_shedder",
     ) -> None:
@@ -147,10 +149,13 @@ class LoadShedder:
         if left is not None and (left <= 0 or left < limit.rtt):
             await self._refuse(send, priority, 504, "deadline")
             return
-        start = limit.try_acquire(self._headroom[priority])
+        headroom = self._headroom[priority]
+        start = limit.try_acquire(headroom)
         if start is None:
             try:
-                start = await limit.aacquire(PRIORITIES[priority], self._wait(priority, left))
+                start = await limit.aacquire(
+                    PRIORITIES[priority], self._wait(priority, left), headroom
+                )
             except DeadlineExceeded:
                 await self._refuse(send, priority, 504, "deadline")
                 return

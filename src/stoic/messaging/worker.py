@@ -22,7 +22,7 @@ The worker's one rule of its own, said through Retry's parameters: it asks
 already runs twice whenever a worker dies after its side effect and before its ack; an
 UNKNOWN failure ("it may have taken effect") therefore adds no risk that the queue does not
 already impose, and it is retried. Make the effect safe to repeat with ``dedupe=`` or an
-``Inbox``. ``max_attempts``, when given, is ``retry.replace(attempts=max_attempts)``.
+``Inbox``. ``max_attempts``, when given, is ``retry.replace(max_attempts=max_attempts)``.
 
 While a handler runs, a heartbeat extends the lease of every message the worker holds (and
 the dedupe lease), so a slow handler does not lose its message to another worker. On SIGTERM
@@ -182,7 +182,7 @@ class Worker:
         if not dedupe_ttl > 0:
             raise ValueError(f"dedupe_ttl must be > 0 seconds, got {dedupe_ttl!r}")
         if max_attempts is None:
-            max_attempts = retry.attempts
+            max_attempts = retry.max_attempts
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
@@ -203,7 +203,7 @@ class Worker:
         self.handler = handler
         self.retry = retry
         # The decision the worker asks: the caller's Retry, idempotent (module docstring).
-        self._decision = retry.replace(idempotent=True, attempts=max_attempts)
+        self._decision = retry.replace(idempotent=True, max_attempts=max_attempts)
         self.concurrency = concurrency
         self.lease = float(lease)
         self.dedupe = dedupe

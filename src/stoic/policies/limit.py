@@ -61,8 +61,6 @@ __all__ = [
     "Vegas",
 ]
 
-_now = clock.now
-
 
 class LimitExceededError(Rejected):
     """Raised when an ``AdaptiveLimit`` is full and the call could not wait for a slot.
@@ -368,7 +366,7 @@ class AdaptiveLimit(Policy):
         self._order = itertools.count()
         self._rtt = 0.0
         # the window being gathered
-        self._window_end = _now() + self.window
+        self._window_end = clock.monotonic() + self.window
         self._sum = 0.0
         self._count = 0
         self._peak = 0
@@ -413,7 +411,7 @@ class AdaptiveLimit(Policy):
             if self._inflight >= max(1, self._cap - headroom) or self._waiting:
                 return None
             self._inflight += 1
-        return _now()
+        return clock.monotonic()
 
     def acquire(self, priority: int = 0, timeout: float | None = None) -> float:
         """Take a slot, waiting up to ``timeout`` seconds (``max_wait`` when None).
@@ -427,20 +425,26 @@ class AdaptiveLimit(Policy):
         limit, by_deadline = self._wait_limit(timeout)
         waiter = _Waiter(None)
         if self._enqueue(waiter, priority):
-            return _now()
+            return clock.monotonic()
         if waiter.lock is not None:
             waiter.lock.acquire(timeout=limit)
         return self._after_wait(waiter, by_deadline)
 
-    async def aacquire(self, priority: int = 0, timeout: float | None = None) -> float:
-        """``acquire`` for coroutines; the wait never blocks the event loop."""
-        start = self.try_acquire()
+    async def aacquire(
+        self, priority: int = 0, timeout: float | None = None, headroom: int = 0
+    ) -> float:
+        """``acquire`` for coroutines; the wait never blocks the event loop.
+
+        ``headroom`` applies to taking a free slot at once, as in ``try_acquire``; a slot
+        handed over while waiting is handed over whatever the headroom.
+        """
+        start = self.try_acquire(headroom)
         if start is not None:
             return start
         limit, by_deadline = self._wait_limit(timeout)
         waiter = _Waiter(asyncio.get_running_loop())
         if self._enqueue(waiter, priority):
-            return _now()
+            return clock.monotonic()
         try:
             if waiter.future is not None:
                 await asyncio.wait_for(asyncio.shield(waiter.future), limit)
@@ -448,7 +452,7 @@ class AdaptiveLimit(Policy):
             pass
         except BaseException:
             if self._withdraw(waiter):  # granted as we were cancelled: pass the slot on
-                self.release(_now(), ignore=True)
+                self.release(clock.monotonic(), ignore=True)
             raise
         return self._after_wait(waiter, by_deadline)
 
@@ -458,7 +462,7 @@ class AdaptiveLimit(Policy):
         ``dropped`` marks a call that failed for overload (a timeout, a 503): the algorithm
         treats it as a sign to shrink.
         """
-        end = _now()
+        end = clock.monotonic()
         with self._lock:
             inflight = self._inflight
             self._inflight = inflight - 1
@@ -523,7 +527,7 @@ class AdaptiveLimit(Policy):
         at = deadline_at()
         by_deadline = False
         if at is not None:
-            left = at - _now()
+            left = at - clock.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(
                     f"deadline passed before a slot of {self.name!r} was free; not started"
@@ -573,7 +577,7 @@ class AdaptiveLimit(Policy):
 
     def _after_wait(self, waiter: _Waiter, by_deadline: bool) -> float:
         if waiter.state == _GRANTED or self._withdraw(waiter):
-            return _now()
+            return clock.monotonic()
         if by_deadline and waiter.state == _REFUSED and self._deadline_passed():
             raise DeadlineExceeded(
                 f"deadline passed while waiting for a slot of {self.name!r}; not started"
@@ -583,7 +587,7 @@ class AdaptiveLimit(Policy):
     @staticmethod
     def _deadline_passed() -> bool:
         at = deadline_at()
-        return at is not None and at <= _now()
+        return at is not None and at <= clock.monotonic()
 
     def _rejected(self) -> LimitExceededError:
         retry_after = self._rtt if self._rtt > 0 else None
@@ -615,7 +619,7 @@ class AdaptiveLimit(Policy):
                 free = me._inflight < me._cap and not me._waiting
                 if free:
                     me._inflight += 1
-            start = _now() if free else acquire()
+            start = clock.monotonic() if free else acquire()
             try:
                 result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
             except Exception as exc:
@@ -625,7 +629,7 @@ class AdaptiveLimit(Policy):
             except BaseException:
                 release(start, ignore=True)
                 raise
-            end = _now()
+            end = clock.monotonic()
             with lock:
                 inflight = me._inflight
                 me._inflight = inflight - 1
@@ -650,7 +654,7 @@ class AdaptiveLimit(Policy):
                 free = me._inflight < me._cap and not me._waiting
                 if free:
                     me._inflight += 1
-            start = _now() if free else await acquire()
+            start = clock.monotonic() if free else await acquire()
             try:
                 result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
             except Exception as exc:

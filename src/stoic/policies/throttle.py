@@ -38,8 +38,6 @@ from .budget import RetryBudget
 
 __all__ = ["AdaptiveThrottle", "ThrottleBudget", "ThrottledError"]
 
-_now = clock.now
-
 
 class ThrottledError(Rejected):
     """Raised when ``AdaptiveThrottle`` refuses a call locally, sparing the backend."""
@@ -102,12 +100,12 @@ class AdaptiveThrottle(Policy):
     def probability(self) -> float:
         """The chance that the next call is refused locally, from the current counts."""
         with self._lock:
-            requests, accepts = self._totals(_now())
+            requests, accepts = self._totals(clock.monotonic())
         return max(0.0, (requests - self.k * accepts) / (requests + 1.0))
 
     def admit(self) -> bool:
         """Count one request and decide it: True to send it, False to refuse it locally."""
-        now = _now()
+        now = clock.monotonic()
         with self._lock:
             self._slice(now)[1] += 1
             requests, accepts = self._totals(now)
@@ -117,7 +115,7 @@ class AdaptiveThrottle(Policy):
     def record(self, accepted: bool) -> None:
         """Record the backend's answer to a request ``admit`` let through."""
         if accepted:
-            now = _now()
+            now = clock.monotonic()
             with self._lock:
                 self._slice(now)[2] += 1
 

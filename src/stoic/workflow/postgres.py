@@ -164,12 +164,13 @@ class PostgresStore:
         with self._tx() as conn:
             row = conn.execute(
                 f"INSERT INTO {self._runs} (id, name, version, kind, args, fingerprint, status,"
-                " priority, ckey, due_at, deadline_at, created_at, updated_at, trace) VALUES"
-                " (%s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO NOTHING RETURNING id",
+                " priority, ckey, due_at, deadline_at, created_at, updated_at, trace, owner,"
+                " token, lease_until, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
                 (run.id, run.name, run.version, f"{run.name}@{run.version}", run.args,
-                 run.fingerprint, run.priority, run.key, run.created_at, run.deadline_at,
-                 run.created_at, run.created_at, run.trace),
+                 run.fingerprint, run.status, run.priority, run.key, run.created_at,
+                 run.deadline_at, run.created_at, run.created_at, run.trace, run.owner,
+                 run.token, run.lease_until, run.started_at),
             ).fetchone()
             if row is not None:
                 self._notify(conn)
@@ -228,48 +229,53 @@ class PostgresStore:
         return claimed
 
     def commit(self, fence: Fence, commit: Commit, now: float, lease: float) -> bool:
+        # One pipeline: every statement is sent at once and the fence is checked at the end;
+        # a stale token raises inside the transaction, which rolls all of it back.
+        update = commit.run
         with self._tx() as conn:
-            update = commit.run
-            if update is None:
-                row = conn.execute(
-                    f"UPDATE {self._runs} SET lease_until = %s, updated_at = %s WHERE id = %s"
-                    " AND token = %s AND status = 'running' RETURNING cancel",
-                    (now + lease, now, fence.run_id, fence.token)).fetchone()
-            else:
-                row = conn.execute(
-                    f"UPDATE {self._runs} SET status = %s, due_at = COALESCE(%s, due_at),"
-                    " result = COALESCE(%s, result), error = %s, owner = NULL,"
-                    " lease_until = NULL, updated_at = %s, finished_at = %s WHERE id = %s AND"
-                    " token = %s AND status = 'running' RETURNING cancel",
-                    (update.status, update.due_at, update.result, update.error, now,
-                     now if update.status in TERMINAL else None, fence.run_id, fence.token),
-                ).fetchone()
+            with conn.pipeline():
+                if update is None:
+                    fenced = conn.execute(
+                        f"UPDATE {self._runs} SET lease_until = %s, updated_at = %s WHERE"
+                        " id = %s AND token = %s AND status = 'running' RETURNING cancel",
+                        (now + lease, now, fence.run_id, fence.token))
+                else:
+                    fenced = conn.execute(
+                        f"UPDATE {self._runs} SET status = %s, due_at = COALESCE(%s, due_at),"
+                        " result = COALESCE(%s, result), error = %s, owner = NULL,"
+                        " lease_until = NULL, updated_at = %s, finished_at = %s WHERE id = %s"
+                        " AND token = %s AND status = 'running' RETURNING cancel",
+                        (update.status, update.due_at, update.result, update.error, now,
+                         now if update.status in TERMINAL else None, fence.run_id,
+                         fence.token))
+                    if update.wake_on_signal is not None:
+                        conn.execute(
+                            f"UPDATE {self._runs} SET due_at = %s WHERE id = %s AND EXISTS"
+                            f" (SELECT 1 FROM {self._signals} WHERE run_id = %s AND name = %s"
+                            " AND taken = 0)",
+                            (now, fence.run_id, fence.run_id, update.wake_on_signal))
+                if commit.steps:
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            f"INSERT INTO {self._steps} (run_id, {_STEP_COLUMNS}) VALUES (%s,"
+                            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT"
+                            " (run_id, seq) DO UPDATE SET name = excluded.name,"
+                            " kind = excluded.kind, key = excluded.key,"
+                            " status = excluded.status, attempts = excluded.attempts,"
+                            " started_at = excluded.started_at, result = excluded.result,"
+                            " error = excluded.error, due_at = excluded.due_at,"
+                            " finished_at = excluded.finished_at, once = excluded.once",
+                            [step_params(fence.run_id, s) for s in commit.steps])
+                if commit.signals_taken:
+                    conn.execute(f"UPDATE {self._signals} SET taken = 1 WHERE seq = ANY(%s)",
+                                 (commit.signals_taken,))
+                for outbox, topic, payload, msg_id in commit.outbox:
+                    outbox.add(conn, topic, payload, id=msg_id)
+                if update is not None and update.status not in TERMINAL:
+                    self._notify(conn)
+            row = fenced.fetchone()
             if row is None:
                 raise StaleLease(f"run {fence.run_id!r}: token {fence.token} is not current")
-            if update is not None and update.wake_on_signal is not None and conn.execute(
-                f"SELECT 1 FROM {self._signals} WHERE run_id = %s AND name = %s AND taken = 0"
-                " LIMIT 1", (fence.run_id, update.wake_on_signal)).fetchone():
-                conn.execute(f"UPDATE {self._runs} SET due_at = %s WHERE id = %s",
-                             (now, fence.run_id))
-            if commit.steps:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        f"INSERT INTO {self._steps} (run_id, {_STEP_COLUMNS}) VALUES (%s, %s,"
-                        " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, seq)"
-                        " DO UPDATE SET name = excluded.name, kind = excluded.kind,"
-                        " key = excluded.key, status = excluded.status,"
-                        " attempts = excluded.attempts, started_at = excluded.started_at,"
-                        " result = excluded.result, error = excluded.error,"
-                        " due_at = excluded.due_at, finished_at = excluded.finished_at,"
-                        " once = excluded.once",
-                        [step_params(fence.run_id, s) for s in commit.steps])
-            if commit.signals_taken:
-                conn.execute(f"UPDATE {self._signals} SET taken = 1 WHERE seq = ANY(%s)",
-                             (commit.signals_taken,))
-            for outbox, topic, payload, msg_id in commit.outbox:
-                outbox.add(conn, topic, payload, id=msg_id)
-            if update is not None and update.status not in TERMINAL:
-                self._notify(conn)
         return bool(row[0])
 
     def renew(self, fences: Sequence[Fence], now: float, lease: float) -> list[str]:

@@ -100,6 +100,20 @@ class NewRun:
     deadline_at: float | None
     created_at: float
     trace: str | None = None
+    owner: str | None = None          # set: recorded already claimed by this worker (token 1)
+    lease_until: float | None = None
+
+    @property
+    def status(self) -> str:
+        return "pending" if self.owner is None else "running"
+
+    @property
+    def token(self) -> int:
+        return 0 if self.owner is None else 1
+
+    @property
+    def started_at(self) -> float | None:
+        return None if self.owner is None else self.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +230,9 @@ class Store(Protocol):
     """
 
     def create(self, run: NewRun) -> RunRecord | None:
-        """Record ``run`` (status pending, due now) unless its id exists; return the existing
-        run in that case, None when this call created it."""
+        """Record ``run`` (status pending, due now; or running, claimed by ``run.owner`` with
+        token 1) unless its id exists; return the existing run in that case, None when this
+        call created it."""
         ...
 
     def claim(
