@@ -333,7 +333,9 @@ def test_chaos_toolkit_experiment_runs_against_demo_serve(tmp_path: Path) -> Non
         outputs = {r["activity"]["name"]: r.get("output") for r in report["run"]}
         # payments blackholed: orders answer within the 1.5 s deadline they were given
         assert outputs["p99-while-payments-is-cut-stays-within-the-deadline"] < 2.0
-        assert outputs["payments-breaker-while-cut"] == "open"
+        # the breaker tripped: open, or already half-open and trying payments again (the
+        # workflows behind the 202 answers keep calling payments, one second apart)
+        assert outputs["payments-breaker-while-cut"] in ("open", "half_open")
     finally:
         serve.terminate()
         serve.wait(timeout=20)
