@@ -577,6 +577,25 @@ breaker_groups()
 # ==== end of issue 3 section =================================================================
 
 
+# ==== issue 16: AdaptiveLimit, free slot (goal: under 1 us added, sync) ======================
+
+
+def limit_groups() -> None:
+    """AdaptiveLimit's happy path beside the Bulkhead (a fixed limit) and peers' limiters."""
+    sync = group("AdaptiveLimit, free slot (sync)")
+    sync.cases.append(Case("bare call", ok))
+    sync.cases.append(Case("stoic AdaptiveLimit(vegas)", stoic.AdaptiveLimit("vegas")(ok)))
+    sync.cases.append(Case("stoic AdaptiveLimit(gradient2)", stoic.AdaptiveLimit("gradient2")(ok)))
+    sync.cases.append(Case("stoic Bulkhead(10), fixed", stoic.Bulkhead(10)(ok)))
+    asynchronous = group("AdaptiveLimit, free slot (async)", is_async=True)
+    asynchronous.cases.append(Case("bare call", aok, True))
+    asynchronous.cases.append(Case("stoic AdaptiveLimit(vegas)", stoic.AdaptiveLimit("vegas")(aok), True))
+    asynchronous.cases.append(Case("stoic Bulkhead(10), fixed", stoic.Bulkhead(10)(aok), True))
+
+
+limit_groups()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")

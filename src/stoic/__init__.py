@@ -39,9 +39,13 @@ if TYPE_CHECKING:
     from .policies.breaker import CircuitBreaker, CountWindow, TimeWindow, breakers
     from .policies.bulkhead import Bulkhead
     from .policies.hedge import Hedge
+    from .policies.limit import AdaptiveLimit
     from .policies.ratelimit import RateLimiter
+    from .policies.throttle import AdaptiveThrottle
 
 __all__ = [
+    "AdaptiveLimit",
+    "AdaptiveThrottle",
     "Bulkhead",
     "BulkheadFullError",
     "CircuitBreaker",
@@ -99,6 +103,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Bulkhead": ("stoic.policies.bulkhead", "Bulkhead"),
     "RateLimiter": ("stoic.policies.ratelimit", "RateLimiter"),
     "Hedge": ("stoic.policies.hedge", "Hedge"),
+    "AdaptiveLimit": ("stoic.policies.limit", "AdaptiveLimit"),
+    "AdaptiveThrottle": ("stoic.policies.throttle", "AdaptiveThrottle"),
     "idempotent": ("stoic.idempotency", "idempotent"),
     "idempotency": ("stoic.idempotency", None),
     "messaging": ("stoic.messaging", None),

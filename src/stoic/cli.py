@@ -28,6 +28,7 @@ _COMMANDS: dict[str, str] = {
     "proxy": "stoic.chaos.cli",
     "demo": "stoic.demo.cli",
     "config": "stoic.registry.cli",
+    "workflow": "stoic.workflow.cli",
 }
 
 

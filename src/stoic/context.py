@@ -22,9 +22,12 @@ __all__ = [
     "deadline",
     "deadline_at",
     "get",
+    "hop",
+    "hop_attempt",
     "idempotency_key",
     "remaining",
     "reset_deadline",
+    "retries_allowed",
     "set_deadline",
     "using_idempotency_key",
 ]
@@ -32,6 +35,8 @@ __all__ = [
 _deadline: ContextVar[float | None] = ContextVar("stoic_deadline", default=None)
 _fields: ContextVar[Mapping[str, Any]] = ContextVar("stoic_fields", default={})  # noqa: B039
 _idempotency_key: ContextVar[str | None] = ContextVar("stoic_idempotency_key", default=None)
+# (attempt number at the caller, whether the caller allows retries below it); see ``hop``
+_hop: ContextVar[tuple[int, bool] | None] = ContextVar("stoic_hop", default=None)
 
 V = TypeVar("V")
 _S = TypeVar("_S", bound="_Scoped[Any]")
@@ -165,3 +170,39 @@ class using_idempotency_key(_Scoped["str | None"]):
 
     def _value(self) -> str | None:
         return self.key
+
+
+def retries_allowed() -> bool:
+    """False when the request being served is already retried by its caller (the hop guard).
+
+    stoic's HTTP clients then make one attempt per request and tell the next hop the same,
+    so retries do not multiply down a chain of services (3 attempts at each of 4 hops would
+    be 81 calls at the bottom).
+    """
+    bound = _hop.get()
+    return bound is None or bound[1]
+
+
+def hop_attempt() -> int | None:
+    """Which attempt of its caller the request being served is (1 = first), if it said."""
+    bound = _hop.get()
+    return None if bound is None else bound[0]
+
+
+class hop(_Scoped["tuple[int, bool] | None"]):
+    """Bind what the caller of this request said about retrying (``StoicMiddleware`` does).
+
+    ``attempt`` is the caller's attempt number; ``retry_below`` False means the caller
+    retries this request itself, so nothing below should add retries of its own.
+    """
+
+    __slots__ = ("attempt", "retry_below")
+    _var = _hop
+
+    def __init__(self, attempt: int, retry_below: bool) -> None:
+        super().__init__()
+        self.attempt = attempt
+        self.retry_below = retry_below
+
+    def _value(self) -> tuple[int, bool] | None:
+        return (self.attempt, self.retry_below)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the catalogue's other members, for type checkers (see ``cat
     from .idempotency.events import IdempotencyLeaseTakenOver as IdempotencyLeaseTakenOver
     from .idempotency.events import IdempotencyRecordCorrupted as IdempotencyRecordCorrupted
     from .idempotency.events import IdempotentReplayed as IdempotentReplayed
+    from .integrations.shedding import RequestShed as RequestShed
     from .messaging.model import DeadLettersRequeued as DeadLettersRequeued
     from .messaging.model import MessageDeadLettered as MessageDeadLettered
     from .messaging.model import MessageHandled as MessageHandled
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # the catalogue's other members, for type checkers (see ``cat
     from .policies.breaker.events import BreakerOpened as BreakerOpened
     from .policies.breaker.events import BreakerTransitioned as BreakerTransitioned
     from .policies.hedge import HedgeStarted as HedgeStarted
+    from .policies.limit import LimitChanged as LimitChanged
     from .state.base import StateStoreDegraded as StateStoreDegraded
     from .state.base import StateStoreRecovered as StateStoreRecovered
     from .workflow.events import CompensationRan as CompensationRan
@@ -94,12 +96,14 @@ __all__ = [
     "IdempotencyLeaseTakenOver",
     "IdempotencyRecordCorrupted",
     "IdempotentReplayed",
+    "LimitChanged",
     "MessageDeadLettered",
     "MessageHandled",
     "MessageRetried",
     "NetworkHealed",
     "NetworkPartitioned",
     "ProcessFaulted",
+    "RequestShed",
     "RetryGaveUp",
     "RetryScheduled",
     "Sink",
@@ -371,6 +375,7 @@ def catalogue() -> tuple[type[Event], ...]:
         IdempotencyRecordCorrupted,
         IdempotentReplayed,
     )
+    from .integrations.shedding import RequestShed
     from .messaging.model import (
         DeadLettersRequeued,
         MessageDeadLettered,
@@ -386,6 +391,7 @@ def catalogue() -> tuple[type[Event], ...]:
         BreakerTransitioned,
     )
     from .policies.hedge import HedgeStarted
+    from .policies.limit import LimitChanged
     from .state.base import StateStoreDegraded, StateStoreRecovered
     from .workflow.events import (
         CompensationRan,
@@ -411,6 +417,11 @@ def catalogue() -> tuple[type[Event], ...]:
         IdempotencyLeaseLost, IdempotencyRecordCorrupted,
         # messaging
         MessageHandled, MessageRetried, MessageDeadLettered, DeadLettersRequeued,
+        # load control
+        LimitChanged, RequestShed,
+        # durable workflows
+        WorkflowStarted, WorkflowRecovered, WorkflowFinished, WorkflowParked, WorkflowLeaseLost,
+        StepCompleted, StepFailed, CompensationRan,
         # chaos
         FaultInjected, ProcessFaulted, NetworkPartitioned, NetworkHealed,
         # durable workflows

@@ -273,7 +273,7 @@ async def test_concurrent_duplicates_on_every_store(server: Server, backend: Bac
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"ttl": 0}, "ttl"), ({"max_body": -1}, "max_body"), ({"methods": ()}, "methods"),
-     ({"lease": float("inf")}, "lease")],
+     ({"lease": float("inf")}, "lease"), ({"header": "Idem Key"}, "header")],
 )
 def test_bad_configuration_is_refused_naming_the_parameter(
     kwargs: dict[str, Any], message: str

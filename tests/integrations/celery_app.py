@@ -27,7 +27,7 @@ app.conf.update(
     worker_hijack_root_logger=False, task_acks_late=True,
 )
 counts = redis.Redis.from_url(BROKER)
-FAST = stoic.Retry(attempts=4, backoff=backoff.constant(0.1, max=5.0))
+FAST = stoic.Retry(max_attempts=4, backoff=backoff.constant(0.1, max=5.0))
 
 
 def count(name: str) -> int:
@@ -72,7 +72,7 @@ def time_left(self: StoicTask, name: str) -> float | None:
     return stoic.remaining()
 
 
-@app.task(base=StoicTask, bind=True, retry_policy=stoic.Retry(attempts=1),
+@app.task(base=StoicTask, bind=True, retry_policy=stoic.Retry(max_attempts=1),
           breaker=CircuitBreaker(f"{PREFIX}:dependency", window=CountWindow(2), minimum_calls=2,
                                  open_for=600))
 def guarded(self: StoicTask, name: str) -> int:

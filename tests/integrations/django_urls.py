@@ -40,11 +40,21 @@ def calls_down(request: Any) -> HttpResponse:
     return HttpResponse(response.content, status=response.status_code)
 
 
+CHARGES: list[bytes] = []
+
+
+def pay(request: Any) -> HttpResponse:
+    CHARGES.append(request.body)
+    time.sleep(0.6)  # the charge is made; a client with a short timeout loses this reply
+    return HttpResponse(json.dumps({"charged": len(CHARGES)}), status=201,
+                        content_type="application/json")
+
+
 def late(request: Any) -> HttpResponse:
     raise stoic.DeadlineExceeded("the view ran out of time")
 
 
 urlpatterns = [
     path("seen", seen), path("slow", slow), path("missing", missing),
-    path("down", calls_down), path("late", late),
+    path("down", calls_down), path("late", late), path("pay", pay),
 ]

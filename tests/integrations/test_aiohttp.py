@@ -15,7 +15,7 @@ from stoic.integrations.aiohttp import ResilientMiddleware
 from stoic.outcome import Outcome, classify
 from stoic.policies.breaker import CircuitBreaker, CountWindow
 
-FAST = stoic.Retry(attempts=3, backoff=backoff.constant(0.01, max=5.0))
+FAST = stoic.Retry(max_attempts=3, backoff=backoff.constant(0.01, max=5.0))
 
 
 def session(**kwargs: object) -> aiohttp.ClientSession:
@@ -146,7 +146,7 @@ class TestBreakers:
             return CircuitBreaker(name, window=CountWindow(4), minimum_calls=4, open_for=600)
 
         service.backend.answer("/down", Action(503))
-        policy = stoic.Retry(attempts=2, backoff=backoff.constant(0, max=5.0))
+        policy = stoic.Retry(max_attempts=2, backoff=backoff.constant(0, max=5.0))
         async with session(policy=policy, breaker=small) as s:
             for _ in range(2):
                 async with s.get(f"{service.url}/down") as response:
@@ -190,3 +190,24 @@ class TestConfiguration:
     def test_bad_configuration_names_the_parameter(self, kwargs: dict, name: str) -> None:
         with pytest.raises(ValueError, match=name):
             ResilientMiddleware(**kwargs)
+
+
+class TestDownstream:
+    async def test_the_deadline_is_honoured_by_a_stoic_service_downstream(self) -> None:
+        from integrations.servers import Server
+        from stoic.integrations.asgi import StoicMiddleware
+
+        seen: list[float | None] = []
+
+        async def app(scope: dict, receive: object, send: object) -> None:
+            seen.append(stoic.remaining())
+            await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+        server = Server(StoicMiddleware(app, service="down", version="1")).start()
+        try:
+            async with session() as s, stoic.deadline(1.5), s.get(f"{server.url}/x") as response:
+                assert response.status == 200
+        finally:
+            server.stop()
+        assert seen and seen[0] is not None and 0 < seen[0] <= 1.5

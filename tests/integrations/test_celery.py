@@ -58,9 +58,10 @@ def worker() -> Iterator[ModuleType]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        queue = env_names["STOIC_CELERY_QUEUE"]
         keys = celery_app.counts.keys(f"{env_names['STOIC_CELERY_PREFIX']}:*")
-        if keys:
-            celery_app.counts.delete(*keys)
+        celery_app.counts.delete(*keys, queue, f"_kombu.binding.{queue}",  # ours only
+                                 f"_kombu.binding_permanent.{queue}")
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -26,7 +26,7 @@ from stoic.integrations.grpc import (
 from stoic.outcome import Outcome, classify
 from support import free_port
 
-FAST = stoic.Retry(attempts=3, backoff=backoff.constant(0.01, max=5.0))
+FAST = stoic.Retry(max_attempts=3, backoff=backoff.constant(0.01, max=5.0))
 PAY = "/test.Shop/Pay"
 GET = "/test.Shop/Get"
 
@@ -206,7 +206,7 @@ class TestLostReply:
         # retries carry the same key, wait while it is in flight (ABORTED), then get the
         # stored reply: the server did the work once.
         served.shop.answer("Pay", Act(delay=0.6), Act())
-        policy = stoic.Retry(attempts=8, backoff=backoff.constant(0.2, max=5.0))
+        policy = stoic.Retry(max_attempts=8, backoff=backoff.constant(0.2, max=5.0))
         with channel(served, policy=policy) as ch:
             assert ch.unary_unary(PAY)(b"order-2", timeout=0.3) == b"ok:order-2"
         hits = served.shop.seen("Pay")
@@ -226,8 +226,8 @@ class TestLostReply:
 class TestDeadlines:
     def test_deadline_travels_and_is_bound_on_the_server(self, served: Served) -> None:
         with channel(served) as ch, stoic.deadline(2.0):
-            ch.unary_unary(GET)(b"x")
-        hit = served.shop.seen("Get")[0]
+            ch.unary_unary(GET)(b"deadline-travels")
+        [hit] = [h for h in served.shop.seen("Get") if h.request == b"deadline-travels"]
         assert hit.remaining is not None and 0 < hit.remaining <= 2.0
         assert 0 < int(hit.metadata["x-request-timeout-ms"]) <= 2000
 
@@ -366,3 +366,36 @@ class TestConfiguration:
         kwargs.setdefault("version", "1")
         with pytest.raises(ValueError, match=name):
             StoicServerInterceptor(**kwargs)
+
+
+class TestStreams:
+    def test_a_stream_gets_the_deadline_and_request_id_and_no_retry(self) -> None:
+        seen: list[tuple[float, dict[str, str]]] = []
+
+        def items(request: bytes, context: Any) -> Iterator[bytes]:
+            seen.append((context.time_remaining(), dict(context.invocation_metadata())))
+            if len(seen) == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+            yield b"one"
+
+        server = grpc.server(futures.ThreadPoolExecutor(2),
+                             interceptors=[StoicServerInterceptor("shop", "1")])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Shop", {"Items": grpc.unary_stream_rpc_method_handler(items)}),))
+        port = free_port()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        target = f"127.0.0.1:{port}"
+        try:
+            ch = grpc.intercept_channel(grpc.insecure_channel(target),
+                                        ResilientInterceptor(target, policy=FAST))
+            with ch, stoic.deadline(2.0), stoic.context.bind(request_id="s-1"), pytest.raises(
+                grpc.RpcError
+            ) as info:
+                list(ch.unary_stream("/test.Shop/Items")(b"x"))
+        finally:
+            server.stop(0)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert len(seen) == 1  # a stream is never replayed
+        left, metadata = seen[0]
+        assert 0 < left <= 2.0 and metadata["x-request-id"] == "s-1"

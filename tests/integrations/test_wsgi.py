@@ -22,12 +22,15 @@ from waitress.server import create_server
 import stoic
 from integrations import django_urls
 from stoic import backoff
+from stoic.idempotency import MemoryStore
 from stoic.integrations.httpx import ResilientTransport
-from stoic.integrations.wsgi import StoicMiddleware
+from stoic.integrations.wsgi import IdempotencyMiddleware, StoicMiddleware
 
 HITS = django_urls.HITS
+CHARGES = django_urls.CHARGES
+STORE = MemoryStore()
 DOWNSTREAM = django_urls.DOWNSTREAM
-FAST = stoic.Retry(attempts=4, backoff=backoff.constant(0.05, max=5.0))
+FAST = stoic.Retry(max_attempts=4, backoff=backoff.constant(0.05, max=5.0))
 
 
 def user_from(environ: dict[str, Any]) -> str | None:
@@ -62,6 +65,10 @@ def plain_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         return [response.content]
     if path == "/late":
         raise stoic.DeadlineExceeded("the app ran out of time")
+    if path == "/pay":
+        CHARGES.append(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        time.sleep(0.6)
+        return _json(start_response, "201 Created", {"charged": len(CHARGES)})
     start_response("404 Not Found", [("Content-Length", "13")])
     return [b"no such order"]
 
@@ -100,7 +107,13 @@ def flask_app() -> Any:
     def late() -> Any:
         raise stoic.DeadlineExceeded("the view ran out of time")
 
-    Stoic(app, version="1.0", bulkhead=stoic.Bulkhead(1), user_id=user_from)
+    @app.route("/pay", methods=["POST"])
+    def pay() -> Any:
+        CHARGES.append(request.get_data())
+        time.sleep(0.6)
+        return {"charged": len(CHARGES)}, 201
+
+    Stoic(app, version="1.0", bulkhead=stoic.Bulkhead(1), user_id=user_from, idempotency=STORE)
     return app
 
 
@@ -120,13 +133,13 @@ def django_app() -> Any:
         django.setup()
     from django.core.wsgi import get_wsgi_application
 
-    return get_wsgi_application()
+    return IdempotencyMiddleware(get_wsgi_application(), STORE, lease=2.0)
 
 
 def served_app(kind: str) -> Any:
     if kind == "wsgi":
-        return StoicMiddleware(plain_app, "orders", "1.0", bulkhead=stoic.Bulkhead(1),
-                               user_id=user_from)
+        return StoicMiddleware(IdempotencyMiddleware(plain_app, STORE, lease=2.0), "orders", "1.0",
+                               bulkhead=stoic.Bulkhead(1), user_id=user_from)
     if kind == "flask":
         return flask_app()
     return django_app()
@@ -177,6 +190,7 @@ def _downstream() -> Iterator[tuple[str, list[str]]]:
 @pytest.fixture
 def served(_served: Served, _downstream: tuple[str, list[str]]) -> Iterator[Served]:
     HITS.clear()
+    CHARGES.clear()
     url, calls = _downstream
     calls.clear()
     DOWNSTREAM["url"] = f"{url}/ledger"
@@ -247,6 +261,38 @@ def test_an_open_breaker_downstream_is_503_and_makes_no_connection(served: Serve
     with httpx.Client() as plain:
         assert plain.get(f"{served.url}/down").status_code == 200
     assert DOWNSTREAM["calls"] == ["/ledger"]
+
+
+def test_a_lost_reply_to_a_post_without_a_key_is_not_retried(served: Served) -> None:
+    transport = ResilientTransport(policy=FAST, idempotency_keys=False)
+    c = httpx.Client(transport=transport, timeout=httpx.Timeout(5, read=0.25))
+    with c, pytest.raises(httpx.ReadTimeout):
+        c.post(f"{served.url}/pay", content=b"order-1")
+    time.sleep(0.6)  # let the server finish the charge it was making
+    assert CHARGES == [b"order-1"]
+
+
+def test_a_lost_reply_with_a_key_is_retried_and_charges_once(served: Served) -> None:
+    # attempt 1 times out while the charge is made (UNKNOWN: retried, since keyed); the
+    # retry is refused while the first runs (Django: 409 with Retry-After = the lease left,
+    # 2 s here; plain WSGI and Flask shed it first, 503 Retry-After 1, their bulkhead of 1
+    # being taken) and waits; the next gets the stored reply, replayed
+    policy = stoic.Retry(max_attempts=5, backoff=backoff.constant(0.1, max=5.0))
+    with httpx.Client(transport=ResilientTransport(policy=policy),
+                      timeout=httpx.Timeout(5, read=0.25)) as c:
+        response = c.post(f"{served.url}/pay", content=b"order-2")
+    assert response.status_code == 201 and response.json() == {"charged": 1}
+    assert response.headers["idempotent-replayed"] == "true"
+    assert CHARGES == [b"order-2"]
+
+
+def test_a_key_reused_for_another_request_is_refused(served: Served) -> None:
+    with httpx.Client(timeout=5) as c:
+        key = {"Idempotency-Key": f"reuse-{served.kind}-{time.monotonic()}"}
+        assert c.post(f"{served.url}/pay", content=b"a", headers=key).status_code == 201
+        again = c.post(f"{served.url}/pay", content=b"b", headers=key)
+    assert again.status_code == 422
+    assert CHARGES == [b"a"]
 
 
 def test_bad_configuration_names_the_parameter() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -148,3 +150,37 @@ def test_inspecting_a_postgres_broker_never_creates_its_tables(postgres_dsn: str
     finally:
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.mark.parametrize("kind", ["postgres", "nats"])
+def test_queue_commands_work_against_postgres_and_nats(
+    kind: str, request: pytest.FixtureRequest, topic: str
+) -> None:
+    from stoic.messaging import connect
+
+    if kind == "postgres":
+        url = str(request.getfixturevalue("postgres_broker_url"))
+    else:
+        url = f"{request.getfixturevalue('nats_url')}?prefix=stoictest"
+    broker = connect(url)
+    try:
+        broker.publish_many(topic, [{"n": 1}, {"n": 2}], ids=["o1", "o2"])
+        end = time.monotonic() + 5
+        got: list[Any] = []
+        while not got and time.monotonic() < end:
+            got = broker.claim(topic, max_messages=1)
+        broker.dead_letter(got[0], "permanent failure", "ValueError: no such product")
+        runner, app = CliRunner(), build_app()
+        stats = runner.invoke(app, ["queue", "stats", topic, "--broker", url, "--json"])
+        assert stats.exit_code == 0, stats.output
+        assert json.loads(stats.output)["dead"] == 1
+        peek = runner.invoke(app, ["queue", "peek", topic, "--broker", url])
+        assert peek.exit_code == 0 and "o2" in peek.output, peek.output
+        listed = runner.invoke(app, ["queue", "dlq", "list", topic, "--broker", url])
+        assert "o1" in listed.output and "no such product" in listed.output, listed.output
+        requeued = runner.invoke(app, ["queue", "dlq", "requeue", topic, "--broker", url])
+        assert "requeued 1 dead letter" in requeued.output, requeued.output
+        assert broker.stats(topic).dead == 0
+    finally:
+        broker.delete_topic(topic)
+        broker.close()

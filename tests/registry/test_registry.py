@@ -156,7 +156,7 @@ retries = st.fixed_dictionaries({
     "initial": st.sampled_from([0.01, 0.1, 0.25, 1.0]),
     "max": st.sampled_from([0.5, 2.0, 10.0]),
     "idempotent": st.booleans(),
-})
+}).filter(lambda r: r["max"] >= r["initial"])  # a schedule's max is at least its first wait
 breakers = st.one_of(st.none(), st.fixed_dictionaries({
     "failure_rate": st.sampled_from([0.25, 0.5, 1.0]),
     "minimum_calls": st.integers(1, 4),
@@ -173,7 +173,7 @@ def code_policy(r: dict[str, Any], b: dict[str, Any] | None, name: str) -> stoic
         schedule = backoff.exponential(r["initial"], 2.0, r["max"], jitter=None)
     else:
         schedule = backoff.linear(r["initial"], 0.1, r["max"], jitter=None)
-    parts: list[Any] = [stoic.Retry(attempts=r["attempts"], backoff=schedule,
+    parts: list[Any] = [stoic.Retry(max_attempts=r["attempts"], backoff=schedule,
                                     idempotent=r["idempotent"], name=name)]
     if b is not None:
         parts.append(CircuitBreaker(name, failure_rate=b["failure_rate"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,20 @@ def clock() -> Iterator[VirtualClock]:
         yield clock
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Every engine test runs on each store: the conformance suite of the stores."""
+    if request.param == "postgres":
+        from stoic.workflow import PostgresStore
+
+        pg = PostgresStore(request.getfixturevalue("postgres_dsn"),
+                           prefix=f"wf_test_{uuid.uuid4().hex[:10]}", max_size=4)
+        try:
+            yield pg
+        finally:
+            pg.drop()
+            pg.close()
+        return
     made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(
         tmp_path / "flows.db", synchronous="NORMAL")
     yield made

@@ -131,7 +131,7 @@ def test_transient_failure_outlasting_the_step_policy_is_retried_durably(
 
     @flows.workflow("w")
     def w(ctx: Any) -> str:
-        return str(ctx.step("call", flaky, policy=stoic.Retry(attempts=2)))
+        return str(ctx.step("call", flaky, policy=stoic.Retry(max_attempts=2)))
 
     handle = flows.start("w")
     assert flows.drain(max_passes=1) == 1
@@ -146,7 +146,7 @@ def test_transient_failure_outlasting_the_step_policy_is_retried_durably(
 def test_durable_retries_stop_when_the_engine_retry_gives_up(
     store: Store, clock: VirtualClock,
 ) -> None:
-    flows = Workflows(store, retry=stoic.Retry(attempts=3, backoff=stoic.backoff.constant(10.0)))
+    flows = Workflows(store, retry=stoic.Retry(max_attempts=3, backoff=stoic.backoff.constant(10.0)))
 
     @flows.workflow("w")
     def w(ctx: Any) -> None:
@@ -534,7 +534,7 @@ def test_step_key_makes_an_inner_retry_treat_unknown_as_safe(flows: Workflows) -
 
     @flows.workflow("w")
     def w(ctx: Any) -> str:
-        return str(ctx.step("call", timeout_once, policy=stoic.Retry(attempts=2)))
+        return str(ctx.step("call", timeout_once, policy=stoic.Retry(max_attempts=2)))
 
     handle = flows.start("w", id="r")
     flows.drain()
@@ -582,3 +582,38 @@ def test_records_are_frozen() -> None:
     record = StepRecord(0, "a", "step", "k", "started", 1, 0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.status = "completed"  # type: ignore[misc]
+
+
+def test_worker_threads_run_many_workflows_and_emit_events(store: Store) -> None:
+    flows = Workflows(store, lease=5.0, poll_interval=0.05)
+    seen: list[Any] = []
+    unsubscribe = stoic.events.subscribe(seen.append)
+
+    @flows.workflow("w")
+    def w(ctx: Any, n: int) -> int:
+        return int(ctx.step("double", lambda: n * 2)) + int(ctx.step("one", lambda: 1))
+
+    worker = flows.start_worker(concurrency=4)
+    try:
+        handles = [flows.start("w", n) for n in range(20)]
+        assert [h.result(timeout=60) for h in handles] == [n * 2 + 1 for n in range(20)]
+    finally:
+        worker.stop()
+        unsubscribe()
+    kinds = {type(e).__name__ for e in seen}
+    assert {"WorkflowStarted", "StepCompleted", "WorkflowFinished"} <= kinds
+
+
+def test_run_works_the_run_off_in_the_calling_thread(flows: Workflows,
+                                                      clock: VirtualClock) -> None:
+    @flows.workflow("w")
+    def w(ctx: Any, n: int) -> int:
+        ctx.sleep(30)
+        return int(ctx.step("double", lambda: n * 2))
+
+    assert flows.run("w", 21, id="inline") == 42
+    assert clock.elapsed == pytest.approx(30.0)
+    assert flows.run("w", 21, id="inline") == 42  # the same id joins the finished run
+    flows.workflow("bad")(lambda ctx: ctx.step("s", _decline))
+    with pytest.raises(WorkflowFailed):
+        flows.run("bad")

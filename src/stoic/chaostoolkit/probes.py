@@ -6,6 +6,7 @@ string (``breaker_state``, ``process_state``), a number (``http_error_rate`` in 
 (``proxy``, ``queue_stats``). HTTP probes use the standard library only.
 """
 
+import os
 import re
 import time
 import urllib.error
@@ -15,6 +16,7 @@ from typing import Any
 from ._config import proxy_client, state_directory
 
 __all__ = [
+    "UNIQUE",
     "breaker_state",
     "dlq_size",
     "http_error_rate",
@@ -60,15 +62,21 @@ def breaker_state(name: str, url: str, timeout: float = 5.0) -> str:
     return "unknown"
 
 
+#: Placeholder in a probe's ``body`` replaced by a fresh random token for each request.
+UNIQUE = "{unique}"
+
+
 def _sample(
     url: str, requests: int, method: str, timeout: float, body: str | None,
     headers: dict[str, str] | None,
 ) -> list[tuple[float, int | None]]:
     if requests < 1:
         raise ValueError(f"requests must be >= 1, got {requests!r}")
-    data = body.encode() if body is not None else None
     results: list[tuple[float, int | None]] = []
     for _ in range(requests):
+        # ``{unique}`` in the body becomes a fresh token per request (a new order each time,
+        # where the same body would be one operation repeated)
+        data = None if body is None else body.replace(UNIQUE, os.urandom(8).hex()).encode()
         request = urllib.request.Request(
             url, data=data, method=method,
             headers={"User-Agent": "stoic-chaostoolkit", **(headers or {})},
@@ -93,7 +101,8 @@ def http_error_rate(
     error_from: int = 500, body: str | None = None, headers: dict[str, str] | None = None,
 ) -> float:
     """Fraction (0..1) of ``requests`` sequential calls to ``url`` that failed: no answer
-    (refused, reset, timed out) or a status >= ``error_from`` (5xx by default)."""
+    (refused, reset, timed out) or a status >= ``error_from`` (5xx by default). ``{unique}``
+    in ``body`` is replaced by a fresh token for each request."""
     results = _sample(url, requests, method, timeout, body, headers)
     failed = sum(1 for _elapsed, status in results if status is None or status >= error_from)
     return failed / len(results)
@@ -104,7 +113,8 @@ def http_latency(
     timeout: float = 5.0, body: str | None = None, headers: dict[str, str] | None = None,
 ) -> float:
     """The ``percentile`` latency in seconds of ``requests`` sequential calls to ``url``
-    (failed calls count with the time they took)."""
+    (failed calls count with the time they took). ``{unique}`` in ``body`` is replaced by a
+    fresh token for each request."""
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
     durations = sorted(e for e, _status in _sample(url, requests, method, timeout, body, headers))

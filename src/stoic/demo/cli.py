@@ -40,13 +40,19 @@ def demo(
     rps: float = typer.Option(30.0, help="Orders per second sent to the shop."),
     seed: int = typer.Option(1, help="Fixes every random choice: the same seed, the same run."),
     backend: str = typer.Option(
-        "sqlite", help="Where idempotency keys, the queue and breaker state live: "
-        "sqlite, redis or rabbitmq (the queue; keys stay in SQLite)."),
+        "sqlite", help="Where stoic's machinery lives (idempotency keys, the queue, breaker "
+        "state, workflows): sqlite, redis, rabbitmq (the queue; keys stay in SQLite) or "
+        "postgres (keys, queue, workflows and their outbox, in a schema of the run's own)."),
     report: Path | None = typer.Option(None, help="Write the HTML report here."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the scorecard as JSON."),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", help="Redis for --backend redis."),
     amqp_url: str = typer.Option("amqp://guest:guest@127.0.0.1:5672/",
                                  help="RabbitMQ for --backend rabbitmq."),
+    postgres_url: str = typer.Option("postgresql://postgres@127.0.0.1:5432/test",
+                                     help="PostgreSQL for --backend postgres."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the working files (databases, logs)."),
+    workdir: Path | None = typer.Option(
+        None, help="Put the working files here, one folder per build, and keep them."),
 ) -> None:
     """Run the scenario and print the scorecard (and write the report and JSON if asked)."""
     if ctx.invoked_subcommand is not None:
@@ -63,16 +69,18 @@ def demo(
     for path, what in ((report, "--report"), (json_path, "--json")):
         if path is not None and not path.parent.exists():
             _fail(f"{what}: directory {path.parent} does not exist")
+    if workdir is not None and workdir.exists() and not workdir.is_dir():
+        _fail(f"--workdir: {workdir} is not a directory")
     try:
         options = [
             RunOptions(mode=m, duration=duration, rps=rps, seed=seed, backend=backend,
-                       redis_url=redis_url, amqp_url=amqp_url)
+                       redis_url=redis_url, amqp_url=amqp_url, postgres_url=postgres_url)
             for m in modes
         ]
     except ValueError as exc:
         _fail(str(exc))
-    _check_backend(backend, redis_url, amqp_url)
-    results = _run_all(options)
+    _check_backend(backend, redis_url, amqp_url, postgres_url)
+    results = _run_all(options, keep=keep or workdir is not None, parent=workdir)
     data = [r.as_dict() for r in results]
     _print_scorecard(data)
     if json_path is not None:
@@ -87,47 +95,137 @@ def demo(
         typer.echo(f"report written to {report}")
 
 
-def _check_backend(backend: str, redis_url: str, amqp_url: str) -> None:
+def _check_backend(backend: str, redis_url: str, amqp_url: str, postgres_url: str) -> None:
     """The server of --backend answers, before any process of the shop starts."""
     option, url, family = {
         "redis": ("--redis-url", redis_url, "redis"),
         "rabbitmq": ("--amqp-url", amqp_url, "amqp"),
+        "postgres": ("--postgres-url", postgres_url, "postgresql"),
     }.get(backend, ("", "", ""))
     if url:
         check_reachable(parse_backend(url, option, (family,)), DEFAULT_TIMEOUT)
 
 
-def _run_all(options: list[Any]) -> list[Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _run_all(options: list[Any], *, keep: bool, parent: Path | None) -> list[Any]:
+    """Run each build in its own working directory; remove the directories unless ``keep``."""
+    import dataclasses
 
+    from rich.console import Console
+
+    from . import workdirs
     from .runner import run
 
+    console = Console(stderr=True, soft_wrap=True)
+    for gone in workdirs.sweep():
+        console.print(f"removed {gone}, left behind by an earlier run that was killed")
+    folders = {o.mode: workdirs.make(o.mode, parent) for o in options}
+    where = parent if parent is not None else ", ".join(str(f) for f in folders.values())
+    console.print(f"working files: {where}" + ("" if keep else " (removed at the end; --keep to keep)"))
     results = []
-    with Progress(
-        TextColumn("[bold]{task.fields[mode]:>5}[/bold]"), BarColumn(),
-        TextColumn("{task.fields[phase]:<24}"), TimeElapsedColumn(),
-    ) as progress:
-        for option in options:
-            task = progress.add_task("", total=option.duration, mode=option.mode,
-                                     phase="starting the shop")
-
-            def update(phase: str, elapsed: float, total: float, task: Any = task) -> None:
-                progress.update(task, completed=min(elapsed, total), phase=phase)
-
-            started = time.monotonic()
-            try:
-                result = run(option, progress=update)
-            except RuntimeError as exc:
-                progress.stop()
-                _fail(str(exc), RUNTIME)
-            except KeyboardInterrupt:
-                progress.stop()
-                typer.echo("interrupted: every process of the shop was stopped", err=True)
-                raise typer.Exit(130) from None
-            progress.update(task, completed=option.duration,
-                            phase=f"done in {time.monotonic() - started:.0f} s")
-            results.append(result)
+    try:
+        with _Progress(console) as progress:
+            for option in options:
+                option = dataclasses.replace(option, workdir=str(folders[option.mode]),
+                                             cleanup=not keep)
+                update = progress.start(option.mode, option.duration)
+                try:
+                    result = run(option, progress=update)
+                except RuntimeError as exc:
+                    progress.stop()
+                    _fail(str(exc), RUNTIME)
+                except KeyboardInterrupt:
+                    progress.stop()
+                    typer.echo("interrupted: every process of the shop was stopped", err=True)
+                    raise typer.Exit(130) from None
+                progress.done(option.mode)
+                results.append(result)
+    finally:
+        if not keep:
+            for folder in folders.values():
+                workdirs.remove(folder)
     return results
+
+
+class _Progress:
+    """Where each build is: a live bar on a terminal, a plain line per phase elsewhere.
+
+    The clock of a build keeps running until the build is done (its drain included), so a
+    person watching sees it working, not stuck.
+    """
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.phase: dict[str, str] = {}
+
+    def __enter__(self) -> _Progress:
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.fields[mode]:>5}[/bold]"), BarColumn(),
+                TextColumn("{task.fields[phase]:<26}"), _clock_column(), console=self.console,
+            )
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def start(self, mode: str, duration: float) -> Any:
+        """Show build ``mode`` starting; returns the callback ``runner.run`` reports to."""
+        self.started[mode] = time.monotonic()
+        self.phase[mode] = ""
+        if self.bar is not None:
+            self.tasks[mode] = self.bar.add_task("", total=duration, mode=mode,
+                                                 phase="starting the shop", t0=time.monotonic(),
+                                                 stopped=None)
+        else:
+            self.console.print(f"{mode}: starting the shop")
+
+        def update(phase: str, elapsed: float, total: float) -> None:
+            if self.bar is not None:
+                self.bar.update(self.tasks[mode], completed=min(elapsed, total), phase=phase)
+            if phase != self.phase[mode]:
+                self.phase[mode] = phase
+                if self.bar is None:
+                    self.console.print(f"{mode}: {phase} (at {elapsed:.0f} s of {total:.0f})")
+
+        return update
+
+    def done(self, mode: str) -> None:
+        took = time.monotonic() - self.started[mode]
+        if self.bar is not None:
+            task = self.tasks[mode]
+            self.bar.update(task, completed=self.bar.tasks[task].total, phase=f"done in {took:.0f} s",
+                            stopped=took)
+        else:
+            self.console.print(f"{mode}: done in {took:.0f} s")
+
+
+def _clock_column() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Clock(ProgressColumn):
+        """Time since the build started, running until it is done (rich's stops at 100%)."""
+
+        def render(self, task: Any) -> Text:
+            took = task.fields.get("stopped")
+            if took is None:
+                took = time.monotonic() - task.fields["t0"]
+            minutes, seconds = divmod(int(took), 60)
+            return Text(f"{minutes}:{seconds:02d}", style="progress.elapsed")
+
+    return Clock()
 
 
 def _print_scorecard(data: list[dict[str, Any]]) -> None:
@@ -155,7 +253,7 @@ def _print_scorecard(data: list[dict[str, Any]]) -> None:
 def serve(
     port: int = typer.Option(8000, help="Port of the orders service (POST /orders)."),
     proxy_port: int = typer.Option(8474, help="Port of the chaos proxy's Toxiproxy API."),
-    backend: str = typer.Option("sqlite", help="sqlite, redis or rabbitmq."),
+    backend: str = typer.Option("sqlite", help="sqlite, redis, rabbitmq or postgres."),
     workdir: Path | None = typer.Option(None, help="Where the databases go (default: temp)."),
 ) -> None:
     """Keep the shop (stoic build) up until Ctrl-C, for you and for Chaos Toolkit."""

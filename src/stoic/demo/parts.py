@@ -10,7 +10,7 @@ build of the demo never imports them.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stoic
 
@@ -22,17 +22,26 @@ from ..policies.breaker import BreakerOpened, CircuitBreaker, CountWindow
 from ..state import RedisState
 from .services.common import ASGIApp, ShopConfig, Stats
 
+if TYPE_CHECKING:
+    from ..workflow.postgres import PostgresStore as PostgresWorkflowStore
+
 __all__ = [
+    "KEY_LEASE",
     "broker",
     "count_breaker_openings",
+    "create_namespace",
+    "drop_namespace",
     "edge_middleware",
     "http_client",
     "idempotency_middleware",
     "inbox",
     "metrics_app",
     "outbox",
+    "postgres_outbox",
     "start_outbox_relay",
     "start_worker",
+    "sync_http_client",
+    "workflow_store",
 ]
 
 
@@ -53,12 +62,27 @@ def edge_middleware(app: ASGIApp, cfg: ShopConfig, service: str) -> ASGIApp:
 def _idempotency_store(cfg: ShopConfig, service: str) -> Store:
     if cfg.backend == "redis":
         return RedisStore(cfg.redis_url, prefix=f"{cfg.prefix}:{service}:")
+    if cfg.backend == "postgres":
+        from ..idempotency.postgres import PostgresStore
+
+        # bounded pools: the services of a run share the server with everyone else's
+        return PostgresStore(cfg.pg_dsn, table=f"{service}_idempotency", max_size=8)
     return SQLiteStore(f"{cfg.workdir}/{service}-idempotency.db")
 
 
 def idempotency_middleware(app: ASGIApp, cfg: ShopConfig, service: str) -> ASGIApp:
-    """Honour ``Idempotency-Key``: a repeated request gets the first one's stored reply."""
-    return IdempotencyMiddleware(app, store=_idempotency_store(cfg, service))
+    """Honour ``Idempotency-Key``: a repeated request gets the first one's stored reply.
+
+    A request in progress holds its key for ``KEY_LEASE`` seconds: the shop's handlers take
+    milliseconds, and a key held by a request that died with its process (payments is
+    killed mid-charge) comes free within seconds, not after the default minute, so the
+    order's retries get through once payments is back instead of 409s until then.
+    """
+    return IdempotencyMiddleware(app, store=_idempotency_store(cfg, service), lease=KEY_LEASE)
+
+
+#: Seconds a request in progress holds its idempotency key (see ``idempotency_middleware``).
+KEY_LEASE = 5.0
 
 
 def _breaker_state(cfg: ShopConfig) -> RedisState | None:
@@ -66,6 +90,28 @@ def _breaker_state(cfg: ShopConfig) -> RedisState | None:
     if cfg.backend != "redis":
         return None
     return RedisState(cfg.redis_url, prefix=f"{cfg.prefix}:breakers")
+
+
+def _transport_options(cfg: ShopConfig) -> dict[str, Any]:
+    """The resilience settings both HTTP clients share (see ``http_client``)."""
+    import httpx
+
+    shared = _breaker_state(cfg)
+    # the transport asks for a breaker per host ("http:127.0.0.1:40123"); name each after the
+    # service behind that address, so /metrics, dashboards and probes say "payments"
+    services = {f"http:{httpx.URL(url).netloc.decode()}": name for name, url in cfg.urls.items()}
+
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(
+            services.get(name, name), failure_rate=0.6, window=CountWindow(40), minimum_calls=10,
+            open_for=1.0, half_open_calls=3, state=shared,
+        )
+
+    policy = stoic.Retry(
+        max_attempts=3, backoff=stoic.backoff.exponential(0.02, 2.0, 0.2),
+        budget=stoic.RetryBudget(ratio=0.2, min_per_second=1.0), name="orders-out",
+    )
+    return {"policy": policy, "per_host": True, "breaker": breaker}
 
 
 def http_client(cfg: ShopConfig, inner: Any) -> Any:
@@ -81,26 +127,19 @@ def http_client(cfg: ShopConfig, inner: Any) -> Any:
 
     from ..integrations.httpx import ResilientAsyncTransport
 
-    shared = _breaker_state(cfg)
-
-    # the transport asks for a breaker per host ("http:127.0.0.1:40123"); name each after the
-    # service behind that address, so /metrics, dashboards and probes say "payments"
-    services = {f"http:{httpx.URL(url).netloc.decode()}": name for name, url in cfg.urls.items()}
-
-    def breaker(name: str) -> CircuitBreaker:
-        return CircuitBreaker(
-            services.get(name, name), failure_rate=0.6, window=CountWindow(40), minimum_calls=10,
-            open_for=1.0, half_open_calls=3, state=shared,
-        )
-
-    policy = stoic.Retry(
-        max_attempts=3, backoff=stoic.backoff.exponential(0.02, 2.0, 0.2),
-        budget=stoic.RetryBudget(ratio=0.2, min_per_second=1.0), name="orders-out",
-    )
-    transport = ResilientAsyncTransport(
-        inner=inner, policy=policy, per_host=True, breaker=breaker,
-    )
+    transport = ResilientAsyncTransport(inner=inner, **_transport_options(cfg))
     return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(1.0))
+
+
+def sync_http_client(cfg: ShopConfig, inner: Any) -> Any:
+    """An ``httpx.Client`` with the same resilience as ``http_client``, for workflow steps
+    (they run on the workflow worker's threads)."""
+    import httpx
+
+    from ..integrations.httpx import ResilientTransport
+
+    transport = ResilientTransport(inner=inner, **_transport_options(cfg))
+    return httpx.Client(transport=transport, timeout=httpx.Timeout(1.0))
 
 
 def broker(cfg: ShopConfig) -> Any:
@@ -110,7 +149,31 @@ def broker(cfg: ShopConfig) -> Any:
     Redis and RabbitMQ) the runner uses beyond the ``Broker`` protocol."""
     if cfg.backend in ("redis", "rabbitmq"):
         return connect(cfg.broker_url, prefix=cfg.prefix)
+    if cfg.backend == "postgres":
+        return connect(cfg.broker_url, schema=cfg.pg_schema, max_size=4)
     return connect(cfg.broker_url)
+
+
+def create_namespace(cfg: ShopConfig) -> None:
+    """Make the run's own place on a shared server before the services start.
+
+    On PostgreSQL that is a schema named after the run (``cfg.pg_schema``): the stores
+    create their tables in it, found through the search path of ``cfg.pg_dsn``.
+    """
+    if cfg.backend == "postgres":
+        import psycopg
+
+        with psycopg.connect(cfg.postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {cfg.pg_schema}")
+
+
+def drop_namespace(cfg: ShopConfig) -> None:
+    """Remove what the run left on a shared server (after its processes have stopped)."""
+    if cfg.backend == "postgres":
+        import psycopg
+
+        with psycopg.connect(cfg.postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {cfg.pg_schema} CASCADE")
 
 
 def outbox(conn: Any) -> Outbox:
@@ -120,11 +183,35 @@ def outbox(conn: Any) -> Outbox:
     return box
 
 
+def workflow_store(cfg: ShopConfig) -> str | PostgresWorkflowStore:
+    """Where the stoic build's workflows keep their checkpoints: orders' own SQLite file, or
+    (``--backend postgres``) tables in the run's PostgreSQL schema."""
+    if cfg.backend == "postgres":
+        from ..workflow.postgres import PostgresStore
+
+        return PostgresStore(cfg.pg_dsn, prefix=f"{cfg.pg_schema}_wf", max_size=8)
+    return f"sqlite:///{cfg.db('orders')}"
+
+
+def postgres_outbox(store: PostgresWorkflowStore) -> Outbox:
+    """The outbox in a PostgreSQL workflow store's own database (table created now), so
+    ``ctx.publish`` writes the hand-off in the commit of the checkpoint that records it."""
+    with store.connection() as conn:
+        return outbox(conn)
+
+
 def start_outbox_relay(cfg: ShopConfig, db_path: str) -> None:
-    """Relay outbox rows from ``db_path`` to the durable queue, on a background thread."""
+    """Relay outbox rows to the durable queue, on a background thread: from ``db_path``, or
+    with ``--backend postgres`` from the run's schema, where the workflows write them."""
     import sqlite3
 
-    db = sqlite3.connect(db_path, timeout=10.0, check_same_thread=False)
+    db: Any
+    if cfg.backend == "postgres":
+        import psycopg
+
+        db = psycopg.connect(cfg.pg_dsn)
+    else:
+        db = sqlite3.connect(db_path, timeout=10.0, check_same_thread=False)
     relay = OutboxRelay(db, broker(cfg), poll_interval=0.05)
     threading.Thread(target=relay.run, name="outbox-relay", daemon=True).start()
 

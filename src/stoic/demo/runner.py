@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import chaosnet
+from . import chaosnet, workdirs
 from .loadgen import LoadGenerator, Request
 from .procs import ProcessGroup, free_port, wait_http
 from .scenario import Scenario, build_scenario
@@ -31,7 +30,7 @@ from .services.common import SERVICES, ShopConfig
 __all__ = ["BACKENDS", "MODES", "RunOptions", "RunResult", "Shop", "run"]
 
 MODES = ("naive", "stoic")
-BACKENDS = ("sqlite", "redis", "rabbitmq")
+BACKENDS = ("sqlite", "redis", "rabbitmq", "postgres")
 _STATE = re.compile(r'^stoic_circuit_breaker_state\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -48,9 +47,11 @@ class RunOptions:
     workdir: str | None = None
     edge_deadline: float = 2.0
     client_timeout: float = 8.0
-    drain_timeout: float = 15.0
+    drain_timeout: float = 30.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
+    cleanup: bool = False  # delete the working directory if the runner dies mid-run
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -79,6 +80,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     started: float = 0.0
+    drain_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -91,6 +93,7 @@ class RunResult:
                        for p in self.scenario.phases],
             "scorecard": self.scorecard.as_dict(), "series": self.series,
             "breakers": self.breakers, "notes": self.notes,
+            "drain_seconds": round(self.drain_seconds, 2),
         }
 
 
@@ -112,6 +115,7 @@ class Shop:
         self.workdir = workdir
         self.procs = ProcessGroup(workdir)
         self.net: chaosnet.Network | None = None
+        self.namespace = False  # the run's schema exists on the shared server (postgres)
         try:
             self.ports = ports or {name: free_port() for name in SERVICES}
             self.net = chaosnet.start(self.procs, workdir, self.ports, api_port=proxy_port)
@@ -120,7 +124,13 @@ class Shop:
                 backend=options.backend, seed=options.seed,
                 prefix=f"stoic-demo-{uuid.uuid4().hex[:8]}", edge_deadline=options.edge_deadline,
                 redis_url=options.redis_url, amqp_url=options.amqp_url,
+                postgres_url=options.postgres_url, cleanup=options.cleanup,
             )
+            if options.backend == "postgres":
+                from . import parts
+
+                parts.create_namespace(self.cfg)
+                self.namespace = True
             config_path = workdir / "shop.json"
             self.cfg.save(config_path)
             for name in SERVICES:
@@ -143,10 +153,16 @@ class Shop:
             raise RuntimeError(f"the {name} service did not start:\n{log}") from exc
 
     def close(self) -> None:
-        """Stop every process of the shop."""
+        """Stop every process of the shop, and remove its state from a shared server."""
         self.procs.close()
         if self.net is not None:
             self.net.close()
+        if self.namespace:
+            from . import parts
+
+            self.namespace = False
+            with contextlib.suppress(Exception):
+                parts.drop_namespace(self.cfg)
 
     def __enter__(self) -> Shop:
         return self
@@ -162,7 +178,7 @@ def run(options: RunOptions, progress: Progress | None = None) -> RunResult:
     ``options.workdir`` is set): they are the scorecard's ground truth.
     """
     scenario = build_scenario(options.duration, options.seed)
-    workdir = Path(options.workdir or tempfile.mkdtemp(prefix=f"stoic-demo-{options.mode}-"))
+    workdir = Path(options.workdir) if options.workdir else workdirs.make(options.mode)
     workdir.mkdir(parents=True, exist_ok=True)
     with Shop(options, workdir) as shop:
         assert shop.net is not None
@@ -188,6 +204,7 @@ async def _drive(
     # breakers are named http:<host:port>; show them by the service behind that address
     hosts = {f"http:{httpx.URL(url).netloc.decode()}": name for name, url in cfg.urls.items()}
     stop = asyncio.Event()
+    reported: list[str] = []
     async with httpx.AsyncClient(timeout=2.0) as control:
 
         async def scrape() -> None:
@@ -200,7 +217,12 @@ async def _drive(
                     breakers.append({"t": round(t, 2), "states": states})
                 except httpx.HTTPError:
                     pass
-                if progress is not None:
+                if progress is not None:  # every phase, also one shorter than a scrape
+                    for phase in scenario.phases[len(reported):]:
+                        if phase.start > t:
+                            break
+                        reported.append(phase.name)
+                        progress(phase.name, max(phase.start, 0.0), scenario.duration)
                     progress(scenario.phase_at(max(0.0, t)), max(0.0, t), scenario.duration)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
@@ -218,7 +240,10 @@ async def _drive(
         await chaos
         if progress is not None:
             progress("drain", scenario.duration, scenario.duration)
+        drain_began = time.monotonic()
         await _drain(options, cfg, control)
+        drain_seconds = time.monotonic() - drain_began
+        drained_at = time.time()
         stats = await _stats(control, orders_url)
         dead = await asyncio.to_thread(_dead_lettered, cfg) if cfg.mode == "stoic" else None
         stop.set()
@@ -226,14 +251,16 @@ async def _drive(
     card = compute(
         options.mode, cfg.workdir, load.requests, scenario, started, not_sent=load.not_sent,
         breaker_openings=int(stats.get("breaker_openings", 0)) if cfg.mode == "stoic" else None,
-        dead_lettered=dead,
+        dead_lettered=dead, deadline=options.edge_deadline,
     )
-    length = max([scenario.duration] + [r.end - started for r in load.requests if r.end])
+    # the charts run to the end of the drain, where the last pending orders completed
+    length = max([scenario.duration, drained_at - started]
+                 + [r.end - started for r in load.requests if r.end])
     return RunResult(
         options=options, scorecard=card, scenario=scenario,
         series=series(cfg.workdir, load.requests, started, length), breakers=breakers,
         network_faults=net.kind, workdir=cfg.workdir, notes=list(net.notes),
-        requests=load.requests, started=started,
+        requests=load.requests, started=started, drain_seconds=drain_seconds,
     )
 
 
@@ -259,10 +286,14 @@ async def _apply(
 
 
 async def _drain(options: RunOptions, cfg: ShopConfig, control: Any) -> None:
-    """Wait until every accepted order is fulfilled, or nothing moves for a while."""
+    """Wait until the shop has finished its work, or nothing moves for a while.
+
+    Finished: no order still pending (the stoic build's workflows finish orders accepted
+    during an outage once the dependency is back) and every accepted order fulfilled.
+    """
     import sqlite3
 
-    def counts() -> tuple[int, int]:
+    def counts() -> tuple[int, int, int]:
         def one(db: str, sql: str) -> int:
             conn = sqlite3.connect(cfg.db(db), timeout=10.0)
             try:
@@ -273,19 +304,23 @@ async def _drain(options: RunOptions, cfg: ShopConfig, control: Any) -> None:
                 conn.close()
 
         return (one("orders", "SELECT COUNT(*) FROM orders WHERE status='accepted'"),
-                one("fulfillment", "SELECT COUNT(DISTINCT order_id) FROM fulfillments"))
+                one("fulfillment", "SELECT COUNT(DISTINCT order_id) FROM fulfillments"),
+                one("orders", "SELECT COUNT(*) FROM orders WHERE status='pending'")
+                if cfg.mode == "stoic" else 0)
 
-    quiet = cfg.worker_lease + 2.0 if cfg.mode == "stoic" else 1.0
+    quiet = cfg.worker_lease + 3.0 if cfg.mode == "stoic" else 1.0
     end = time.monotonic() + options.drain_timeout
     last, last_change = None, time.monotonic()
     while time.monotonic() < end:
         now = await asyncio.to_thread(counts)
         if now != last:
             last, last_change = now, time.monotonic()
-        accepted, fulfilled = now
-        if fulfilled >= accepted and time.monotonic() - last_change > 0.5:
+        accepted, fulfilled, pending = now
+        if fulfilled >= accepted and not pending and time.monotonic() - last_change > 0.5:
             return
-        if time.monotonic() - last_change > quiet:
+        # an order still pending in the stoic build is a workflow waiting for its next try
+        # (up to a few seconds after an outage): worth waiting for, up to the drain timeout
+        if not pending and time.monotonic() - last_change > quiet:
             return
         await asyncio.sleep(0.2)
 

@@ -1,10 +1,16 @@
 """The scorecard: what happened, counted from the services' own databases, never assumed.
 
 Ground truth comes from each service's SQLite file: ``payments.charges`` (one row per charge
-made: two rows for one order is a duplicate charge), ``payments.arrivals`` (every request
-that reached payments), ``orders.orders`` (what orders accepted or failed), and
+made: two rows for one order is a duplicate charge) and ``payments.refunds``,
+``payments.arrivals`` (every request that reached payments), ``inventory.reservations``
+(reserved, and released or not), ``orders.orders`` (what orders accepted or failed), and
 ``fulfillment.fulfillments`` (what was actually fulfilled). The client's own record of each
 request gives latency and what the customer was told.
+
+The headline is what a customer and an accountant care about: an order *completed
+correctly* when, after the drain, it is paid once (one charge, not refunded), reserved once
+(and not released) and fulfilled once. The customer was *told success* by a 201 (done) or a
+202 (accepted, finishing later: a promise the shop must keep).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ __all__ = ["FAST", "Scorecard", "compute", "percentile", "series"]
 
 #: A failure answered within this many seconds counts as failing fast.
 FAST = 1.0
+#: The yardstick for "answered within the deadline" when a run does not say (seconds).
+DEADLINE = 2.0
 
 
 @dataclass(slots=True)
@@ -55,6 +63,16 @@ class Scorecard:
     time_to_recover: float | None = None
     breaker_openings: int | None = None
     dead_lettered: int | None = None
+    completed_correctly: int = 0
+    deadline: float = DEADLINE
+    answered_within_deadline: int = 0
+    told_success_not_completed: int = 0
+    told_failure_but_charged: int = 0
+    pending_after_drain: int = 0
+    completion_p50: float | None = None
+    completion_p99: float | None = None
+    compensations: int = 0
+    limit_changes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for ``--json``."""
@@ -85,24 +103,28 @@ def _rows(path: Path, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...
 def compute(
     mode: str, workdir: str | Path, requests: Sequence[Request], scenario: Scenario,
     started: float, *, not_sent: int = 0, breaker_openings: int | None = None,
-    dead_lettered: int | None = None,
+    dead_lettered: int | None = None, deadline: float = DEADLINE,
+    limit_changes: int | None = None,
 ) -> Scorecard:
     """Count the run in ``workdir`` (the services' databases) against the client's record.
 
     ``started`` is the epoch time the scenario's clock started; phases are relative to it.
+    ``deadline`` is the yardstick of "answered within the deadline", the same for both builds.
     """
     work = Path(workdir)
-    orders_db, payments_db = work / "orders.db", work / "payments.db"
-    fulfillment_db = work / "fulfillment.db"
+    orders_db = work / "orders.db"
+    truth = _Truth.read(work)
     done = [r for r in requests if r.end > 0]
     ok = [r for r in done if r.ok]
     failed = [r for r in done if not r.ok]
     latencies = [r.latency for r in done]
 
     accepted_ids = {row[0] for row in _rows(orders_db, "SELECT id FROM orders WHERE status='accepted'")}
-    charges = Counter(row[0] for row in _rows(payments_db, "SELECT order_id FROM charges"))
-    fulfilled = Counter(row[0] for row in _rows(fulfillment_db, "SELECT order_id FROM fulfillments"))
+    charges, fulfilled = truth.charges, truth.fulfilled
     told_ok = {r.order_id for r in ok}
+    promised = accepted_ids | told_ok
+    completion = [truth.completed_at[r.order_id] - r.start for r in requests
+                  if r.order_id in truth.completed_at]
 
     outage_start, outage_end = scenario.window(OUTAGE_PHASES)
     lo, hi = started + outage_start, started + outage_end
@@ -125,6 +147,8 @@ def compute(
         needed = sum(1 for at in needed_at if a <= at < b)
         phases[phase.name] = {
             "attempted": len(inside), "accepted": sum(1 for r in inside if r.ok),
+            "completed": sum(1 for r in inside if r.order_id in truth.completed_at),
+            "in_deadline": sum(1 for r in inside if r.status and r.latency <= deadline),
             "p50": percentile(lat, 50), "p99": percentile(lat, 99),
             "errors": dict(Counter(r.error for r in inside if not r.ok).most_common(4)),
             "payments_requests": sent, "charges_needed": needed,
@@ -140,14 +164,14 @@ def compute(
         failed_fast=sum(1 for r in failed if r.latency < FAST),
         failed_slow=sum(1 for r in failed if r.latency >= FAST),
         not_sent=not_sent,
-        success_ratio=len(ok) / len(requests) if requests else 0.0,
+        success_ratio=len(truth.completed_at) / len(requests) if requests else 0.0,
         p50=percentile(latencies, 50),
         p99=percentile(latencies, 99),
         p99_outage=percentile(outage, 99),
         phases=phases,
         duplicate_charges=sum(n - 1 for n in charges.values() if n > 1),
         orders_charged_twice=sum(1 for n in charges.values() if n > 1),
-        lost_orders=sum(1 for order in accepted_ids if fulfilled.get(order, 0) == 0),
+        lost_orders=sum(1 for order in promised if fulfilled.get(order, 0) == 0),
         fulfilled_exactly_once=sum(1 for order in accepted_ids if fulfilled.get(order, 0) == 1),
         duplicate_fulfillments=sum(n - 1 for n in fulfilled.values() if n > 1),
         charged_but_reported_failed=sum(1 for order in charges if order not in told_ok),
@@ -158,7 +182,71 @@ def compute(
         time_to_recover=_time_to_recover(done, scenario, started),
         breaker_openings=breaker_openings,
         dead_lettered=dead_lettered,
+        completed_correctly=len(truth.completed_at),
+        deadline=deadline,
+        answered_within_deadline=sum(1 for r in done if r.status and r.latency <= deadline),
+        told_success_not_completed=sum(1 for o in told_ok if o not in truth.completed_at),
+        told_failure_but_charged=sum(1 for r in requests
+                                     if not r.ok and truth.net_charged(r.order_id)),
+        pending_after_drain=sum(1 for o in accepted_ids | truth.pending
+                                if o not in truth.completed_at and o not in truth.ended),
+        completion_p50=percentile(completion, 50),
+        completion_p99=percentile(completion, 99),
+        compensations=truth.compensations,
+        limit_changes=limit_changes,
     )
+
+
+@dataclass(slots=True)
+class _Truth:
+    """What the services' databases say happened to each order, after the drain."""
+
+    charges: Counter[str]
+    refunded: set[str]
+    reserved: set[str]
+    released: set[str]
+    fulfilled: Counter[str]
+    completed_at: dict[str, float]  # order -> when its last part (charge, fulfilment) was done
+    pending: set[str]  # orders the orders service still shows as in progress
+    ended: set[str]  # orders the orders service shows as finished (failed or compensated)
+    compensations: int
+
+    @classmethod
+    def read(cls, work: Path) -> _Truth:
+        payments, inventory = work / "payments.db", work / "inventory.db"
+        fulfillment, orders = work / "fulfillment.db", work / "orders.db"
+        charges: Counter[str] = Counter()
+        charged_at: dict[str, float] = {}
+        for order, at in _rows(payments, "SELECT order_id, at FROM charges"):
+            charges[order] += 1
+            charged_at[order] = max(at, charged_at.get(order, 0.0))
+        refunded = {row[0] for row in _rows(payments, "SELECT order_id FROM refunds")}
+        reserved: set[str] = set()
+        released: set[str] = set()
+        for order, gone in _rows(inventory, "SELECT order_id, released_at FROM reservations"):
+            (released if gone is not None else reserved).add(order)
+        fulfilled: Counter[str] = Counter()
+        fulfilled_at: dict[str, float] = {}
+        for order, at in _rows(fulfillment, "SELECT order_id, at FROM fulfillments"):
+            fulfilled[order] += 1
+            fulfilled_at[order] = max(at, fulfilled_at.get(order, 0.0))
+        completed_at = {
+            order: max(at, charged_at[order]) for order, at in fulfilled_at.items()
+            if fulfilled[order] == 1 and charges.get(order) == 1 and order not in refunded
+            and order in reserved
+        }
+        states = dict(_rows(orders, "SELECT id, status FROM orders"))
+        return cls(
+            charges=charges, refunded=refunded, reserved=reserved, released=released,
+            fulfilled=fulfilled, completed_at=completed_at,
+            pending={o for o, s in states.items() if s == "pending"},
+            ended={o for o, s in states.items() if s in ("failed", "compensated")},
+            compensations=len(refunded) + len(released),
+        )
+
+    def net_charged(self, order: str) -> bool:
+        """The customer's card is charged for ``order`` now (a refund gave it back)."""
+        return self.charges.get(order, 0) > 0 and order not in self.refunded
 
 
 def _time_to_recover(done: Sequence[Request], scenario: Scenario, started: float) -> float | None:
@@ -180,7 +268,8 @@ def _time_to_recover(done: Sequence[Request], scenario: Scenario, started: float
 def series(
     workdir: str | Path, requests: Sequence[Request], started: float, length: float,
 ) -> dict[str, list[Any]]:
-    """Per-second time series for the report: completions, errors, p99, arrivals at payments."""
+    """Per-second time series for the report: answers, errors, p99, arrivals at payments, and
+    orders by state (pending, completed correctly, failed) at the end of each second."""
     seconds = max(1, math.ceil(length))
     ok = [0] * seconds
     errors = [0] * seconds
@@ -204,6 +293,32 @@ def series(
                 counts[i] += 1
         return counts
 
+    truth = _Truth.read(work)
+    completed, failed = [0] * seconds, [0] * seconds
+    for r in requests:
+        done_at = truth.completed_at.get(r.order_id)
+        if done_at is not None:
+            i = max(0, int(done_at - started))
+            if i < seconds:
+                completed[i] += 1
+        elif r.end > 0 and r.order_id not in truth.pending:
+            i = max(0, int(r.end - started))
+            if i < seconds:
+                failed[i] += 1
+    begun = [0] * seconds
+    for r in requests:
+        i = int(r.start - started)
+        if 0 <= i < seconds:
+            begun[i] += 1
+    states: dict[str, list[int]] = {"pending": [], "completed": [], "failed": []}
+    total_begun = total_completed = total_failed = 0
+    for i in range(seconds):  # orders by their state at the end of each second
+        total_begun += begun[i]
+        total_completed += completed[i]
+        total_failed += failed[i]
+        states["completed"].append(total_completed)
+        states["failed"].append(total_failed)
+        states["pending"].append(max(0, total_begun - total_completed - total_failed))
     arrivals = per_second("payments.db", "SELECT at FROM arrivals")
     charges = per_second("payments.db", "SELECT at FROM charges")
     sent = per_second("orders.db", "SELECT at FROM payment_attempts")
@@ -211,4 +326,6 @@ def series(
         "t": list(range(seconds)), "ok": ok, "errors": errors,
         "p99": [percentile(x, 99) for x in lat], "payments_arrivals": arrivals,
         "payments_charges": charges, "payments_sent": sent,
+        "orders_pending": states["pending"], "orders_completed": states["completed"],
+        "orders_failed": states["failed"],
     }

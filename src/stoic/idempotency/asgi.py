@@ -35,7 +35,6 @@ from collections.abc import Callable, Collection, Iterable
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from ..errors import CodecError
-from ..integrations._http import header_name
 from .claims import Lease, holding
 from .http import NOT_EXECUTED, HttpIdempotency, Reply, default_store_status
 from .store import Store
@@ -89,7 +88,6 @@ class IdempotencyMiddleware:
     ) -> None:
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
-        header_name("header", header)
         self.app = app
         self.scope = scope
         self.rules = HttpIdempotency(

@@ -152,16 +152,23 @@ class Lease:
                      self.call.key, exc_info=True)
 
 
-@dataclass(frozen=True, slots=True)
 class Settled(Generic[T]):
     """How a claim loop ended, by ``claim.status``: ``CLAIMED`` (run under ``lease``, then
     ``lease.finish``), ``COMPLETED`` (``replay`` is what ``read`` made of the stored response),
     ``IN_FLIGHT`` or ``MISMATCH`` (refuse; for in flight ``claim.retry_after`` is the lease
-    time left). ``lease`` and ``replay`` are None for the statuses they do not belong to."""
+    time left). ``lease`` and ``replay`` are None for the statuses they do not belong to.
 
-    claim: Claim
-    lease: Lease | None = None
-    replay: T | None = None
+    A plain slotted class, not a frozen dataclass: one is built on every idempotent call, and
+    a frozen dataclass's ``__init__`` costs about a microsecond more (``benchmarks/
+    idempotency.py``, replays through ``@idempotent``). Treat it as read-only."""
+
+    __slots__ = ("claim", "lease", "replay")
+
+    def __init__(self, claim: Claim, lease: Lease | None = None, replay: T | None = None) -> None:
+        self.claim, self.lease, self.replay = claim, lease, replay
+
+    def __repr__(self) -> str:
+        return f"Settled({self.claim.status.name}, lease={self.lease!r}, replay={self.replay!r})"
 
 
 class Reclaim(Generic[T]):
@@ -241,12 +248,27 @@ def _won(store: Store, call: KeyedCall, claim: Claim, lease: float, ttl: float) 
     return Settled(claim, lease=Lease(store, call, claim.token or "", lease=lease, ttl=ttl))
 
 
+def _at_once(store: Store, call: KeyedCall, claim: Claim, lease: float, ttl: float,
+             read: Callable[[str | None], T]) -> Settled[T] | None:
+    """The two common first answers, settled without building a ``Reclaim``: a won claim,
+    and a readable replay. None for everything else (``Reclaim`` decides and reports)."""
+    if claim.status is ClaimStatus.CLAIMED:
+        return _won(store, call, claim, lease, ttl)
+    if claim.status is ClaimStatus.COMPLETED and claim.record is not None:
+        try:
+            return Settled(claim, replay=read(claim.record.response))
+        except _UNREADABLE:
+            return None  # read again by Reclaim, which reports it and deletes the record
+    return None
+
+
 def settle(store: Store, call: KeyedCall, *, lease: float, ttl: float,
            read: Callable[[str | None], T], wait: float = 0.0) -> Settled[T]:
     """Claim ``call`` until the loop settles (see ``Reclaim`` for the arguments)."""
     claim = store.claim(call.stored_as, call.fingerprint, lease=lease, ttl=ttl)
-    if claim.status is ClaimStatus.CLAIMED:  # the common case first: no Reclaim to build
-        return _won(store, call, claim, lease, ttl)
+    settled = _at_once(store, call, claim, lease, ttl, read)
+    if settled is not None:
+        return settled
     reclaim = Reclaim(store, call, lease=lease, ttl=ttl, read=read, wait=wait)
     while True:  # bounded by Reclaim: the wait runs out, or it stops deleting
         step = reclaim.step(claim)
@@ -263,8 +285,9 @@ async def asettle(store: Store, call: KeyedCall, *, lease: float, ttl: float,
                   read: Callable[[str | None], T], wait: float = 0.0) -> Settled[T]:
     """``settle`` for async code."""
     claim = await store.aclaim(call.stored_as, call.fingerprint, lease=lease, ttl=ttl)
-    if claim.status is ClaimStatus.CLAIMED:  # the common case first: no Reclaim to build
-        return _won(store, call, claim, lease, ttl)
+    settled = _at_once(store, call, claim, lease, ttl, read)
+    if settled is not None:
+        return settled
     reclaim = Reclaim(store, call, lease=lease, ttl=ttl, read=read, wait=wait)
     while True:  # bounded by Reclaim: the wait runs out, or it stops deleting
         step = reclaim.step(claim)

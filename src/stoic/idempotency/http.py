@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .._validate import header_name
 from ..codec import default_codec
 from ..events import dispatcher
 from .claims import KeyedCall, Settled, asettle, settle
@@ -170,6 +171,7 @@ class HttpIdempotency:
         if not isinstance(self.namespace, str) or SEPARATOR in self.namespace:
             raise ValueError(f"namespace must be a str without \\x1f, got {self.namespace!r}")
         object.__setattr__(self, "required", bool(self.required))
+        header_name("header", self.header)
         object.__setattr__(self, "header_key", self.header.lower().encode("ascii"))
 
     # -- the request -----------------------------------------------------------------------

@@ -8,6 +8,15 @@ PostgreSQL's unique index serialises concurrent claims: exactly one gets its own
 that waits for a disk flush.) Complete, release and extend are
 single ``UPDATE``/``DELETE`` statements guarded by the owner's token.
 
+Dead connections: a pooled connection whose server backend went away (a restart, a failover,
+``pg_terminate_backend``, an idle timeout in a proxy) is found on checkout, where the pool
+checks each connection before handing it out (``check_connections``), and thrown away. A
+connection that dies while a statement runs is retried once on a fresh connection, for
+every operation: ``complete`` and ``release`` so a finished call never leaves its key in
+flight for a whole lease, and ``claim`` because it keeps its token across the retry (a
+claim whose commit was lost with the connection finds its own token on the retry and is
+won, not refused). Other errors are never retried.
+
 The table is created on first use (``CREATE TABLE IF NOT EXISTS`` under an advisory lock so
 concurrent first users do not collide), or ahead of time with ``stoic idempotency migrate``
 for deployments whose application role may not create tables (pass ``create_table=False``).
@@ -18,10 +27,13 @@ Needs the ``stoic[postgres]`` extra (psycopg >= 3.1, psycopg-pool); imported whe
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import threading
 import zlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from .. import clock
 from .store import (
@@ -44,6 +56,19 @@ from .store import (
 
 __all__ = ["PostgresStore", "create_table_sql"]
 
+T = TypeVar("T")
+
+_log = logging.getLogger("stoic.idempotency")
+
+
+def _lost(exc: Exception, conn: Any) -> bool:
+    """Whether ``exc`` means the connection died (retry elsewhere), not that the statement
+    failed: an ``OperationalError`` that left its connection broken or closed."""
+    import psycopg
+
+    return (isinstance(exc, psycopg.OperationalError) and conn is not None
+            and bool(conn.broken or conn.closed))
+
 
 def create_table_sql(table: str) -> str:
     """The DDL for the records table (what ``stoic idempotency migrate`` runs)."""
@@ -65,6 +90,14 @@ class PostgresStore(BaseStore):
         table: the table name (created on first use unless ``create_table=False``).
         min_size, max_size: connection pool bounds, per pool (sync and async have one each).
         create_table: create the table on first use.
+        connect_timeout: seconds to wait for a connection, new (libpq's ``connect_timeout``,
+            at least 2) or from a full pool; then ``psycopg_pool.PoolTimeout``. 30 s suits a
+            server; a command-line tool wants about 5.
+        check_connections: test each pooled connection as it is handed out, so a dead one is
+            replaced before use. It adds one round trip to every operation (most felt by
+            a replay, otherwise one ``SELECT``). False skips the test: a dead
+            connection is then found by failing, and the operation is retried once after the
+            pool has tested and replaced its idle connections.
     """
 
     def __init__(
@@ -75,8 +108,12 @@ class PostgresStore(BaseStore):
         min_size: int = 1,
         max_size: int = 10,
         create_table: bool = True,
+        connect_timeout: float = 30.0,
+        check_connections: bool = True,
     ) -> None:
         check_table(table)
+        self.connect_timeout = check_seconds("connect_timeout", connect_timeout)
+        self.check_connections = bool(check_connections)
         if min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {min_size!r}")
         if max_size < max(1, min_size):
@@ -155,7 +192,8 @@ class PostgresStore(BaseStore):
 
                 self._pool = ConnectionPool(
                     self.dsn, min_size=self.min_size, max_size=self.max_size, open=True,
-                    kwargs={"autocommit": True},
+                    kwargs=self._connection_options(), timeout=self.connect_timeout,
+                    check=ConnectionPool.check_connection if self.check_connections else None,
                 )
             if not self._ready:
                 with self._pool.connection() as conn, conn.transaction():
@@ -173,7 +211,8 @@ class PostgresStore(BaseStore):
 
             pool = AsyncConnectionPool(
                 self.dsn, min_size=self.min_size, max_size=self.max_size, open=False,
-                kwargs={"autocommit": True},
+                kwargs=self._connection_options(), timeout=self.connect_timeout,
+                check=AsyncConnectionPool.check_connection if self.check_connections else None,
             )
             await pool.open()
             self._apool, self._apool_loop = pool, loop
@@ -183,6 +222,9 @@ class PostgresStore(BaseStore):
                 await conn.execute(create_table_sql(self.table))
             self._ready = True
         return self._apool
+
+    def _connection_options(self) -> dict[str, Any]:
+        return {"autocommit": True, "connect_timeout": max(2, math.ceil(self.connect_timeout))}
 
     def migrate(self) -> None:
         """Create the table and index now (idempotent)."""
@@ -210,14 +252,12 @@ class PostgresStore(BaseStore):
     # -- shared ----------------------------------------------------------------------------
 
     def _claim_params(
-        self, key: str, fingerprint: str, lease: float, ttl: float
-    ) -> tuple[dict[str, Any], str, float]:
-        lease, ttl = check_claim(key, lease, ttl)
-        token = new_token()
+        self, key: str, fingerprint: str, token: str, lease: float, ttl: float
+    ) -> tuple[dict[str, Any], float]:
         now = clock.wall()
         params = {"key": key, "fp": fingerprint, "token": token, "lease": now + lease,
                   "exp": now + max(ttl, lease), "now": now}
-        return params, token, now
+        return params, now
 
     @staticmethod
     def _record(key: str, row: Any) -> Record | None:
@@ -249,67 +289,139 @@ class PostgresStore(BaseStore):
         # expired or been released; the caller reads again.
         return live_answer(old, fingerprint, now)
 
+    def _claim_read(self, key: str, fingerprint: str, token: str, row: Any,
+                    now: float) -> Claim | None:
+        """What the first read of a claim answers: None when the key is free to claim.
+
+        A live in-flight record holding our own ``token`` is our claim, won by an attempt
+        whose commit was lost with its connection: the retry takes it, it does not refuse it."""
+        seen = self._read(key, row)
+        if seen is not None and seen.token == token and not seen.completed:
+            return won_claim(key, token, None, now)
+        return live_answer(seen, fingerprint, now)
+
+    def _completed_by(self, key: str, token: str, response: str | None, row: Any) -> bool:
+        """Whether the record in ``row`` is ``token``'s, completed with ``response``."""
+        record = self._read(key, row)
+        return (record is not None and record.completed and record.token == token
+                and record.response == response)
+
     # -- sync ------------------------------------------------------------------------------
 
-    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+    def _run(self, work: Callable[[Any, bool], T]) -> T:
+        """``work(conn, retried)`` on a pooled connection; once more on a fresh connection
+        when the first one died under it."""
         pool = self._sync_pool()
+        used: Any = None
+        try:
+            with pool.connection() as conn:
+                used = conn
+                return work(conn, False)
+        except Exception as exc:
+            if not _lost(exc, used):
+                raise
+            _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
+                         "fresh connection", exc)
+            if not self.check_connections:
+                pool.check()  # replace every dead idle connection before the retry
         with pool.connection() as conn:
+            return work(conn, True)
+
+    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        lease, ttl = check_claim(key, lease, ttl)
+        token = new_token()  # one per claim, kept across a retry (see _claim_read)
+
+        def work(conn: Any, retried: bool) -> Claim:
             for _ in range(100):
-                params, token, now = self._claim_params(key, fingerprint, lease, ttl)
+                params, now = self._claim_params(key, fingerprint, token, lease, ttl)
                 # Read first: a replay or an in-flight answer is a plain SELECT. The upsert
                 # would lock the existing row, and a row lock is a write PostgreSQL must
                 # commit to its WAL, which would make every replay cost a disk flush.
-                seen = self._read(key, conn.execute(self._sql_get, (key, now)).fetchone())
-                answer = live_answer(seen, fingerprint, now)
+                row = conn.execute(self._sql_get, (key, now)).fetchone()
+                answer = self._claim_read(key, fingerprint, token, row, now)
                 if answer is not None:
                     return answer
                 row = conn.execute(self._sql_claim, params).fetchone()
                 answer = self._claim_answer(key, fingerprint, token, now, row)
                 if answer is not None:
                     return answer
-        raise RuntimeError(f"could not claim {key!r}: the record kept changing")
+            raise RuntimeError(f"could not claim {key!r}: the record kept changing")
+
+        return self._run(work)
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
         ttl = check_seconds("ttl", ttl)
-        now = clock.wall()
-        with self._sync_pool().connection() as conn:
+
+        def work(conn: Any, retried: bool) -> bool:
+            now = clock.wall()
             cur = conn.execute(self._sql_complete, (response, now + ttl, now, key, token, now))
-            return bool(cur.rowcount == 1)
+            if cur.rowcount == 1 or not retried:
+                return bool(cur.rowcount == 1)
+            # The lost attempt may have committed before its connection died.
+            return self._completed_by(key, token, response,
+                                      conn.execute(self._sql_get, (key, now)).fetchone())
+
+        return self._run(work)
 
     def release(self, key: str, token: str) -> bool:
-        with self._sync_pool().connection() as conn:
+        def work(conn: Any, retried: bool) -> bool:
             return bool(conn.execute(self._sql_release, (key, token, clock.wall())).rowcount == 1)
+
+        return self._run(work)
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
-        now = clock.wall()
-        with self._sync_pool().connection() as conn:
+
+        def work(conn: Any, retried: bool) -> bool:
+            now = clock.wall()
             cur = conn.execute(self._sql_extend, (now + lease, now + lease, key, token, now))
             return bool(cur.rowcount == 1)
 
+        return self._run(work)
+
     def get(self, key: str) -> Record | None:
         check_key(key)
-        with self._sync_pool().connection() as conn:
-            row = conn.execute(self._sql_get, (key, clock.wall())).fetchone()
+        row = self._run(lambda conn, retried: conn.execute(
+            self._sql_get, (key, clock.wall())).fetchone())
         return self._read(key, row)
 
     def delete(self, key: str) -> bool:
-        with self._sync_pool().connection() as conn:
-            return bool(conn.execute(self._sql_delete, (key,)).rowcount == 1)
+        return self._run(lambda conn, retried: bool(
+            conn.execute(self._sql_delete, (key,)).rowcount == 1))
 
     def purge_expired(self) -> int:
-        with self._sync_pool().connection() as conn:
-            return int(conn.execute(self._sql_purge, (clock.wall(),)).rowcount)
+        return self._run(lambda conn, retried: int(
+            conn.execute(self._sql_purge, (clock.wall(),)).rowcount))
 
     # -- async -----------------------------------------------------------------------------
 
-    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+    async def _arun(self, work: Callable[[Any, bool], Awaitable[T]]) -> T:
+        """``_run`` for async code."""
         pool = await self._async_pool()
+        used: Any = None
+        try:
+            async with pool.connection() as conn:
+                used = conn
+                return await work(conn, False)
+        except Exception as exc:
+            if not _lost(exc, used):
+                raise
+            _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
+                         "fresh connection", exc)
+            if not self.check_connections:
+                await pool.check()
         async with pool.connection() as conn:
+            return await work(conn, True)
+
+    async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        lease, ttl = check_claim(key, lease, ttl)
+        token = new_token()
+
+        async def work(conn: Any, retried: bool) -> Claim:
             for _ in range(100):
-                params, token, now = self._claim_params(key, fingerprint, lease, ttl)
+                params, now = self._claim_params(key, fingerprint, token, lease, ttl)
                 cur = await conn.execute(self._sql_get, (key, now))
-                answer = live_answer(self._read(key, await cur.fetchone()), fingerprint, now)
+                answer = self._claim_read(key, fingerprint, token, await cur.fetchone(), now)
                 if answer is not None:
                     return answer
                 cur = await conn.execute(self._sql_claim, params)
@@ -317,48 +429,59 @@ class PostgresStore(BaseStore):
                 answer = self._claim_answer(key, fingerprint, token, now, row)
                 if answer is not None:
                     return answer
-        raise RuntimeError(f"could not claim {key!r}: the record kept changing")
+            raise RuntimeError(f"could not claim {key!r}: the record kept changing")
+
+        return await self._arun(work)
 
     async def acomplete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
         ttl = check_seconds("ttl", ttl)
-        now = clock.wall()
-        pool = await self._async_pool()
-        async with pool.connection() as conn:
+
+        async def work(conn: Any, retried: bool) -> bool:
+            now = clock.wall()
             cur = await conn.execute(
                 self._sql_complete, (response, now + ttl, now, key, token, now)
             )
-            return bool(cur.rowcount == 1)
+            if cur.rowcount == 1 or not retried:
+                return bool(cur.rowcount == 1)
+            cur = await conn.execute(self._sql_get, (key, now))
+            return self._completed_by(key, token, response, await cur.fetchone())
+
+        return await self._arun(work)
 
     async def arelease(self, key: str, token: str) -> bool:
-        pool = await self._async_pool()
-        async with pool.connection() as conn:
+        async def work(conn: Any, retried: bool) -> bool:
             cur = await conn.execute(self._sql_release, (key, token, clock.wall()))
             return bool(cur.rowcount == 1)
 
+        return await self._arun(work)
+
     async def aextend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
-        now = clock.wall()
-        pool = await self._async_pool()
-        async with pool.connection() as conn:
+
+        async def work(conn: Any, retried: bool) -> bool:
+            now = clock.wall()
             cur = await conn.execute(self._sql_extend, (now + lease, now + lease, key, token, now))
             return bool(cur.rowcount == 1)
 
+        return await self._arun(work)
+
     async def aget(self, key: str) -> Record | None:
         check_key(key)
-        pool = await self._async_pool()
-        async with pool.connection() as conn:
+
+        async def work(conn: Any, retried: bool) -> Any:
             cur = await conn.execute(self._sql_get, (key, clock.wall()))
-            row = await cur.fetchone()
-        return self._read(key, row)
+            return await cur.fetchone()
+
+        return self._read(key, await self._arun(work))
 
     async def adelete(self, key: str) -> bool:
-        pool = await self._async_pool()
-        async with pool.connection() as conn:
-            cur = await conn.execute(self._sql_delete, (key,))
-            return bool(cur.rowcount == 1)
+        async def work(conn: Any, retried: bool) -> bool:
+            return bool((await conn.execute(self._sql_delete, (key,))).rowcount == 1)
+
+        return await self._arun(work)
 
     async def apurge_expired(self) -> int:
-        pool = await self._async_pool()
-        async with pool.connection() as conn:
-            cur = await conn.execute(self._sql_purge, (clock.wall(),))
-            return int(cur.rowcount)
+        async def work(conn: Any, retried: bool) -> int:
+            return int((await conn.execute(self._sql_purge, (clock.wall(),))).rowcount)
+
+        return await self._arun(work)

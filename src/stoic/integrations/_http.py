@@ -16,12 +16,13 @@ on first use of a host and kept by the transport; breakers are also found throug
 from __future__ import annotations
 
 import logging
+import os
 import threading
-import uuid
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .. import context
+from .._validate import header_name
 from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..events import dispatcher
@@ -32,21 +33,24 @@ from ..policies.pipeline import Pipeline
 from ..policies.retry import Retry
 
 __all__ = [
+    "ATTEMPT_HEADER",
     "DEADLINE_HEADER",
     "IDEMPOTENCY_HEADER",
     "IDEMPOTENT_METHODS",
     "KEYED_METHODS",
     "REQUEST_ID_HEADER",
+    "RETRY_BELOW_HEADER",
     "Core",
     "HostPolicies",
     "Plan",
     "default_policy",
     "expired",
-    "header_name",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
     "raise_if_deadline",
+    "retries",
+    "single_attempt_variant",
 ]
 
 _log = logging.getLogger("stoic.http")
@@ -58,6 +62,10 @@ KEYED_METHODS = frozenset({"POST", "PATCH"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 REQUEST_ID_HEADER = "X-Request-ID"
+#: The hop guard's headers: which attempt of the sender this request is (1 = first), and
+#: whether hops below may retry it ("1") or must not because the sender retries ("0").
+ATTEMPT_HEADER = "X-Stoic-Attempt"
+RETRY_BELOW_HEADER = "X-Stoic-Retry-Below"
 
 # A timeout that fires with less than this left of the deadline was the deadline firing.
 _DEADLINE_SLACK = 0.005
@@ -85,30 +93,50 @@ def idempotent_variant(policy: Policy) -> Policy:
     Used for requests whose method is idempotent, so Retry itself decides that an UNKNOWN
     failure (a read timeout, a reset) is safe to retry for them and not for a POST.
     """
+    return _each_retry(
+        policy, lambda retry: retry if retry.idempotent else retry.replace(idempotent=True)
+    )
+
+
+def _each_retry(policy: Policy, change: Callable[[Retry], Retry]) -> Policy:
+    """``policy`` with ``change`` applied to every ``Retry`` in it; itself when none changed."""
     if isinstance(policy, Retry):
-        return policy if policy.idempotent else policy.replace(idempotent=True)
+        return change(policy)
     if isinstance(policy, Pipeline):
-        inner = tuple(idempotent_variant(p) for p in policy.policies)
+        inner = tuple(_each_retry(p, change) for p in policy.policies)
         if all(a is b for a, b in zip(inner, policy.policies, strict=True)):
             return policy
         return Pipeline(*inner)
     return policy
 
 
-def new_idempotency_key() -> str:
-    """A fresh key for one logical request (random, so two requests never share one)."""
-    return str(uuid.uuid4())
+def single_attempt_variant(policy: Policy) -> Policy:
+    """``policy`` with every ``Retry`` in it cut to one attempt (a copy; the original is kept).
 
-
-def header_name(parameter: str, value: object) -> str:
-    """Check a header name given as ``parameter``: a non-empty ASCII str without spaces.
-
-    The one check for every header-name argument of stoic's HTTP pieces (clients and
-    middlewares); ``ValueError`` naming the parameter and the value otherwise.
+    The hop guard uses it for requests made while serving a request that its caller retries:
+    the breaker and the rest still apply, the retries happen above.
     """
-    if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-        raise ValueError(f"{parameter} must be a non-empty ASCII header name, got {value!r}")
-    return value
+    return _each_retry(
+        policy, lambda retry: retry if retry.max_attempts == 1 else retry.replace(max_attempts=1)
+    )
+
+
+def retries(policy: Policy | None) -> bool:
+    """Whether ``policy`` may make more than one attempt (holds a ``Retry`` of attempts > 1)."""
+    if isinstance(policy, Retry):
+        return policy.max_attempts > 1
+    if isinstance(policy, Pipeline):
+        return any(retries(p) for p in policy.policies)
+    return False
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one logical request (random, so two requests never share one).
+
+    128 random bits as hex: ``str(uuid.uuid4())`` costs several times more per request and
+    adds nothing a key needs (``benchmarks/http_overhead.py``, the keyed gRPC and POST cases).
+    """
+    return os.urandom(16).hex()
 
 
 def host_name(scheme: str, host: str, port: int | None) -> str:
@@ -134,7 +162,7 @@ class Plan:
     names the request in error messages; it is built only when one is raised.
     """
 
-    __slots__ = ("host", "key", "method", "policy", "timeouts", "url")
+    __slots__ = ("attempt", "host", "key", "method", "policy", "retry_below", "timeouts", "url")
 
     def __init__(
         self, policy: Policy | None, host: Policy | None, key: str | None, timeouts: Any,
@@ -146,6 +174,8 @@ class Plan:
         self.timeouts = timeouts
         self.method = method
         self.url = url
+        self.attempt = 0  # attempts begun, for the hop guard's header
+        self.retry_below = "1"
 
     @property
     def what(self) -> str:
@@ -179,6 +209,10 @@ class Core:
         self.policy = policy
         self._hosts = HostPolicies(breaker, bulkhead) if per_host else None
         self._idempotent_policy = idempotent_variant(policy)
+        # the hop guard: the variants used while the caller of the request served retries it
+        self._single_policy = single_attempt_variant(policy)
+        self._single_idempotent = single_attempt_variant(self._idempotent_policy)
+        self._retries = retries(policy)
         self._idempotency_keys = bool(idempotency_keys)
         self._propagate = bool(propagate)
         self._deadline_header = deadline_header
@@ -206,21 +240,31 @@ class Core:
         self, method: str, headers: MutableMapping[str, str], replayable: bool, url: Any,
         timeouts: Any,
     ) -> Plan:
-        """Decide once per logical request: its key (generated into ``headers`` for a POST
-        or PATCH), its policy (the idempotent variant for an idempotent method, none for a
-        body that cannot be sent twice) and its host's breaker and bulkhead."""
+        """Decide once per logical request: its key (the bound ``stoic.context`` key, else
+        generated, into ``headers`` for a POST or PATCH), its policy (the idempotent variant
+        for an idempotent method, none for a body that cannot be sent twice) and its host's
+        breaker and bulkhead."""
         key = headers.get(IDEMPOTENCY_HEADER)
-        if key is None and self._idempotency_keys and method in KEYED_METHODS:
-            key = new_idempotency_key()
-            headers[IDEMPOTENCY_HEADER] = key
+        if key is None and method in KEYED_METHODS:
+            # a key bound by the caller (a workflow step's, an @idempotent call's) goes out
+            # as is, so the downstream applies a re-run of the step once; else a fresh one
+            key = context.idempotency_key()
+            if key is None and self._idempotency_keys:
+                key = new_idempotency_key()
+            if key is not None:
+                headers[IDEMPOTENCY_HEADER] = key
         policy: Policy | None
+        guarded = not context.retries_allowed()  # the caller retries: no retries here
         if not replayable:
             policy = None
         elif method in IDEMPOTENT_METHODS:
-            policy = self._idempotent_policy
+            policy = self._single_idempotent if guarded else self._idempotent_policy
         else:
-            policy = self.policy
-        return Plan(policy, self._host_policy(url), key, timeouts, method, url)
+            policy = self._single_policy if guarded else self.policy
+        plan = Plan(policy, self._host_policy(url), key, timeouts, method, url)
+        if guarded or (policy is not None and self._retries):
+            plan.retry_below = "0"
+        return plan
 
     def _begin_attempt(self, headers: MutableMapping[str, str], plan: Plan) -> float | None:
         """Per attempt: refuse after the deadline, set the outgoing headers; the time left.
@@ -232,8 +276,11 @@ class Core:
         left = remaining()
         if left is not None and left <= 0:
             raise expired(plan.what)
+        plan.attempt += 1
         if not self._propagate:
             return left
+        headers[ATTEMPT_HEADER] = str(plan.attempt)
+        headers[RETRY_BELOW_HEADER] = plan.retry_below
         if left is not None:
             headers[self._deadline_header] = str(int(left * 1000))
         request_id = context.get("request_id")

@@ -12,18 +12,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["budget_seconds", "check_header_name", "check_max_deadline", "request_id"]
+__all__ = ["budget_seconds", "check_max_deadline", "check_server", "request_id", "user_of"]
 
 _log = logging.getLogger("stoic.serving")
 
 _MAX_REQUEST_ID = 200
-
-
-def check_header_name(label: str, value: object) -> str:
-    """``value`` if it is a usable header (or metadata) name; ``ValueError`` naming ``label``."""
-    if not isinstance(value, str) or not value or not value.isascii() or " " in value:
-        raise ValueError(f"{label} must be a non-empty ASCII header name, got {value!r}")
-    return value
 
 
 def check_max_deadline(value: object) -> float | None:

@@ -25,6 +25,7 @@ app. Scopes other than ``http`` pass straight through.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import uuid
@@ -32,15 +33,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from ..context import bind, deadline
+from .._validate import header_name
+from ..context import bind, deadline, hop
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..policies.base import Policy
-from ._http import header_name
+from .shedding import LoadShedder  # re-exported: the ASGI pieces live in one place
 
 if TYPE_CHECKING:
     from ..idempotency.asgi import IdempotencyMiddleware
 
-__all__ = ["IdempotencyMiddleware", "StoicMiddleware"]
+__all__ = ["IdempotencyMiddleware", "LoadShedder", "StoicMiddleware"]
 
 _log = logging.getLogger("stoic.asgi")
 
@@ -73,6 +75,9 @@ class StoicMiddleware:
             concurrent requests; when it rejects, the answer is 503 with ``Retry-After``.
         user_id: ``scope -> str | None``, the authenticated user for the context.
         request_id_header: where the request id comes from and is echoed to.
+        hop_guard: bind the caller's ``X-Stoic-Attempt`` / ``X-Stoic-Retry-Below`` headers
+            (``stoic.context.hop``), so stoic clients in the handler do not retry what the
+            caller already retries. See docs/hop-guard.md.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class StoicMiddleware:
         user_id: UserIdHook | None = None,
         *,
         request_id_header: str = "X-Request-ID",
+        hop_guard: bool = True,
     ) -> None:
         if not callable(app):
             raise ValueError(f"app must be an ASGI application, got {app!r}")
@@ -117,6 +123,7 @@ class StoicMiddleware:
         self.bulkhead = bulkhead
         self.user_id = user_id
         self.request_id_header = request_id_header
+        self.hop_guard = bool(hop_guard)
         self._deadline_key = deadline_header.lower().encode("latin-1")
         self._request_id_key = request_id_header.lower().encode("latin-1")
         from ..observability.otel import extract  # None at once unless tracing is on
@@ -193,7 +200,7 @@ class _Exchange:
         try:
             with bind(
                 request_id=self.request_id, user_id=user, service=mw.service, version=mw.version
-            ):
+            ), self._hop():
                 if seconds is None:
                     await self._handle(receive, send)
                 else:
@@ -204,6 +211,14 @@ class _Exchange:
                 from opentelemetry import context as otel_context
 
                 otel_context.detach(token)
+
+    def _hop(self) -> hop | contextlib.nullcontext[None]:
+        """The caller's retry signal for the hop guard, when it sent one."""
+        below = self._header(b"x-stoic-retry-below") if self.middleware.hop_guard else None
+        if below is None:
+            return contextlib.nullcontext()
+        attempt = self._header(b"x-stoic-attempt") or b"1"
+        return hop(int(attempt) if attempt.isdigit() else 1, below.strip() != b"0")
 
     def _attach_trace(self) -> Any:
         try:

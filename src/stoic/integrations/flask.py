@@ -13,8 +13,10 @@ middleware sees them, so the extension registers error handlers giving these two
 
 Settings, from arguments or ``app.config``: ``STOIC_SERVICE`` (default: the app's name),
 ``STOIC_VERSION`` (default ``"0"``), ``STOIC_MAX_DEADLINE``, ``STOIC_DEADLINE_HEADER``,
-``STOIC_REQUEST_ID_HEADER``. ``bulkhead`` and ``user_id`` (``environ -> str | None``) are
-arguments only.
+``STOIC_REQUEST_ID_HEADER``. ``bulkhead``, ``user_id`` (``environ -> str | None``) and
+``idempotency`` are arguments only: with an idempotency store, the app is also wrapped in
+``stoic.integrations.wsgi.IdempotencyMiddleware`` (inside the deadline and shedding), so a
+retried POST with the same ``Idempotency-Key`` runs once.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DeadlineExceeded, Rejected
+from ..idempotency.store import Store
 from ..policies.base import Policy
-from .wsgi import StoicMiddleware, UserIdHook, refusal
+from .wsgi import IdempotencyMiddleware, StoicMiddleware, UserIdHook, refusal
 
 __all__ = ["Stoic"]
 
@@ -45,16 +48,20 @@ class Stoic:
         service, version, max_deadline: override the ``STOIC_*`` config values.
         bulkhead: a ``stoic.Bulkhead`` limiting concurrent requests.
         user_id: ``environ -> str | None``, the authenticated user for the context.
+        idempotency: a ``stoic.idempotency`` store: honour ``Idempotency-Key`` on POST and
+            PATCH (``IdempotencyMiddleware`` with its defaults).
     """
 
     def __init__(self, app: Any = None, *, service: str | None = None,
                  version: str | None = None, max_deadline: float | None = None,
-                 bulkhead: Policy | None = None, user_id: UserIdHook | None = None) -> None:
+                 bulkhead: Policy | None = None, user_id: UserIdHook | None = None,
+                 idempotency: Store | None = None) -> None:
         self.service = service
         self.version = version
         self.max_deadline = max_deadline
         self.bulkhead = bulkhead
         self.user_id = user_id
+        self.idempotency = idempotency
         self.middleware: StoicMiddleware | None = None
         if app is not None:
             self.init_app(app)
@@ -65,8 +72,11 @@ class Stoic:
         max_deadline = self.max_deadline
         if max_deadline is None:
             max_deadline = config.get("STOIC_MAX_DEADLINE")
+        inner = app.wsgi_app
+        if self.idempotency is not None:
+            inner = IdempotencyMiddleware(inner, self.idempotency)
         self.middleware = StoicMiddleware(
-            app.wsgi_app,
+            inner,
             self.service or config.get("STOIC_SERVICE") or app.name,
             self.version or config.get("STOIC_VERSION") or "0",
             config.get("STOIC_DEADLINE_HEADER", "X-Request-Timeout-Ms"),

@@ -47,6 +47,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+from .._validate import header_name
 from ..context import bind, deadline, using_idempotency_key
 from ..errors import (
     BulkheadFullError,
@@ -65,7 +66,7 @@ from ._http import (
     Plan,
     raise_if_deadline,
 )
-from ._serving import check_header_name, check_max_deadline, check_server, request_id, user_of
+from ._serving import check_max_deadline, check_server, request_id, user_of
 
 __all__ = [
     "IDEMPOTENCY_KEY",
@@ -93,8 +94,10 @@ class _Metadata(dict[str, Any]):
     __slots__ = ("added", "pairs")
 
     def __init__(self, pairs: Iterable[tuple[str, Any]] | None) -> None:
-        self.pairs = tuple(pairs or ())
-        super().__init__((k.lower(), v) for k, v in self.pairs)
+        super().__init__()
+        self.pairs = tuple(pairs) if pairs else ()
+        for key, value in self.pairs:
+            dict.__setitem__(self, key.lower(), value)
         self.added: dict[str, Any] = {}
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -232,7 +235,8 @@ class ResilientInterceptor(
         metadata = _Metadata(details.metadata)
         plan = self._plan_call(details, metadata, True)
         policy = plan.policy
-        assert policy is not None  # a unary request can always be sent again
+        if policy is None:  # not reached: a unary request can always be sent again
+            return self._attempt(continuation, details, request, plan, metadata)
         if plan.key is None:
             return policy.call(self._attempt, continuation, details, request, plan, metadata)
         with using_idempotency_key(plan.key):
@@ -286,7 +290,8 @@ class ResilientAioInterceptor(
         metadata = _Metadata(details.metadata)
         plan = self._plan_call(details, metadata, True)
         policy = plan.policy
-        assert policy is not None
+        if policy is None:  # not reached: a unary request can always be sent again
+            return await self._attempt(continuation, details, request, plan, metadata)
         if plan.key is None:
             return await policy.acall(self._attempt, continuation, details, request, plan, metadata)
         with using_idempotency_key(plan.key):
@@ -372,7 +377,7 @@ class _Server:
         self.shed_when_expired = bool(shed_when_expired)
         self.bulkhead = bulkhead
         self.user_id = user_id
-        self.request_id_header = check_header_name("request_id_header", request_id_header).lower()
+        self.request_id_header = header_name("request_id_header", request_id_header).lower()
         self.store = store
         self._idempotency: dict[str, Any] = {}
         if store is not None:

@@ -24,29 +24,45 @@ request it:
 
 The context stays bound while the server iterates the response body. The bulkhead covers
 the app call; a streamed body is produced after the app returned, outside it.
+
+``IdempotencyMiddleware`` is the WSGI adapter of the ``Idempotency-Key`` semantics that
+``stoic.idempotency.http`` defines once (the ASGI middleware is the other adapter): a retry
+of a keyed POST gets the first reply instead of running twice.
 """
 
 from __future__ import annotations
 
 import contextvars
+import io
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
+from .._validate import header_name
 from ..context import bind, deadline
-from ..errors import DeadlineExceeded, Rejected
+from ..errors import CodecError, DeadlineExceeded, Rejected
+from ..idempotency.claims import Lease, holding
+from ..idempotency.http import NOT_EXECUTED, HttpIdempotency, Reply, ResponseRecorder
+from ..idempotency.store import Store
 from ..policies.base import Policy
 from ._serving import (
     budget_seconds,
-    check_header_name,
     check_max_deadline,
     check_server,
     request_id,
     user_of,
 )
 
-__all__ = ["Arrival", "Edge", "StoicMiddleware", "environ_key", "refusal"]
+__all__ = [
+    "Arrival",
+    "Edge",
+    "IdempotencyMiddleware",
+    "StoicMiddleware",
+    "environ_key",
+    "refusal",
+]
 
 _log = logging.getLogger("stoic.wsgi")
 
@@ -115,12 +131,12 @@ class Edge:
         check_server(service, version, bulkhead, user_id, "the environ")
         self.service = service
         self.version = version
-        self.deadline_header = check_header_name("deadline_header", deadline_header)
+        self.deadline_header = header_name("deadline_header", deadline_header)
         self.max_deadline = check_max_deadline(max_deadline)
         self.shed_when_expired = bool(shed_when_expired)
         self.bulkhead = bulkhead
         self.user_id = user_id
-        self.request_id_header = check_header_name("request_id_header", request_id_header)
+        self.request_id_header = header_name("request_id_header", request_id_header)
         self._deadline_key = environ_key(deadline_header)
         self._request_id_key = environ_key(request_id_header)
         from ..observability.otel import extract  # None at once unless tracing is on
@@ -257,3 +273,179 @@ def _answer(start_response: StartResponse, status: int, body: bytes, echo: tuple
         headers.append(("Retry-After", str(retry_after)))
     start_response(f"{status} {reason}", headers)
     return [body]
+
+
+# --- Idempotency-Key ---------------------------------------------------------------------------
+
+
+class IdempotencyMiddleware:
+    """Run each ``Idempotency-Key`` once and replay its response to retries (WSGI).
+
+    The same arguments and rules as ``stoic.idempotency.asgi.IdempotencyMiddleware``, from the
+    same code (``stoic.idempotency.http.HttpIdempotency``): 400 for a missing (``required``)
+    or malformed key, 422 for a key reused with a different request, 409 with
+    ``Retry-After`` while the first request runs, the stored response with
+    ``Idempotent-Replayed: true`` after it completed; a response saying the request never ran
+    (``not_executed``, any 5xx) gives the key back. ``scope`` is a callable on the WSGI
+    environ returning the principal (user, tenant) keys are separate for.
+
+    WSGI cannot tell a routing 404 from a handler's own, so every 404 releases the key (the
+    ASGI twin stores a 404 after a matched route); use ``store_status`` to decide otherwise.
+    The request body is read in full (at most ``max_request_body`` bytes, 413 above) to
+    fingerprint it, and handed to the app again. The last body chunk is sent after the record
+    is stored, so a client that has the whole reply always gets the replay.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        store: Store,
+        *,
+        methods: Iterable[str] = ("POST", "PATCH"),
+        required: bool = False,
+        ttl: float = 86400.0,
+        lease: float = 60.0,
+        scope: Callable[[Environ], str | None] | None = None,
+        store_status: Callable[[int], bool] | None = None,
+        not_executed: Collection[int] = NOT_EXECUTED,
+        max_body: int = 1024 * 1024,
+        max_request_body: int = 10 * 1024 * 1024,
+        header: str = "Idempotency-Key",
+        namespace: str = "http",
+    ) -> None:
+        if not callable(app):
+            raise ValueError(f"app must be a WSGI application, got {app!r}")
+        if scope is not None and not callable(scope):
+            raise TypeError(f"scope must be callable, got {scope!r}")
+        header_name("header", header)
+        self.app = app
+        self.scope = scope
+        self.rules = HttpIdempotency(
+            store, methods=methods, required=required, ttl=ttl, lease=lease,
+            store_status=store_status, not_executed=not_executed, max_body=max_body,
+            max_request_body=max_request_body, header=header, namespace=namespace,
+        )
+        self._header_key = environ_key(header)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        rules = self.rules
+        method = environ.get("REQUEST_METHOD", "")
+        if not rules.applies(method):
+            return self.app(environ, start_response)
+        raw = environ.get(self._header_key)
+        key = rules.key(raw.encode("latin-1") if raw is not None else None)
+        if key is None:
+            return self.app(environ, start_response)
+        if isinstance(key, Reply):
+            return _reply(start_response, key)
+        body = self._read(environ)
+        if isinstance(body, Reply):
+            return _reply(start_response, body)
+        principal = str(self.scope(environ) or "") if self.scope is not None else ""
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        call = rules.call(key, method, path, environ.get("QUERY_STRING", ""), body, principal)
+        try:
+            settled = rules.settle(call)
+        except CodecError:
+            return _reply(start_response, rules.unreadable())
+        if settled.lease is None:
+            return _reply(start_response, rules.answer(settled) or rules.unreadable())
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        work = contextvars.copy_context()  # the lease is held in it while the body is read
+        return work.run(self._run, settled.lease, environ, start_response, work)
+
+    def _read(self, environ: Environ) -> bytes | Reply:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > self.rules.max_request_body:
+            return self.rules.too_large()
+        stream = environ.get("wsgi.input")
+        if stream is None:
+            return b""
+        if length <= 0:
+            if not environ.get("wsgi.input_terminated"):
+                return b""
+            body: bytes = stream.read(self.rules.max_request_body + 1)
+            return self.rules.too_large() if len(body) > self.rules.max_request_body else body
+        return bytes(stream.read(length))
+
+    def _run(self, lease: Lease, environ: Environ, start_response: StartResponse,
+             work: contextvars.Context) -> Iterable[bytes]:
+        holding(lease).__enter__()  # left with the context copy, never restored
+        recorder = self.rules.recorder()
+
+        def start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            recorder.start(int(status.split(" ", 1)[0]), [
+                (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers])
+            write = start_response(status, headers, *exc_info)
+
+            def recording_write(chunk: bytes) -> None:  # PEP 3333's legacy write()
+                recorder.body(chunk, True)
+                write(chunk)
+
+            return recording_write
+
+        try:
+            result = self.app(environ, start)
+        except BaseException:
+            lease.finish(None)
+            raise
+        return _Recorded(result, lease, recorder, work)
+
+
+class _Recorded:
+    """The app's body, recorded; the record is stored before its last chunk is sent."""
+
+    __slots__ = ("_done", "_lease", "_recorder", "_result", "_work")
+
+    def __init__(self, result: Iterable[bytes], lease: Lease, recorder: ResponseRecorder,
+                 work: contextvars.Context) -> None:
+        self._result, self._lease, self._recorder, self._work = result, lease, recorder, work
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        run = self._work.run
+        chunks = run(iter, self._result)
+        held: bytes | None = None  # one chunk behind: the last must wait for the record
+        try:
+            while True:
+                try:
+                    chunk = run(next, chunks)
+                except StopIteration:
+                    break
+                if held is not None:
+                    self._recorder.body(held, True)
+                    yield held
+                held = chunk
+            last = held if held is not None else b""
+            self._recorder.body(last, False)
+            self._finish(self._recorder.stored())
+            yield last
+        finally:
+            self._finish(None)  # failed, or the server stopped reading: give the key back
+
+    def _finish(self, response: str | None) -> None:
+        if not self._done:
+            self._done = True
+            self._lease.finish(response)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                self._work.run(close)
+        finally:
+            self._finish(None)
+
+
+def _reply(start_response: StartResponse, reply: Reply) -> list[bytes]:
+    try:
+        phrase = HTTPStatus(reply.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    start_response(f"{reply.status} {phrase}",
+                   [(n.decode("latin-1"), v.decode("latin-1")) for n, v in reply.headers])
+    return [reply.body]

@@ -35,9 +35,10 @@ class _Entry:
 
 
 class _Topic:
-    __slots__ = ("dead", "entries", "seen")
+    __slots__ = ("dead", "entries", "recovered", "seen")
 
     def __init__(self) -> None:
+        self.recovered = 0  # deliveries that took a message back from an expired lease
         self.entries: dict[str, _Entry] = {}
         self.seen: dict[str, float] = {}  # id -> when it was first published
         self.dead: dict[str, DeadLetter] = {}
@@ -103,6 +104,8 @@ class MemoryBroker(PublishOne, ThreadedAsync):
             )
             out = []
             for e in ready:
+                if e.receipt is not None:  # leased, and the lease ran out: stalled work
+                    t.recovered += 1
                 e.attempts += 1
                 e.receipt = uuid.uuid4().hex
                 e.available_at = now + lease
@@ -174,7 +177,8 @@ class MemoryBroker(PublishOne, ThreadedAsync):
                     in_flight += 1
                 else:
                     delayed += 1
-            return QueueStats(topic, ready, delayed, in_flight, len(t.dead))
+            return QueueStats(topic, ready, delayed, in_flight, len(t.dead),
+                              recovered=t.recovered)
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
         with self._lock:

@@ -40,6 +40,7 @@ import asyncio
 import hashlib
 import json
 import re
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,8 +126,11 @@ class NatsBroker(PublishOne):
         self._names: dict[str, _Names] = {}
         self._ready: set[str] = set()  # topics whose streams and consumers exist
         self._held: dict[str, _Held] = {}
+        self._held_lock = threading.Lock()  # taken by callers' threads and the loop's
+        self._sending: set[asyncio.Future[None]] = set()
         self._recovered: dict[str, int] = {}
         self._next_delay_check: dict[str, float] = {}
+        self._inboxes: dict[str, Any] = {}  # stream -> the subscription its pulls answer on
         self._closed = False
         self._loop = LoopThread("stoic-nats")
         try:
@@ -277,30 +281,37 @@ class NatsBroker(PublishOne):
                     "died or hung each time)"))
                 await msg.term()
                 continue
-            self._held[receipt] = _Held(msg, topic, now + lease, now)
+            with self._held_lock:
+                self._held[receipt] = _Held(msg, topic, now + lease, now)
             out.append(message)
         return out
 
     async def _pull(self, stream: str, n: int) -> list[Any]:
-        """Up to ``n`` messages that are ready now: one no-wait pull request."""
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
+        """Up to ``n`` messages that are ready now: one no-wait pull request, answered on a
+        subscription kept per stream (a message that arrives after a pull gave up waiting
+        is taken by the next pull, not lost until its ack wait)."""
+        sub = self._inboxes.get(stream)
+        if sub is None:
+            sub = self._inboxes[stream] = await self._nc.subscribe(self._nc.new_inbox())
         got: list[Any] = []
-        try:
-            await self._nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{_DURABLE}",
-                json.dumps({"batch": n, "no_wait": True}).encode(), reply=inbox,
-            )
-            while len(got) < n:
-                try:
-                    msg = await sub.next_msg(timeout=5.0)
-                except asyncio.TimeoutError:
-                    break
-                if msg.headers and msg.headers.get("Status"):  # 404/408: nothing more now
-                    break
+        while len(got) < n and sub.pending_msgs:  # left over from an earlier pull
+            msg = await sub.next_msg(timeout=1.0)
+            if not _status(msg):
                 got.append(msg)
-        finally:
-            await sub.unsubscribe()
+        if len(got) >= n:
+            return got
+        await self._nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{_DURABLE}",
+            json.dumps({"batch": n - len(got), "no_wait": True}).encode(), reply=sub.subject,
+        )
+        while len(got) < n:
+            try:
+                msg = await sub.next_msg(timeout=5.0)
+            except asyncio.TimeoutError:
+                break
+            if _status(msg):  # 404/408: nothing more now
+                break
+            got.append(msg)
         return got
 
     async def _move_due(self, names: _Names, now: float) -> None:
@@ -316,14 +327,21 @@ class NatsBroker(PublishOne):
             await msg.ack()
 
     async def _expire(self, now: float) -> None:
-        for receipt, held in list(self._held.items()):
-            if held.until <= now:
-                del self._held[receipt]
-                self._recovered[held.topic] = self._recovered.get(held.topic, 0) + 1
-                await self._give_back(held, 0.0)
-            elif now - held.progressed >= self.ack_wait / 3:
-                held.progressed = now
-                await held.msg.in_progress()
+        expired: list[_Held] = []
+        progress: list[_Held] = []
+        with self._held_lock:
+            for receipt, held in list(self._held.items()):
+                if held.until <= now:
+                    del self._held[receipt]
+                    expired.append(held)
+                elif now - held.progressed >= self.ack_wait / 3:
+                    held.progressed = now
+                    progress.append(held)
+        for held in expired:
+            self._recovered[held.topic] = self._recovered.get(held.topic, 0) + 1
+            await self._give_back(held, 0.0)
+        for held in progress:
+            await held.msg.in_progress()
 
     async def _keep_leases(self) -> None:
         while True:
@@ -337,10 +355,11 @@ class NatsBroker(PublishOne):
         await held.msg.nak(delay=delay or None)
 
     def _take(self, message: Message) -> _Held | None:
-        held = self._held.pop(message.receipt, None)
-        if held is not None and held.until <= clock.wall():
-            self._held[message.receipt] = held  # expired: housekeeping gives it back
-            return None
+        with self._held_lock:
+            held = self._held.pop(message.receipt, None)
+            if held is not None and held.until <= clock.wall():
+                self._held[message.receipt] = held  # expired: housekeeping gives it back
+                return None
         return held
 
     def ack(self, message: Message) -> bool:
@@ -350,7 +369,21 @@ class NatsBroker(PublishOne):
         return await self.aack_many([message]) == 1
 
     def ack_many(self, messages: Sequence[Message]) -> int:
-        return self._loop.run(self._ack_many(list(messages)))
+        # No wait for the loop thread: the held deliveries are taken here, and their acks
+        # sent by the loop right after (an ack lost with a dying process is a redelivery).
+        taken = [h for h in (self._take(m) for m in messages) if h is not None]
+        if taken:
+            self._loop.loop.call_soon_threadsafe(self._send_acks, taken)
+        return len(taken)
+
+    def _send_acks(self, taken: list[_Held]) -> None:
+        task = asyncio.ensure_future(self._acks(taken))
+        self._sending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._sending.discard)
+
+    async def _acks(self, taken: list[_Held]) -> None:
+        for held in taken:
+            await held.msg.ack()
 
     async def aack_many(self, messages: Sequence[Message]) -> int:
         return await self._loop.arun(self._ack_many(list(messages)))
@@ -360,10 +393,8 @@ class NatsBroker(PublishOne):
         for message in messages:
             held = self._take(message)
             if held is not None:
-                await held.msg.ack()
-                done += 1
-        if done:
-            await self._nc.flush()  # the server has the acks before this returns
+                await held.msg.ack()  # sent by the client's flusher right away; an ack
+                done += 1  # lost with a dying process only means a redelivery
         return done
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
@@ -394,7 +425,8 @@ class NatsBroker(PublishOne):
             return False
         now = clock.wall()
         held.until, held.progressed = now + lease, now
-        self._held[message.receipt] = held
+        with self._held_lock:
+            self._held[message.receipt] = held
         await held.msg.in_progress()
         return True
 
@@ -513,8 +545,13 @@ class NatsBroker(PublishOne):
             except NotFoundError:
                 pass
         self._ready.discard(topic)
-        for receipt in [r for r, h in self._held.items() if h.topic == topic]:
-            del self._held[receipt]
+        for stream in (names.stream, names.delay_stream):
+            sub = self._inboxes.pop(stream, None)
+            if sub is not None:
+                await sub.unsubscribe()
+        with self._held_lock:
+            for receipt in [r for r, h in self._held.items() if h.topic == topic]:
+                del self._held[receipt]
 
     def close(self) -> None:
         if self._closed:
@@ -530,8 +567,14 @@ class NatsBroker(PublishOne):
 
     async def _close(self) -> None:
         self._housekeeping.cancel()
-        self._held.clear()  # unacked deliveries come back after ack_wait
+        with self._held_lock:
+            self._held.clear()  # unacked deliveries come back after ack_wait
         await self._nc.drain()
+
+
+def _status(msg: Any) -> bool:
+    """A JetStream status reply (no messages, request timeout), not a message."""
+    return bool(msg.headers and msg.headers.get("Status"))
 
 
 def _bytes(body: str) -> bytes:

@@ -305,18 +305,14 @@ class PostgresBroker(ThreadedAsync):
                 None if _storable(b) else b.encode("utf-8", "surrogatepass") for b in bodies
             ]
             params["bodies"] = [b if _storable(b) else None for b in bodies]
+        if self.notify and delay == 0:  # one statement, one round trip: insert and wake
+            sql = f"WITH ins AS ({sql}) SELECT pg_notify(%(channel)s, %(topic)s)"
+            params["channel"] = self.channel
         if connection is not None:
             connection.execute(sql, params)
-            if self.notify and delay == 0:
-                connection.execute("SELECT pg_notify(%s, %s)", (self.channel, topic))
             return
         with self._pool.connection() as conn:
-            if self.notify and delay == 0:
-                with conn.transaction():
-                    conn.execute(sql, params)
-                    conn.execute("SELECT pg_notify(%s, %s)", (self.channel, topic))
-            else:
-                conn.execute(sql, params)
+            conn.execute(sql, params)
 
     # --- consuming -----------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from .. import clock
 from .broker import PublishOne, ThreadedAsync, check_claim, check_delay, check_topic, prepare
 from .model import DeadLetter, Message, QueueStats, decode_headers, dump_headers, report_requeued
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "open_client"]
 
 _GROUP = "stoic"
 
@@ -119,7 +119,7 @@ local function deliveries(eid)
 end
 """
 
-# KEYS: stream, leases, delayed. ARGV: group, consumer, now, until, n, token
+# KEYS: stream, leases, delayed, recovered. ARGV: group, consumer, now, until, n, token
 _CLAIM = _LEASED + _CHUNKED + """
 local now = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
@@ -169,6 +169,7 @@ for _, lease in ipairs(expired) do
   local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, eid)
   if #got > 0 and got[1] and got[1][2] then
     emit(eid, got[1][2], deliveries(eid))
+    redis.call('INCR', KEYS[4])  -- stalled work that came back: stats().recovered
   end
 end
 if #out < n then
@@ -329,14 +330,7 @@ class RedisBroker(PublishOne, ThreadedAsync):
             raise ValueError(f"url must start with redis://, rediss:// or unix://, got {url!r}")
         if not dedupe_window >= 0:
             raise ValueError(f"dedupe_window must be >= 0 seconds, got {dedupe_window!r}")
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
-        if client is None:
-            try:
-                import redis
-            except ImportError as exc:  # pragma: no cover - depends on the environment
-                raise ImportError("RedisBroker needs redis: pip install 'stoic[redis]'") from exc
-            client = redis.Redis.from_url(url, decode_responses=True)
+        client = open_client(url, client, prefix, "RedisBroker")
         self.url = url
         self.dedupe_window = float(dedupe_window)
         self.prefix = prefix
@@ -407,7 +401,7 @@ class RedisBroker(PublishOne, ThreadedAsync):
         now = clock.wall()
         until = now + lease
         reply = self._claim(
-            keys=self._keys(topic, "leases", "delayed"),
+            keys=self._keys(topic, "leases", "delayed", "recovered"),
             args=[_GROUP, self._consumer, repr(now), repr(until), max_messages, token],
         )
         out = []
@@ -468,8 +462,10 @@ class RedisBroker(PublishOne, ThreadedAsync):
         pipe.zcount(self._k(topic, "leases"), f"({now!r}", "+inf")
         pipe.zcard(self._k(topic, "delayed"))
         pipe.xlen(self._k(topic, "dead"))
-        length, in_flight, delayed, dead = pipe.execute()
-        return QueueStats(topic, max(0, length - in_flight), delayed, in_flight, dead)
+        pipe.get(self._k(topic, "recovered"))
+        length, in_flight, delayed, dead, recovered = pipe.execute()
+        return QueueStats(topic, max(0, length - in_flight), delayed, in_flight, dead,
+                          recovered=int(recovered or 0))
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
         entries = self._r.xrange(self._stream(topic), count=limit)
@@ -509,7 +505,7 @@ class RedisBroker(PublishOne, ThreadedAsync):
 
     def delete_topic(self, topic: str) -> None:
         """Remove every key of ``topic`` except the de-duplication marks (for tests, tools)."""
-        parts = ("stream", "leases", "delayed", "dead")
+        parts = ("stream", "leases", "delayed", "dead", "recovered")
         self._r.delete(*(self._k(topic, p) for p in parts))
         self._groups.discard(topic)
 
@@ -556,3 +552,17 @@ def _message(
         created_at=_float(created), available_at=available_at,
         receipt=f"{eid}|{token}" if token else "", defect=defect,
     )
+
+
+def open_client(url: str, client: Any, prefix: str, who: str) -> Any:
+    """``client``, or a redis-py client for ``url`` (text replies); checks the key
+    ``prefix`` (braces would break the hash tags that keep a topic's keys on one slot)."""
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError(f"prefix must be non-empty and without braces, got {prefix!r}")
+    if client is not None:
+        return client
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{who} needs redis: pip install 'stoic[redis]'") from exc
+    return redis.Redis.from_url(url, decode_responses=True)

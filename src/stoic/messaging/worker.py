@@ -22,7 +22,7 @@ The worker's one rule of its own, said through Retry's parameters: it asks
 already runs twice whenever a worker dies after its side effect and before its ack; an
 UNKNOWN failure ("it may have taken effect") therefore adds no risk that the queue does not
 already impose, and it is retried. Make the effect safe to repeat with ``dedupe=`` or an
-``Inbox``. ``max_attempts``, when given, is ``retry.replace(attempts=max_attempts)``.
+``Inbox``. ``max_attempts``, when given, is ``retry.replace(max_attempts=max_attempts)``.
 
 While a handler runs, a heartbeat extends the lease of every message the worker holds (and
 the dedupe lease), so a slow handler does not lose its message to another worker. On SIGTERM
@@ -57,6 +57,7 @@ from ..outcome import Outcome, classify
 from ..policies.backoff import exponential
 from ..policies.retry import Retry
 from .broker import Broker, Waking, check_topic
+from .flow import FlowControl, Permit
 from .model import (
     REQUEST_ID_HEADER,
     Message,
@@ -144,6 +145,9 @@ class Worker:
             leased, and renewed, until handled).
         poll_interval: seconds to wait when the queue is empty before claiming again.
         name: names the worker in events and logs (default ``worker:<topic>``).
+        flow: shared flow-control rules (``stoic.messaging.flow.FlowControl``): priorities,
+            fairness across keys, a per-key concurrency limit, a global rate, schedules.
+            The worker then claims one message at a time, in the order the rules give.
     """
 
     def __init__(
@@ -162,6 +166,7 @@ class Worker:
         prefetch: int = 10,
         poll_interval: float = 0.2,
         name: str | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         check_topic(topic)
         if not callable(handler):
@@ -177,13 +182,15 @@ class Worker:
         if not dedupe_ttl > 0:
             raise ValueError(f"dedupe_ttl must be > 0 seconds, got {dedupe_ttl!r}")
         if max_attempts is None:
-            max_attempts = retry.attempts
+            max_attempts = retry.max_attempts
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        if flow is not None and not isinstance(flow, FlowControl):
+            raise ValueError(f"flow must be a stoic.messaging.flow.FlowControl, got {flow!r}")
         versions: frozenset[str] | None = None
         if accept_versions is not None:
             if isinstance(accept_versions, (str, int)):
@@ -196,7 +203,7 @@ class Worker:
         self.handler = handler
         self.retry = retry
         # The decision the worker asks: the caller's Retry, idempotent (module docstring).
-        self._decision = retry.replace(idempotent=True, attempts=max_attempts)
+        self._decision = retry.replace(idempotent=True, max_attempts=max_attempts)
         self.concurrency = concurrency
         self.lease = float(lease)
         self.dedupe = dedupe
@@ -215,6 +222,8 @@ class Worker:
         self._wake = broker.wait if isinstance(broker, Waking) else None
         self._held: dict[str, tuple[Message, str | None]] = {}  # receipt -> (msg, dedupe token)
         self._held_lock = threading.Lock()
+        self.flow = flow
+        self._permits: dict[str, Permit] = {}  # receipt -> its key's place (flow control)
         self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -335,6 +344,7 @@ class Worker:
     def _heartbeat(self, stop: threading.Event) -> None:
         interval = self.lease / 3
         while not stop.wait(interval):
+            self._keep_permits()
             with self._held_lock:
                 held = list(self._held.values())
             for message, token in held:
@@ -351,7 +361,7 @@ class Worker:
         errors = 0
         while not self._stop.is_set():
             try:
-                batch = broker.claim(self.topic, max_messages=self.prefetch, lease=self.lease)
+                batch = self._claim()
             except Exception:
                 errors += 1
                 _log.exception("%s: claim failed; retrying", self.name)
@@ -382,6 +392,40 @@ class Worker:
                         _log.exception("%s: ack failed; the messages will be redelivered",
                                        self.name)
                 self._release(*batch)
+                self._free(batch)
+
+    def _claim(self) -> list[Message]:
+        """The next batch: ``prefetch`` messages, or one chosen by the flow rules."""
+        flow = self.flow
+        if flow is None:
+            return self.broker.claim(self.topic, max_messages=self.prefetch, lease=self.lease)
+        got = flow.claim(self.broker, self.topic, self.lease)
+        if got is None:
+            return []
+        message, permit = got
+        if permit is not None:
+            with self._held_lock:
+                self._permits[message.receipt] = permit
+        return [message]
+
+    def _free(self, batch: list[Message]) -> None:
+        """Give back the key permits of a finished batch (flow control)."""
+        flow = self.flow
+        if flow is None:
+            return
+        with self._held_lock:
+            permits = [p for p in (self._permits.pop(m.receipt, None) for m in batch) if p]
+        for permit in permits:
+            self._quietly(flow.release, permit)
+
+    def _keep_permits(self) -> None:
+        flow = self.flow
+        if flow is None:
+            return
+        with self._held_lock:
+            permits = list(self._permits.values())
+        for permit in permits:
+            self._quietly(flow.extend, permit, self.lease)
 
     def _idle(self, seconds: float) -> None:
         """Wait for work: until a publish on a waking broker, else a plain (stoppable) pause."""
@@ -417,6 +461,8 @@ class Worker:
     def _counted_empty(self) -> bool:
         try:
             stats = self.broker.stats(self.topic)
+            if self.flow is not None and self.flow.pending(self.topic):
+                return False
         except Exception:
             _log.exception("%s: stats failed; not stopping yet", self.name)
             return False
@@ -588,6 +634,8 @@ class Worker:
     async def _aheartbeat(self) -> None:
         while True:
             await clock.asleep(self.lease / 3)
+            if self.flow is not None:
+                await asyncio.to_thread(self._keep_permits)
             with self._held_lock:
                 held = list(self._held.values())
             for message, token in held:
@@ -612,9 +660,12 @@ class Worker:
         errors = 0
         while not self._stop.is_set():
             try:
-                batch = await broker.aclaim(
-                    self.topic, max_messages=self.prefetch, lease=self.lease
-                )
+                if self.flow is None:
+                    batch = await broker.aclaim(
+                        self.topic, max_messages=self.prefetch, lease=self.lease
+                    )
+                else:
+                    batch = await asyncio.to_thread(self._claim)
             except Exception:
                 errors += 1
                 _log.exception("%s: claim failed; retrying", self.name)
@@ -648,6 +699,7 @@ class Worker:
                         _log.exception("%s: ack failed; the messages will be redelivered",
                                        self.name)
                 self._release(*batch)
+                self._free(batch)
 
     async def _ahandle(self, message: Message) -> Action:
         bad = self._check(message)

@@ -32,9 +32,11 @@ from ..idempotency.events import (
     IdempotencyRecordCorrupted,
     IdempotentReplayed,
 )
+from ..integrations.shedding import RequestShed
 from ..messaging.model import DeadLettersRequeued, MessageDeadLettered, MessageHandled, MessageRetried
 from ..policies.breaker import BreakerTransitioned, breakers
 from ..policies.hedge import HedgeStarted
+from ..policies.limit import LimitChanged
 from ..state.base import StateStoreDegraded, StateStoreRecovered
 from ..workflow.events import (
     CompensationRan,
@@ -126,6 +128,10 @@ HANDLERS: dict[type[Event], Handler | None] = {
     ProcessFaulted: None,
     NetworkPartitioned: None,
     NetworkHealed: None,
+    # load control: the Prometheus adapter keeps its own gauge and counter for these
+    LimitChanged: None,
+    RequestShed: None,
+    # durable workflows: spans and logs (otel, logs adapters), not these metrics
     WorkflowStarted: None,
     WorkflowRecovered: None,
     WorkflowFinished: None,

@@ -16,6 +16,8 @@ Metrics (label values come from policy names, outcomes and reasons, never from i
 - ``stoic_call_duration_seconds{name}``: histogram of call duration
 - ``stoic_messages_total{topic,result}``: messages by result (``dead_lettered``, ...)
 - ``stoic_idempotent_replays_total{name}``: calls answered from an idempotency store
+- ``stoic_concurrency_limit{name}``: the current limit of each ``AdaptiveLimit`` that moved
+  (a ``LoadShedder``'s refusals count in ``stoic_rejections_total`` as ``shed_<priority>``)
 
 Needs ``prometheus-client`` (``stoic[prometheus]``).
 """
@@ -29,8 +31,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._validate import count as check_count
-from ..events import CallRecorder
-from ._events import BREAKER_STATES, breaker_states, connect
+from ..events import CallRecorder, Event, dispatcher
+from ..integrations.shedding import RequestShed
+from ..policies.limit import LimitChanged
+from ._events import BREAKER_STATES, breaker_states, make_sink
 from .otel import DURATION_BUCKETS
 
 __all__ = ["DURATION_BUCKETS", "instrument", "make_asgi_app", "serve", "uninstrument"]
@@ -60,6 +64,7 @@ class _StoicCollector:
         self.messages: dict[tuple[str, str], int] = {}
         self.replays: dict[str, int] = {}
         self.states: dict[str, str] = {}
+        self.limits: dict[str, int] = {}
         self._retired: _Histograms = {}  # the shards of threads that have ended, added up
         self._shards: list[tuple[weakref.ref[threading.Thread], _Histograms]] = []
         self.call = self._make_call()
@@ -134,6 +139,14 @@ class _StoicCollector:
         with self._lock:
             self.replays[name] = self.replays.get(name, 0) + 1
 
+    def load_event(self, event: Event) -> None:
+        """The load-control events: adaptive limit changes and requests shed."""
+        if isinstance(event, LimitChanged):
+            with self._lock:
+                self.limits[event.name] = event.limit
+        elif isinstance(event, RequestShed):
+            self.rejection(event.name, f"shed_{event.priority}")
+
     # --- the prometheus_client collector interface -----------------------------------------
 
     def describe(self) -> list[Any]:
@@ -156,10 +169,12 @@ class _StoicCollector:
         messages: dict[tuple[str, str], int] = {}
         replays: dict[str, int] = {}
         states: dict[str, str] = {}
+        limits: dict[str, int] = {}
         if not empty:  # ``describe`` wants the families only, not a copy of the counts
             with self._lock:
                 retries, rejections = dict(self.retries), dict(self.rejections)
                 messages, replays, states = dict(self.messages), dict(self.replays), dict(self.states)
+                limits = dict(self.limits)
             states.update(breaker_states())
             for (name, outcome), counts in self.histograms().items():
                 calls[name, outcome] = int(sum(counts[:-1]))
@@ -202,6 +217,14 @@ class _StoicCollector:
             histogram.add_metric([name], buckets, counts[-1])
         yield histogram
 
+        limit_gauge = GaugeMetricFamily(
+            "stoic_concurrency_limit", "The current limit of each adaptive concurrency limit.",
+            labels=["name"],
+        )
+        for name, value in sorted(limits.items()):
+            limit_gauge.add_metric([name], float(value))
+        yield limit_gauge
+
         yield counter("stoic_messages", "Messages handled, by topic and result.",
                       ["topic", "result"], messages)
         yield counter("stoic_idempotent_replays",
@@ -223,6 +246,26 @@ def _add(total: dict[Any, list[float]], key: Any, counts: list[float]) -> None:
     else:
         for index, value in enumerate(counts):
             into[index] += value
+
+
+def _connect(collector: _StoicCollector) -> Callable[[], None]:
+    """``connect``, with the load-control events (typed, not guessed) taken first."""
+    others = make_sink(collector)
+
+    def sink(event: Event) -> None:
+        if isinstance(event, (LimitChanged, RequestShed)):
+            collector.load_event(event)
+        else:
+            others(event)
+
+    unsubscribe = dispatcher.subscribe(sink, calls=False)
+    remove = dispatcher.add_recorder(collector.call, trusted=True)
+
+    def disconnect() -> None:
+        unsubscribe()
+        remove()
+
+    return disconnect
 
 
 class _Installed:
@@ -249,7 +292,7 @@ def instrument(registry: Any = None) -> None:
         _uninstrument_locked()
         collector = _StoicCollector()
         target.register(collector)
-        unsubscribe = connect(collector, trusted=True)
+        unsubscribe = _connect(collector)
         _installed = _Installed(target, collector, unsubscribe)
 
 

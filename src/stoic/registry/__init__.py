@@ -14,7 +14,8 @@ outermost first in the order Resilience4j uses: ``retry``, ``breaker``, ``rate_l
 ``timeout`` (per attempt), ``bulkhead``; an ``order = [...]`` list changes that. Every field
 is the keyword argument of the same name of the stoic class it builds (``stoic.Retry``,
 ``stoic.CircuitBreaker``, ``stoic.RateLimiter``, ``stoic.Timeout``, ``stoic.Bulkhead``), so
-the file and the code read alike; ``retry.backoff`` names a schedule (``"exponential"``,
+the file and the code read alike (``retry.attempts`` is short for ``max_attempts``);
+``retry.backoff`` names a schedule (``"exponential"``,
 ``"linear"``, ``"constant"``) whose parameters sit next to it.
 
 Every field can be overridden from the environment, for a deploy that must differ from the
@@ -176,11 +177,12 @@ _BACKOFF_FIELDS = {
 class _Part:
     """One part of a policy's table, for building with errors that name the key."""
 
-    __slots__ = ("key", "origins", "source", "values")
+    __slots__ = ("aliases", "key", "origins", "source", "values")
 
     def __init__(self, source: str, key: str, values: dict[str, Any],
                  origins: Mapping[str, str]) -> None:
         self.source, self.key, self.values, self.origins = source, key, values, origins
+        self.aliases: dict[str, str] = {}  # constructor argument -> the key the file used
 
     def error(self, field: str | None, value: Any, reason: str) -> ConfigError:
         key = self.key if field is None else f"{self.key}.{field}"
@@ -199,14 +201,12 @@ class _Part:
             message = str(exc)
             for field in sorted(kwargs, key=len, reverse=True):
                 if message.startswith(field) or f" {field} " in f" {message}":
-                    raise self.error(field, self._shown(field, kwargs[field]), message) from exc
+                    key = self.aliases.get(field, field)
+                    raise self.error(key, self.values.get(key, kwargs[field]), message) from exc
             if len(kwargs) == 1:  # a helper with one input (a window size): that input
                 field = next(iter(kwargs))
-                raise self.error(field, self._shown(field, kwargs[field]), message) from exc
+                raise self.error(field, self.values.get(field, kwargs[field]), message) from exc
             raise self.error(None, self.values, message) from exc
-
-    def _shown(self, field: str, value: Any) -> Any:
-        return self.values.get(field, value)
 
 
 def _backoff(part: _Part, values: dict[str, Any]) -> Any:
@@ -232,10 +232,14 @@ def _retry(part: _Part, name: str) -> Policy:
                        "delay", "max", "jitter", "max_time", "idempotent",
                        "respect_retry_after", "budget", "name"))
     if "attempts" in values:  # a file's name for the cap; Retry's keyword is max_attempts
+        if "max_attempts" in values:
+            raise part.error("attempts", values["attempts"],
+                             "give attempts or max_attempts (the same setting), not both")
         try:
             values["max_attempts"] = count("attempts", values.pop("attempts"))
         except ValueError as exc:
             raise part.error("attempts", part.values["attempts"], str(exc)) from exc
+        part.aliases["max_attempts"] = "attempts"
     schedule = _backoff(part, values)
     budget = values.pop("budget", None)
     if budget is not None:

@@ -1,7 +1,8 @@
 """Durable workflows: multi-step work that finishes through outages and crashes.
 
 See ``docs/workflows.md``. ``Workflows`` is the entry point; the stores are
-``SQLiteStore`` (embedded default) and ``MemoryStore`` (tests).
+``SQLiteStore`` (embedded default), ``PostgresStore`` (the ``postgres`` extra) and
+``MemoryStore`` (tests).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .memory import MemoryStore
 from .store import RunRecord, Status, StepRecord, Store
 
 if TYPE_CHECKING:
+    from .postgres import PostgresStore
     from .sqlite import SQLiteStore
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "CompensationOutcome",
     "CompensationRan",
     "MemoryStore",
+    "PostgresStore",
     "RunRecord",
     "SQLiteStore",
     "StaleLease",
@@ -72,7 +75,7 @@ __all__ = [
     "default_retry",
 ]
 
-_LAZY = {"SQLiteStore": "stoic.workflow.sqlite"}
+_LAZY = {"SQLiteStore": "stoic.workflow.sqlite", "PostgresStore": "stoic.workflow.postgres"}
 
 
 def __getattr__(name: str) -> Any:

@@ -171,6 +171,7 @@ class Execution:
         self.cancel_requested = claimed.run.cancel_requested
         self.diverged: WorkflowDiverged | None = None
         self.key: str | None = None
+        self.final: RunUpdate | None = None   # the run-level update this pass committed
 
     # --- bookkeeping ----------------------------------------------------------------------
 
@@ -197,6 +198,8 @@ class Execution:
             pending, self.pending = self.pending, Commit()
             self.cancel_requested = self.store.commit(self.fence, pending, clock.wall(),
                                                       self.lease)
+            if pending.run is not None:
+                self.final = pending.run
 
     def check_stop(self) -> None:
         if self.compensating:

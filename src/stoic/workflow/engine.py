@@ -60,7 +60,9 @@ from .store import (
     Fence,
     Limits,
     NewRun,
+    Notifying,
     RunRecord,
+    RunUpdate,
     Status,
     StepRecord,
     Store,
@@ -73,6 +75,7 @@ from .store import (
 __all__ = ["Definition", "Worker", "WorkflowHandle", "Workflows", "default_retry", "open_store"]
 
 _log = logging.getLogger("stoic.workflow")
+PARKED = ("needs_attention", "unknown_workflow")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -95,6 +98,10 @@ def open_store(target: str | Store, **options: Any) -> Store:
         from .memory import MemoryStore
 
         return MemoryStore()
+    if target.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(target, **options)
     raise ValueError(f"store must be sqlite:///path, postgresql://... or memory://, got {target!r}")
 
 
@@ -147,7 +154,7 @@ class WorkflowHandle:
         while True:
             generation = flows._generation
             run = self.info()
-            if run.status in TERMINAL or run.status in ("needs_attention", "unknown_workflow"):
+            if run.status in TERMINAL or run.status in PARKED:
                 return flows.outcome(run)
             left = 0.1 if end is None else min(0.1, end - time.monotonic())
             if left <= 0:
@@ -235,6 +242,16 @@ class Workflows:
 
         return register
 
+    def include(self, other: Workflows) -> None:
+        """Register every workflow of ``other`` here too (the CLI's worker runs an app's
+        workflows on the store given on its command line)."""
+        for kind, definition in other._registry.items():
+            if kind not in self._registry:
+                self._registry[kind] = definition
+                self._latest[definition.name] = max(definition.version,
+                                                    self._latest.get(definition.name, 0))
+        self._limits.update(other._limits)
+
     @property
     def kinds(self) -> tuple[str, ...]:
         """The ``name@version`` of every registered workflow."""
@@ -260,33 +277,60 @@ class Workflows:
                 raise UnknownWorkflow(f"no workflow {name!r} is registered; pass version= to "
                                       "start one registered in another process")
             version = self._latest[name]
+        self.start_checks(id, deadline, priority, key)
+        handle, _ = self._record(name, version, args, kwargs, id, deadline, priority, key,
+                                 claim=False)
+        return handle
+
+    def _record(
+        self, name: str, version: int, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None,
+        id: str | None, deadline: float | None, priority: int, key: str | None, *, claim: bool,
+    ) -> tuple[WorkflowHandle, Claimed | None]:
+        """Write a new run (claimed by this process when ``claim``): its handle, and the claim
+        when this call created it claimed."""
+        text = self.codec.encode([list(args), dict(kwargs or {})])
+        run_id = id or uuid.uuid4().hex
+        now = clock.wall()
+        new = NewRun(
+            id=run_id, name=name, version=version, args=text, fingerprint=fingerprint(name, text),
+            priority=priority, key=key, deadline_at=None if deadline is None else now + deadline,
+            created_at=now, owner=self.owner if claim else None,
+            lease_until=now + self.lease if claim else None,
+        )
+        existing = self.store.create(new)
+        if existing is not None:
+            if existing.fingerprint != new.fingerprint:
+                raise WorkflowConflict(
+                    f"workflow id {run_id!r} was already started as {existing.name!r} with other "
+                    "arguments; use a new id, or the same arguments to get its handle")
+            return WorkflowHandle(self, run_id), None
+        if dispatcher.sinks:
+            dispatcher.emit(WorkflowStarted(name=name, workflow_id=run_id, version=version))
+        handle = WorkflowHandle(self, run_id)
+        if claim:
+            record = RunRecord(
+                id=run_id, name=name, version=version, args=text, fingerprint=new.fingerprint,
+                status="running", priority=priority, key=key, due_at=now,
+                deadline_at=new.deadline_at, owner=self.owner, token=1,
+                lease_until=new.lease_until, cancel_requested=False, result=None, error=None,
+                created_at=now, started_at=now, updated_at=now, finished_at=None, recoveries=0)
+            return handle, Claimed(record, (), Fence(run_id, 1, self.owner), False)
+        with self._wake:
+            self._wake.notify_all()
+        return handle, None
+
+    @staticmethod
+    def start_checks(id: str | None, deadline: float | None, priority: int,
+                     key: str | None) -> None:
+        """Validate ``start``'s options (ValueError naming the parameter)."""
         if id is not None and (not isinstance(id, str) or not id):
             raise ValueError(f"id must be a non-empty string, got {id!r}")
         if deadline is not None:
-            deadline = check_seconds("deadline", deadline)
+            check_seconds("deadline", deadline)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValueError(f"priority must be an int, got {priority!r}")
         if key is not None and not isinstance(key, str):
             raise ValueError(f"key must be a string or None, got {key!r}")
-        text = self.codec.encode([list(args), dict(kwargs or {})])
-        run_id = id or uuid.uuid4().hex
-        now = clock.wall()
-        existing = self.store.create(NewRun(
-            id=run_id, name=name, version=version, args=text, fingerprint=fingerprint(name, text),
-            priority=priority, key=key, deadline_at=None if deadline is None else now + deadline,
-            created_at=now,
-        ))
-        if existing is not None:
-            if existing.fingerprint != fingerprint(name, text):
-                raise WorkflowConflict(
-                    f"workflow id {run_id!r} was already started as {existing.name!r} with other "
-                    "arguments; use a new id, or the same arguments to get its handle")
-            return WorkflowHandle(self, run_id)
-        if dispatcher.sinks:
-            dispatcher.emit(WorkflowStarted(name=name, workflow_id=run_id, version=version))
-        with self._wake:
-            self._wake.notify_all()
-        return WorkflowHandle(self, run_id)
 
     def handle(self, run_id: str) -> WorkflowHandle:
         """The handle of an existing run (``WorkflowNotFound`` if there is none)."""
@@ -316,29 +360,33 @@ class Workflows:
 
     def outcome(self, run: RunRecord) -> Any:
         """A finished run's result, or the exception its end calls for."""
-        if run.status == "completed":
-            return self.codec.decode(run.result or "null")
-        info = self.codec.decode(run.error) if run.error and run.error.startswith("{") else {}
-        if run.status in ("failed", "cancelled"):
+        return self._outcome(run.id, run.status, run.result, run.error)
+
+    def _outcome(self, run_id: str, status: str, result: str | None, error: str | None) -> Any:
+        if status == "completed":
+            return self.codec.decode(result or "null")
+        info = self.codec.decode(error) if error and error.startswith("{") else {}
+        if status in ("failed", "cancelled"):
             raise WorkflowFailed(
-                run.id, status=run.status, error_type=info.get("type", "Exception"),
+                run_id, status=status, error_type=info.get("type", "Exception"),
                 message=info.get("message", ""),
                 compensations=[CompensationOutcome(*c) for c in info.get("compensations", [])],
             )
-        if run.status == "unknown_workflow":
-            raise WorkflowNeedsAttention(run.id, run.error or "no worker knows its code")
+        if status == "unknown_workflow":
+            raise WorkflowNeedsAttention(run_id, error or "no worker knows its code")
         if info.get("type") == "WorkflowDiverged":
-            error = WorkflowDiverged.__new__(WorkflowDiverged)
-            Exception.__init__(error, info.get("message", ""))
-            raise error
-        if run.status == "needs_attention":
-            raise WorkflowNeedsAttention(run.id, info.get("message", ""))
-        raise ValueError(f"run {run.id!r} has not ended ({run.status})")
+            diverged = WorkflowDiverged.__new__(WorkflowDiverged)
+            Exception.__init__(diverged, info.get("message", ""))
+            raise diverged
+        if status == "needs_attention":
+            raise WorkflowNeedsAttention(run_id, info.get("message", ""))
+        raise ValueError(f"run {run_id!r} has not ended ({status})")
 
     # --- running --------------------------------------------------------------------------
 
-    def execute(self, claimed: Claimed) -> None:
-        """Run one pass of a claimed run in this thread (what a worker's threads do)."""
+    def execute(self, claimed: Claimed) -> RunUpdate | None:
+        """Run one pass of a claimed run in this thread (what a worker's threads do); returns
+        the run-level update the pass committed (None if it lost its lease or failed)."""
         run = claimed.run
         definition = self._registry[run.kind]
         if claimed.recovered and dispatcher.sinks:
@@ -367,8 +415,10 @@ class Workflows:
             _log.exception("workflow %s: pass failed; it resumes after its lease", run.id)
         else:
             self._report(run, execution)
+            return execution.final
         finally:
             self._bump()
+        return None
 
     def _report(self, run: RunRecord, execution: Execution) -> None:
         if not dispatcher.sinks:
@@ -417,22 +467,37 @@ class Workflows:
                 clock.sleep(wait)
         return passes
 
-    def run(self, name: str, /, *args: Any, id: str | None = None, **options: Any) -> Any:
+    def run(
+        self, name: str, /, *args: Any, id: str | None = None, deadline: float | None = None,
+        priority: int = 0, key: str | None = None, kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Start a run and work it off in this thread; return its result (``result()``'s
-        exceptions). Durable like ``start``: a crash leaves it for any worker to finish."""
-        handle = self.start(name, *args, id=id, **options)
+        exceptions). Durable like ``start``: a crash leaves it for any worker to finish. A new
+        run of a workflow without concurrency limits is recorded already claimed (one commit
+        fewer); an existing id is joined as ``start`` would."""
+        version = self._latest.get(name)
+        if version is None or name in self._limits:
+            handle = self.start(name, *args, id=id, deadline=deadline, priority=priority,
+                                key=key, kwargs=kwargs)
+            claimed = None
+        else:
+            self.start_checks(id, deadline, priority, key)
+            handle, claimed = self._record(name, version, args, kwargs, id, deadline, priority,
+                                           key, claim=True)
+        if claimed is not None:
+            final = self.execute(claimed)
+            if final is not None and (final.status in TERMINAL or final.status in PARKED):
+                return self._outcome(handle.id, final.status, final.result, final.error)
         while True:
-            claimed = self.claim(1, only=handle.id)
-            if claimed:
-                self.execute(claimed[0])
+            claimed_list = self.claim(1, only=handle.id)
+            if claimed_list:
+                self.execute(claimed_list[0])
             run = handle.info()
-            if run.status in TERMINAL or run.status in ("needs_attention", "unknown_workflow"):
+            if run.status in TERMINAL or run.status in PARKED:
                 return self.outcome(run)
-            if run.status == "running":  # another worker holds it
+            if run.status == "running" or run.due_at >= FOREVER:  # another worker; a signal
                 return handle.result()
             wait = run.due_at - clock.wall()
-            if run.due_at >= FOREVER:
-                return handle.result()
             if wait > 0:
                 clock.sleep(wait)
 
@@ -503,6 +568,20 @@ class Worker:
     def run(self) -> None:
         flows = self.flows
         renew_every = flows.lease / 3
+        store = flows.store
+        stop_listening = store.listen(self._wake) if isinstance(store, Notifying) else None
+        try:
+            self._loop(renew_every)
+        finally:
+            if stop_listening is not None:
+                stop_listening()
+
+    def _wake(self) -> None:
+        with self.flows._wake:
+            self.flows._wake.notify_all()
+
+    def _loop(self, renew_every: float) -> None:
+        flows = self.flows
         next_renew = next_park = 0.0
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stoic-workflow") as pool:
             while not self._stop.is_set():

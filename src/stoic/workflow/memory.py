@@ -54,10 +54,11 @@ class MemoryStore:
                 return existing
             self._runs[run.id] = RunRecord(
                 id=run.id, name=run.name, version=run.version, args=run.args,
-                fingerprint=run.fingerprint, status="pending", priority=run.priority,
-                key=run.key, due_at=run.created_at, deadline_at=run.deadline_at, owner=None,
-                token=0, lease_until=None, cancel_requested=False, result=None, error=None,
-                created_at=run.created_at, started_at=None, updated_at=run.created_at,
+                fingerprint=run.fingerprint, status=run.status, priority=run.priority,
+                key=run.key, due_at=run.created_at, deadline_at=run.deadline_at,
+                owner=run.owner, token=run.token, lease_until=run.lease_until,
+                cancel_requested=False, result=None, error=None, created_at=run.created_at,
+                started_at=run.started_at, updated_at=run.created_at,
                 finished_at=None, recoveries=0, trace=run.trace,
             )
             self._steps[run.id] = {}

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "ACTIVE",
@@ -32,6 +32,7 @@ __all__ = [
     "Fence",
     "Limits",
     "NewRun",
+    "Notifying",
     "RunRecord",
     "RunUpdate",
     "Status",
@@ -99,6 +100,20 @@ class NewRun:
     deadline_at: float | None
     created_at: float
     trace: str | None = None
+    owner: str | None = None          # set: recorded already claimed by this worker (token 1)
+    lease_until: float | None = None
+
+    @property
+    def status(self) -> str:
+        return "pending" if self.owner is None else "running"
+
+    @property
+    def token(self) -> int:
+        return 0 if self.owner is None else 1
+
+    @property
+    def started_at(self) -> float | None:
+        return None if self.owner is None else self.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +230,9 @@ class Store(Protocol):
     """
 
     def create(self, run: NewRun) -> RunRecord | None:
-        """Record ``run`` (status pending, due now) unless its id exists; return the existing
-        run in that case, None when this call created it."""
+        """Record ``run`` (status pending, due now; or running, claimed by ``run.owner`` with
+        token 1) unless its id exists; return the existing run in that case, None when this
+        call created it."""
         ...
 
     def claim(
@@ -282,6 +298,15 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Notifying(Protocol):
+    """A store that can wake idle workers when a run becomes due (PostgreSQL LISTEN/NOTIFY)."""
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake()`` from a background thread on each notice; returns ``stop``."""
+        ...
 
 
 def check_limit(name: str, value: int | None) -> int | None:

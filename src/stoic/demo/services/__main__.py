@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m stoic.demo.services NAME CONFIG_JSON")
     name, path = argv
     cfg = ShopConfig.load(path)
-    watch_parent()
+    watch_parent(remove=cfg.workdir if cfg.cleanup else None)
     logging.basicConfig(level=logging.ERROR, format=f"{name}: %(levelname)s %(message)s")
     app = build_app(name, cfg)
     config = uvicorn.Config(

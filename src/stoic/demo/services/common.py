@@ -1,7 +1,8 @@
 """What every shop service shares: its configuration, its SQLite database, the fault layer.
 
-Each service is a separate process running one ASGI app under uvicorn, with its own SQLite
-file in the run's working directory. The runner writes one ``ShopConfig`` as JSON and starts
+Each service is a separate process running one FastAPI app under uvicorn, with its own SQLite
+file in the run's working directory; the fault layer and the demo's control routes are plain
+ASGI middleware around it. The runner writes one ``ShopConfig`` as JSON and starts
 each service with its name and the path of that file.
 
 The fault layer (``ChaosLayer``) is the in-process fault of the scenario: "payments loses
@@ -17,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -25,15 +27,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
+    "ORDER_ID",
     "SERVICES",
     "ASGIApp",
     "ChaosLayer",
     "ShopConfig",
     "Stats",
     "connect",
-    "endpoint",
     "header",
     "json_response",
     "open_db",
@@ -48,6 +51,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: What an order id may be: letters, digits and ``._:-``, 1 to 128 of them (it travels in
+#: URL paths, headers and keys).
+ORDER_ID = r"^[A-Za-z0-9._:-]{1,128}$"
+
 #: The shop's services, in the order they start (orders last: it calls the others).
 SERVICES = ("payments", "inventory", "fulfillment", "orders")
 
@@ -57,8 +64,8 @@ class ShopConfig:
     """Everything a service needs to know about the run, written once by the runner.
 
     ``urls`` are where ``orders`` reaches the others: through a chaos proxy when one is
-    running, directly otherwise. ``prefix`` namespaces Redis keys and RabbitMQ queues so
-    two runs never share state.
+    running, directly otherwise. ``prefix`` namespaces Redis keys, RabbitMQ queues and the
+    PostgreSQL schema (``pg_schema``) so two runs never share state.
     """
 
     mode: str
@@ -71,14 +78,31 @@ class ShopConfig:
     edge_deadline: float = 2.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
     naive_timeout: float = 5.0
     naive_attempts: int = 3
     naive_sleep: float = 0.5
     worker_lease: float = 1.5
+    cleanup: bool = False  # the services delete ``workdir`` if the runner dies without doing so
 
     def db(self, service: str) -> str:
         """Path of ``service``'s own SQLite database."""
         return str(Path(self.workdir) / f"{service}.db")
+
+    @property
+    def pg_schema(self) -> str:
+        """The run's own PostgreSQL schema (``--backend postgres``): every table of stoic's
+        machinery lives in it, and dropping it removes the run's state."""
+        return self.prefix.replace("-", "_")
+
+    @property
+    def pg_dsn(self) -> str:
+        """``postgres_url`` with the run's schema first on the search path, so stores that
+        name plain tables (workflow runs, idempotency records, the outbox) create and find
+        them in the run's schema."""
+        parts = urlsplit(self.postgres_url)
+        query = [*parse_qsl(parts.query), ("options", f"-csearch_path={self.pg_schema}")]
+        return urlunsplit(parts._replace(query=urlencode(query)))
 
     @property
     def broker_url(self) -> str:
@@ -87,6 +111,8 @@ class ShopConfig:
             return self.redis_url
         if self.backend == "rabbitmq":
             return self.amqp_url
+        if self.backend == "postgres":
+            return self.postgres_url
         return "sqlite:///" + str(Path(self.workdir) / "queue.db")
 
     def save(self, path: str | Path) -> None:
@@ -162,44 +188,6 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
-
-
-#: A service's one endpoint: ``(scope, JSON body) -> (status, JSON payload)``.
-Handler = Callable[[Scope, Any], Awaitable[tuple[int, Any]]]
-
-
-def endpoint(method: str, path: str, handle: Handler) -> ASGIApp:
-    """An ASGI app serving ``handle`` at ``method path``, and 404 for anything else.
-
-    A ``path`` ending in ``/`` matches every path under it (``/reservations/`` serves
-    ``/reservations/o1``).
-    """
-    under = path.endswith("/")
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        found = scope["path"].startswith(path) if under else scope["path"] == path
-        if scope["method"] != method or not found:
-            await json_response(send, 404, {"error": "not found"})
-            return
-        status, payload = await handle(scope, await read_json(receive))
-        await json_response(send, status, payload)
-
-    return app
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def route(
@@ -313,11 +301,13 @@ class Stats:
             return dict(self.values)
 
 
-def watch_parent(interval: float = 0.5) -> None:
+def watch_parent(interval: float = 0.5, *, remove: str | None = None) -> None:
     """Exit this process as soon as the process that started it is gone.
 
     The runner kills its services on exit, but a runner killed with SIGKILL cannot; then
     each service notices it was re-parented and leaves, so no demo process outlives the demo.
+    ``remove``: a working directory to delete on the way out (the run's, when the demo was
+    asked not to keep it), since the dead runner no longer can.
     """
     parent = os.getppid()
 
@@ -325,6 +315,8 @@ def watch_parent(interval: float = 0.5) -> None:
         while True:
             time.sleep(interval)
             if os.getppid() != parent:
+                if remove is not None:
+                    shutil.rmtree(remove, ignore_errors=True)
                 os._exit(0)
 
     threading.Thread(target=loop, name="stoic-demo-watch-parent", daemon=True).start()

@@ -1,5 +1,7 @@
 """fulfillment: records each order it fulfils. Its table is the ground truth for lost orders.
 
+A FastAPI app with a background worker.
+
 * naive: ``POST /fulfillments`` puts the order in an in-memory batch and answers 202 at once;
   a background thread works through the batch. A crash loses whatever the batch held.
 * stoic: a ``stoic.messaging.Worker`` consumes ``order.placed`` from the durable queue with
@@ -13,10 +15,13 @@ import threading
 import time
 from typing import Any
 
-from .. import parts
-from .common import ASGIApp, Scope, ShopConfig, Stats, endpoint, open_db, route, transaction
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
 
-__all__ = ["WORK_SECONDS", "build"]
+from .. import parts
+from .common import ORDER_ID, ASGIApp, ShopConfig, Stats, open_db, route, transaction
+
+__all__ = ["WORK_SECONDS", "FulfillmentRequest", "Queued", "build"]
 
 #: Time each fulfilment takes (the work a crash can interrupt), in seconds.
 WORK_SECONDS = 0.01
@@ -29,6 +34,19 @@ CREATE TABLE IF NOT EXISTS fulfillments (id INTEGER PRIMARY KEY, order_id TEXT N
 _FULFIL = "INSERT INTO fulfillments(order_id, message_id, at) VALUES (?, ?, ?)"
 
 
+class FulfillmentRequest(BaseModel):
+    """Fulfil ``order_id`` (the naive build's direct hand-off)."""
+
+    order_id: str = Field(pattern=ORDER_ID)
+    amount: float = Field(0.0, ge=0)
+
+
+class Queued(BaseModel):
+    """The order is in the batch; it will be fulfilled by the background thread."""
+
+    queued: bool
+
+
 def build(cfg: ShopConfig) -> ASGIApp:
     """The fulfillment service for ``cfg.mode``; its work runs on a background thread."""
     conn, lock = open_db(cfg, "fulfillment", SCHEMA)
@@ -36,10 +54,14 @@ def build(cfg: ShopConfig) -> ASGIApp:
     batch: list[str] = []
     batch_lock = threading.Lock()
 
-    async def enqueue(scope: Scope, body: Any) -> tuple[int, dict[str, Any]]:
+    api = FastAPI(title="fulfillment", version="demo", description=__doc__)
+
+    @api.post("/fulfillments", status_code=202)
+    async def enqueue(body: FulfillmentRequest) -> Queued:
+        """Queue the order in this process's in-memory batch (answered at once)."""
         with batch_lock:
-            batch.append(str(body["order_id"]))
-        return 202, {"queued": True}
+            batch.append(body.order_id)
+        return Queued(queued=True)
 
     def batches() -> None:
         while True:
@@ -75,5 +97,4 @@ def build(cfg: ShopConfig) -> ASGIApp:
                     stats.add("fulfilled")
 
         parts.start_worker(cfg, handler)
-    app = endpoint("POST", "/fulfillments", enqueue)
-    return route(app, metrics=parts.metrics_app(cfg), control=None, stats=snapshot)
+    return route(api, metrics=parts.metrics_app(cfg), control=None, stats=snapshot)

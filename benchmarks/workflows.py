@@ -1,0 +1,221 @@
+"""Durable workflows: stoic against DBOS Transact, same store, same durability, one run.
+
+    .venv/bin/python benchmarks/workflows.py [--n 200] [--no-postgres]
+
+A workflow of three trivial steps (each returns a small dict), run to completion:
+- sequential: one workflow after another from one thread (stoic ``flows.run``, DBOS a direct
+  call of the workflow function: both run it in the calling thread);
+- 16 concurrent: 16 threads doing the same.
+Both commit each step's checkpoint before the next step starts. SQLite: stoic in WAL with
+``synchronous=FULL`` (its default), DBOS with SQLite's defaults (it sets no pragma: FULL; the
+journal mode it leaves is printed). PostgreSQL: both with the server's ``synchronous_commit``
+(printed). Also: the per-step checkpoint cost ((11-step workflow - 1-step workflow) / 10,
+sequential), and stoic's crash recovery time: a worker process is SIGKILLed inside a step and
+another worker resumes the run (lease 1 s; the time printed is from the kill to the step
+running again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from stoic.workflow import Workflows
+
+PG = os.environ.get("STOIC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def trivial(n: int) -> dict[str, int]:
+    return {"n": n}
+
+
+def timed(fn: Callable[[int], Any], n: int, threads: int) -> float:
+    """Workflows per second running ``fn(i)`` for i < n on ``threads`` threads."""
+    per = n // threads
+    start = time.perf_counter()
+    if threads == 1:
+        for i in range(n):
+            fn(i)
+    else:
+        workers = [threading.Thread(target=lambda t=t: [fn(t * per + i) for i in range(per)])
+                   for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    return (per * threads) / (time.perf_counter() - start)
+
+
+def bench_stoic(url: str, n: int, options: dict[str, Any]) -> dict[str, float]:
+    flows = Workflows(url, **options)
+    tag = uuid.uuid4().hex[:6]
+
+    @flows.workflow("three")
+    def three(ctx: Any, i: int) -> Any:
+        return [ctx.step("a", trivial, i), ctx.step("b", trivial, i), ctx.step("c", trivial, i)]
+
+    @flows.workflow("one")
+    def one(ctx: Any, i: int) -> Any:
+        return ctx.step("a", trivial, i)
+
+    @flows.workflow("eleven")
+    def eleven(ctx: Any, i: int) -> Any:
+        return [ctx.step(f"s{k}", trivial, i) for k in range(11)]
+
+    def run(name: str, prefix: str) -> Callable[[int], Any]:
+        return lambda i: flows.run(name, i, id=f"{prefix}-{tag}-{i}")
+
+    result = {
+        "seq": timed(run("three", "seq"), n, 1),
+        "conc16": timed(run("three", "conc"), n * 2, 16),
+    }
+    per1 = 1 / timed(run("one", "one"), n // 2, 1)
+    per11 = 1 / timed(run("eleven", "eleven"), n // 2, 1)
+    result["step_us"] = (per11 - per1) / 10 * 1e6
+    store = flows.store
+    drop = getattr(store, "drop", None)
+    if drop is not None:
+        drop()
+    flows.close()
+    return result
+
+
+def bench_dbos(url: str, n: int, schema: str | None) -> tuple[dict[str, float], str]:
+    from dbos import DBOS, DBOSConfig
+
+    config: DBOSConfig = {"name": "stoic-bench", "system_database_url": url,
+                          "log_level": "WARNING"}
+    if schema:
+        config["dbos_system_schema"] = schema
+    DBOS(config=config)
+
+    @DBOS.step()
+    def step(i: int) -> dict[str, int]:
+        return trivial(i)
+
+    @DBOS.workflow()
+    def three(i: int) -> Any:
+        return [step(i), step(i), step(i)]
+
+    @DBOS.workflow()
+    def one(i: int) -> Any:
+        return step(i)
+
+    @DBOS.workflow()
+    def eleven(i: int) -> Any:
+        return [step(i) for _ in range(11)]
+
+    DBOS.launch()
+    try:
+        result = {"seq": timed(three, n, 1), "conc16": timed(three, n * 2, 16)}
+        per1 = 1 / timed(one, n // 2, 1)
+        per11 = 1 / timed(eleven, n // 2, 1)
+        result["step_us"] = (per11 - per1) / 10 * 1e6
+    finally:
+        DBOS.destroy(destroy_registry=True)
+    mode = ""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(url[len("sqlite:///"):])
+        mode = f"journal_mode={conn.execute('PRAGMA journal_mode').fetchone()[0]}"
+        conn.close()
+    return result, mode
+
+
+def recovery_time(folder: Path) -> float:
+    """Seconds from SIGKILL of the worker running a step to another worker running it."""
+    url = f"sqlite:///{folder / 'recovery.db'}"
+    marks = folder / "marks"
+    marks.mkdir()
+    code = f"""
+import sys, time, pathlib
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent / 'src')!r})
+from stoic.workflow import Workflows
+marks = pathlib.Path({str(marks)!r})
+flows = Workflows({url!r}, lease=1.0, poll_interval=0.05)
+def block():
+    (marks / f"ran-{{time.time()}}").touch()
+    if len(list(marks.iterdir())) == 1:
+        time.sleep(60)
+    return 1
+@flows.workflow("slow")
+def slow(ctx):
+    return ctx.step("block", block)
+if sys.argv[1] == "start":
+    flows.start("slow", id="r")
+flows.run_worker(concurrency=2)
+"""
+    script = folder / "recovery_worker.py"
+    script.write_text(code)
+    victim = subprocess.Popen([sys.executable, str(script), "start"])
+    while not list(marks.iterdir()):
+        time.sleep(0.005)
+    rescuer = subprocess.Popen([sys.executable, str(script), "rescue"])
+    time.sleep(3.0)  # the rescuer is up and idle
+    killed = time.time()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    while len(list(marks.iterdir())) < 2:
+        time.sleep(0.005)
+    resumed = max(float(p.name.split("-", 1)[1]) for p in marks.iterdir())
+    rescuer.kill()
+    rescuer.wait()
+    return resumed - killed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="stoic-wf-bench-"))
+    rows: list[tuple[str, str, dict[str, float], dict[str, float]]] = []
+
+    stoic_sqlite = bench_stoic(f"sqlite:///{folder / 'stoic.db'}", args.n, {})
+    dbos_sqlite, mode = bench_dbos(f"sqlite:///{folder / 'dbos.db'}", args.n, None)
+    rows.append(("SQLite", f"stoic WAL+FULL; DBOS {mode} + FULL", stoic_sqlite, dbos_sqlite))
+    if not args.no_postgres:
+        import psycopg
+
+        with psycopg.connect(PG) as conn:
+            sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
+        prefix = f"wf_bench_{uuid.uuid4().hex[:8]}"
+        stoic_pg = bench_stoic(PG, args.n, {"prefix": prefix})
+        schema = f"dbos_bench_{uuid.uuid4().hex[:8]}"
+        try:
+            dbos_pg, _ = bench_dbos(PG, args.n, schema)
+        finally:
+            with psycopg.connect(PG, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        rows.append(("PostgreSQL", f"synchronous_commit={sync} (both)", stoic_pg, dbos_pg))
+
+    print(f"\n3-step workflow of trivial steps, n={args.n} sequential, {2 * args.n} "
+          "with 16 threads")
+    print(f"{'store':<11} {'case':<15} {'stoic wf/s':>11} {'DBOS wf/s':>10} {'ratio':>7}")
+    for store, durability, ours, theirs in rows:
+        for case, key in (("sequential", "seq"), ("16 concurrent", "conc16")):
+            print(f"{store:<11} {case:<15} {ours[key]:>11.1f} {theirs[key]:>10.1f} "
+                  f"{ours[key] / theirs[key]:>6.2f}x")
+        print(f"{store:<11} {'per-step µs':<15} {ours['step_us']:>11.0f} "
+              f"{theirs['step_us']:>10.0f} {theirs['step_us'] / ours['step_us']:>6.2f}x"
+              f"   ({durability})")
+    took = recovery_time(folder)
+    print(f"\ncrash recovery (SQLite, lease 1.0 s): {took:.2f} s from SIGKILL to the step "
+          f"running again on another worker ({took - 1.0:.2f} s beyond the lease)")
+
+
+if __name__ == "__main__":
+    main()
