@@ -304,7 +304,7 @@ class Execution:
             dispatcher.emit(StepFailed(
                 name=self.run.name, workflow_id=self.run.id, step=ready.name,
                 attempt=ready.attempt, outcome=outcome.value, error_type=type(exc).__qualname__,
-                retry_in=wait,
+                retry_in=wait, duration=clock.now() - ready.began,
             ))
         if wait is not None:
             self.pending.steps.append(StepRecord(
