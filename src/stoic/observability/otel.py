@@ -15,7 +15,10 @@ or ``success``), ``error.type`` on failure, and ``http.request.resend_count`` (a
 on retried attempts of a span that an HTTP integration marked by setting an ``http.*``
 attribute on it. Messaging integrations use ``publish_span`` and ``process_span``, which
 carry the W3C trace context in the message headers so that producer and consumer share a
-trace.
+trace. Durable workflows (``stoic.workflow``): ``start()`` stores the starter's
+``traceparent`` with the run; each pass is a span ``workflow <name>``, a child of the starter
+in any process and after any recovery (a recovered pass also links to it), and each step
+attempt a child span ``<kind> <step>`` (see ``stoic.workflow.tracing``).
 
 Metrics (meter ``stoic``), all low-cardinality: ``stoic.calls`` {stoic.name, stoic.outcome},
 ``stoic.attempts`` {stoic.name}, ``stoic.retries`` {stoic.name}, ``stoic.rejections``
