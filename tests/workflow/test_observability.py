@@ -260,6 +260,33 @@ def test_a_pass_is_a_span_and_each_step_attempt_its_child(spans: Any) -> None:
     assert steps[1].attributes["stoic.idempotency_key"] == "run-1/charge/0"
 
 
+def test_async_workflow_steps_and_their_policy_attempts_nest_under_the_pass(spans: Any) -> None:
+    calls = {"n": 0}
+
+    async def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionRefusedError("down")
+        return "ok"
+
+    with virtual_time():
+        flows = Workflows(MemoryStore(), lease=5.0)
+
+        @flows.workflow("aw")
+        async def aw(ctx: Any) -> str:
+            return str(await ctx.step("call", flaky, policy=stoic.Retry(max_attempts=3,
+                                                                        name="inner")))
+
+        assert flows.run("aw") == "ok"
+    finished = spans.get_finished_spans()
+    (run_span,) = [s for s in finished if s.name == "workflow aw"]
+    (step,) = [s for s in finished if s.name == "step call"]
+    inner = [s for s in finished if s.attributes.get("stoic.name") == "inner"]
+    assert step.parent.span_id == run_span.context.span_id
+    assert len(inner) == 2
+    assert {s.parent.span_id for s in inner} == {step.context.span_id}
+
+
 def test_the_starters_traceparent_is_stored_with_the_run(spans: Any) -> None:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
