@@ -17,6 +17,7 @@ from .errors import StaleLease, WorkflowNotFound
 from .store import (
     ACTIVE,
     CLAIMABLE,
+    DUE,
     TERMINAL,
     Claimed,
     Commit,
@@ -218,6 +219,15 @@ class MemoryStore:
                      if r.kind in kinds and (r.status in CLAIMABLE or r.status == "running")]
         later = [t for t in times if t > after]
         return min(later) if later else None
+
+    def count_due(self, now: float) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for r in self._runs.values():
+                if (r.status in DUE and r.due_at <= now) or (
+                        r.status == "running" and (r.lease_until or 0.0) < now):
+                    counts[r.name] = counts.get(r.name, 0) + 1
+        return counts
 
     def resolve(self, run_id: str, step: str, done: bool, result: str | None, now: float) -> None:
         with self._lock:

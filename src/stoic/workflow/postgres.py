@@ -27,6 +27,7 @@ from .sqlite import run_from_row, step_from_row, step_params
 from .store import (
     ACTIVE,
     CLAIMABLE,
+    DUE,
     TERMINAL,
     Claimed,
     Commit,
@@ -327,6 +328,12 @@ class PostgresStore:
             " AND (CASE WHEN status = 'running' THEN lease_until ELSE due_at END) > %s",
             (list(kinds), _CLAIMABLE, after))
         return None if rows[0][0] is None else float(rows[0][0])
+
+    def count_due(self, now: float) -> dict[str, int]:
+        rows = self._read(
+            f"SELECT name, COUNT(*) FROM {self._runs} WHERE (status = ANY(%s) AND due_at <= %s)"
+            " OR (status = 'running' AND lease_until < %s) GROUP BY name", (list(DUE), now, now))
+        return {name: int(n) for name, n in rows}
 
     # --- from outside the run -------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from .errors import StaleLease, WorkflowNotFound
 from .store import (
     ACTIVE,
     CLAIMABLE,
+    DUE,
     TERMINAL,
     Claimed,
     Commit,
@@ -53,6 +54,7 @@ _STEP_COLUMNS = (
     "seq, name, kind, key, status, attempts, started_at, result, error, due_at, finished_at, once"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE)
+_DUE = ", ".join(f"'{s}'" for s in DUE)
 _ACTIVE = ", ".join(f"'{s}'" for s in ACTIVE)
 _TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
 
@@ -428,6 +430,11 @@ class SQLiteStore:
             f" due_at END AS at FROM {self._runs} WHERE kind IN ({marks}) AND status IN"
             f" ({_CLAIMABLE}, 'running')) WHERE at > ?", (*kinds, after)).fetchone()
         return None if row[0] is None else float(row[0])
+
+    def count_due(self, now: float) -> dict[str, int]:
+        return {name: int(n) for name, n in self._conn().execute(
+            f"SELECT name, COUNT(*) FROM {self._runs} WHERE (status IN ({_DUE}) AND due_at <= ?)"
+            " OR (status = 'running' AND lease_until < ?) GROUP BY name", (now, now))}
 
     # --- from outside the run -------------------------------------------------------------
 

@@ -25,10 +25,12 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = [
     "ACTIVE",
     "CLAIMABLE",
+    "DUE",
     "FOREVER",
     "TERMINAL",
     "Claimed",
     "Commit",
+    "CountsDue",
     "Fence",
     "Limits",
     "NewRun",
@@ -72,6 +74,9 @@ class Status(str, Enum):
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 #: States a worker may claim once ``due_at`` has passed (plus ``running`` past its lease).
 CLAIMABLE = ("pending", "sleeping", "waiting", "unknown_workflow")
+#: States of a run waiting for its ``due_at`` to run again (the due backlog counts these, and
+#: ``running`` runs past their lease; not parked runs).
+DUE = ("pending", "sleeping", "waiting")
 #: Started runs in these states hold a concurrency slot of their name and key.
 ACTIVE = ("running", "pending", "sleeping", "waiting")
 
@@ -306,6 +311,17 @@ class Notifying(Protocol):
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake()`` from a background thread on each notice; returns ``stop``."""
+        ...
+
+
+@runtime_checkable
+class CountsDue(Protocol):
+    """A store that can count its due backlog cheaply (one indexed query), for metrics."""
+
+    def count_due(self, now: float) -> dict[str, int]:
+        """Runs due by ``now`` and not claimed, by workflow name: ``pending``, ``sleeping`` or
+        ``waiting`` with ``due_at <= now``, and ``running`` past their lease (their worker is
+        gone). Names with no due run are left out."""
         ...
 
 
