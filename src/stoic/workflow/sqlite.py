@@ -34,6 +34,7 @@ from .store import (
     NewRun,
     RunRecord,
     StepRecord,
+    check_resolvable,
     check_retry,
     check_seconds,
     pick,
@@ -482,10 +483,7 @@ class SQLiteStore:
         with self._write() as conn:
             row = conn.execute(f"SELECT status FROM {self._runs} WHERE id = ?",
                                (run_id,)).fetchone()
-            if row is None:
-                raise WorkflowNotFound(f"no workflow run {run_id!r}")
-            if row[0] != "needs_attention":
-                raise ValueError(f"run {run_id!r} is {row[0]}, not needs_attention")
+            check_resolvable(run_id, None if row is None else row[0])
             found = conn.execute(
                 f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = ? AND name = ?"
                 " ORDER BY seq DESC LIMIT 1", (run_id, step)).fetchone()
