@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
-from typing import TypeVar
-
-T = TypeVar("T")
 
 __all__ = [
     "count",
-    "deprecated_alias",
     "header_name",
     "identifier",
     "is_number",
@@ -129,19 +124,3 @@ def identifier(name: str, value: object) -> str:
     if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise ValueError(f"{name} must be a plain SQL identifier, got {value!r}")
     return value
-
-
-def deprecated_alias(owner: str, old: str, old_value: T | None, new: str, new_value: T) -> T:
-    """``new_value``, or ``old_value`` given under the deprecated name ``old`` (with a warning).
-
-    Giving both is a ``TypeError``. The warning points at the caller of ``owner``'s
-    constructor, the line to change.
-    """
-    if old_value is None:
-        return new_value
-    if new_value is not None:
-        raise TypeError(f"give {new}= only ({old}= is its deprecated old name)")
-    warnings.warn(
-        f"{owner}({old}=...) is deprecated; pass {new}=...", DeprecationWarning, stacklevel=3
-    )
-    return old_value

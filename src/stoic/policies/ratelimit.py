@@ -22,7 +22,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from .._validate import count, deprecated_alias, number, seconds
+from .._deprecate import renamed
+from .._validate import count, number, seconds
 from ..context import deadline_at
 from ..errors import RateLimitedError
 from ..events import CallRejected, dispatcher
@@ -66,7 +67,8 @@ class RateLimiter(Policy):
         name: str | None = None,
         backend: SharedState | None = None,
     ) -> None:
-        backend = deprecated_alias("RateLimiter", "state", state, "backend", backend)
+        backend = renamed("RateLimiter", "state", "backend", state, backend,
+                          new_given=backend is not None)
         rate = number("rate", rate, above=0)
         per = seconds("per", per, finite=True)
         if burst is None:

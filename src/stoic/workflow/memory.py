@@ -26,6 +26,7 @@ from .store import (
     NewRun,
     RunRecord,
     StepRecord,
+    check_resolvable,
     check_retry,
     pick,
     settle,
@@ -231,11 +232,9 @@ class MemoryStore:
 
     def resolve(self, run_id: str, step: str, done: bool, result: str | None, now: float) -> None:
         with self._lock:
-            run = self._runs.get(run_id)
-            if run is None:
-                raise WorkflowNotFound(f"no workflow run {run_id!r}")
-            if run.status != "needs_attention":
-                raise ValueError(f"run {run_id!r} is {run.status}, not needs_attention")
+            found = self._runs.get(run_id)
+            check_resolvable(run_id, None if found is None else found.status)
+            run = self._runs[run_id]
             records = [s for s in self._steps[run_id].values() if s.name == step]
             if not records:
                 raise ValueError(f"run {run_id!r} has no step {step!r}")

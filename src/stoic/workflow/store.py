@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import WorkflowNotFound
+
 __all__ = [
     "ACTIVE",
     "CLAIMABLE",
@@ -41,6 +43,7 @@ __all__ = [
     "StepRecord",
     "Store",
     "check_limit",
+    "check_resolvable",
     "check_retry",
     "check_seconds",
     "fingerprint",
@@ -370,6 +373,15 @@ def pick(
         taken_name[name] = taken_name.get(name, 0) + 1
         taken_key[(name, key)] = taken_key.get((name, key), 0) + 1
     return chosen
+
+
+def check_resolvable(run_id: str, status: str | None) -> None:
+    """Refuse to resolve a step of a run that does not exist (``WorkflowNotFound``) or is not
+    parked as ``needs_attention`` (``ValueError``); ``status`` None means no such run."""
+    if status is None:
+        raise WorkflowNotFound(f"no workflow run {run_id!r}")
+    if status != "needs_attention":
+        raise ValueError(f"run {run_id!r} is {status}, not needs_attention")
 
 
 def settle(record: StepRecord, done: bool, result: str | None, now: float) -> StepRecord:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ... import clock
-from ..._validate import deprecated_alias
+from ..._deprecate import renamed
 from ...events import dispatcher
 from ..base import AsyncStep, Policy, Step, ainvoke, invoke
 from .config import BreakerConfig
@@ -75,7 +75,9 @@ class CircuitBreaker(BreakerMachine, Policy):
         max_open_for: float | None = None,
         backend: SharedState | None = None,
     ) -> None:
-        backend = deprecated_alias("CircuitBreaker", "state", state, "backend", backend)
+        backend = renamed("CircuitBreaker", "state", "backend", state, backend,
+                          new_given=backend is not None,
+                          note=" (breaker.state is the breaker's own state)")
         super().__init__(BreakerConfig(
             name=name, failure_rate=failure_rate, slow_call_rate=slow_call_rate,
             slow_call_duration=slow_call_duration,
