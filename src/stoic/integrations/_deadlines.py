@@ -8,10 +8,21 @@ driver's error; a timeout of the driver's own that fires earlier is left as it i
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from ..context import remaining
 from ..errors import DeadlineExceeded
 
-__all__ = ["RESET_TIMEOUT", "SET_TIMEOUT", "check_started", "deadline_ran_out", "timeout_ms"]
+__all__ = [
+    "RESET_TIMEOUT",
+    "SET_TIMEOUT",
+    "SQLiteBusy",
+    "check_started",
+    "deadline_ran_out",
+    "sqlite_busy_ran_out",
+    "timeout_ms",
+]
 
 #: PostgreSQL: bound the session's statements (a whole number of milliseconds, >= 1).
 SET_TIMEOUT = "SET statement_timeout = {}"
@@ -43,3 +54,43 @@ def deadline_ran_out(exc: BaseException, what: str) -> DeadlineExceeded | None:
     error = DeadlineExceeded(f"deadline ran out during {what} ({type(exc).__name__})")
     error.__cause__ = exc
     return error
+
+
+class SQLiteBusy:
+    """Bounds one sqlite3 connection's busy wait by the caller's deadline.
+
+    Call it before each operation on the connection: under a deadline it sets SQLite's
+    ``busy_timeout`` to the time left (never more than the connection's own ``default``),
+    and refuses the operation once the deadline has passed; the first call without a deadline
+    after one with puts ``default`` back. Without a deadline and nothing to put back it only
+    reads the deadline. Not thread-safe: one per connection, used by one thread at a time.
+    """
+
+    __slots__ = ("_bounded", "_conn", "_default_ms")
+
+    def __init__(self, conn: Any, default: float) -> None:
+        self._conn = conn
+        self._default_ms = math.ceil(default * 1000)
+        self._bounded = False
+
+    def __call__(self, what: str) -> None:
+        left = remaining()
+        if left is None:
+            if self._bounded:
+                self._bounded = False
+                self._conn.execute(f"PRAGMA busy_timeout = {self._default_ms}")
+            return
+        if left <= 0:
+            raise DeadlineExceeded(f"deadline passed before {what} was started; it was not run")
+        self._bounded = True
+        ms = min(self._default_ms, math.ceil(left * 1000))
+        self._conn.execute(f"PRAGMA busy_timeout = {ms}")
+
+
+def sqlite_busy_ran_out(exc: BaseException, what: str) -> DeadlineExceeded | None:
+    """The ``DeadlineExceeded`` to raise when SQLite gave up waiting for a lock (``database
+    is locked``) because the deadline ran out; None for any other error."""
+    text = str(exc)
+    if "locked" not in text and "busy" not in text:
+        return None
+    return deadline_ran_out(exc, what)
