@@ -9,14 +9,20 @@ it); the bounds are generous for a loaded machine.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import stoic
-from stoic.idempotency import SQLiteStore
+from stoic.idempotency import RedisStore, SQLiteStore
+from support import free_port, require_service, wait_for_port
 
 _SLACK = 2.0  # seconds past the deadline a loaded machine may take to report it
 
@@ -105,3 +111,89 @@ class TestSQLiteStore:
             with pytest.raises(stoic.DeadlineExceeded):
                 store.claim("k", "fp", lease=10, ttl=60)
         assert store.get("k") is None
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[tuple[str, Any]]:
+    """A Redis server of this module's own (it gets paused), and a client to pause it with."""
+    require_service("redis", "127.0.0.1", 6379)
+    redis = pytest.importorskip("redis")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        control = redis.Redis(port=port)
+        yield f"redis://127.0.0.1:{port}/0", control
+        control.close()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _paused(control: Any, seconds: float) -> None:
+    """Every client's commands wait ``seconds`` (CLIENT PAUSE, on this module's own server)."""
+    control.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
+
+
+class TestRedisStore:
+    def test_claim_on_a_paused_server_stops_at_the_deadline(
+        self, own_redis: tuple[str, Any]
+    ) -> None:
+        """A command the server holds back ends when the caller's deadline does."""
+        url, control = own_redis
+        store = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+        store.get("warm-up")
+        _paused(control, 3.0)
+        try:
+            started = time.monotonic()
+            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
+                store.claim("k", "fp", lease=10, ttl=60)
+            waited = time.monotonic() - started
+        finally:
+            control.execute_command("CLIENT", "UNPAUSE")
+        assert 0.25 <= waited < 0.3 + _SLACK
+        assert caught.value.__cause__ is not None
+        assert store.claim("k2", "fp", lease=10, ttl=60).claimed  # the store still works
+        store.close()
+
+    def test_without_a_deadline_the_command_waits_for_the_server(
+        self, own_redis: tuple[str, Any]
+    ) -> None:
+        """No deadline: the command waits out the pause and succeeds, as before."""
+        url, control = own_redis
+        store = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+        store.get("warm-up")
+        _paused(control, 1.0)
+        started = time.monotonic()
+        assert store.claim("k", "fp", lease=10, ttl=60).claimed
+        assert time.monotonic() - started >= 0.8
+        store.close()
+
+    def test_async_claim_on_a_paused_server_stops_at_the_deadline(
+        self, own_redis: tuple[str, Any]
+    ) -> None:
+        """The async methods are cancelled when the deadline runs out."""
+        url, control = own_redis
+        store = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+
+        async def main() -> float:
+            await store.aget("warm-up")
+            _paused(control, 3.0)
+            started = time.monotonic()
+            with pytest.raises(stoic.DeadlineExceeded), stoic.deadline(0.3):
+                await store.aclaim("k", "fp", lease=10, ttl=60)
+            waited = time.monotonic() - started
+            control.execute_command("CLIENT", "UNPAUSE")
+            assert (await store.aclaim("k2", "fp", lease=10, ttl=60)).claimed
+            await store.aclose()
+            return waited
+
+        try:
+            waited = asyncio.run(main())
+        finally:
+            control.execute_command("CLIENT", "UNPAUSE")
+        assert 0.25 <= waited < 0.3 + _SLACK

@@ -8,8 +8,11 @@ driver's error; a timeout of the driver's own that fires earlier is left as it i
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from ..context import remaining
 from ..errors import DeadlineExceeded
@@ -22,7 +25,10 @@ __all__ = [
     "deadline_ran_out",
     "sqlite_busy_ran_out",
     "timeout_ms",
+    "within",
 ]
+
+T = TypeVar("T")
 
 #: PostgreSQL: bound the session's statements (a whole number of milliseconds, >= 1).
 SET_TIMEOUT = "SET statement_timeout = {}"
@@ -94,3 +100,24 @@ def sqlite_busy_ran_out(exc: BaseException, what: str) -> DeadlineExceeded | Non
     if "locked" not in text and "busy" not in text:
         return None
     return deadline_ran_out(exc, what)
+
+
+async def within(awaitable: Awaitable[T], what: str) -> T:
+    """Await ``awaitable``, cancelled when the caller's deadline runs out.
+
+    Without a deadline it is awaited as it is. Under one it is not started once the deadline
+    has passed, and it is cancelled when the time left is up: then ``DeadlineExceeded``,
+    chained to asyncio's ``TimeoutError``. Whatever the awaitable does on cancellation
+    (a driver drops its connection, a transaction rolls back) is its own business.
+    """
+    left = remaining()
+    if left is None:
+        return await awaitable
+    if left <= 0:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never started: no "was never awaited" warning
+        raise DeadlineExceeded(f"deadline passed before {what} was started; it was not run")
+    try:
+        return await asyncio.wait_for(awaitable, left)
+    except asyncio.TimeoutError as exc:
+        raise DeadlineExceeded(f"deadline ran out during {what}") from exc
