@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 import stoic
-from stoic.idempotency import RedisStore, SQLiteStore
+from stoic.idempotency import PostgresStore, RedisStore, SQLiteStore
 from support import free_port, require_service, wait_for_port
 
 _SLACK = 2.0  # seconds past the deadline a loaded machine may take to report it
@@ -196,4 +197,110 @@ class TestRedisStore:
             waited = asyncio.run(main())
         finally:
             control.execute_command("CLIENT", "UNPAUSE")
+        assert 0.25 <= waited < 0.3 + _SLACK
+
+
+@pytest.fixture
+def pg_store(postgres_dsn: str) -> Iterator[PostgresStore]:
+    """A PostgresStore on a table of its own, dropped afterwards."""
+    store = PostgresStore(postgres_dsn, table=f"t_deadline_{uuid.uuid4().hex[:10]}", max_size=2)
+    store.migrate()
+    yield store
+    store.drop()
+    store.close()
+
+
+def _lock_row(dsn: str, table: str, key: str) -> Any:
+    """Another connection holding ``key``'s row lock (``SELECT ... FOR UPDATE``)."""
+    import psycopg
+
+    holder = psycopg.connect(dsn)
+    holder.execute(f"SELECT key FROM {table} WHERE key = %s FOR UPDATE", (key,))
+    return holder
+
+
+class TestPostgresStore:
+    def test_complete_behind_a_row_lock_stops_at_the_deadline_and_writes_nothing(
+        self, pg_store: PostgresStore, postgres_dsn: str
+    ) -> None:
+        """The server cancels the UPDATE when the deadline runs out; the row is unchanged."""
+        claim = pg_store.claim("k", "fp", lease=30, ttl=60)
+        assert claim.token is not None
+        holder = _lock_row(postgres_dsn, pg_store.table, "k")
+        try:
+            started = time.monotonic()
+            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
+                pg_store.complete("k", claim.token, "done", ttl=60)
+            waited = time.monotonic() - started
+        finally:
+            holder.rollback()
+            holder.close()
+        assert 0.25 <= waited < 0.3 + _SLACK
+        assert type(caught.value.__cause__).__name__ == "QueryCanceled"
+        record = pg_store.get("k")
+        assert record is not None and not record.completed
+        assert pg_store.complete("k", claim.token, "done", ttl=60)  # no deadline: works
+
+    def test_without_a_deadline_the_statement_waits_for_the_lock(
+        self, pg_store: PostgresStore, postgres_dsn: str
+    ) -> None:
+        """No deadline: the UPDATE waits until the other transaction ends, as before; a
+        statement_timeout set under an earlier deadline does not linger on the connection."""
+        claim = pg_store.claim("k", "fp", lease=30, ttl=60)
+        assert claim.token is not None
+        with stoic.deadline(5):
+            pg_store.get("k")  # leaves statement_timeout set on a pooled connection
+        holder = _lock_row(postgres_dsn, pg_store.table, "k")
+        timer = threading.Timer(1.0, holder.rollback)
+        timer.start()
+        try:
+            started = time.monotonic()
+            for _ in range(2):  # both pooled connections
+                assert pg_store.extend("k", claim.token, 30)
+            waited = time.monotonic() - started
+        finally:
+            timer.join()
+            holder.close()
+        assert waited >= 0.9
+
+    def test_the_wait_for_a_pooled_connection_stops_at_the_deadline(
+        self, postgres_dsn: str
+    ) -> None:
+        """With every pooled connection busy, the wait for one ends with the deadline."""
+        store = PostgresStore(postgres_dsn, table=f"t_deadline_{uuid.uuid4().hex[:10]}",
+                              min_size=1, max_size=1)
+        store.migrate()
+        try:
+            with store._sync_pool().connection():
+                started = time.monotonic()
+                with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
+                    store.get("k")
+                waited = time.monotonic() - started
+            assert 0.25 <= waited < 0.3 + _SLACK
+            assert type(caught.value.__cause__).__name__ == "PoolTimeout"
+        finally:
+            store.drop()
+            store.close()
+
+    def test_async_complete_behind_a_row_lock_stops_at_the_deadline(
+        self, pg_store: PostgresStore, postgres_dsn: str
+    ) -> None:
+        """The async methods are bounded the same way."""
+        claim = pg_store.claim("k", "fp", lease=30, ttl=60)
+        assert claim.token is not None
+        holder = _lock_row(postgres_dsn, pg_store.table, "k")
+
+        async def main() -> float:
+            started = time.monotonic()
+            with pytest.raises(stoic.DeadlineExceeded), stoic.deadline(0.3):
+                await pg_store.acomplete("k", claim.token or "", "done", ttl=60)
+            waited = time.monotonic() - started
+            await pg_store.aclose()
+            return waited
+
+        try:
+            waited = asyncio.run(main())
+        finally:
+            holder.rollback()
+            holder.close()
         assert 0.25 <= waited < 0.3 + _SLACK
