@@ -80,7 +80,10 @@ class SQLiteBusy:
         self._bounded = False
 
     def __call__(self, what: str) -> None:
-        left = remaining()
+        self.bound(remaining(), what)
+
+    def bound(self, left: float | None, what: str) -> None:
+        """``__call__`` with the time left already read (``stoic.remaining()``)."""
         if left is None:
             if self._bounded:
                 self._bounded = False
