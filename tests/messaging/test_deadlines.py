@@ -10,14 +10,19 @@ Real-time tests (the waits are SQLite's and the servers'); the bounds are genero
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import stoic
 from stoic.messaging import SQLiteBroker
+from support import free_port, require_service, wait_for_port
 
 _SLACK = 2.0  # seconds past the deadline a loaded machine may take to report it
 
@@ -123,4 +128,73 @@ class TestSQLiteBroker:
             holder.close()
             stuck.join()
         assert 0.25 <= waited < 0.3 + _SLACK
+        broker.close()
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[tuple[str, Any]]:
+    """A Redis server of this module's own (it gets paused), and a client to pause it with."""
+    require_service("redis", "127.0.0.1", 6379)
+    redis = pytest.importorskip("redis")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        control = redis.Redis(port=port)
+        yield f"redis://127.0.0.1:{port}/0", control
+        control.close()
+    finally:
+        process.kill()
+        process.wait()
+
+
+class TestRedisBroker:
+    def test_claim_on_a_paused_server_stops_at_the_deadline(
+        self, own_redis: tuple[str, Any]
+    ) -> None:
+        """A claim the server holds back ends when the deadline does; the message is
+        delivered again once its lease ends (nothing is lost)."""
+        from stoic.messaging.redis import RedisBroker
+
+        url, control = own_redis
+        topic = f"jobs-{uuid.uuid4().hex[:8]}"
+        broker = RedisBroker(url)
+        broker.publish(topic, {"n": 1})
+        control.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        try:
+            started = time.monotonic()
+            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
+                broker.claim(topic, lease=0.5)
+            waited = time.monotonic() - started
+        finally:
+            control.execute_command("CLIENT", "UNPAUSE")
+        assert 0.25 <= waited < 0.3 + _SLACK
+        assert caught.value.__cause__ is not None
+        end = time.monotonic() + 10
+        got = broker.claim(topic, lease=30)
+        while not got and time.monotonic() < end:
+            time.sleep(0.1)
+            got = broker.claim(topic, lease=30)
+        assert [m.payload for m in got] == [{"n": 1}]
+        broker.close()
+
+    def test_without_a_deadline_the_broker_waits_for_the_server(
+        self, own_redis: tuple[str, Any]
+    ) -> None:
+        """No deadline: a publish waits out the pause and succeeds, as before."""
+        from stoic.messaging.redis import RedisBroker
+
+        url, control = own_redis
+        topic = f"jobs-{uuid.uuid4().hex[:8]}"
+        broker = RedisBroker(url)
+        broker.publish(topic, {"n": 0})
+        control.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        started = time.monotonic()
+        broker.publish(topic, {"n": 1})
+        assert time.monotonic() - started >= 0.8
+        assert broker.stats(topic).ready == 2
         broker.close()
