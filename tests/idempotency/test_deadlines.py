@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,31 @@ from stoic.idempotency import PostgresStore, RedisStore, SQLiteStore
 from support import free_port, require_service, wait_for_port
 
 _SLACK = 2.0  # seconds past the deadline a loaded machine may take to report it
+
+
+def ends_at_deadline(call: Callable[[], object], release: Callable[[], object]) -> BaseException:
+    """Run ``call`` under ``stoic.deadline(0.3)`` while something blocks it, then ``release``
+    that; check ``call`` raised ``DeadlineExceeded`` about 0.3 s in, and return the error."""
+    started = time.monotonic()
+    try:
+        with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
+            call()
+        waited = time.monotonic() - started
+    finally:
+        release()
+    assert 0.25 <= waited < 0.3 + _SLACK
+    assert isinstance(caught.value, TimeoutError)
+    return caught.value
+
+
+def let_go(holder: Any) -> Callable[[], None]:
+    """Ends ``holder``'s transaction and closes it (a sqlite3 or psycopg connection)."""
+
+    def release() -> None:
+        holder.rollback()
+        holder.close()
+
+    return release
 
 
 def _hold_sqlite_lock(path: Path) -> sqlite3.Connection:
@@ -42,18 +67,9 @@ class TestSQLiteStore:
         """A claim waiting for another writer's lock gives up when the deadline runs out."""
         store = SQLiteStore(tmp_path / "keys.db", busy_timeout=30.0)
         store.get("warm-up")  # the file and table exist before the lock is taken
-        holder = _hold_sqlite_lock(tmp_path / "keys.db")
-        try:
-            started = time.monotonic()
-            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
-                store.claim("k", "fp", lease=10, ttl=60)
-            waited = time.monotonic() - started
-        finally:
-            holder.rollback()
-            holder.close()
-        assert 0.25 <= waited < 0.3 + _SLACK
-        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
-        assert isinstance(caught.value, TimeoutError)
+        error = ends_at_deadline(lambda: store.claim("k", "fp", lease=10, ttl=60),
+                                 let_go(_hold_sqlite_lock(tmp_path / "keys.db")))
+        assert isinstance(error.__cause__, sqlite3.OperationalError)
         assert store.get("k") is None
         store.close()
 
@@ -149,15 +165,9 @@ class TestRedisStore:
         store = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}:")
         store.get("warm-up")
         _paused(control, 3.0)
-        try:
-            started = time.monotonic()
-            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
-                store.claim("k", "fp", lease=10, ttl=60)
-            waited = time.monotonic() - started
-        finally:
-            control.execute_command("CLIENT", "UNPAUSE")
-        assert 0.25 <= waited < 0.3 + _SLACK
-        assert caught.value.__cause__ is not None
+        error = ends_at_deadline(lambda: store.claim("k", "fp", lease=10, ttl=60),
+                                 lambda: control.execute_command("CLIENT", "UNPAUSE"))
+        assert error.__cause__ is not None
         assert store.claim("k2", "fp", lease=10, ttl=60).claimed  # the store still works
         store.close()
 
@@ -226,17 +236,10 @@ class TestPostgresStore:
         """The server cancels the UPDATE when the deadline runs out; the row is unchanged."""
         claim = pg_store.claim("k", "fp", lease=30, ttl=60)
         assert claim.token is not None
-        holder = _lock_row(postgres_dsn, pg_store.table, "k")
-        try:
-            started = time.monotonic()
-            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
-                pg_store.complete("k", claim.token, "done", ttl=60)
-            waited = time.monotonic() - started
-        finally:
-            holder.rollback()
-            holder.close()
-        assert 0.25 <= waited < 0.3 + _SLACK
-        assert type(caught.value.__cause__).__name__ == "QueryCanceled"
+        token = claim.token
+        error = ends_at_deadline(lambda: pg_store.complete("k", token, "done", ttl=60),
+                                 let_go(_lock_row(postgres_dsn, pg_store.table, "k")))
+        assert type(error.__cause__).__name__ == "QueryCanceled"
         record = pg_store.get("k")
         assert record is not None and not record.completed
         assert pg_store.complete("k", claim.token, "done", ttl=60)  # no deadline: works

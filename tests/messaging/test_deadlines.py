@@ -10,7 +10,6 @@ Real-time tests (the waits are SQLite's and the servers'); the bounds are genero
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -21,10 +20,13 @@ from typing import Any
 import pytest
 
 import stoic
+from idempotency.test_deadlines import ends_at_deadline, let_go, own_redis
 from stoic.messaging import SQLiteBroker
-from support import free_port, require_service, wait_for_port
 
 _SLACK = 2.0  # seconds past the deadline a loaded machine may take to report it
+
+
+__all__ = ["own_redis"]  # a fixture shared with the idempotency tests
 
 
 def _broker(path: Path, busy_timeout: float) -> SQLiteBroker:
@@ -46,17 +48,9 @@ class TestSQLiteBroker:
         """A publish waiting for another process's lock gives up when the deadline runs out,
         and the message is not queued."""
         broker = _broker(tmp_path / "q.db", 30.0)
-        holder = _hold_sqlite_lock(tmp_path / "q.db")
-        try:
-            started = time.monotonic()
-            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
-                broker.publish("jobs", {"n": 1})
-            waited = time.monotonic() - started
-        finally:
-            holder.rollback()
-            holder.close()
-        assert 0.25 <= waited < 0.3 + _SLACK
-        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        error = ends_at_deadline(lambda: broker.publish("jobs", {"n": 1}),
+                                 let_go(_hold_sqlite_lock(tmp_path / "q.db")))
+        assert isinstance(error.__cause__, sqlite3.OperationalError)
         assert broker.stats("jobs").ready == 0
         broker.close()
 
@@ -131,27 +125,6 @@ class TestSQLiteBroker:
         broker.close()
 
 
-@pytest.fixture(scope="module")
-def own_redis() -> Iterator[tuple[str, Any]]:
-    """A Redis server of this module's own (it gets paused), and a client to pause it with."""
-    require_service("redis", "127.0.0.1", 6379)
-    redis = pytest.importorskip("redis")
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        control = redis.Redis(port=port)
-        yield f"redis://127.0.0.1:{port}/0", control
-        control.close()
-    finally:
-        process.kill()
-        process.wait()
-
-
 class TestRedisBroker:
     def test_claim_on_a_paused_server_stops_at_the_deadline(
         self, own_redis: tuple[str, Any]
@@ -165,15 +138,9 @@ class TestRedisBroker:
         broker = RedisBroker(url)
         broker.publish(topic, {"n": 1})
         control.execute_command("CLIENT", "PAUSE", 3000, "ALL")
-        try:
-            started = time.monotonic()
-            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
-                broker.claim(topic, lease=0.5)
-            waited = time.monotonic() - started
-        finally:
-            control.execute_command("CLIENT", "UNPAUSE")
-        assert 0.25 <= waited < 0.3 + _SLACK
-        assert caught.value.__cause__ is not None
+        error = ends_at_deadline(lambda: broker.claim(topic, lease=0.5),
+                                 lambda: control.execute_command("CLIENT", "UNPAUSE"))
+        assert error.__cause__ is not None
         end = time.monotonic() + 10
         got = broker.claim(topic, lease=30)
         while not got and time.monotonic() < end:
@@ -198,3 +165,93 @@ class TestRedisBroker:
         assert time.monotonic() - started >= 0.8
         assert broker.stats(topic).ready == 2
         broker.close()
+
+
+@pytest.fixture
+def pg_broker(postgres_dsn: str) -> Iterator[Any]:
+    """A PostgresBroker in a schema of its own, dropped afterwards."""
+    import psycopg
+
+    from stoic.messaging.postgres import PostgresBroker
+
+    schema = f"t_deadline_{uuid.uuid4().hex[:10]}"
+    broker = PostgresBroker(postgres_dsn, schema=schema, max_size=2, notify=False)
+    broker.migrate()
+    yield broker
+    broker.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def _lock_table(dsn: str, table: str) -> Any:
+    """Another connection holding ``LOCK TABLE ... ACCESS EXCLUSIVE`` until it rolls back."""
+    import psycopg
+
+    holder = psycopg.connect(dsn)
+    holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    return holder
+
+
+class TestPostgresBroker:
+    def test_publish_behind_a_table_lock_stops_at_the_deadline(
+        self, pg_broker: Any, postgres_dsn: str
+    ) -> None:
+        """The server cancels the INSERT when the deadline runs out; nothing is queued."""
+        pg_broker.publish("warm-up", {})
+        holder = _lock_table(postgres_dsn, f"{pg_broker.schema}.stoic_messages")
+        error = ends_at_deadline(lambda: pg_broker.publish("jobs", {"n": 1}), let_go(holder))
+        assert type(error.__cause__).__name__ == "QueryCanceled"
+        assert pg_broker.stats("jobs").ready == 0
+
+    def test_ack_behind_a_row_lock_stops_at_the_deadline(
+        self, pg_broker: Any, postgres_dsn: str
+    ) -> None:
+        """Bookkeeping is bounded too: the message stays claimed, and acks later."""
+        import psycopg
+
+        pg_broker.publish("jobs", {"n": 1})
+        [message] = pg_broker.claim("jobs", lease=30)
+        holder = psycopg.connect(postgres_dsn)
+        holder.execute(f"SELECT seq FROM {pg_broker.schema}.stoic_messages"
+                       " WHERE topic = 'jobs' FOR UPDATE")
+        try:
+            with pytest.raises(stoic.DeadlineExceeded), stoic.deadline(0.3):
+                pg_broker.ack(message)
+        finally:
+            holder.rollback()
+            holder.close()
+        assert pg_broker.stats("jobs").in_flight == 1
+        assert pg_broker.ack(message)
+
+    def test_without_a_deadline_the_broker_waits_for_the_lock(
+        self, pg_broker: Any, postgres_dsn: str
+    ) -> None:
+        """No deadline (even right after one): the INSERT waits for the lock, as before."""
+        with stoic.deadline(5):
+            pg_broker.stats("jobs")  # leaves statement_timeout set on a pooled connection
+        holder = _lock_table(postgres_dsn, f"{pg_broker.schema}.stoic_messages")
+        timer = threading.Timer(1.0, holder.rollback)
+        timer.start()
+        try:
+            started = time.monotonic()
+            pg_broker.publish("jobs", {"n": 1})
+            pg_broker.publish("jobs", {"n": 2})
+            waited = time.monotonic() - started
+        finally:
+            timer.join()
+            holder.close()
+        assert waited >= 0.9
+        assert pg_broker.stats("jobs").ready == 2
+
+    def test_the_wait_for_a_pooled_connection_stops_at_the_deadline(
+        self, pg_broker: Any
+    ) -> None:
+        """With every pooled connection busy, the wait for one ends with the deadline."""
+        pg_broker.stats("jobs")
+        with pg_broker._pool.connection(), pg_broker._pool.connection():
+            started = time.monotonic()
+            with pytest.raises(stoic.DeadlineExceeded) as caught, stoic.deadline(0.3):
+                pg_broker.stats("jobs")
+            waited = time.monotonic() - started
+        assert 0.25 <= waited < 0.3 + _SLACK
+        assert type(caught.value.__cause__).__name__ == "PoolTimeout"

@@ -1,9 +1,10 @@
 """What the database and queue deadline hooks share: refusing late work, naming the cause.
 
-No driver is imported here. Each hook (psycopg, SQLAlchemy, sqlite3, redis) turns the time
-left before ``stoic.deadline`` into its library's own timeout, and turns the timeout that
-fires *because the deadline ran out* into ``stoic.DeadlineExceeded``, chained to the
-driver's error; a timeout of the driver's own that fires earlier is left as it is.
+No driver is imported here (``pooled`` imports psycopg_pool when first called). Each hook
+(psycopg, SQLAlchemy, sqlite3, redis) turns the time left before ``stoic.deadline`` into its
+library's own timeout, and turns the timeout that fires *because the deadline ran out* into
+``stoic.DeadlineExceeded``, chained to the driver's error; a timeout of the driver's own
+that fires earlier is left as it is.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ..context import remaining
@@ -23,6 +25,7 @@ __all__ = [
     "SQLiteBusy",
     "check_started",
     "deadline_ran_out",
+    "pooled",
     "sqlite_busy_ran_out",
     "timeout_ms",
     "within",
@@ -124,3 +127,22 @@ async def within(awaitable: Awaitable[T], what: str) -> T:
         return await asyncio.wait_for(awaitable, left)
     except asyncio.TimeoutError as exc:
         raise DeadlineExceeded(f"deadline ran out during {what}") from exc
+
+
+@contextmanager
+def pooled(pool: Any, what: str) -> Iterator[Any]:
+    """``pool.connection()`` of a ``psycopg_pool.ConnectionPool``, its wait bounded by the
+    caller's deadline: ``DeadlineExceeded`` (chained to ``PoolTimeout``) when the deadline
+    ran out first, and none at all once it has passed. Without a deadline the pool's own
+    timeout applies, as always."""
+    from psycopg_pool import PoolTimeout
+
+    left = check_started(what)
+    try:
+        with pool.connection(left) as conn:
+            yield conn
+    except PoolTimeout as exc:
+        error = deadline_ran_out(exc, f"the wait for a connection for {what}")
+        if error is None:
+            raise
+        raise error from exc
