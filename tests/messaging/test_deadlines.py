@@ -9,6 +9,7 @@ Real-time tests (the waits are SQLite's and the servers'); the bounds are genero
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 import time
@@ -255,3 +256,43 @@ class TestPostgresBroker:
             waited = time.monotonic() - started
         assert 0.25 <= waited < 0.3 + _SLACK
         assert type(caught.value.__cause__).__name__ == "PoolTimeout"
+
+
+class TestRabbitBroker:
+    def test_a_server_that_never_answers_is_given_up_at_the_deadline(self) -> None:
+        """Connecting to a server that accepts and then says nothing ends with the deadline."""
+        pytest.importorskip("aio_pika")
+        from stoic.messaging.rabbitmq import RabbitBroker
+
+        silent = socket.create_server(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        try:
+            error = ends_at_deadline(
+                lambda: RabbitBroker(f"amqp://guest:guest@127.0.0.1:{port}/"), lambda: None)
+        finally:
+            silent.close()
+        assert isinstance(error.__cause__, TimeoutError)
+
+    def test_operations_under_a_deadline_work_as_before(self, amqp_url: str) -> None:
+        """With time left, publish, claim and ack behave as without a deadline."""
+        pytest.importorskip("aio_pika")
+        from stoic.messaging.rabbitmq import RabbitBroker
+
+        topic = f"deadline-{uuid.uuid4().hex[:8]}"
+        broker = RabbitBroker(amqp_url)
+        try:
+            with stoic.deadline(30):
+                broker.publish(topic, {"n": 1})
+                got: list[Any] = []
+                end = time.monotonic() + 10
+                while not got and time.monotonic() < end:
+                    got = broker.claim(topic, lease=30)
+                assert [m.payload for m in got] == [{"n": 1}]
+                assert broker.ack(got[0])
+            with stoic.deadline(0.001):
+                time.sleep(0.01)
+                with pytest.raises(stoic.DeadlineExceeded):
+                    broker.publish(topic, {"n": 2})
+        finally:
+            broker.delete_topic(topic)
+            broker.close()
