@@ -23,6 +23,7 @@ import pytest
 import stoic
 from idempotency.test_deadlines import ends_at_deadline, let_go, own_redis
 from stoic.messaging import SQLiteBroker
+from support import require_service
 
 _SLACK = 2.0  # seconds past the deadline a loaded machine may take to report it
 
@@ -293,6 +294,44 @@ class TestRabbitBroker:
                 time.sleep(0.01)
                 with pytest.raises(stoic.DeadlineExceeded):
                     broker.publish(topic, {"n": 2})
+        finally:
+            broker.delete_topic(topic)
+            broker.close()
+
+
+class TestNatsBroker:
+    def test_a_server_that_never_answers_is_given_up_at_the_deadline(self) -> None:
+        """Connecting to a server that accepts and then says nothing ends with the deadline."""
+        pytest.importorskip("nats")
+        from stoic.messaging.nats import NatsBroker
+
+        silent = socket.create_server(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        try:
+            ends_at_deadline(lambda: NatsBroker(f"nats://127.0.0.1:{port}"), lambda: None)
+        finally:
+            silent.close()
+
+    def test_operations_under_a_deadline_work_as_before(self) -> None:
+        """With time left, publish, claim and ack behave as without a deadline; with none
+        left, nothing is sent."""
+        require_service("NATS", "127.0.0.1", 4222)
+        pytest.importorskip("nats")
+        from stoic.messaging.nats import NatsBroker
+
+        topic = f"deadline-{uuid.uuid4().hex[:8]}"
+        broker = NatsBroker("nats://127.0.0.1:4222")
+        try:
+            with stoic.deadline(30):
+                broker.publish(topic, {"n": 1})
+                got = broker.claim(topic, lease=30)
+                assert [m.payload for m in got] == [{"n": 1}]
+                assert broker.ack(got[0])
+            with stoic.deadline(0.001):
+                time.sleep(0.01)
+                with pytest.raises(stoic.DeadlineExceeded):
+                    broker.publish(topic, {"n": 2})
+            assert broker.stats(topic).ready == 0
         finally:
             broker.delete_topic(topic)
             broker.close()

@@ -10,9 +10,10 @@ that fires earlier is left as it is.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import math
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -23,9 +24,12 @@ __all__ = [
     "RESET_TIMEOUT",
     "SET_TIMEOUT",
     "SQLiteBusy",
+    "arun_on",
+    "cancel_pending",
     "check_started",
     "deadline_ran_out",
     "pooled",
+    "run_on",
     "sqlite_busy_ran_out",
     "timeout_ms",
     "within",
@@ -146,3 +150,56 @@ def pooled(pool: Any, what: str) -> Iterator[Any]:
         if error is None:
             raise
         raise error from exc
+
+
+def _refuse_late(coro: Coroutine[Any, Any, Any], what: str) -> float | None:
+    """The time left; ``DeadlineExceeded`` (and ``coro`` closed, never run) once it passed."""
+    try:
+        return check_started(what)
+    except DeadlineExceeded:
+        coro.close()
+        raise
+
+
+def run_on(loop: asyncio.AbstractEventLoop, what: str, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on ``loop`` (another thread's) and wait for it, no longer than the
+    caller's deadline: then it is cancelled and ``DeadlineExceeded`` raised. It is not
+    submitted once the deadline has passed. Without a deadline: ``.result()``, as always."""
+    if remaining() is None:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+    left = _refuse_late(coro, what)
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result(timeout=left)
+    except concurrent.futures.TimeoutError as exc:
+        if not future.cancel():  # it finished after all: its own result or error
+            return future.result()
+        raise DeadlineExceeded(f"deadline ran out during {what}") from exc
+
+
+async def arun_on(loop: asyncio.AbstractEventLoop, what: str, coro: Coroutine[Any, Any, T]) -> T:
+    """``run_on`` for async callers: awaited from the caller's loop (directly when that is
+    ``loop``), cancelled when the caller's deadline runs out."""
+    if remaining() is not None:
+        _refuse_late(coro, what)
+    if asyncio.get_running_loop() is loop:
+        return await within(coro, what)
+    future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
+    return await within(asyncio.wrap_future(future), what)
+
+
+def cancel_pending(loop: asyncio.AbstractEventLoop, wait: float = 1.0) -> None:
+    """Cancel every task on ``loop`` (another thread's) and wait up to ``wait`` seconds for
+    them to end: for a client given up on at its deadline before its loop is stopped, so
+    none of the tasks it started is destroyed while pending."""
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(wait)
+    except Exception:  # a task that will not end: stopping the loop is all that is left
+        pass

@@ -38,7 +38,6 @@ message to come back when its lease ends.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 import uuid
@@ -47,9 +46,7 @@ from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import clock
-from ..context import remaining
-from ..errors import DeadlineExceeded
-from ..integrations._deadlines import check_started, within
+from ..integrations._deadlines import arun_on, cancel_pending, run_on
 from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
 from .model import DeadLetter, Message, QueueStats, report_requeued
 
@@ -160,8 +157,7 @@ class RabbitBroker(PublishOne):
             self._run(self._connect())
         except BaseException:
             # A connect given up on (the deadline) leaves aiormq's tasks behind: end them.
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop).result(1.0)
+            cancel_pending(self._loop)
             self._stop_loop()
             raise
 
@@ -171,32 +167,11 @@ class RabbitBroker(PublishOne):
     # --- plumbing ------------------------------------------------------------------------
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the broker's loop; give up on it when the caller's deadline ends."""
-        if remaining() is None:
-            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-        left = self._refuse_late(coro)
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout=left)
-        except concurrent.futures.TimeoutError as exc:
-            if not future.cancel():  # it finished after all: its own result or error
-                return future.result()
-            raise DeadlineExceeded(f"deadline ran out during {_WHAT}") from exc
-
-    @staticmethod
-    def _refuse_late(coro: Coroutine[Any, Any, Any]) -> float | None:
-        """The time left; ``DeadlineExceeded`` (``coro`` never started) once it has passed."""
-        try:
-            return check_started(_WHAT)
-        except DeadlineExceeded:
-            coro.close()
-            raise
+        """Run ``coro`` on the broker's loop; given up when the caller's deadline ends."""
+        return run_on(self._loop, _WHAT, coro)
 
     async def _in_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        if remaining() is not None:
-            self._refuse_late(coro)
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return await within(asyncio.wrap_future(future), _WHAT)
+        return await arun_on(self._loop, _WHAT, coro)
 
     async def _connect(self) -> None:
         import aio_pika
@@ -611,14 +586,6 @@ class RabbitBroker(PublishOne):
         self._thread.join(5)
         if not self._loop.is_running():
             self._loop.close()
-
-
-async def _cancel_all() -> None:
-    """Cancel every other task on this loop, and wait until they have ended."""
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _count(channel: Any, name: str) -> int:
