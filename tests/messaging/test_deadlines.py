@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,19 +259,23 @@ class TestPostgresBroker:
         assert type(caught.value.__cause__).__name__ == "PoolTimeout"
 
 
+def _silent_server_given_up(connect: Callable[[int], object]) -> BaseException:
+    """``connect(port)`` to a server that accepts and never says a word, under a deadline."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        return ends_at_deadline(lambda: connect(silent.getsockname()[1]), lambda: None)
+    finally:
+        silent.close()
+
+
 class TestRabbitBroker:
     def test_a_server_that_never_answers_is_given_up_at_the_deadline(self) -> None:
         """Connecting to a server that accepts and then says nothing ends with the deadline."""
         pytest.importorskip("aio_pika")
         from stoic.messaging.rabbitmq import RabbitBroker
 
-        silent = socket.create_server(("127.0.0.1", 0))
-        port = silent.getsockname()[1]
-        try:
-            error = ends_at_deadline(
-                lambda: RabbitBroker(f"amqp://guest:guest@127.0.0.1:{port}/"), lambda: None)
-        finally:
-            silent.close()
+        error = _silent_server_given_up(
+            lambda port: RabbitBroker(f"amqp://guest:guest@127.0.0.1:{port}/"))
         assert isinstance(error.__cause__, TimeoutError)
 
     def test_operations_under_a_deadline_work_as_before(self, amqp_url: str) -> None:
@@ -305,12 +309,7 @@ class TestNatsBroker:
         pytest.importorskip("nats")
         from stoic.messaging.nats import NatsBroker
 
-        silent = socket.create_server(("127.0.0.1", 0))
-        port = silent.getsockname()[1]
-        try:
-            ends_at_deadline(lambda: NatsBroker(f"nats://127.0.0.1:{port}"), lambda: None)
-        finally:
-            silent.close()
+        _silent_server_given_up(lambda port: NatsBroker(f"nats://127.0.0.1:{port}"))
 
     def test_operations_under_a_deadline_work_as_before(self) -> None:
         """With time left, publish, claim and ack behave as without a deadline; with none
