@@ -230,19 +230,19 @@ def _lock_row(dsn: str, table: str, key: str) -> Any:
 
 
 class TestPostgresStore:
-    def test_complete_behind_a_row_lock_stops_at_the_deadline_and_writes_nothing(
+    def test_extend_behind_a_row_lock_stops_at_the_deadline_and_writes_nothing(
         self, pg_store: PostgresStore, postgres_dsn: str
     ) -> None:
         """The server cancels the UPDATE when the deadline runs out; the row is unchanged."""
         claim = pg_store.claim("k", "fp", lease=30, ttl=60)
         assert claim.token is not None
+        before = pg_store.get("k")
         token = claim.token
-        error = ends_at_deadline(lambda: pg_store.complete("k", token, "done", ttl=60),
+        error = ends_at_deadline(lambda: pg_store.extend("k", token, 600),
                                  let_go(_lock_row(postgres_dsn, pg_store.table, "k")))
         assert type(error.__cause__).__name__ == "QueryCanceled"
-        record = pg_store.get("k")
-        assert record is not None and not record.completed
-        assert pg_store.complete("k", claim.token, "done", ttl=60)  # no deadline: works
+        assert pg_store.get("k") == before
+        assert pg_store.extend("k", token, 600)  # no deadline: works
 
     def test_without_a_deadline_the_statement_waits_for_the_lock(
         self, pg_store: PostgresStore, postgres_dsn: str
@@ -285,7 +285,7 @@ class TestPostgresStore:
             store.drop()
             store.close()
 
-    def test_async_complete_behind_a_row_lock_stops_at_the_deadline(
+    def test_async_extend_behind_a_row_lock_stops_at_the_deadline(
         self, pg_store: PostgresStore, postgres_dsn: str
     ) -> None:
         """The async methods are bounded the same way."""
@@ -296,7 +296,7 @@ class TestPostgresStore:
         async def main() -> float:
             started = time.monotonic()
             with pytest.raises(stoic.DeadlineExceeded), stoic.deadline(0.3):
-                await pg_store.acomplete("k", claim.token or "", "done", ttl=60)
+                await pg_store.aextend("k", claim.token or "", 600)
             waited = time.monotonic() - started
             await pg_store.aclose()
             return waited
@@ -307,3 +307,39 @@ class TestPostgresStore:
             holder.rollback()
             holder.close()
         assert 0.25 <= waited < 0.3 + _SLACK
+
+
+class TestFinishingOutsideTheDeadline:
+    """Recording a finished call is not refused because the work overran the deadline:
+    otherwise the next caller would run the work again once the lease ran out."""
+
+    @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+    def test_complete_after_the_deadline_passed_still_records_the_response(
+        self, kind: str, tmp_path: Path, request: pytest.FixtureRequest
+    ) -> None:
+        store: Any
+        if kind == "sqlite":
+            store = SQLiteStore(tmp_path / "keys.db")
+        else:
+            store = request.getfixturevalue("pg_store")
+        claim = store.claim("k", "fp", lease=30, ttl=60)
+        with stoic.deadline(0.01):
+            time.sleep(0.05)  # the work overran its deadline, and then finished
+            assert store.complete("k", claim.token, "done", ttl=60)
+            assert stoic.remaining() is not None  # the deadline is back after complete
+        record = store.get("k")
+        assert record is not None and record.completed and record.response == "done"
+
+    def test_redis_complete_after_the_deadline_passed_still_records_the_response(
+        self, own_redis: tuple[str, Any]
+    ) -> None:
+        url, _ = own_redis
+        store = RedisStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+        claim = store.claim("k", "fp", lease=30, ttl=60)
+        assert claim.token is not None
+        with stoic.deadline(0.01):
+            time.sleep(0.05)
+            assert store.complete("k", claim.token, "done", ttl=60)
+        record = store.get("k")
+        assert record is not None and record.response == "done"
+        store.close()

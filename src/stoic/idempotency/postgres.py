@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import clock
-from ..integrations._deadlines import check_started, deadline_ran_out
+from ..integrations._deadlines import check_started, deadline_ran_out, outside_deadline
 from .store import (
     SQL_COLUMNS,
     SQL_COMPLETED,
@@ -396,13 +396,15 @@ class PostgresStore(BaseStore):
             return self._completed_by(key, token, response,
                                       conn.execute(self._sql_get, (key, now)).fetchone())
 
-        return self._run(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return self._run(work)
 
     def release(self, key: str, token: str) -> bool:
         def work(conn: Any, retried: bool) -> bool:
             return bool(conn.execute(self._sql_release, (key, token, clock.wall())).rowcount == 1)
 
-        return self._run(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return self._run(work)
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
@@ -484,14 +486,16 @@ class PostgresStore(BaseStore):
             cur = await conn.execute(self._sql_get, (key, now))
             return self._completed_by(key, token, response, await cur.fetchone())
 
-        return await self._arun(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return await self._arun(work)
 
     async def arelease(self, key: str, token: str) -> bool:
         async def work(conn: Any, retried: bool) -> bool:
             cur = await conn.execute(self._sql_release, (key, token, clock.wall()))
             return bool(cur.rowcount == 1)
 
-        return await self._arun(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return await self._arun(work)
 
     async def aextend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)

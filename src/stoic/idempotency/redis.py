@@ -37,7 +37,7 @@ import threading
 from typing import Any
 
 from .. import clock
-from ..integrations._deadlines import within
+from ..integrations._deadlines import outside_deadline, within
 from .store import (
     BaseStore,
     Claim,
@@ -355,12 +355,14 @@ class RedisStore(BaseStore):
         return plan.from_script(self._sync("claim")(keys=[plan.name], args=plan.script_args()))
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        args = self._complete_args(token, response, ttl)
-        return bool(self._sync("complete")(keys=[self.prefix + key], args=args))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._complete_args(token, response, ttl)
+            return bool(self._sync("complete")(keys=[self.prefix + key], args=args))
 
     def release(self, key: str, token: str) -> bool:
-        args = self._release_args(token)
-        return bool(self._sync("release")(keys=[self.prefix + key], args=args))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._release_args(token)
+            return bool(self._sync("release")(keys=[self.prefix + key], args=args))
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         args = self._extend_args(token, lease)
@@ -402,14 +404,16 @@ class RedisStore(BaseStore):
         return plan.from_script(reply)
 
     async def acomplete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        args = self._complete_args(token, response, ttl)
-        return bool(await within(self._async("complete")(keys=[self.prefix + key], args=args),
-                                 _WHAT))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._complete_args(token, response, ttl)
+            return bool(await within(self._async("complete")(keys=[self.prefix + key], args=args),
+                                     _WHAT))
 
     async def arelease(self, key: str, token: str) -> bool:
-        args = self._release_args(token)
-        return bool(await within(self._async("release")(keys=[self.prefix + key], args=args),
-                                 _WHAT))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._release_args(token)
+            return bool(await within(self._async("release")(keys=[self.prefix + key], args=args),
+                                     _WHAT))
 
     async def aextend(self, key: str, token: str, lease: float) -> bool:
         args = self._extend_args(token, lease)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .. import clock
-from ..integrations._deadlines import SQLiteBusy, sqlite_busy_ran_out
+from ..integrations._deadlines import SQLiteBusy, outside_deadline, sqlite_busy_ran_out
 from .store import (
     SQL_COLUMNS,
     SQL_COMPLETED,
@@ -251,15 +251,17 @@ class SQLiteStore(BaseStore):
 
     @_bounded
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        ttl = check_seconds("ttl", ttl)
-        now = clock.wall()
-        cur = self._conn().execute(self._sql_complete, (key, token, response, now + ttl, now))
-        return cur.rowcount == 1
+        with outside_deadline():  # records work already done (see _deadlines)
+            ttl = check_seconds("ttl", ttl)
+            now = clock.wall()
+            cur = self._conn().execute(self._sql_complete, (key, token, response, now + ttl, now))
+            return cur.rowcount == 1
 
     @_bounded
     def release(self, key: str, token: str) -> bool:
-        cur = self._conn().execute(self._sql_release, (key, token, clock.wall()))
-        return cur.rowcount == 1
+        with outside_deadline():  # records work already done (see _deadlines)
+            cur = self._conn().execute(self._sql_release, (key, token, clock.wall()))
+            return cur.rowcount == 1
 
     @_bounded
     def extend(self, key: str, token: str, lease: float) -> bool:

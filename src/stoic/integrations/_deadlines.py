@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ..context import remaining
+from ..context import remaining, reset_deadline, set_deadline
 from ..errors import DeadlineExceeded
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "cancel_pending",
     "check_started",
     "deadline_ran_out",
+    "outside_deadline",
     "pooled",
     "run_on",
     "sqlite_busy_ran_out",
@@ -203,3 +204,21 @@ def cancel_pending(loop: asyncio.AbstractEventLoop, wait: float = 1.0) -> None:
         asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(wait)
     except Exception:  # a task that will not end: stopping the loop is all that is left
         pass
+
+
+class outside_deadline:
+    """Run a block with no deadline: for bookkeeping that records work already done.
+
+    Storing a finished call's response (an idempotency store's ``complete``/``release``)
+    must not fail because the work overran the caller's deadline: the work would then be
+    repeated by the next caller once its lease ran out. Such bookkeeping runs with the
+    store's own timeouts, as without a deadline. The deadline is back after the block.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = set_deadline(None)
+
+    def __exit__(self, *exc: object) -> None:
+        reset_deadline(self._token)
