@@ -11,8 +11,9 @@ Names load on first access, so ``import stoic.chaos`` does no work.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .faults import (
@@ -77,45 +78,35 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ApiError": "proxy",
-    "Fault": "faults",
-    "FaultInjected": "faults",
-    "Fixed": "faults",
-    "InjectedFault": "faults",
-    "InjectedStatusError": "faults",
-    "Monkey": "process",
-    "Network": "process",
-    "NetworkHealed": "process",
-    "NetworkPartitioned": "process",
-    "Normal": "faults",
-    "Plan": "faults",
-    "ProcessFaulted": "process",
-    "ProxyClient": "proxy",
-    "ProxyHandle": "proxy",
-    "ProxyServer": "proxy",
-    "Supervisor": "process",
-    "Uniform": "faults",
-    "disable": "faults",
-    "enable": "faults",
-    "fault": "faults",
-    "first": "faults",
-    "heal": "process",
-    "is_enabled": "faults",
-    "load_plan": "faults",
-    "partition": "process",
-    "seed": "faults",
-    "window": "faults",
+    "ApiError": ".proxy",
+    "Fault": ".faults",
+    "FaultInjected": ".faults",
+    "Fixed": ".faults",
+    "InjectedFault": ".faults",
+    "InjectedStatusError": ".faults",
+    "Monkey": ".process",
+    "Network": ".process",
+    "NetworkHealed": ".process",
+    "NetworkPartitioned": ".process",
+    "Normal": ".faults",
+    "Plan": ".faults",
+    "ProcessFaulted": ".process",
+    "ProxyClient": ".proxy",
+    "ProxyHandle": ".proxy",
+    "ProxyServer": ".proxy",
+    "Supervisor": ".process",
+    "Uniform": ".faults",
+    "disable": ".faults",
+    "enable": ".faults",
+    "fault": ".faults",
+    "first": ".faults",
+    "heal": ".process",
+    "is_enabled": ".faults",
+    "load_plan": ".faults",
+    "partition": ".process",
+    "seed": ".faults",
+    "window": ".faults",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stoic.chaos' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__, globals())

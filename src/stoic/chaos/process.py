@@ -533,21 +533,24 @@ def partition(
     control: ProxyControl, proxies: Iterable[str], *, name: str = "partition"
 ) -> list[str]:
     """Disable ``proxies`` (new connections refused, open ones dropped); return their names."""
-    names = list(proxies)
-    for proxy in names:
-        control.disable(proxy)
-    if dispatcher.sinks:
-        dispatcher.emit(NetworkPartitioned(name=name, proxies=tuple(names)))
-    return names
+    return _switch(control.disable, proxies, name, NetworkPartitioned)
 
 
 def heal(control: ProxyControl, proxies: Iterable[str], *, name: str = "partition") -> list[str]:
     """Enable ``proxies`` again; return their names."""
+    return _switch(control.enable, proxies, name, NetworkHealed)
+
+
+def _switch(
+    switch: Callable[[str], None], proxies: Iterable[str], name: str,
+    event: type[NetworkPartitioned] | type[NetworkHealed],
+) -> list[str]:
+    """Apply ``switch`` to each proxy in turn, then publish ``event`` for all of them."""
     names = list(proxies)
     for proxy in names:
-        control.enable(proxy)
+        switch(proxy)
     if dispatcher.sinks:
-        dispatcher.emit(NetworkHealed(name=name, proxies=tuple(names)))
+        dispatcher.emit(event(name=name, proxies=tuple(names)))
     return names
 
 

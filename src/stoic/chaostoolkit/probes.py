@@ -16,7 +16,6 @@ from typing import Any
 from ._config import proxy_client, state_directory
 
 __all__ = [
-    "UNIQUE",
     "breaker_state",
     "dlq_size",
     "http_error_rate",
@@ -62,7 +61,8 @@ def breaker_state(name: str, url: str, timeout: float = 5.0) -> str:
     return "unknown"
 
 
-#: Placeholder in a probe's ``body`` replaced by a fresh random token for each request.
+#: Placeholder in a probe's ``body`` replaced by a fresh random token for each request (not
+#: in ``__all__``: Chaos Toolkit discovers every exported name as an activity).
 UNIQUE = "{unique}"
 
 

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import httpx
 
-from ..outcome import Classifier, Outcome, Verdict, classify_status, register_default
+from ..outcome import Classifier, Outcome, Verdict, register_default
+from .stdlib import status_of_response
 
 __all__ = ["install"]
-
-
-def _status(exc: BaseException) -> Verdict:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return Verdict(Outcome.PERMANENT, None, "HTTP status error without a response")
-    return classify_status(response.status_code, response.headers)
 
 
 _TABLE: tuple[tuple[type[BaseException], Classifier], ...] = (
@@ -34,7 +28,7 @@ _TABLE: tuple[tuple[type[BaseException], Classifier], ...] = (
     (httpx.TooManyRedirects, Outcome.PERMANENT),
     (httpx.InvalidURL, Outcome.PERMANENT),
     (httpx.StreamError, Outcome.PERMANENT),
-    (httpx.HTTPStatusError, _status),
+    (httpx.HTTPStatusError, status_of_response("HTTP status error without a response")),
 )
 
 

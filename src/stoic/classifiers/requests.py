@@ -5,7 +5,8 @@ from __future__ import annotations
 import requests
 import urllib3.exceptions as u3
 
-from ..outcome import Classifier, Outcome, Verdict, classify_status, register_default
+from ..outcome import Classifier, Outcome, Verdict, register_default
+from .stdlib import status_of_response
 
 __all__ = ["install"]
 
@@ -31,20 +32,13 @@ def _connection_error(exc: BaseException) -> Verdict:
     return Verdict(Outcome.UNKNOWN, None, "connection lost")
 
 
-def _http_error(exc: BaseException) -> Verdict:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return Verdict(Outcome.PERMANENT, None, "HTTP error without a response")
-    return classify_status(response.status_code, response.headers)
-
-
 _TABLE: tuple[tuple[type[BaseException], Classifier], ...] = (
     (requests.ConnectTimeout, Verdict(Outcome.TRANSIENT, None, "connect timed out")),
     (requests.ReadTimeout, Verdict(Outcome.UNKNOWN, None, "read timed out")),
     (requests.Timeout, Verdict(Outcome.UNKNOWN, None, "timed out")),
     (requests.ConnectionError, _connection_error),
     (requests.exceptions.ChunkedEncodingError, Verdict(Outcome.UNKNOWN, None, "body cut")),
-    (requests.HTTPError, _http_error),
+    (requests.HTTPError, status_of_response("HTTP error without a response")),
     (requests.exceptions.InvalidURL, Outcome.PERMANENT),
     (requests.exceptions.MissingSchema, Outcome.PERMANENT),
     (requests.exceptions.InvalidSchema, Outcome.PERMANENT),

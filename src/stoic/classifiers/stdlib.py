@@ -22,7 +22,21 @@ from ..errors import (
 )
 from ..outcome import Classifier, Outcome, Verdict, classify, classify_status, install_defaults
 
-__all__ = ["DEFAULTS", "install"]
+__all__ = ["DEFAULTS", "install", "status_of_response"]
+
+def status_of_response(no_response: str) -> Classifier:
+    """A classifier for an HTTP client's status error: the verdict of its ``response``'s status
+    and headers (``classify_status``), or PERMANENT with the reason ``no_response`` when the
+    error carries no response. httpx and requests both raise such errors."""
+
+    def classify_response(exc: BaseException) -> Verdict:
+        response = getattr(exc, "response", None)
+        if response is None:
+            return Verdict(Outcome.PERMANENT, None, no_response)
+        return classify_status(response.status_code, response.headers)
+
+    return classify_response
+
 
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _CONNECT_ERRNOS = frozenset(

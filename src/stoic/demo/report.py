@@ -235,7 +235,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} th{text-align:left;ba
 td[title]{text-decoration:underline dotted #999;cursor:help}
 .howto{background:#f7f9fb;border-left:4px solid #457b9d;padding:.6rem 1rem;max-width:1100px}
 .howto p{margin:.4rem 0}
-.chartrow{display:flex;gap:1.5rem;flex-wrap:wrap} .chartrow>figure{flex:1 1 700px}
+.chartrow{display:flex;gap:1rem;flex-wrap:wrap} .chartrow>figure{flex:1 1 560px;min-width:0}
 figure.chart{margin:0 0 1rem 0;border:1px solid #eee;padding:.4rem}
 figure.chart figcaption{font-size:.85rem;color:#444}
 figure.chart svg{width:100%;height:auto}

@@ -131,7 +131,8 @@ HANDLERS: dict[type[Event], Handler | None] = {
     # load control: the Prometheus adapter keeps its own gauge and counter for these
     LimitChanged: None,
     RequestShed: None,
-    # durable workflows: spans and logs (otel, logs adapters), not these metrics
+    # durable workflows: the Prometheus adapter keeps its own counters, histogram and backlog
+    # gauge for these (stoic.observability.prometheus); OpenTelemetry traces them as spans
     WorkflowStarted: None,
     WorkflowRecovered: None,
     WorkflowFinished: None,

@@ -9,7 +9,8 @@ come out the same way, each with:
 ``timestamp`` (ISO 8601, UTC), ``level``, ``event`` (the message), ``logger``,
 ``trace_id`` and ``span_id`` (hex, from the active OpenTelemetry span, when one is recording
 or was propagated), every field bound with ``stoic.context.bind`` (``request_id``,
-``user_id``, ...), ``service``, ``version``, ``env`` (when given), the event's own fields
+``user_id``, ...; a durable workflow's pass binds ``workflow_id`` and ``workflow``, its steps
+also ``step``), ``service``, ``version``, ``env`` (when given), the event's own fields
 (structlog key-values, or ``extra=`` of a stdlib call), and ``exception`` when there is one.
 Absent values are left out rather than written as null.
 

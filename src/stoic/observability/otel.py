@@ -15,7 +15,10 @@ or ``success``), ``error.type`` on failure, and ``http.request.resend_count`` (a
 on retried attempts of a span that an HTTP integration marked by setting an ``http.*``
 attribute on it. Messaging integrations use ``publish_span`` and ``process_span``, which
 carry the W3C trace context in the message headers so that producer and consumer share a
-trace.
+trace. Durable workflows (``stoic.workflow``): ``start()`` stores the starter's
+``traceparent`` with the run; each pass is a span ``workflow <name>``, a child of the starter
+in any process and after any recovery (a recovered pass also links to it), and each step
+attempt a child span ``<kind> <step>`` (see ``stoic.workflow.tracing``).
 
 Metrics (meter ``stoic``), all low-cardinality: ``stoic.calls`` {stoic.name, stoic.outcome},
 ``stoic.attempts`` {stoic.name}, ``stoic.retries`` {stoic.name}, ``stoic.rejections``
@@ -34,6 +37,8 @@ from typing import Any, TypeVar
 
 from ..events import dispatcher
 from ..outcome import classify
+from ..workflow.store import RunRecord
+from ..workflow.tracing import set_tracer as set_workflow_tracer
 from ._events import BREAKER_STATES, breaker_states, connect
 
 __all__ = [
@@ -130,6 +135,7 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
             )
 
         dispatcher.set_attempt_scope(attempt_scope)
+        set_workflow_tracer(_WorkflowSpans(tracer))
     return True
 
 
@@ -143,6 +149,7 @@ def uninstrument() -> None:
         installed.unsubscribe()
     if installed.tracing is not None:
         dispatcher.set_attempt_scope(None)
+        set_workflow_tracer(None)
 
 
 def is_instrumented() -> bool:
@@ -213,6 +220,108 @@ def _is_http(span: Any) -> bool:
     if not attributes:
         return False
     return any(key.startswith("http.") for key in attributes)
+
+
+# --- workflows -----------------------------------------------------------------------------
+
+#: Outcomes of a workflow pass that mark its span as an error.
+_PASS_ERRORS = frozenset({"failed", "error"})
+
+
+class _WorkflowSpans:
+    """The workflow engine's tracer (``stoic.workflow.tracing.WorkflowTracer``).
+
+    A pass of a run is a span ``workflow <name>`` whose parent is the span that started the
+    run (its ``traceparent`` is stored with the run), so every pass of a run, in any process
+    and after any recovery, lands in the starter's trace. Each step attempt is a child span
+    ``step <name>`` of its pass; attempts of an inner policy (``Retry``) are its children.
+    """
+
+    __slots__ = ("_ctx", "_error", "_trace", "_tracer")
+
+    def __init__(self, tracer: Any) -> None:
+        from opentelemetry import context, trace
+
+        self._tracer, self._trace, self._ctx = tracer, trace, context
+        self._error = trace.StatusCode.ERROR
+
+    def traceparent(self) -> str | None:
+        span_context = self._trace.get_current_span().get_span_context()
+        if not span_context.is_valid:
+            return None
+        return (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                f"{int(span_context.trace_flags):02x}")
+
+    def _parent(self, traceparent: str | None) -> Any:
+        if not traceparent:
+            return None
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+        return parent if self._trace.get_current_span(parent).get_span_context().is_valid \
+            else None
+
+    @contextlib.contextmanager
+    def run_pass(self, run: RunRecord, recovered: bool) -> Iterator[Callable[[str], None]]:
+        parent = self._parent(run.trace)
+        links = []
+        if parent is not None and recovered:  # also as a link: the starter, seen on recovery
+            links.append(self._trace.Link(self._trace.get_current_span(parent).get_span_context(),
+                                          {"stoic.workflow.link": "starter"}))
+        span = self._tracer.start_span(
+            f"workflow {run.name}", context=parent, links=links,
+            attributes={
+                "stoic.workflow.id": run.id, "stoic.workflow.name": run.name,
+                "stoic.workflow.version": run.version, "stoic.workflow.token": run.token,
+                "stoic.workflow.recovered": recovered,
+            },
+        )
+        outcome: list[str] = []
+        try:
+            with self._scope(span):
+                yield outcome.append
+            if outcome:
+                span.set_attribute("stoic.outcome", outcome[-1])
+                if outcome[-1] in _PASS_ERRORS:
+                    span.set_status(self._error, f"workflow pass ended {outcome[-1]}")
+        finally:
+            span.end()
+
+    @contextlib.contextmanager
+    def step_attempt(
+        self, run: RunRecord, step: str, kind: str, key: str, attempt: int
+    ) -> Iterator[object]:
+        span = self._tracer.start_span(
+            f"{kind} {step}",
+            attributes={
+                "stoic.workflow.id": run.id, "stoic.workflow.name": run.name,
+                "stoic.workflow.version": run.version, "stoic.workflow.step": step,
+                "stoic.workflow.step.kind": kind, "stoic.idempotency_key": key,
+                "stoic.attempt": attempt,
+            },
+        )
+        try:
+            with self._scope(span):
+                yield span
+            span.set_attribute("stoic.outcome", "success")
+        finally:
+            span.end()
+
+    @contextlib.contextmanager
+    def _scope(self, span: Any) -> Iterator[None]:
+        """``span`` current inside the block; what leaves the block is recorded on it."""
+        token = self._ctx.attach(self._trace.set_span_in_context(span))
+        try:
+            yield
+        except BaseException as exc:
+            cancelled = not isinstance(exc, Exception)
+            outcome = "cancelled" if cancelled else classify(exc).outcome.value  # type: ignore[arg-type]
+            span.set_attribute("stoic.outcome", outcome)
+            span.set_attribute("error.type", _error_type(exc))
+            span.set_status(self._error, f"{type(exc).__name__}: {exc}"[:200])
+            raise
+        finally:
+            self._ctx.detach(token)
 
 
 # --- propagation ---------------------------------------------------------------------------

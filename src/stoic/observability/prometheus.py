@@ -19,25 +19,56 @@ Metrics (label values come from policy names, outcomes and reasons, never from i
 - ``stoic_concurrency_limit{name}``: the current limit of each ``AdaptiveLimit`` that moved
   (a ``LoadShedder``'s refusals count in ``stoic_rejections_total`` as ``shed_<priority>``)
 
+Durable workflows (``stoic.workflow``; ``workflow`` is the workflow's name, never a run id):
+
+- ``stoic_workflows_started_total{workflow}``: runs recorded by ``start()``
+- ``stoic_workflows_completed_total{workflow}``: runs that returned
+- ``stoic_workflows_failed_total{workflow,outcome}``: runs that ended otherwise
+  (``outcome``: ``failed`` or ``cancelled``)
+- ``stoic_workflow_compensations_total{workflow,outcome}``: compensations run
+  (``completed`` or ``failed``)
+- ``stoic_workflows_recovered_total{workflow}``: runs taken over from a worker that was lost
+- ``stoic_workflows_parked_total{workflow,outcome}``: runs parked (``needs_attention``,
+  ``unknown_workflow``)
+- ``stoic_workflow_leases_lost_total{workflow}``: passes whose commit was fenced off
+- ``stoic_workflow_step_duration_seconds{workflow,step,outcome}``: histogram of step attempts
+  (``outcome``: ``success`` or the failure's classified outcome)
+- ``stoic_workflows_due{workflow}``: the due backlog, runs due and not yet claimed, counted at
+  scrape time in every store given to ``watch_backlog`` (one indexed query per store)
+
 Needs ``prometheus-client`` (``stoic[prometheus]``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .. import clock
 from .._validate import count as check_count
 from ..events import CallRecorder, Event, dispatcher
 from ..integrations.shedding import RequestShed
 from ..policies.limit import LimitChanged
+from ..workflow import events as flow
+from ..workflow.engine import Workflows
+from ..workflow.store import CountsDue, Store
 from ._events import BREAKER_STATES, breaker_states, make_sink
 from .otel import DURATION_BUCKETS
 
-__all__ = ["DURATION_BUCKETS", "instrument", "make_asgi_app", "serve", "uninstrument"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "instrument",
+    "make_asgi_app",
+    "serve",
+    "uninstrument",
+    "watch_backlog",
+]
+
+_log = logging.getLogger("stoic.observability")
 
 _BUCKET_LABELS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
 
@@ -65,6 +96,9 @@ class _StoicCollector:
         self.replays: dict[str, int] = {}
         self.states: dict[str, str] = {}
         self.limits: dict[str, int] = {}
+        self.workflows: dict[tuple[str, str, str], int] = {}  # (metric, workflow, label)
+        self.steps: dict[tuple[str, str, str], list[float]] = {}  # histogram per step
+        self.due_names: set[str] = set()  # workflows ever seen due: shown at 0 once drained
         self._retired: _Histograms = {}  # the shards of threads that have ended, added up
         self._shards: list[tuple[weakref.ref[threading.Thread], _Histograms]] = []
         self.call = self._make_call()
@@ -147,6 +181,39 @@ class _StoicCollector:
         elif isinstance(event, RequestShed):
             self.rejection(event.name, f"shed_{event.priority}")
 
+    def workflow_count(self, metric: str, workflow: str, label: str = "") -> None:
+        """One more of ``metric`` (``started``, ``failed``, ...) for ``workflow``."""
+        key = (metric, workflow, label)
+        with self._lock:
+            self.workflows[key] = self.workflows.get(key, 0) + 1
+
+    def step(self, workflow: str, step: str, outcome: str, duration: float) -> None:
+        key = (workflow, step, outcome)
+        with self._lock:
+            histogram = self.steps.get(key)
+            if histogram is None:
+                histogram = self.steps[key] = [0.0] * (len(DURATION_BUCKETS) + 2)
+            histogram[bisect_left(DURATION_BUCKETS, duration)] += 1
+            histogram[-1] += duration
+
+    def due(self) -> dict[str, int]:
+        """The due backlog by workflow, from the watched stores; 0 for names seen before."""
+        counts: dict[str, int] = {}
+        now = clock.wall()
+        for store in _watched:
+            try:
+                found = store.count_due(now)
+            except Exception:  # a closed or unreachable store: no number rather than a wrong one
+                _log.warning("stoic: cannot count the due workflows of %r", store, exc_info=True)
+                continue
+            for name, count in found.items():
+                counts[name] = counts.get(name, 0) + count
+        with self._lock:
+            self.due_names.update(counts)
+            for name in self.due_names:
+                counts.setdefault(name, 0)
+        return counts
+
     # --- the prometheus_client collector interface -----------------------------------------
 
     def describe(self) -> list[Any]:
@@ -170,11 +237,17 @@ class _StoicCollector:
         replays: dict[str, int] = {}
         states: dict[str, str] = {}
         limits: dict[str, int] = {}
+        workflows: dict[tuple[str, str, str], int] = {}
+        steps: dict[tuple[str, str, str], list[float]] = {}
+        due: dict[str, int] = {}
         if not empty:  # ``describe`` wants the families only, not a copy of the counts
             with self._lock:
                 retries, rejections = dict(self.retries), dict(self.rejections)
                 messages, replays, states = dict(self.messages), dict(self.replays), dict(self.states)
                 limits = dict(self.limits)
+                workflows = dict(self.workflows)
+                steps = {key: list(counts) for key, counts in self.steps.items()}
+            due = self.due()
             states.update(breaker_states())
             for (name, outcome), counts in self.histograms().items():
                 calls[name, outcome] = int(sum(counts[:-1]))
@@ -209,12 +282,7 @@ class _StoicCollector:
             labels=["name"], unit="seconds",
         )
         for name, counts in sorted(durations.items()):
-            cumulative = 0.0
-            buckets = []
-            for label, count in zip(_BUCKET_LABELS, counts[:-1], strict=True):
-                cumulative += count
-                buckets.append((label, cumulative))
-            histogram.add_metric([name], buckets, counts[-1])
+            histogram.add_metric([name], _cumulative(counts), counts[-1])
         yield histogram
 
         limit_gauge = GaugeMetricFamily(
@@ -230,6 +298,77 @@ class _StoicCollector:
         yield counter("stoic_idempotent_replays",
                       "Calls answered from an idempotency store instead of running again.",
                       ["name"], replays)
+
+        for metric, family, documentation, labels in _WORKFLOW_FAMILIES:
+            yield counter(family, documentation, labels, {
+                (key[1], key[2]) if len(labels) == 2 else key[1]: value
+                for key, value in workflows.items() if key[0] == metric})
+        step_histogram = HistogramMetricFamily(
+            "stoic_workflow_step_duration_seconds",
+            "Duration of workflow step attempts, by outcome.",
+            labels=["workflow", "step", "outcome"], unit="seconds",
+        )
+        for key, counts in sorted(steps.items()):
+            step_histogram.add_metric(list(key), _cumulative(counts), counts[-1])
+        yield step_histogram
+        due_gauge = GaugeMetricFamily(
+            "stoic_workflows_due", "Workflow runs due and not yet claimed by a worker.",
+            labels=["workflow"],
+        )
+        for name, value in sorted(due.items()):
+            due_gauge.add_metric([name], float(value))
+        yield due_gauge
+
+
+#: (metric key, family name, help, labels) of the workflow counters.
+_WORKFLOW_FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
+    ("started", "stoic_workflows_started", "Workflow runs started.", ["workflow"]),
+    ("completed", "stoic_workflows_completed", "Workflow runs that completed.", ["workflow"]),
+    ("failed", "stoic_workflows_failed", "Workflow runs that failed or were cancelled.",
+     ["workflow", "outcome"]),
+    ("compensated", "stoic_workflow_compensations",
+     "Compensations of failed or cancelled runs, by outcome.", ["workflow", "outcome"]),
+    ("recovered", "stoic_workflows_recovered",
+     "Workflow runs taken over from a worker whose lease ran out.", ["workflow"]),
+    ("parked", "stoic_workflows_parked", "Workflow runs parked until someone acts.",
+     ["workflow", "outcome"]),
+    ("lease_lost", "stoic_workflow_leases_lost",
+     "Workflow passes whose commit was refused: another worker held the run.", ["workflow"]),
+)
+
+
+def _finished(collector: _StoicCollector, event: flow.WorkflowFinished) -> None:
+    if event.status == "completed":
+        collector.workflow_count("completed", event.name)
+    else:
+        collector.workflow_count("failed", event.name, event.status)
+
+
+def _step_failed(collector: _StoicCollector, event: flow.StepFailed) -> None:
+    collector.step(event.name, event.step, event.outcome, event.duration)
+
+
+#: Workflow event class -> the update it makes (by class, never by name).
+_WORKFLOW_UPDATES: dict[type[Event], Callable[[_StoicCollector, Any], None]] = {
+    flow.WorkflowStarted: lambda c, e: c.workflow_count("started", e.name),
+    flow.WorkflowFinished: _finished,
+    flow.CompensationRan: lambda c, e: c.workflow_count("compensated", e.name, e.outcome),
+    flow.WorkflowRecovered: lambda c, e: c.workflow_count("recovered", e.name),
+    flow.WorkflowParked: lambda c, e: c.workflow_count("parked", e.name, e.status),
+    flow.WorkflowLeaseLost: lambda c, e: c.workflow_count("lease_lost", e.name),
+    flow.StepCompleted: lambda c, e: c.step(e.name, e.step, "success", e.duration),
+    flow.StepFailed: _step_failed,
+}
+
+
+def _cumulative(counts: list[float]) -> list[tuple[str, float]]:
+    """Prometheus buckets (cumulative) of a histogram kept as counts per bucket, then the sum."""
+    cumulative = 0.0
+    buckets = []
+    for label, count in zip(_BUCKET_LABELS, counts[:-1], strict=True):
+        cumulative += count
+        buckets.append((label, cumulative))
+    return buckets
 
 
 def _add_histograms(total: _Histograms, shard: _Histograms) -> None:
@@ -251,10 +390,15 @@ def _add(total: dict[Any, list[float]], key: Any, counts: list[float]) -> None:
 def _connect(collector: _StoicCollector) -> Callable[[], None]:
     """``connect``, with the load-control events (typed, not guessed) taken first."""
     others = make_sink(collector)
+    workflow_updates = _WORKFLOW_UPDATES
 
     def sink(event: Event) -> None:
         if isinstance(event, (LimitChanged, RequestShed)):
             collector.load_event(event)
+            return
+        update = workflow_updates.get(type(event))
+        if update is not None:
+            update(collector, event)
         else:
             others(event)
 
@@ -326,6 +470,32 @@ def serve(port: int, addr: str = "127.0.0.1", registry: Any = None) -> Any:
     target = REGISTRY if registry is None else registry
     started = start_http_server(port, addr=addr, registry=target)
     return started[0] if isinstance(started, tuple) else started
+
+
+_watched: tuple[CountsDue, ...] = ()  # replaced on change, never mutated: scrapes take no lock
+
+
+def watch_backlog(source: Workflows | Store) -> Callable[[], None]:
+    """Count the due backlog of ``source`` (a ``Workflows`` or its store) in
+    ``stoic_workflows_due`` at every scrape; returns a function that stops watching it.
+
+    Each scrape costs the store one indexed query. Watching a store twice counts it once.
+    Raises ValueError for a store that cannot count its backlog (``CountsDue``).
+    """
+    global _watched
+    store = source.store if isinstance(source, Workflows) else source
+    if not isinstance(store, CountsDue):
+        raise ValueError(f"source must be a Workflows or a store with count_due(), got {source!r}")
+    with _install_lock:
+        if not any(watched is store for watched in _watched):
+            _watched = (*_watched, store)
+
+    def unwatch() -> None:
+        global _watched
+        with _install_lock:
+            _watched = tuple(watched for watched in _watched if watched is not store)
+
+    return unwatch
 
 
 def make_asgi_app(registry: Any = None) -> Any:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
+from .._deprecate import renamed
 from .._validate import count, number, seconds
 from ..context import deadline_at
 from ..errors import RateLimitedError
@@ -67,14 +67,8 @@ class RateLimiter(Policy):
         name: str | None = None,
         backend: SharedState | None = None,
     ) -> None:
-        if state is not None:
-            if backend is not None:
-                raise TypeError("give backend= only (state= is its deprecated old name)")
-            warnings.warn(
-                "RateLimiter(state=...) is deprecated; pass backend=...",
-                DeprecationWarning, stacklevel=2,
-            )
-            backend = state
+        backend = renamed("RateLimiter", "state", "backend", state, backend,
+                          new_given=backend is not None)
         rate = number("rate", rate, above=0)
         per = seconds("per", per, finite=True)
         if burst is None:

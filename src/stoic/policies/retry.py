@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import clock
+from .._deprecate import renamed
 from .._validate import count, non_empty, seconds
 from ..context import deadline_at, idempotency_key
 from ..errors import DeadlineExceeded
@@ -128,14 +128,8 @@ class Retry(Policy):
         on_result: Callable[[Any], bool] | None = None,
         attempts: int | None = None,
     ) -> None:
-        if attempts is not None:
-            if max_attempts != 3:
-                raise TypeError("give max_attempts= only (attempts= is its deprecated old name)")
-            warnings.warn(
-                "Retry(attempts=...) is deprecated; pass max_attempts=... (the cap on attempts)",
-                DeprecationWarning, stacklevel=2,
-            )
-            max_attempts = attempts
+        max_attempts = renamed("Retry", "attempts", "max_attempts", attempts, max_attempts,
+                               new_given=max_attempts != 3, note=" (the cap on attempts)")
         self._build(RetryConfig(
             max_attempts=max_attempts, backoff=exponential() if backoff is None else backoff,
             max_time=max_time, idempotent=idempotent, on=on, budget=budget,

@@ -7,9 +7,9 @@ See ``docs/workflows.md``. ``Workflows`` is the entry point; the stores are
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from .context import AsyncWorkflowContext, WorkflowContext
 from .engine import Worker, WorkflowHandle, Workflows, default_retry
 from .errors import (
@@ -78,15 +78,4 @@ __all__ = [
 _LAZY = {"SQLiteStore": "stoic.workflow.sqlite", "PostgresStore": "stoic.workflow.postgres"}
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'stoic.workflow' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__, globals())

@@ -48,6 +48,7 @@ from ..policies.retry import Retry, add_note
 from .errors import CompensationOutcome, StepError, WorkflowDiverged
 from .events import CompensationRan, StepCompleted, StepFailed
 from .store import FOREVER, Claimed, Commit, RunUpdate, StepRecord, Store
+from .tracing import tracer
 
 __all__ = [
     "AsyncWorkflowContext",
@@ -221,6 +222,10 @@ class Execution:
             if at is not None and not self.compensating:
                 stack.enter_context(deadline(at - clock.wall()))
             stack.enter_context(bind(workflow_id=self.run.id, step=ready.name))
+            hook = tracer()
+            if hook is not None:
+                stack.enter_context(hook.step_attempt(self.run, ready.name, ready.kind,
+                                                      ready.key, ready.attempt))
             try:
                 yield
             finally:
@@ -299,7 +304,7 @@ class Execution:
             dispatcher.emit(StepFailed(
                 name=self.run.name, workflow_id=self.run.id, step=ready.name,
                 attempt=ready.attempt, outcome=outcome.value, error_type=type(exc).__qualname__,
-                retry_in=wait,
+                retry_in=wait, duration=clock.now() - ready.began,
             ))
         if wait is not None:
             self.pending.steps.append(StepRecord(

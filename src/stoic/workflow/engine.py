@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from .. import clock
 from ..codec import Codec, default_codec
+from ..context import bind
 from ..events import dispatcher
 from ..policies.backoff import exponential
 from ..policies.retry import Retry
@@ -71,6 +72,7 @@ from .store import (
     fingerprint,
     kind_of,
 )
+from .tracing import tracer
 
 __all__ = ["Definition", "Worker", "WorkflowHandle", "Workflows", "default_retry", "open_store"]
 
@@ -290,11 +292,13 @@ class Workflows:
         when this call created it claimed."""
         text = self.codec.encode([list(args), dict(kwargs or {})])
         run_id = id or uuid.uuid4().hex
+        hook = tracer()
+        trace = hook.traceparent() if hook is not None else None
         now = clock.wall()
         new = NewRun(
             id=run_id, name=name, version=version, args=text, fingerprint=fingerprint(name, text),
             priority=priority, key=key, deadline_at=None if deadline is None else now + deadline,
-            created_at=now, owner=self.owner if claim else None,
+            created_at=now, trace=trace, owner=self.owner if claim else None,
             lease_until=now + self.lease if claim else None,
         )
         existing = self.store.create(new)
@@ -313,7 +317,8 @@ class Workflows:
                 status="running", priority=priority, key=key, due_at=now,
                 deadline_at=new.deadline_at, owner=self.owner, token=1,
                 lease_until=new.lease_until, cancel_requested=False, result=None, error=None,
-                created_at=now, started_at=now, updated_at=now, finished_at=None, recoveries=0)
+                created_at=now, started_at=now, updated_at=now, finished_at=None, recoveries=0,
+                trace=trace)
             return handle, Claimed(record, (), Fence(run_id, 1, self.owner), False)
         with self._wake:
             self._wake.notify_all()
@@ -388,6 +393,19 @@ class Workflows:
         """Run one pass of a claimed run in this thread (what a worker's threads do); returns
         the run-level update the pass committed (None if it lost its lease or failed)."""
         run = claimed.run
+        hook = tracer()
+        with bind(workflow_id=run.id, workflow=run.name):
+            if hook is None:
+                return self._pass(claimed)[0]
+            with hook.run_pass(run, claimed.recovered) as set_outcome:
+                final, outcome = self._pass(claimed)
+                set_outcome(outcome)
+                return final
+
+    def _pass(self, claimed: Claimed) -> tuple[RunUpdate | None, str]:
+        """``execute``'s work: the committed update and the pass's outcome (the run's status
+        after it, ``lease_lost`` or ``error``)."""
+        run = claimed.run
         definition = self._registry[run.kind]
         if claimed.recovered and dispatcher.sinks:
             dispatcher.emit(WorkflowRecovered(name=run.name, workflow_id=run.id,
@@ -409,16 +427,19 @@ class Workflows:
             if dispatcher.sinks:
                 dispatcher.emit(WorkflowLeaseLost(name=run.name, workflow_id=run.id,
                                                   token=claimed.fence.token, worker=self.owner))
+            outcome = "lease_lost"
         except Exception:
             # The store failed (or the engine has a bug): the lease runs out and a later pass
             # takes the run over from its last checkpoint.
             _log.exception("workflow %s: pass failed; it resumes after its lease", run.id)
+            outcome = "error"
         else:
             self._report(run, execution)
-            return execution.final
+            final = execution.final
+            return final, "running" if final is None else final.status
         finally:
             self._bump()
-        return None
+        return None, outcome
 
     def _report(self, run: RunRecord, execution: Execution) -> None:
         if not dispatcher.sinks:

@@ -79,7 +79,7 @@ class StepCompleted(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepFailed(Event):
     """A step raised. ``retry_in`` is the durable backoff before the engine runs it again,
-    or None when the step failed for good."""
+    or None when the step failed for good. ``duration``: seconds the attempt ran."""
 
     workflow_id: str
     step: str
@@ -87,6 +87,7 @@ class StepFailed(Event):
     outcome: str
     error_type: str
     retry_in: float | None = None
+    duration: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

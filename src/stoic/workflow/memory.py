@@ -17,6 +17,7 @@ from .errors import StaleLease, WorkflowNotFound
 from .store import (
     ACTIVE,
     CLAIMABLE,
+    DUE,
     TERMINAL,
     Claimed,
     Commit,
@@ -25,6 +26,7 @@ from .store import (
     NewRun,
     RunRecord,
     StepRecord,
+    check_resolvable,
     check_retry,
     pick,
     settle,
@@ -219,13 +221,20 @@ class MemoryStore:
         later = [t for t in times if t > after]
         return min(later) if later else None
 
+    def count_due(self, now: float) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for r in self._runs.values():
+                if (r.status in DUE and r.due_at <= now) or (
+                        r.status == "running" and (r.lease_until or 0.0) < now):
+                    counts[r.name] = counts.get(r.name, 0) + 1
+        return counts
+
     def resolve(self, run_id: str, step: str, done: bool, result: str | None, now: float) -> None:
         with self._lock:
-            run = self._runs.get(run_id)
-            if run is None:
-                raise WorkflowNotFound(f"no workflow run {run_id!r}")
-            if run.status != "needs_attention":
-                raise ValueError(f"run {run_id!r} is {run.status}, not needs_attention")
+            found = self._runs.get(run_id)
+            check_resolvable(run_id, None if found is None else found.status)
+            run = self._runs[run_id]
             records = [s for s in self._steps[run_id].values() if s.name == step]
             if not records:
                 raise ValueError(f"run {run_id!r} has no step {step!r}")

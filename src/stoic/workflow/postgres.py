@@ -16,17 +16,24 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from .errors import StaleLease, WorkflowNotFound
-from .sqlite import run_from_row, step_from_row, step_params
+from .sqlite import (
+    RUN_COLUMNS,
+    STEP_COLUMNS,
+    TABLE_PREFIX,
+    run_from_row,
+    step_from_row,
+    step_params,
+)
 from .store import (
     ACTIVE,
     CLAIMABLE,
+    DUE,
     TERMINAL,
     Claimed,
     Commit,
@@ -35,6 +42,7 @@ from .store import (
     NewRun,
     RunRecord,
     StepRecord,
+    check_resolvable,
     check_retry,
     pick,
     settle,
@@ -43,15 +51,6 @@ from .store import (
 __all__ = ["PostgresStore"]
 
 _log = logging.getLogger("stoic.workflow")
-_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
-_RUN_COLUMNS = (
-    "id, name, version, args, fingerprint, status, priority, ckey, due_at, deadline_at, owner,"
-    " token, lease_until, cancel, result, error, created_at, started_at, updated_at,"
-    " finished_at, recoveries, trace"
-)
-_STEP_COLUMNS = (
-    "seq, name, kind, key, status, attempts, started_at, result, error, due_at, finished_at, once"
-)
 _CLAIMABLE = list(CLAIMABLE)
 _ACTIVE = list(ACTIVE)
 _TERMINAL = sorted(TERMINAL)
@@ -68,7 +67,7 @@ class PostgresStore:
 
     def __init__(self, dsn: str, *, prefix: str = "stoic_wf", min_size: int = 1,
                  max_size: int = 16) -> None:
-        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        if not isinstance(prefix, str) or not TABLE_PREFIX.match(prefix):
             raise ValueError(f"prefix must be a plain SQL identifier, got {prefix!r}")
         if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
             raise ValueError(f"min_size must be an int >= 0, got {min_size!r}")
@@ -175,7 +174,7 @@ class PostgresStore:
             if row is not None:
                 self._notify(conn)
                 return None
-            found = conn.execute(f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id = %s",
+            found = conn.execute(f"SELECT {RUN_COLUMNS} FROM {self._runs} WHERE id = %s",
                                  (run.id,)).fetchone()
         return run_from_row(found)
 
@@ -218,12 +217,12 @@ class PostgresStore:
                 row = conn.execute(
                     f"UPDATE {self._runs} SET status = 'running', owner = %s, token = token + 1,"
                     " lease_until = %s, updated_at = %s, started_at = COALESCE(started_at, %s),"
-                    f" recoveries = recoveries + %s WHERE id = %s RETURNING {_RUN_COLUMNS}",
+                    f" recoveries = recoveries + %s WHERE id = %s RETURNING {RUN_COLUMNS}",
                     (owner, now + lease, now, now, int(recovered), run_id),
                 ).fetchone()
                 run = run_from_row(row)
                 steps = tuple(step_from_row(s) for s in conn.execute(
-                    f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s ORDER BY seq",
+                    f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s ORDER BY seq",
                     (run_id,)).fetchall())
                 claimed.append(Claimed(run, steps, Fence(run_id, run.token, owner), recovered))
         return claimed
@@ -257,7 +256,7 @@ class PostgresStore:
                 if commit.steps:
                     with conn.cursor() as cur:
                         cur.executemany(
-                            f"INSERT INTO {self._steps} (run_id, {_STEP_COLUMNS}) VALUES (%s,"
+                            f"INSERT INTO {self._steps} (run_id, {STEP_COLUMNS}) VALUES (%s,"
                             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT"
                             " (run_id, seq) DO UPDATE SET name = excluded.name,"
                             " kind = excluded.kind, key = excluded.key,"
@@ -298,18 +297,18 @@ class PostgresStore:
             return list(conn.execute(sql, params).fetchall())
 
     def get(self, run_id: str) -> RunRecord | None:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id = %s", (run_id,))
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM {self._runs} WHERE id = %s", (run_id,))
         return run_from_row(rows[0]) if rows else None
 
     def steps(self, run_id: str) -> list[StepRecord]:
         return [step_from_row(r) for r in self._read(
-            f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s ORDER BY seq",
+            f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s ORDER BY seq",
             (run_id,))]
 
     def runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
         where, params = ("WHERE status = %s", (status,)) if status else ("", ())
         return [run_from_row(r) for r in self._read(
-            f"SELECT {_RUN_COLUMNS} FROM {self._runs} {where} ORDER BY created_at DESC LIMIT %s",
+            f"SELECT {RUN_COLUMNS} FROM {self._runs} {where} ORDER BY created_at DESC LIMIT %s",
             (*params, limit))]
 
     def next_signal(self, run_id: str, name: str) -> tuple[int, str] | None:
@@ -327,6 +326,12 @@ class PostgresStore:
             " AND (CASE WHEN status = 'running' THEN lease_until ELSE due_at END) > %s",
             (list(kinds), _CLAIMABLE, after))
         return None if rows[0][0] is None else float(rows[0][0])
+
+    def count_due(self, now: float) -> dict[str, int]:
+        rows = self._read(
+            f"SELECT name, COUNT(*) FROM {self._runs} WHERE (status = ANY(%s) AND due_at <= %s)"
+            " OR (status = 'running' AND lease_until < %s) GROUP BY name", (list(DUE), now, now))
+        return {name: int(n) for name, n in rows}
 
     # --- from outside the run -------------------------------------------------------------
 
@@ -380,12 +385,9 @@ class PostgresStore:
         with self._tx() as conn:
             row = conn.execute(f"SELECT status FROM {self._runs} WHERE id = %s FOR UPDATE",
                                (run_id,)).fetchone()
-            if row is None:
-                raise WorkflowNotFound(f"no workflow run {run_id!r}")
-            if row[0] != "needs_attention":
-                raise ValueError(f"run {run_id!r} is {row[0]}, not needs_attention")
+            check_resolvable(run_id, None if row is None else row[0])
             found = conn.execute(
-                f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s AND name = %s"
+                f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s AND name = %s"
                 " ORDER BY seq DESC LIMIT 1", (run_id, step)).fetchone()
             if found is None:
                 raise ValueError(f"run {run_id!r} has no step {step!r}")
@@ -399,12 +401,12 @@ class PostgresStore:
 
     def retry(self, run_id: str, now: float) -> None:
         with self._tx() as conn:
-            row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id = %s"
+            row = conn.execute(f"SELECT {RUN_COLUMNS} FROM {self._runs} WHERE id = %s"
                                " FOR UPDATE", (run_id,)).fetchone()
             if row is None:
                 raise WorkflowNotFound(f"no workflow run {run_id!r}")
             steps = [step_from_row(s) for s in conn.execute(
-                f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s",
+                f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = %s",
                 (run_id,)).fetchall()]
             check_retry(run_from_row(row), steps)
             conn.execute(f"UPDATE {self._steps} SET status = 'retrying', due_at = %s WHERE"

@@ -26,6 +26,7 @@ from .errors import StaleLease, WorkflowNotFound
 from .store import (
     ACTIVE,
     CLAIMABLE,
+    DUE,
     TERMINAL,
     Claimed,
     Commit,
@@ -34,6 +35,7 @@ from .store import (
     NewRun,
     RunRecord,
     StepRecord,
+    check_resolvable,
     check_retry,
     check_seconds,
     pick,
@@ -43,22 +45,26 @@ from .store import (
 __all__ = ["SQLiteStore"]
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
-_RUN_COLUMNS = (
+#: A table prefix both SQL stores accept (it is spliced into SQL, so it is checked first).
+TABLE_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+#: The columns ``run_from_row`` and ``step_from_row`` read, in order; the PostgreSQL store's
+#: tables have the same ones.
+RUN_COLUMNS = (
     "id, name, version, args, fingerprint, status, priority, ckey, due_at, deadline_at, owner,"
     " token, lease_until, cancel, result, error, created_at, started_at, updated_at,"
     " finished_at, recoveries, trace"
 )
-_STEP_COLUMNS = (
+STEP_COLUMNS = (
     "seq, name, kind, key, status, attempts, started_at, result, error, due_at, finished_at, once"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE)
+_DUE = ", ".join(f"'{s}'" for s in DUE)
 _ACTIVE = ", ".join(f"'{s}'" for s in ACTIVE)
 _TERMINAL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
 
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:
-    """A ``RunRecord`` from a row of ``_RUN_COLUMNS`` (shared with the PostgreSQL store)."""
+    """A ``RunRecord`` from a row of ``RUN_COLUMNS`` (shared with the PostgreSQL store)."""
     return RunRecord(
         id=row[0], name=row[1], version=int(row[2]), args=row[3], fingerprint=row[4],
         status=row[5], priority=int(row[6]), key=row[7], due_at=float(row[8]),
@@ -115,7 +121,7 @@ class SQLiteStore:
         path = os.fspath(path)
         if not path or path == ":memory:":
             raise ValueError(f"path must be a file path, got {path!r}")
-        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        if not isinstance(prefix, str) or not TABLE_PREFIX.match(prefix):
             raise ValueError(f"prefix must be a plain SQL identifier, got {prefix!r}")
         if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
@@ -292,7 +298,7 @@ class SQLiteStore:
             )
             if cur.rowcount == 1:
                 return None
-            row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id = ?",
+            row = conn.execute(f"SELECT {RUN_COLUMNS} FROM {self._runs} WHERE id = ?",
                                (run.id,)).fetchone()
         return run_from_row(row)
 
@@ -334,12 +340,12 @@ class SQLiteStore:
                 row = conn.execute(
                     f"UPDATE {self._runs} SET status = 'running', owner = ?, token = token + 1,"
                     " lease_until = ?, updated_at = ?, started_at = COALESCE(started_at, ?),"
-                    f" recoveries = recoveries + ? WHERE id = ? RETURNING {_RUN_COLUMNS}",
+                    f" recoveries = recoveries + ? WHERE id = ? RETURNING {RUN_COLUMNS}",
                     (owner, now + lease, now, now, int(recovered), run_id),
                 ).fetchone()
                 run = run_from_row(row)
                 steps = tuple(step_from_row(s) for s in conn.execute(
-                    f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = ? ORDER BY seq",
+                    f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = ? ORDER BY seq",
                     (run_id,)))
                 claimed.append(Claimed(run, steps, Fence(run_id, run.token, owner), recovered))
         return claimed
@@ -372,7 +378,7 @@ class SQLiteStore:
                 raise StaleLease(f"run {fence.run_id!r}: token {fence.token} is not current")
             if commit.steps:
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO {self._steps} (run_id, {_STEP_COLUMNS}) VALUES"
+                    f"INSERT OR REPLACE INTO {self._steps} (run_id, {STEP_COLUMNS}) VALUES"
                     " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [step_params(fence.run_id, s) for s in commit.steps],
                 )
@@ -399,18 +405,18 @@ class SQLiteStore:
 
     def get(self, run_id: str) -> RunRecord | None:
         row = self._conn().execute(
-            f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id = ?", (run_id,)).fetchone()
+            f"SELECT {RUN_COLUMNS} FROM {self._runs} WHERE id = ?", (run_id,)).fetchone()
         return None if row is None else run_from_row(row)
 
     def steps(self, run_id: str) -> list[StepRecord]:
         return [step_from_row(r) for r in self._conn().execute(
-            f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = ? ORDER BY seq",
+            f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = ? ORDER BY seq",
             (run_id,))]
 
     def runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         return [run_from_row(r) for r in self._conn().execute(
-            f"SELECT {_RUN_COLUMNS} FROM {self._runs} {where} ORDER BY created_at DESC LIMIT ?",
+            f"SELECT {RUN_COLUMNS} FROM {self._runs} {where} ORDER BY created_at DESC LIMIT ?",
             (*params, limit))]
 
     def next_signal(self, run_id: str, name: str) -> tuple[int, str] | None:
@@ -428,6 +434,11 @@ class SQLiteStore:
             f" due_at END AS at FROM {self._runs} WHERE kind IN ({marks}) AND status IN"
             f" ({_CLAIMABLE}, 'running')) WHERE at > ?", (*kinds, after)).fetchone()
         return None if row[0] is None else float(row[0])
+
+    def count_due(self, now: float) -> dict[str, int]:
+        return {name: int(n) for name, n in self._conn().execute(
+            f"SELECT name, COUNT(*) FROM {self._runs} WHERE (status IN ({_DUE}) AND due_at <= ?)"
+            " OR (status = 'running' AND lease_until < ?) GROUP BY name", (now, now))}
 
     # --- from outside the run -------------------------------------------------------------
 
@@ -479,29 +490,26 @@ class SQLiteStore:
         with self._write() as conn:
             row = conn.execute(f"SELECT status FROM {self._runs} WHERE id = ?",
                                (run_id,)).fetchone()
-            if row is None:
-                raise WorkflowNotFound(f"no workflow run {run_id!r}")
-            if row[0] != "needs_attention":
-                raise ValueError(f"run {run_id!r} is {row[0]}, not needs_attention")
+            check_resolvable(run_id, None if row is None else row[0])
             found = conn.execute(
-                f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = ? AND name = ?"
+                f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = ? AND name = ?"
                 " ORDER BY seq DESC LIMIT 1", (run_id, step)).fetchone()
             if found is None:
                 raise ValueError(f"run {run_id!r} has no step {step!r}")
             settled = settle(step_from_row(found), done, result, now)
-            conn.execute(f"INSERT OR REPLACE INTO {self._steps} (run_id, {_STEP_COLUMNS}) VALUES"
+            conn.execute(f"INSERT OR REPLACE INTO {self._steps} (run_id, {STEP_COLUMNS}) VALUES"
                          " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", step_params(run_id, settled))
             conn.execute(f"UPDATE {self._runs} SET status = 'pending', due_at = ?, error = NULL,"
                          " updated_at = ? WHERE id = ?", (now, now, run_id))
 
     def retry(self, run_id: str, now: float) -> None:
         with self._write() as conn:
-            row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM {self._runs} WHERE id = ?",
+            row = conn.execute(f"SELECT {RUN_COLUMNS} FROM {self._runs} WHERE id = ?",
                                (run_id,)).fetchone()
             if row is None:
                 raise WorkflowNotFound(f"no workflow run {run_id!r}")
             steps = [step_from_row(s) for s in conn.execute(
-                f"SELECT {_STEP_COLUMNS} FROM {self._steps} WHERE run_id = ?", (run_id,))]
+                f"SELECT {STEP_COLUMNS} FROM {self._steps} WHERE run_id = ?", (run_id,))]
             check_retry(run_from_row(row), steps)
             conn.execute(f"UPDATE {self._steps} SET status = 'retrying', due_at = ? WHERE"
                          " run_id = ? AND status = 'failed'", (now, run_id))

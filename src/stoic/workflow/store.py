@@ -22,13 +22,17 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import WorkflowNotFound
+
 __all__ = [
     "ACTIVE",
     "CLAIMABLE",
+    "DUE",
     "FOREVER",
     "TERMINAL",
     "Claimed",
     "Commit",
+    "CountsDue",
     "Fence",
     "Limits",
     "NewRun",
@@ -39,6 +43,7 @@ __all__ = [
     "StepRecord",
     "Store",
     "check_limit",
+    "check_resolvable",
     "check_retry",
     "check_seconds",
     "fingerprint",
@@ -72,6 +77,9 @@ class Status(str, Enum):
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 #: States a worker may claim once ``due_at`` has passed (plus ``running`` past its lease).
 CLAIMABLE = ("pending", "sleeping", "waiting", "unknown_workflow")
+#: States of a run waiting for its ``due_at`` to run again (the due backlog counts these, and
+#: ``running`` runs past their lease; not parked runs).
+DUE = ("pending", "sleeping", "waiting")
 #: Started runs in these states hold a concurrency slot of their name and key.
 ACTIVE = ("running", "pending", "sleeping", "waiting")
 
@@ -309,6 +317,17 @@ class Notifying(Protocol):
         ...
 
 
+@runtime_checkable
+class CountsDue(Protocol):
+    """A store that can count its due backlog cheaply (one indexed query), for metrics."""
+
+    def count_due(self, now: float) -> dict[str, int]:
+        """Runs due by ``now`` and not claimed, by workflow name: ``pending``, ``sleeping`` or
+        ``waiting`` with ``due_at <= now``, and ``running`` past their lease (their worker is
+        gone). Names with no due run are left out."""
+        ...
+
+
 def check_limit(name: str, value: int | None) -> int | None:
     if value is None:
         return None
@@ -354,6 +373,15 @@ def pick(
         taken_name[name] = taken_name.get(name, 0) + 1
         taken_key[(name, key)] = taken_key.get((name, key), 0) + 1
     return chosen
+
+
+def check_resolvable(run_id: str, status: str | None) -> None:
+    """Refuse to resolve a step of a run that does not exist (``WorkflowNotFound``) or is not
+    parked as ``needs_attention`` (``ValueError``); ``status`` None means no such run."""
+    if status is None:
+        raise WorkflowNotFound(f"no workflow run {run_id!r}")
+    if status != "needs_attention":
+        raise ValueError(f"run {run_id!r} is {status}, not needs_attention")
 
 
 def settle(record: StepRecord, done: bool, result: str | None, now: float) -> StepRecord:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ... import clock
+from ..._deprecate import renamed
 from ...events import dispatcher
 from ..base import AsyncStep, Policy, Step, ainvoke, invoke
 from .config import BreakerConfig
@@ -75,14 +75,9 @@ class CircuitBreaker(BreakerMachine, Policy):
         max_open_for: float | None = None,
         backend: SharedState | None = None,
     ) -> None:
-        if state is not None:
-            if backend is not None:
-                raise TypeError("give backend= only (state= is its deprecated old name)")
-            warnings.warn(
-                "CircuitBreaker(state=...) is deprecated; pass backend=... (breaker.state is "
-                "the breaker's own state)", DeprecationWarning, stacklevel=2,
-            )
-            backend = state
+        backend = renamed("CircuitBreaker", "state", "backend", state, backend,
+                          new_given=backend is not None,
+                          note=" (breaker.state is the breaker's own state)")
         super().__init__(BreakerConfig(
             name=name, failure_rate=failure_rate, slow_call_rate=slow_call_rate,
             slow_call_duration=slow_call_duration,
