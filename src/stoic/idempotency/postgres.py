@@ -21,6 +21,14 @@ The table is created on first use (``CREATE TABLE IF NOT EXISTS`` under an advis
 concurrent first users do not collide), or ahead of time with ``stoic idempotency migrate``
 for deployments whose application role may not create tables (pass ``create_table=False``).
 
+Deadlines: under ``stoic.deadline`` each statement runs with PostgreSQL's
+``statement_timeout`` set to the time left (``stoic.integrations.psycopg``'s connections, one
+extra ``SET`` per statement, and one to put the default back on the first statement without a
+deadline), which also bounds waits for row and table locks; the wait for a pooled connection
+is bounded by the time left too. When the deadline ends either, the caller gets
+``stoic.DeadlineExceeded`` chained to psycopg's error. Every statement commits on its own
+(autocommit), so one cancelled wrote nothing.
+
 Needs the ``stoic[postgres]`` extra (psycopg >= 3.1, psycopg-pool); imported when first used.
 """
 
@@ -36,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import clock
+from ..integrations._deadlines import check_started, deadline_ran_out, outside_deadline
 from .store import (
     SQL_COLUMNS,
     SQL_COMPLETED,
@@ -68,6 +77,17 @@ def _lost(exc: Exception, conn: Any) -> bool:
 
     return (isinstance(exc, psycopg.OperationalError) and conn is not None
             and bool(conn.broken or conn.closed))
+
+
+_WHAT = "a PostgresStore operation"
+
+
+def _ran_out(exc: Exception) -> BaseException | None:
+    """``DeadlineExceeded`` when the wait for a pooled connection ended with the deadline."""
+    from psycopg_pool import PoolTimeout
+
+    return deadline_ran_out(exc, "the wait for a connection") if isinstance(
+        exc, PoolTimeout) else None
 
 
 def create_table_sql(table: str) -> str:
@@ -190,13 +210,16 @@ class PostgresStore(BaseStore):
             if self._pool is None:
                 from psycopg_pool import ConnectionPool
 
+                from ..integrations.psycopg import DeadlineConnection
+
                 self._pool = ConnectionPool(
                     self.dsn, min_size=self.min_size, max_size=self.max_size, open=True,
+                    connection_class=DeadlineConnection,
                     kwargs=self._connection_options(), timeout=self.connect_timeout,
                     check=ConnectionPool.check_connection if self.check_connections else None,
                 )
             if not self._ready:
-                with self._pool.connection() as conn, conn.transaction():
+                with self._pool.connection(self._wait()) as conn, conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
                     conn.execute(create_table_sql(self.table))
                 self._ready = True
@@ -209,19 +232,28 @@ class PostgresStore(BaseStore):
         if self._apool is None or self._apool_loop is not loop:
             from psycopg_pool import AsyncConnectionPool
 
+            from ..integrations.psycopg import AsyncDeadlineConnection
+
             pool = AsyncConnectionPool(
                 self.dsn, min_size=self.min_size, max_size=self.max_size, open=False,
+                connection_class=AsyncDeadlineConnection,
                 kwargs=self._connection_options(), timeout=self.connect_timeout,
                 check=AsyncConnectionPool.check_connection if self.check_connections else None,
             )
             await pool.open()
             self._apool, self._apool_loop = pool, loop
         if not self._ready:
-            async with self._apool.connection() as conn, conn.transaction():
+            async with self._apool.connection(self._wait()) as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
                 await conn.execute(create_table_sql(self.table))
             self._ready = True
         return self._apool
+
+    def _wait(self) -> float | None:
+        """How long to wait for a pooled connection: the pool's timeout (None), or less
+        when the caller's deadline comes first; ``DeadlineExceeded`` once it has passed."""
+        left = check_started(_WHAT)
+        return None if left is None or left >= self.connect_timeout else left
 
     def _connection_options(self) -> dict[str, Any]:
         return {"autocommit": True, "connect_timeout": max(2, math.ceil(self.connect_timeout))}
@@ -314,17 +346,20 @@ class PostgresStore(BaseStore):
         pool = self._sync_pool()
         used: Any = None
         try:
-            with pool.connection() as conn:
+            with pool.connection(self._wait()) as conn:
                 used = conn
                 return work(conn, False)
         except Exception as exc:
             if not _lost(exc, used):
-                raise
+                error = _ran_out(exc)
+                if error is None:
+                    raise
+                raise error from exc
             _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
                          "fresh connection", exc)
             if not self.check_connections:
                 pool.check()  # replace every dead idle connection before the retry
-        with pool.connection() as conn:
+        with pool.connection(self._wait()) as conn:
             return work(conn, True)
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
@@ -361,13 +396,15 @@ class PostgresStore(BaseStore):
             return self._completed_by(key, token, response,
                                       conn.execute(self._sql_get, (key, now)).fetchone())
 
-        return self._run(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return self._run(work)
 
     def release(self, key: str, token: str) -> bool:
         def work(conn: Any, retried: bool) -> bool:
             return bool(conn.execute(self._sql_release, (key, token, clock.wall())).rowcount == 1)
 
-        return self._run(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return self._run(work)
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
@@ -400,17 +437,20 @@ class PostgresStore(BaseStore):
         pool = await self._async_pool()
         used: Any = None
         try:
-            async with pool.connection() as conn:
+            async with pool.connection(self._wait()) as conn:
                 used = conn
                 return await work(conn, False)
         except Exception as exc:
             if not _lost(exc, used):
-                raise
+                error = _ran_out(exc)
+                if error is None:
+                    raise
+                raise error from exc
             _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
                          "fresh connection", exc)
             if not self.check_connections:
                 await pool.check()
-        async with pool.connection() as conn:
+        async with pool.connection(self._wait()) as conn:
             return await work(conn, True)
 
     async def aclaim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
@@ -446,14 +486,16 @@ class PostgresStore(BaseStore):
             cur = await conn.execute(self._sql_get, (key, now))
             return self._completed_by(key, token, response, await cur.fetchone())
 
-        return await self._arun(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return await self._arun(work)
 
     async def arelease(self, key: str, token: str) -> bool:
         async def work(conn: Any, retried: bool) -> bool:
             cur = await conn.execute(self._sql_release, (key, token, clock.wall()))
             return bool(cur.rowcount == 1)
 
-        return await self._arun(work)
+        with outside_deadline():  # records work already done (see _deadlines)
+            return await self._arun(work)
 
     async def aextend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)

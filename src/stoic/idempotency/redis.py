@@ -19,6 +19,13 @@ record, or a key of another Redis type, is reported and treated as absent: the n
 replaces it. Scripts read with ``redis.pcall`` and ``pcall(cjson.decode, ...)`` so a
 corrupted key can never make a script fail.
 
+Under ``stoic.deadline`` no command waits past the time left: the sync client made from a
+``redis://`` URL reads replies through ``stoic.integrations.redis.DeadlineConnection``, and
+the async methods are cancelled when the time is up; either way the caller gets
+``stoic.DeadlineExceeded``. Each operation is one atomic command, so it either happened or
+did not; when the deadline ends the wait for its reply, a claim that did happen holds its
+key only until its lease ends. A ``client`` you pass in is used as it is.
+
 Needs the ``stoic[redis]`` extra (redis-py >= 5); it is imported when the store is made.
 """
 
@@ -30,6 +37,7 @@ import threading
 from typing import Any
 
 from .. import clock
+from ..integrations._deadlines import outside_deadline, within
 from .store import (
     BaseStore,
     Claim,
@@ -115,6 +123,9 @@ return 1
 """
 
 _SCRIPTS = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE, "extend": _EXTEND}
+
+
+_WHAT = "a RedisStore command"
 
 
 def _ms(seconds: float) -> int:
@@ -240,7 +251,12 @@ class RedisStore(BaseStore):
                 if self._client is None:
                     import redis
 
-                    self._client = redis.Redis.from_url(self.url)
+                    options: dict[str, Any] = {}
+                    if self.url.startswith("redis://"):  # TCP: replies end at the deadline
+                        from ..integrations.redis import DeadlineConnection
+
+                        options["connection_class"] = DeadlineConnection
+                    self._client = redis.Redis.from_url(self.url, **options)
                 client = self._client
         return client
 
@@ -339,12 +355,14 @@ class RedisStore(BaseStore):
         return plan.from_script(self._sync("claim")(keys=[plan.name], args=plan.script_args()))
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        args = self._complete_args(token, response, ttl)
-        return bool(self._sync("complete")(keys=[self.prefix + key], args=args))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._complete_args(token, response, ttl)
+            return bool(self._sync("complete")(keys=[self.prefix + key], args=args))
 
     def release(self, key: str, token: str) -> bool:
-        args = self._release_args(token)
-        return bool(self._sync("release")(keys=[self.prefix + key], args=args))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._release_args(token)
+            return bool(self._sync("release")(keys=[self.prefix + key], args=args))
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         args = self._extend_args(token, lease)
@@ -372,8 +390,8 @@ class RedisStore(BaseStore):
         plan = _Plan(self.prefix, key, fingerprint, lease, ttl)
         if self._set_get:
             try:
-                raw = await self._async_client().set(plan.name, plan.record, nx=True,
-                                                     get=True, px=plan.ttl)
+                raw = await within(self._async_client().set(
+                    plan.name, plan.record, nx=True, get=True, px=plan.ttl), _WHAT)
             except self._response_error as exc:
                 if not self._fast_path_refused(exc):
                     raise
@@ -381,25 +399,31 @@ class RedisStore(BaseStore):
                 answer = plan.from_fast(raw)
                 if answer is not None:
                     return answer
-        reply = await self._async("claim")(keys=[plan.name], args=plan.script_args())
+        reply = await within(self._async("claim")(keys=[plan.name], args=plan.script_args()),
+                             _WHAT)
         return plan.from_script(reply)
 
     async def acomplete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        args = self._complete_args(token, response, ttl)
-        return bool(await self._async("complete")(keys=[self.prefix + key], args=args))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._complete_args(token, response, ttl)
+            return bool(await within(self._async("complete")(keys=[self.prefix + key], args=args),
+                                     _WHAT))
 
     async def arelease(self, key: str, token: str) -> bool:
-        args = self._release_args(token)
-        return bool(await self._async("release")(keys=[self.prefix + key], args=args))
+        with outside_deadline():  # records work already done (see _deadlines)
+            args = self._release_args(token)
+            return bool(await within(self._async("release")(keys=[self.prefix + key], args=args),
+                                     _WHAT))
 
     async def aextend(self, key: str, token: str, lease: float) -> bool:
         args = self._extend_args(token, lease)
-        return bool(await self._async("extend")(keys=[self.prefix + key], args=args))
+        return bool(await within(self._async("extend")(keys=[self.prefix + key], args=args),
+                                 _WHAT))
 
     async def aget(self, key: str) -> Record | None:
         check_key(key)
         try:
-            raw = await self._async_client().get(self.prefix + key)
+            raw = await within(self._async_client().get(self.prefix + key), _WHAT)
         except self._response_error as exc:
             if not self._get_refused(key, exc):
                 raise
@@ -407,7 +431,7 @@ class RedisStore(BaseStore):
         return self._get_result(key, raw)
 
     async def adelete(self, key: str) -> bool:
-        return bool(await self._async_client().delete(self.prefix + key))
+        return bool(await within(self._async_client().delete(self.prefix + key), _WHAT))
 
     async def apurge_expired(self) -> int:
         return 0

@@ -21,9 +21,13 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
+from typing import TypeVar
 
 from .. import clock
+from ..integrations._deadlines import SQLiteBusy, outside_deadline, sqlite_busy_ran_out
 from .store import (
     SQL_COLUMNS,
     SQL_COMPLETED,
@@ -47,6 +51,26 @@ __all__ = ["SQLiteStore"]
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _bounded(method: F) -> F:
+    """Raise ``DeadlineExceeded`` (chained) when SQLite stopped waiting for a lock because
+    the caller's deadline ran out. Every operation is one autocommit statement, so a
+    statement that failed wrote nothing."""
+
+    @wraps(method)
+    def run(*args: object, **kwargs: object) -> object:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            error = sqlite_busy_ran_out(exc, "an SQLiteStore operation")
+            if error is None:
+                raise
+            raise error from exc
+
+    return run  # type: ignore[return-value]
+
 
 class SQLiteStore(BaseStore):
     """Idempotency records in a SQLite file.
@@ -55,7 +79,9 @@ class SQLiteStore(BaseStore):
         path: the database file (created if missing). ``":memory:"`` is refused: each thread
             would get its own empty database.
         table: table name, created on first use.
-        busy_timeout: seconds a writer waits for the lock before failing.
+        busy_timeout: seconds a writer waits for the lock before failing. Under
+            ``stoic.deadline`` it waits no longer than the time left, then raises
+            ``stoic.DeadlineExceeded``; an operation is not started once the deadline passed.
         synchronous: SQLite's durability level, NORMAL by default (see module docstring).
     """
 
@@ -127,6 +153,7 @@ class SQLiteStore(BaseStore):
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
         if conn is not None and local.pid == os.getpid():
+            local.busy("an SQLiteStore operation")
             return conn
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
@@ -141,9 +168,10 @@ class SQLiteStore(BaseStore):
         except BaseException:
             conn.close()
             raise
-        local.conn, local.pid = conn, os.getpid()
+        local.conn, local.pid, local.busy = conn, os.getpid(), SQLiteBusy(conn, self.busy_timeout)
         with self._lock:
             self._connections.append(conn)
+        local.busy("an SQLiteStore operation")
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -203,17 +231,17 @@ class SQLiteStore(BaseStore):
             report_corrupted("SQLiteStore", key, exc)
             return None, True
 
+    @_bounded
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         lease, ttl = check_claim(key, lease, ttl)
-        conn = self._conn()
         for _ in range(100):  # bounded: each turn loses to a writer that changed the row
             now = clock.wall()
-            old, corrupted = self._read(conn, key)
+            old, corrupted = self._read(self._conn(), key)
             answer = live_answer(old, fingerprint, now)
             if answer is not None:
                 return answer
             token = new_token()
-            row = conn.execute(
+            row = self._conn().execute(  # the busy wait bounded afresh for the write
                 self._sql_claim,
                 (key, fingerprint, token, now + lease, now + max(ttl, lease), now),
             ).fetchone()
@@ -221,29 +249,37 @@ class SQLiteStore(BaseStore):
                 return won_claim(key, token, old, now, corrupted=corrupted)
         raise RuntimeError(f"could not claim {key!r}: the record kept changing")
 
+    @_bounded
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        ttl = check_seconds("ttl", ttl)
-        now = clock.wall()
-        cur = self._conn().execute(self._sql_complete, (key, token, response, now + ttl, now))
-        return cur.rowcount == 1
+        with outside_deadline():  # records work already done (see _deadlines)
+            ttl = check_seconds("ttl", ttl)
+            now = clock.wall()
+            cur = self._conn().execute(self._sql_complete, (key, token, response, now + ttl, now))
+            return cur.rowcount == 1
 
+    @_bounded
     def release(self, key: str, token: str) -> bool:
-        cur = self._conn().execute(self._sql_release, (key, token, clock.wall()))
-        return cur.rowcount == 1
+        with outside_deadline():  # records work already done (see _deadlines)
+            cur = self._conn().execute(self._sql_release, (key, token, clock.wall()))
+            return cur.rowcount == 1
 
+    @_bounded
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
         now = clock.wall()
         cur = self._conn().execute(self._sql_extend, (key, token, now + lease, now))
         return cur.rowcount == 1
 
+    @_bounded
     def get(self, key: str) -> Record | None:
         check_key(key)
         record, _ = self._read(self._conn(), key)
         return unexpired(record, clock.wall())
 
+    @_bounded
     def delete(self, key: str) -> bool:
         return self._conn().execute(self._sql_delete, (key,)).rowcount == 1
 
+    @_bounded
     def purge_expired(self) -> int:
         return self._conn().execute(self._sql_purge, (clock.wall(),)).rowcount

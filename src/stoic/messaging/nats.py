@@ -31,7 +31,10 @@ without telling anyone, and a redelivery after a crash looks the same as one aft
 so those are not counted on NATS.
 
 The sync methods run the async ones on a private event-loop thread (``LoopThread``); the
-async twins can be awaited from any event loop.
+async twins can be awaited from any event loop. Under ``stoic.deadline`` an operation is
+given up (``stoic.DeadlineExceeded``, its work on the loop cancelled) when the time left runs
+out, and not started once it has passed; a publish given up on may still have reached the
+stream (publish it again with the same id: JetStream de-duplicates it).
 """
 
 from __future__ import annotations
@@ -47,9 +50,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
+from ..integrations._deadlines import arun_on, cancel_pending, run_on
 from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
 from .loop import LoopThread
 from .model import DeadLetter, Message, QueueStats, decode_headers, report_requeued
+
+_WHAT = "a NatsBroker operation"
 
 __all__ = ["NatsBroker"]
 
@@ -134,8 +140,9 @@ class NatsBroker(PublishOne):
         self._closed = False
         self._loop = LoopThread("stoic-nats")
         try:
-            self._loop.run(self._connect())
+            run_on(self._loop.loop, _WHAT, self._connect())
         except BaseException:
+            cancel_pending(self._loop.loop)  # what a connect given up on left running
             self._loop.stop()
             raise
 
@@ -221,15 +228,15 @@ class NatsBroker(PublishOne):
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
-        return self._loop.run(self._publish(topic, *prepare(topic, payloads, ids, headers,
-                                                            delay)))
+        prepared = prepare(topic, payloads, ids, headers, delay)
+        return run_on(self._loop.loop, _WHAT, self._publish(topic, *prepared))
 
     async def apublish_many(
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
         prepared = prepare(topic, payloads, ids, headers, delay)
-        return await self._loop.arun(self._publish(topic, *prepared))
+        return await arun_on(self._loop.loop, _WHAT, self._publish(topic, *prepared))
 
     async def _publish(
         self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
@@ -255,13 +262,13 @@ class NatsBroker(PublishOne):
 
     def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
         check_claim(max_messages, lease)
-        return self._loop.run(self._claim(topic, max_messages, lease))
+        return run_on(self._loop.loop, _WHAT, self._claim(topic, max_messages, lease))
 
     async def aclaim(
         self, topic: str, *, max_messages: int = 1, lease: float = 30.0
     ) -> list[Message]:
         check_claim(max_messages, lease)
-        return await self._loop.arun(self._claim(topic, max_messages, lease))
+        return await arun_on(self._loop.loop, _WHAT, self._claim(topic, max_messages, lease))
 
     async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
         names = await self._ensure(topic)
@@ -386,7 +393,7 @@ class NatsBroker(PublishOne):
             await held.msg.ack()
 
     async def aack_many(self, messages: Sequence[Message]) -> int:
-        return await self._loop.arun(self._ack_many(list(messages)))
+        return await arun_on(self._loop.loop, _WHAT, self._ack_many(list(messages)))
 
     async def _ack_many(self, messages: list[Message]) -> int:
         done = 0
@@ -398,10 +405,10 @@ class NatsBroker(PublishOne):
         return done
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
-        return self._loop.run(self._nack(message, check_delay(delay)))
+        return run_on(self._loop.loop, _WHAT, self._nack(message, check_delay(delay)))
 
     async def anack(self, message: Message, delay: float = 0.0) -> bool:
-        return await self._loop.arun(self._nack(message, check_delay(delay)))
+        return await arun_on(self._loop.loop, _WHAT, self._nack(message, check_delay(delay)))
 
     async def _nack(self, message: Message, delay: float) -> bool:
         held = self._take(message)
@@ -413,11 +420,11 @@ class NatsBroker(PublishOne):
 
     def extend_lease(self, message: Message, lease: float) -> bool:
         check_claim(1, lease)
-        return self._loop.run(self._extend(message, lease))
+        return run_on(self._loop.loop, _WHAT, self._extend(message, lease))
 
     async def aextend_lease(self, message: Message, lease: float) -> bool:
         check_claim(1, lease)
-        return await self._loop.arun(self._extend(message, lease))
+        return await arun_on(self._loop.loop, _WHAT, self._extend(message, lease))
 
     async def _extend(self, message: Message, lease: float) -> bool:
         held = self._take(message)
@@ -431,10 +438,10 @@ class NatsBroker(PublishOne):
         return True
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        self._loop.run(self._dead_letter(message, reason, error))
+        run_on(self._loop.loop, _WHAT, self._dead_letter(message, reason, error))
 
     async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        await self._loop.arun(self._dead_letter(message, reason, error))
+        await arun_on(self._loop.loop, _WHAT, self._dead_letter(message, reason, error))
 
     async def _dead_letter(self, message: Message, reason: str, error: str | None) -> None:
         held = self._take(message)
@@ -457,10 +464,10 @@ class NatsBroker(PublishOne):
     # --- inspection and the DLQ ----------------------------------------------------------
 
     def stats(self, topic: str) -> QueueStats:
-        return self._loop.run(self._stats(topic))
+        return run_on(self._loop.loop, _WHAT, self._stats(topic))
 
     async def astats(self, topic: str) -> QueueStats:
-        return await self._loop.arun(self._stats(topic))
+        return await arun_on(self._loop.loop, _WHAT, self._stats(topic))
 
     async def _stats(self, topic: str) -> QueueStats:
         names = await self._ensure(topic)
@@ -487,7 +494,7 @@ class NatsBroker(PublishOne):
         return out
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
-        return self._loop.run(self._peek(topic, limit))
+        return run_on(self._loop.loop, _WHAT, self._peek(topic, limit))
 
     async def _peek(self, topic: str, limit: int) -> list[Message]:
         names = await self._ensure(topic)
@@ -495,7 +502,7 @@ class NatsBroker(PublishOne):
                 for raw in await self._browse(names.stream, names.subject, limit)]
 
     def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        return self._loop.run(self._dead_letters(topic, limit))
+        return run_on(self._loop.loop, _WHAT, self._dead_letters(topic, limit))
 
     async def _dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
         names = await self._ensure(topic)
@@ -503,7 +510,8 @@ class NatsBroker(PublishOne):
                 for raw in await self._browse(names.dead_stream, names.dead_subject, limit)]
 
     def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
-        return self._loop.run(self._requeue(topic, None if ids is None else set(ids)))
+        chosen = None if ids is None else set(ids)
+        return run_on(self._loop.loop, _WHAT, self._requeue(topic, chosen))
 
     async def _requeue(self, topic: str, ids: set[str] | None) -> int:
         names = await self._ensure(topic)
@@ -523,7 +531,7 @@ class NatsBroker(PublishOne):
         return report_requeued(self, topic, count)
 
     def purge_dead(self, topic: str) -> int:
-        return self._loop.run(self._purge(topic))
+        return run_on(self._loop.loop, _WHAT, self._purge(topic))
 
     async def _purge(self, topic: str) -> int:
         names = await self._ensure(topic)
@@ -533,7 +541,7 @@ class NatsBroker(PublishOne):
 
     def delete_topic(self, topic: str) -> None:
         """Delete the topic's three streams (and its messages, dead letters included)."""
-        self._loop.run(self._delete(topic))
+        run_on(self._loop.loop, _WHAT, self._delete(topic))
 
     async def _delete(self, topic: str) -> None:
         from nats.js.errors import NotFoundError

@@ -27,6 +27,13 @@ How it keeps the contract:
   application's role may not run DDL (then pass ``create_tables=False``). ``schema`` and
   ``table_prefix`` let several applications (or test runs) share one database.
 
+- **Deadlines.** Under ``stoic.deadline`` each statement runs with ``statement_timeout`` set
+  to the time left (``stoic.integrations.psycopg``'s connections: one extra ``SET`` per
+  statement, none without a deadline), which bounds waits for locks too, and the wait for a
+  pooled connection is bounded by the time left. Either ends in ``stoic.DeadlineExceeded``,
+  chained to psycopg's error; the cancelled statement wrote nothing. (``publish`` with your
+  ``connection`` runs on it as it is.)
+
 Needs the ``stoic[postgres]`` extra (psycopg >= 3.1 and psycopg-pool); imported when a
 broker is created.
 """
@@ -40,6 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import clock
+from ..integrations._deadlines import pooled
 from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
 from .model import (
     DeadLetter,
@@ -53,6 +61,7 @@ from .model import (
 
 __all__ = ["PostgresBroker", "schema_sql"]
 
+_WHAT = "a PostgresBroker operation"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}\Z")
 _PURGE_EVERY = 2000  # acks between two passes of the de-duplication window cleanup
 
@@ -153,6 +162,8 @@ class PostgresBroker(ThreadedAsync):
             raise ValueError(f"max_size must be an int >= max(1, min_size), got {max_size!r}")
         try:
             import psycopg_pool
+
+            from ..integrations.psycopg import DeadlineConnection
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "PostgresBroker needs the postgres extra: pip install 'stoic[postgres]'"
@@ -164,6 +175,7 @@ class PostgresBroker(ThreadedAsync):
         self.channel = f"{schema}_{table_prefix}messages"
         self._pool = psycopg_pool.ConnectionPool(
             dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
+            connection_class=DeadlineConnection,
             open=True, name=f"stoic-{self.channel}",
         )
         self._ready = not create_tables
@@ -246,7 +258,7 @@ class PostgresBroker(ThreadedAsync):
     def migrate(self) -> None:
         """Create the schema and tables now (under an advisory lock; safe to run again)."""
         sql = schema_sql(self.schema, self.table_prefix)
-        with self._pool.connection() as conn, conn.transaction():
+        with pooled(self._pool, _WHAT) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                          (f"stoic-messaging:{self.channel}",))
             conn.execute(sql)  # several statements: psycopg sends them as one simple query
@@ -311,7 +323,7 @@ class PostgresBroker(ThreadedAsync):
         if connection is not None:
             connection.execute(sql, params)
             return
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             conn.execute(sql, params)
 
     # --- consuming -----------------------------------------------------------------------
@@ -324,7 +336,7 @@ class PostgresBroker(ThreadedAsync):
         until = now + lease
         params = {"topic": topic, "now": now, "n": max_messages, "token": token,
                   "until": until}
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             rows = conn.execute(self._sql_claim, params).fetchall()
         rows.sort(key=lambda r: r[0])
         return [_message(topic, row, token, until) for row in rows]
@@ -337,7 +349,7 @@ class PostgresBroker(ThreadedAsync):
             return 0
         keys = [_key(m) for m in messages]
         self._setup()
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             done = conn.execute(
                 self._sql_ack, ([k[0] for k in keys], [k[1] for k in keys])
             ).rowcount
@@ -361,14 +373,14 @@ class PostgresBroker(ThreadedAsync):
     def _move(self, message: Message, seconds: float, *, release: bool) -> bool:
         seq, token = _key(message)
         self._setup()
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             cur = conn.execute(self._sql_move, (clock.wall() + seconds, release, seq, token))
-        return cur.rowcount == 1
+        return bool(cur.rowcount == 1)
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
         seq, token = _key(message)
         self._setup()
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             conn.execute(self._sql_dead, {"seq": seq, "receipt": token,
                                           "reason": reason, "error": error,
                                           "now": clock.wall()})
@@ -393,7 +405,7 @@ class PostgresBroker(ThreadedAsync):
     def stats(self, topic: str) -> QueueStats:
         self._setup()
         now = clock.wall()
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             row = conn.execute(
                 "SELECT count(*) FILTER (WHERE available_at <= %(now)s),"
                 " count(*) FILTER (WHERE available_at > %(now)s AND receipt IS NULL),"
@@ -408,7 +420,7 @@ class PostgresBroker(ThreadedAsync):
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
         self._setup()
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             rows = conn.execute(
                 "SELECT seq, id, body, headers, attempts, created_at, raw, available_at"
                 f" FROM {self._m} WHERE topic = %s AND state = 0"
@@ -419,7 +431,7 @@ class PostgresBroker(ThreadedAsync):
 
     def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         self._setup()
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             rows = conn.execute(
                 "SELECT seq, id, body, headers, attempts, created_at, raw, reason, error, dead_at"
                 f" FROM {self._d} WHERE topic = %s ORDER BY seq LIMIT %s",
@@ -435,7 +447,7 @@ class PostgresBroker(ThreadedAsync):
         self._setup()
         params = {"topic": topic, "all": ids is None, "ids": list(ids or []),
                   "now": clock.wall()}
-        with self._pool.connection() as conn, conn.transaction():
+        with pooled(self._pool, _WHAT) as conn, conn.transaction():
             count = conn.execute(self._sql_requeue, params).rowcount
             if count and self.notify:
                 conn.execute("SELECT pg_notify(%s, %s)", (self.channel, topic))
@@ -443,14 +455,14 @@ class PostgresBroker(ThreadedAsync):
 
     def purge_dead(self, topic: str) -> int:
         self._setup()
-        with self._pool.connection() as conn:
+        with pooled(self._pool, _WHAT) as conn:
             return int(conn.execute(f"DELETE FROM {self._d} WHERE topic = %s",
                                     (topic,)).rowcount)
 
     def delete_topic(self, topic: str) -> None:
         """Remove every row of ``topic`` (queued, finished, dead, counters)."""
         self._setup()
-        with self._pool.connection() as conn, conn.transaction():
+        with pooled(self._pool, _WHAT) as conn, conn.transaction():
             for table in (self._m, self._d, self._c):
                 conn.execute(f"DELETE FROM {table} WHERE topic = %s", (topic,))
 

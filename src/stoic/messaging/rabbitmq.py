@@ -27,12 +27,17 @@ de-duplicating consumer (``Worker(dedupe=...)`` or ``Inbox``) absorbs them.
 
 The sync methods run the async ones on a private event-loop thread; the async twins can be
 awaited from any event loop.
+
+Deadlines: under ``stoic.deadline`` every operation is given up (``stoic.DeadlineExceeded``,
+its work on the loop cancelled) when the time left runs out, and not started once it has
+passed. RabbitMQ has no transactions here: a publish given up on may still reach the queue
+(publish it again with the same id and a ``dedupe`` store), and a cancelled ack leaves the
+message to come back when its lease ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 import uuid
@@ -41,8 +46,11 @@ from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import clock
+from ..integrations._deadlines import arun_on, cancel_pending, run_on
 from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
 from .model import DeadLetter, Message, QueueStats, report_requeued
+
+_WHAT = "a RabbitBroker operation"
 
 __all__ = ["RabbitBroker"]
 
@@ -148,6 +156,8 @@ class RabbitBroker(PublishOne):
         try:
             self._run(self._connect())
         except BaseException:
+            # A connect given up on (the deadline) leaves aiormq's tasks behind: end them.
+            cancel_pending(self._loop)
             self._stop_loop()
             raise
 
@@ -157,11 +167,11 @@ class RabbitBroker(PublishOne):
     # --- plumbing ------------------------------------------------------------------------
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        """Run ``coro`` on the broker's loop; given up when the caller's deadline ends."""
+        return run_on(self._loop, _WHAT, coro)
 
     async def _in_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return await asyncio.wrap_future(future)
+        return await arun_on(self._loop, _WHAT, coro)
 
     async def _connect(self) -> None:
         import aio_pika

@@ -24,6 +24,14 @@ Every operation is one Lua script, so each is atomic on the server: two consumer
 take over the same expired lease, and a message is never both acked and re-queued. Messages
 are JSON text in stream fields; nothing is ever unpickled or evaluated.
 
+Deadlines: a broker made from a ``redis://`` URL reads every reply through
+``stoic.integrations.redis.DeadlineConnection``, so under ``stoic.deadline`` no operation
+waits past the time left (``stoic.DeadlineExceeded``, the connection dropped). A script is
+atomic, so it ran entirely or not at all, but when the deadline ends the wait for its reply
+the caller cannot tell which: a publish may be retried with the same id (de-duplicated), and
+a claim whose reply was lost leaves its messages leased until the lease ends. A ``client``
+you pass in is used as it is.
+
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync everysec`` (a common setup)
 a server crash can lose the last second of writes; configure Redis accordingly.
 """
@@ -565,4 +573,9 @@ def open_client(url: str, client: Any, prefix: str, who: str) -> Any:
         import redis
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(f"{who} needs redis: pip install 'stoic[redis]'") from exc
-    return redis.Redis.from_url(url, decode_responses=True)
+    options: dict[str, Any] = {}
+    if url.startswith("redis://"):  # TCP: no reply is waited for past the caller's deadline
+        from ..integrations.redis import DeadlineConnection
+
+        options["connection_class"] = DeadlineConnection
+    return redis.Redis.from_url(url, decode_responses=True, **options)

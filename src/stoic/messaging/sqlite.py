@@ -24,6 +24,10 @@ How it keeps the contract:
 - **Many processes.** Writers serialise on SQLite's lock with a busy timeout; every
   statement that changes state is a single transaction, so there is no read-then-write
   race between processes.
+- **Deadlines.** Under ``stoic.deadline`` no operation waits past the time left: not for
+  the broker's connection (shared by the threads using this broker), nor for another
+  process's lock (the busy timeout is the time left). It raises ``stoic.DeadlineExceeded``
+  chained to sqlite3's error, and a transaction it interrupted is rolled back.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from .. import clock
+from ..context import remaining
+from ..errors import DeadlineExceeded
+from ..integrations._deadlines import SQLiteBusy, sqlite_busy_ran_out
 from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
 from .model import (
     DeadLetter,
@@ -128,7 +135,8 @@ class SQLiteBroker(ThreadedAsync):
             crashes, the last commits may be lost on power failure) or ``"FULL"``.
         dedupe_window: seconds during which an id already published is not queued again
             (default a day). Rows of finished messages are kept that long, without bodies.
-        busy_timeout: seconds a writer waits for another process's lock before failing.
+        busy_timeout: seconds a writer waits for another process's lock before failing
+            (no longer than the time left under ``stoic.deadline``).
         read_only: open an existing file read-only, for inspection (stats, peek, dead
             letters): nothing is created, a missing file raises ``sqlite3.OperationalError``
             and so does every method that writes.
@@ -158,6 +166,7 @@ class SQLiteBroker(ThreadedAsync):
             isolation_level=None, check_same_thread=False, uri=self.read_only,
         )
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        self._guard = _Guard(self._lock, SQLiteBusy(self._db, busy_timeout))
         if read_only:
             return
         _setup(self._db, busy_timeout)
@@ -183,7 +192,7 @@ class SQLiteBroker(ThreadedAsync):
         now = clock.wall()
         row = (topic, msg_id, body, dump_headers(head) if head else None, now, now + delay,
                now - self.dedupe_window)
-        with self._lock:
+        with self._guard:
             self._db.execute(_INSERT, row)
         return msg_id
 
@@ -199,7 +208,7 @@ class SQLiteBroker(ThreadedAsync):
             (topic, i, b, raw_headers, now, now + delay, horizon)
             for i, b in zip(msg_ids, bodies, strict=True)
         ]
-        with self._lock, self._transaction():
+        with self._guard, self._transaction():
             self._db.executemany(_INSERT, rows)
         return msg_ids
 
@@ -210,7 +219,7 @@ class SQLiteBroker(ThreadedAsync):
         token = uuid.uuid4().hex
         now = clock.wall()
         until = now + lease
-        with self._lock:
+        with self._guard:
             rows = self._db.execute(_CLAIM, (token, until, topic, now, max_messages)).fetchall()
         rows.sort(key=lambda r: r[0])
         return [_message(topic, row, token, until) for row in rows]
@@ -222,7 +231,7 @@ class SQLiteBroker(ThreadedAsync):
         keys = [_key(m) for m in messages]
         if not keys:
             return 0
-        with self._lock:
+        with self._guard:
             with self._transaction():  # executemany sums the rows it changed
                 done = self._db.executemany(_ACK, keys).rowcount
             self._acks_since_purge += len(keys)
@@ -241,13 +250,13 @@ class SQLiteBroker(ThreadedAsync):
     def _reschedule(self, statement: str, message: Message, seconds: float) -> bool:
         """Run ``_NACK`` or ``_EXTEND`` on a message this receipt still holds."""
         seq, token = _key(message)
-        with self._lock:
+        with self._guard:
             cur = self._db.execute(statement, (clock.wall() + seconds, seq, token))
         return cur.rowcount == 1
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
         seq, token = _key(message)
-        with self._lock, self._transaction():
+        with self._guard, self._transaction():
             cur = self._db.execute(
                 "INSERT OR REPLACE INTO stoic_dead"
                 " (topic, id, body, headers, attempts, created_at, reason, error, dead_at)"
@@ -266,7 +275,7 @@ class SQLiteBroker(ThreadedAsync):
 
     def stats(self, topic: str) -> QueueStats:
         now = clock.wall()
-        with self._lock:
+        with self._guard:
             ready, delayed, in_flight = self._db.execute(
                 "SELECT COALESCE(SUM(available_at <= ?), 0),"
                 " COALESCE(SUM(available_at > ? AND receipt IS NULL), 0),"
@@ -280,7 +289,7 @@ class SQLiteBroker(ThreadedAsync):
         return QueueStats(topic, int(ready), int(delayed), int(in_flight), int(dead))
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
-        with self._lock:
+        with self._guard:
             rows = self._db.execute(
                 "SELECT seq, id, body, headers, attempts, created_at, available_at"
                 " FROM stoic_messages WHERE topic = ? AND state = 0"
@@ -290,7 +299,7 @@ class SQLiteBroker(ThreadedAsync):
         return [_message(topic, r[:6], "", r[6]) for r in rows]
 
     def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        with self._lock:
+        with self._guard:
             rows = self._db.execute(
                 "SELECT seq, id, body, headers, attempts, created_at, reason, error, dead_at"
                 " FROM stoic_dead WHERE topic = ? ORDER BY seq LIMIT ?",
@@ -305,7 +314,7 @@ class SQLiteBroker(ThreadedAsync):
 
     def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
         now = clock.wall()
-        with self._lock, self._transaction():
+        with self._guard, self._transaction():
             if ids is None:
                 rows = self._db.execute(
                     "SELECT id, body, headers, created_at FROM stoic_dead WHERE topic = ?",
@@ -334,7 +343,7 @@ class SQLiteBroker(ThreadedAsync):
         return report_requeued(self, topic, len(rows))
 
     def purge_dead(self, topic: str) -> int:
-        with self._lock:
+        with self._guard:
             cur = self._db.execute("DELETE FROM stoic_dead WHERE topic = ?", (topic,))
         return cur.rowcount
 
@@ -371,6 +380,41 @@ def _setup(db: sqlite3.Connection, busy_timeout: float) -> None:
             if "locked" not in str(exc) or clock.now() > deadline:
                 raise
             clock.sleep(0.01)
+
+
+class _Guard:
+    """The broker's lock, taken within the caller's deadline, with SQLite's busy wait set to
+    the time left; an error because the deadline ran out becomes ``DeadlineExceeded``.
+
+    One per broker, not reentrant (like the lock). Without a deadline: the lock, one read of
+    the deadline, and a try-free exit.
+    """
+
+    __slots__ = ("_busy", "_lock")
+
+    def __init__(self, lock: threading.Lock, busy: SQLiteBusy) -> None:
+        self._lock = lock
+        self._busy = busy
+
+    def __enter__(self) -> None:
+        left = remaining()
+        if left is None:
+            self._lock.acquire()
+        elif left <= 0 or not self._lock.acquire(timeout=left):
+            raise DeadlineExceeded("deadline ran out waiting for the SQLiteBroker's "
+                                   "connection; the operation was not started")
+        try:
+            self._busy.bound(left, "a SQLiteBroker operation")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._lock.release()
+        if isinstance(exc, sqlite3.OperationalError):
+            error = sqlite_busy_ran_out(exc, "a SQLiteBroker operation")
+            if error is not None:
+                raise error from exc
 
 
 class _Tx:
