@@ -251,6 +251,7 @@ async def _drive(
     card = compute(
         options.mode, cfg.workdir, load.requests, scenario, started, not_sent=load.not_sent,
         breaker_openings=int(stats.get("breaker_openings", 0)) if cfg.mode == "stoic" else None,
+        limit_changes=int(stats.get("limit_changes", 0)) if cfg.mode == "stoic" else None,
         dead_lettered=dead, deadline=options.edge_deadline,
     )
     # the charts run to the end of the drain, where the last pending orders completed

@@ -170,6 +170,7 @@ def build(cfg: ShopConfig) -> ASGIApp:
     app: ASGIApp = api
     if cfg.mode == "stoic":
         app = parts.idempotency_middleware(app, cfg, "orders")
+        app = parts.load_shedder(app, cfg)
         app = parts.edge_middleware(app, cfg, "orders")
         parts.count_breaker_openings(ledger.stats)
         parts.start_outbox_relay(cfg, cfg.db("orders"))
