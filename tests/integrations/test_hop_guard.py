@@ -3,7 +3,9 @@
 Four real uvicorn services in a chain, client -> 1 -> 2 -> 3 -> 4, each hop calling the next
 with stoic's HTTP client configured for 3 attempts. The bottom one fails (503). Without the
 guard every hop retries what the hop above already retries: 3^4 = 81 requests reach the
-bottom. With it, only the edge retries: one hop's budget of 3.
+bottom. With it, only the edge retries: one hop's budget of 3. With ``hop_guard="deepest"``
+only the hop next to the bottom retries (3) and every hop above passes its answer up: each
+receives one request.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 import stoic
@@ -46,21 +49,24 @@ class Hop:
     def __init__(self, below: str) -> None:
         self.below = below
         self.client = stoic.http.AsyncClient(policy=_retry(), per_host=False)
+        self.received = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await read_body(receive)
+        self.received += 1
         response = await self.client.get(f"{self.below}/work")
         await send({"type": "http.response.start", "status": response.status_code, "headers": []})
         await send({"type": "http.response.body", "body": response.content})
 
 
-def _chain(hop_guard: bool) -> Iterator[tuple[str, Bottom]]:
+def _chain(hop_guard: bool | str, hops: list[Hop] | None = None) -> Iterator[tuple[str, Bottom]]:
     bottom = Bottom()
     servers = [Server(bottom).start()]
     for index in range(3):
-        app = StoicMiddleware(
-            Hop(servers[-1].url), service=f"hop{3 - index}", version="1", hop_guard=hop_guard
-        )
+        middle = Hop(servers[-1].url)
+        if hops is not None:
+            hops.insert(0, middle)  # top first
+        app = StoicMiddleware(middle, service=f"hop{3 - index}", version="1", hop_guard=hop_guard)
         servers.append(Server(app).start())
     try:
         yield servers[-1].url, bottom
@@ -112,6 +118,35 @@ def test_a_client_not_serving_a_retried_request_retries_and_says_so_below(
         assert client.get(f"{url}/work").status_code == 503
     # the edge did not retry, so the first hop below it did (3), and told the rest not to
     assert len(bottom.received) == 3
+
+
+def test_retrying_at_the_deepest_hop_only_the_hop_next_to_the_failure_retries() -> None:
+    """Every service ``hop_guard="deepest"``; the edge is a plain client sending no header."""
+    hops: list[Hop] = []
+    for url, bottom in _chain("deepest", hops):
+        with httpx.Client() as plain:
+            response = plain.get(f"{url}/work")
+        assert response.status_code == 503
+        assert response.headers["x-stoic-retried"] == "1"  # the answer says: retried below
+        assert [h.received for h in hops] == [1, 1, 1]  # no hop above the deepest retried
+        assert len(bottom.received) == 3  # the deepest hop's own three attempts
+        assert [h["x-stoic-attempt"] for h in bottom.received] == ["1", "2", "3"]
+        assert [h["x-stoic-retry-below"] for h in bottom.received] == ["deepest"] * 3
+
+
+def test_an_edge_client_can_ask_for_retries_at_the_deepest_hop_only() -> None:
+    """Services with the default guard follow the mode their caller's request carries."""
+    hops: list[Hop] = []
+    for url, bottom in _chain(True, hops):
+        with stoic.context.hop(deepest=True):
+            assert _call_edge(url) == 503  # the edge client, 3 attempts, makes one
+        assert [h.received for h in hops] == [1, 1, 1]
+        assert len(bottom.received) == 3
+
+
+def test_bad_hop_guard_raises_value_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="hop_guard"):
+        StoicMiddleware(Bottom(), service="s", version="1", hop_guard="bottom")
 
 
 def test_context_reports_the_callers_retry_signal() -> None:

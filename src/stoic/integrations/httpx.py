@@ -32,12 +32,13 @@ from typing import ClassVar, Generic, TypeVar
 
 import httpx
 
-from ..context import using_idempotency_key
+from ..context import note_retried, using_idempotency_key
 from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     DEADLINE_HEADER,
     REQUEST_ID_HEADER,
+    RETRIED_HEADER,
     BreakerFactory,
     BulkheadFactory,
     Core,
@@ -161,7 +162,13 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
             with using_idempotency_key(plan.key):
                 return policy.call(self._attempt, request, plan)
         except _StatusFailure as failure:
+            if plan.attempt > 1:  # a failure passed up after retries: the hop above must not
+                note_retried()
             return failure.response
+        except Exception:
+            if plan.attempt > 1:
+                note_retried()
+            raise
 
     def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -177,6 +184,9 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
+            return response
+        if response.headers.get(RETRIED_HEADER) == "1":  # retried below: final, pass it up
+            note_retried()
             return response
         if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
             try:
@@ -215,7 +225,13 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
             with using_idempotency_key(plan.key):
                 return await policy.acall(self._attempt, request, plan)
         except _StatusFailure as failure:
+            if plan.attempt > 1:  # a failure passed up after retries: the hop above must not
+                note_retried()
             return failure.response
+        except Exception:
+            if plan.attempt > 1:
+                note_retried()
+            raise
 
     async def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -231,6 +247,9 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
             raise
         verdict = classify_status(response.status_code, response.headers)
         if not verdict.outcome.is_failure:
+            return response
+        if response.headers.get(RETRIED_HEADER) == "1":  # retried below: final, pass it up
+            note_retried()
             return response
         if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
             try:
