@@ -59,6 +59,12 @@ def shedding_service() -> Iterator[int]:
         process.wait(10)
 
 
+def _stalled(sample: Any, stalls: list[tuple[float, float]]) -> bool:
+    """Whether the server's event loop stalled while ``sample`` was in flight."""
+    end = sample.sent + sample.latency
+    return any(begin < end and sample.sent < until for begin, until in stalls)
+
+
 def _p99(latencies: list[float]) -> float:
     ordered = sorted(latencies)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -68,11 +74,19 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     shedding_service: int,
 ) -> None:
     drop = 6.0
-    samples, limits, served = asyncio.run(overload.drive(shedding_service, RATE, drop, 15.0))
+    samples, limits, everything, stalls = asyncio.run(
+        overload.drive(shedding_service, RATE, drop, 15.0)
+    )
     degraded_workers = overload.DEGRADED
 
     # latency as the server measured it, admission included: the client's own event loop,
-    # on a shared two-core machine, adds stalls that are not the server's
+    # on a shared two-core machine, adds stalls that are not the server's. Requests in
+    # flight while the server's own event loop stalled (it woke up more than 25 ms late:
+    # the machine's other work starving it) are late alike whatever the limit, so they are
+    # left out of both p99s; queueing for a worker is no stall and stays counted. Most
+    # requests must remain, or the run measured the machine, not the shedder.
+    served = [s for s in everything if not _stalled(s, stalls)]
+    assert len(served) >= 0.8 * len(everything), f"{len(stalls)} stalls: the machine is too busy"
     healthy = [s.latency for s in served if 1.0 <= s.sent < drop and s.status == 200]
     healthy_p99 = _p99(healthy)
     # converged: from this time on the limit stays within 2x the new capacity
@@ -93,7 +107,9 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     assert len(admitted) > 100
     admitted_p99 = _p99(admitted)
     assert admitted_p99 < 2 * healthy_p99, (admitted_p99, healthy_p99)
-    # the service is kept busy: admitted throughput near the degraded capacity
+    # the service is kept busy: admitted throughput near the degraded capacity (all of it)
+    steady = [s for s in everything if s.sent >= converged_at + 1.5]
+    admitted = [s.latency for s in steady if s.status == 200]
     span = max(s.sent for s in steady) - min(s.sent for s in steady)
     assert len(admitted) / span >= 0.8 * degraded_workers / overload.SERVICE_TIME
 
