@@ -1,6 +1,6 @@
 """Overload: the same capacity drop through four ways of limiting load, in one run.
 
-    .venv/bin/python benchmarks/overload.py [--healthy 6] [--degraded 16] [--rate 60]
+    .venv/bin/python benchmarks/overload.py [--healthy 6] [--degraded 16] [--rate 60] [--deadline 1]
 
 A service with 16 workers of 100 ms each (160 requests/s) serves an open-loop load of
 ``--rate`` requests/s (default 60: 20% critical, 20% default, 60% sheddable, each with a
@@ -354,16 +354,20 @@ def _wait_for_port(port: int) -> None:
 
 
 def main() -> None:
+    global DEADLINE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--healthy", type=float, default=6.0, help="seconds at full capacity")
     parser.add_argument("--degraded", type=float, default=16.0, help="seconds after the drop")
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second offered")
     parser.add_argument("--only", default="", help="run only this mode")
+    parser.add_argument("--deadline", type=float, default=1.0,
+                        help="seconds each request may take (sent as X-Request-Timeout-Ms)")
     args = parser.parse_args()
+    DEADLINE = args.deadline
     modes = [m for m in MODES if not args.only or m == args.only]
     capacity = DEGRADED / SERVICE_TIME
     print(f"capacity {WORKERS}x{SERVICE_TIME * 1000:.0f} ms -> {DEGRADED}x (degraded: "
-          f"{capacity:.0f} req/s); offered {args.rate:.0f} req/s; deadline {DEADLINE:.0f} s; "
+          f"{capacity:.0f} req/s); offered {args.rate:.0f} req/s; deadline {DEADLINE:g} s; "
           f"measured from {SETTLE:.0f} s after the drop")
     results = [measure(mode, args.rate, args.healthy, args.degraded) for mode in modes]
     # Every mode is the same service while healthy (no limit is reached), so the promise a

@@ -25,6 +25,7 @@ import stoic
 from integrations.servers import Running
 from stoic.integrations.asgi import LoadShedder
 from stoic.integrations.shedding import RequestShed
+from stoic.testing import virtual_time
 from support import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,6 +244,29 @@ def test_a_request_whose_deadline_has_passed_is_answered_504_without_running() -
     asyncio.run(main())
 
 
+def test_a_request_that_cannot_finish_in_time_is_refused_until_the_latency_is_old_news() -> None:
+    """Refusing on the measured latency admits nothing, so nothing measures it again: past
+    ``stale_after`` requests run again, or a queue that once stood would refuse work forever."""
+
+    async def main() -> None:
+        with virtual_time() as clock:
+            gate = Gate()
+            gate.open.set()
+            limit = stoic.AdaptiveLimit(initial_limit=4, min_limit=4, max_limit=4, window_samples=1)
+            start = limit.try_acquire()
+            assert start is not None
+            clock.advance(0.5)
+            limit.release(start)  # one window: calls take 0.5 s
+            shedder = LoadShedder(gate, limit)
+            assert (await _call(shedder, _request("critical", deadline_ms="300")))[0] == 504
+            assert gate.entered == 0
+            clock.advance(shedder.stale_after)
+            assert (await _call(shedder, _request("critical", deadline_ms="300")))[0] == 200
+            assert gate.entered == 1 and limit.rtt < 0.3  # and it measured the latency anew
+
+    asyncio.run(main())
+
+
 def test_a_queued_request_whose_deadline_passes_is_dropped_from_the_queue_not_run() -> None:
     async def main() -> None:
         gate = Gate()
@@ -292,6 +316,8 @@ def test_bad_configuration_raises_value_error_naming_the_parameter() -> None:
         LoadShedder(_ok, limit=stoic.Bulkhead(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="codel_target"):
         LoadShedder(_ok, codel_target=0)
+    with pytest.raises(ValueError, match="stale_after"):
+        LoadShedder(_ok, stale_after=-1.0)
 
 
 def test_stoic_http_clients_keep_one_adaptive_limit_per_host(

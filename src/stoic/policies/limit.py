@@ -30,6 +30,7 @@ of one could lose a sample; the mean is an estimate either way.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,7 @@ class AdaptiveLimit(Policy):
         self._room = WaitingRoom()
         self._waiting = 0
         self._rtt = 0.0
+        self._measured_at = -math.inf
         # the window being gathered
         self._window_end = clock.monotonic() + self.window
         self._sum = 0.0
@@ -299,7 +301,7 @@ class AdaptiveLimit(Policy):
         elif cap < previous:
             self._debt += previous - cap
             self._slow = True  # before _retire looks at the free tokens
-        self._rtt = rtt
+        self._rtt, self._measured_at = rtt, end
         self._sum, self._count, self._dropped = 0.0, 0, False
         self._low = len(self._free)
         self._window_end = end + self.window
@@ -400,6 +402,13 @@ class AdaptiveLimit(Policy):
     def rtt(self) -> float:
         """The mean latency of the last complete window, in seconds (0 before the first)."""
         return self._rtt
+
+    @property
+    def rtt_age(self) -> float:
+        """Seconds since the last window closed (``rtt`` was measured); inf before the first.
+
+        A limit that admits nothing closes no window: its ``rtt`` is then old news."""
+        return clock.monotonic() - self._measured_at
 
     def _rejected(self) -> LimitExceededError:
         retry_after = self._rtt if self._rtt > 0 else None
