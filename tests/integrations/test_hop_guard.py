@@ -10,6 +10,7 @@ receives one request.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -142,6 +143,59 @@ def test_an_edge_client_can_ask_for_retries_at_the_deepest_hop_only() -> None:
             assert _call_edge(url) == 503  # the edge client, 3 attempts, makes one
         assert [h.received for h in hops] == [1, 1, 1]
         assert len(bottom.received) == 3
+
+
+class Marked(Bottom):
+    """Overloaded, and says the failure was already retried below it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        with self.lock:
+            self.received.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"x-stoic-retried", b"1")]})
+        await send({"type": "http.response.body", "body": b"overloaded"})
+
+
+def _get_with(library: str, url: str) -> int:
+    if library == "httpx":
+        with stoic.http.Client(policy=_retry(), per_host=False) as client:
+            return client.get(url).status_code
+    if library == "requests":
+        requests = pytest.importorskip("requests")
+        from stoic.integrations.requests import ResilientAdapter
+
+        with requests.Session() as session:
+            session.mount("http://", ResilientAdapter(policy=_retry(), per_host=False))
+            return int(session.get(url, timeout=5).status_code)
+    aiohttp = pytest.importorskip("aiohttp")
+    from stoic.integrations.aiohttp import ResilientMiddleware
+
+    async def get() -> int:
+        middleware = ResilientMiddleware(policy=_retry(), per_host=False)
+        async with (
+            aiohttp.ClientSession(middlewares=(middleware,)) as session,
+            session.get(url) as response,
+        ):
+            return int(response.status)
+
+    return asyncio.run(get())
+
+
+@pytest.mark.parametrize("library", ["httpx", "requests", "aiohttp"])
+def test_every_stoic_client_passes_up_a_failure_retried_below_without_retrying(
+    library: str,
+) -> None:
+    marked = Marked()
+    server = Server(marked).start()
+    try:
+        with stoic.context.hop(deepest=True) as serving:
+            assert _get_with(library, f"{server.url}/work") == 503
+        assert len(marked.received) == 1  # 3 attempts configured; the answer said: final
+        assert serving.retried  # and the request being served would say so in turn
+        assert marked.received[0]["x-stoic-retry-below"] == "deepest"
+    finally:
+        server.stop()
 
 
 def test_bad_hop_guard_raises_value_error_naming_it() -> None:

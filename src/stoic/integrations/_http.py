@@ -49,7 +49,9 @@ __all__ = [
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
+    "passed_up",
     "raise_if_deadline",
+    "retried",
     "retries",
     "single_attempt_variant",
 ]
@@ -308,6 +310,22 @@ class Core:
             return
         for name, value in carrier.items():
             headers[name] = value
+
+
+def passed_up(headers: Any) -> bool:
+    """Whether a failing answer says it was retried below (``X-Stoic-Retried: 1``): then it
+    is final, not retried here, and the request being served passes it up marked in turn."""
+    if headers.get(RETRIED_HEADER) != "1":
+        return False
+    context.note_retried()
+    return True
+
+
+def retried(plan: Plan) -> None:
+    """The request failed for good: after several attempts, the request being served passes
+    up a failure that was retried (the hop guard's deepest mode marks its answer)."""
+    if plan.attempt > 1:
+        context.note_retried()
 
 
 def raise_if_deadline(exc: Exception, plan: Plan) -> None:

@@ -32,18 +32,19 @@ from typing import ClassVar, Generic, TypeVar
 
 import httpx
 
-from ..context import note_retried, using_idempotency_key
+from ..context import using_idempotency_key
 from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     DEADLINE_HEADER,
     REQUEST_ID_HEADER,
-    RETRIED_HEADER,
     BreakerFactory,
     BulkheadFactory,
     Core,
     Plan,
+    passed_up,
     raise_if_deadline,
+    retried,
 )
 
 __all__ = ["ResilientAsyncTransport", "ResilientTransport"]
@@ -162,12 +163,10 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
             with using_idempotency_key(plan.key):
                 return policy.call(self._attempt, request, plan)
         except _StatusFailure as failure:
-            if plan.attempt > 1:  # a failure passed up after retries: the hop above must not
-                note_retried()
+            retried(plan)
             return failure.response
         except Exception:
-            if plan.attempt > 1:
-                note_retried()
+            retried(plan)
             raise
 
     def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
@@ -183,10 +182,7 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
             raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure:
-            return response
-        if response.headers.get(RETRIED_HEADER) == "1":  # retried below: final, pass it up
-            note_retried()
+        if not verdict.outcome.is_failure or passed_up(response.headers):
             return response
         if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
             try:
@@ -225,12 +221,10 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
             with using_idempotency_key(plan.key):
                 return await policy.acall(self._attempt, request, plan)
         except _StatusFailure as failure:
-            if plan.attempt > 1:  # a failure passed up after retries: the hop above must not
-                note_retried()
+            retried(plan)
             return failure.response
         except Exception:
-            if plan.attempt > 1:
-                note_retried()
+            retried(plan)
             raise
 
     async def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
@@ -246,10 +240,7 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
             raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure:
-            return response
-        if response.headers.get(RETRIED_HEADER) == "1":  # retried below: final, pass it up
-            note_retried()
+        if not verdict.outcome.is_failure or passed_up(response.headers):
             return response
         if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
             try:
