@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import statistics
 import sys
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import stoic
+from stoic import clock
 
 
 @dataclass
@@ -580,10 +582,37 @@ breaker_groups()
 # ==== issue 16: AdaptiveLimit, free slot (goal: under 1 us added, sync) ======================
 
 
+def _limit_floor(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """The floor of any adaptive limiter in pure Python, shaped like a stoic policy.
+
+    A decorator frame and a step frame (as ``Policy.__call__`` and ``wrap`` make), one
+    atomic admission (a token popped from a list), one clock reading before and one after
+    the call (the latency sample), the token given back: no window, no algorithm, no
+    exception handling. What is left above it is the cost of being a full policy.
+    """
+    free: list[None] = [None] * 20
+    take, give = free.pop, free.append
+
+    def step(fn: Any, args: Any, kwargs: Any) -> Any:
+        take()
+        start = clock.monotonic()
+        result = fn(*args, **kwargs)
+        end = clock.monotonic()
+        give(None)
+        return end - start and result
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return step(fn, args, kwargs)
+
+    return wrapper
+
+
 def limit_groups() -> None:
     """AdaptiveLimit's happy path beside the Bulkhead (a fixed limit) and peers' limiters."""
     sync = group("AdaptiveLimit, free slot (sync)")
     sync.cases.append(Case("bare call", ok))
+    sync.cases.append(Case("hand-written floor", _limit_floor(ok)))
     sync.cases.append(Case("stoic AdaptiveLimit(vegas)", stoic.AdaptiveLimit("vegas")(ok)))
     sync.cases.append(Case("stoic AdaptiveLimit(gradient2)", stoic.AdaptiveLimit("gradient2")(ok)))
     sync.cases.append(Case("stoic Bulkhead(10), fixed", stoic.Bulkhead(10)(ok)))

@@ -1,6 +1,6 @@
 """Overload: the same capacity drop through four ways of limiting load, in one run.
 
-    .venv/bin/python benchmarks/overload.py [--healthy 6] [--degraded 16] [--rate 60]
+    .venv/bin/python benchmarks/overload.py [--healthy 6] [--degraded 16] [--rate 60] [--deadline 1]
 
 A service with 16 workers of 100 ms each (160 requests/s) serves an open-loop load of
 ``--rate`` requests/s (default 60: 20% critical, 20% default, 60% sheddable, each with a
@@ -44,6 +44,7 @@ DEADLINE = 1.0
 MIX = (("critical", 2), ("default", 2), ("sheddable", 6))
 MODES = ("none", "bulkhead", "uvicorn", "stoic")
 SETTLE = 4.0
+STALL = 0.025  # seconds: an event-loop wake-up later than this is a stall of the service
 
 # --- the service (run in a subprocess: ``overload.py serve MODE PORT``) ----------------------
 
@@ -98,6 +99,18 @@ def serve(mode: str, port: int) -> None:
         work = shedder = LoadShedder(work)
 
     served: list[tuple[float, str, int, float]] = []
+    stalls: list[tuple[float, float]] = []
+    monitor: list[asyncio.Task[None]] = []
+
+    async def watch_loop() -> None:
+        """Record the stretches when this process's event loop ran late (the machine's other
+        work starving it, or a GC pause): every request in flight then is late alike."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.005)
+            after = time.monotonic()
+            if after - before > STALL:
+                stalls.append((before, after))
 
     async def timed(scope: Any, receive: Any, send: Any) -> None:
         """``work``, with the time the server took (admission included) kept per request."""
@@ -117,8 +130,12 @@ def serve(mode: str, port: int) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if not monitor:
+            monitor.append(asyncio.create_task(watch_loop()))
         if scope["path"] == "/served":
             await _reply(send, 200, json.dumps(served).encode())
+        elif scope["path"] == "/stalls":
+            await _reply(send, 200, json.dumps(stalls).encode())
         elif scope["path"] == "/capacity":
             await pool.resize(int(scope["query_string"].decode().split("=")[1]))
             await _reply(send, 200, b"ok")
@@ -185,10 +202,11 @@ class Sample:
 
 
 async def drive(port: int, rate: float, healthy: float, degraded: float) -> tuple[
-    list[Sample], list[tuple[float, int | None]], list[Sample]
+    list[Sample], list[tuple[float, int | None]], list[Sample], list[tuple[float, float]]
 ]:
-    """Offer the load; the answers as the client saw them, the limit over time, and the
-    requests as the server saw them (its own time for each, admission included)."""
+    """Offer the load; the answers as the client saw them, the limit over time, the
+    requests as the server saw them (its own time for each, admission included) and the
+    stretches when the server's event loop stalled (seconds from the start, like the rest)."""
     pool, control = Connections(port), Connections(port)
     samples: list[Sample] = []
     limits: list[tuple[float, int | None]] = []
@@ -244,7 +262,8 @@ async def drive(port: int, rate: float, healthy: float, degraded: float) -> tupl
     await watcher
     served = [Sample(at - origin, priority, status, took)
               for at, priority, status, took in json.loads(await ask("/served"))]
-    return samples, limits, served
+    stalls = [(a - origin, b - origin) for a, b in json.loads(await ask("/stalls"))]
+    return samples, limits, served, stalls
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -262,7 +281,7 @@ def measure(mode: str, rate: float, healthy: float, degraded: float) -> dict[str
     process = subprocess.Popen([sys.executable, __file__, "serve", mode, str(port)], env=env)
     try:
         _wait_for_port(port)
-        samples, limits, _ = asyncio.run(drive(port, rate, healthy, degraded))
+        samples, limits, _, stalls = asyncio.run(drive(port, rate, healthy, degraded))
     finally:
         process.terminate()
         process.wait(10)
@@ -294,6 +313,7 @@ def measure(mode: str, rate: float, healthy: float, degraded: float) -> dict[str
         "healthy_p99": healthy_p99,
         "outcomes": outcomes,
         "limit": [v for at, v in limits if at >= start and v is not None],
+        "stalls": len(stalls),
     }
 
 
@@ -334,16 +354,20 @@ def _wait_for_port(port: int) -> None:
 
 
 def main() -> None:
+    global DEADLINE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--healthy", type=float, default=6.0, help="seconds at full capacity")
     parser.add_argument("--degraded", type=float, default=16.0, help="seconds after the drop")
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second offered")
     parser.add_argument("--only", default="", help="run only this mode")
+    parser.add_argument("--deadline", type=float, default=1.0,
+                        help="seconds each request may take (sent as X-Request-Timeout-Ms)")
     args = parser.parse_args()
+    DEADLINE = args.deadline
     modes = [m for m in MODES if not args.only or m == args.only]
     capacity = DEGRADED / SERVICE_TIME
     print(f"capacity {WORKERS}x{SERVICE_TIME * 1000:.0f} ms -> {DEGRADED}x (degraded: "
-          f"{capacity:.0f} req/s); offered {args.rate:.0f} req/s; deadline {DEADLINE:.0f} s; "
+          f"{capacity:.0f} req/s); offered {args.rate:.0f} req/s; deadline {DEADLINE:g} s; "
           f"measured from {SETTLE:.0f} s after the drop")
     results = [measure(mode, args.rate, args.healthy, args.degraded) for mode in modes]
     # Every mode is the same service while healthy (no limit is reached), so the promise a
@@ -368,6 +392,8 @@ def main() -> None:
         ratio = "" if not stoic_goodput or not r["goodput"] else f"{stoic_goodput / r['goodput']:.2f}"
         print(f"{r['mode']:10} {r['goodput']:>7.0%} {r['fast']:>9.0%} {r['p50'] * 1000:>7.0f} {r['p99'] * 1000:>7.0f} "
               f"{r['healthy_p99'] * 1000:>12.0f} {settled:>10}  {outcomes}   {ratio}")
+    print("server event-loop stalls (> 25 ms, the machine's other work): " + ", ".join(
+        f"{r['mode']} {r['stalls']}" for r in results))
     for r in results:
         if r["limit"]:
             print(f"{r['mode']}: adaptive limit after the drop: min {min(r['limit'])}, "

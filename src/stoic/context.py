@@ -25,9 +25,11 @@ __all__ = [
     "hop",
     "hop_attempt",
     "idempotency_key",
+    "note_retried",
     "remaining",
     "reset_deadline",
     "retries_allowed",
+    "retry_deepest",
     "set_deadline",
     "using_idempotency_key",
 ]
@@ -35,8 +37,8 @@ __all__ = [
 _deadline: ContextVar[float | None] = ContextVar("stoic_deadline", default=None)
 _fields: ContextVar[Mapping[str, Any]] = ContextVar("stoic_fields", default={})  # noqa: B039
 _idempotency_key: ContextVar[str | None] = ContextVar("stoic_idempotency_key", default=None)
-# (attempt number at the caller, whether the caller allows retries below it); see ``hop``
-_hop: ContextVar[tuple[int, bool] | None] = ContextVar("stoic_hop", default=None)
+# what the caller said about retrying, and whether a failure passed up was retried; see ``hop``
+_hop: ContextVar[hop | None] = ContextVar("stoic_hop", default=None)
 
 V = TypeVar("V")
 _S = TypeVar("_S", bound="_Scoped[Any]")
@@ -180,29 +182,50 @@ def retries_allowed() -> bool:
     be 81 calls at the bottom).
     """
     bound = _hop.get()
-    return bound is None or bound[1]
+    return bound is None or bound.retry_below
+
+
+def retry_deepest() -> bool:
+    """True when only the hop nearest a failure retries (``hop(deepest=True)``): stoic's HTTP
+    clients then retry a failure unless its answer says it was retried below already."""
+    bound = _hop.get()
+    return bound is not None and bound.deepest
+
+
+def note_retried() -> None:
+    """Record that a failure the request being served passes up was retried already (stoic's
+    HTTP clients call it); ``StoicMiddleware`` then says so to the caller (``X-Stoic-Retried``)."""
+    bound = _hop.get()
+    if bound is not None:
+        bound.retried = True
 
 
 def hop_attempt() -> int | None:
     """Which attempt of its caller the request being served is (1 = first), if it said."""
     bound = _hop.get()
-    return None if bound is None else bound[0]
+    return None if bound is None else bound.attempt
 
 
-class hop(_Scoped["tuple[int, bool] | None"]):
+class hop(_Scoped["hop | None"]):
     """Bind what the caller of this request said about retrying (``StoicMiddleware`` does).
 
     ``attempt`` is the caller's attempt number; ``retry_below`` False means the caller
     retries this request itself, so nothing below should add retries of its own.
+    ``deepest`` (with ``retry_below``) asks for retries at the deepest hop only: the hop
+    next to the failing service retries, the hops above pass its answer up. An edge process
+    opts in with ``with stoic.context.hop(deepest=True):`` around its calls.
+    ``retried`` becomes True when a failure passed up was already retried (``note_retried``).
     """
 
-    __slots__ = ("attempt", "retry_below")
+    __slots__ = ("attempt", "deepest", "retried", "retry_below")
     _var = _hop
 
-    def __init__(self, attempt: int, retry_below: bool) -> None:
+    def __init__(self, attempt: int = 1, retry_below: bool = True, *, deepest: bool = False) -> None:
         super().__init__()
         self.attempt = attempt
         self.retry_below = retry_below
+        self.deepest = bool(deepest) and retry_below
+        self.retried = False
 
-    def _value(self) -> tuple[int, bool] | None:
-        return (self.attempt, self.retry_below)
+    def _value(self) -> hop | None:
+        return self

@@ -25,6 +25,7 @@ import stoic
 from integrations.servers import Running
 from stoic.integrations.asgi import LoadShedder
 from stoic.integrations.shedding import RequestShed
+from stoic.testing import virtual_time
 from support import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +60,12 @@ def shedding_service() -> Iterator[int]:
         process.wait(10)
 
 
+def _stalled(sample: Any, stalls: list[tuple[float, float]]) -> bool:
+    """Whether the server's event loop stalled while ``sample`` was in flight."""
+    end = sample.sent + sample.latency
+    return any(begin < end and sample.sent < until for begin, until in stalls)
+
+
 def _p99(latencies: list[float]) -> float:
     ordered = sorted(latencies)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -68,11 +75,19 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     shedding_service: int,
 ) -> None:
     drop = 6.0
-    samples, limits, served = asyncio.run(overload.drive(shedding_service, RATE, drop, 15.0))
+    samples, limits, everything, stalls = asyncio.run(
+        overload.drive(shedding_service, RATE, drop, 15.0)
+    )
     degraded_workers = overload.DEGRADED
 
     # latency as the server measured it, admission included: the client's own event loop,
-    # on a shared two-core machine, adds stalls that are not the server's
+    # on a shared two-core machine, adds stalls that are not the server's. Requests in
+    # flight while the server's own event loop stalled (it woke up more than 25 ms late:
+    # the machine's other work starving it) are late alike whatever the limit, so they are
+    # left out of both p99s; queueing for a worker is no stall and stays counted. Most
+    # requests must remain, or the run measured the machine, not the shedder.
+    served = [s for s in everything if not _stalled(s, stalls)]
+    assert len(served) >= 0.8 * len(everything), f"{len(stalls)} stalls: the machine is too busy"
     healthy = [s.latency for s in served if 1.0 <= s.sent < drop and s.status == 200]
     healthy_p99 = _p99(healthy)
     # converged: from this time on the limit stays within 2x the new capacity
@@ -93,7 +108,9 @@ def test_when_capacity_drops_4x_the_limit_converges_and_critical_work_still_succ
     assert len(admitted) > 100
     admitted_p99 = _p99(admitted)
     assert admitted_p99 < 2 * healthy_p99, (admitted_p99, healthy_p99)
-    # the service is kept busy: admitted throughput near the degraded capacity
+    # the service is kept busy: admitted throughput near the degraded capacity (all of it)
+    steady = [s for s in everything if s.sent >= converged_at + 1.5]
+    admitted = [s.latency for s in steady if s.status == 200]
     span = max(s.sent for s in steady) - min(s.sent for s in steady)
     assert len(admitted) / span >= 0.8 * degraded_workers / overload.SERVICE_TIME
 
@@ -227,6 +244,29 @@ def test_a_request_whose_deadline_has_passed_is_answered_504_without_running() -
     asyncio.run(main())
 
 
+def test_a_request_that_cannot_finish_in_time_is_refused_until_the_latency_is_old_news() -> None:
+    """Refusing on the measured latency admits nothing, so nothing measures it again: past
+    ``stale_after`` requests run again, or a queue that once stood would refuse work forever."""
+
+    async def main() -> None:
+        with virtual_time() as clock:
+            gate = Gate()
+            gate.open.set()
+            limit = stoic.AdaptiveLimit(initial_limit=4, min_limit=4, max_limit=4, window_samples=1)
+            start = limit.try_acquire()
+            assert start is not None
+            clock.advance(0.5)
+            limit.release(start)  # one window: calls take 0.5 s
+            shedder = LoadShedder(gate, limit)
+            assert (await _call(shedder, _request("critical", deadline_ms="300")))[0] == 504
+            assert gate.entered == 0
+            clock.advance(shedder.stale_after)
+            assert (await _call(shedder, _request("critical", deadline_ms="300")))[0] == 200
+            assert gate.entered == 1 and limit.rtt < 0.3  # and it measured the latency anew
+
+    asyncio.run(main())
+
+
 def test_a_queued_request_whose_deadline_passes_is_dropped_from_the_queue_not_run() -> None:
     async def main() -> None:
         gate = Gate()
@@ -276,6 +316,8 @@ def test_bad_configuration_raises_value_error_naming_the_parameter() -> None:
         LoadShedder(_ok, limit=stoic.Bulkhead(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="codel_target"):
         LoadShedder(_ok, codel_target=0)
+    with pytest.raises(ValueError, match="stale_after"):
+        LoadShedder(_ok, stale_after=-1.0)
 
 
 def test_stoic_http_clients_keep_one_adaptive_limit_per_host(

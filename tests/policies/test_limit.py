@@ -141,6 +141,56 @@ def test_calls_run_only_when_admitted_and_inflight_never_exceeds_the_limit(
             assert limit.inflight == len(running) <= max(limit.limit, len(running))
 
 
+def test_from_many_threads_concurrency_never_exceeds_the_limit_and_every_slot_comes_back() -> None:
+    """The happy path takes no lock: admission is a token popped from a list, atomic."""
+    limit = AdaptiveLimit(initial_limit=4, min_limit=4, max_limit=4)
+    guard = threading.Lock()
+    running, peak = [0], [0]
+
+    def work() -> None:
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        with guard:
+            running[0] -= 1
+
+    def caller() -> None:
+        for _ in range(300):
+            try:
+                limit.call(work)
+            except LimitExceededError:
+                pass
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 1 <= peak[0] <= 4
+    assert limit.inflight == 0
+    held = [limit.try_acquire() for _ in range(5)]
+    assert [start is not None for start in held] == [True] * 4 + [False]
+
+
+def test_when_the_limit_falls_below_the_calls_in_flight_their_slots_are_retired() -> None:
+    with virtual_time() as clock:
+        limit = AdaptiveLimit(Aimd(backoff=0.5), initial_limit=10, window_samples=1)
+        held = [limit.try_acquire() for _ in range(10)]
+        clock.advance(limit.window)
+        first = held.pop()
+        assert first is not None
+        limit.release(first, dropped=True)
+        assert limit.limit == 5
+        assert limit.inflight == 9
+        assert limit.try_acquire() is None
+        for start in held:
+            assert start is not None
+            limit.release(start)
+        assert limit.inflight == 0
+        again = [limit.try_acquire() for _ in range(6)]
+        assert [start is not None for start in again] == [True] * 5 + [False]
+
+
 class TestAdmission:
     def test_over_the_limit_a_call_waits_up_to_max_wait_for_a_slot(self) -> None:
         limit = AdaptiveLimit(initial_limit=1, max_limit=1, max_wait=5.0)

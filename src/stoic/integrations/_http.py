@@ -39,6 +39,7 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "KEYED_METHODS",
     "REQUEST_ID_HEADER",
+    "RETRIED_HEADER",
     "RETRY_BELOW_HEADER",
     "Core",
     "HostPolicies",
@@ -48,7 +49,9 @@ __all__ = [
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
+    "passed_up",
     "raise_if_deadline",
+    "retried",
     "retries",
     "single_attempt_variant",
 ]
@@ -63,9 +66,12 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 REQUEST_ID_HEADER = "X-Request-ID"
 #: The hop guard's headers: which attempt of the sender this request is (1 = first), and
-#: whether hops below may retry it ("1") or must not because the sender retries ("0").
+#: whether hops below may retry it ("1") or must not because the sender retries ("0"), or
+#: must retry only at the hop nearest a failure ("deepest"); on an answer, "1" in
+#: ``RETRIED_HEADER`` says the failure it carries was retried below already.
 ATTEMPT_HEADER = "X-Stoic-Attempt"
 RETRY_BELOW_HEADER = "X-Stoic-Retry-Below"
+RETRIED_HEADER = "X-Stoic-Retried"
 
 # A timeout that fires with less than this left of the deadline was the deadline firing.
 _DEADLINE_SLACK = 0.005
@@ -262,7 +268,9 @@ class Core:
         else:
             policy = self._single_policy if guarded else self.policy
         plan = Plan(policy, self._host_policy(url), key, timeouts, method, url)
-        if guarded or (policy is not None and self._retries):
+        if not guarded and context.retry_deepest():
+            plan.retry_below = "deepest"  # retries below first; a failure they retried is final
+        elif guarded or (policy is not None and self._retries):
             plan.retry_below = "0"
         return plan
 
@@ -302,6 +310,22 @@ class Core:
             return
         for name, value in carrier.items():
             headers[name] = value
+
+
+def passed_up(headers: Any) -> bool:
+    """Whether a failing answer says it was retried below (``X-Stoic-Retried: 1``): then it
+    is final, not retried here, and the request being served passes it up marked in turn."""
+    if headers.get(RETRIED_HEADER) != "1":
+        return False
+    context.note_retried()
+    return True
+
+
+def retried(plan: Plan) -> None:
+    """The request failed for good: after several attempts, the request being served passes
+    up a failure that was retried (the hop guard's deepest mode marks its answer)."""
+    if plan.attempt > 1:
+        context.note_retried()
 
 
 def raise_if_deadline(exc: Exception, plan: Plan) -> None:

@@ -39,7 +39,9 @@ from ._http import (
     BulkheadFactory,
     Core,
     Plan,
+    passed_up,
     raise_if_deadline,
+    retried,
 )
 
 __all__ = ["ResilientMiddleware"]
@@ -113,7 +115,11 @@ class ResilientMiddleware(Core):
             with using_idempotency_key(plan.key):
                 return await policy.acall(self._attempt, request, handler, plan)
         except _StatusFailure as failure:
+            retried(plan)
             return failure.response
+        except Exception:
+            retried(plan)
+            raise
 
     async def _attempt(self, request: Any, handler: Handler, plan: Plan) -> Any:
         left = self._begin_attempt(request.headers, plan)
@@ -131,7 +137,7 @@ class ResilientMiddleware(Core):
             raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status, response.headers)
-        if not verdict.outcome.is_failure:
+        if not verdict.outcome.is_failure or passed_up(response.headers):
             return response
         try:  # read now, so the connection goes back to the pool before any backoff
             await response.read()

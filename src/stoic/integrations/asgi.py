@@ -77,7 +77,10 @@ class StoicMiddleware:
         request_id_header: where the request id comes from and is echoed to.
         hop_guard: bind the caller's ``X-Stoic-Attempt`` / ``X-Stoic-Retry-Below`` headers
             (``stoic.context.hop``), so stoic clients in the handler do not retry what the
-            caller already retries. See docs/hop-guard.md.
+            caller already retries (True: retry at the edge). ``"deepest"``: retry at the
+            hop nearest the failure only, also for callers that sent no header; answers
+            then carry ``X-Stoic-Retried: 1`` when a failure was retried below. False: off.
+            See docs/hop-guard.md.
     """
 
     def __init__(
@@ -92,7 +95,7 @@ class StoicMiddleware:
         user_id: UserIdHook | None = None,
         *,
         request_id_header: str = "X-Request-ID",
-        hop_guard: bool = True,
+        hop_guard: bool | str = True,
     ) -> None:
         if not callable(app):
             raise ValueError(f"app must be an ASGI application, got {app!r}")
@@ -123,7 +126,10 @@ class StoicMiddleware:
         self.bulkhead = bulkhead
         self.user_id = user_id
         self.request_id_header = request_id_header
-        self.hop_guard = bool(hop_guard)
+        if not (hop_guard is True or hop_guard is False or hop_guard == "deepest"):
+            raise ValueError(f"hop_guard must be True, False or 'deepest', got {hop_guard!r}")
+        self.hop_guard = hop_guard is not False
+        self.hop_deepest = hop_guard == "deepest"
         self._deadline_key = deadline_header.lower().encode("latin-1")
         self._request_id_key = request_id_header.lower().encode("latin-1")
         from ..observability.otel import extract  # None at once unless tracing is on
@@ -166,12 +172,13 @@ class StoicMiddleware:
 class _Exchange:
     """The per-request state: what came in, and whether the response has started."""
 
-    __slots__ = ("headers", "middleware", "request_id", "scope", "started")
+    __slots__ = ("headers", "hop", "middleware", "request_id", "scope", "started")
 
     def __init__(self, middleware: StoicMiddleware, scope: Scope) -> None:
         self.middleware = middleware
         self.scope = scope
         self.started = False
+        self.hop: hop | None = None
         self.headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or ())
         self.request_id = ""
 
@@ -213,12 +220,16 @@ class _Exchange:
                 otel_context.detach(token)
 
     def _hop(self) -> hop | contextlib.nullcontext[None]:
-        """The caller's retry signal for the hop guard, when it sent one."""
-        below = self._header(b"x-stoic-retry-below") if self.middleware.hop_guard else None
-        if below is None:
+        """The caller's retry signal for the hop guard, when it sent one (or "deepest")."""
+        mw = self.middleware
+        below = self._header(b"x-stoic-retry-below") if mw.hop_guard else None
+        if below is None and not mw.hop_deepest:
             return contextlib.nullcontext()
+        below = (below or b"1").strip()
         attempt = self._header(b"x-stoic-attempt") or b"1"
-        return hop(int(attempt) if attempt.isdigit() else 1, below.strip() != b"0")
+        self.hop = hop(int(attempt) if attempt.isdigit() else 1, below != b"0",
+                       deepest=mw.hop_deepest or below == b"deepest")
+        return self.hop
 
     def _attach_trace(self) -> Any:
         try:
@@ -241,6 +252,8 @@ class _Exchange:
                 self.started = True
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != echo[0]]
                 headers.append(echo)
+                if self.hop is not None and self.hop.deepest and self.hop.retried:
+                    headers.append((b"x-stoic-retried", b"1"))  # the hop above must not retry
                 message["headers"] = headers
             await send(message)
 

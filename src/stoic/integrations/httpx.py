@@ -42,7 +42,9 @@ from ._http import (
     BulkheadFactory,
     Core,
     Plan,
+    passed_up,
     raise_if_deadline,
+    retried,
 )
 
 __all__ = ["ResilientAsyncTransport", "ResilientTransport"]
@@ -161,7 +163,11 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
             with using_idempotency_key(plan.key):
                 return policy.call(self._attempt, request, plan)
         except _StatusFailure as failure:
+            retried(plan)
             return failure.response
+        except Exception:
+            retried(plan)
+            raise
 
     def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -176,7 +182,7 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
             raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure:
+        if not verdict.outcome.is_failure or passed_up(response.headers):
             return response
         if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
             try:
@@ -215,7 +221,11 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
             with using_idempotency_key(plan.key):
                 return await policy.acall(self._attempt, request, plan)
         except _StatusFailure as failure:
+            retried(plan)
             return failure.response
+        except Exception:
+            retried(plan)
+            raise
 
     async def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -230,7 +240,7 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
             raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure:
+        if not verdict.outcome.is_failure or passed_up(response.headers):
             return response
         if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
             try:

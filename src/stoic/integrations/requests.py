@@ -39,7 +39,9 @@ from ._http import (
     BulkheadFactory,
     Core,
     Plan,
+    passed_up,
     raise_if_deadline,
+    retried,
 )
 
 __all__ = ["ResilientAdapter"]
@@ -147,9 +149,13 @@ class ResilientAdapter(Core, HTTPAdapter):
             with using_idempotency_key(plan.key):
                 return policy.call(self._attempt, request, plan, io)
         except _StatusFailure as failure:
+            retried(plan)
             response = failure.response
             assert response is not None  # we always attach it
             return response
+        except Exception:
+            retried(plan)
+            raise
 
     def _attempt(
         self, request: requests.PreparedRequest, plan: Plan, io: tuple[Any, ...]
@@ -177,7 +183,7 @@ class ResilientAdapter(Core, HTTPAdapter):
             raise_if_deadline(exc, plan)
             raise
         verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure:
+        if not verdict.outcome.is_failure or passed_up(response.headers):
             return response
         response.content  # noqa: B018 - read it now, so the connection goes back to the pool
         raise _StatusFailure(f"{plan.what}: {verdict.reason}", response=response)

@@ -79,6 +79,9 @@ class LoadShedder:
             goodput with 1, 94% with 0), so it is off by default.
         deadline_header: the header with the caller's time left in milliseconds, read when
             no ``StoicMiddleware`` outside has bound a deadline.
+        stale_after: seconds after which the measured latency is too old to refuse a
+            request on (504) because it could not finish in time; requests then run and
+            measure it again.
         name: names the shedder in events.
     """
 
@@ -95,6 +98,7 @@ class LoadShedder:
         codel_interval: float = 0.1,
         reserve: int = 0,
         deadline_header: str = "X-Request-Timeout-Ms",
+        stale_after: float = 1.0,
         name: str = "load_shedder",
     ) -> None:
         if not callable(app):
@@ -123,6 +127,7 @@ class LoadShedder:
         count("reserve", reserve, minimum=0)
         seconds("codel_target", codel_target, finite=True)
         seconds("codel_interval", codel_interval, finite=True)
+        self.stale_after = seconds("stale_after", stale_after, finite=True)
         self.app = app
         self.limit = limit
         self.priority = priority
@@ -146,7 +151,7 @@ class LoadShedder:
         priority = self._priority(scope)
         left = self._time_left(scope)
         limit = self.limit
-        if left is not None and (left <= 0 or left < limit.rtt):
+        if left is not None and (left <= 0 or (left < limit.rtt and self._fresh(limit))):
             await self._refuse(send, priority, 504, "deadline")
             return
         headroom = self._headroom[priority]
@@ -179,6 +184,15 @@ class LoadShedder:
             limit.release(start, ignore=True)
             raise
         limit.release(start, dropped=status in (429, 503))
+
+    def _fresh(self, limit: AdaptiveLimit) -> bool:
+        """Whether the limit's latency is recent enough to refuse a request on.
+
+        Refusing every request whose time left is under the latency closes no more windows,
+        so a latency measured while a queue stood would refuse work forever. Past
+        ``stale_after`` seconds without a new measurement requests run again (as the limit
+        admits them) and measure it anew."""
+        return limit.rtt_age < self.stale_after
 
     def _priority(self, scope: Scope) -> str:
         name: str | None = None

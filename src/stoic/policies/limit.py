@@ -6,19 +6,8 @@ front of the dependency until each one misses its deadline. ``AdaptiveLimit`` tr
 limit the way TCP treats its congestion window: it watches the latency of the calls it lets
 through (and the calls that were dropped: timeouts, THROTTLED answers) and moves the limit.
 Latency that grows while concurrency stays the same means a queue is forming, so the limit
-goes down; latency at its floor means there is room, so it goes up.
-
-Three algorithms, each a small frozen config whose ``start()`` gives the per-limiter state:
-
-- ``Vegas`` (``"vegas"``): estimates the queue as ``limit * (1 - min_rtt / rtt)`` and keeps
-  it between ``alpha`` and ``beta`` requests (scaled by ``log10(limit)``). Stable and
-  latency-tight when the no-load latency is steady; the default for servers.
-- ``Gradient2`` (``"gradient2"``): compares a short-term latency with a slow moving average
-  and shrinks the limit by that gradient, with ``sqrt(limit)`` headroom. Copes with a
-  baseline latency that drifts (caches warming, payload mix changing).
-- ``Aimd`` (``"aimd"``): additive increase, multiplicative decrease on drops and on windows
-  slower than ``latency``. Simple and predictable; choose it when only errors and timeouts,
-  not latency, tell you about overload.
+goes down; latency at its floor means there is room, so it goes up. The algorithms (Vegas,
+Gradient2, AIMD) live in ``limit_algorithms``.
 
 Samples are gathered in windows (``window`` seconds and at least ``window_samples`` calls):
 the algorithm sees each window's mean latency, its peak concurrency and whether anything was
@@ -27,27 +16,42 @@ with ``LimitExceededError`` (a ``stoic.Rejected`` with ``retry_after``), or wait
 ``max_wait`` seconds for a slot, never past the context deadline. Waiters are served by
 priority (lower number first), then in arrival order; that is what ``LoadShedder`` builds on.
 
-State changes take one small lock, never held across the call or a wait.
+How the happy path stays lock-free: the free slots are tokens in a list. A call takes one
+with ``list.pop()`` and gives it back with ``list.append()``, each one atomic under the GIL,
+so the limit is never exceeded and no lock is taken while slots are free. The lock guards
+the rest: closing a window (once per window), the waiters, and retiring tokens after the
+limit fell (``_debt``: tokens to take out of circulation as calls give them back). A release
+appends its token first and reads ``_slow`` (waiters or debt) after, and whoever sets
+``_slow`` does so before looking for free tokens, so a token freed meanwhile is never missed.
+The window's latency sum and count are plain attribute updates: a thread switch in the middle
+of one could lose a sample; the mean is an estimate either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .. import clock
-from .._validate import count, number, rate, seconds
+from .._validate import count, seconds
 from ..context import deadline_at
 from ..errors import DeadlineExceeded, Rejected
 from ..events import CallRejected, Event, dispatcher
 from ..outcome import Outcome, classify
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
+from .limit_algorithms import (
+    ALGORITHMS,
+    Aimd,
+    Estimator,
+    Gradient2,
+    LimitAlgorithm,
+    Vegas,
+    resolve_algorithm,
+)
+from .limit_queue import GRANTED, REFUSED, WAITING, Waiter, WaitingRoom
 
 __all__ = [
     "ALGORITHMS",
@@ -86,213 +90,6 @@ class LimitChanged(Event):
     dropped: bool
 
 
-class Estimator(Protocol):
-    """The mutable state of one algorithm for one limiter."""
-
-    def update(self, limit: float, rtt: float, inflight: int, dropped: bool) -> float:
-        """The next limit (before clamping to [min, max]) after a window of samples."""
-        ...
-
-
-class LimitAlgorithm(Protocol):
-    """An algorithm's configuration: ``start()`` makes the state for one limiter."""
-
-    def start(self) -> Estimator:
-        """Fresh state for a new limiter."""
-        ...
-
-
-def _scale(limit: float) -> float:
-    """log10 of the limit, at least 1: how Vegas grows its thresholds with the limit."""
-    return max(1.0, math.log10(max(limit, 1.0)))
-
-
-@dataclass(frozen=True, slots=True)
-class Vegas:
-    """TCP Vegas applied to concurrency: keep between ``alpha`` and ``beta`` calls queued.
-
-    Args:
-        alpha: below this estimated queue (times ``log10(limit)``, at least 1), grow.
-        beta: above this estimated queue (same scaling), shrink.
-        probe_every: windows between resets of the no-load latency to the current one,
-            so a dependency that became slower for good is not punished forever.
-    """
-
-    alpha: float = 1.0
-    beta: float = 2.0
-    probe_every: int = 200
-
-    def __post_init__(self) -> None:
-        number("alpha", self.alpha, above=0)
-        number("beta", self.beta, at_least=self.alpha)
-        count("probe_every", self.probe_every)
-
-    def start(self) -> Estimator:
-        return _VegasState(self)
-
-
-class _VegasState:
-    __slots__ = ("config", "min_rtt", "windows")
-
-    def __init__(self, config: Vegas) -> None:
-        self.config = config
-        self.min_rtt = math.inf
-        self.windows = 0
-
-    def update(self, limit: float, rtt: float, inflight: int, dropped: bool) -> float:
-        config = self.config
-        self.windows += 1
-        if self.windows >= config.probe_every:
-            self.windows = 0
-            self.min_rtt = rtt
-            return limit
-        if rtt < self.min_rtt:
-            self.min_rtt = rtt
-        step = _scale(limit)
-        if dropped:
-            return limit - step
-        if inflight * 2 < limit:  # the caller is not using the limit: no evidence either way
-            return limit
-        queue = limit * (1.0 - self.min_rtt / rtt) if rtt > 0 else 0.0
-        if queue > config.beta * step:
-            return limit - step
-        if queue < config.alpha * step:
-            return limit + step
-        return limit
-
-
-@dataclass(frozen=True, slots=True)
-class Gradient2:
-    """Shrink by the gradient between a long-term and a short-term latency.
-
-    Args:
-        tolerance: how much slower than the long-term average a window may be before the
-            limit shrinks (1.5: half again as slow).
-        smoothing: weight of each new estimate, in (0, 1]: lower is steadier and slower.
-        long_window: windows averaged into the long-term latency.
-    """
-
-    tolerance: float = 1.5
-    smoothing: float = 0.2
-    long_window: int = 100
-
-    def __post_init__(self) -> None:
-        number("tolerance", self.tolerance, at_least=1.0)
-        rate("smoothing", self.smoothing)
-        count("long_window", self.long_window)
-
-    def start(self) -> Estimator:
-        return _GradientState(self)
-
-
-class _GradientState:
-    __slots__ = ("config", "long_rtt", "weight")
-
-    def __init__(self, config: Gradient2) -> None:
-        self.config = config
-        self.long_rtt = 0.0
-        self.weight = 2.0 / (config.long_window + 1)
-
-    def update(self, limit: float, rtt: float, inflight: int, dropped: bool) -> float:
-        config = self.config
-        if self.long_rtt <= 0:
-            self.long_rtt = rtt
-        else:
-            self.long_rtt += (rtt - self.long_rtt) * self.weight
-        if self.long_rtt > 2 * rtt:  # latency fell a lot: let the average catch up fast
-            self.long_rtt = max(rtt, self.long_rtt * 0.9)
-        if dropped:
-            gradient = 0.5
-        elif inflight * 2 < limit:
-            return limit
-        elif rtt <= 0:
-            gradient = 1.0
-        else:
-            gradient = max(0.5, min(1.0, config.tolerance * self.long_rtt / rtt))
-        estimate = limit * gradient + math.sqrt(limit)
-        return limit * (1.0 - config.smoothing) + estimate * config.smoothing
-
-
-@dataclass(frozen=True, slots=True)
-class Aimd:
-    """Additive increase, multiplicative decrease.
-
-    Args:
-        increase: added to the limit after a busy window with no drop.
-        backoff: the limit is multiplied by this, in (0, 1), after a window with a drop or
-            a mean latency above ``latency``.
-        latency: seconds; a window slower than this counts as a drop. None: only drops.
-    """
-
-    increase: float = 1.0
-    backoff: float = 0.9
-    latency: float | None = 1.0
-
-    def __post_init__(self) -> None:
-        number("increase", self.increase, above=0)
-        if rate("backoff", self.backoff) == 1.0:
-            raise ValueError(f"backoff must be in (0, 1), got {self.backoff!r}")
-        if self.latency is not None:
-            seconds("latency", self.latency, optional=True)
-
-    def start(self) -> Estimator:
-        return _AimdState(self)
-
-
-class _AimdState:
-    __slots__ = ("config",)
-
-    def __init__(self, config: Aimd) -> None:
-        self.config = config
-
-    def update(self, limit: float, rtt: float, inflight: int, dropped: bool) -> float:
-        config = self.config
-        if dropped or (config.latency is not None and rtt > config.latency):
-            return limit * config.backoff
-        if inflight * 2 < limit:
-            return limit
-        return limit + config.increase
-
-
-#: The algorithms known by name.
-ALGORITHMS: dict[str, Callable[[], LimitAlgorithm]] = {
-    "aimd": Aimd, "gradient2": Gradient2, "vegas": Vegas,
-}
-
-_GRANTED, _WAITING, _REFUSED = 0, 1, 2
-
-
-class _Waiter:
-    """A call waiting for a slot, in a thread (a held lock) or a task (a future)."""
-
-    __slots__ = ("future", "lock", "loop", "state")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.state = _WAITING
-        self.loop = loop
-        if loop is None:
-            self.future: asyncio.Future[None] | None = None
-            self.lock: threading.Lock | None = threading.Lock()
-            self.lock.acquire()
-        else:
-            self.future = loop.create_future()
-            self.lock = None
-
-    def wake(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-        elif self.loop is not None and self.future is not None:
-            try:
-                self.loop.call_soon_threadsafe(_resolve, self.future)
-            except RuntimeError:  # its loop is closed; the waiter went with it
-                pass
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class AdaptiveLimit(Policy):
     """Admit at most ``limit`` concurrent calls, the limit following measured latency.
 
@@ -326,16 +123,7 @@ class AdaptiveLimit(Policy):
         max_waiting: int = 1000,
         name: str | None = None,
     ) -> None:
-        if isinstance(algorithm, str):
-            factory = ALGORITHMS.get(algorithm)
-            if factory is None:
-                raise ValueError(
-                    f"algorithm must be one of {sorted(ALGORITHMS)} or an algorithm config, "
-                    f"got {algorithm!r}"
-                )
-            algorithm = factory()
-        elif not callable(getattr(algorithm, "start", None)):
-            raise ValueError(f"algorithm must be a name or have start(), got {algorithm!r}")
+        algorithm = resolve_algorithm(algorithm)
         count("min_limit", min_limit)
         count("max_limit", max_limit)
         count("initial_limit", initial_limit)
@@ -360,24 +148,20 @@ class AdaptiveLimit(Policy):
         self._lock = threading.Lock()
         self._value = float(initial_limit)
         self._cap = initial_limit
-        self._inflight = 0
-        self._waiters: list[tuple[int, int, _Waiter]] = []
+        self._free: list[None] = [None] * initial_limit  # one token per free slot; never rebound
+        self._debt = 0  # tokens to retire as calls give them back, after the limit fell
+        self._slow = False  # waiters or debt: releases must go through the lock
+        self._room = WaitingRoom()
         self._waiting = 0
-        self._order = itertools.count()
         self._rtt = 0.0
+        self._measured_at = -math.inf
         # the window being gathered
         self._window_end = clock.monotonic() + self.window
         self._sum = 0.0
         self._count = 0
-        self._peak = 0
+        self._low = initial_limit  # fewest free tokens seen after an admission
         self._dropped = False
         self._compose()
-
-    def __repr__(self) -> str:
-        return (
-            f"AdaptiveLimit(algorithm={self.algorithm!r}, limit={self._cap}, "
-            f"min_limit={self.min_limit}, max_limit={self.max_limit}, name={self.name!r})"
-        )
 
     @property
     def limit(self) -> int:
@@ -387,19 +171,25 @@ class AdaptiveLimit(Policy):
     @property
     def inflight(self) -> int:
         """Calls admitted and not finished."""
-        return self._inflight
+        return max(0, self._cap + self._debt - len(self._free))
 
     @property
     def waiting(self) -> int:
         """Calls waiting for a slot."""
         return self._waiting
 
-    @property
-    def rtt(self) -> float:
-        """The mean latency of the last complete window, in seconds (0 before the first)."""
-        return self._rtt
-
     # --- admission ------------------------------------------------------------------------
+
+    def _take(self) -> bool:
+        """Take a free token if there is one (lock held or not); note the window's peak."""
+        free = self._free
+        try:
+            free.pop()
+        except IndexError:
+            return False
+        if len(free) < self._low:
+            self._low = len(free)
+        return True
 
     def try_acquire(self, headroom: int = 0) -> float | None:
         """Take a slot without waiting: the start time to give to ``release``, or None.
@@ -408,9 +198,10 @@ class AdaptiveLimit(Policy):
         (never below one slot in all): how a shedder keeps room for more important work.
         """
         with self._lock:
-            if self._inflight >= max(1, self._cap - headroom) or self._waiting:
+            if self._waiting or self.inflight >= max(1, self._cap - headroom):
                 return None
-            self._inflight += 1
+            if not self._take():
+                return None
         return clock.monotonic()
 
     def acquire(self, priority: int = 0, timeout: float | None = None) -> float:
@@ -423,7 +214,7 @@ class AdaptiveLimit(Policy):
         if start is not None:
             return start
         limit, by_deadline = self._wait_limit(timeout)
-        waiter = _Waiter(None)
+        waiter = Waiter(None)
         if self._enqueue(waiter, priority):
             return clock.monotonic()
         if waiter.lock is not None:
@@ -442,7 +233,7 @@ class AdaptiveLimit(Policy):
         if start is not None:
             return start
         limit, by_deadline = self._wait_limit(timeout)
-        waiter = _Waiter(asyncio.get_running_loop())
+        waiter = Waiter(asyncio.get_running_loop())
         if self._enqueue(waiter, priority):
             return clock.monotonic()
         try:
@@ -463,62 +254,81 @@ class AdaptiveLimit(Policy):
         treats it as a sign to shrink.
         """
         end = clock.monotonic()
-        with self._lock:
-            inflight = self._inflight
-            self._inflight = inflight - 1
-            if not ignore:
-                self._sum += end - start
-                self._count += 1
-                if inflight > self._peak:
-                    self._peak = inflight
-                if dropped:
-                    self._dropped = True
-            settle = self._waiting or end >= self._window_end
-        if settle:
+        self._free.append(None)
+        if not ignore:
+            self._sum += end - start
+            self._count += 1
+            if dropped:
+                self._dropped = True
+        if self._slow or end >= self._window_end:
             self._settle(end)
 
+    def _failed(self, start: float, exc: BaseException) -> None:
+        """Give back the slot of a call that raised ``exc``: a sample only if it tells of
+        overload (a 404 says nothing of load; a cancellation says nothing at all)."""
+        dropped = isinstance(exc, Exception) and _overloaded(exc)
+        self.release(start, dropped=dropped, ignore=not dropped)
+
     def _settle(self, end: float) -> None:
-        """Close the window if it is complete, and hand free slots to waiters."""
+        """Retire tokens owed, close the window if it is complete, serve the waiters."""
         changed: LimitChanged | None = None
         with self._lock:
             if end >= self._window_end and self._count >= self.window_samples:
                 changed = self._update(end)
+            self._retire()
             if self._waiting:
                 self._grant()
+            self._slow = bool(self._waiting or self._debt)
         if changed is not None and dispatcher.sinks:
             dispatcher.emit(changed)
 
     def _update(self, end: float) -> LimitChanged | None:
         """Close the window (lock held): ask the algorithm, clamp, and start a new window."""
         rtt = self._sum / self._count
-        peak, dropped, previous = self._peak, self._dropped, self._cap
+        previous, dropped = self._cap, self._dropped
+        peak = max(0, previous + self._debt - self._low)
         value = self._estimator.update(self._value, rtt, peak, dropped)
         if not value >= self.min_limit:  # also NaN
             value = float(self.min_limit)
         elif value > self.max_limit:
             value = float(self.max_limit)
         self._value = value
-        self._cap = max(self.min_limit, min(self.max_limit, int(value)))
-        self._rtt = rtt
-        self._sum, self._count, self._peak, self._dropped = 0.0, 0, 0, False
+        self._cap = cap = max(self.min_limit, min(self.max_limit, int(value)))
+        if cap > previous:  # new tokens, less what is still owed
+            paid = min(self._debt, cap - previous)
+            self._debt -= paid
+            self._free.extend([None] * (cap - previous - paid))
+        elif cap < previous:
+            self._debt += previous - cap
+            self._slow = True  # before _retire looks at the free tokens
+        self._rtt, self._measured_at = rtt, end
+        self._sum, self._count, self._dropped = 0.0, 0, False
+        self._low = len(self._free)
         self._window_end = end + self.window
-        if self._cap == previous or not dispatcher.sinks:
+        if cap == previous or not dispatcher.sinks:
             return None
         return LimitChanged(
-            name=self.name, limit=self._cap, previous=previous, rtt=rtt, inflight=peak,
+            name=self.name, limit=cap, previous=previous, rtt=rtt, inflight=peak,
             dropped=dropped,
         )
 
+    def _retire(self) -> None:
+        """Take owed tokens out of circulation (lock held)."""
+        free = self._free
+        while self._debt:
+            try:
+                free.pop()
+            except IndexError:
+                return
+            self._debt -= 1
+
     def _grant(self) -> None:
-        """Hand free slots to the best waiters (lock held)."""
-        waiters = self._waiters
-        while waiters and self._inflight < self._cap:
-            _, _, waiter = heapq.heappop(waiters)
-            if waiter.state != _WAITING:
-                continue
-            waiter.state = _GRANTED
+        """Hand free tokens to the best waiters (lock held)."""
+        room = self._room
+        while (waiter := room.best()) is not None and self._take():
+            room.remove_best()
+            waiter.state = GRANTED
             self._waiting -= 1
-            self._inflight += 1
             waiter.wake()
 
     def _wait_limit(self, timeout: float | None) -> tuple[float, bool]:
@@ -538,47 +348,46 @@ class AdaptiveLimit(Policy):
             raise self._rejected()
         return limit, by_deadline
 
-    def _enqueue(self, waiter: _Waiter, priority: int) -> bool:
+    def _enqueue(self, waiter: Waiter, priority: int) -> bool:
         """Queue ``waiter`` (False), or grant it a slot freed meanwhile (True); when the
         queue is full, the worst waiter, or this one, is refused."""
-        evicted: _Waiter | None = None
+        evicted: Waiter | None = None
         with self._lock:
-            if self._inflight < self._cap and not self._waiting:  # freed meanwhile
-                self._inflight += 1
-                waiter.state = _GRANTED
+            if not self._waiting and self._take():  # freed meanwhile
+                waiter.state = GRANTED
                 return True
             if self._waiting >= self.max_waiting:
-                worst = None
-                for entry in self._waiters:
-                    if entry[2].state == _WAITING and (worst is None or entry[:2] > worst[:2]):
-                        worst = entry
+                worst = self._room.worst()
                 if worst is None or worst[0] <= priority:
                     raise self._rejected()
-                evicted = worst[2]
-                evicted.state = _REFUSED
+                evicted = worst[1]
+                evicted.state = REFUSED
                 self._waiting -= 1
-            heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+            self._room.add(waiter, priority)
             self._waiting += 1
+            self._slow = True  # before _grant looks for a token given back meanwhile
+            self._grant()
         if evicted is not None:
             evicted.wake()
-        return False
+        return waiter.state == GRANTED
 
-    def _withdraw(self, waiter: _Waiter) -> bool:
+    def _withdraw(self, waiter: Waiter) -> bool:
         """Stop waiting; True if a slot was granted meanwhile (the caller owns it)."""
         with self._lock:
-            if waiter.state == _GRANTED:
+            if waiter.state == GRANTED:
                 return True
-            if waiter.state == _WAITING:
-                waiter.state = _REFUSED
+            if waiter.state == WAITING:
+                waiter.state = REFUSED
                 self._waiting -= 1
                 if not self._waiting:
-                    self._waiters.clear()
+                    self._room.clear()
+                    self._slow = bool(self._debt)
             return False
 
-    def _after_wait(self, waiter: _Waiter, by_deadline: bool) -> float:
-        if waiter.state == _GRANTED or self._withdraw(waiter):
+    def _after_wait(self, waiter: Waiter, by_deadline: bool) -> float:
+        if waiter.state == GRANTED or self._withdraw(waiter):
             return clock.monotonic()
-        if by_deadline and waiter.state == _REFUSED and self._deadline_passed():
+        if by_deadline and waiter.state == REFUSED and self._deadline_passed():
             raise DeadlineExceeded(
                 f"deadline passed while waiting for a slot of {self.name!r}; not started"
             )
@@ -588,6 +397,18 @@ class AdaptiveLimit(Policy):
     def _deadline_passed() -> bool:
         at = deadline_at()
         return at is not None and at <= clock.monotonic()
+
+    @property
+    def rtt(self) -> float:
+        """The mean latency of the last complete window, in seconds (0 before the first)."""
+        return self._rtt
+
+    @property
+    def rtt_age(self) -> float:
+        """Seconds since the last window closed (``rtt`` was measured); inf before the first.
+
+        A limit that admits nothing closes no window: its ``rtt`` is then old news."""
+        return clock.monotonic() - self._measured_at
 
     def _rejected(self) -> LimitExceededError:
         retry_after = self._rtt if self._rtt > 0 else None
@@ -605,69 +426,67 @@ class AdaptiveLimit(Policy):
 
     # --- the call paths -------------------------------------------------------------------
 
-    # The sync happy path inlines ``release`` (benchmarks/overhead.py, "AdaptiveLimit, free
-    # slot (sync)"): one lock round per end of call, the window closed only when it is due.
-    # An await costs more than that frame, so the async path calls ``release``.
+    # The sync path inlines ``_take`` and ``release`` (benchmarks/overhead.py, "AdaptiveLimit,
+    # free slot"); an await costs more than their frames, so the async path calls them.
 
     def wrap(self, inner: Step) -> Step:
-        lock, release, acquire, settle = self._lock, self.release, self.acquire, self._settle
-        me = self
+        me, failed, acquire, settle = self, self._failed, self.acquire, self._settle
+        free = self._free
+        take, give = free.pop, free.append
         direct = inner is invoke
 
         def call(fn: Any, args: Any, kwargs: Any) -> Any:
-            with lock:
-                free = me._inflight < me._cap and not me._waiting
-                if free:
-                    me._inflight += 1
-            start = clock.monotonic() if free else acquire()
+            if me._waiting:
+                start = acquire()
+            else:
+                try:
+                    take()
+                except IndexError:
+                    start = acquire()
+                else:
+                    if len(free) < me._low:
+                        me._low = len(free)
+                    start = clock.monotonic()
             try:
                 result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
-            except Exception as exc:
-                dropped = _overloaded(exc)
-                release(start, dropped=dropped, ignore=not dropped)  # a 404 says nothing of load
-                raise
-            except BaseException:
-                release(start, ignore=True)
+            except BaseException as exc:
+                failed(start, exc)
                 raise
             end = clock.monotonic()
-            with lock:
-                inflight = me._inflight
-                me._inflight = inflight - 1
-                me._sum += end - start
-                me._count += 1
-                if inflight > me._peak:
-                    me._peak = inflight
-                due = me._waiting or end >= me._window_end
-            if due:
+            give(None)
+            me._sum += end - start
+            me._count += 1
+            if me._slow or end >= me._window_end:
                 settle(end)
             return result
 
         return call
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
-        lock, release, acquire = self._lock, self.release, self.aacquire
-        me = self
+        me, failed, acquire, take = self, self._failed, self.aacquire, self._take
+        release = self.release
         direct = inner is ainvoke
 
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
-            with lock:
-                free = me._inflight < me._cap and not me._waiting
-                if free:
-                    me._inflight += 1
-            start = clock.monotonic() if free else await acquire()
+            if me._waiting or not take():
+                start = await acquire()
+            else:
+                start = clock.monotonic()
             try:
                 result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-            except Exception as exc:
-                dropped = _overloaded(exc)
-                release(start, dropped=dropped, ignore=not dropped)  # a 404 says nothing of load
-                raise
-            except BaseException:
-                release(start, ignore=True)
+            except BaseException as exc:
+                failed(start, exc)
                 raise
             release(start)
             return result
 
         return acall
+
+    def __repr__(self) -> str:
+        return (
+            f"AdaptiveLimit(algorithm={self.algorithm!r}, limit={self._cap}, "
+            f"min_limit={self.min_limit}, max_limit={self.max_limit}, name={self.name!r})"
+        )
 
 
 def _overloaded(exc: BaseException) -> bool:

@@ -88,13 +88,10 @@ class AdaptiveThrottle(Policy):
         return current
 
     def _totals(self, now: float) -> tuple[float, float]:
+        """Requests and accepts over the slices still inside the window."""
         oldest = math.floor(now / self._width) - self.buckets
-        requests = accepts = 0.0
-        for slice_number, r, a in self._slices:
-            if slice_number > oldest:
-                requests += r
-                accepts += a
-        return requests, accepts
+        live = [s for s in self._slices if s[0] > oldest]
+        return math.fsum(s[1] for s in live), math.fsum(s[2] for s in live)
 
     @property
     def probability(self) -> float:
