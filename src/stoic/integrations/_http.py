@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, TypedDict
 
 from .. import context
 from .._validate import header_name
@@ -34,12 +34,14 @@ from ..policies.retry import Retry
 
 __all__ = [
     "ATTEMPT_HEADER",
+    "CLIENT_OPTIONS",
     "DEADLINE_HEADER",
     "IDEMPOTENCY_HEADER",
     "IDEMPOTENT_METHODS",
     "KEYED_METHODS",
     "REQUEST_ID_HEADER",
     "RETRY_BELOW_HEADER",
+    "ClientOptions",
     "Core",
     "HostPolicies",
     "Plan",
@@ -51,6 +53,7 @@ __all__ = [
     "raise_if_deadline",
     "retries",
     "single_attempt_variant",
+    "split_options",
 ]
 
 _log = logging.getLogger("stoic.http")
@@ -72,6 +75,27 @@ _DEADLINE_SLACK = 0.005
 
 BreakerFactory = Callable[[str], Policy]
 BulkheadFactory = Callable[[str], Policy]
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments every stoic client takes besides ``policy`` (see ``Core``).
+
+    The httpx transports, the requests adapter, the aiohttp middleware, the gRPC
+    interceptors and ``stoic.http.Client`` all accept these, with ``Core``'s defaults.
+    """
+
+    per_host: bool
+    idempotency_keys: bool
+    propagate: bool
+    breaker: BreakerFactory | None
+    bulkhead: BulkheadFactory | None
+    deadline_header: str
+    request_id_header: str
+
+
+#: The names of ``ClientOptions``, with ``policy``: how a client with more arguments of its
+#: own (``stoic.http.Client``, the requests adapter) tells them apart.
+CLIENT_OPTIONS = frozenset(("policy", *ClientOptions.__annotations__))
 
 
 def default_policy() -> Retry:
@@ -183,22 +207,26 @@ class Plan:
 
 
 class Core:
-    """Configuration and per-request rules shared by the httpx transports and the adapter.
+    """Configuration and per-request rules shared by every stoic client.
 
     Validated once here. The library's class does the I/O: it calls ``_plan`` once per
-    logical request and ``_begin_attempt`` before each attempt.
+    logical request and ``_begin_attempt`` before each attempt. These are the arguments of
+    every client, with their defaults; a client with arguments of its own takes these
+    through ``policy``, ``*flags`` (``per_host``, ``idempotency_keys``, ``propagate``, in
+    that order) and ``**options`` (``ClientOptions``) and hands them on.
     """
 
     def __init__(
         self,
-        policy: Policy | None,
-        per_host: bool,
-        idempotency_keys: bool,
-        propagate: bool,
-        breaker: BreakerFactory | None,
-        bulkhead: BulkheadFactory | None,
-        deadline_header: str,
-        request_id_header: str,
+        policy: Policy | None = None,
+        per_host: bool = True,
+        idempotency_keys: bool = True,
+        propagate: bool = True,
+        *,
+        breaker: BreakerFactory | None = None,
+        bulkhead: BulkheadFactory | None = None,
+        deadline_header: str = DEADLINE_HEADER,
+        request_id_header: str = REQUEST_ID_HEADER,
     ) -> None:
         if policy is None:
             policy = default_policy()
@@ -356,3 +384,8 @@ class HostPolicies:
         if self._bulkhead is None:
             return breaker
         return Pipeline(breaker, self._bulkhead(name))
+
+
+def split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the ``CLIENT_OPTIONS`` out of ``kwargs`` (changed in place) and return them."""
+    return {name: kwargs.pop(name) for name in CLIENT_OPTIONS.intersection(kwargs)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -12,14 +12,14 @@ import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
 from ..context import using_idempotency_key
 from ..policies.base import Policy
 from ._http import (
-    DEADLINE_HEADER,
-    REQUEST_ID_HEADER,
-    BreakerFactory,
-    BulkheadFactory,
+    ClientOptions,
     Core,
     Plan,
     raise_if_deadline,
 )
+
+if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
+    from typing_extensions import Unpack
 
 __all__ = ["IDEMPOTENCY_KEY", "ResilientAioInterceptor", "ResilientInterceptor", "method_name"]
 
@@ -75,18 +75,8 @@ class _Client(Core):
     """What both client interceptors share: configuration, per-call plan, per-attempt details."""
 
     def __init__(
-        self,
-        target: str,
-        policy: Policy | None = None,
-        idempotent_methods: Iterable[str] = (),
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        *,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
+        self, target: str, policy: Policy | None = None, idempotent_methods: Iterable[str] = (),
+        *flags: bool, **options: Unpack[ClientOptions],
     ) -> None:
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be the channel's target, e.g. 'host:50051', got "
@@ -99,10 +89,7 @@ class _Client(Core):
             if not isinstance(method, str) or not method.startswith("/") or method.count("/") != 2:
                 raise ValueError(f"idempotent_methods must hold '/pkg.Service/Method' names, got "
                                  f"{method!r}")
-        super().__init__(
-            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
-            deadline_header, request_id_header,
-        )
+        super().__init__(policy, *flags, **options)
         self.target = target
         self.idempotent_methods = methods
         self._breaker_name = f"grpc:{target}"
