@@ -47,10 +47,13 @@ def _setting(connection: Any) -> str | None:
     return None
 
 
-def _cancelled(exc: errors.QueryCanceled) -> BaseException | None:
-    if "statement timeout" not in str(exc):
-        return None
-    return deadline_ran_out(exc, "a PostgreSQL statement")
+def _raise_if_deadline(exc: errors.QueryCanceled) -> None:
+    """Raise ``DeadlineExceeded`` from ``exc`` when the statement timeout stoic set for the
+    deadline cancelled it; return for any other cancel."""
+    if "statement timeout" in str(exc):
+        error = deadline_ran_out(exc, "a PostgreSQL statement")
+        if error is not None:
+            raise error from exc
 
 
 class DeadlineCursor(psycopg.Cursor[Any]):
@@ -63,10 +66,8 @@ class DeadlineCursor(psycopg.Cursor[Any]):
         try:
             super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:
-            error = _cancelled(exc)
-            if error is None:
-                raise
-            raise error from exc
+            _raise_if_deadline(exc)
+            raise
         return self
 
 
@@ -80,10 +81,8 @@ class AsyncDeadlineCursor(psycopg.AsyncCursor[Any]):
         try:
             await super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:
-            error = _cancelled(exc)
-            if error is None:
-                raise
-            raise error from exc
+            _raise_if_deadline(exc)
+            raise
         return self
 
 

@@ -32,10 +32,13 @@ def _expired() -> int:
     return 1 if left is not None and left <= 0 else 0
 
 
-def _interrupted(exc: sqlite3.OperationalError) -> BaseException | None:
-    if "interrupted" not in str(exc):
-        return None
-    return deadline_ran_out(exc, "an SQLite statement")
+def _raise_if_deadline(exc: sqlite3.OperationalError) -> None:
+    """Raise ``DeadlineExceeded`` from ``exc`` when the deadline's progress handler
+    interrupted the statement; return for any other error."""
+    if "interrupted" in str(exc):
+        error = deadline_ran_out(exc, "an SQLite statement")
+        if error is not None:
+            raise error from exc
 
 
 class DeadlineCursor(sqlite3.Cursor):
@@ -52,10 +55,8 @@ class DeadlineCursor(sqlite3.Cursor):
         try:
             run(sql, parameters)
         except sqlite3.OperationalError as exc:
-            error = _interrupted(exc)
-            if error is None:
-                raise
-            raise error from exc
+            _raise_if_deadline(exc)
+            raise
         return self
 
 

@@ -145,18 +145,10 @@ class Edge(Serving):
 class StoicMiddleware(Edge):
     """Deadlines, request context, trace context and load shedding for a WSGI app.
 
-    Args:
-        app: the WSGI application to wrap.
-        service, version: bound into the request context (logs carry them).
-        deadline_header: the header carrying the caller's time left, in milliseconds.
-        max_deadline: the most time, in seconds, any request may have; longer, negative
-            and missing values become this. None: no cap and no default deadline.
-        shed_when_expired: answer 504 without running the app when the caller's time is
-            already up.
-        bulkhead: a ``stoic.Bulkhead`` (or any policy) around the app; when it rejects, the
-            answer is 503 with ``Retry-After``.
-        user_id: ``environ -> str | None``, the authenticated user for the context.
-        request_id_header: where the request id comes from and is echoed to.
+    The arguments are those of ``stoic.integrations.asgi.StoicMiddleware`` (without
+    ``hop_guard``), for a WSGI application: ``user_id`` is ``environ -> str | None``, and
+    ``bulkhead`` may be any policy; a ``stoic.Rejected`` escaping the app (a full bulkhead, a
+    shed request) is answered 503 with ``Retry-After``.
     """
 
     def __init__(
