@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from ._deadlines import RESET_TIMEOUT, SET_TIMEOUT, check_started, deadline_ran_out, timeout_ms
+from ._deadlines import RESET_TIMEOUT, SET_TIMEOUT, check_started, raise_if_ran_out, timeout_ms
 
 __all__ = [
     "AsyncDeadlineConnection",
@@ -47,15 +47,6 @@ def _setting(connection: Any) -> str | None:
     return None
 
 
-def _raise_if_deadline(exc: errors.QueryCanceled) -> None:
-    """Raise ``DeadlineExceeded`` from ``exc`` when the statement timeout stoic set for the
-    deadline cancelled it; return for any other cancel."""
-    if "statement timeout" in str(exc):
-        error = deadline_ran_out(exc, "a PostgreSQL statement")
-        if error is not None:
-            raise error from exc
-
-
 class DeadlineCursor(psycopg.Cursor[Any]):
     """A cursor that bounds each statement by the deadline (see the module docstring)."""
 
@@ -66,7 +57,7 @@ class DeadlineCursor(psycopg.Cursor[Any]):
         try:
             super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:
-            _raise_if_deadline(exc)
+            raise_if_ran_out(exc, "statement timeout", "a PostgreSQL statement")
             raise
         return self
 
@@ -81,7 +72,7 @@ class AsyncDeadlineCursor(psycopg.AsyncCursor[Any]):
         try:
             await super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:
-            _raise_if_deadline(exc)
+            raise_if_ran_out(exc, "statement timeout", "a PostgreSQL statement")
             raise
         return self
 

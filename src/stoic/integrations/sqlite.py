@@ -19,7 +19,7 @@ import sqlite3
 from typing import Any
 
 from ..context import remaining
-from ._deadlines import check_started, deadline_ran_out
+from ._deadlines import check_started, raise_if_ran_out
 
 __all__ = ["DeadlineConnection", "DeadlineCursor", "bound", "connect"]
 
@@ -30,15 +30,6 @@ EVERY = 1000
 def _expired() -> int:
     left = remaining()
     return 1 if left is not None and left <= 0 else 0
-
-
-def _raise_if_deadline(exc: sqlite3.OperationalError) -> None:
-    """Raise ``DeadlineExceeded`` from ``exc`` when the deadline's progress handler
-    interrupted the statement; return for any other error."""
-    if "interrupted" in str(exc):
-        error = deadline_ran_out(exc, "an SQLite statement")
-        if error is not None:
-            raise error from exc
 
 
 class DeadlineCursor(sqlite3.Cursor):
@@ -55,7 +46,7 @@ class DeadlineCursor(sqlite3.Cursor):
         try:
             run(sql, parameters)
         except sqlite3.OperationalError as exc:
-            _raise_if_deadline(exc)
+            raise_if_ran_out(exc, "interrupted", "an SQLite statement")
             raise
         return self
 
