@@ -156,6 +156,16 @@ class _Server:
                     "idempotency-key reused with a different request", None)
         return None
 
+    def _refuse(self, exc: Exception, arrival: _Arrival, context: Any) -> tuple[Any, str] | None:
+        """For a stoic error that escaped the handler: set the trailers (with the pushback)
+        and return the code and details to abort with; None to let ``exc`` propagate."""
+        refusal = self._refusal(exc)
+        if refusal is None:
+            return None
+        code, text, pushback = refusal
+        context.set_trailing_metadata(self._trailers(arrival, pushback))
+        return code, text
+
     def _trailers(self, arrival: _Arrival, pushback: float | None) -> tuple[tuple[str, str], ...]:
         echo = ((self.request_id_header, arrival.request_id),)
         if pushback is None:
@@ -207,12 +217,10 @@ class StoicServerInterceptor(_Server, grpc.ServerInterceptor):  # type: ignore[m
                         return behaviour(request, context)
                     return bulkhead.call(behaviour, request, context)
                 except Exception as exc:
-                    refusal = self._refusal(exc)
+                    refusal = self._refuse(exc, arrival, context)
                     if refusal is None:
                         raise
-                    code, text, pushback = refusal
-                    context.set_trailing_metadata(self._trailers(arrival, pushback))
-                    context.abort(code, text)
+                    context.abort(*refusal)
 
         return run
 
@@ -263,12 +271,10 @@ class StoicAioServerInterceptor(_Server, grpc.aio.ServerInterceptor):  # type: i
                         return await behaviour(request, context)
                     return await bulkhead.acall(behaviour, request, context)
                 except Exception as exc:
-                    refusal = self._refusal(exc)
+                    refusal = self._refuse(exc, arrival, context)
                     if refusal is None:
                         raise
-                    code, text, pushback = refusal
-                    context.set_trailing_metadata(self._trailers(arrival, pushback))
-                    await context.abort(code, text)
+                    await context.abort(*refusal)
 
         return run
 
