@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from .. import context
@@ -179,27 +180,24 @@ def expired(what: str) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline passed before {what} was sent; the request was not made")
 
 
+@dataclass(slots=True, eq=False)
 class Plan:
     """What one logical request needs, decided once before its first attempt.
 
     ``timeouts`` is in the library's own form (httpx's dict, requests' pair). ``what``
-    names the request in error messages; it is built only when one is raised.
+    names the request in error messages; it is built only when one is raised. ``attempt``
+    counts the attempts begun (for the hop guard's header); ``retry_below`` is that header's
+    value. Mutable on purpose: one plan follows one request through its attempts.
     """
 
-    __slots__ = ("attempt", "host", "key", "method", "policy", "retry_below", "timeouts", "url")
-
-    def __init__(
-        self, policy: Policy | None, host: Policy | None, key: str | None, timeouts: Any,
-        method: str, url: Any,
-    ) -> None:
-        self.policy = policy
-        self.host = host
-        self.key = key
-        self.timeouts = timeouts
-        self.method = method
-        self.url = url
-        self.attempt = 0  # attempts begun, for the hop guard's header
-        self.retry_below = "1"
+    policy: Policy | None
+    host: Policy | None
+    key: str | None
+    timeouts: Any
+    method: str
+    url: Any
+    attempt: int = 0
+    retry_below: str = "1"
 
     @property
     def what(self) -> str:
