@@ -48,6 +48,7 @@ __all__ = [
     "CommandError",
     "check_reachable",
     "choose_url",
+    "command_group",
     "existing_sqlite_file",
     "explain",
     "note_deprecated_url",
@@ -60,6 +61,20 @@ __all__ = [
 USAGE = 2  # a bad argument: the same status click gives to a usage error
 RUNTIME = 1  # the command ran and failed
 DEFAULT_TIMEOUT = 5.0  # seconds; a person waiting at a prompt, not a service riding out a blip
+
+
+def command_group(help: str) -> typer.Typer:
+    """A group of ``stoic`` subcommands: shows its help when run bare, and stays a group (with
+    its own ``--help`` naming its commands) even while it holds a single command. Completion
+    is the ``stoic`` command's own."""
+    app = typer.Typer(no_args_is_help=True, add_completion=False, help=help)
+
+    @app.callback()
+    def group() -> None:
+        pass
+
+    group.__doc__ = help  # what ``stoic --help`` lists the group as
+    return app
 
 
 class CommandError(Exception):

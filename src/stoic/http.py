@@ -18,9 +18,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 
-from .integrations._http import DEADLINE_HEADER, REQUEST_ID_HEADER, BreakerFactory, BulkheadFactory
+from .integrations._http import split_options
 from .integrations.httpx import ResilientAsyncTransport, ResilientTransport
-from .policies.base import Policy
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client"]
 
@@ -40,27 +39,12 @@ class _Resilient(Generic[Inner]):
     _resilient: ClassVar[type[ResilientTransport] | type[ResilientAsyncTransport]]
 
     def __init__(
-        self,
-        *,
-        policy: Policy | None = None,
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
-        transport: Inner | None = None,
-        timeout: Any = DEFAULT_TIMEOUT,
-        **kwargs: Any,
+        self, *, transport: Inner | None = None, timeout: Any = DEFAULT_TIMEOUT, **kwargs: Any
     ) -> None:
+        options = split_options(kwargs)  # ``ClientOptions`` and ``policy``; the rest is httpx's
         if transport is None:
             transport = self._inner(**{k: kwargs[k] for k in _TRANSPORT_ARGS if k in kwargs})
-        resilient = self._resilient(
-            transport, policy, per_host, idempotency_keys, propagate,  # type: ignore[arg-type]
-            breaker=breaker, bulkhead=bulkhead, deadline_header=deadline_header,
-            request_id_header=request_id_header,
-        )
+        resilient = self._resilient(transport, **options)  # type: ignore[arg-type]
         super().__init__(transport=resilient, timeout=timeout, **kwargs)  # type: ignore[call-arg]
         self.resilient_transport = resilient
 
@@ -68,9 +52,9 @@ class _Resilient(Generic[Inner]):
 class Client(_Resilient[httpx.BaseTransport], httpx.Client):
     """An ``httpx.Client`` whose requests retry safely, break per host and carry deadlines.
 
-    ``policy``, ``per_host``, ``idempotency_keys``, ``propagate``, ``breaker``, ``bulkhead``
-    and ``deadline_header`` are ``ResilientTransport``'s; ``transport`` becomes its inner
-    transport; everything else goes to ``httpx.Client``.
+    ``policy``, ``per_host``, ``idempotency_keys``, ``propagate``, ``breaker``, ``bulkhead``,
+    ``deadline_header`` and ``request_id_header`` (keyword-only) are ``ResilientTransport``'s;
+    ``transport`` becomes its inner transport; everything else goes to ``httpx.Client``.
     """
 
     _inner = httpx.HTTPTransport

@@ -31,13 +31,23 @@ configuration, and per-request state lives in ``_Exchange``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from ..errors import CodecError
 from .claims import Lease, holding
-from .http import NOT_EXECUTED, HttpIdempotency, Reply, default_store_status
+from .http import (
+    NOT_EXECUTED,
+    HttpIdempotency,
+    HttpIdempotencyOptions,
+    Reply,
+    default_store_status,
+)
 from .store import Store
+
+if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
+    from typing_extensions import Unpack
 
 __all__ = ["NOT_EXECUTED", "IdempotencyMiddleware", "default_store_status"]
 
@@ -70,31 +80,14 @@ class IdempotencyMiddleware:
     """
 
     def __init__(
-        self,
-        app: ASGIApp,
-        store: Store,
-        *,
-        methods: Iterable[str] = ("POST", "PATCH"),
-        required: bool = False,
-        ttl: float = 86400.0,
-        lease: float = 60.0,
-        scope: Callable[[Scope], str | None] | None = None,
-        store_status: Callable[[int], bool] | None = None,
-        not_executed: Collection[int] = NOT_EXECUTED,
-        max_body: int = 1024 * 1024,
-        max_request_body: int = 10 * 1024 * 1024,
-        header: str = "Idempotency-Key",
-        namespace: str = "http",
+        self, app: ASGIApp, store: Store, *, scope: Callable[[Scope], str | None] | None = None,
+        **options: Unpack[HttpIdempotencyOptions],
     ) -> None:
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
         self.app = app
         self.scope = scope
-        self.rules = HttpIdempotency(
-            store, methods=methods, required=required, ttl=ttl, lease=lease,
-            store_status=store_status, not_executed=not_executed, max_body=max_body,
-            max_request_body=max_request_body, header=header, namespace=namespace,
-        )
+        self.rules = HttpIdempotency(store, **options)
 
     @property
     def store(self) -> Store:

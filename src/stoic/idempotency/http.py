@@ -35,6 +35,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from .._validate import header_name
 from ..codec import default_codec
@@ -55,6 +56,7 @@ from .store import (
 __all__ = [
     "NOT_EXECUTED",
     "HttpIdempotency",
+    "HttpIdempotencyOptions",
     "Reply",
     "ResponseRecorder",
     "default_store_status",
@@ -119,6 +121,22 @@ def _parse_key(raw: bytes) -> str | None:
     if not text or len(text) > MAX_KEY_LENGTH or not text.isprintable():
         return None
     return text
+
+
+class HttpIdempotencyOptions(TypedDict, total=False):
+    """The optional arguments of ``HttpIdempotency``, and so of both ``IdempotencyMiddleware``
+    classes (ASGI and WSGI), which hand them on."""
+
+    methods: Iterable[str]
+    required: bool
+    ttl: float
+    lease: float
+    store_status: Callable[[int], bool] | None
+    not_executed: Iterable[int]
+    max_body: int
+    max_request_body: int
+    header: str
+    namespace: str
 
 
 @dataclass(frozen=True, slots=True)

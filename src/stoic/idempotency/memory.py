@@ -9,6 +9,7 @@ process only.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from .. import clock
 from .store import (
@@ -62,18 +63,23 @@ class MemoryStore(BaseStore):
             return None
         return record
 
-    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        ttl = check_seconds("ttl", ttl)
+    def _update(self, key: str, token: str, change: Callable[[Record, float], Record]) -> bool:
+        """Replace ``token``'s live in-flight record with ``change(record, now)``; whether
+        there was one."""
         now = clock.wall()
         with self._lock:
             record = self._owned(key, token, now)
             if record is None:
                 return False
-            self._records[key] = Record(
-                key=key, fingerprint=record.fingerprint, state=RecordState.COMPLETED,
-                token=token, lease_until=now, expires_at=now + ttl, response=response,
-            )
+            self._records[key] = change(record, now)
             return True
+
+    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        ttl = check_seconds("ttl", ttl)
+        return self._update(key, token, lambda record, now: Record(
+            key=key, fingerprint=record.fingerprint, state=RecordState.COMPLETED,
+            token=token, lease_until=now, expires_at=now + ttl, response=response,
+        ))
 
     def release(self, key: str, token: str) -> bool:
         with self._lock:
@@ -84,16 +90,10 @@ class MemoryStore(BaseStore):
 
     def extend(self, key: str, token: str, lease: float) -> bool:
         lease = check_seconds("lease", lease)
-        now = clock.wall()
-        with self._lock:
-            record = self._owned(key, token, now)
-            if record is None:
-                return False
-            self._records[key] = Record(
-                key=key, fingerprint=record.fingerprint, state=record.state, token=token,
-                lease_until=now + lease, expires_at=max(record.expires_at, now + lease),
-            )
-            return True
+        return self._update(key, token, lambda record, now: Record(
+            key=key, fingerprint=record.fingerprint, state=record.state, token=token,
+            lease_until=now + lease, expires_at=max(record.expires_at, now + lease),
+        ))
 
     def get(self, key: str) -> Record | None:
         check_key(key)

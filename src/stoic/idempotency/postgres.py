@@ -39,16 +39,21 @@ import logging
 import math
 import os
 import threading
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import clock
 from ..integrations._deadlines import check_started, deadline_ran_out, outside_deadline
+from .postgres_sql import (
+    Statements,
+    claim_answer,
+    claim_params,
+    claim_read,
+    completed_by,
+    create_table_sql,
+    read_record,
+)
 from .store import (
-    SQL_COLUMNS,
-    SQL_COMPLETED,
-    SQL_IN_FLIGHT,
     BaseStore,
     Claim,
     Record,
@@ -56,11 +61,7 @@ from .store import (
     check_key,
     check_seconds,
     check_table,
-    live_answer,
     new_token,
-    record_from_row,
-    report_corrupted,
-    won_claim,
 )
 
 __all__ = ["PostgresStore", "create_table_sql"]
@@ -88,18 +89,6 @@ def _ran_out(exc: Exception) -> BaseException | None:
 
     return deadline_ran_out(exc, "the wait for a connection") if isinstance(
         exc, PoolTimeout) else None
-
-
-def create_table_sql(table: str) -> str:
-    """The DDL for the records table (what ``stoic idempotency migrate`` runs)."""
-    check_table(table)
-    return (
-        f"CREATE TABLE IF NOT EXISTS {table} ("
-        " key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state SMALLINT NOT NULL,"
-        " token TEXT NOT NULL, lease_until DOUBLE PRECISION NOT NULL,"
-        " expires_at DOUBLE PRECISION NOT NULL, response TEXT);"
-        f" CREATE INDEX IF NOT EXISTS {table}_expires ON {table} (expires_at)"
-    )
 
 
 class PostgresStore(BaseStore):
@@ -155,42 +144,7 @@ class PostgresStore(BaseStore):
         self._apool: Any = None
         self._apool_loop: asyncio.AbstractEventLoop | None = None
         self._ready = not create_table
-        t = table
-        self._sql_claim = (
-            f"WITH old AS (SELECT {SQL_COLUMNS} FROM {t} WHERE key = %(key)s),"
-            f" ins AS (INSERT INTO {t} AS r"
-            f" (key, fingerprint, state, token, lease_until, expires_at, response)"
-            f" VALUES (%(key)s, %(fp)s, {SQL_IN_FLIGHT}, %(token)s, %(lease)s, %(exp)s, NULL)"
-            f" ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,"
-            f" state = {SQL_IN_FLIGHT}, token = excluded.token, lease_until = excluded.lease_until,"
-            f" expires_at = excluded.expires_at, response = NULL"
-            f" WHERE r.expires_at <= %(now)s"
-            f" OR (r.state = {SQL_IN_FLIGHT} AND r.lease_until <= %(now)s)"
-            f" OR r.state NOT IN ({SQL_IN_FLIGHT}, {SQL_COMPLETED})"
-            f" RETURNING token)"
-            f" SELECT EXISTS (SELECT 1 FROM ins), old.fingerprint, old.state, old.token,"
-            f" old.lease_until, old.expires_at, old.response"
-            f" FROM (SELECT 1) AS one LEFT JOIN old ON true"
-        )
-        self._sql_complete = (
-            f"UPDATE {t} SET state = {SQL_COMPLETED}, response = %s, expires_at = %s,"
-            f" lease_until = %s WHERE key = %s AND token = %s AND state = {SQL_IN_FLIGHT}"
-            f" AND expires_at > %s"
-        )
-        self._sql_release = (
-            f"DELETE FROM {t} WHERE key = %s AND token = %s AND state = {SQL_IN_FLIGHT}"
-            f" AND expires_at > %s"
-        )
-        self._sql_extend = (
-            f"UPDATE {t} SET lease_until = %s, expires_at = greatest(expires_at, %s)"
-            f" WHERE key = %s AND token = %s AND state = {SQL_IN_FLIGHT} AND expires_at > %s"
-        )
-        self._sql_get = (
-            f"SELECT {SQL_COLUMNS} FROM {t} WHERE key = %s AND expires_at > %s"
-        )
-        self._sql_delete = f"DELETE FROM {t} WHERE key = %s"
-        self._sql_purge = f"DELETE FROM {t} WHERE expires_at <= %s"
-        self._lock_id = zlib.crc32(f"stoic:{t}".encode())
+        self._sql = Statements(table)
 
     def __repr__(self) -> str:
         return f"PostgresStore(table={self.table!r})"
@@ -220,7 +174,7 @@ class PostgresStore(BaseStore):
                 )
             if not self._ready:
                 with self._pool.connection(self._wait()) as conn, conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._sql.lock_id,))
                     conn.execute(create_table_sql(self.table))
                 self._ready = True
             return self._pool
@@ -244,7 +198,7 @@ class PostgresStore(BaseStore):
             self._apool, self._apool_loop = pool, loop
         if not self._ready:
             async with self._apool.connection(self._wait()) as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._sql.lock_id,))
                 await conn.execute(create_table_sql(self.table))
             self._ready = True
         return self._apool
@@ -281,62 +235,18 @@ class PostgresStore(BaseStore):
             conn.execute(f"DROP TABLE IF EXISTS {self.table}")
         self._ready = not self.create_table
 
-    # -- shared ----------------------------------------------------------------------------
-
-    def _claim_params(
-        self, key: str, fingerprint: str, token: str, lease: float, ttl: float
-    ) -> tuple[dict[str, Any], float]:
-        now = clock.wall()
-        params = {"key": key, "fp": fingerprint, "token": token, "lease": now + lease,
-                  "exp": now + max(ttl, lease), "now": now}
-        return params, now
-
-    @staticmethod
-    def _record(key: str, row: Any) -> Record | None:
-        """The record in a row of ``SQL_COLUMNS``; None when the row does not hold one."""
-        try:
-            return record_from_row(key, row)
-        except (TypeError, ValueError):
-            return None
-
-    def _read(self, key: str, row: Any) -> Record | None:
-        """The record a ``SELECT`` found, or None: no row, or one that is reported unreadable."""
-        if row is None:
-            return None
-        try:
-            return record_from_row(key, row)
-        except (TypeError, ValueError) as exc:
-            report_corrupted("PostgresStore", key, exc)
-            return None
-
-    def _claim_answer(
-        self, key: str, fingerprint: str, token: str, now: float, row: Any
-    ) -> Claim | None:
-        """The claim's result from the statement's one row, or None to try again."""
-        won, seen = row[0], row[1:]
-        old = None if seen[0] is None else self._record(key, seen)
-        if won:
-            return won_claim(key, token, old, now, corrupted=seen[0] is not None and old is None)
-        # None: a concurrent claim committed after our snapshot, or the row we saw has since
-        # expired or been released; the caller reads again.
-        return live_answer(old, fingerprint, now)
-
-    def _claim_read(self, key: str, fingerprint: str, token: str, row: Any,
-                    now: float) -> Claim | None:
-        """What the first read of a claim answers: None when the key is free to claim.
-
-        A live in-flight record holding our own ``token`` is our claim, won by an attempt
-        whose commit was lost with its connection: the retry takes it, it does not refuse it."""
-        seen = self._read(key, row)
-        if seen is not None and seen.token == token and not seen.completed:
-            return won_claim(key, token, None, now)
-        return live_answer(seen, fingerprint, now)
-
-    def _completed_by(self, key: str, token: str, response: str | None, row: Any) -> bool:
-        """Whether the record in ``row`` is ``token``'s, completed with ``response``."""
-        record = self._read(key, row)
-        return (record is not None and record.completed and record.token == token
-                and record.response == response)
+    def _retry_after(self, exc: Exception, conn: Any) -> bool:
+        """After ``exc`` on ``conn``: True when the connection died (the operation is retried
+        once on a fresh one), False to re-raise ``exc``; ``DeadlineExceeded``, chained, when
+        the wait for a pooled connection ended with the deadline."""
+        if not _lost(exc, conn):
+            error = _ran_out(exc)
+            if error is not None:
+                raise error from exc
+            return False
+        _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
+                     "fresh connection", exc)
+        return True
 
     # -- sync ------------------------------------------------------------------------------
 
@@ -350,13 +260,8 @@ class PostgresStore(BaseStore):
                 used = conn
                 return work(conn, False)
         except Exception as exc:
-            if not _lost(exc, used):
-                error = _ran_out(exc)
-                if error is None:
-                    raise
-                raise error from exc
-            _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
-                         "fresh connection", exc)
+            if not self._retry_after(exc, used):
+                raise
             if not self.check_connections:
                 pool.check()  # replace every dead idle connection before the retry
         with pool.connection(self._wait()) as conn:
@@ -364,20 +269,20 @@ class PostgresStore(BaseStore):
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
         lease, ttl = check_claim(key, lease, ttl)
-        token = new_token()  # one per claim, kept across a retry (see _claim_read)
+        token = new_token()  # one per claim, kept across a retry (see postgres_sql.claim_read)
 
         def work(conn: Any, retried: bool) -> Claim:
             for _ in range(100):
-                params, now = self._claim_params(key, fingerprint, token, lease, ttl)
+                params, now = claim_params(key, fingerprint, token, lease, ttl)
                 # Read first: a replay or an in-flight answer is a plain SELECT. The upsert
                 # would lock the existing row, and a row lock is a write PostgreSQL must
                 # commit to its WAL, which would make every replay cost a disk flush.
-                row = conn.execute(self._sql_get, (key, now)).fetchone()
-                answer = self._claim_read(key, fingerprint, token, row, now)
+                row = conn.execute(self._sql.get, (key, now)).fetchone()
+                answer = claim_read(key, fingerprint, token, row, now)
                 if answer is not None:
                     return answer
-                row = conn.execute(self._sql_claim, params).fetchone()
-                answer = self._claim_answer(key, fingerprint, token, now, row)
+                row = conn.execute(self._sql.claim, params).fetchone()
+                answer = claim_answer(key, fingerprint, token, now, row)
                 if answer is not None:
                     return answer
             raise RuntimeError(f"could not claim {key!r}: the record kept changing")
@@ -389,19 +294,19 @@ class PostgresStore(BaseStore):
 
         def work(conn: Any, retried: bool) -> bool:
             now = clock.wall()
-            cur = conn.execute(self._sql_complete, (response, now + ttl, now, key, token, now))
+            cur = conn.execute(self._sql.complete, (response, now + ttl, now, key, token, now))
             if cur.rowcount == 1 or not retried:
                 return bool(cur.rowcount == 1)
             # The lost attempt may have committed before its connection died.
-            return self._completed_by(key, token, response,
-                                      conn.execute(self._sql_get, (key, now)).fetchone())
+            return completed_by(key, token, response,
+                                      conn.execute(self._sql.get, (key, now)).fetchone())
 
         with outside_deadline():  # records work already done (see _deadlines)
             return self._run(work)
 
     def release(self, key: str, token: str) -> bool:
         def work(conn: Any, retried: bool) -> bool:
-            return bool(conn.execute(self._sql_release, (key, token, clock.wall())).rowcount == 1)
+            return bool(conn.execute(self._sql.release, (key, token, clock.wall())).rowcount == 1)
 
         with outside_deadline():  # records work already done (see _deadlines)
             return self._run(work)
@@ -411,7 +316,7 @@ class PostgresStore(BaseStore):
 
         def work(conn: Any, retried: bool) -> bool:
             now = clock.wall()
-            cur = conn.execute(self._sql_extend, (now + lease, now + lease, key, token, now))
+            cur = conn.execute(self._sql.extend, (now + lease, now + lease, key, token, now))
             return bool(cur.rowcount == 1)
 
         return self._run(work)
@@ -419,16 +324,16 @@ class PostgresStore(BaseStore):
     def get(self, key: str) -> Record | None:
         check_key(key)
         row = self._run(lambda conn, retried: conn.execute(
-            self._sql_get, (key, clock.wall())).fetchone())
-        return self._read(key, row)
+            self._sql.get, (key, clock.wall())).fetchone())
+        return read_record(key, row)
 
     def delete(self, key: str) -> bool:
         return self._run(lambda conn, retried: bool(
-            conn.execute(self._sql_delete, (key,)).rowcount == 1))
+            conn.execute(self._sql.delete, (key,)).rowcount == 1))
 
     def purge_expired(self) -> int:
         return self._run(lambda conn, retried: int(
-            conn.execute(self._sql_purge, (clock.wall(),)).rowcount))
+            conn.execute(self._sql.purge, (clock.wall(),)).rowcount))
 
     # -- async -----------------------------------------------------------------------------
 
@@ -441,13 +346,8 @@ class PostgresStore(BaseStore):
                 used = conn
                 return await work(conn, False)
         except Exception as exc:
-            if not _lost(exc, used):
-                error = _ran_out(exc)
-                if error is None:
-                    raise
-                raise error from exc
-            _log.warning("idempotency PostgresStore: connection lost (%s); retrying once on a "
-                         "fresh connection", exc)
+            if not self._retry_after(exc, used):
+                raise
             if not self.check_connections:
                 await pool.check()
         async with pool.connection(self._wait()) as conn:
@@ -459,14 +359,14 @@ class PostgresStore(BaseStore):
 
         async def work(conn: Any, retried: bool) -> Claim:
             for _ in range(100):
-                params, now = self._claim_params(key, fingerprint, token, lease, ttl)
-                cur = await conn.execute(self._sql_get, (key, now))
-                answer = self._claim_read(key, fingerprint, token, await cur.fetchone(), now)
+                params, now = claim_params(key, fingerprint, token, lease, ttl)
+                cur = await conn.execute(self._sql.get, (key, now))
+                answer = claim_read(key, fingerprint, token, await cur.fetchone(), now)
                 if answer is not None:
                     return answer
-                cur = await conn.execute(self._sql_claim, params)
+                cur = await conn.execute(self._sql.claim, params)
                 row = await cur.fetchone()
-                answer = self._claim_answer(key, fingerprint, token, now, row)
+                answer = claim_answer(key, fingerprint, token, now, row)
                 if answer is not None:
                     return answer
             raise RuntimeError(f"could not claim {key!r}: the record kept changing")
@@ -479,19 +379,19 @@ class PostgresStore(BaseStore):
         async def work(conn: Any, retried: bool) -> bool:
             now = clock.wall()
             cur = await conn.execute(
-                self._sql_complete, (response, now + ttl, now, key, token, now)
+                self._sql.complete, (response, now + ttl, now, key, token, now)
             )
             if cur.rowcount == 1 or not retried:
                 return bool(cur.rowcount == 1)
-            cur = await conn.execute(self._sql_get, (key, now))
-            return self._completed_by(key, token, response, await cur.fetchone())
+            cur = await conn.execute(self._sql.get, (key, now))
+            return completed_by(key, token, response, await cur.fetchone())
 
         with outside_deadline():  # records work already done (see _deadlines)
             return await self._arun(work)
 
     async def arelease(self, key: str, token: str) -> bool:
         async def work(conn: Any, retried: bool) -> bool:
-            cur = await conn.execute(self._sql_release, (key, token, clock.wall()))
+            cur = await conn.execute(self._sql.release, (key, token, clock.wall()))
             return bool(cur.rowcount == 1)
 
         with outside_deadline():  # records work already done (see _deadlines)
@@ -502,7 +402,7 @@ class PostgresStore(BaseStore):
 
         async def work(conn: Any, retried: bool) -> bool:
             now = clock.wall()
-            cur = await conn.execute(self._sql_extend, (now + lease, now + lease, key, token, now))
+            cur = await conn.execute(self._sql.extend, (now + lease, now + lease, key, token, now))
             return bool(cur.rowcount == 1)
 
         return await self._arun(work)
@@ -511,19 +411,19 @@ class PostgresStore(BaseStore):
         check_key(key)
 
         async def work(conn: Any, retried: bool) -> Any:
-            cur = await conn.execute(self._sql_get, (key, clock.wall()))
+            cur = await conn.execute(self._sql.get, (key, clock.wall()))
             return await cur.fetchone()
 
-        return self._read(key, await self._arun(work))
+        return read_record(key, await self._arun(work))
 
     async def adelete(self, key: str) -> bool:
         async def work(conn: Any, retried: bool) -> bool:
-            return bool((await conn.execute(self._sql_delete, (key,))).rowcount == 1)
+            return bool((await conn.execute(self._sql.delete, (key,))).rowcount == 1)
 
         return await self._arun(work)
 
     async def apurge_expired(self) -> int:
         async def work(conn: Any, retried: bool) -> int:
-            return int((await conn.execute(self._sql_purge, (clock.wall(),))).rowcount)
+            return int((await conn.execute(self._sql.purge, (clock.wall(),))).rowcount)
 
         return await self._arun(work)

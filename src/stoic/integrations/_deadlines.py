@@ -30,6 +30,7 @@ __all__ = [
     "deadline_ran_out",
     "outside_deadline",
     "pooled",
+    "raise_if_ran_out",
     "run_on",
     "sqlite_busy_ran_out",
     "timeout_ms",
@@ -102,6 +103,16 @@ class SQLiteBusy:
         self._bounded = True
         ms = min(self._default_ms, math.ceil(left * 1000))
         self._conn.execute(f"PRAGMA busy_timeout = {ms}")
+
+
+def raise_if_ran_out(exc: BaseException, marker: str, what: str) -> None:
+    """Raise ``DeadlineExceeded`` from ``exc`` when its message holds ``marker`` (the
+    database's word for the cancel stoic set up for the deadline) and the deadline has (all
+    but) run out; return otherwise, for the caller to re-raise ``exc``."""
+    if marker in str(exc):
+        error = deadline_ran_out(exc, what)
+        if error is not None:
+            raise error from exc
 
 
 def sqlite_busy_ran_out(exc: BaseException, what: str) -> DeadlineExceeded | None:

@@ -19,7 +19,8 @@ import logging
 import os
 import threading
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from .. import context
 from .._validate import header_name
@@ -34,6 +35,7 @@ from ..policies.retry import Retry
 
 __all__ = [
     "ATTEMPT_HEADER",
+    "CLIENT_OPTIONS",
     "DEADLINE_HEADER",
     "IDEMPOTENCY_HEADER",
     "IDEMPOTENT_METHODS",
@@ -41,6 +43,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "RETRIED_HEADER",
     "RETRY_BELOW_HEADER",
+    "ClientOptions",
     "Core",
     "HostPolicies",
     "Plan",
@@ -54,6 +57,7 @@ __all__ = [
     "retried",
     "retries",
     "single_attempt_variant",
+    "split_options",
 ]
 
 _log = logging.getLogger("stoic.http")
@@ -78,6 +82,27 @@ _DEADLINE_SLACK = 0.005
 
 BreakerFactory = Callable[[str], Policy]
 BulkheadFactory = Callable[[str], Policy]
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments every stoic client takes besides ``policy`` (see ``Core``).
+
+    The httpx transports, the requests adapter, the aiohttp middleware, the gRPC
+    interceptors and ``stoic.http.Client`` all accept these, with ``Core``'s defaults.
+    """
+
+    per_host: bool
+    idempotency_keys: bool
+    propagate: bool
+    breaker: BreakerFactory | None
+    bulkhead: BulkheadFactory | None
+    deadline_header: str
+    request_id_header: str
+
+
+#: The names of ``ClientOptions``, with ``policy``: how a client with more arguments of its
+#: own (``stoic.http.Client``, the requests adapter) tells them apart.
+CLIENT_OPTIONS = frozenset(("policy", *ClientOptions.__annotations__))
 
 
 def default_policy() -> Retry:
@@ -161,27 +186,24 @@ def expired(what: str) -> DeadlineExceeded:
     return DeadlineExceeded(f"deadline passed before {what} was sent; the request was not made")
 
 
+@dataclass(slots=True, eq=False)
 class Plan:
     """What one logical request needs, decided once before its first attempt.
 
     ``timeouts`` is in the library's own form (httpx's dict, requests' pair). ``what``
-    names the request in error messages; it is built only when one is raised.
+    names the request in error messages; it is built only when one is raised. ``attempt``
+    counts the attempts begun (for the hop guard's header); ``retry_below`` is that header's
+    value. Mutable on purpose: one plan follows one request through its attempts.
     """
 
-    __slots__ = ("attempt", "host", "key", "method", "policy", "retry_below", "timeouts", "url")
-
-    def __init__(
-        self, policy: Policy | None, host: Policy | None, key: str | None, timeouts: Any,
-        method: str, url: Any,
-    ) -> None:
-        self.policy = policy
-        self.host = host
-        self.key = key
-        self.timeouts = timeouts
-        self.method = method
-        self.url = url
-        self.attempt = 0  # attempts begun, for the hop guard's header
-        self.retry_below = "1"
+    policy: Policy | None
+    host: Policy | None
+    key: str | None
+    timeouts: Any
+    method: str
+    url: Any
+    attempt: int = 0
+    retry_below: str = "1"
 
     @property
     def what(self) -> str:
@@ -189,22 +211,26 @@ class Plan:
 
 
 class Core:
-    """Configuration and per-request rules shared by the httpx transports and the adapter.
+    """Configuration and per-request rules shared by every stoic client.
 
     Validated once here. The library's class does the I/O: it calls ``_plan`` once per
-    logical request and ``_begin_attempt`` before each attempt.
+    logical request and ``_begin_attempt`` before each attempt. These are the arguments of
+    every client, with their defaults; a client with arguments of its own takes these
+    through ``policy``, ``*flags`` (``per_host``, ``idempotency_keys``, ``propagate``, in
+    that order) and ``**options`` (``ClientOptions``) and hands them on.
     """
 
     def __init__(
         self,
-        policy: Policy | None,
-        per_host: bool,
-        idempotency_keys: bool,
-        propagate: bool,
-        breaker: BreakerFactory | None,
-        bulkhead: BulkheadFactory | None,
-        deadline_header: str,
-        request_id_header: str,
+        policy: Policy | None = None,
+        per_host: bool = True,
+        idempotency_keys: bool = True,
+        propagate: bool = True,
+        *,
+        breaker: BreakerFactory | None = None,
+        bulkhead: BulkheadFactory | None = None,
+        deadline_header: str = DEADLINE_HEADER,
+        request_id_header: str = REQUEST_ID_HEADER,
     ) -> None:
         if policy is None:
             policy = default_policy()
@@ -380,3 +406,8 @@ class HostPolicies:
         if self._bulkhead is None:
             return breaker
         return Pipeline(breaker, self._bulkhead(name))
+
+
+def split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the ``CLIENT_OPTIONS`` out of ``kwargs`` (changed in place) and return them."""
+    return {name: kwargs.pop(name) for name in CLIENT_OPTIONS.intersection(kwargs)}

@@ -1,4 +1,5 @@
-"""What the server-side integrations (gRPC, WSGI) share: reading what a caller sent.
+"""What the server-side integrations (ASGI, WSGI, Django, gRPC) share: their settings, and
+reading what a caller sent.
 
 No framework is imported here. A request's time budget and its request id come from the
 caller; both are untrusted, so both are checked and bounded before stoic binds them.
@@ -10,9 +11,17 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
-__all__ = ["budget_seconds", "check_max_deadline", "check_server", "request_id", "user_of"]
+__all__ = [
+    "Serving",
+    "ServingOptions",
+    "budget_seconds",
+    "check_max_deadline",
+    "check_server",
+    "request_id",
+    "user_of",
+]
 
 _log = logging.getLogger("stoic.serving")
 
@@ -67,11 +76,13 @@ def request_id(raw: str | bytes | None) -> str:
     return uuid.uuid4().hex
 
 
-def budget_seconds(millis: str | None, cap: float | None, label: str) -> float | None:
+def budget_seconds(
+    millis: str | None, cap: float | None, label: str, log: logging.Logger = _log
+) -> float | None:
     """A request's time budget in seconds from a milliseconds header value, clamped to ``cap``.
 
-    A missing value gives ``cap``; a malformed or negative one is logged and gives ``cap``;
-    None means no deadline at all.
+    A missing value gives ``cap``; a malformed or negative one is logged (on ``log``) and
+    gives ``cap``; None means no deadline at all.
     """
     if millis is None:
         return cap
@@ -80,10 +91,70 @@ def budget_seconds(millis: str | None, cap: float | None, label: str) -> float |
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        _log.warning("stoic: ignoring bad %s value %r; using max_deadline=%s", label, text[:64], cap)
+    if not math.isfinite(value):
+        log.warning("stoic: ignoring malformed %s value %r; using max_deadline=%s", label,
+                    text[:64], cap)
+        return cap
+    if value < 0:
+        log.warning("stoic: negative %s value %r; using max_deadline=%s", label, text[:64], cap)
         return cap
     seconds = value / 1000.0
     if cap is not None and seconds > cap:
         return cap
     return seconds
+
+
+class ServingOptions(TypedDict, total=False):
+    """The optional arguments of ``Serving`` (and of the middlewares built on it)."""
+
+    deadline_header: str
+    max_deadline: float | None
+    shed_when_expired: bool
+    bulkhead: Any  # a stoic policy
+    user_id: Callable[[Any], str | None] | None
+    request_id_header: str
+
+
+class Serving:
+    """The settings of a request edge, validated once: ASGI's and WSGI's ``StoicMiddleware``
+    and the Django middleware take these arguments (see ``StoicMiddleware`` for each).
+
+    A subclass says how its server hands over a request header (``header_key``) and what
+    the ``user_id`` hook is given (``hook_takes``, for the error message).
+    """
+
+    hook_takes: ClassVar[str] = "the environ"
+
+    def __init__(
+        self,
+        service: str,
+        version: str,
+        deadline_header: str = "X-Request-Timeout-Ms",
+        max_deadline: float | None = None,
+        shed_when_expired: bool = True,
+        bulkhead: Any = None,
+        user_id: Callable[[Any], str | None] | None = None,
+        *,
+        request_id_header: str = "X-Request-ID",
+    ) -> None:
+        from .._validate import header_name
+
+        check_server(service, version, bulkhead, user_id, self.hook_takes)
+        self.service = service
+        self.version = version
+        self.deadline_header = header_name("deadline_header", deadline_header)
+        self.max_deadline = check_max_deadline(max_deadline)
+        self.shed_when_expired = bool(shed_when_expired)
+        self.bulkhead = bulkhead
+        self.user_id = user_id
+        self.request_id_header = header_name("request_id_header", request_id_header)
+        self._deadline_key = self.header_key(deadline_header)
+        self._request_id_key = self.header_key(request_id_header)
+        from ..observability.otel import extract  # None at once unless tracing is on
+
+        self._extract = extract
+
+    @staticmethod
+    def header_key(header: str) -> Any:
+        """Where the server puts request header ``header`` (a WSGI environ key, ASGI bytes)."""
+        raise NotImplementedError

@@ -33,10 +33,6 @@ from ..context import using_idempotency_key
 from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
-    DEADLINE_HEADER,
-    REQUEST_ID_HEADER,
-    BreakerFactory,
-    BulkheadFactory,
     Core,
     Plan,
     passed_up,
@@ -69,27 +65,10 @@ class ResilientMiddleware(Core):
 
     One instance may serve many sessions; it holds configuration and the per-host policies.
 
-    Args:
+    Args (``Core``'s):
         policy, per_host, idempotency_keys, propagate, breaker, bulkhead, deadline_header,
         request_id_header: as for ``stoic.integrations.httpx.ResilientTransport``.
     """
-
-    def __init__(
-        self,
-        policy: Policy | None = None,
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        *,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
-    ) -> None:
-        super().__init__(
-            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
-            deadline_header, request_id_header,
-        )
 
     def host_policy(self, url: Any) -> Policy | None:
         """The breaker (and bulkhead) this middleware applies to requests to ``url``'s host."""

@@ -28,18 +28,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
-from .._validate import header_name
 from ..context import bind, deadline, hop
 from ..errors import BulkheadFullError, DeadlineExceeded
-from ..policies.base import Policy
+from ._serving import Serving, ServingOptions, budget_seconds, request_id, user_of
 from .shedding import LoadShedder  # re-exported: the ASGI pieces live in one place
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # Python 3.10 has no typing.Unpack
+
     from ..idempotency.asgi import IdempotencyMiddleware
 
 __all__ = ["IdempotencyMiddleware", "LoadShedder", "StoicMiddleware"]
@@ -48,19 +48,8 @@ _log = logging.getLogger("stoic.asgi")
 
 UserIdHook = Callable[[Scope], "str | None"]
 
-_MAX_REQUEST_ID = 200
 
-
-def _valid_request_id(value: bytes) -> str | None:
-    # Echoed into logs and response headers: printable ASCII only, bounded length.
-    if not value or len(value) > _MAX_REQUEST_ID:
-        return None
-    if not all(33 <= b <= 126 for b in value):
-        return None
-    return value.decode("ascii")
-
-
-class StoicMiddleware:
+class StoicMiddleware(Serving):
     """Deadlines, request context, trace context and load shedding for an ASGI app.
 
     Args:
@@ -83,90 +72,36 @@ class StoicMiddleware:
             See docs/hop-guard.md.
     """
 
+    hook_takes = "the scope"
+
     def __init__(
-        self,
-        app: ASGIApp,
-        service: str,
-        version: str,
-        deadline_header: str = "X-Request-Timeout-Ms",
-        max_deadline: float | None = None,
-        shed_when_expired: bool = True,
-        bulkhead: Policy | None = None,
-        user_id: UserIdHook | None = None,
-        *,
-        request_id_header: str = "X-Request-ID",
-        hop_guard: bool | str = True,
+        self, app: ASGIApp, service: str, version: str, *args: Any, hop_guard: bool | str = True,
+        **options: Unpack[ServingOptions],
     ) -> None:
         if not callable(app):
             raise ValueError(f"app must be an ASGI application, got {app!r}")
-        if not isinstance(service, str) or not service:
-            raise ValueError(f"service must be a non-empty str, got {service!r}")
-        if not isinstance(version, str) or not version:
-            raise ValueError(f"version must be a non-empty str, got {version!r}")
-        header_name("deadline_header", deadline_header)
-        header_name("request_id_header", request_id_header)
-        if max_deadline is not None and (
-            isinstance(max_deadline, bool)
-            or not isinstance(max_deadline, (int, float))
-            or not 0 < max_deadline < math.inf
-        ):
-            raise ValueError(f"max_deadline must be > 0 seconds (finite) or None, got "
-                             f"{max_deadline!r}")
-        if bulkhead is not None and not isinstance(bulkhead, Policy):
-            raise ValueError(f"bulkhead must be a stoic policy (a Bulkhead) or None, got "
-                             f"{bulkhead!r}")
-        if user_id is not None and not callable(user_id):
-            raise ValueError(f"user_id must be a callable taking the scope, got {user_id!r}")
+        super().__init__(service, version, *args, **options)
         self.app = app
-        self.service = service
-        self.version = version
-        self.deadline_header = deadline_header
-        self.max_deadline = None if max_deadline is None else float(max_deadline)
-        self.shed_when_expired = bool(shed_when_expired)
-        self.bulkhead = bulkhead
-        self.user_id = user_id
-        self.request_id_header = request_id_header
         if not (hop_guard is True or hop_guard is False or hop_guard == "deepest"):
             raise ValueError(f"hop_guard must be True, False or 'deepest', got {hop_guard!r}")
         self.hop_guard = hop_guard is not False
         self.hop_deepest = hop_guard == "deepest"
-        self._deadline_key = deadline_header.lower().encode("latin-1")
-        self._request_id_key = request_id_header.lower().encode("latin-1")
-        from ..observability.otel import extract  # None at once unless tracing is on
 
-        self._extract = extract
+    @staticmethod
+    def header_key(header: str) -> bytes:
+        """ASGI hands request headers over as lower-case bytes."""
+        return header.lower().encode("latin-1")
+
+    def _seconds(self, raw: bytes | None) -> float | None:
+        """The request's time budget in seconds from the header value, clamped; None: none."""
+        text = raw.decode("latin-1") if raw is not None else None
+        return budget_seconds(text, self.max_deadline, self.deadline_header, _log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         await _Exchange(self, scope).run(receive, send)
-
-    def _seconds(self, raw: bytes | None) -> float | None:
-        """The request's time budget in seconds from the header value, clamped; None: none."""
-        cap = self.max_deadline
-        if raw is None:
-            return cap
-        text = raw.decode("latin-1").strip()
-        try:
-            millis = float(text)
-        except ValueError:
-            millis = math.nan
-        if not math.isfinite(millis):
-            _log.warning(
-                "stoic: ignoring malformed %s header %r", self.deadline_header, text[:64]
-            )
-            return cap
-        if millis < 0:
-            _log.warning(
-                "stoic: negative %s header %r; using max_deadline=%s",
-                self.deadline_header, text[:64], cap,
-            )
-            return cap
-        seconds = millis / 1000.0
-        if cap is not None and seconds > cap:
-            return cap
-        return seconds
 
 
 class _Exchange:
@@ -190,19 +125,12 @@ class _Exchange:
 
     async def run(self, receive: Receive, send: Send) -> None:
         mw = self.middleware
-        raw_id = self._header(mw._request_id_key)
-        request_id = _valid_request_id(raw_id) if raw_id is not None else None
-        self.request_id = request_id or uuid.uuid4().hex
+        self.request_id = request_id(self._header(mw._request_id_key))
         seconds = mw._seconds(self._header(mw._deadline_key))
         if seconds is not None and seconds <= 0 and mw.shed_when_expired:
             await self._answer(send, 504, b"deadline exceeded before the request was handled")
             return
-        user = None
-        if mw.user_id is not None:
-            try:
-                user = mw.user_id(self.scope)
-            except Exception:
-                _log.warning("stoic: the user_id hook failed", exc_info=True)
+        user = user_of(mw.user_id, self.scope)
         token = self._attach_trace()
         try:
             with bind(

@@ -28,7 +28,7 @@ A failure while *reading the body* happens after the transport returned, in your
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import httpx
 
@@ -36,16 +36,16 @@ from ..context import using_idempotency_key
 from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
-    DEADLINE_HEADER,
-    REQUEST_ID_HEADER,
-    BreakerFactory,
-    BulkheadFactory,
+    ClientOptions,
     Core,
     Plan,
     passed_up,
     raise_if_deadline,
     retried,
 )
+
+if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
+    from typing_extensions import Unpack
 
 __all__ = ["ResilientAsyncTransport", "ResilientTransport"]
 
@@ -80,25 +80,13 @@ class _Transport(Core, Generic[Inner]):
     _inner_type: ClassVar[type[httpx.BaseTransport] | type[httpx.AsyncBaseTransport]]
 
     def __init__(
-        self,
-        inner: Inner | None = None,
-        policy: Policy | None = None,
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        *,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
+        self, inner: Inner | None = None, policy: Policy | None = None, *flags: bool,
+        **options: Unpack[ClientOptions],
     ) -> None:
         kind = self._inner_type
         if inner is not None and not isinstance(inner, kind):
             raise ValueError(f"inner must be an httpx.{kind.__name__}, got {inner!r}")
-        super().__init__(
-            policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
-            deadline_header, request_id_header,
-        )
+        super().__init__(policy, *flags, **options)
         self.inner: Inner = inner if inner is not None else self._default_inner()
 
     def _default_inner(self) -> Inner:

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from ._deadlines import RESET_TIMEOUT, SET_TIMEOUT, check_started, deadline_ran_out, timeout_ms
+from ._deadlines import RESET_TIMEOUT, SET_TIMEOUT, check_started, raise_if_ran_out, timeout_ms
 
 __all__ = [
     "AsyncDeadlineConnection",
@@ -47,12 +47,6 @@ def _setting(connection: Any) -> str | None:
     return None
 
 
-def _cancelled(exc: errors.QueryCanceled) -> BaseException | None:
-    if "statement timeout" not in str(exc):
-        return None
-    return deadline_ran_out(exc, "a PostgreSQL statement")
-
-
 class DeadlineCursor(psycopg.Cursor[Any]):
     """A cursor that bounds each statement by the deadline (see the module docstring)."""
 
@@ -63,10 +57,8 @@ class DeadlineCursor(psycopg.Cursor[Any]):
         try:
             super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:
-            error = _cancelled(exc)
-            if error is None:
-                raise
-            raise error from exc
+            raise_if_ran_out(exc, "statement timeout", "a PostgreSQL statement")
+            raise
         return self
 
 
@@ -80,10 +72,8 @@ class AsyncDeadlineCursor(psycopg.AsyncCursor[Any]):
         try:
             await super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:
-            error = _cancelled(exc)
-            if error is None:
-                raise
-            raise error from exc
+            raise_if_ran_out(exc, "statement timeout", "a PostgreSQL statement")
+            raise
         return self
 
 

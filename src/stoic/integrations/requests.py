@@ -33,15 +33,12 @@ from ..context import using_idempotency_key
 from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
-    DEADLINE_HEADER,
-    REQUEST_ID_HEADER,
-    BreakerFactory,
-    BulkheadFactory,
     Core,
     Plan,
     passed_up,
     raise_if_deadline,
     retried,
+    split_options,
 )
 
 __all__ = ["ResilientAdapter"]
@@ -89,29 +86,18 @@ class ResilientAdapter(Core, HTTPAdapter):
     """
 
     def __init__(
-        self,
-        policy: Policy | None = None,
-        default_timeout: float | tuple[float, float] = (3.05, 10.0),
-        per_host: bool = True,
-        idempotency_keys: bool = True,
-        propagate: bool = True,
-        *,
-        breaker: BreakerFactory | None = None,
-        bulkhead: BulkheadFactory | None = None,
-        deadline_header: str = DEADLINE_HEADER,
-        request_id_header: str = REQUEST_ID_HEADER,
-        **adapter_kwargs: Any,
+        self, policy: Policy | None = None,
+        default_timeout: float | tuple[float, float] = (3.05, 10.0), *flags: bool,
+        **kwargs: Any,
     ) -> None:
-        if "max_retries" in adapter_kwargs:
+        options = split_options(kwargs)  # what is left goes to HTTPAdapter
+        if "max_retries" in kwargs:
             raise ValueError("max_retries is not supported: stoic's policy decides retries")
         if default_timeout is None:
             raise ValueError("default_timeout must be seconds or a (connect, read) pair, got None")
         self.default_timeout = _timeouts(default_timeout, "default_timeout")
-        Core.__init__(
-            self, policy, per_host, idempotency_keys, propagate, breaker, bulkhead,
-            deadline_header, request_id_header,
-        )
-        HTTPAdapter.__init__(self, max_retries=0, **adapter_kwargs)
+        Core.__init__(self, policy, *flags, **options)
+        HTTPAdapter.__init__(self, max_retries=0, **kwargs)
 
     def host_policy(self, url: str) -> Policy | None:
         """The breaker (and bulkhead) this adapter applies to requests to ``url``'s host."""

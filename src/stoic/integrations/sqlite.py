@@ -19,7 +19,7 @@ import sqlite3
 from typing import Any
 
 from ..context import remaining
-from ._deadlines import check_started, deadline_ran_out
+from ._deadlines import check_started, raise_if_ran_out
 
 __all__ = ["DeadlineConnection", "DeadlineCursor", "bound", "connect"]
 
@@ -30,12 +30,6 @@ EVERY = 1000
 def _expired() -> int:
     left = remaining()
     return 1 if left is not None and left <= 0 else 0
-
-
-def _interrupted(exc: sqlite3.OperationalError) -> BaseException | None:
-    if "interrupted" not in str(exc):
-        return None
-    return deadline_ran_out(exc, "an SQLite statement")
 
 
 class DeadlineCursor(sqlite3.Cursor):
@@ -52,10 +46,8 @@ class DeadlineCursor(sqlite3.Cursor):
         try:
             run(sql, parameters)
         except sqlite3.OperationalError as exc:
-            error = _interrupted(exc)
-            if error is None:
-                raise
-            raise error from exc
+            raise_if_ran_out(exc, "interrupted", "an SQLite statement")
+            raise
         return self
 
 

@@ -36,24 +36,25 @@ import contextvars
 import io
 import logging
 import math
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._validate import header_name
 from ..context import bind, deadline
 from ..errors import CodecError, DeadlineExceeded, Rejected
 from ..idempotency.claims import Lease, holding
-from ..idempotency.http import NOT_EXECUTED, HttpIdempotency, Reply, ResponseRecorder
-from ..idempotency.store import Store
-from ..policies.base import Policy
-from ._serving import (
-    budget_seconds,
-    check_max_deadline,
-    check_server,
-    request_id,
-    user_of,
+from ..idempotency.http import (
+    HttpIdempotency,
+    HttpIdempotencyOptions,
+    Reply,
+    ResponseRecorder,
 )
+from ..idempotency.store import Store
+from ._serving import Serving, ServingOptions, budget_seconds, request_id, user_of
+
+if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
+    from typing_extensions import Unpack
 
 __all__ = [
     "Arrival",
@@ -109,39 +110,15 @@ class Arrival:
         self.user_id = user_of(middleware.user_id, environ)
 
 
-class Edge:
+class Edge(Serving):
     """The validated configuration of a request edge, and what it does to each request.
 
     Framework-free: ``StoicMiddleware`` (WSGI) and the Django middleware both use it. See
     ``StoicMiddleware`` for the arguments.
     """
 
-    def __init__(
-        self,
-        service: str,
-        version: str,
-        deadline_header: str = "X-Request-Timeout-Ms",
-        max_deadline: float | None = None,
-        shed_when_expired: bool = True,
-        bulkhead: Policy | None = None,
-        user_id: UserIdHook | None = None,
-        *,
-        request_id_header: str = "X-Request-ID",
-    ) -> None:
-        check_server(service, version, bulkhead, user_id, "the environ")
-        self.service = service
-        self.version = version
-        self.deadline_header = header_name("deadline_header", deadline_header)
-        self.max_deadline = check_max_deadline(max_deadline)
-        self.shed_when_expired = bool(shed_when_expired)
-        self.bulkhead = bulkhead
-        self.user_id = user_id
-        self.request_id_header = header_name("request_id_header", request_id_header)
-        self._deadline_key = environ_key(deadline_header)
-        self._request_id_key = environ_key(request_id_header)
-        from ..observability.otel import extract  # None at once unless tracing is on
-
-        self._extract = extract
+    hook_takes = "the environ"
+    header_key = staticmethod(environ_key)
 
     def enter(self, environ: Environ, arrival: Arrival) -> None:
         """Bind the request's deadline, ids and trace in the *current* context, for good.
@@ -168,37 +145,19 @@ class Edge:
 class StoicMiddleware(Edge):
     """Deadlines, request context, trace context and load shedding for a WSGI app.
 
-    Args:
-        app: the WSGI application to wrap.
-        service, version: bound into the request context (logs carry them).
-        deadline_header: the header carrying the caller's time left, in milliseconds.
-        max_deadline: the most time, in seconds, any request may have; longer, negative
-            and missing values become this. None: no cap and no default deadline.
-        shed_when_expired: answer 504 without running the app when the caller's time is
-            already up.
-        bulkhead: a ``stoic.Bulkhead`` (or any policy) around the app; when it rejects, the
-            answer is 503 with ``Retry-After``.
-        user_id: ``environ -> str | None``, the authenticated user for the context.
-        request_id_header: where the request id comes from and is echoed to.
+    The arguments are those of ``stoic.integrations.asgi.StoicMiddleware`` (without
+    ``hop_guard``), for a WSGI application: ``user_id`` is ``environ -> str | None``, and
+    ``bulkhead`` may be any policy; a ``stoic.Rejected`` escaping the app (a full bulkhead, a
+    shed request) is answered 503 with ``Retry-After``.
     """
 
     def __init__(
-        self,
-        app: WSGIApp,
-        service: str,
-        version: str,
-        deadline_header: str = "X-Request-Timeout-Ms",
-        max_deadline: float | None = None,
-        shed_when_expired: bool = True,
-        bulkhead: Policy | None = None,
-        user_id: UserIdHook | None = None,
-        *,
-        request_id_header: str = "X-Request-ID",
+        self, app: WSGIApp, service: str, version: str, *args: Any,
+        **options: Unpack[ServingOptions],
     ) -> None:
         if not callable(app):
             raise ValueError(f"app must be a WSGI application, got {app!r}")
-        super().__init__(service, version, deadline_header, max_deadline, shed_when_expired,
-                         bulkhead, user_id, request_id_header=request_id_header)
+        super().__init__(service, version, *args, **options)
         self.app = app
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -297,35 +256,18 @@ class IdempotencyMiddleware:
     """
 
     def __init__(
-        self,
-        app: WSGIApp,
-        store: Store,
-        *,
-        methods: Iterable[str] = ("POST", "PATCH"),
-        required: bool = False,
-        ttl: float = 86400.0,
-        lease: float = 60.0,
-        scope: Callable[[Environ], str | None] | None = None,
-        store_status: Callable[[int], bool] | None = None,
-        not_executed: Collection[int] = NOT_EXECUTED,
-        max_body: int = 1024 * 1024,
-        max_request_body: int = 10 * 1024 * 1024,
-        header: str = "Idempotency-Key",
-        namespace: str = "http",
+        self, app: WSGIApp, store: Store, *, scope: Callable[[Environ], str | None] | None = None,
+        **options: Unpack[HttpIdempotencyOptions],
     ) -> None:
         if not callable(app):
             raise ValueError(f"app must be a WSGI application, got {app!r}")
         if scope is not None and not callable(scope):
             raise TypeError(f"scope must be callable, got {scope!r}")
-        header_name("header", header)
+        header_name("header", options.get("header", "Idempotency-Key"))
         self.app = app
         self.scope = scope
-        self.rules = HttpIdempotency(
-            store, methods=methods, required=required, ttl=ttl, lease=lease,
-            store_status=store_status, not_executed=not_executed, max_body=max_body,
-            max_request_body=max_request_body, header=header, namespace=namespace,
-        )
-        self._header_key = environ_key(header)
+        self.rules = HttpIdempotency(store, **options)
+        self._header_key = environ_key(self.rules.header)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         rules = self.rules

@@ -38,16 +38,7 @@ from ..policies.breaker import BreakerTransitioned, breakers
 from ..policies.hedge import HedgeStarted
 from ..policies.limit import LimitChanged
 from ..state.base import StateStoreDegraded, StateStoreRecovered
-from ..workflow.events import (
-    CompensationRan,
-    StepCompleted,
-    StepFailed,
-    WorkflowFinished,
-    WorkflowLeaseLost,
-    WorkflowParked,
-    WorkflowRecovered,
-    WorkflowStarted,
-)
+from ..workflow import events as flow
 
 __all__ = ["BREAKER_STATES", "HANDLERS", "Recorder", "breaker_states", "connect", "make_sink"]
 
@@ -133,14 +124,14 @@ HANDLERS: dict[type[Event], Handler | None] = {
     RequestShed: None,
     # durable workflows: the Prometheus adapter keeps its own counters, histogram and backlog
     # gauge for these (stoic.observability.prometheus); OpenTelemetry traces them as spans
-    WorkflowStarted: None,
-    WorkflowRecovered: None,
-    WorkflowFinished: None,
-    WorkflowParked: None,
-    WorkflowLeaseLost: None,
-    StepCompleted: None,
-    StepFailed: None,
-    CompensationRan: None,
+    flow.WorkflowStarted: None,
+    flow.WorkflowRecovered: None,
+    flow.WorkflowFinished: None,
+    flow.WorkflowParked: None,
+    flow.WorkflowLeaseLost: None,
+    flow.StepCompleted: None,
+    flow.StepFailed: None,
+    flow.CompensationRan: None,
 }
 
 

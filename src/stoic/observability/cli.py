@@ -10,15 +10,12 @@ from pathlib import Path
 
 import typer
 
-from .._cli import USAGE, CommandError
+from .._cli import USAGE, CommandError, command_group
 from .alerts import AlertConfig, write
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    no_args_is_help=True, add_completion=False,
-    help="Generate Prometheus alert rules and Alertmanager routes for a service.",
-)
+app = command_group("Generate Prometheus alert rules and Alertmanager routes for a service.")
 
 
 @app.command()
@@ -43,8 +40,3 @@ def render(
     for path in write(config, out):
         typer.echo(f"wrote {path}")
     typer.echo(f"check with: promtool test rules {out / 'rules.test.yml'}")
-
-
-@app.callback()
-def _alerts() -> None:
-    """Generate Prometheus alert rules and Alertmanager routes for a service."""

@@ -25,21 +25,23 @@ Metrics (meter ``stoic``), all low-cardinality: ``stoic.calls`` {stoic.name, sto
 {stoic.name, stoic.reason}, ``stoic.messages`` {messaging.destination.name, stoic.result},
 ``stoic.idempotent_replays`` {stoic.name}, histogram ``stoic.call.duration`` (s)
 {stoic.name}, observable gauge ``stoic.circuit_breaker.state`` {stoic.name, stoic.state}.
+
+The spans are built in ``otel_spans``, the metric instruments in ``otel_metrics``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ..events import dispatcher
-from ..outcome import classify
-from ..workflow.store import RunRecord
 from ..workflow.tracing import set_tracer as set_workflow_tracer
-from ._events import BREAKER_STATES, breaker_states, connect
+from ._events import connect
+from .otel_metrics import DURATION_BUCKETS, MetricRecorder
+from .otel_spans import AttemptSpan, WorkflowSpans, error_type
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -53,10 +55,6 @@ __all__ = [
     "uninstrument",
 ]
 
-#: Histogram bucket boundaries for call duration, in seconds (the HTTP semantic conventions').
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)
 
 _NULL: AbstractContextManager[None] = contextlib.nullcontext()
 
@@ -118,7 +116,7 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
     unsubscribe = None
     mprovider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     if not _is_noop(mprovider):
-        recorder = _Recorder(mprovider.get_meter("stoic", _version()))
+        recorder = MetricRecorder(mprovider.get_meter("stoic", _version()))
         unsubscribe = connect(recorder)
     if tracer is None and unsubscribe is None:
         return False
@@ -129,13 +127,13 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> bool:
         set_span_in_context = trace.set_span_in_context
         from opentelemetry import context as otel_context
 
-        def attempt_scope(policy: str, name: str, attempt: int) -> _AttemptSpan:
-            return _AttemptSpan(
+        def attempt_scope(policy: str, name: str, attempt: int) -> AttemptSpan:
+            return AttemptSpan(
                 tracer, policy, name, attempt, otel_context, set_span_in_context, status_error
             )
 
         dispatcher.set_attempt_scope(attempt_scope)
-        set_workflow_tracer(_WorkflowSpans(tracer))
+        set_workflow_tracer(WorkflowSpans(tracer))
     return True
 
 
@@ -157,175 +155,7 @@ def is_instrumented() -> bool:
     return _installed is not None
 
 
-# --- spans ---------------------------------------------------------------------------------
-
-
-def _error_type(exc: BaseException) -> str:
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-class _AttemptSpan:
-    """One attempt as a span, current for the code inside it; the outcome is set on exit."""
-
-    __slots__ = ("_ctx", "_error", "_set", "_span", "_token", "attempt", "name", "policy",
-                 "tracer")
-
-    def __init__(
-        self, tracer: Any, policy: str, name: str, attempt: int, ctx: Any, set_span: Any,
-        error: Any,
-    ) -> None:
-        self.tracer, self.policy, self.name, self.attempt = tracer, policy, name, attempt
-        self._ctx, self._set, self._error = ctx, set_span, error
-        self._span: Any = None
-        self._token: Any = None
-
-    def __enter__(self) -> Any:
-        span = self.tracer.start_span(
-            f"{self.policy} {self.name}",
-            attributes={
-                "stoic.policy": self.policy, "stoic.name": self.name,
-                "stoic.attempt": self.attempt,
-            },
-        )
-        self._span = span
-        self._token = self._ctx.attach(self._set(span))
-        return span
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        span = self._span
-        try:
-            if exc is None:
-                span.set_attribute("stoic.outcome", "success")
-            else:
-                cancelled = not isinstance(exc, Exception)
-                outcome = "cancelled" if cancelled else classify(exc).outcome.value  # type: ignore[arg-type]
-                span.set_attribute("stoic.outcome", outcome)
-                span.set_attribute("error.type", _error_type(exc))
-                span.set_status(self._error, f"{type(exc).__name__}: {exc}"[:200])
-            if self.attempt > 1 and (self.policy == "http" or _is_http(span)):
-                span.set_attribute("http.request.resend_count", self.attempt - 1)
-        finally:
-            span.end()
-            self._ctx.detach(self._token)
-
-
-def _is_http(span: Any) -> bool:
-    attributes = getattr(span, "attributes", None)
-    if not attributes:
-        return False
-    return any(key.startswith("http.") for key in attributes)
-
-
-# --- workflows -----------------------------------------------------------------------------
-
-#: Outcomes of a workflow pass that mark its span as an error.
-_PASS_ERRORS = frozenset({"failed", "error"})
-
-
-class _WorkflowSpans:
-    """The workflow engine's tracer (``stoic.workflow.tracing.WorkflowTracer``).
-
-    A pass of a run is a span ``workflow <name>`` whose parent is the span that started the
-    run (its ``traceparent`` is stored with the run), so every pass of a run, in any process
-    and after any recovery, lands in the starter's trace. Each step attempt is a child span
-    ``step <name>`` of its pass; attempts of an inner policy (``Retry``) are its children.
-    """
-
-    __slots__ = ("_ctx", "_error", "_trace", "_tracer")
-
-    def __init__(self, tracer: Any) -> None:
-        from opentelemetry import context, trace
-
-        self._tracer, self._trace, self._ctx = tracer, trace, context
-        self._error = trace.StatusCode.ERROR
-
-    def traceparent(self) -> str | None:
-        span_context = self._trace.get_current_span().get_span_context()
-        if not span_context.is_valid:
-            return None
-        return (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                f"{int(span_context.trace_flags):02x}")
-
-    def _parent(self, traceparent: str | None) -> Any:
-        if not traceparent:
-            return None
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
-        return parent if self._trace.get_current_span(parent).get_span_context().is_valid \
-            else None
-
-    @contextlib.contextmanager
-    def run_pass(self, run: RunRecord, recovered: bool) -> Iterator[Callable[[str], None]]:
-        parent = self._parent(run.trace)
-        links = []
-        if parent is not None and recovered:  # also as a link: the starter, seen on recovery
-            links.append(self._trace.Link(self._trace.get_current_span(parent).get_span_context(),
-                                          {"stoic.workflow.link": "starter"}))
-        span = self._tracer.start_span(
-            f"workflow {run.name}", context=parent, links=links,
-            attributes={
-                "stoic.workflow.id": run.id, "stoic.workflow.name": run.name,
-                "stoic.workflow.version": run.version, "stoic.workflow.token": run.token,
-                "stoic.workflow.recovered": recovered,
-            },
-        )
-        outcome: list[str] = []
-        try:
-            with self._scope(span):
-                yield outcome.append
-            if outcome:
-                span.set_attribute("stoic.outcome", outcome[-1])
-                if outcome[-1] in _PASS_ERRORS:
-                    span.set_status(self._error, f"workflow pass ended {outcome[-1]}")
-        finally:
-            span.end()
-
-    @contextlib.contextmanager
-    def step_attempt(
-        self, run: RunRecord, step: str, kind: str, key: str, attempt: int
-    ) -> Iterator[object]:
-        span = self._tracer.start_span(
-            f"{kind} {step}",
-            attributes={
-                "stoic.workflow.id": run.id, "stoic.workflow.name": run.name,
-                "stoic.workflow.version": run.version, "stoic.workflow.step": step,
-                "stoic.workflow.step.kind": kind, "stoic.idempotency_key": key,
-                "stoic.attempt": attempt,
-            },
-        )
-        try:
-            with self._scope(span):
-                yield span
-            span.set_attribute("stoic.outcome", "success")
-        finally:
-            span.end()
-
-    @contextlib.contextmanager
-    def _scope(self, span: Any) -> Iterator[None]:
-        """``span`` current inside the block; what leaves the block is recorded on it."""
-        token = self._ctx.attach(self._trace.set_span_in_context(span))
-        try:
-            yield
-        except BaseException as exc:
-            cancelled = not isinstance(exc, Exception)
-            outcome = "cancelled" if cancelled else classify(exc).outcome.value  # type: ignore[arg-type]
-            span.set_attribute("stoic.outcome", outcome)
-            span.set_attribute("error.type", _error_type(exc))
-            span.set_status(self._error, f"{type(exc).__name__}: {exc}"[:200])
-            raise
-        finally:
-            self._ctx.detach(token)
-
-
 # --- propagation ---------------------------------------------------------------------------
-
 
 
 class _Setter:
@@ -473,7 +303,7 @@ class _MessageSpan:
         tb: TracebackType | None,
     ) -> None:
         if exc is not None and self._span is not None:
-            self._span.set_attribute("error.type", _error_type(exc))
+            self._span.set_attribute("error.type", error_type(exc))
             self._span.set_status(self._tracing.trace.StatusCode.ERROR,
                                   f"{type(exc).__name__}: {exc}"[:200])
         self._stack.close()
@@ -504,103 +334,3 @@ def process_span(
     if tracing is None:
         return _NULL
     return _MessageSpan(tracing, "process", destination, headers, system, message_id)
-
-
-# --- metrics -------------------------------------------------------------------------------
-
-
-class _Recorder:
-    """Metric instruments fed by events; attribute dicts are cached per label set."""
-
-    def __init__(self, meter: Any) -> None:
-        self._calls = meter.create_counter(
-            "stoic.calls", unit="{call}", description="Calls through stoic policies, by outcome."
-        )
-        self._attempts = meter.create_counter(
-            "stoic.attempts", unit="{attempt}", description="Attempts made by finished calls."
-        )
-        self._retries = meter.create_counter(
-            "stoic.retries", unit="{retry}", description="Retries scheduled."
-        )
-        self._rejections = meter.create_counter(
-            "stoic.rejections", unit="{call}", description="Calls refused before they started."
-        )
-        self._messages = meter.create_counter(
-            "stoic.messages", unit="{message}", description="Messages by result."
-        )
-        self._replays = meter.create_counter(
-            "stoic.idempotent_replays", unit="{call}",
-            description="Calls answered from an idempotency store instead of running again.",
-        )
-        try:
-            self._duration = meter.create_histogram(
-                "stoic.call.duration", unit="s", description="Duration of calls.",
-                explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
-            )
-        except TypeError:  # an API older than the bucket advice
-            self._duration = meter.create_histogram(
-                "stoic.call.duration", unit="s", description="Duration of calls."
-            )
-        self._states: dict[str, str] = {}
-        from opentelemetry.metrics import Observation
-
-        self._observation = Observation
-        meter.create_observable_gauge(
-            "stoic.circuit_breaker.state", callbacks=[self._observe_breakers], unit="1",
-            description="1 for the breaker's current state, 0 for the others.",
-        )
-        self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
-
-    def _a(self, *key: str) -> dict[str, str]:
-        attrs = self._attrs.get(key)
-        if attrs is None:
-            names = _ATTRIBUTE_NAMES[key[0]]
-            attrs = self._attrs[key] = dict(zip(names, key[1:], strict=True))
-        return attrs
-
-    def call(
-        self, policy: str, name: str, outcome: str, duration: float, attempts: int,
-        error_type: str | None,
-    ) -> None:
-        self._calls.add(1, self._a("call", name, outcome))
-        by_name = self._a("name", name)
-        self._attempts.add(attempts, by_name)
-        self._duration.record(duration, by_name)
-
-    def retry(self, name: str) -> None:
-        self._retries.add(1, self._a("name", name))
-
-    def rejection(self, name: str, reason: str) -> None:
-        self._rejections.add(1, self._a("rejection", name, reason))
-
-    def breaker(self, name: str, state: str) -> None:
-        self._states[name] = state
-
-    def message(self, topic: str, result: str) -> None:
-        self._messages.add(1, self._a("message", topic, result))
-
-    def replay(self, name: str) -> None:
-        self._replays.add(1, self._a("name", name))
-
-    def _observe_breakers(self, options: Any) -> Iterable[Any]:
-        return list(_breaker_observations(self._states, self._observation))
-
-
-_ATTRIBUTE_NAMES: dict[str, tuple[str, ...]] = {
-    "call": ("stoic.name", "stoic.outcome"),
-    "name": ("stoic.name",),
-    "rejection": ("stoic.name", "stoic.reason"),
-    "message": ("messaging.destination.name", "stoic.result"),
-}
-
-
-def _breaker_observations(states: dict[str, str], observation: Any) -> Iterator[Any]:
-    current = dict(states)
-    current.update(breaker_states())
-    for name, state in sorted(current.items()):
-        for candidate in (*BREAKER_STATES, *(() if state in BREAKER_STATES else (state,))):
-            yield observation(
-                1 if candidate == state else 0, {"stoic.name": name, "stoic.state": candidate}
-            )
-
-

@@ -56,8 +56,9 @@ from ..policies.limit import LimitChanged
 from ..workflow import events as flow
 from ..workflow.engine import Workflows
 from ..workflow.store import CountsDue, Store
-from ._events import BREAKER_STATES, breaker_states, make_sink
-from .otel import DURATION_BUCKETS
+from ._events import breaker_states, make_sink
+from .otel_metrics import DURATION_BUCKETS
+from .prometheus_families import WORKFLOW_FAMILIES, breaker_gauge, counter, gauge, histogram
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -70,7 +71,6 @@ __all__ = [
 
 _log = logging.getLogger("stoic.observability")
 
-_BUCKET_LABELS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
 
 
 _Histograms = dict[tuple[str, str], list[float]]
@@ -223,12 +223,6 @@ class _StoicCollector:
         return self._families(empty=False)
 
     def _families(self, empty: bool) -> Iterator[Any]:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-
         calls: dict[tuple[str, str], int] = {}
         durations: dict[str, list[float]] = {}
         retries: dict[str, int] = {}
@@ -253,88 +247,30 @@ class _StoicCollector:
                 calls[name, outcome] = int(sum(counts[:-1]))
                 _add(durations, name, counts)
 
-        def counter(name: str, documentation: str, labels: list[str],
-                    values: dict[Any, int]) -> Any:
-            family = CounterMetricFamily(name, documentation, labels=labels)
-            for key, value in sorted(values.items()):
-                family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
-            return family
-
         yield counter("stoic_calls", "Calls through stoic policies that finished, by outcome.",
                       ["name", "outcome"], calls)
         yield counter("stoic_retries", "Retries scheduled.", ["name"], retries)
         yield counter("stoic_rejections", "Calls refused before they started, by reason.",
                       ["name", "reason"], rejections)
-
-        gauge = GaugeMetricFamily(
-            "stoic_circuit_breaker_state",
-            "Circuit breaker state: 1 for the current state, 0 for the others.",
-            labels=["name", "state"],
-        )
-        for name, state in sorted(states.items()):
-            extra = () if state in BREAKER_STATES else (state,)
-            for candidate in (*BREAKER_STATES, *extra):
-                gauge.add_metric([name, candidate], 1.0 if candidate == state else 0.0)
-        yield gauge
-
-        histogram = HistogramMetricFamily(
-            "stoic_call_duration_seconds", "Duration of calls through stoic policies.",
-            labels=["name"], unit="seconds",
-        )
-        for name, counts in sorted(durations.items()):
-            histogram.add_metric([name], _cumulative(counts), counts[-1])
-        yield histogram
-
-        limit_gauge = GaugeMetricFamily(
-            "stoic_concurrency_limit", "The current limit of each adaptive concurrency limit.",
-            labels=["name"],
-        )
-        for name, value in sorted(limits.items()):
-            limit_gauge.add_metric([name], float(value))
-        yield limit_gauge
-
+        yield breaker_gauge(states)
+        yield histogram("stoic_call_duration_seconds", "Duration of calls through stoic policies.",
+                        ["name"], durations)
+        yield gauge("stoic_concurrency_limit",
+                    "The current limit of each adaptive concurrency limit.", ["name"], limits)
         yield counter("stoic_messages", "Messages handled, by topic and result.",
                       ["topic", "result"], messages)
         yield counter("stoic_idempotent_replays",
                       "Calls answered from an idempotency store instead of running again.",
                       ["name"], replays)
-
-        for metric, family, documentation, labels in _WORKFLOW_FAMILIES:
+        for metric, family, documentation, labels in WORKFLOW_FAMILIES:
             yield counter(family, documentation, labels, {
                 (key[1], key[2]) if len(labels) == 2 else key[1]: value
                 for key, value in workflows.items() if key[0] == metric})
-        step_histogram = HistogramMetricFamily(
-            "stoic_workflow_step_duration_seconds",
-            "Duration of workflow step attempts, by outcome.",
-            labels=["workflow", "step", "outcome"], unit="seconds",
-        )
-        for key, counts in sorted(steps.items()):
-            step_histogram.add_metric(list(key), _cumulative(counts), counts[-1])
-        yield step_histogram
-        due_gauge = GaugeMetricFamily(
-            "stoic_workflows_due", "Workflow runs due and not yet claimed by a worker.",
-            labels=["workflow"],
-        )
-        for name, value in sorted(due.items()):
-            due_gauge.add_metric([name], float(value))
-        yield due_gauge
-
-
-#: (metric key, family name, help, labels) of the workflow counters.
-_WORKFLOW_FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
-    ("started", "stoic_workflows_started", "Workflow runs started.", ["workflow"]),
-    ("completed", "stoic_workflows_completed", "Workflow runs that completed.", ["workflow"]),
-    ("failed", "stoic_workflows_failed", "Workflow runs that failed or were cancelled.",
-     ["workflow", "outcome"]),
-    ("compensated", "stoic_workflow_compensations",
-     "Compensations of failed or cancelled runs, by outcome.", ["workflow", "outcome"]),
-    ("recovered", "stoic_workflows_recovered",
-     "Workflow runs taken over from a worker whose lease ran out.", ["workflow"]),
-    ("parked", "stoic_workflows_parked", "Workflow runs parked until someone acts.",
-     ["workflow", "outcome"]),
-    ("lease_lost", "stoic_workflow_leases_lost",
-     "Workflow passes whose commit was refused: another worker held the run.", ["workflow"]),
-)
+        yield histogram("stoic_workflow_step_duration_seconds",
+                        "Duration of workflow step attempts, by outcome.",
+                        ["workflow", "step", "outcome"], steps)
+        yield gauge("stoic_workflows_due", "Workflow runs due and not yet claimed by a worker.",
+                    ["workflow"], due)
 
 
 def _finished(collector: _StoicCollector, event: flow.WorkflowFinished) -> None:
@@ -359,16 +295,6 @@ _WORKFLOW_UPDATES: dict[type[Event], Callable[[_StoicCollector, Any], None]] = {
     flow.StepCompleted: lambda c, e: c.step(e.name, e.step, "success", e.duration),
     flow.StepFailed: _step_failed,
 }
-
-
-def _cumulative(counts: list[float]) -> list[tuple[str, float]]:
-    """Prometheus buckets (cumulative) of a histogram kept as counts per bucket, then the sum."""
-    cumulative = 0.0
-    buckets = []
-    for label, count in zip(_BUCKET_LABELS, counts[:-1], strict=True):
-        cumulative += count
-        buckets.append((label, cumulative))
-    return buckets
 
 
 def _add_histograms(total: _Histograms, shard: _Histograms) -> None:

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import typer
 
-from .._cli import USAGE, CommandError
+from .._cli import USAGE, CommandError, command_group
 from . import ConfigError, load
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    no_args_is_help=True, add_completion=False,
-    help="Check policy configuration files (TOML or YAML).",
-)
+app = command_group("Check policy configuration files (TOML or YAML).")
 
 
 @app.command()
@@ -42,8 +39,3 @@ def check(
         typer.echo(f"\n[{name}]")
         for part in registry[name].current.policies:
             typer.echo(f"  {part!r}")
-
-
-@app.callback()
-def _config() -> None:
-    """Check policy configuration files (TOML or YAML)."""

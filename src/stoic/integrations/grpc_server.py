@@ -1,0 +1,298 @@
+"""gRPC server interceptors (``stoic.integrations.grpc``): deadline, context, shedding, once-only."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc  # type: ignore[import-untyped, import-not-found, unused-ignore]
+import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+from .._validate import header_name
+from ..context import bind, deadline
+from ..errors import (
+    BulkheadFullError,
+    DeadlineExceeded,
+    IdempotencyKeyInUseError,
+    IdempotencyKeyMismatchError,
+)
+from ..outcome import Outcome
+from ..policies.base import Policy
+from ._serving import check_max_deadline, check_server, request_id, user_of
+from .grpc_client import IDEMPOTENCY_KEY, method_name
+
+__all__ = ["PUSHBACK_KEY", "StoicAioServerInterceptor", "StoicServerInterceptor", "UserIdHook"]
+
+_log = logging.getLogger("stoic.grpc")
+
+#: The trailer in which a server asks the client to wait (milliseconds) or not retry (< 0).
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+# A server reads "no deadline" as a time left this large or larger.
+_NO_DEADLINE = 1e8
+
+UserIdHook = Callable[[dict[str, Any]], "str | None"]
+
+
+class _Arrival:
+    """What one incoming call brought: its time budget, ids, and the trace to continue."""
+
+    __slots__ = ("expired", "metadata", "request_id", "seconds", "user_id")
+
+    def __init__(self, interceptor: _Server, context: Any) -> None:
+        metadata = {m.key: m.value for m in context.invocation_metadata() or ()}
+        self.metadata = metadata
+        self.request_id = request_id(metadata.get(interceptor.request_id_header))
+        left = context.time_remaining()
+        seconds = None if left is None or left >= _NO_DEADLINE else float(left)
+        cap = interceptor.max_deadline
+        if cap is not None and (seconds is None or seconds > cap):
+            seconds = cap
+        self.seconds = seconds
+        self.expired = seconds is not None and seconds <= 0 and interceptor.shed_when_expired
+        self.user_id = user_of(interceptor.user_id, metadata)
+
+
+class _Server:
+    """Configuration and the per-call scaffolding both server interceptors share."""
+
+    def __init__(
+        self,
+        service: str,
+        version: str,
+        *,
+        max_deadline: float | None = None,
+        shed_when_expired: bool = True,
+        bulkhead: Policy | None = None,
+        user_id: UserIdHook | None = None,
+        store: Any = None,
+        ttl: float = 86400.0,
+        lease: float = 60.0,
+        request_id_header: str = "x-request-id",
+    ) -> None:
+        check_server(service, version, bulkhead, user_id, "the metadata dict")
+        self.service = service
+        self.version = version
+        self.max_deadline = check_max_deadline(max_deadline)
+        self.shed_when_expired = bool(shed_when_expired)
+        self.bulkhead = bulkhead
+        self.user_id = user_id
+        self.request_id_header = header_name("request_id_header", request_id_header).lower()
+        self.store = store
+        self._idempotency: dict[str, Any] = {}
+        if store is not None:
+            from ..idempotency import Idempotent
+
+            self._make_idempotent: Callable[[str], Any] = lambda method: Idempotent(
+                store, key=lambda raw, key: key, fingerprint=lambda raw, key: raw,
+                ttl=ttl, lease=lease, cache=(Outcome.SUCCESS,), namespace=f"grpc:{method}",
+            )
+        from ..observability.otel import extract  # None at once unless tracing is on
+
+        self._extract = extract
+
+    def _wrap(self, handler: Any, method: str) -> Any:
+        if handler is None or handler.response_streaming:
+            return handler
+        if handler.request_streaming:
+            return handler._replace(stream_unary=self._behaviour(handler.stream_unary, None))
+        if self.store is None:
+            return handler._replace(unary_unary=self._behaviour(handler.unary_unary, None))
+        codec = (handler.request_deserializer, handler.response_serializer)
+        return handler._replace(
+            unary_unary=self._behaviour(handler.unary_unary, (method, *codec)),
+            request_deserializer=None, response_serializer=None,
+        )
+
+    def _behaviour(self, behaviour: Any, keyed: tuple[str, Any, Any] | None) -> Any:
+        raise NotImplementedError
+
+    def _idempotent(self, method: str) -> Any:
+        policy = self._idempotency.get(method)
+        if policy is None:
+            policy = self._idempotency[method] = self._make_idempotent(method)
+        return policy
+
+    @contextlib.contextmanager
+    def _scope(self, arrival: _Arrival) -> Iterator[None]:
+        token = None
+        try:
+            ctx = self._extract(list(arrival.metadata.items()))
+            if ctx is not None:
+                from opentelemetry import context as otel_context
+
+                token = otel_context.attach(ctx)
+        except Exception:  # a bad traceparent must not fail the call
+            _log.debug("stoic: trace context extraction failed", exc_info=True)
+        try:
+            with bind(request_id=arrival.request_id, user_id=arrival.user_id,
+                      service=self.service, version=self.version):
+                if arrival.seconds is None:
+                    yield
+                else:
+                    with deadline(max(arrival.seconds, 0.0)):
+                        yield
+        finally:
+            if token is not None:
+                from opentelemetry import context as otel_context
+
+                otel_context.detach(token)
+
+    def _refusal(self, exc: Exception) -> tuple[Any, str, float | None] | None:
+        """How a stoic error that escaped the handler is answered: code, details, pushback."""
+        if isinstance(exc, BulkheadFullError):
+            retry_after = exc.retry_after if exc.retry_after is not None else 1.0
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded, try again later", retry_after
+        if isinstance(exc, DeadlineExceeded):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while handling", None
+        if isinstance(exc, IdempotencyKeyInUseError):
+            return grpc.StatusCode.ABORTED, "a call with this idempotency-key is running", None
+        if isinstance(exc, IdempotencyKeyMismatchError):
+            return (grpc.StatusCode.INVALID_ARGUMENT,
+                    "idempotency-key reused with a different request", None)
+        return None
+
+    def _refuse(self, exc: Exception, arrival: _Arrival, context: Any) -> tuple[Any, str] | None:
+        """For a stoic error that escaped the handler: set the trailers (with the pushback)
+        and return the code and details to abort with; None to let ``exc`` propagate."""
+        refusal = self._refusal(exc)
+        if refusal is None:
+            return None
+        code, text, pushback = refusal
+        context.set_trailing_metadata(self._trailers(arrival, pushback))
+        return code, text
+
+    def _trailers(self, arrival: _Arrival, pushback: float | None) -> tuple[tuple[str, str], ...]:
+        echo = ((self.request_id_header, arrival.request_id),)
+        if pushback is None:
+            return echo
+        return (*echo, (PUSHBACK_KEY, str(max(0, math.ceil(pushback * 1000)))))
+
+
+def _encode(serializer: Any, response: Any) -> str:
+    raw = serializer(response) if serializer is not None else response
+    return base64.b64encode(raw).decode("ascii")
+
+
+class StoicServerInterceptor(_Server, grpc.ServerInterceptor):  # type: ignore[misc]
+    """For ``grpc.server(..., interceptors=[...])``: deadline, context, shedding, once-only.
+
+    Args:
+        service, version: bound into the request context (logs carry them).
+        max_deadline: the most time, in seconds, any call may have; calls without a gRPC
+            deadline get this one. None: no cap.
+        shed_when_expired: answer DEADLINE_EXCEEDED without running a call that arrives
+            with no time left.
+        bulkhead: a ``stoic.Bulkhead`` (or policy raising ``BulkheadFullError``) limiting
+            concurrent calls; a refusal is RESOURCE_EXHAUSTED with ``grpc-retry-pushback-ms``.
+        user_id: ``metadata dict -> str | None``, the authenticated user for the context.
+        store: an idempotency store (``stoic.idempotency.SQLiteStore``, ``RedisStore``...);
+            with one, a unary call with an ``idempotency-key`` entry runs once per key.
+        ttl, lease: as for ``stoic.idempotent``.
+        request_id_header: the metadata entry the request id comes from and is echoed to.
+    """
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return self._wrap(continuation(handler_call_details),
+                          method_name(handler_call_details.method))
+
+    def _behaviour(self, behaviour: Any, keyed: tuple[str, Any, Any] | None) -> Any:
+        bulkhead = self.bulkhead
+
+        def run(request: Any, context: Any) -> Any:
+            arrival = _Arrival(self, context)
+            if arrival.expired:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "deadline exceeded before the call was handled")
+            context.set_trailing_metadata(self._trailers(arrival, None))
+            with self._scope(arrival):
+                try:
+                    if keyed is not None:
+                        return self._once(behaviour, keyed, request, context, arrival)
+                    if bulkhead is None:
+                        return behaviour(request, context)
+                    return bulkhead.call(behaviour, request, context)
+                except Exception as exc:
+                    refusal = self._refuse(exc, arrival, context)
+                    if refusal is None:
+                        raise
+                    context.abort(*refusal)
+
+        return run
+
+    def _once(
+        self, behaviour: Any, keyed: tuple[str, Any, Any], raw: bytes, context: Any,
+        arrival: _Arrival,
+    ) -> bytes:
+        method, deserializer, serializer = keyed
+
+        def handle(raw: bytes, key: str | None) -> str:
+            request = deserializer(raw) if deserializer is not None else raw
+            if self.bulkhead is None:
+                return _encode(serializer, behaviour(request, context))
+            return _encode(serializer, self.bulkhead.call(behaviour, request, context))
+
+        key = arrival.metadata.get(IDEMPOTENCY_KEY)
+        if key is None:
+            text = handle(raw, None)
+        else:
+            text = self._idempotent(method).call(handle, raw, key)
+        return base64.b64decode(text)
+
+
+class StoicAioServerInterceptor(_Server, grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The ``grpc.aio`` server twin of ``StoicServerInterceptor``; same arguments and rules.
+
+    The wrapped handlers must be coroutine functions (as ``grpc.aio`` servicers are).
+    """
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return self._wrap(await continuation(handler_call_details),
+                          method_name(handler_call_details.method))
+
+    def _behaviour(self, behaviour: Any, keyed: tuple[str, Any, Any] | None) -> Any:
+        bulkhead = self.bulkhead
+
+        async def run(request: Any, context: Any) -> Any:
+            arrival = _Arrival(self, context)
+            if arrival.expired:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    "deadline exceeded before the call was handled")
+            context.set_trailing_metadata(self._trailers(arrival, None))
+            with self._scope(arrival):
+                try:
+                    if keyed is not None:
+                        return await self._once(behaviour, keyed, request, context, arrival)
+                    if bulkhead is None:
+                        return await behaviour(request, context)
+                    return await bulkhead.acall(behaviour, request, context)
+                except Exception as exc:
+                    refusal = self._refuse(exc, arrival, context)
+                    if refusal is None:
+                        raise
+                    await context.abort(*refusal)
+
+        return run
+
+    async def _once(
+        self, behaviour: Any, keyed: tuple[str, Any, Any], raw: bytes, context: Any,
+        arrival: _Arrival,
+    ) -> bytes:
+        method, deserializer, serializer = keyed
+
+        async def handle(raw: bytes, key: str | None) -> str:
+            request = deserializer(raw) if deserializer is not None else raw
+            if self.bulkhead is None:
+                return _encode(serializer, await behaviour(request, context))
+            return _encode(serializer, await self.bulkhead.acall(behaviour, request, context))
+
+        key = arrival.metadata.get(IDEMPOTENCY_KEY)
+        if key is None:
+            text = await handle(raw, None)
+        else:
+            text = await self._idempotent(method).acall(handle, raw, key)
+        return base64.b64decode(text)
