@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
-from ..integrations._deadlines import arun_on, cancel_pending, run_on
 from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
 from .loop import LoopThread
 from .model import DeadLetter, Message, QueueStats, decode_headers, report_requeued
@@ -140,9 +139,9 @@ class NatsBroker(PublishOne):
         self._closed = False
         self._loop = LoopThread("stoic-nats")
         try:
-            run_on(self._loop.loop, _WHAT, self._connect())
+            self._loop.call(_WHAT, self._connect())
         except BaseException:
-            cancel_pending(self._loop.loop)  # what a connect given up on left running
+            self._loop.cancel_pending()  # what a connect given up on left running
             self._loop.stop()
             raise
 
@@ -229,14 +228,14 @@ class NatsBroker(PublishOne):
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
         prepared = prepare(topic, payloads, ids, headers, delay)
-        return run_on(self._loop.loop, _WHAT, self._publish(topic, *prepared))
+        return self._loop.call(_WHAT, self._publish(topic, *prepared))
 
     async def apublish_many(
         self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None, delay: float = 0.0,
     ) -> list[str]:
         prepared = prepare(topic, payloads, ids, headers, delay)
-        return await arun_on(self._loop.loop, _WHAT, self._publish(topic, *prepared))
+        return await self._loop.acall(_WHAT, self._publish(topic, *prepared))
 
     async def _publish(
         self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
@@ -255,20 +254,23 @@ class NatsBroker(PublishOne):
             self._js.publish(subject, _bytes(body), headers={**common, _ID: msg_id})
             for msg_id, body in zip(msg_ids, bodies, strict=True)
         ]
-        await asyncio.gather(*sends)  # pipelined; each waits for the stream's ack
+        if len(sends) == 1:  # awaited as it is: no task of its own to schedule
+            await sends[0]
+        else:
+            await asyncio.gather(*sends)  # pipelined; each waits for the stream's ack
         return msg_ids
 
     # --- consuming -----------------------------------------------------------------------
 
     def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
         check_claim(max_messages, lease)
-        return run_on(self._loop.loop, _WHAT, self._claim(topic, max_messages, lease))
+        return self._loop.call(_WHAT, self._claim(topic, max_messages, lease))
 
     async def aclaim(
         self, topic: str, *, max_messages: int = 1, lease: float = 30.0
     ) -> list[Message]:
         check_claim(max_messages, lease)
-        return await arun_on(self._loop.loop, _WHAT, self._claim(topic, max_messages, lease))
+        return await self._loop.acall(_WHAT, self._claim(topic, max_messages, lease))
 
     async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
         names = await self._ensure(topic)
@@ -393,7 +395,7 @@ class NatsBroker(PublishOne):
             await held.msg.ack()
 
     async def aack_many(self, messages: Sequence[Message]) -> int:
-        return await arun_on(self._loop.loop, _WHAT, self._ack_many(list(messages)))
+        return await self._loop.acall(_WHAT, self._ack_many(list(messages)))
 
     async def _ack_many(self, messages: list[Message]) -> int:
         done = 0
@@ -405,10 +407,10 @@ class NatsBroker(PublishOne):
         return done
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
-        return run_on(self._loop.loop, _WHAT, self._nack(message, check_delay(delay)))
+        return self._loop.call(_WHAT, self._nack(message, check_delay(delay)))
 
     async def anack(self, message: Message, delay: float = 0.0) -> bool:
-        return await arun_on(self._loop.loop, _WHAT, self._nack(message, check_delay(delay)))
+        return await self._loop.acall(_WHAT, self._nack(message, check_delay(delay)))
 
     async def _nack(self, message: Message, delay: float) -> bool:
         held = self._take(message)
@@ -420,11 +422,11 @@ class NatsBroker(PublishOne):
 
     def extend_lease(self, message: Message, lease: float) -> bool:
         check_claim(1, lease)
-        return run_on(self._loop.loop, _WHAT, self._extend(message, lease))
+        return self._loop.call(_WHAT, self._extend(message, lease))
 
     async def aextend_lease(self, message: Message, lease: float) -> bool:
         check_claim(1, lease)
-        return await arun_on(self._loop.loop, _WHAT, self._extend(message, lease))
+        return await self._loop.acall(_WHAT, self._extend(message, lease))
 
     async def _extend(self, message: Message, lease: float) -> bool:
         held = self._take(message)
@@ -438,10 +440,10 @@ class NatsBroker(PublishOne):
         return True
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        run_on(self._loop.loop, _WHAT, self._dead_letter(message, reason, error))
+        self._loop.call(_WHAT, self._dead_letter(message, reason, error))
 
     async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        await arun_on(self._loop.loop, _WHAT, self._dead_letter(message, reason, error))
+        await self._loop.acall(_WHAT, self._dead_letter(message, reason, error))
 
     async def _dead_letter(self, message: Message, reason: str, error: str | None) -> None:
         held = self._take(message)
@@ -464,10 +466,10 @@ class NatsBroker(PublishOne):
     # --- inspection and the DLQ ----------------------------------------------------------
 
     def stats(self, topic: str) -> QueueStats:
-        return run_on(self._loop.loop, _WHAT, self._stats(topic))
+        return self._loop.call(_WHAT, self._stats(topic))
 
     async def astats(self, topic: str) -> QueueStats:
-        return await arun_on(self._loop.loop, _WHAT, self._stats(topic))
+        return await self._loop.acall(_WHAT, self._stats(topic))
 
     async def _stats(self, topic: str) -> QueueStats:
         names = await self._ensure(topic)
@@ -494,7 +496,7 @@ class NatsBroker(PublishOne):
         return out
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
-        return run_on(self._loop.loop, _WHAT, self._peek(topic, limit))
+        return self._loop.call(_WHAT, self._peek(topic, limit))
 
     async def _peek(self, topic: str, limit: int) -> list[Message]:
         names = await self._ensure(topic)
@@ -502,7 +504,7 @@ class NatsBroker(PublishOne):
                 for raw in await self._browse(names.stream, names.subject, limit)]
 
     def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        return run_on(self._loop.loop, _WHAT, self._dead_letters(topic, limit))
+        return self._loop.call(_WHAT, self._dead_letters(topic, limit))
 
     async def _dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
         names = await self._ensure(topic)
@@ -511,7 +513,7 @@ class NatsBroker(PublishOne):
 
     def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
         chosen = None if ids is None else set(ids)
-        return run_on(self._loop.loop, _WHAT, self._requeue(topic, chosen))
+        return self._loop.call(_WHAT, self._requeue(topic, chosen))
 
     async def _requeue(self, topic: str, ids: set[str] | None) -> int:
         names = await self._ensure(topic)
@@ -531,7 +533,7 @@ class NatsBroker(PublishOne):
         return report_requeued(self, topic, count)
 
     def purge_dead(self, topic: str) -> int:
-        return run_on(self._loop.loop, _WHAT, self._purge(topic))
+        return self._loop.call(_WHAT, self._purge(topic))
 
     async def _purge(self, topic: str) -> int:
         names = await self._ensure(topic)
@@ -541,7 +543,7 @@ class NatsBroker(PublishOne):
 
     def delete_topic(self, topic: str) -> None:
         """Delete the topic's three streams (and its messages, dead letters included)."""
-        run_on(self._loop.loop, _WHAT, self._delete(topic))
+        self._loop.call(_WHAT, self._delete(topic))
 
     async def _delete(self, topic: str) -> None:
         from nats.js.errors import NotFoundError
