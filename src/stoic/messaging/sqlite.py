@@ -89,7 +89,22 @@ CREATE TABLE IF NOT EXISTS stoic_dead (
     dead_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS stoic_dead_topic_id ON stoic_dead (topic, id);
+CREATE TABLE IF NOT EXISTS stoic_counters (
+    topic TEXT PRIMARY KEY,
+    recovered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TRIGGER IF NOT EXISTS stoic_messages_recovered
+AFTER UPDATE OF receipt ON stoic_messages
+WHEN OLD.state = 0 AND NEW.state = 0 AND OLD.receipt IS NOT NULL
+    AND NEW.receipt IS NOT NULL AND NEW.receipt <> OLD.receipt
+BEGIN
+    INSERT INTO stoic_counters (topic, recovered) VALUES (NEW.topic, 1)
+    ON CONFLICT (topic) DO UPDATE SET recovered = recovered + 1;
+END;
 """
+# The trigger counts stalled work that came back (stats().recovered): a claim that takes a
+# row from a receipt that was neither acked nor given back (nack and ack clear the receipt,
+# an extension keeps it), i.e. whose lease ran out. It runs in the claim's own transaction.
 
 # state: 0 queued (ready, delayed or leased), 1 acked, 2 dead-lettered. Rows in state 1 and 2
 # keep only their id, for de-duplication, until they leave the window.
@@ -286,7 +301,18 @@ class SQLiteBroker(ThreadedAsync):
             (dead,) = self._db.execute(
                 "SELECT COUNT(*) FROM stoic_dead WHERE topic = ?", (topic,)
             ).fetchone()
-        return QueueStats(topic, int(ready), int(delayed), int(in_flight), int(dead))
+            recovered = self._recovered(topic)
+        return QueueStats(topic, int(ready), int(delayed), int(in_flight), int(dead),
+                          recovered=recovered)
+
+    def _recovered(self, topic: str) -> int:
+        try:
+            row = self._db.execute(
+                "SELECT recovered FROM stoic_counters WHERE topic = ?", (topic,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a file from before the counter, opened read-only
+            return 0
+        return int(row[0]) if row else 0
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
         with self._guard:
