@@ -55,18 +55,26 @@ from typing import Any
 
 from .. import clock
 from ..integrations._deadlines import pooled
-from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
-from .model import (
-    DeadLetter,
-    Message,
-    QueueStats,
-    dump_headers,
-    message_from_row,
-    report_requeued,
-    split_receipt,
+from .broker import (
+    ThreadedAsync,
+    check_claim,
+    check_delay,
+    check_int,
+    prepare,
+    prepare_one,
+    require,
 )
+from .model import DeadLetter, Message, QueueStats, dump_headers, report_requeued
 from .postgres_listen import Listener
-from .postgres_sql import Statements, check_identifier, schema_sql
+from .postgres_sql import (
+    Statements,
+    check_identifier,
+    encodable,
+    receipt_key,
+    row_message,
+    schema_sql,
+    storable,
+)
 
 __all__ = ["PostgresBroker", "schema_sql"]
 
@@ -99,20 +107,13 @@ class PostgresBroker(ThreadedAsync):
         check_identifier("table_prefix", table_prefix, empty=True)
         if not dedupe_window >= 0:
             raise ValueError(f"dedupe_window must be >= 0 seconds, got {dedupe_window!r}")
-        if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
-            raise ValueError(f"min_size must be an int >= 0, got {min_size!r}")
+        check_int("min_size", min_size, 0)
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < max(
             1, min_size
         ):
             raise ValueError(f"max_size must be an int >= max(1, min_size), got {max_size!r}")
-        try:
-            import psycopg_pool
-
-            from ..integrations.psycopg import DeadlineConnection
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "PostgresBroker needs the postgres extra: pip install 'stoic[postgres]'"
-            ) from exc
+        psycopg_pool = require("psycopg_pool", "PostgresBroker", "postgres")
+        from ..integrations.psycopg import DeadlineConnection
         self.dsn = dsn
         self.schema, self.table_prefix = schema, table_prefix
         self.dedupe_window = float(dedupe_window)
@@ -193,11 +194,11 @@ class PostgresBroker(ThreadedAsync):
             "horizon": now - self.dedupe_window,
         }
         sql = self._sql.insert
-        if any("\x00" in b for b in bodies) or not _encodable(bodies):
+        if any("\x00" in b for b in bodies) or not encodable(bodies):
             sql, params["raws"] = self._sql.insert_raw, [
-                None if _storable(b) else b.encode("utf-8", "surrogatepass") for b in bodies
+                None if storable(b) else b.encode("utf-8", "surrogatepass") for b in bodies
             ]
-            params["bodies"] = [b if _storable(b) else None for b in bodies]
+            params["bodies"] = [b if storable(b) else None for b in bodies]
         if self.notify and delay == 0:  # one statement, one round trip: insert and wake
             sql = f"WITH ins AS ({sql}) SELECT pg_notify(%(channel)s, %(topic)s)"
             params["channel"] = self.channel
@@ -220,7 +221,7 @@ class PostgresBroker(ThreadedAsync):
         with pooled(self._pool, _WHAT) as conn:
             rows = conn.execute(self._sql.claim, params).fetchall()
         rows.sort(key=lambda r: r[0])
-        return [_message(topic, row, token, until) for row in rows]
+        return [row_message(topic, row, token, until) for row in rows]
 
     def ack(self, message: Message) -> bool:
         return self.ack_many([message]) == 1
@@ -228,7 +229,7 @@ class PostgresBroker(ThreadedAsync):
     def ack_many(self, messages: Sequence[Message]) -> int:
         if not messages:
             return 0
-        keys = [_key(m) for m in messages]
+        keys = [receipt_key(m) for m in messages]
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
             done = conn.execute(
@@ -249,14 +250,14 @@ class PostgresBroker(ThreadedAsync):
         return self._move(message, lease, release=False)
 
     def _move(self, message: Message, seconds: float, *, release: bool) -> bool:
-        seq, token = _key(message)
+        seq, token = receipt_key(message)
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
             cur = conn.execute(self._sql.move, (clock.wall() + seconds, release, seq, token))
         return bool(cur.rowcount == 1)
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        seq, token = _key(message)
+        seq, token = receipt_key(message)
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
             conn.execute(self._sql.dead, {"seq": seq, "receipt": token,
@@ -299,7 +300,7 @@ class PostgresBroker(ThreadedAsync):
                 " ORDER BY available_at, seq LIMIT %s",
                 (topic, limit),
             ).fetchall()
-        return [_message(topic, r[:7], "", r[7]) for r in rows]
+        return [row_message(topic, r[:7], "", r[7]) for r in rows]
 
     def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         self._setup()
@@ -310,7 +311,7 @@ class PostgresBroker(ThreadedAsync):
                 (topic, limit),
             ).fetchall()
         return [
-            DeadLetter(message=_message(topic, r[:7], "", r[9]), reason=r[7], error=r[8],
+            DeadLetter(message=row_message(topic, r[:7], "", r[9]), reason=r[7], error=r[8],
                        dead_at=r[9])
             for r in rows
         ]
@@ -343,29 +344,3 @@ class PostgresBroker(ThreadedAsync):
         if listener is not None:
             listener.close()
         self._pool.close()
-
-
-def _storable(body: str) -> bool:
-    """A text column takes it: no NUL, and encodable as UTF-8."""
-    return "\x00" not in body and _encodable([body])
-
-
-def _encodable(bodies: list[str]) -> bool:
-    try:
-        for b in bodies:
-            if not b.isascii():  # isascii is a flag read: the common case costs nothing
-                b.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _key(message: Message) -> tuple[int, str]:
-    return split_receipt(message, "PostgresBroker")
-
-
-def _message(topic: str, row: Sequence[Any], token: str, available_at: float) -> Message:
-    """``message_from_row`` after putting a body kept as bytes (``raw``) back as text."""
-    if row[2] is None and row[6] is not None:
-        row = (*row[:2], bytes(row[6]).decode("utf-8", "surrogatepass"), *row[3:6])
-    return message_from_row(topic, row[:6], token, available_at)

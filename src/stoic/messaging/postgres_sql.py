@@ -1,4 +1,5 @@
-"""The SQL of ``PostgresBroker``: its tables (``schema_sql``) and the statements it runs.
+"""The SQL of ``PostgresBroker``: its tables (``schema_sql``), the statements it runs, and
+its rows turned back into messages.
 
 No driver is imported here; ``PostgresBroker`` (``messaging/postgres.py``) runs these.
 """
@@ -6,9 +7,21 @@ No driver is imported here; ``PostgresBroker`` (``messaging/postgres.py``) runs 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Statements", "check_identifier", "schema_sql"]
+from .model import Message, message_from_row, split_receipt
+
+__all__ = [
+    "Statements",
+    "check_identifier",
+    "encodable",
+    "receipt_key",
+    "row_message",
+    "schema_sql",
+    "storable",
+]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}\Z")
 
@@ -179,3 +192,30 @@ class Statements:
         )
         return cls(m, d, c, insert, insert_raw, claim, ack, move, dead, requeue, stats,
                    purge_finished)
+
+
+def storable(body: str) -> bool:
+    """A text column takes it: no NUL, and encodable as UTF-8."""
+    return "\x00" not in body and encodable([body])
+
+
+def encodable(bodies: list[str]) -> bool:
+    try:
+        for b in bodies:
+            if not b.isascii():  # isascii is a flag read: the common case costs nothing
+                b.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def receipt_key(message: Message) -> tuple[int, str]:
+    """The row (seq) and receipt a ``PostgresBroker`` message was claimed with."""
+    return split_receipt(message, "PostgresBroker")
+
+
+def row_message(topic: str, row: Sequence[Any], token: str, available_at: float) -> Message:
+    """``message_from_row`` after putting a body kept as bytes (``raw``) back as text."""
+    if row[2] is None and row[6] is not None:
+        row = (*row[:2], bytes(row[6]).decode("utf-8", "surrogatepass"), *row[3:6])
+    return message_from_row(topic, row[:6], token, available_at)

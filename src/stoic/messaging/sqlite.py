@@ -36,14 +36,14 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from .. import clock
 from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..integrations._deadlines import SQLiteBusy, sqlite_busy_ran_out
-from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
+from .broker import PreparedPublish, ThreadedAsync, check_claim, check_delay, prepare_one
 from .model import (
     DeadLetter,
     Message,
@@ -140,7 +140,7 @@ _PURGE_FINISHED = (
 _PURGE_EVERY = 2000  # acks between two passes of the de-duplication window cleanup
 
 
-class SQLiteBroker(ThreadedAsync):
+class SQLiteBroker(PreparedPublish, ThreadedAsync):
     """A durable queue in one SQLite file; ``sqlite:///path.db`` in ``connect``.
 
     Args:
@@ -211,11 +211,10 @@ class SQLiteBroker(ThreadedAsync):
             self._db.execute(_INSERT, row)
         return msg_id
 
-    def publish_many(
-        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> list[str]:
-        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
+    def _write(
+        self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
+        delay: float,
+    ) -> None:
         raw_headers = dump_headers(head) if head else None
         now = clock.wall()
         horizon = now - self.dedupe_window
@@ -225,7 +224,6 @@ class SQLiteBroker(ThreadedAsync):
         ]
         with self._guard, self._transaction():
             self._db.executemany(_INSERT, rows)
-        return msg_ids
 
     # --- consuming -----------------------------------------------------------------------
 
