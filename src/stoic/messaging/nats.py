@@ -43,14 +43,15 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .. import clock
 from . import nats_wire as wire
-from .broker import PublishOne, check_claim, check_delay, prepare
+from .broker import check_int, require
 from .loop import LoopThread
-from .model import DeadLetter, Message, QueueStats, report_requeued
+from .loop_broker import LoopBroker
+from .model import DeadLetter, Message, QueueStats
 from .nats_wire import Held, Names
 
 _WHAT = "a NatsBroker operation"
@@ -61,7 +62,7 @@ _HOUSEKEEPING = 0.05  # seconds between two passes over the held leases
 _DELAY_CHECK = 0.1  # seconds between two looks at a topic's delay stream
 
 
-class NatsBroker(PublishOne):
+class NatsBroker(LoopBroker):
     """At-least-once queues on NATS JetStream; see the module docstring for the layout.
 
     Args:
@@ -74,6 +75,8 @@ class NatsBroker(PublishOne):
         max_deliver: deliveries after which an unacked message is dead-lettered.
         storage: ``"file"`` (survives a server restart) or ``"memory"``.
     """
+
+    _what = _WHAT
 
     def __init__(
         self, url: str = "nats://127.0.0.1:4222", *, prefix: str = "stoic",
@@ -88,14 +91,10 @@ class NatsBroker(PublishOne):
             raise ValueError(f"ack_wait must be >= 0.1 seconds, got {ack_wait!r}")
         if not dedupe_window > 0:
             raise ValueError(f"dedupe_window must be > 0 seconds, got {dedupe_window!r}")
-        if isinstance(max_deliver, bool) or not isinstance(max_deliver, int) or max_deliver < 1:
-            raise ValueError(f"max_deliver must be an int >= 1, got {max_deliver!r}")
+        check_int("max_deliver", max_deliver)
         if storage not in ("file", "memory"):
             raise ValueError(f"storage must be 'file' or 'memory', got {storage!r}")
-        try:
-            import nats  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("NatsBroker needs nats-py: pip install 'stoic[nats]'") from exc
+        require("nats", "NatsBroker", "nats")
         self.url, self.prefix = url, prefix
         self.ack_wait = float(ack_wait)
         self.dedupe_window = float(dedupe_window)
@@ -165,20 +164,6 @@ class NatsBroker(PublishOne):
 
     # --- publishing ----------------------------------------------------------------------
 
-    def publish_many(
-        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> list[str]:
-        prepared = prepare(topic, payloads, ids, headers, delay)
-        return self._loop.call(_WHAT, self._publish(topic, *prepared))
-
-    async def apublish_many(
-        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> list[str]:
-        prepared = prepare(topic, payloads, ids, headers, delay)
-        return await self._loop.acall(_WHAT, self._publish(topic, *prepared))
-
     async def _publish(
         self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
         delay: float,
@@ -203,16 +188,6 @@ class NatsBroker(PublishOne):
         return msg_ids
 
     # --- consuming -----------------------------------------------------------------------
-
-    def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
-        check_claim(max_messages, lease)
-        return self._loop.call(_WHAT, self._claim(topic, max_messages, lease))
-
-    async def aclaim(
-        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
-    ) -> list[Message]:
-        check_claim(max_messages, lease)
-        return await self._loop.acall(_WHAT, self._claim(topic, max_messages, lease))
 
     async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
         names = await self._ensure(topic)
@@ -294,12 +269,6 @@ class NatsBroker(PublishOne):
                 return None
         return held
 
-    def ack(self, message: Message) -> bool:
-        return self.ack_many([message]) == 1
-
-    async def aack(self, message: Message) -> bool:
-        return await self.aack_many([message]) == 1
-
     def ack_many(self, messages: Sequence[Message]) -> int:
         # No wait for the loop thread: the held deliveries are taken here, and their acks
         # sent by the loop right after (an ack lost with a dying process is a redelivery).
@@ -317,9 +286,6 @@ class NatsBroker(PublishOne):
         for held in taken:
             await held.msg.ack()
 
-    async def aack_many(self, messages: Sequence[Message]) -> int:
-        return await self._loop.acall(_WHAT, self._ack_many(list(messages)))
-
     async def _ack_many(self, messages: list[Message]) -> int:
         done = 0
         for message in messages:
@@ -329,12 +295,6 @@ class NatsBroker(PublishOne):
                 done += 1  # lost with a dying process only means a redelivery
         return done
 
-    def nack(self, message: Message, delay: float = 0.0) -> bool:
-        return self._loop.call(_WHAT, self._nack(message, check_delay(delay)))
-
-    async def anack(self, message: Message, delay: float = 0.0) -> bool:
-        return await self._loop.acall(_WHAT, self._nack(message, check_delay(delay)))
-
     async def _nack(self, message: Message, delay: float) -> bool:
         held = self._take(message)
         if held is None:
@@ -342,14 +302,6 @@ class NatsBroker(PublishOne):
         await self._give_back(held, delay)
         await self._nc.flush()
         return True
-
-    def extend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return self._loop.call(_WHAT, self._extend(message, lease))
-
-    async def aextend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return await self._loop.acall(_WHAT, self._extend(message, lease))
 
     async def _extend(self, message: Message, lease: float) -> bool:
         held = self._take(message)
@@ -361,12 +313,6 @@ class NatsBroker(PublishOne):
             self._held[message.receipt] = held
         await held.msg.in_progress()
         return True
-
-    def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        self._loop.call(_WHAT, self._dead_letter(message, reason, error))
-
-    async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        await self._loop.acall(_WHAT, self._dead_letter(message, reason, error))
 
     async def _dead_letter(self, message: Message, reason: str, error: str | None) -> None:
         held = self._take(message)
@@ -388,12 +334,6 @@ class NatsBroker(PublishOne):
 
     # --- inspection and the DLQ ----------------------------------------------------------
 
-    def stats(self, topic: str) -> QueueStats:
-        return self._loop.call(_WHAT, self._stats(topic))
-
-    async def astats(self, topic: str) -> QueueStats:
-        return await self._loop.acall(_WHAT, self._stats(topic))
-
     async def _stats(self, topic: str) -> QueueStats:
         names = await self._ensure(topic)
         info = await self._js.consumer_info(names.stream, wire.DURABLE)
@@ -403,25 +343,15 @@ class NatsBroker(PublishOne):
                           int(info.num_ack_pending or 0), int(dead),
                           recovered=self._recovered.get(topic, 0))
 
-    def peek(self, topic: str, limit: int = 10) -> list[Message]:
-        return self._loop.call(_WHAT, self._peek(topic, limit))
-
     async def _peek(self, topic: str, limit: int) -> list[Message]:
         names = await self._ensure(topic)
         return [wire.to_message(topic, raw, "", 0.0)
                 for raw in await wire.browse(self._js, names.stream, names.subject, limit)]
 
-    def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        return self._loop.call(_WHAT, self._dead_letters(topic, limit))
-
     async def _dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
         names = await self._ensure(topic)
         return [wire.to_dead_letter(topic, raw)
                 for raw in await wire.browse(self._js, names.dead_stream, names.dead_subject, limit)]
-
-    def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
-        chosen = None if ids is None else set(ids)
-        return self._loop.call(_WHAT, self._requeue(topic, chosen))
 
     async def _requeue(self, topic: str, ids: set[str] | None) -> int:
         names = await self._ensure(topic)
@@ -438,20 +368,13 @@ class NatsBroker(PublishOne):
             await self._js.publish(names.subject, raw.data or b"", headers=headers)
             await self._js.delete_msg(names.dead_stream, int(raw.seq))
             count += 1
-        return report_requeued(self, topic, count)
-
-    def purge_dead(self, topic: str) -> int:
-        return self._loop.call(_WHAT, self._purge(topic))
+        return count
 
     async def _purge(self, topic: str) -> int:
         names = await self._ensure(topic)
         count = (await self._js.stream_info(names.dead_stream)).state.messages
         await self._js.purge_stream(names.dead_stream)
         return int(count)
-
-    def delete_topic(self, topic: str) -> None:
-        """Delete the topic's three streams (and its messages, dead letters included)."""
-        self._loop.call(_WHAT, self._delete(topic))
 
     async def _delete(self, topic: str) -> None:
         from nats.js.errors import NotFoundError
@@ -470,18 +393,6 @@ class NatsBroker(PublishOne):
         with self._held_lock:
             for receipt in [r for r, h in self._held.items() if h.topic == topic]:
                 del self._held[receipt]
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._loop.run(self._close())
-        finally:
-            self._loop.stop()
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
 
     async def _close(self) -> None:
         self._housekeeping.cancel()

@@ -45,9 +45,10 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import clock
-from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
+from .broker import check_int, check_topic, prepare, require
 from .loop import LoopThread
-from .model import DeadLetter, Message, QueueStats, report_requeued
+from .loop_broker import LoopBroker
+from .model import DeadLetter, Message, QueueStats
 from .rabbitmq_wire import (
     IDLE,
     STOIC_HEADERS,
@@ -65,7 +66,7 @@ _WHAT = "a RabbitBroker operation"
 
 __all__ = ["RabbitBroker"]
 
-class RabbitBroker(PublishOne):
+class RabbitBroker(LoopBroker):
     """At-least-once queues on RabbitMQ quorum queues; ``amqp://...`` in ``connect``.
 
     Args:
@@ -81,6 +82,7 @@ class RabbitBroker(PublishOne):
     #: dead-lettered from its delay queue back to its queue); ``Worker(stop_when_empty=True)``
     #: waits this long and looks again before it calls a topic empty.
     stats_settle: float = 0.25
+    _what = _WHAT
 
     def __init__(
         self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, dedupe: Any = None,
@@ -92,14 +94,10 @@ class RabbitBroker(PublishOne):
             raise ValueError(f"dedupe_window must be > 0 seconds, got {dedupe_window!r}")
         if not prefix or any(c.isspace() for c in prefix):
             raise ValueError(f"prefix must be non-empty without spaces, got {prefix!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        check_int("prefetch", prefetch)
         if dedupe is not None and not callable(getattr(dedupe, "claim", None)):
             raise ValueError(f"dedupe must be an idempotency store, got {dedupe!r}")
-        try:
-            import aio_pika  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("RabbitBroker needs aio-pika: pip install 'stoic[rabbitmq]'") from exc
+        require("aio_pika", "RabbitBroker", "rabbitmq")
         self.url = url
         self.dedupe = dedupe
         self.dedupe_window = float(dedupe_window)
@@ -221,16 +219,6 @@ class RabbitBroker(PublishOne):
 
     # --- consuming -----------------------------------------------------------------------
 
-    def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
-        check_claim(max_messages, lease)
-        return self._loop.call(_WHAT, self._claim(topic, max_messages, lease))
-
-    async def aclaim(
-        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
-    ) -> list[Message]:
-        check_claim(max_messages, lease)
-        return await self._loop.acall(_WHAT, self._claim(topic, max_messages, lease))
-
     async def _consumer(self, topic: str) -> Consumer:
         consumer = self._consumers.get(topic)
         if consumer is None or consumer.channel.is_closed:
@@ -303,18 +291,6 @@ class RabbitBroker(PublishOne):
             return None
         return self._held.pop(message.receipt)
 
-    def ack(self, message: Message) -> bool:
-        return self.ack_many([message]) == 1
-
-    async def aack(self, message: Message) -> bool:
-        return await self.aack_many([message]) == 1
-
-    def ack_many(self, messages: Sequence[Message]) -> int:
-        return self._loop.call(_WHAT, self._ack_many(list(messages)))
-
-    async def aack_many(self, messages: Sequence[Message]) -> int:
-        return await self._loop.acall(_WHAT, self._ack_many(list(messages)))
-
     async def _ack_many(self, messages: list[Message]) -> int:
         done = 0
         for m in messages:
@@ -326,14 +302,6 @@ class RabbitBroker(PublishOne):
                     continue
                 done += 1
         return done
-
-    def nack(self, message: Message, delay: float = 0.0) -> bool:
-        delay = check_delay(delay)
-        return self._loop.call(_WHAT, self._nack(message, delay))
-
-    async def anack(self, message: Message, delay: float = 0.0) -> bool:
-        delay = check_delay(delay)
-        return await self._loop.acall(_WHAT, self._nack(message, delay))
 
     async def _nack(self, message: Message, delay: float) -> bool:
         held = self._take(message)
@@ -347,14 +315,6 @@ class RabbitBroker(PublishOne):
         await held.incoming.ack()
         return True
 
-    def extend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return self._loop.call(_WHAT, self._extend(message, lease))
-
-    async def aextend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return await self._loop.acall(_WHAT, self._extend(message, lease))
-
     async def _extend(self, message: Message, lease: float) -> bool:
         held = self._held.get(message.receipt)
         now = clock.now()
@@ -363,13 +323,7 @@ class RabbitBroker(PublishOne):
         held.lease_until = now + lease
         return True
 
-    def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        self._loop.call(_WHAT, self._dead(message, reason, error))
-
-    async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        await self._loop.acall(_WHAT, self._dead(message, reason, error))
-
-    async def _dead(self, message: Message, reason: str, error: str | None) -> None:
+    async def _dead_letter(self, message: Message, reason: str, error: str | None) -> None:
         held = self._take(message)
         if held is None:
             return
@@ -383,12 +337,6 @@ class RabbitBroker(PublishOne):
         await held.incoming.ack()
 
     # --- inspection and the DLQ ----------------------------------------------------------
-
-    def stats(self, topic: str) -> QueueStats:
-        return self._loop.call(_WHAT, self._stats(topic))
-
-    async def astats(self, topic: str) -> QueueStats:
-        return await self._loop.acall(_WHAT, self._stats(topic))
 
     async def _stats(self, topic: str) -> QueueStats:
         await self._declare(topic)
@@ -409,21 +357,17 @@ class RabbitBroker(PublishOne):
         return QueueStats(topic, ready, delayed, in_flight, dead,
                           recovered=self._recovered.get(topic, 0))
 
-    def peek(self, topic: str, limit: int = 10) -> list[Message]:
+    async def _peek(self, topic: str, limit: int) -> list[Message]:
         """Reads up to ``limit`` messages and gives them back (RabbitMQ counts that as a
         delivery in ``x-delivery-count``)."""
-        return [d.message for d in self._loop.call(_WHAT, self._browse(self._q(topic), topic, limit))]
+        return [d.message for d in await self._browse(self._q(topic), topic, limit)]
+
+    async def _dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        return await self._browse(self._q(topic, ".dead"), topic, limit)
 
     async def _browse(self, queue_name: str, topic: str, limit: int) -> list[DeadLetter]:
         await self._declare(topic)
         return await browse(self._conn, queue_name, topic, limit)
-
-    def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        return self._loop.call(_WHAT, self._browse(self._q(topic, ".dead"), topic, limit))
-
-    def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
-        n = self._loop.call(_WHAT, self._requeue(topic, None if ids is None else set(ids)))
-        return report_requeued(self, topic, n)
 
     async def _requeue(self, topic: str, ids: set[str] | None) -> int:
         await self._declare(topic)
@@ -448,18 +392,11 @@ class RabbitBroker(PublishOne):
             await ch.close()
         return moved
 
-    def purge_dead(self, topic: str) -> int:
-        return self._loop.call(_WHAT, self._purge(topic))
-
     async def _purge(self, topic: str) -> int:
         await self._declare(topic)
         queue = await self._pub.get_queue(self._q(topic, ".dead"), ensure=False)
         result = await queue.purge()
         return int(getattr(result, "message_count", 0) or 0)
-
-    def delete_topic(self, topic: str) -> None:
-        """Delete the topic's queues (for tests and tools)."""
-        self._loop.call(_WHAT, self._delete(topic))
 
     async def _delete(self, topic: str) -> None:
         await self._release(topic)
@@ -477,18 +414,6 @@ class RabbitBroker(PublishOne):
                     await ch.close()
             self._declared.discard(name)
         self._declared.discard(topic)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._loop.call(_WHAT, self._close())
-        finally:
-            self._loop.stop()
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
 
     async def _close(self) -> None:
         self._housekeeping.cancel()
