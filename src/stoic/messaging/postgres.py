@@ -232,9 +232,12 @@ class PostgresBroker(ThreadedAsync):
         keys = [receipt_key(m) for m in messages]
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
-            done = conn.execute(
-                self._sql.ack, ([k[0] for k in keys], [k[1] for k in keys])
-            ).rowcount
+            if len(keys) == 1:  # plain parameters: no arrays to encode and unnest
+                done = conn.execute(self._sql.ack_one, keys[0]).rowcount
+            else:
+                done = conn.execute(
+                    self._sql.ack, ([k[0] for k in keys], [k[1] for k in keys])
+                ).rowcount
             self._acks_since_purge += len(keys)
             if self._acks_since_purge >= _PURGE_EVERY:
                 self._acks_since_purge = 0

@@ -105,6 +105,7 @@ class Statements:
     insert_raw: str
     claim: str
     ack: str
+    ack_one: str
     move: str
     dead: str
     requeue: str
@@ -148,6 +149,10 @@ class Statements:
             " FROM unnest(%s::bigint[], %s::text[]) AS k(seq, receipt)"
             " WHERE q.seq = k.seq AND q.receipt = k.receipt AND q.state = 0"
         )
+        ack_one = (
+            f"UPDATE {m} SET state = 1, body = NULL, raw = NULL, headers = NULL,"
+            " receipt = NULL WHERE seq = %s AND receipt = %s AND state = 0"
+        )
         move = (  # nack (give back) and extend: a new available_at, same holder
             f"UPDATE {m} SET available_at = %s, receipt = CASE WHEN %s THEN NULL ELSE receipt"
             " END WHERE seq = %s AND receipt = %s AND state = 0"
@@ -190,7 +195,7 @@ class Statements:
             f"DELETE FROM {m} WHERE seq IN (SELECT seq FROM {m}"
             " WHERE state <> 0 AND created_at < %s LIMIT 1000)"
         )
-        return cls(m, d, c, insert, insert_raw, claim, ack, move, dead, requeue, stats,
+        return cls(m, d, c, insert, insert_raw, claim, ack, ack_one, move, dead, requeue, stats,
                    purge_finished)
 
 
