@@ -14,6 +14,7 @@ worker thread, so the event loop is never blocked.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,16 +30,20 @@ from .model import (
 
 __all__ = [
     "AsyncBroker",
+    "BatchBroker",
     "Broker",
+    "PreparedPublish",
     "PublishOne",
     "SyncBroker",
     "ThreadedAsync",
     "Waking",
     "check_claim",
     "check_delay",
+    "check_int",
     "check_topic",
     "prepare",
     "prepare_one",
+    "require",
 ]
 
 
@@ -260,6 +265,42 @@ class PublishOne:
         ))[0]
 
 
+def require(module: str, who: str, extra: str) -> Any:
+    """Import ``module`` for ``who``, or an ``ImportError`` that names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{who} needs the {extra} extra: pip install 'stoic[{extra}]'") from exc
+
+
+class PreparedPublish:
+    """``publish_many`` for brokers that write a checked, encoded batch in one step.
+
+    The batch is checked and encoded by ``prepare`` (nothing is written when that fails);
+    the broker writes it in ``_write``, the one part that differs between brokers.
+    """
+
+    def publish_many(
+        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None, delay: float = 0.0,
+    ) -> list[str]:
+        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
+        if msg_ids:
+            self._write(topic, msg_ids, bodies, head, delay)
+        return msg_ids
+
+    def _write(
+        self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
+        delay: float,
+    ) -> None:
+        raise NotImplementedError
+
+
+class BatchBroker(PreparedPublish, PublishOne, ThreadedAsync):
+    """A broker whose one write (``_write``) serves ``publish`` and ``publish_many`` alike,
+    with the async twins run in a thread."""
+
+
 def prepare(
     topic: str, payloads: Iterable[Any], ids: Sequence[str] | None,
     headers: Mapping[str, str] | None, delay: float,
@@ -303,10 +344,16 @@ def check_topic(topic: str) -> str:
 _valid_topics: set[str] = set()  # a cache of checked names, so publishing skips the scan
 
 
+def check_int(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` when it is an int (not a bool) >= ``minimum``; ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 def check_claim(max_messages: int, lease: float) -> None:
     """Validate ``claim`` arguments the same way for every broker."""
-    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-        raise ValueError(f"max_messages must be an int >= 1, got {max_messages!r}")
+    check_int("max_messages", max_messages)
     if not lease > 0:
         raise ValueError(f"lease must be > 0 seconds, got {lease!r}")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -139,47 +139,49 @@ def stats(
            [[s.topic, str(s.ready), str(s.delayed), str(s.in_flight), str(s.dead)]])
 
 
-@app.command()
-def peek(
-    topic: str = TopicArgument,
-    broker: str = BrokerOption,
-    limit: int = typer.Option(10, "--limit", "-n", min=1, help="How many messages to show."),
-    as_json: bool = JsonOption,
-    timeout: float = TIMEOUT_OPTION,
-) -> None:
-    """The next messages of TOPIC, without taking them."""
-    with _broker(broker, topic, timeout, read_only=True) as b:
-        messages = b.peek(topic, limit)
-    if as_json:
-        typer.echo(json.dumps([_message_json(m) for m in messages]))
-        return
-    _table(["id", "attempts", "created", "payload"],
-           [[m.id, str(m.attempts), _when(m.created_at), _short(m.body)] for m in messages],
-           empty=f"{topic}: no messages")
+def _listing(
+    default: int, what: str, read: Callable[[Any, str, int], list[Any]],
+    record: Callable[[Any], dict[str, Any]], columns: list[str],
+    row: Callable[[Any], list[str]], empty: str,
+) -> Callable[..., None]:
+    """A command that lists up to ``--limit`` items ``read`` from TOPIC, as a table (one
+    ``row`` each, ``empty`` when none) or as JSON (one ``record`` each)."""
+
+    def command(
+        topic: str = TopicArgument,
+        broker: str = BrokerOption,
+        limit: int = typer.Option(default, "--limit", "-n", min=1, help=f"How many {what}."),
+        as_json: bool = JsonOption,
+        timeout: float = TIMEOUT_OPTION,
+    ) -> None:
+        with _broker(broker, topic, timeout, read_only=True) as b:
+            items = read(b, topic, limit)
+        if as_json:
+            typer.echo(json.dumps([record(i) for i in items]))
+        else:
+            _table(columns, [row(i) for i in items], empty=empty.format(topic=topic))
+
+    return command
 
 
-@dlq.command("list")
-def dlq_list(
-    topic: str = TopicArgument,
-    broker: str = BrokerOption,
-    limit: int = typer.Option(100, "--limit", "-n", min=1, help="How many to show."),
-    as_json: bool = JsonOption,
-    timeout: float = TIMEOUT_OPTION,
-) -> None:
-    """Dead letters of TOPIC: why each was parked and what failed."""
-    with _broker(broker, topic, timeout, read_only=True) as b:
-        dead = b.dead_letters(topic, limit)
-    if as_json:
-        typer.echo(json.dumps([
-            _message_json(d.message) | {"reason": d.reason, "error": d.error,
-                                        "dead_at": d.dead_at}
-            for d in dead
-        ]))
-        return
-    _table(["id", "attempts", "dead since", "reason", "error"],
-           [[d.message.id, str(d.message.attempts), _when(d.dead_at), d.reason,
-             _short(d.error)] for d in dead],
-           empty=f"{topic}: the dead-letter queue is empty")
+peek = app.command("peek", help="The next messages of TOPIC, without taking them.")(_listing(
+    10, "messages to show", lambda b, topic, n: b.peek(topic, n), _message_json,
+    ["id", "attempts", "created", "payload"],
+    lambda m: [m.id, str(m.attempts), _when(m.created_at), _short(m.body)],
+    "{topic}: no messages",
+))
+
+dlq_list = dlq.command(
+    "list", help="Dead letters of TOPIC: why each was parked and what failed."
+)(_listing(
+    100, "to show", lambda b, topic, n: b.dead_letters(topic, n),
+    lambda d: _message_json(d.message) | {"reason": d.reason, "error": d.error,
+                                          "dead_at": d.dead_at},
+    ["id", "attempts", "dead since", "reason", "error"],
+    lambda d: [d.message.id, str(d.message.attempts), _when(d.dead_at), d.reason,
+               _short(d.error)],
+    "{topic}: the dead-letter queue is empty",
+))
 
 
 @dlq.command("requeue")

@@ -11,12 +11,16 @@ import heapq
 import itertools
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .. import clock
-from .broker import PublishOne, ThreadedAsync, check_claim, check_delay, check_topic, prepare
+from .broker import (
+    BatchBroker,
+    check_claim,
+    check_delay,
+    check_topic,
+)
 from .model import DeadLetter, Message, QueueStats, report_requeued
 
 __all__ = ["MemoryBroker"]
@@ -44,7 +48,7 @@ class _Topic:
         self.dead: dict[str, DeadLetter] = {}
 
 
-class MemoryBroker(PublishOne, ThreadedAsync):
+class MemoryBroker(BatchBroker):
     """Broker in a dict behind a lock. ``memory://`` in ``connect``.
 
     Args:
@@ -70,11 +74,10 @@ class MemoryBroker(PublishOne, ThreadedAsync):
 
     # --- publishing ----------------------------------------------------------------------
 
-    def publish_many(
-        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> list[str]:
-        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
+    def _write(
+        self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
+        delay: float,
+    ) -> None:
         now = clock.wall()
         with self._lock:
             t = self._topic(topic)
@@ -89,7 +92,6 @@ class MemoryBroker(PublishOne, ThreadedAsync):
                 )
             if len(t.seen) > 4 * len(t.entries) + 1024:
                 t.seen = {k: v for k, v in t.seen.items() if v >= horizon}
-        return msg_ids
 
     # --- consuming -----------------------------------------------------------------------
 

@@ -40,55 +40,29 @@ stream (publish it again with the same id: JetStream de-duplicates it).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import re
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from .. import clock
-from ..integrations._deadlines import arun_on, cancel_pending, run_on
-from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
+from . import nats_wire as wire
+from .broker import check_int, require
 from .loop import LoopThread
-from .model import DeadLetter, Message, QueueStats, decode_headers, report_requeued
+from .loop_broker import LoopBroker
+from .model import DeadLetter, Message, QueueStats
+from .nats_wire import Held, Names
 
 _WHAT = "a NatsBroker operation"
 
 __all__ = ["NatsBroker"]
 
-_TOKEN = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
-_DURABLE = "stoic"
 _HOUSEKEEPING = 0.05  # seconds between two passes over the held leases
 _DELAY_CHECK = 0.1  # seconds between two looks at a topic's delay stream
 
-# headers stoic writes (NATS header values are single-line text: JSON where needed)
-_ID, _CREATED, _AT, _HEADERS, _DEAD = (
-    "Nats-Msg-Id", "Stoic-Created", "Stoic-At", "Stoic-Headers", "Stoic-Dead",
-)
-_STOIC_ID = "Stoic-Id"  # the message id when Nats-Msg-Id had to differ (a requeue)
 
-
-@dataclass(frozen=True, slots=True)
-class _Names:
-    stream: str
-    subject: str
-    delay_stream: str
-    delay_subject: str
-    dead_stream: str
-    dead_subject: str
-
-
-class _Held:
-    __slots__ = ("msg", "progressed", "topic", "until")
-
-    def __init__(self, msg: Any, topic: str, until: float, progressed: float) -> None:
-        self.msg, self.topic, self.until, self.progressed = msg, topic, until, progressed
-
-
-class NatsBroker(PublishOne):
+class NatsBroker(LoopBroker):
     """At-least-once queues on NATS JetStream; see the module docstring for the layout.
 
     Args:
@@ -102,6 +76,8 @@ class NatsBroker(PublishOne):
         storage: ``"file"`` (survives a server restart) or ``"memory"``.
     """
 
+    _what = _WHAT
+
     def __init__(
         self, url: str = "nats://127.0.0.1:4222", *, prefix: str = "stoic",
         ack_wait: float = 30.0, dedupe_window: float = 86400.0, max_deliver: int = 20,
@@ -109,29 +85,25 @@ class NatsBroker(PublishOne):
     ) -> None:
         if not url.startswith(("nats://", "tls://")):
             raise ValueError(f"url must start with nats:// or tls://, got {url!r}")
-        if not isinstance(prefix, str) or not _TOKEN.match(prefix) or len(prefix) > 32:
+        if not isinstance(prefix, str) or not wire.TOKEN.match(prefix) or len(prefix) > 32:
             raise ValueError(f"prefix must be 1-32 letters, digits or dashes, got {prefix!r}")
         if not ack_wait >= 0.1:
             raise ValueError(f"ack_wait must be >= 0.1 seconds, got {ack_wait!r}")
         if not dedupe_window > 0:
             raise ValueError(f"dedupe_window must be > 0 seconds, got {dedupe_window!r}")
-        if isinstance(max_deliver, bool) or not isinstance(max_deliver, int) or max_deliver < 1:
-            raise ValueError(f"max_deliver must be an int >= 1, got {max_deliver!r}")
+        check_int("max_deliver", max_deliver)
         if storage not in ("file", "memory"):
             raise ValueError(f"storage must be 'file' or 'memory', got {storage!r}")
-        try:
-            import nats  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("NatsBroker needs nats-py: pip install 'stoic[nats]'") from exc
+        require("nats", "NatsBroker", "nats")
         self.url, self.prefix = url, prefix
         self.ack_wait = float(ack_wait)
         self.dedupe_window = float(dedupe_window)
         self.max_deliver = max_deliver
         self.storage = storage
         self._token = uuid.uuid4().hex[:12]
-        self._names: dict[str, _Names] = {}
+        self._names: dict[str, Names] = {}
         self._ready: set[str] = set()  # topics whose streams and consumers exist
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, Held] = {}
         self._held_lock = threading.Lock()  # taken by callers' threads and the loop's
         self._sending: set[asyncio.Future[None]] = set()
         self._recovered: dict[str, int] = {}
@@ -140,9 +112,9 @@ class NatsBroker(PublishOne):
         self._closed = False
         self._loop = LoopThread("stoic-nats")
         try:
-            run_on(self._loop.loop, _WHAT, self._connect())
+            self._loop.call(_WHAT, self._connect())
         except BaseException:
-            cancel_pending(self._loop.loop)  # what a connect given up on left running
+            self._loop.cancel_pending()  # what a connect given up on left running
             self._loop.stop()
             raise
 
@@ -159,20 +131,14 @@ class NatsBroker(PublishOne):
         self._js = self._nc.jetstream()
         self._housekeeping = asyncio.ensure_future(self._keep_leases())
 
-    def names(self, topic: str) -> _Names:
+    def names(self, topic: str) -> Names:
         """Stream and subject names of ``topic``."""
         names = self._names.get(topic)
         if names is None:
-            check_topic(topic)
-            t = topic if _TOKEN.match(topic) else "h" + hashlib.sha256(
-                topic.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-            p = self.prefix
-            names = _Names(f"{p}_{t}", f"{p}.q.{t}", f"{p}_{t}_delay", f"{p}.delay.{t}",
-                           f"{p}_{t}_dead", f"{p}.dead.{t}")
-            self._names[topic] = names
+            names = self._names[topic] = Names.of(self.prefix, topic)
         return names
 
-    async def _ensure(self, topic: str) -> _Names:
+    async def _ensure(self, topic: str) -> Names:
         names = self.names(topic)
         if topic in self._ready:
             return names
@@ -184,59 +150,19 @@ class NatsBroker(PublishOne):
             (names.stream, names.subject, work), (names.delay_stream, names.delay_subject, work),
             (names.dead_stream, names.dead_subject, api.RetentionPolicy.LIMITS),
         ):
-            await self._stream(api.StreamConfig(
+            await wire.ensure_stream(self._js, api.StreamConfig(
                 name=stream, subjects=[subject], retention=retention, storage=storage,
                 duplicate_window=self.dedupe_window,
             ))
         for stream, ack_wait in ((names.stream, self.ack_wait), (names.delay_stream, 30.0)):
-            await self._consumer(stream, api.ConsumerConfig(
-                durable_name=_DURABLE, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
+            await wire.ensure_consumer(self._js, stream, api.ConsumerConfig(
+                durable_name=wire.DURABLE, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
                 max_deliver=-1, max_ack_pending=100_000, deliver_policy=api.DeliverPolicy.ALL,
             ))
         self._ready.add(topic)
         return names
 
-    async def _stream(self, config: Any) -> None:
-        from nats.js.errors import BadRequestError, NotFoundError
-
-        try:
-            await self._js.stream_info(config.name)
-            return
-        except NotFoundError:
-            pass
-        try:
-            await self._js.add_stream(config)
-        except BadRequestError:  # created by another process in between
-            await self._js.stream_info(config.name)
-
-    async def _consumer(self, stream: str, config: Any) -> None:
-        from nats.js.errors import BadRequestError, NotFoundError
-
-        try:
-            await self._js.consumer_info(stream, _DURABLE)
-            return
-        except NotFoundError:
-            pass
-        try:
-            await self._js.add_consumer(stream, config)
-        except BadRequestError:  # created by another process in between
-            await self._js.consumer_info(stream, _DURABLE)
-
     # --- publishing ----------------------------------------------------------------------
-
-    def publish_many(
-        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> list[str]:
-        prepared = prepare(topic, payloads, ids, headers, delay)
-        return run_on(self._loop.loop, _WHAT, self._publish(topic, *prepared))
-
-    async def apublish_many(
-        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> list[str]:
-        prepared = prepare(topic, payloads, ids, headers, delay)
-        return await arun_on(self._loop.loop, _WHAT, self._publish(topic, *prepared))
 
     async def _publish(
         self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
@@ -244,31 +170,24 @@ class NatsBroker(PublishOne):
     ) -> list[str]:
         names = await self._ensure(topic)
         now = clock.wall()
-        common = {_CREATED: repr(now)}
+        common = {wire.CREATED: repr(now)}
         if head:
-            common[_HEADERS] = json.dumps(head, separators=(",", ":"))
+            common[wire.HEADERS] = json.dumps(head, separators=(",", ":"))
         subject = names.subject
         if delay > 0:
             subject = names.delay_subject
-            common[_AT] = repr(now + delay)
+            common[wire.AT] = repr(now + delay)
         sends = [
-            self._js.publish(subject, _bytes(body), headers={**common, _ID: msg_id})
+            self._js.publish(subject, wire.to_bytes(body), headers={**common, wire.ID: msg_id})
             for msg_id, body in zip(msg_ids, bodies, strict=True)
         ]
-        await asyncio.gather(*sends)  # pipelined; each waits for the stream's ack
+        if len(sends) == 1:  # awaited as it is: no task of its own to schedule
+            await sends[0]
+        else:
+            await asyncio.gather(*sends)  # pipelined; each waits for the stream's ack
         return msg_ids
 
     # --- consuming -----------------------------------------------------------------------
-
-    def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
-        check_claim(max_messages, lease)
-        return run_on(self._loop.loop, _WHAT, self._claim(topic, max_messages, lease))
-
-    async def aclaim(
-        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
-    ) -> list[Message]:
-        check_claim(max_messages, lease)
-        return await arun_on(self._loop.loop, _WHAT, self._claim(topic, max_messages, lease))
 
     async def _claim(self, topic: str, n: int, lease: float) -> list[Message]:
         names = await self._ensure(topic)
@@ -281,7 +200,7 @@ class NatsBroker(PublishOne):
         for msg in await self._pull(names.stream, n):
             meta = msg.metadata
             receipt = f"{meta.sequence.stream}:{meta.num_delivered}:{self._token}"
-            message = _message(topic, msg, receipt, now + lease)
+            message = wire.to_message(topic, msg, receipt, now + lease)
             if meta.num_delivered > self.max_deliver:
                 await self._dead(names, message, msg, "max deliveries", (
                     f"delivered {meta.num_delivered} times without an ack (its consumer "
@@ -289,7 +208,7 @@ class NatsBroker(PublishOne):
                 await msg.term()
                 continue
             with self._held_lock:
-                self._held[receipt] = _Held(msg, topic, now + lease, now)
+                self._held[receipt] = Held(msg, topic, now + lease, now)
             out.append(message)
         return out
 
@@ -300,42 +219,23 @@ class NatsBroker(PublishOne):
         sub = self._inboxes.get(stream)
         if sub is None:
             sub = self._inboxes[stream] = await self._nc.subscribe(self._nc.new_inbox())
-        got: list[Any] = []
-        while len(got) < n and sub.pending_msgs:  # left over from an earlier pull
-            msg = await sub.next_msg(timeout=1.0)
-            if not _status(msg):
-                got.append(msg)
-        if len(got) >= n:
-            return got
-        await self._nc.publish(
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{_DURABLE}",
-            json.dumps({"batch": n - len(got), "no_wait": True}).encode(), reply=sub.subject,
-        )
-        while len(got) < n:
-            try:
-                msg = await sub.next_msg(timeout=5.0)
-            except asyncio.TimeoutError:
-                break
-            if _status(msg):  # 404/408: nothing more now
-                break
-            got.append(msg)
-        return got
+        return await wire.pull(self._nc, sub, stream, n)
 
-    async def _move_due(self, names: _Names, now: float) -> None:
+    async def _move_due(self, names: Names, now: float) -> None:
         """Delayed messages whose time has come go to the topic's stream; others wait."""
         for msg in await self._pull(names.delay_stream, 100):
             headers = msg.headers or {}
-            left = _float(headers.get(_AT)) - now
+            left = wire.as_float(headers.get(wire.AT)) - now
             if left > 0:
                 await msg.nak(delay=left)
                 continue
-            kept = {k: v for k, v in headers.items() if k != _AT}
+            kept = {k: v for k, v in headers.items() if k != wire.AT}
             await self._js.publish(names.subject, msg.data, headers=kept)
             await msg.ack()
 
     async def _expire(self, now: float) -> None:
-        expired: list[_Held] = []
-        progress: list[_Held] = []
+        expired: list[Held] = []
+        progress: list[Held] = []
         with self._held_lock:
             for receipt, held in list(self._held.items()):
                 if held.until <= now:
@@ -358,22 +258,16 @@ class NatsBroker(PublishOne):
             except Exception:  # the connection reconnects; leases are kept on the next pass
                 continue
 
-    async def _give_back(self, held: _Held, delay: float) -> None:
+    async def _give_back(self, held: Held, delay: float) -> None:
         await held.msg.nak(delay=delay or None)
 
-    def _take(self, message: Message) -> _Held | None:
+    def _take(self, message: Message) -> Held | None:
         with self._held_lock:
             held = self._held.pop(message.receipt, None)
             if held is not None and held.until <= clock.wall():
                 self._held[message.receipt] = held  # expired: housekeeping gives it back
                 return None
         return held
-
-    def ack(self, message: Message) -> bool:
-        return self.ack_many([message]) == 1
-
-    async def aack(self, message: Message) -> bool:
-        return await self.aack_many([message]) == 1
 
     def ack_many(self, messages: Sequence[Message]) -> int:
         # No wait for the loop thread: the held deliveries are taken here, and their acks
@@ -383,17 +277,14 @@ class NatsBroker(PublishOne):
             self._loop.loop.call_soon_threadsafe(self._send_acks, taken)
         return len(taken)
 
-    def _send_acks(self, taken: list[_Held]) -> None:
+    def _send_acks(self, taken: list[Held]) -> None:
         task = asyncio.ensure_future(self._acks(taken))
         self._sending.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._sending.discard)
 
-    async def _acks(self, taken: list[_Held]) -> None:
+    async def _acks(self, taken: list[Held]) -> None:
         for held in taken:
             await held.msg.ack()
-
-    async def aack_many(self, messages: Sequence[Message]) -> int:
-        return await arun_on(self._loop.loop, _WHAT, self._ack_many(list(messages)))
 
     async def _ack_many(self, messages: list[Message]) -> int:
         done = 0
@@ -404,12 +295,6 @@ class NatsBroker(PublishOne):
                 done += 1  # lost with a dying process only means a redelivery
         return done
 
-    def nack(self, message: Message, delay: float = 0.0) -> bool:
-        return run_on(self._loop.loop, _WHAT, self._nack(message, check_delay(delay)))
-
-    async def anack(self, message: Message, delay: float = 0.0) -> bool:
-        return await arun_on(self._loop.loop, _WHAT, self._nack(message, check_delay(delay)))
-
     async def _nack(self, message: Message, delay: float) -> bool:
         held = self._take(message)
         if held is None:
@@ -417,14 +302,6 @@ class NatsBroker(PublishOne):
         await self._give_back(held, delay)
         await self._nc.flush()
         return True
-
-    def extend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return run_on(self._loop.loop, _WHAT, self._extend(message, lease))
-
-    async def aextend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return await arun_on(self._loop.loop, _WHAT, self._extend(message, lease))
 
     async def _extend(self, message: Message, lease: float) -> bool:
         held = self._take(message)
@@ -437,12 +314,6 @@ class NatsBroker(PublishOne):
         await held.msg.in_progress()
         return True
 
-    def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        run_on(self._loop.loop, _WHAT, self._dead_letter(message, reason, error))
-
-    async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        await arun_on(self._loop.loop, _WHAT, self._dead_letter(message, reason, error))
-
     async def _dead_letter(self, message: Message, reason: str, error: str | None) -> None:
         held = self._take(message)
         if held is None:
@@ -452,96 +323,58 @@ class NatsBroker(PublishOne):
         await self._nc.flush()
 
     async def _dead(
-        self, names: _Names, message: Message, msg: Any, reason: str, error: str | None,
+        self, names: Names, message: Message, msg: Any, reason: str, error: str | None,
     ) -> None:
         """Write the dead letter (before the original is terminated: never neither)."""
         record = {"id": message.id, "reason": reason, "error": error,
                   "attempts": message.attempts, "created_at": message.created_at,
                   "dead_at": clock.wall(), "headers": dict(message.headers)}
         await self._js.publish(names.dead_subject, msg.data, headers={
-            _DEAD: json.dumps(record, separators=(",", ":"))})
+            wire.DEAD: json.dumps(record, separators=(",", ":"))})
 
     # --- inspection and the DLQ ----------------------------------------------------------
 
-    def stats(self, topic: str) -> QueueStats:
-        return run_on(self._loop.loop, _WHAT, self._stats(topic))
-
-    async def astats(self, topic: str) -> QueueStats:
-        return await arun_on(self._loop.loop, _WHAT, self._stats(topic))
-
     async def _stats(self, topic: str) -> QueueStats:
         names = await self._ensure(topic)
-        info = await self._js.consumer_info(names.stream, _DURABLE)
+        info = await self._js.consumer_info(names.stream, wire.DURABLE)
         delayed = (await self._js.stream_info(names.delay_stream)).state.messages
         dead = (await self._js.stream_info(names.dead_stream)).state.messages
         return QueueStats(topic, int(info.num_pending or 0), int(delayed),
                           int(info.num_ack_pending or 0), int(dead),
                           recovered=self._recovered.get(topic, 0))
 
-    async def _browse(self, stream: str, subject: str, limit: int) -> list[Any]:
-        """Up to ``limit`` stored messages of ``stream``, oldest first, without consuming."""
-        from nats.js.errors import NotFoundError
-
-        out: list[Any] = []
-        seq = 1
-        while len(out) < limit:
-            try:
-                raw = await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
-            except NotFoundError:
-                break
-            out.append(raw)
-            seq = int(raw.seq or seq) + 1
-        return out
-
-    def peek(self, topic: str, limit: int = 10) -> list[Message]:
-        return run_on(self._loop.loop, _WHAT, self._peek(topic, limit))
-
     async def _peek(self, topic: str, limit: int) -> list[Message]:
         names = await self._ensure(topic)
-        return [_message(topic, raw, "", 0.0)
-                for raw in await self._browse(names.stream, names.subject, limit)]
-
-    def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        return run_on(self._loop.loop, _WHAT, self._dead_letters(topic, limit))
+        return [wire.to_message(topic, raw, "", 0.0)
+                for raw in await wire.browse(self._js, names.stream, names.subject, limit)]
 
     async def _dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
         names = await self._ensure(topic)
-        return [_dead_letter(topic, raw)
-                for raw in await self._browse(names.dead_stream, names.dead_subject, limit)]
-
-    def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
-        chosen = None if ids is None else set(ids)
-        return run_on(self._loop.loop, _WHAT, self._requeue(topic, chosen))
+        return [wire.to_dead_letter(topic, raw)
+                for raw in await wire.browse(self._js, names.dead_stream, names.dead_subject, limit)]
 
     async def _requeue(self, topic: str, ids: set[str] | None) -> int:
         names = await self._ensure(topic)
         count = 0
-        for raw in await self._browse(names.dead_stream, names.dead_subject, 1_000_000):
-            dead = _dead_letter(topic, raw)
+        for raw in await wire.browse(self._js, names.dead_stream, names.dead_subject, 1_000_000):
+            dead = wire.to_dead_letter(topic, raw)
             if ids is not None and dead.message.id not in ids:
                 continue
-            headers = {_ID: f"{dead.message.id}:requeued:{uuid.uuid4().hex}",
-                       _STOIC_ID: dead.message.id, _CREATED: repr(dead.message.created_at)}
+            headers = {wire.ID: f"{dead.message.id}:requeued:{uuid.uuid4().hex}",
+                       wire.STOIC_ID: dead.message.id, wire.CREATED: repr(dead.message.created_at)}
             if dead.message.headers:
-                headers[_HEADERS] = json.dumps(dict(dead.message.headers),
+                headers[wire.HEADERS] = json.dumps(dict(dead.message.headers),
                                                separators=(",", ":"))
             await self._js.publish(names.subject, raw.data or b"", headers=headers)
             await self._js.delete_msg(names.dead_stream, int(raw.seq))
             count += 1
-        return report_requeued(self, topic, count)
-
-    def purge_dead(self, topic: str) -> int:
-        return run_on(self._loop.loop, _WHAT, self._purge(topic))
+        return count
 
     async def _purge(self, topic: str) -> int:
         names = await self._ensure(topic)
         count = (await self._js.stream_info(names.dead_stream)).state.messages
         await self._js.purge_stream(names.dead_stream)
         return int(count)
-
-    def delete_topic(self, topic: str) -> None:
-        """Delete the topic's three streams (and its messages, dead letters included)."""
-        run_on(self._loop.loop, _WHAT, self._delete(topic))
 
     async def _delete(self, topic: str) -> None:
         from nats.js.errors import NotFoundError
@@ -561,18 +394,6 @@ class NatsBroker(PublishOne):
             for receipt in [r for r, h in self._held.items() if h.topic == topic]:
                 del self._held[receipt]
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._loop.run(self._close())
-        finally:
-            self._loop.stop()
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
-
     async def _close(self) -> None:
         self._housekeeping.cancel()
         with self._held_lock:
@@ -580,50 +401,3 @@ class NatsBroker(PublishOne):
         await self._nc.drain()
 
 
-def _status(msg: Any) -> bool:
-    """A JetStream status reply (no messages, request timeout), not a message."""
-    return bool(msg.headers and msg.headers.get("Status"))
-
-
-def _bytes(body: str) -> bytes:
-    return body.encode("utf-8", "surrogatepass")
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _message(topic: str, msg: Any, receipt: str, available_at: float) -> Message:
-    """A ``Message`` from a delivery or a stored message; unreadable parts become a defect."""
-    headers = msg.headers or {}
-    user, defect = decode_headers(headers.get(_HEADERS))
-    attempts = msg.metadata.num_delivered if receipt else 0
-    try:
-        body = (msg.data or b"").decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError as exc:
-        body, defect = "", defect or f"body is not UTF-8 text: {exc}"
-    return Message(
-        id=headers.get(_STOIC_ID) or headers.get(_ID) or "", topic=topic, body=body,
-        headers=user, attempts=attempts, created_at=_float(headers.get(_CREATED)),
-        available_at=available_at, receipt=receipt, defect=defect,
-    )
-
-
-def _dead_letter(topic: str, raw: Any) -> DeadLetter:
-    try:
-        record = json.loads((raw.headers or {}).get(_DEAD) or "{}")
-    except ValueError:
-        record = {}
-    headers = record.get("headers") if isinstance(record.get("headers"), dict) else {}
-    message = Message(
-        id=str(record.get("id", "")), topic=topic,
-        body=(raw.data or b"").decode("utf-8", "surrogatepass"),
-        headers={str(k): str(v) for k, v in headers.items()},
-        attempts=int(record.get("attempts") or 0), created_at=_float(record.get("created_at")),
-        available_at=_float(record.get("dead_at")),
-    )
-    return DeadLetter(message=message, reason=str(record.get("reason", "")),
-                      error=record.get("error"), dead_at=_float(record.get("dead_at")))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import clock
-from .broker import SyncBroker, prepare_one
+from .broker import SyncBroker, check_int, prepare_one
 from .model import Encoded, Message, decode_headers, dump_headers
 
 __all__ = ["Inbox", "Outbox", "OutboxRelay"]
@@ -52,18 +52,26 @@ def _sql(conn: Any, statement: str) -> str:
     return statement if _is_sqlite(conn) else statement.replace("?", "%s")
 
 
-class Outbox:
+class _Table:
+    """One table of the caller's database, named ``table`` (checked: a plain identifier)."""
+
+    default_table: str
+
+    def __init__(self, table: str | None = None) -> None:
+        self.table = _check_table(self.default_table if table is None else table)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(table={self.table!r})"
+
+
+class Outbox(_Table):
     """Messages written in the caller's transaction, for ``OutboxRelay`` to publish.
 
     Args:
-        table: the outbox table's name (created by ``create``).
+        table: the outbox table's name (created by ``create``; default ``stoic_outbox``).
     """
 
-    def __init__(self, table: str = "stoic_outbox") -> None:
-        self.table = _check_table(table)
-
-    def __repr__(self) -> str:
-        return f"Outbox(table={self.table!r})"
+    default_table = "stoic_outbox"
 
     def create(self, conn: Any) -> None:
         """Create the outbox table if it is missing (in the caller's transaction)."""
@@ -119,8 +127,7 @@ class OutboxRelay:
         self, db: Any, broker: SyncBroker, *, outbox: Outbox | None = None, batch: int = 100,
         poll_interval: float = 0.5,
     ) -> None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+        check_int("batch", batch)
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
         self.db = db
@@ -217,7 +224,7 @@ def _rollback(db: Any) -> None:
         _log.exception("outbox relay: rollback failed")
 
 
-class Inbox:
+class Inbox(_Table):
     """Handled message ids, recorded in the handler's own transaction.
 
     Usage, in a handler::
@@ -227,14 +234,10 @@ class Inbox:
                 conn.execute("INSERT INTO payments ...")
 
     Args:
-        table: the inbox table's name (created by ``create``).
+        table: the inbox table's name (created by ``create``; default ``stoic_inbox``).
     """
 
-    def __init__(self, table: str = "stoic_inbox") -> None:
-        self.table = _check_table(table)
-
-    def __repr__(self) -> str:
-        return f"Inbox(table={self.table!r})"
+    default_table = "stoic_inbox"
 
     def create(self, conn: Any) -> None:
         """Create the inbox table if it is missing (in the caller's transaction)."""

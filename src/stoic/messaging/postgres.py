@@ -2,10 +2,18 @@
 
 How it keeps the contract:
 
-- **Durability.** Every publish, claim, ack and nack is one committed statement (autocommit),
-  so with PostgreSQL's defaults (``synchronous_commit = on``, ``fsync = on``) a message that
-  ``publish`` returned for survives a crash of the worker, of the publisher and of the
-  database server.
+- **Durability.** Every publish, claim, ack and nack is one committed statement (autocommit).
+  Publish, ack, nack, extend and dead-letter commit durably with PostgreSQL's defaults
+  (``synchronous_commit = on``, ``fsync = on``): a message that ``publish`` returned for
+  survives a crash of the worker, of the publisher and of the database server, and so does
+  an ack once it returned. A claim commits with ``synchronous_commit = off`` (for its own
+  transaction only): it does not wait for the WAL flush, so a server crash within about
+  0.6 s of a claim (three ``wal_writer_delay``) can undo it, which puts the message back
+  as it was, queued, to be delivered again: what at-least-once delivery already allows
+  (the ack of such a claim fails; ``dedupe=`` or the ``Inbox`` absorb the repeat). The WAL
+  is one sequence, so the first durable commit after a claim (its ack) makes the claim
+  durable too. Nothing published is lost by this; it halves the WAL flushes of a claim and
+  ack, which set their pace.
 - **Claims without contention.** A claim is one ``UPDATE ... FROM (SELECT ... ORDER BY
   available_at LIMIT n FOR UPDATE SKIP LOCKED)``: concurrent workers skip each other's rows
   instead of waiting for them, and a claim reads the first entries of a partial index of
@@ -40,7 +48,6 @@ broker is created.
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,85 +55,31 @@ from typing import Any
 
 from .. import clock
 from ..integrations._deadlines import pooled
-from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
-from .model import (
-    DeadLetter,
-    Message,
-    QueueStats,
-    dump_headers,
-    message_from_row,
-    report_requeued,
-    split_receipt,
+from .broker import (
+    ThreadedAsync,
+    check_claim,
+    check_delay,
+    check_int,
+    prepare,
+    prepare_one,
+    require,
+)
+from .model import DeadLetter, Message, QueueStats, dump_headers, report_requeued
+from .postgres_listen import Listener
+from .postgres_sql import (
+    Statements,
+    check_identifier,
+    encodable,
+    receipt_key,
+    row_message,
+    schema_sql,
+    storable,
 )
 
 __all__ = ["PostgresBroker", "schema_sql"]
 
 _WHAT = "a PostgresBroker operation"
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,40}\Z")
 _PURGE_EVERY = 2000  # acks between two passes of the de-duplication window cleanup
-
-
-def _check_identifier(name: str, value: str, *, empty: bool = False) -> str:
-    if not isinstance(value, str) or not (
-        _IDENTIFIER.match(value) or (empty and value == "")
-    ):
-        raise ValueError(
-            f"{name} must be lower-case letters, digits and underscores (at most 41, not"
-            f" starting with a digit), got {value!r}"
-        )
-    return value
-
-
-def schema_sql(schema: str = "public", table_prefix: str = "stoic_") -> str:
-    """The DDL of the broker's tables (what ``stoic queue migrate`` runs; safe to run again).
-
-    state: 0 queued (ready, delayed or leased), 1 acked, 2 dead-lettered. Finished rows keep
-    only their id, for de-duplication, until they leave the window. ``raw`` holds, as UTF-8
-    bytes, a body that a text column cannot (a NUL character, a lone surrogate: never made
-    by stoic's codec, but a damaged outbox row may carry one); ``body`` is then NULL.
-    """
-    _check_identifier("schema", schema)
-    _check_identifier("table_prefix", table_prefix, empty=True)
-    s, p = schema, table_prefix
-    return f"""
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.{p}messages (
-    seq BIGSERIAL PRIMARY KEY,
-    topic TEXT NOT NULL,
-    id TEXT NOT NULL,
-    body TEXT,
-    raw BYTEA,
-    headers TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at DOUBLE PRECISION NOT NULL,
-    available_at DOUBLE PRECISION NOT NULL,
-    receipt TEXT,
-    state SMALLINT NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS {p}messages_topic_id ON {s}.{p}messages (topic, id);
-CREATE INDEX IF NOT EXISTS {p}messages_ready
-    ON {s}.{p}messages (topic, available_at, seq) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS {p}messages_finished
-    ON {s}.{p}messages (created_at) WHERE state <> 0;
-CREATE TABLE IF NOT EXISTS {s}.{p}dead (
-    seq BIGSERIAL PRIMARY KEY,
-    topic TEXT NOT NULL,
-    id TEXT NOT NULL,
-    body TEXT,
-    raw BYTEA,
-    headers TEXT,
-    attempts INTEGER NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    reason TEXT NOT NULL,
-    error TEXT,
-    dead_at DOUBLE PRECISION NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS {p}dead_topic_id ON {s}.{p}dead (topic, id);
-CREATE TABLE IF NOT EXISTS {s}.{p}counters (
-    topic TEXT PRIMARY KEY,
-    recovered BIGINT NOT NULL DEFAULT 0
-);
-"""
 
 
 class PostgresBroker(ThreadedAsync):
@@ -150,24 +103,17 @@ class PostgresBroker(ThreadedAsync):
         dedupe_window: float = 86400.0, min_size: int = 1, max_size: int = 10,
         create_tables: bool = True, notify: bool = True,
     ) -> None:
-        _check_identifier("schema", schema)
-        _check_identifier("table_prefix", table_prefix, empty=True)
+        check_identifier("schema", schema)
+        check_identifier("table_prefix", table_prefix, empty=True)
         if not dedupe_window >= 0:
             raise ValueError(f"dedupe_window must be >= 0 seconds, got {dedupe_window!r}")
-        if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
-            raise ValueError(f"min_size must be an int >= 0, got {min_size!r}")
+        check_int("min_size", min_size, 0)
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < max(
             1, min_size
         ):
             raise ValueError(f"max_size must be an int >= max(1, min_size), got {max_size!r}")
-        try:
-            import psycopg_pool
-
-            from ..integrations.psycopg import DeadlineConnection
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "PostgresBroker needs the postgres extra: pip install 'stoic[postgres]'"
-            ) from exc
+        psycopg_pool = require("psycopg_pool", "PostgresBroker", "postgres")
+        from ..integrations.psycopg import DeadlineConnection
         self.dsn = dsn
         self.schema, self.table_prefix = schema, table_prefix
         self.dedupe_window = float(dedupe_window)
@@ -181,72 +127,8 @@ class PostgresBroker(ThreadedAsync):
         self._ready = not create_tables
         self._ready_lock = threading.Lock()
         self._acks_since_purge = 0
-        self._listener: _Listener | None = None
-        m, d, c = (f"{schema}.{table_prefix}{t}" for t in ("messages", "dead", "counters"))
-        self._m, self._d, self._c = m, d, c
-        self._sql_insert = (
-            f"INSERT INTO {m} AS q (topic, id, body, headers, attempts, created_at,"
-            " available_at) SELECT %(topic)s, i, b, %(headers)s, 0, %(now)s, %(at)s"
-            " FROM unnest(%(ids)s::text[], %(bodies)s::text[]) WITH ORDINALITY AS u(i, b, n)"
-            " ORDER BY n"
-            " ON CONFLICT (topic, id) DO UPDATE SET body = excluded.body, raw = NULL,"
-            " headers = excluded.headers, attempts = 0, created_at = excluded.created_at,"
-            " available_at = excluded.available_at, receipt = NULL, state = 0"
-            " WHERE q.state <> 0 AND q.created_at < %(horizon)s"
-        )
-        self._sql_insert_raw = self._sql_insert.replace(
-            "(topic, id, body, headers,", "(topic, id, body, raw, headers,"
-        ).replace("i, b, %(headers)s", "i, b, r, %(headers)s").replace(
-            "%(bodies)s::text[]) WITH ORDINALITY AS u(i, b, n)",
-            "%(bodies)s::text[], %(raws)s::bytea[]) WITH ORDINALITY AS u(i, b, r, n)",
-        ).replace("raw = NULL,", "raw = excluded.raw,")
-        self._sql_claim = (
-            f"WITH c AS (SELECT seq, receipt IS NOT NULL AS stalled FROM {m}"
-            " WHERE topic = %(topic)s AND state = 0 AND available_at <= %(now)s"
-            " ORDER BY available_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED),"
-            f" r AS (INSERT INTO {c} AS k (topic, recovered)"
-            " SELECT %(topic)s, count(*) FROM c WHERE stalled HAVING count(*) > 0"
-            " ON CONFLICT (topic) DO UPDATE SET recovered = k.recovered + excluded.recovered)"
-            f" UPDATE {m} AS q SET attempts = q.attempts + 1, receipt = %(token)s,"
-            " available_at = %(until)s FROM c WHERE q.seq = c.seq"
-            " RETURNING q.seq, q.id, q.body, q.headers, q.attempts, q.created_at, q.raw"
-        )
-        self._sql_ack = (
-            f"UPDATE {m} AS q SET state = 1, body = NULL, raw = NULL, headers = NULL,"
-            " receipt = NULL"
-            " FROM unnest(%s::bigint[], %s::text[]) AS k(seq, receipt)"
-            " WHERE q.seq = k.seq AND q.receipt = k.receipt AND q.state = 0"
-        )
-        self._sql_move = (  # nack (give back) and extend: a new available_at, same holder
-            f"UPDATE {m} SET available_at = %s, receipt = CASE WHEN %s THEN NULL ELSE receipt"
-            " END WHERE seq = %s AND receipt = %s AND state = 0"
-        )
-        self._sql_dead = (
-            f"WITH src AS (SELECT seq, topic, id, body, raw, headers, attempts, created_at"
-            f" FROM {m}"
-            " WHERE seq = %(seq)s AND receipt = %(receipt)s AND state = 0 FOR UPDATE),"
-            f" gone AS (UPDATE {m} AS q SET state = 2, body = NULL, raw = NULL, headers = NULL,"
-            " receipt = NULL FROM src WHERE q.seq = src.seq)"
-            f" INSERT INTO {d} AS x (topic, id, body, raw, headers, attempts, created_at,"
-            " reason, error, dead_at) SELECT topic, id, body, raw, headers, attempts,"
-            " created_at,"
-            " %(reason)s, %(error)s, %(now)s FROM src"
-            " ON CONFLICT (topic, id) DO UPDATE SET body = excluded.body, raw = excluded.raw,"
-            " headers = excluded.headers, attempts = excluded.attempts,"
-            " created_at = excluded.created_at, reason = excluded.reason,"
-            " error = excluded.error, dead_at = excluded.dead_at"
-        )
-        self._sql_requeue = (
-            f"WITH back AS (DELETE FROM {d} WHERE topic = %(topic)s"
-            " AND (%(all)s OR id = ANY(%(ids)s))"
-            " RETURNING id, body, raw, headers, created_at)"
-            f" INSERT INTO {m} AS q (topic, id, body, raw, headers, attempts, created_at,"
-            " available_at) SELECT %(topic)s, id, body, raw, headers, 0, created_at, %(now)s"
-            " FROM back ON CONFLICT (topic, id) DO UPDATE SET body = excluded.body,"
-            " raw = excluded.raw,"
-            " headers = excluded.headers, attempts = 0, available_at = excluded.available_at,"
-            " receipt = NULL, state = 0"
-        )
+        self._listener: Listener | None = None
+        self._sql = Statements.of(schema, table_prefix)
 
     def __repr__(self) -> str:
         return (
@@ -311,12 +193,12 @@ class PostgresBroker(ThreadedAsync):
             "headers": dump_headers(head) if head else None, "now": now, "at": now + delay,
             "horizon": now - self.dedupe_window,
         }
-        sql = self._sql_insert
-        if any("\x00" in b for b in bodies) or not _encodable(bodies):
-            sql, params["raws"] = self._sql_insert_raw, [
-                None if _storable(b) else b.encode("utf-8", "surrogatepass") for b in bodies
+        sql = self._sql.insert
+        if any("\x00" in b for b in bodies) or not encodable(bodies):
+            sql, params["raws"] = self._sql.insert_raw, [
+                None if storable(b) else b.encode("utf-8", "surrogatepass") for b in bodies
             ]
-            params["bodies"] = [b if _storable(b) else None for b in bodies]
+            params["bodies"] = [b if storable(b) else None for b in bodies]
         if self.notify and delay == 0:  # one statement, one round trip: insert and wake
             sql = f"WITH ins AS ({sql}) SELECT pg_notify(%(channel)s, %(topic)s)"
             params["channel"] = self.channel
@@ -337,9 +219,9 @@ class PostgresBroker(ThreadedAsync):
         params = {"topic": topic, "now": now, "n": max_messages, "token": token,
                   "until": until}
         with pooled(self._pool, _WHAT) as conn:
-            rows = conn.execute(self._sql_claim, params).fetchall()
+            rows = conn.execute(self._sql.claim, params).fetchall()
         rows.sort(key=lambda r: r[0])
-        return [_message(topic, row, token, until) for row in rows]
+        return [row_message(topic, row, token, until) for row in rows]
 
     def ack(self, message: Message) -> bool:
         return self.ack_many([message]) == 1
@@ -347,20 +229,20 @@ class PostgresBroker(ThreadedAsync):
     def ack_many(self, messages: Sequence[Message]) -> int:
         if not messages:
             return 0
-        keys = [_key(m) for m in messages]
+        keys = [receipt_key(m) for m in messages]
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
-            done = conn.execute(
-                self._sql_ack, ([k[0] for k in keys], [k[1] for k in keys])
-            ).rowcount
+            if len(keys) == 1:  # plain parameters: no arrays to encode and unnest
+                done = conn.execute(self._sql.ack_one, keys[0]).rowcount
+            else:
+                done = conn.execute(
+                    self._sql.ack, ([k[0] for k in keys], [k[1] for k in keys])
+                ).rowcount
             self._acks_since_purge += len(keys)
             if self._acks_since_purge >= _PURGE_EVERY:
                 self._acks_since_purge = 0
-                conn.execute(
-                    f"DELETE FROM {self._m} WHERE seq IN (SELECT seq FROM {self._m}"
-                    " WHERE state <> 0 AND created_at < %s LIMIT 1000)",
-                    (clock.wall() - self.dedupe_window,),
-                )
+                conn.execute(self._sql.purge_finished,
+                             (clock.wall() - self.dedupe_window,))
         return int(done)
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
@@ -371,17 +253,17 @@ class PostgresBroker(ThreadedAsync):
         return self._move(message, lease, release=False)
 
     def _move(self, message: Message, seconds: float, *, release: bool) -> bool:
-        seq, token = _key(message)
+        seq, token = receipt_key(message)
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
-            cur = conn.execute(self._sql_move, (clock.wall() + seconds, release, seq, token))
+            cur = conn.execute(self._sql.move, (clock.wall() + seconds, release, seq, token))
         return bool(cur.rowcount == 1)
 
     def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        seq, token = _key(message)
+        seq, token = receipt_key(message)
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
-            conn.execute(self._sql_dead, {"seq": seq, "receipt": token,
+            conn.execute(self._sql.dead, {"seq": seq, "receipt": token,
                                           "reason": reason, "error": error,
                                           "now": clock.wall()})
 
@@ -396,7 +278,7 @@ class PostgresBroker(ThreadedAsync):
         if listener is None:
             with self._ready_lock:
                 if self._listener is None:
-                    self._listener = _Listener(self.dsn, self.channel)
+                    self._listener = Listener(self.dsn, self.channel)
                 listener = self._listener
         return listener.wait(topic, timeout)
 
@@ -407,13 +289,7 @@ class PostgresBroker(ThreadedAsync):
         now = clock.wall()
         with pooled(self._pool, _WHAT) as conn:
             row = conn.execute(
-                "SELECT count(*) FILTER (WHERE available_at <= %(now)s),"
-                " count(*) FILTER (WHERE available_at > %(now)s AND receipt IS NULL),"
-                " count(*) FILTER (WHERE available_at > %(now)s AND receipt IS NOT NULL),"
-                f" (SELECT count(*) FROM {self._d} WHERE topic = %(topic)s),"
-                f" (SELECT COALESCE(sum(recovered), 0) FROM {self._c} WHERE topic = %(topic)s)"
-                f" FROM {self._m} WHERE topic = %(topic)s AND state = 0",
-                {"now": now, "topic": topic},
+                self._sql.stats, {"now": now, "topic": topic},
             ).fetchone()
         ready, delayed, in_flight, dead, recovered = (int(n) for n in row or (0,) * 5)
         return QueueStats(topic, ready, delayed, in_flight, dead, recovered=recovered)
@@ -423,22 +299,22 @@ class PostgresBroker(ThreadedAsync):
         with pooled(self._pool, _WHAT) as conn:
             rows = conn.execute(
                 "SELECT seq, id, body, headers, attempts, created_at, raw, available_at"
-                f" FROM {self._m} WHERE topic = %s AND state = 0"
+                f" FROM {self._sql.m} WHERE topic = %s AND state = 0"
                 " ORDER BY available_at, seq LIMIT %s",
                 (topic, limit),
             ).fetchall()
-        return [_message(topic, r[:7], "", r[7]) for r in rows]
+        return [row_message(topic, r[:7], "", r[7]) for r in rows]
 
     def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
             rows = conn.execute(
                 "SELECT seq, id, body, headers, attempts, created_at, raw, reason, error, dead_at"
-                f" FROM {self._d} WHERE topic = %s ORDER BY seq LIMIT %s",
+                f" FROM {self._sql.d} WHERE topic = %s ORDER BY seq LIMIT %s",
                 (topic, limit),
             ).fetchall()
         return [
-            DeadLetter(message=_message(topic, r[:7], "", r[9]), reason=r[7], error=r[8],
+            DeadLetter(message=row_message(topic, r[:7], "", r[9]), reason=r[7], error=r[8],
                        dead_at=r[9])
             for r in rows
         ]
@@ -448,7 +324,7 @@ class PostgresBroker(ThreadedAsync):
         params = {"topic": topic, "all": ids is None, "ids": list(ids or []),
                   "now": clock.wall()}
         with pooled(self._pool, _WHAT) as conn, conn.transaction():
-            count = conn.execute(self._sql_requeue, params).rowcount
+            count = conn.execute(self._sql.requeue, params).rowcount
             if count and self.notify:
                 conn.execute("SELECT pg_notify(%s, %s)", (self.channel, topic))
         return report_requeued(self, topic, int(count))
@@ -456,14 +332,14 @@ class PostgresBroker(ThreadedAsync):
     def purge_dead(self, topic: str) -> int:
         self._setup()
         with pooled(self._pool, _WHAT) as conn:
-            return int(conn.execute(f"DELETE FROM {self._d} WHERE topic = %s",
+            return int(conn.execute(f"DELETE FROM {self._sql.d} WHERE topic = %s",
                                     (topic,)).rowcount)
 
     def delete_topic(self, topic: str) -> None:
         """Remove every row of ``topic`` (queued, finished, dead, counters)."""
         self._setup()
         with pooled(self._pool, _WHAT) as conn, conn.transaction():
-            for table in (self._m, self._d, self._c):
+            for table in (self._sql.m, self._sql.d, self._sql.c):
                 conn.execute(f"DELETE FROM {table} WHERE topic = %s", (topic,))
 
     def close(self) -> None:
@@ -471,71 +347,3 @@ class PostgresBroker(ThreadedAsync):
         if listener is not None:
             listener.close()
         self._pool.close()
-
-
-class _Listener:
-    """One ``LISTEN`` connection per broker, read by a daemon thread; waiters block on a
-    condition until a notification names their topic."""
-
-    def __init__(self, dsn: str, channel: str) -> None:
-        import psycopg
-
-        self._conn = psycopg.connect(dsn, autocommit=True)
-        self._conn.execute(f"LISTEN {channel}")
-        self._cond = threading.Condition()
-        self._seen: dict[str, int] = {}
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"stoic-listen-{channel}",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closed:
-            try:
-                for note in self._conn.notifies(timeout=0.5):
-                    with self._cond:
-                        self._seen[note.payload] = self._seen.get(note.payload, 0) + 1
-                        self._cond.notify_all()
-            except Exception:  # connection lost or closed: waiters fall back to timeouts
-                with self._cond:
-                    self._closed = True
-                    self._cond.notify_all()
-                return
-
-    def wait(self, topic: str, timeout: float) -> bool:
-        with self._cond:
-            start = self._seen.get(topic, 0)
-            return self._cond.wait_for(
-                lambda: self._closed or self._seen.get(topic, 0) != start, timeout
-            ) and not self._closed
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(2.0)
-        self._conn.close()
-
-
-def _storable(body: str) -> bool:
-    """A text column takes it: no NUL, and encodable as UTF-8."""
-    return "\x00" not in body and _encodable([body])
-
-
-def _encodable(bodies: list[str]) -> bool:
-    try:
-        for b in bodies:
-            if not b.isascii():  # isascii is a flag read: the common case costs nothing
-                b.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _key(message: Message) -> tuple[int, str]:
-    return split_receipt(message, "PostgresBroker")
-
-
-def _message(topic: str, row: Sequence[Any], token: str, available_at: float) -> Message:
-    """``message_from_row`` after putting a body kept as bytes (``raw``) back as text."""
-    if row[2] is None and row[6] is not None:
-        row = (*row[:2], bytes(row[6]).decode("utf-8", "surrogatepass"), *row[3:6])
-    return message_from_row(topic, row[:6], token, available_at)

@@ -18,94 +18,55 @@ are pushed ahead by a consumer (``prefetch`` per topic), so a claim needs no rou
 the process dies or loses its connection, RabbitMQ redelivers it at once. Within a living
 process, a lease that runs out without an ack or an extension is given back (``nack`` with
 requeue) by a housekeeping task, so a hung handler's messages reach other workers, as on
-the other brokers.
+the other brokers. ``stats().recovered`` counts those: leases that ran out in *this* broker
+object. A dead process's deliveries come back marked ``redelivered``, as do deliveries
+merely read by ``peek`` or given back unclaimed: RabbitMQ does not tell them apart, so
+they are not counted.
 
 De-duplication: RabbitMQ has no publish-side de-duplication. Pass ``dedupe=<idempotency
 store>`` to make publishing an id already published within ``dedupe_window`` a no-op (the
 store is shared by every publisher); without it, republished ids are delivered again and a
 de-duplicating consumer (``Worker(dedupe=...)`` or ``Inbox``) absorbs them.
 
-The sync methods run the async ones on a private event-loop thread; the async twins can be
-awaited from any event loop.
-
-Deadlines: under ``stoic.deadline`` every operation is given up (``stoic.DeadlineExceeded``,
-its work on the loop cancelled) when the time left runs out, and not started once it has
-passed. RabbitMQ has no transactions here: a publish given up on may still reach the queue
-(publish it again with the same id and a ``dedupe`` store), and a cancelled ack leaves the
-message to come back when its lease ends.
+The sync methods run the async ones on a private event-loop thread (``LoopThread``); the
+async twins can be awaited from any event loop. Under ``stoic.deadline`` an operation is
+given up (``stoic.DeadlineExceeded``) when the time left runs out, and not started once it
+has passed: a publish given up on may still reach the queue (publish it again with the
+same id and a ``dedupe`` store); a cancelled ack leaves the message to its lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .. import clock
-from ..integrations._deadlines import arun_on, cancel_pending, run_on
-from .broker import PublishOne, check_claim, check_delay, check_topic, prepare
-from .model import DeadLetter, Message, QueueStats, report_requeued
+from .broker import check_int, check_topic, prepare, require
+from .loop import LoopThread
+from .loop_broker import LoopBroker
+from .model import DeadLetter, Message, QueueStats
+from .rabbitmq_wire import (
+    IDLE,
+    STOIC_HEADERS,
+    Consumer,
+    Held,
+    browse,
+    bucket,
+    carry,
+    count,
+    from_server,
+    to_message,
+)
 
 _WHAT = "a RabbitBroker operation"
 
 __all__ = ["RabbitBroker"]
 
-T = TypeVar("T")
-
-_BUCKETS_MS = (100, 250, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000, 120_000, 300_000,
-               600_000, 1_800_000, 3_600_000)
-_STOIC = ("x-stoic-attempts", "x-stoic-created", "x-stoic-reason", "x-stoic-error",
-          "x-stoic-dead-at")
-
-# set by RabbitMQ itself (redelivery count, dead-letter history): never user headers
-_SERVER_HEADERS = frozenset({"x-delivery-count", "x-death", "x-last-death-queue",
-                             "x-last-death-reason", "x-last-death-exchange"})
-
-
-def _from_server(name: str) -> bool:
-    return name in _SERVER_HEADERS or name.startswith("x-first-death")
-
-
-def _bucket(delay: float) -> int:
-    ms = int(delay * 1000 + 0.999)
-    for b in _BUCKETS_MS:
-        if ms <= b:
-            return b
-    hour = 3_600_000
-    return -(-ms // hour) * hour
-
-
-class _Held:
-    __slots__ = ("incoming", "lease_until", "topic")
-
-    def __init__(self, incoming: Any, topic: str, lease_until: float) -> None:
-        self.incoming, self.topic, self.lease_until = incoming, topic, lease_until
-
-
-class _Consumer:
-    """A basic.consume on its own channel whose deliveries wait in ``buffer`` until claimed.
-
-    RabbitMQ pushes up to ``prefetch`` unacked deliveries to it; they are invisible to other
-    consumers while buffered (and redelivered at once if this process dies). A consumer that
-    nobody claimed from for ``_IDLE`` seconds is cancelled and its buffer given back, so a
-    stopped worker does not sit on messages.
-    """
-
-    __slots__ = ("buffer", "channel", "last_claim", "queue", "tag")
-
-    def __init__(self, channel: Any, queue: Any, tag: str, buffer: deque[Any]) -> None:
-        self.channel, self.queue, self.tag, self.buffer = channel, queue, tag, buffer
-        self.last_claim = clock.now()
-
-
-_IDLE = 2.0  # seconds without a claim after which a topic's consumer lets its buffer go
-
-
-class RabbitBroker(PublishOne):
+class RabbitBroker(LoopBroker):
     """At-least-once queues on RabbitMQ quorum queues; ``amqp://...`` in ``connect``.
 
     Args:
@@ -121,6 +82,7 @@ class RabbitBroker(PublishOne):
     #: dead-lettered from its delay queue back to its queue); ``Worker(stop_when_empty=True)``
     #: waits this long and looks again before it calls a topic empty.
     stats_settle: float = 0.25
+    _what = _WHAT
 
     def __init__(
         self, url: str = "amqp://guest:guest@127.0.0.1:5672/", *, dedupe: Any = None,
@@ -132,46 +94,33 @@ class RabbitBroker(PublishOne):
             raise ValueError(f"dedupe_window must be > 0 seconds, got {dedupe_window!r}")
         if not prefix or any(c.isspace() for c in prefix):
             raise ValueError(f"prefix must be non-empty without spaces, got {prefix!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        check_int("prefetch", prefetch)
         if dedupe is not None and not callable(getattr(dedupe, "claim", None)):
             raise ValueError(f"dedupe must be an idempotency store, got {dedupe!r}")
-        try:
-            import aio_pika  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("RabbitBroker needs aio-pika: pip install 'stoic[rabbitmq]'") from exc
+        require("aio_pika", "RabbitBroker", "rabbitmq")
         self.url = url
         self.dedupe = dedupe
         self.dedupe_window = float(dedupe_window)
         self.prefix = prefix
         self.prefetch = prefetch
-        self._consumers: dict[str, _Consumer] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="stoic-rabbitmq",
-                                        daemon=True)
-        self._thread.start()
-        self._held: dict[str, _Held] = {}
+        self._consumers: dict[str, Consumer] = {}
+        self._loop = LoopThread("stoic-rabbitmq")
+        self._held: dict[str, Held] = {}
+        self._recovered: dict[str, int] = {}  # leases that ran out here (stats().recovered)
         self._declared: set[str] = set()
         self._closed = False
         try:
-            self._run(self._connect())
+            self._loop.call(_WHAT, self._connect())
         except BaseException:
             # A connect given up on (the deadline) leaves aiormq's tasks behind: end them.
-            cancel_pending(self._loop)
-            self._stop_loop()
+            self._loop.cancel_pending()
+            self._loop.stop()
             raise
 
     def __repr__(self) -> str:
         return f"RabbitBroker({self.url!r}, prefix={self.prefix!r})"
 
     # --- plumbing ------------------------------------------------------------------------
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the broker's loop; given up when the caller's deadline ends."""
-        return run_on(self._loop, _WHAT, coro)
-
-    async def _in_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await arun_on(self._loop, _WHAT, coro)
 
     async def _connect(self) -> None:
         import aio_pika
@@ -218,7 +167,7 @@ class RabbitBroker(PublishOne):
         await self._declare(topic)
         if delay <= 0:
             return self._q(topic)
-        return await self._delay_queue(topic, _bucket(delay))
+        return await self._delay_queue(topic, bucket(delay))
 
     # --- publishing ----------------------------------------------------------------------
 
@@ -228,7 +177,7 @@ class RabbitBroker(PublishOne):
     ) -> list[str]:
         msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
         fresh = self._fresh(topic, msg_ids)
-        self._run(self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
+        self._loop.call(_WHAT, self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
         return msg_ids
 
     async def apublish_many(
@@ -237,7 +186,7 @@ class RabbitBroker(PublishOne):
     ) -> list[str]:
         msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
         fresh = await asyncio.to_thread(self._fresh, topic, msg_ids)
-        await self._in_loop(self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
+        await self._loop.acall(_WHAT, self._publish_all(topic, msg_ids, bodies, head, delay, fresh))
         return msg_ids
 
     def _fresh(self, topic: str, msg_ids: list[str]) -> list[bool]:
@@ -270,17 +219,7 @@ class RabbitBroker(PublishOne):
 
     # --- consuming -----------------------------------------------------------------------
 
-    def claim(self, topic: str, *, max_messages: int = 1, lease: float = 30.0) -> list[Message]:
-        check_claim(max_messages, lease)
-        return self._run(self._claim(topic, max_messages, lease))
-
-    async def aclaim(
-        self, topic: str, *, max_messages: int = 1, lease: float = 30.0
-    ) -> list[Message]:
-        check_claim(max_messages, lease)
-        return await self._in_loop(self._claim(topic, max_messages, lease))
-
-    async def _consumer(self, topic: str) -> _Consumer:
+    async def _consumer(self, topic: str) -> Consumer:
         consumer = self._consumers.get(topic)
         if consumer is None or consumer.channel.is_closed:
             await self._declare(topic)
@@ -293,7 +232,7 @@ class RabbitBroker(PublishOne):
                 buffer.append(incoming)
 
             tag = await queue.consume(deliver, no_ack=False)
-            consumer = self._consumers[topic] = _Consumer(channel, queue, tag, buffer)
+            consumer = self._consumers[topic] = Consumer(channel, queue, tag, buffer)
             await asyncio.sleep(0.02)  # let the first deliveries arrive
         consumer.last_claim = clock.now()
         return consumer
@@ -306,8 +245,8 @@ class RabbitBroker(PublishOne):
         while buffer and len(out) < n:
             incoming = buffer.popleft()
             receipt = uuid.uuid4().hex
-            self._held[receipt] = _Held(incoming, topic, until)
-            out.append(_message(topic, incoming, receipt, clock.wall() + lease))
+            self._held[receipt] = Held(incoming, topic, until)
+            out.append(to_message(topic, incoming, receipt, clock.wall() + lease))
         return out
 
     async def _release(self, topic: str) -> None:
@@ -332,7 +271,7 @@ class RabbitBroker(PublishOne):
             try:
                 await self._expire(now)
                 for topic, consumer in list(self._consumers.items()):
-                    if now - consumer.last_claim > _IDLE:
+                    if now - consumer.last_claim > IDLE:
                         await self._release(topic)
             except Exception:  # the connection is being re-established
                 continue
@@ -342,26 +281,15 @@ class RabbitBroker(PublishOne):
         for receipt in expired:
             held = self._held.pop(receipt, None)
             if held is not None:
+                self._recovered[held.topic] = self._recovered.get(held.topic, 0) + 1
                 with contextlib.suppress(Exception):  # a closed channel gave it back already
                     await held.incoming.nack(requeue=True)
 
-    def _take(self, message: Message) -> _Held | None:
+    def _take(self, message: Message) -> Held | None:
         held = self._held.get(message.receipt)
         if held is None or held.lease_until <= clock.now():
             return None
         return self._held.pop(message.receipt)
-
-    def ack(self, message: Message) -> bool:
-        return self.ack_many([message]) == 1
-
-    async def aack(self, message: Message) -> bool:
-        return await self.aack_many([message]) == 1
-
-    def ack_many(self, messages: Sequence[Message]) -> int:
-        return self._run(self._ack_many(list(messages)))
-
-    async def aack_many(self, messages: Sequence[Message]) -> int:
-        return await self._in_loop(self._ack_many(list(messages)))
 
     async def _ack_many(self, messages: list[Message]) -> int:
         done = 0
@@ -375,33 +303,17 @@ class RabbitBroker(PublishOne):
                 done += 1
         return done
 
-    def nack(self, message: Message, delay: float = 0.0) -> bool:
-        delay = check_delay(delay)
-        return self._run(self._nack(message, delay))
-
-    async def anack(self, message: Message, delay: float = 0.0) -> bool:
-        delay = check_delay(delay)
-        return await self._in_loop(self._nack(message, delay))
-
     async def _nack(self, message: Message, delay: float) -> bool:
         held = self._take(message)
         if held is None:
             return False
         # Republish (with the attempts so far) and ack the original: the backoff delay goes
         # through a delay queue, and the attempt count stays ours rather than the server's.
-        headers = _carry(held.incoming, message.attempts)
+        headers = carry(held.incoming, message.attempts)
         route = await self._route(message.topic, delay)
         await self._send(route, message.id, message.body, headers)
         await held.incoming.ack()
         return True
-
-    def extend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return self._run(self._extend(message, lease))
-
-    async def aextend_lease(self, message: Message, lease: float) -> bool:
-        check_claim(1, lease)
-        return await self._in_loop(self._extend(message, lease))
 
     async def _extend(self, message: Message, lease: float) -> bool:
         held = self._held.get(message.receipt)
@@ -411,18 +323,12 @@ class RabbitBroker(PublishOne):
         held.lease_until = now + lease
         return True
 
-    def dead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        self._run(self._dead(message, reason, error))
-
-    async def adead_letter(self, message: Message, reason: str, error: str | None = None) -> None:
-        await self._in_loop(self._dead(message, reason, error))
-
-    async def _dead(self, message: Message, reason: str, error: str | None) -> None:
+    async def _dead_letter(self, message: Message, reason: str, error: str | None) -> None:
         held = self._take(message)
         if held is None:
             return
         await self._declare(message.topic)
-        headers = _carry(held.incoming, message.attempts)
+        headers = carry(held.incoming, message.attempts)
         headers["x-stoic-reason"] = reason
         headers["x-stoic-dead-at"] = repr(clock.wall())
         if error is not None:
@@ -432,82 +338,36 @@ class RabbitBroker(PublishOne):
 
     # --- inspection and the DLQ ----------------------------------------------------------
 
-    def stats(self, topic: str) -> QueueStats:
-        return self._run(self._stats(topic))
-
-    async def astats(self, topic: str) -> QueueStats:
-        return await self._in_loop(self._stats(topic))
-
     async def _stats(self, topic: str) -> QueueStats:
         await self._declare(topic)
         ch = await self._conn.channel()
         try:
-            ready = await _count(ch, self._q(topic))
-            dead = await _count(ch, self._q(topic, ".dead"))
+            ready = await count(ch, self._q(topic))
+            dead = await count(ch, self._q(topic, ".dead"))
             delayed = 0
             for name in list(self._declared):
                 if name.startswith(self._q(topic, ".delay.")):
-                    delayed += await _count(ch, name)
+                    delayed += await count(ch, name)
         finally:
             await ch.close()
         in_flight = sum(1 for h in self._held.values() if h.topic == topic)
         consumer = self._consumers.get(topic)
         if consumer is not None:
             ready += len(consumer.buffer)  # pushed to us, not yet claimed
-        return QueueStats(topic, ready, delayed, in_flight, dead)
+        return QueueStats(topic, ready, delayed, in_flight, dead,
+                          recovered=self._recovered.get(topic, 0))
 
-    def peek(self, topic: str, limit: int = 10) -> list[Message]:
+    async def _peek(self, topic: str, limit: int) -> list[Message]:
         """Reads up to ``limit`` messages and gives them back (RabbitMQ counts that as a
         delivery in ``x-delivery-count``)."""
-        return [d.message for d in self._run(self._browse(self._q(topic), topic, limit))]
+        return [d.message for d in await self._browse(self._q(topic), topic, limit)]
 
-    def dead_letters(self, topic: str, limit: int = 100) -> list[DeadLetter]:
-        return self._run(self._browse(self._q(topic, ".dead"), topic, limit))
+    async def _dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        return await self._browse(self._q(topic, ".dead"), topic, limit)
 
     async def _browse(self, queue_name: str, topic: str, limit: int) -> list[DeadLetter]:
         await self._declare(topic)
-        ch = await self._conn.channel()
-        out = []
-        try:
-            queue = await ch.declare_queue(queue_name, passive=True)
-            before = int(queue.declaration_result.message_count or 0)
-            for _ in range(limit):
-                incoming = await queue.get(no_ack=False, fail=False)
-                if incoming is None:
-                    break
-                h = incoming.headers or {}
-                m = _message(topic, incoming, "", 0.0, dead=True)
-                out.append(DeadLetter(
-                    message=m, reason=_text(h.get("x-stoic-reason")),
-                    error=_text(h.get("x-stoic-error")) or None,
-                    dead_at=_float(h.get("x-stoic-dead-at")),
-                ))
-        finally:
-            await ch.close()  # everything read goes back to the queue, in order
-        if out:
-            await self._counted_again(queue_name, before)
-        return out
-
-    async def _counted_again(self, queue_name: str, before: int, within: float = 1.0) -> None:
-        """Wait (at most ``within`` seconds) until a browsed queue counts what it held before.
-
-        Closing the browsing channel gives its messages back, but a quorum queue applies the
-        return after answering the close, so a ``stats`` right after a browse could miss
-        them. Other consumers taking messages meanwhile can keep the count lower: hence the
-        bound.
-        """
-        loop = asyncio.get_running_loop()
-        until = loop.time() + within
-        ch = await self._conn.channel()
-        try:
-            while await _count(ch, queue_name) < before and loop.time() < until:
-                await asyncio.sleep(0.005)
-        finally:
-            await ch.close()
-
-    def requeue(self, topic: str, ids: Sequence[str] | None = None) -> int:
-        n = self._run(self._requeue(topic, None if ids is None else set(ids)))
-        return report_requeued(self, topic, n)
+        return await browse(self._conn, queue_name, topic, limit)
 
     async def _requeue(self, topic: str, ids: set[str] | None) -> int:
         await self._declare(topic)
@@ -519,11 +379,11 @@ class RabbitBroker(PublishOne):
                 incoming = await queue.get(no_ack=False, fail=False)
                 if incoming is None:
                     break
-                m = _message(topic, incoming, "", 0.0, dead=True)
+                m = to_message(topic, incoming, "", 0.0, dead=True)
                 if ids is not None and m.id not in ids:
                     continue  # left unacked: back on the dead queue when the channel closes
                 headers = {k: v for k, v in (incoming.headers or {}).items()
-                           if k not in _STOIC and not _from_server(k)}
+                           if k not in STOIC_HEADERS and not from_server(k)}
                 headers["x-stoic-created"] = repr(m.created_at)
                 await self._send(self._q(topic), m.id, m.body, headers)
                 await incoming.ack()
@@ -532,18 +392,11 @@ class RabbitBroker(PublishOne):
             await ch.close()
         return moved
 
-    def purge_dead(self, topic: str) -> int:
-        return self._run(self._purge(topic))
-
     async def _purge(self, topic: str) -> int:
         await self._declare(topic)
         queue = await self._pub.get_queue(self._q(topic, ".dead"), ensure=False)
         result = await queue.purge()
         return int(getattr(result, "message_count", 0) or 0)
-
-    def delete_topic(self, topic: str) -> None:
-        """Delete the topic's queues (for tests and tools)."""
-        self._run(self._delete(topic))
 
     async def _delete(self, topic: str) -> None:
         await self._release(topic)
@@ -562,102 +415,9 @@ class RabbitBroker(PublishOne):
             self._declared.discard(name)
         self._declared.discard(topic)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._run(self._close())
-        finally:
-            self._stop_loop()
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
-
     async def _close(self) -> None:
         self._housekeeping.cancel()
         for topic in list(self._consumers):
             await self._release(topic)
         self._held.clear()
         await self._conn.close()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._loop.is_running():
-            self._loop.close()
-
-
-async def _count(channel: Any, name: str) -> int:
-    try:
-        q = await channel.declare_queue(name, passive=True)
-    except Exception:
-        return 0
-    return int(q.declaration_result.message_count or 0)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(_text(value))
-    except ValueError:
-        return 0.0
-
-
-def _attempts_before(incoming: Any, dead: bool = False) -> int:
-    h = incoming.headers or {}
-    try:
-        base = int(_text(h.get("x-stoic-attempts")) or 0)
-    except ValueError:
-        base = 0
-    if dead:
-        return base
-    returned = h.get("x-delivery-count")
-    if returned is not None:
-        try:
-            return base + int(returned)
-        except (TypeError, ValueError):
-            pass
-    return base + (1 if incoming.redelivered else 0)
-
-
-def _carry(incoming: Any, attempts: int) -> dict[str, Any]:
-    """Headers for a republished copy: the user's headers plus the attempts so far."""
-    h = {k: v for k, v in (incoming.headers or {}).items() if not _from_server(k)}
-    h["x-stoic-attempts"] = str(attempts)
-    return h
-
-
-def _message(
-    topic: str, incoming: Any, receipt: str, available_at: float, *, dead: bool = False
-) -> Message:
-    raw = incoming.headers or {}
-    headers: dict[str, str] = {}
-    defect = None
-    for k, v in raw.items():
-        if k.startswith("x-stoic-") or _from_server(k):
-            continue
-        if isinstance(v, (str, bytes)):
-            headers[k] = _text(v)
-        else:
-            defect = defect or f"header {k!r} is not a string"
-    try:
-        body = incoming.body.decode("utf-8")
-    except UnicodeDecodeError:
-        body = ""
-        defect = defect or "body is not UTF-8"
-    if incoming.message_id is None:
-        defect = defect or "message has no message_id"
-    before = _attempts_before(incoming, dead)
-    return Message(
-        id=str(incoming.message_id or ""), topic=topic, body=body, headers=headers,
-        attempts=before if dead else before + 1, created_at=_float(raw.get("x-stoic-created")),
-        available_at=available_at, receipt=receipt, defect=defect,
-    )

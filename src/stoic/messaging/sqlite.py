@@ -36,14 +36,14 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from .. import clock
 from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..integrations._deadlines import SQLiteBusy, sqlite_busy_ran_out
-from .broker import ThreadedAsync, check_claim, check_delay, prepare, prepare_one
+from .broker import PreparedPublish, ThreadedAsync, check_claim, check_delay, prepare_one
 from .model import (
     DeadLetter,
     Message,
@@ -89,7 +89,22 @@ CREATE TABLE IF NOT EXISTS stoic_dead (
     dead_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS stoic_dead_topic_id ON stoic_dead (topic, id);
+CREATE TABLE IF NOT EXISTS stoic_counters (
+    topic TEXT PRIMARY KEY,
+    recovered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TRIGGER IF NOT EXISTS stoic_messages_recovered
+AFTER UPDATE OF receipt ON stoic_messages
+WHEN OLD.state = 0 AND NEW.state = 0 AND OLD.receipt IS NOT NULL
+    AND NEW.receipt IS NOT NULL AND NEW.receipt <> OLD.receipt
+BEGIN
+    INSERT INTO stoic_counters (topic, recovered) VALUES (NEW.topic, 1)
+    ON CONFLICT (topic) DO UPDATE SET recovered = recovered + 1;
+END;
 """
+# The trigger counts stalled work that came back (stats().recovered): a claim that takes a
+# row from a receipt that was neither acked nor given back (nack and ack clear the receipt,
+# an extension keeps it), i.e. whose lease ran out. It runs in the claim's own transaction.
 
 # state: 0 queued (ready, delayed or leased), 1 acked, 2 dead-lettered. Rows in state 1 and 2
 # keep only their id, for de-duplication, until they leave the window.
@@ -125,7 +140,7 @@ _PURGE_FINISHED = (
 _PURGE_EVERY = 2000  # acks between two passes of the de-duplication window cleanup
 
 
-class SQLiteBroker(ThreadedAsync):
+class SQLiteBroker(PreparedPublish, ThreadedAsync):
     """A durable queue in one SQLite file; ``sqlite:///path.db`` in ``connect``.
 
     Args:
@@ -196,11 +211,10 @@ class SQLiteBroker(ThreadedAsync):
             self._db.execute(_INSERT, row)
         return msg_id
 
-    def publish_many(
-        self, topic: str, payloads: Iterable[Any], *, ids: Sequence[str] | None = None,
-        headers: Mapping[str, str] | None = None, delay: float = 0.0,
-    ) -> list[str]:
-        msg_ids, bodies, head, delay = prepare(topic, payloads, ids, headers, delay)
+    def _write(
+        self, topic: str, msg_ids: list[str], bodies: list[str], head: dict[str, str],
+        delay: float,
+    ) -> None:
         raw_headers = dump_headers(head) if head else None
         now = clock.wall()
         horizon = now - self.dedupe_window
@@ -210,7 +224,6 @@ class SQLiteBroker(ThreadedAsync):
         ]
         with self._guard, self._transaction():
             self._db.executemany(_INSERT, rows)
-        return msg_ids
 
     # --- consuming -----------------------------------------------------------------------
 
@@ -286,7 +299,18 @@ class SQLiteBroker(ThreadedAsync):
             (dead,) = self._db.execute(
                 "SELECT COUNT(*) FROM stoic_dead WHERE topic = ?", (topic,)
             ).fetchone()
-        return QueueStats(topic, int(ready), int(delayed), int(in_flight), int(dead))
+            recovered = self._recovered(topic)
+        return QueueStats(topic, int(ready), int(delayed), int(in_flight), int(dead),
+                          recovered=recovered)
+
+    def _recovered(self, topic: str) -> int:
+        try:
+            row = self._db.execute(
+                "SELECT recovered FROM stoic_counters WHERE topic = ?", (topic,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a file from before the counter, opened read-only
+            return 0
+        return int(row[0]) if row else 0
 
     def peek(self, topic: str, limit: int = 10) -> list[Message]:
         with self._guard:
