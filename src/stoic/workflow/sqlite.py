@@ -13,6 +13,7 @@ crash tests prove) but may lose the last ones on power loss, for fewer fsyncs. A
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -203,9 +204,7 @@ class SQLiteStore(SQLStore):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            try:
+            opened, self._connections = self._connections, []
+        for conn in opened:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
