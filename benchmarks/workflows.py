@@ -1,6 +1,7 @@
 """Durable workflows: stoic against DBOS Transact, same store, same durability, one run.
 
-    .venv/bin/python benchmarks/workflows.py [--n 200] [--no-postgres]
+    .venv/bin/python benchmarks/workflows.py [--n 200] [--no-postgres] [--only sqlite|postgres]
+                                             [--repeats 1]
 
 A workflow of three trivial steps (each returns a small dict), run to completion:
 - sequential: one workflow after another from one thread (stoic ``flows.run``, DBOS a direct
@@ -12,7 +13,8 @@ journal mode it leaves is printed). PostgreSQL: both with the server's ``synchro
 (printed). Also: the per-step checkpoint cost ((11-step workflow - 1-step workflow) / 10,
 sequential), and stoic's crash recovery time: a worker process is SIGKILLed inside a step and
 another worker resumes the run (lease 1 s; the time printed is from the kill to the step
-running again).
+running again). ``--repeats N`` runs each side N times, alternating, and keeps each row's
+best (for a noisy machine); ``--only`` measures one store (and skips the recovery time).
 """
 
 from __future__ import annotations
@@ -135,6 +137,34 @@ def bench_dbos(url: str, n: int, schema: str | None) -> tuple[dict[str, float], 
     return result, mode
 
 
+def bench_dbos_postgres(n: int) -> tuple[dict[str, float], str]:
+    import psycopg
+
+    schema = f"dbos_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        return bench_dbos(PG, n, schema)
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+Measured = tuple[dict[str, float], dict[str, float], str]
+
+
+def best_of(repeats: int, once: Callable[[int], Measured]) -> Measured:
+    """Each side's best of ``repeats`` alternating runs: highest rates, lowest step cost."""
+    ours: dict[str, float] = {}
+    theirs: dict[str, float] = {}
+    note = ""
+    for r in range(repeats):
+        mine, other, note = once(r)
+        for best, new in ((ours, mine), (theirs, other)):
+            for key, value in new.items():
+                pick = min if key == "step_us" else max
+                best[key] = pick(best.get(key, value), value)
+    return ours, theirs, note
+
+
 def recovery_time(folder: Path) -> float:
     """Seconds from SIGKILL of the worker running a step to another worker running it."""
     url = f"sqlite:///{folder / 'recovery.db'}"
@@ -180,27 +210,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--only", choices=("sqlite", "postgres"))
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="stoic-wf-bench-"))
     rows: list[tuple[str, str, dict[str, float], dict[str, float]]] = []
 
-    stoic_sqlite = bench_stoic(f"sqlite:///{folder / 'stoic.db'}", args.n, {})
-    dbos_sqlite, mode = bench_dbos(f"sqlite:///{folder / 'dbos.db'}", args.n, None)
-    rows.append(("SQLite", f"stoic WAL+FULL; DBOS {mode} + FULL", stoic_sqlite, dbos_sqlite))
-    if not args.no_postgres:
+    if args.only in (None, "sqlite"):
+        ours, theirs, mode = best_of(args.repeats, lambda r: (
+            bench_stoic(f"sqlite:///{folder / f'stoic{r}.db'}", args.n, {}),
+            *bench_dbos(f"sqlite:///{folder / f'dbos{r}.db'}", args.n, None)))
+        rows.append(("SQLite", f"stoic WAL+FULL; DBOS {mode} + FULL", ours, theirs))
+    if args.only == "postgres" or (args.only is None and not args.no_postgres):
         import psycopg
 
         with psycopg.connect(PG) as conn:
             sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
-        prefix = f"wf_bench_{uuid.uuid4().hex[:8]}"
-        stoic_pg = bench_stoic(PG, args.n, {"prefix": prefix})
-        schema = f"dbos_bench_{uuid.uuid4().hex[:8]}"
-        try:
-            dbos_pg, _ = bench_dbos(PG, args.n, schema)
-        finally:
-            with psycopg.connect(PG, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        rows.append(("PostgreSQL", f"synchronous_commit={sync} (both)", stoic_pg, dbos_pg))
+        ours, theirs, _ = best_of(args.repeats, lambda r: (
+            bench_stoic(PG, args.n, {"prefix": f"wf_bench_{uuid.uuid4().hex[:8]}"}),
+            *bench_dbos_postgres(args.n)))
+        rows.append(("PostgreSQL", f"synchronous_commit={sync} (both)", ours, theirs))
 
     print(f"\n3-step workflow of trivial steps, n={args.n} sequential, {2 * args.n} "
           "with 16 threads")
@@ -212,6 +241,8 @@ def main() -> None:
         print(f"{store:<11} {'per-step µs':<15} {ours['step_us']:>11.0f} "
               f"{theirs['step_us']:>10.0f} {theirs['step_us'] / ours['step_us']:>6.2f}x"
               f"   ({durability})")
+    if args.only is not None:
+        return
     took = recovery_time(folder)
     print(f"\ncrash recovery (SQLite, lease 1.0 s): {took:.2f} s from SIGKILL to the step "
           f"running again on another worker ({took - 1.0:.2f} s beyond the lease)")

@@ -17,6 +17,7 @@ from .store import ACTIVE, CLAIMABLE, DUE, TERMINAL, RunRecord, StepRecord
 
 __all__ = [
     "ACTIVE_SQL",
+    "ASSERT_FENCE",
     "CLAIMABLE_SQL",
     "POSTGRES",
     "RUN_COLUMNS",
@@ -87,6 +88,9 @@ class Dialect:
     skip_locked: str          # appended to the claim's SELECT
     same: str                 # NULL-safe equality
     types: Mapping[str, str]  # the schema's column types
+    #: The fenced UPDATE fails the transaction by itself when it matched no row (a division
+    #: by zero), so a write can be sent with its COMMIT at once and its results read after.
+    asserts_fence: bool = False
 
     def among(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """``column`` is one of ``values``: the SQL and its parameters."""
@@ -109,7 +113,7 @@ SQLITE = Dialect("sqlite", "?", False, "", "", "IS",
 POSTGRES = Dialect("postgres", "%s", True, " FOR UPDATE", " FOR UPDATE SKIP LOCKED",
                    "IS NOT DISTINCT FROM",
                    {"real": "DOUBLE PRECISION", "bigint": "BIGINT", "serial": "BIGSERIAL",
-                    "rowid": ""})
+                    "rowid": ""}, asserts_fence=True)
 
 
 def check_prefix(prefix: object) -> str:
@@ -141,6 +145,10 @@ def step_from_row(row: Sequence[Any]) -> StepRecord:
 def step_params(run_id: str, s: StepRecord) -> tuple[Any, ...]:
     return (run_id, s.seq, s.name, s.kind, s.key, s.status, s.attempts, s.started_at, s.result,
             s.error, s.due_at, s.finished_at, int(s.once))
+
+
+#: After a CTE ``f`` of the fenced UPDATE: its ``cancel``, or an error when it matched no row.
+ASSERT_FENCE = "SELECT (SELECT cancel FROM f), 1 / (SELECT COUNT(*) FROM f)"
 
 
 class Statements:
@@ -209,6 +217,10 @@ class Statements:
         text["purge_steps"] = f"DELETE FROM {steps} WHERE run_id IN ({old})"
         text["purge_signals"] = f"DELETE FROM {signals} WHERE run_id IN ({old})"
         text["purge_runs"] = f"DELETE FROM {runs} WHERE id IN ({old}) RETURNING id"
+        if dialect.asserts_fence:
+            for name in ("touch", "leave"):
+                text[f"{name}_update"] = text[name]
+                text[name] = f"WITH f AS ({text[name]}) {ASSERT_FENCE}"
         for name, sql in text.items():
             setattr(self, name, sql.replace("?", dialect.mark))
 
@@ -219,6 +231,8 @@ class Statements:
     take: str
     touch: str
     leave: str
+    touch_update: str   # the fenced UPDATEs alone (dialects that assert the fence)
+    leave_update: str
     wake: str
     put_step: str
     renew: str

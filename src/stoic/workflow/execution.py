@@ -5,8 +5,8 @@
 operation takes the next position in the run's history: a recorded outcome is replayed, a new
 operation commits its intent first (``prepare``) and its outcome with the next boundary.
 
-``Suspend``, ``Park`` and ``Stop`` end a pass (they are ``BaseException``s, so a workflow's
-``except Exception`` never swallows them); ``ending()`` turns them into the run's stored state.
+``Suspend``, ``Park`` and ``Stop`` end a pass (``BaseException``s, never swallowed by a
+workflow's ``except Exception``); ``ending()`` turns them into the run's stored state.
 """
 
 from __future__ import annotations
@@ -260,7 +260,8 @@ class Execution:
 
     def failed(self, ready: Ready, exc: BaseException) -> NoReturn:
         """Record a failure: retried later (durable backoff, Retry's decision), or final."""
-        outcome = classify(exc).outcome
+        verdict = classify(exc)
+        outcome = verdict.outcome
         if ready.once and outcome is Outcome.UNKNOWN:
             raise Park(
                 f"step {ready.name!r} (key {ready.key}) is once=True and failed with an "
@@ -270,8 +271,8 @@ class Execution:
         now = clock.wall()
         with contextlib.ExitStack() as stack:
             self.bounds(stack, ready, now)
-            wait = self.retry.next_delay(ready.attempt, exc,
-                                         elapsed=max(0.0, now - ready.first_started))
+            wait = self.next_delay(ready, exc, verdict.retry_after,
+                                   max(0.0, now - ready.first_started))
         error = json.dumps(describe_error(exc))
         if dispatcher.sinks:
             dispatcher.emit(StepFailed(
@@ -291,6 +292,22 @@ class Execution:
         ))
         self.flush()
         raise exc
+
+    def next_delay(self, ready: Ready, exc: BaseException, retry_after: float | None,
+                   elapsed: float) -> float | None:
+        """The durable retry's wait before the step runs again, or None to fail it.
+
+        ``Retry`` decides, but a Retry-After longer than the backoff's maximum (where a call's
+        Retry gives up) is waited out, durably and within ``max_time``: the run is due then.
+        """
+        config = self.retry.config
+        if (retry_after is None or not config.respect_retry_after
+                or retry_after <= config.backoff.max
+                or (config.max_time is not None and elapsed + retry_after > config.max_time)):
+            return self.retry.next_delay(ready.attempt, exc, elapsed=elapsed)
+        patient = self.retry.replace(respect_retry_after=False)
+        wait = patient.next_delay(ready.attempt, exc, elapsed=elapsed)
+        return None if wait is None else max(wait, retry_after)
 
     def remember(self, call: StepCall) -> None:
         undo = call.compensation()

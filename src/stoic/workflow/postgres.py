@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .dialect import POSTGRES, step_params
+from .dialect import ASSERT_FENCE, POSTGRES, STEP_COLUMNS, step_params
+from .errors import StaleLease
 from .sql import SQLStore
-from .store import Fence, StepRecord
+from .store import TERMINAL, Commit, Fence, StepRecord
 
 __all__ = ["PostgresStore"]
 
@@ -50,7 +51,7 @@ class PostgresStore(SQLStore):
                 1, min_size):
             raise ValueError(f"max_size must be an int >= max(1, min_size), got {max_size!r}")
         try:
-            import psycopg  # noqa: F401
+            import psycopg
             import psycopg_pool  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
@@ -62,6 +63,13 @@ class PostgresStore(SQLStore):
         self._pool: Any = None
         self._pid = os.getpid()
         self._listeners: list[threading.Event] = []
+        self._fence_failed = (psycopg.errors.DivisionByZero,)
+        put = self._sql.put_step
+        self._steps_cte = (
+            f"s AS (INSERT INTO {self._sql.steps} (run_id, {STEP_COLUMNS}) SELECT %s, * FROM"
+            " unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[],"
+            " %s::float8[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::smallint[])"
+            f" WHERE EXISTS (SELECT 1 FROM f){put[put.index(' ON CONFLICT'):]})")
 
     def __repr__(self) -> str:
         return f"PostgresStore(prefix={self.prefix!r})"
@@ -104,17 +112,57 @@ class PostgresStore(SQLStore):
     def _notify(self, conn: Any) -> None:
         conn.execute(f"NOTIFY {self.channel}")
 
-    _write = _tx
+    @contextmanager
+    def _autocommit(self) -> Iterator[Any]:
+        """A pooled connection in autocommit mode: each statement is its own transaction."""
+        with self._get_pool().connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                if not conn.broken:
+                    conn.autocommit = False
+
+    def commit(self, fence: Fence, commit: Commit, now: float, lease: float) -> bool:
+        """A step boundary or a run's end is one statement, in one round trip: the fenced
+        UPDATE and the step records as CTEs of one query (atomic as any statement), which
+        fails when the fence matched no row. Anything else takes the general path."""
+        update = commit.run
+        if commit.signals_taken or commit.outbox or (update is not None and (
+                update.wake_on_signal is not None or update.status not in TERMINAL)):
+            return super().commit(fence, commit, now, lease)
+        sql = self._sql
+        if update is None:
+            fenced, params = sql.touch_update, [now + lease, now, fence.run_id, fence.token]
+        else:
+            fenced, params = sql.leave_update, [
+                update.status, update.due_at, update.result, update.error, now, now,
+                fence.run_id, fence.token]
+        columns = [list(c) for c in zip(*(step_params(fence.run_id, s)[1:]
+                                          for s in commit.steps), strict=True)] or [[]] * 12
+        try:
+            with self._autocommit() as conn:
+                row = conn.execute(f"WITH f AS ({fenced}), {self._steps_cte} {ASSERT_FENCE}",
+                                   (*params, fence.run_id, *columns)).fetchone()
+        except self._fence_failed as exc:
+            raise StaleLease(f"run {fence.run_id!r}: token {fence.token} is not current") from exc
+        return bool(row[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A write in pipeline mode: its statements, BEGIN and COMMIT go to the server
+        together (one round trip unless the block reads a result before its end). Returns
+        once the COMMIT succeeded (``synchronous_commit`` as the server sets it)."""
+        with self._get_pool().connection() as conn, conn.pipeline():
+            yield conn
+            conn.commit()
 
     def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        with self._tx() as conn:
+        with self._autocommit() as conn:
             return list(conn.execute(sql, params).fetchall())
 
     def _claim_lock(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.prefix}:claim",))
-
-    def _batch(self, conn: Any) -> Any:
-        return conn.pipeline()
 
     def _put_steps(self, conn: Any, run_id: str, steps: Sequence[StepRecord]) -> None:
         with conn.cursor() as cur:

@@ -5,12 +5,14 @@ databases accept (``ON CONFLICT ... DO UPDATE``, ``RETURNING``, ``COUNT(*) FILTE
 ``Dialect`` says the few things that differ: the parameter mark, how a list parameter is
 matched, how rows are locked, the column types of the tables. A subclass says how it reaches
 the database: ``_write()`` (one durable write transaction), ``_read()`` (rows of one
-query), and the optional hooks ``_notify`` (wake idle workers), ``_claim_lock`` (serialise
-claims that count concurrency slots) and ``_batch`` (send several statements at once).
+query), and the optional hooks ``_notify`` (wake idle workers) and ``_claim_lock`` (serialise
+claims that count concurrency slots).
 
 Fencing is the same for both: every checkpoint starts with ``UPDATE ... WHERE id = ? AND
-token = ? AND status = 'running'``, and when that matched no row the write raises
-``StaleLease`` inside the transaction, which rolls all of it back.
+token = ? AND status = 'running'``, and when that matched no row nothing of the write is
+kept: SQLite reads the row and raises ``StaleLease`` inside the transaction, which rolls it
+back; PostgreSQL asserts the match in the statement itself (see ``Dialect.asserts_fence``),
+so the checkpoint and its COMMIT travel in one round trip and a stale one fails on the server.
 """
 
 from __future__ import annotations
@@ -67,10 +69,6 @@ class SQLStore:
     def _claim_lock(self, conn: Any) -> None:
         """Serialise claims that count concurrency slots (one store, many processes)."""
 
-    def _batch(self, conn: Any) -> contextlib.AbstractContextManager[Any]:
-        """Send the statements of the block together (their results are read after it)."""
-        return contextlib.nullcontext()
-
     def _mark(self, sql: str) -> str:
         return sql.replace("?", self.dialect.mark)
 
@@ -79,16 +77,21 @@ class SQLStore:
     def create(self, run: NewRun) -> RunRecord | None:
         sql = self._sql
         with self._write() as conn:
-            created = conn.execute(sql.create, (
+            cursor = conn.execute(sql.create, (
                 run.id, run.name, run.version, f"{run.name}@{run.version}", run.args,
                 run.fingerprint, run.status, run.priority, run.key, run.created_at,
                 run.deadline_at, run.created_at, run.created_at, run.trace, run.owner,
-                run.token, run.lease_until, run.started_at)).fetchone()
-            if created is not None:
+                run.token, run.lease_until, run.started_at))
+            if run.owner is None:  # a run created claimed is this process's already
                 self._notify(conn)
-                return None
-            row = conn.execute(sql.get, (run.id,)).fetchone()
-        return run_from_row(row)
+            created = None if self.dialect.asserts_fence else cursor.fetchone()
+        if self.dialect.asserts_fence:  # read after the commit it was sent with
+            created = cursor.fetchone()
+        if created is not None:
+            return None
+        existing = self.get(run.id)
+        assert existing is not None  # runs are deleted only once finished and old
+        return existing
 
     def _claimable(self, kinds: Sequence[str], now: float,
                    only: str | None) -> tuple[str, list[Any]]:
@@ -137,33 +140,44 @@ class SQLStore:
         return claimed
 
     def commit(self, fence: Fence, commit: Commit, now: float, lease: float) -> bool:
+        try:
+            with self._write() as conn:
+                fenced = self._checkpoint(conn, fence, commit, now, lease)
+                row = () if self.dialect.asserts_fence else fenced.fetchone()
+                if row is None:  # raised inside the write: nothing of it is kept
+                    raise StaleLease(f"run {fence.run_id!r}: token {fence.token} is not current")
+        except self._fence_failed as exc:
+            raise StaleLease(f"run {fence.run_id!r}: token {fence.token} is not current") from exc
+        if not row:  # the dialect asserted the fence; read the result after the commit
+            row = fenced.fetchone()
+        return bool(row[0])
+
+    #: What the database raises when a fence asserted in SQL failed (nothing by default).
+    _fence_failed: tuple[type[BaseException], ...] = ()
+
+    def _checkpoint(self, conn: Any, fence: Fence, commit: Commit, now: float,
+                    lease: float) -> Any:
+        """Send a checkpoint's statements; returns the cursor of the fenced UPDATE."""
         sql = self._sql
         update = commit.run
-        with self._write() as conn:
-            with self._batch(conn):
-                if update is None:
-                    fenced = conn.execute(sql.touch, (now + lease, now, fence.run_id,
-                                                      fence.token))
-                else:
-                    fenced = conn.execute(sql.leave, (
-                        update.status, update.due_at, update.result, update.error, now,
-                        now if update.status in TERMINAL else None, fence.run_id, fence.token))
-                    if update.wake_on_signal is not None:
-                        conn.execute(sql.wake, (now, fence.run_id, fence.run_id,
-                                                update.wake_on_signal))
-                if commit.steps:
-                    self._put_steps(conn, fence.run_id, commit.steps)
-                if commit.signals_taken:
-                    of_seq, params = self.dialect.among("seq", commit.signals_taken)
-                    conn.execute(f"UPDATE {sql.signals} SET taken = 1 WHERE {of_seq}", params)
-                for outbox, topic, payload, msg_id in commit.outbox:
-                    outbox.add(conn, topic, payload, id=msg_id)
-                if update is not None and update.status not in TERMINAL:
-                    self._notify(conn)
-            row = fenced.fetchone()
-            if row is None:  # raised inside the write: nothing of it is kept
-                raise StaleLease(f"run {fence.run_id!r}: token {fence.token} is not current")
-        return bool(row[0])
+        if update is None:
+            fenced = conn.execute(sql.touch, (now + lease, now, fence.run_id, fence.token))
+        else:
+            fenced = conn.execute(sql.leave, (
+                update.status, update.due_at, update.result, update.error, now,
+                now if update.status in TERMINAL else None, fence.run_id, fence.token))
+            if update.wake_on_signal is not None:
+                conn.execute(sql.wake, (now, fence.run_id, fence.run_id, update.wake_on_signal))
+        if commit.steps:
+            self._put_steps(conn, fence.run_id, commit.steps)
+        if commit.signals_taken:
+            of_seq, params = self.dialect.among("seq", commit.signals_taken)
+            conn.execute(f"UPDATE {sql.signals} SET taken = 1 WHERE {of_seq}", params)
+        for outbox, topic, payload, msg_id in commit.outbox:
+            outbox.add(conn, topic, payload, id=msg_id)
+        if update is not None and update.status not in TERMINAL:
+            self._notify(conn)
+        return fenced
 
     def _put_steps(self, conn: Any, run_id: str, steps: Sequence[StepRecord]) -> None:
         conn.executemany(self._sql.put_step, [step_params(run_id, s) for s in steps])
