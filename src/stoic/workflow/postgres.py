@@ -161,6 +161,8 @@ class PostgresStore(SQLStore):
         with self._autocommit() as conn:
             return list(conn.execute(sql, params).fetchall())
 
+    _one = _read  # in autocommit a statement is its own transaction, committed on return
+
     def _claim_lock(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.prefix}:claim",))
 

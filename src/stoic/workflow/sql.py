@@ -63,6 +63,11 @@ class SQLStore:
         """The rows of one query."""
         raise NotImplementedError
 
+    def _one(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """One statement as one durable write: its rows."""
+        with self._write() as conn:
+            return list(conn.execute(sql, params).fetchall())
+
     def _notify(self, conn: Any) -> None:
         """Tell idle workers that a run may have become due (in the write's transaction)."""
 
@@ -75,19 +80,17 @@ class SQLStore:
     # --- the engine's path ----------------------------------------------------------------
 
     def create(self, run: NewRun) -> RunRecord | None:
-        sql = self._sql
-        with self._write() as conn:
-            cursor = conn.execute(sql.create, (
-                run.id, run.name, run.version, f"{run.name}@{run.version}", run.args,
-                run.fingerprint, run.status, run.priority, run.key, run.created_at,
-                run.deadline_at, run.created_at, run.created_at, run.trace, run.owner,
-                run.token, run.lease_until, run.started_at))
-            if run.owner is None:  # a run created claimed is this process's already
+        values = (run.id, run.name, run.version, f"{run.name}@{run.version}", run.args,
+                  run.fingerprint, run.status, run.priority, run.key, run.created_at,
+                  run.deadline_at, run.created_at, run.created_at, run.trace, run.owner,
+                  run.token, run.lease_until, run.started_at)
+        if run.owner is not None:  # created claimed: this process runs it, no one to wake
+            created = self._one(self._sql.create, values)
+        else:
+            with self._write() as conn:
+                created = conn.execute(self._sql.create, values).fetchall()
                 self._notify(conn)
-            created = None if self.dialect.asserts_fence else cursor.fetchone()
-        if self.dialect.asserts_fence:  # read after the commit it was sent with
-            created = cursor.fetchone()
-        if created is not None:
+        if created:
             return None
         existing = self.get(run.id)
         assert existing is not None  # runs are deleted only once finished and old

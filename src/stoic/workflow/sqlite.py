@@ -73,9 +73,11 @@ class SQLiteStore(SQLStore):
         self.synchronous = synchronous.upper()
         self.busy_timeout = check_seconds("busy_timeout", busy_timeout)
         self.readonly = bool(readonly)
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        #: Reading connections by (process, thread): a thread's id is unique among live
+        #: threads, so a new thread may take over the connection of one that ended.
+        self._readers: dict[tuple[int, int], sqlite3.Connection] = {}
+        self._others: list[sqlite3.Connection] = []   # the group's writers (one per process)
         self._closed = False
         self._group = _Group()
 
@@ -85,33 +87,32 @@ class SQLiteStore(SQLStore):
     # --- connections ----------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
-            return conn
+        place = (os.getpid(), threading.get_ident())
+        found = self._readers.get(place)
+        return found if found is not None else self._open(place)
+
+    def _open(self, place: tuple[int, int]) -> sqlite3.Connection:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         if self.readonly:
-            uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
-                                   isolation_level=None, check_same_thread=False)
+            target, uri = f"{Path(self.path).resolve().as_uri()}?mode=ro", True
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
+            target, uri = self.path, False
+        opened = sqlite3.connect(target, uri=uri, timeout=self.busy_timeout,
+                                 isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            opened.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                self._create(conn)
+                opened.execute("PRAGMA journal_mode = WAL")
+                opened.execute(f"PRAGMA synchronous = {self.synchronous}")
+                self._create(opened)
         except BaseException:
-            conn.close()
+            opened.close()
             raise
-        local.conn, local.pid = conn, os.getpid()
         with self._lock:
-            self._connections.append(conn)
-        return conn
+            self._readers[place] = opened
+        return opened
 
     def _create(self, conn: sqlite3.Connection) -> None:
         conn.executescript(";\n".join(SQLITE.schema(self.prefix)))
@@ -152,7 +153,7 @@ class SQLiteStore(SQLStore):
             self._conn()  # creates the schema, in WAL
             group.conn, group.pid, group.open = conn, os.getpid(), False
             with self._lock:
-                self._connections.append(conn)
+                self._others.append(conn)
         return group.conn
 
     def _flush(self, batch: int) -> None:
@@ -204,7 +205,9 @@ class SQLiteStore(SQLStore):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            opened, self._connections = self._connections, []
-        for conn in opened:
+            opened = [*self._readers.values(), *self._others]
+            self._readers.clear()
+            self._others.clear()
+        for each in opened:
             with contextlib.suppress(sqlite3.Error):
-                conn.close()
+                each.close()
