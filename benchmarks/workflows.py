@@ -7,6 +7,9 @@ A workflow of three trivial steps (each returns a small dict), run to completion
 - sequential: one workflow after another from one thread (stoic ``flows.run``, DBOS a direct
   call of the workflow function: both run it in the calling thread);
 - 16 concurrent: 16 threads doing the same.
+Before both, each side runs 64 workflows on 16 threads untimed, so that both measure with
+their connection pools grown to 16 threads (psycopg_pool grows in the background, one
+connection at a time; SQLAlchemy's pool in the calling thread).
 Both commit each step's checkpoint before the next step starts. SQLite: stoic in WAL with
 ``synchronous=FULL`` (its default), DBOS with SQLite's defaults (it sets no pragma: FULL; the
 journal mode it leaves is printed). PostgreSQL: both with the server's ``synchronous_commit``
@@ -79,6 +82,7 @@ def bench_stoic(url: str, n: int, options: dict[str, Any]) -> dict[str, float]:
     def run(name: str, prefix: str) -> Callable[[int], Any]:
         return lambda i: flows.run(name, i, id=f"{prefix}-{tag}-{i}")
 
+    timed(run("three", "warm"), 64, 16)  # untimed: the connection pool at its 16 threads
     result = {
         "seq": timed(run("three", "seq"), n, 1),
         "conc16": timed(run("three", "conc"), n * 2, 16),
@@ -121,6 +125,7 @@ def bench_dbos(url: str, n: int, schema: str | None) -> tuple[dict[str, float], 
 
     DBOS.launch()
     try:
+        timed(three, 64, 16)  # untimed, as for stoic: connections for 16 threads
         result = {"seq": timed(three, n, 1), "conc16": timed(three, n * 2, 16)}
         per1 = 1 / timed(one, n // 2, 1)
         per11 = 1 / timed(eleven, n // 2, 1)

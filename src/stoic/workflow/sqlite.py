@@ -124,22 +124,27 @@ class SQLiteStore(SQLStore):
         Every thread of this process writes through one connection, each block inside a
         savepoint of the transaction that is open at the time; then one of the threads waiting
         commits the transaction for all of them (one fsync for many checkpoints). A block that
-        raises rolls back to its savepoint only.
+        raises rolls back to its savepoint only (the block that opened the transaction is
+        alone in it, so it needs none: it rolls the transaction back).
         """
         group = self._group
         with group.lock:
             conn = self._writer()
-            if not group.open:
-                conn.execute("BEGIN IMMEDIATE")
-                group.open = True
-            conn.execute("SAVEPOINT w")
+            opener = not group.open  # alone in the transaction: no savepoint needed
+            conn.execute("BEGIN IMMEDIATE" if opener else "SAVEPOINT w")
+            group.open = True
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
+                if opener:
+                    conn.execute("ROLLBACK")
+                    group.open = False
+                else:
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
                 raise
-            conn.execute("RELEASE w")
+            if not opener:
+                conn.execute("RELEASE w")
             batch = group.batch
         self._flush(batch)
 
