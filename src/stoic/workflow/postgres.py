@@ -64,12 +64,21 @@ class PostgresStore(SQLStore):
         self._pid = os.getpid()
         self._listeners: list[threading.Event] = []
         self._fence_failed = (psycopg.errors.DivisionByZero,)
-        put = self._sql.put_step
-        self._steps_cte = (
-            f"s AS (INSERT INTO {self._sql.steps} (run_id, {STEP_COLUMNS}) SELECT %s, * FROM"
-            " unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[],"
-            " %s::float8[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::smallint[])"
-            f" WHERE EXISTS (SELECT 1 FROM f){put[put.index(' ON CONFLICT'):]})")
+        self._step_ctes: dict[int, str] = {}   # by number of step records
+
+    def _steps_cte(self, count: int) -> str:
+        """``, s AS (INSERT ...)``: ``count`` step records, written only if the fence ``f``
+        matched (scalar parameters with their types: cheaper to send than arrays)."""
+        cte = self._step_ctes.get(count)
+        if cte is None:
+            one = ("(%s::text, %s::int, %s::text, %s::text, %s::text, %s::text, %s::int,"
+                   " %s::float8, %s::text, %s::text, %s::float8, %s::float8, %s::smallint)")
+            put = self._sql.put_step
+            cte = (f", s AS (INSERT INTO {self._sql.steps} (run_id, {STEP_COLUMNS}) SELECT *"
+                   f" FROM (VALUES {', '.join([one] * count)}) AS x WHERE EXISTS (SELECT 1"
+                   f" FROM f){put[put.index(' ON CONFLICT'):]})") if count else ""
+            self._step_ctes[count] = cte
+        return cte
 
     def __repr__(self) -> str:
         return f"PostgresStore(prefix={self.prefix!r})"
@@ -138,12 +147,12 @@ class PostgresStore(SQLStore):
             fenced, params = sql.leave_update, [
                 update.status, update.due_at, update.result, update.error, now, now,
                 fence.run_id, fence.token]
-        columns = [list(c) for c in zip(*(step_params(fence.run_id, s)[1:]
-                                          for s in commit.steps), strict=True)] or [[]] * 12
+        for step in commit.steps:
+            params += step_params(fence.run_id, step)
+        query = f"WITH f AS ({fenced}){self._steps_cte(len(commit.steps))} {ASSERT_FENCE}"
         try:
             with self._autocommit() as conn:
-                row = conn.execute(f"WITH f AS ({fenced}), {self._steps_cte} {ASSERT_FENCE}",
-                                   (*params, fence.run_id, *columns)).fetchone()
+                row = conn.execute(query, params).fetchone()
         except self._fence_failed as exc:
             raise StaleLease(f"run {fence.run_id!r}: token {fence.token} is not current") from exc
         return bool(row[0])
