@@ -1,18 +1,23 @@
 """Durable workflows: stoic against DBOS Transact, same store, same durability, one run.
 
-    .venv/bin/python benchmarks/workflows.py [--n 200] [--no-postgres]
+    .venv/bin/python benchmarks/workflows.py [--n 200] [--no-postgres] [--only sqlite|postgres]
+                                             [--repeats 1]
 
 A workflow of three trivial steps (each returns a small dict), run to completion:
 - sequential: one workflow after another from one thread (stoic ``flows.run``, DBOS a direct
   call of the workflow function: both run it in the calling thread);
 - 16 concurrent: 16 threads doing the same.
+Before both, each side runs 64 workflows on 16 threads untimed, so that both measure with
+their connection pools grown to 16 threads (psycopg_pool grows in the background, one
+connection at a time; SQLAlchemy's pool in the calling thread).
 Both commit each step's checkpoint before the next step starts. SQLite: stoic in WAL with
 ``synchronous=FULL`` (its default), DBOS with SQLite's defaults (it sets no pragma: FULL; the
 journal mode it leaves is printed). PostgreSQL: both with the server's ``synchronous_commit``
 (printed). Also: the per-step checkpoint cost ((11-step workflow - 1-step workflow) / 10,
 sequential), and stoic's crash recovery time: a worker process is SIGKILLed inside a step and
 another worker resumes the run (lease 1 s; the time printed is from the kill to the step
-running again).
+running again). ``--repeats N`` runs each side N times, alternating, and keeps each row's
+best (for a noisy machine); ``--only`` measures one store (and skips the recovery time).
 """
 
 from __future__ import annotations
@@ -77,13 +82,13 @@ def bench_stoic(url: str, n: int, options: dict[str, Any]) -> dict[str, float]:
     def run(name: str, prefix: str) -> Callable[[int], Any]:
         return lambda i: flows.run(name, i, id=f"{prefix}-{tag}-{i}")
 
+    timed(run("three", "warm"), 64, 16)  # untimed: the connection pool at its 16 threads
     result = {
         "seq": timed(run("three", "seq"), n, 1),
         "conc16": timed(run("three", "conc"), n * 2, 16),
     }
-    per1 = 1 / timed(run("one", "one"), n // 2, 1)
-    per11 = 1 / timed(run("eleven", "eleven"), n // 2, 1)
-    result["step_us"] = (per11 - per1) / 10 * 1e6
+    result["one"] = timed(run("one", "one"), n // 2, 1)
+    result["eleven"] = timed(run("eleven", "eleven"), n // 2, 1)
     store = flows.store
     drop = getattr(store, "drop", None)
     if drop is not None:
@@ -119,10 +124,10 @@ def bench_dbos(url: str, n: int, schema: str | None) -> tuple[dict[str, float], 
 
     DBOS.launch()
     try:
+        timed(three, 64, 16)  # untimed, as for stoic: connections for 16 threads
         result = {"seq": timed(three, n, 1), "conc16": timed(three, n * 2, 16)}
-        per1 = 1 / timed(one, n // 2, 1)
-        per11 = 1 / timed(eleven, n // 2, 1)
-        result["step_us"] = (per11 - per1) / 10 * 1e6
+        result["one"] = timed(one, n // 2, 1)
+        result["eleven"] = timed(eleven, n // 2, 1)
     finally:
         DBOS.destroy(destroy_registry=True)
     mode = ""
@@ -133,6 +138,36 @@ def bench_dbos(url: str, n: int, schema: str | None) -> tuple[dict[str, float], 
         mode = f"journal_mode={conn.execute('PRAGMA journal_mode').fetchone()[0]}"
         conn.close()
     return result, mode
+
+
+def bench_dbos_postgres(n: int) -> tuple[dict[str, float], str]:
+    import psycopg
+
+    schema = f"dbos_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        return bench_dbos(PG, n, schema)
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+Measured = tuple[dict[str, float], dict[str, float], str]
+
+
+def best_of(repeats: int, once: Callable[[int], Measured]) -> Measured:
+    """Each side's best of ``repeats`` alternating runs: the highest rates (the per-step cost
+    comes from the best rates of the 1-step and the 11-step workflow)."""
+    ours: dict[str, float] = {}
+    theirs: dict[str, float] = {}
+    note = ""
+    for r in range(repeats):
+        mine, other, note = once(r)
+        for best, new in ((ours, mine), (theirs, other)):
+            for key, value in new.items():
+                best[key] = max(best.get(key, value), value)
+    for best in (ours, theirs):  # from the best rates of the 1-step and the 11-step workflow
+        best["step_us"] = (1 / best["eleven"] - 1 / best["one"]) / 10 * 1e6
+    return ours, theirs, note
 
 
 def recovery_time(folder: Path) -> float:
@@ -180,27 +215,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--only", choices=("sqlite", "postgres"))
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="stoic-wf-bench-"))
     rows: list[tuple[str, str, dict[str, float], dict[str, float]]] = []
 
-    stoic_sqlite = bench_stoic(f"sqlite:///{folder / 'stoic.db'}", args.n, {})
-    dbos_sqlite, mode = bench_dbos(f"sqlite:///{folder / 'dbos.db'}", args.n, None)
-    rows.append(("SQLite", f"stoic WAL+FULL; DBOS {mode} + FULL", stoic_sqlite, dbos_sqlite))
-    if not args.no_postgres:
+    if args.only in (None, "sqlite"):
+        ours, theirs, mode = best_of(args.repeats, lambda r: (
+            bench_stoic(f"sqlite:///{folder / f'stoic{r}.db'}", args.n, {}),
+            *bench_dbos(f"sqlite:///{folder / f'dbos{r}.db'}", args.n, None)))
+        rows.append(("SQLite", f"stoic WAL+FULL; DBOS {mode} + FULL", ours, theirs))
+    if args.only == "postgres" or (args.only is None and not args.no_postgres):
         import psycopg
 
         with psycopg.connect(PG) as conn:
             sync = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
-        prefix = f"wf_bench_{uuid.uuid4().hex[:8]}"
-        stoic_pg = bench_stoic(PG, args.n, {"prefix": prefix})
-        schema = f"dbos_bench_{uuid.uuid4().hex[:8]}"
-        try:
-            dbos_pg, _ = bench_dbos(PG, args.n, schema)
-        finally:
-            with psycopg.connect(PG, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        rows.append(("PostgreSQL", f"synchronous_commit={sync} (both)", stoic_pg, dbos_pg))
+        ours, theirs, _ = best_of(args.repeats, lambda r: (
+            bench_stoic(PG, args.n, {"prefix": f"wf_bench_{uuid.uuid4().hex[:8]}"}),
+            *bench_dbos_postgres(args.n)))
+        rows.append(("PostgreSQL", f"synchronous_commit={sync} (both)", ours, theirs))
 
     print(f"\n3-step workflow of trivial steps, n={args.n} sequential, {2 * args.n} "
           "with 16 threads")
@@ -212,6 +246,8 @@ def main() -> None:
         print(f"{store:<11} {'per-step µs':<15} {ours['step_us']:>11.0f} "
               f"{theirs['step_us']:>10.0f} {theirs['step_us'] / ours['step_us']:>6.2f}x"
               f"   ({durability})")
+    if args.only is not None:
+        return
     took = recovery_time(folder)
     print(f"\ncrash recovery (SQLite, lease 1.0 s): {took:.2f} s from SIGKILL to the step "
           f"running again on another worker ({took - 1.0:.2f} s beyond the lease)")

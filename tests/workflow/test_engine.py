@@ -163,6 +163,51 @@ def _refused() -> None:
     raise ConnectionRefusedError("down")
 
 
+def _throttled_once(calls: list[float]) -> str:
+    calls.append(stoic.clock.wall())
+    if len(calls) == 1:
+        raise stoic.RateLimitedError("slow down", retry_after=600.0)
+    return "ok"
+
+
+def _throttled_run(store: Store, max_time: float) -> tuple[Workflows, Any, list[float]]:
+    """A run whose step is refused once with Retry-After 600 s, beyond the engine retry's
+    backoff maximum of 10 s."""
+    flows = Workflows(store, retry=stoic.Retry(
+        max_attempts=5, backoff=stoic.backoff.exponential(1.0, 2.0, 10.0), max_time=max_time))
+    calls: list[float] = []
+
+    @flows.workflow("w")
+    def w(ctx: Any) -> str:
+        return str(ctx.step("call", _throttled_once, calls))
+
+    return flows, flows.start("w"), calls
+
+
+def test_a_retry_after_longer_than_the_backoff_maximum_is_waited_out_durably(
+    store: Store, clock: VirtualClock,
+) -> None:
+    """A call's Retry gives up on a Retry-After beyond its backoff's maximum; the engine
+    instead makes the run due when the Retry-After ends (no thread sleeps through it)."""
+    flows, handle, calls = _throttled_run(store, max_time=3600.0)
+    assert flows.drain(max_passes=1) == 1
+    info = handle.info()
+    assert info.status == "pending" and info.due_at >= calls[0] + 600.0  # due then, no sleep
+    flows.drain()
+    assert handle.result() == "ok"
+    assert len(calls) == 2 and calls[1] - calls[0] >= 600.0
+
+
+def test_a_retry_after_beyond_the_engine_retry_max_time_fails_the_step(
+    store: Store, clock: VirtualClock,
+) -> None:
+    flows, handle, calls = _throttled_run(store, max_time=300.0)
+    flows.drain()
+    with pytest.raises(WorkflowFailed, match="RateLimitedError"):
+        handle.result()
+    assert len(calls) == 1
+
+
 def test_permanent_failure_compensates_completed_steps_in_reverse_once_each(
     flows: Workflows,
 ) -> None:

@@ -64,8 +64,8 @@ def build(url: str, payments: str, effects: str, logs: str, lease: float = 1.0,
         retry=stoic.Retry(max_attempts=100, backoff=stoic.backoff.exponential(0.1, 2.0, 5.0),
                           max_time=300.0),
     )
-    # The per-host breaker opens while payments is down; its Retry-After (open_for) must stay
-    # under the engine retry's backoff max, or Retry gives up on the step.
+    # The per-host breaker opens while payments is down; its Retry-After (open_for) is under
+    # the engine retry's backoff max (a longer one would be waited out durably).
     client = stoic.http.Client(
         base_url=payments, timeout=5.0,
         breaker=lambda name: stoic.CircuitBreaker(name, open_for=1.0, minimum_calls=10))

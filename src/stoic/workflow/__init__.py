@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 from .context import AsyncWorkflowContext, WorkflowContext
-from .engine import Worker, WorkflowHandle, Workflows, default_retry
+from .engine import Workflows, default_retry
 from .errors import (
     CompensationOutcome,
     StaleLease,
@@ -24,18 +24,20 @@ from .errors import (
     WorkflowNeedsAttention,
     WorkflowNotFound,
 )
-from .events import (
-    CompensationRan,
-    StepCompleted,
-    StepFailed,
-    WorkflowFinished,
-    WorkflowLeaseLost,
-    WorkflowParked,
-    WorkflowRecovered,
-    WorkflowStarted,
-)
+
+# Explicit re-exports, one per line.
+from .events import CompensationRan as CompensationRan
+from .events import StepCompleted as StepCompleted
+from .events import StepFailed as StepFailed
+from .events import WorkflowFinished as WorkflowFinished
+from .events import WorkflowLeaseLost as WorkflowLeaseLost
+from .events import WorkflowParked as WorkflowParked
+from .events import WorkflowRecovered as WorkflowRecovered
+from .events import WorkflowStarted as WorkflowStarted
+from .handle import WorkflowHandle
 from .memory import MemoryStore
 from .store import RunRecord, Status, StepRecord, Store
+from .worker import Worker
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore

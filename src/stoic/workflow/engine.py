@@ -23,10 +23,8 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,7 +34,7 @@ from ..context import bind
 from ..events import dispatcher
 from ..policies.backoff import exponential
 from ..policies.retry import Retry
-from .context import AsyncWorkflowContext, Execution, WorkflowContext
+from .context import AsyncWorkflowContext, WorkflowContext
 from .errors import (
     CompensationOutcome,
     StaleLease,
@@ -54,30 +52,32 @@ from .events import (
     WorkflowRecovered,
     WorkflowStarted,
 )
+from .execution import Execution
+from .handle import WorkflowHandle
 from .store import (
     FOREVER,
+    PARKED,
     TERMINAL,
     Claimed,
     Fence,
     Limits,
     NewRun,
-    Notifying,
     RunRecord,
     RunUpdate,
     Status,
-    StepRecord,
     Store,
     check_limit,
     check_seconds,
     fingerprint,
     kind_of,
+    open_store,
 )
 from .tracing import tracer
+from .worker import Worker
 
 __all__ = ["Definition", "Worker", "WorkflowHandle", "Workflows", "default_retry", "open_store"]
 
 _log = logging.getLogger("stoic.workflow")
-PARKED = ("needs_attention", "unknown_workflow")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -86,25 +86,6 @@ def default_retry() -> Retry:
     for at most a day. A step's own policy retries quickly first; this outlasts outages."""
     return Retry(max_attempts=30, backoff=exponential(1.0, 2.0, 300.0), max_time=86400.0,
                  name="workflow-step")
-
-
-def open_store(target: str | Store, **options: Any) -> Store:
-    """A store from a URL (``sqlite:///path``, ``memory://``, ``postgresql://...``) or as is."""
-    if not isinstance(target, str):
-        return target
-    if target.startswith("sqlite:///"):
-        from .sqlite import SQLiteStore
-
-        return SQLiteStore(target[len("sqlite:///"):], **options)
-    if target.startswith("memory://"):
-        from .memory import MemoryStore
-
-        return MemoryStore()
-    if target.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(target, **options)
-    raise ValueError(f"store must be sqlite:///path, postgresql://... or memory://, got {target!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,61 +97,6 @@ class Definition:
     fn: Callable[..., Any]
     is_async: bool
     limits: Limits
-
-
-class WorkflowHandle:
-    """A started run: ask for its status or wait for its result."""
-
-    __slots__ = ("_flows", "id")
-
-    def __init__(self, flows: Workflows, run_id: str) -> None:
-        self._flows = flows
-        self.id = run_id
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle({self.id!r})"
-
-    def info(self) -> RunRecord:
-        run = self._flows.store.get(self.id)
-        if run is None:
-            raise WorkflowNotFound(f"no workflow run {self.id!r}")
-        return run
-
-    def status(self) -> Status:
-        return Status(self.info().status)
-
-    def steps(self) -> list[StepRecord]:
-        return self._flows.store.steps(self.id)
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the run to end and return its result.
-
-        Raises ``WorkflowFailed`` (failed or cancelled), ``WorkflowDiverged`` or
-        ``WorkflowNeedsAttention`` (parked), ``TimeoutError`` after ``timeout`` real seconds.
-        Some worker must be running the run (this process's or another's).
-        """
-        flows = self._flows
-        # Real time on purpose: this waits for other threads or processes, whose progress a
-        # virtual clock in this thread would not follow.
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            generation = flows._generation
-            run = self.info()
-            if run.status in TERMINAL or run.status in PARKED:
-                return flows.outcome(run)
-            left = 0.1 if end is None else min(0.1, end - time.monotonic())
-            if left <= 0:
-                raise TimeoutError(f"workflow {self.id!r} is still {run.status} after "
-                                   f"{timeout} s")
-            with flows._finished:
-                if flows._generation == generation:
-                    flows._finished.wait(left)
-
-    def cancel(self) -> Status | None:
-        return self._flows.cancel(self.id)
-
-    def signal(self, name: str, payload: Any = None) -> None:
-        self._flows.signal(self.id, name, payload)
 
 
 class Workflows:
@@ -320,8 +246,7 @@ class Workflows:
                 created_at=now, started_at=now, updated_at=now, finished_at=None, recoveries=0,
                 trace=trace)
             return handle, Claimed(record, (), Fence(run_id, 1, self.owner), False)
-        with self._wake:
-            self._wake.notify_all()
+        self.wake()
         return handle, None
 
     @staticmethod
@@ -349,8 +274,7 @@ class Workflows:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if not self.store.signal(run_id, name, self.codec.encode(payload), clock.wall()):
             raise WorkflowNotFound(f"no workflow run {run_id!r}")
-        with self._wake:
-            self._wake.notify_all()
+        self.wake()
 
     def cancel(self, run_id: str) -> Status:
         """Cancel a run: a run not yet started ends at once; a started one stops before its
@@ -358,8 +282,7 @@ class Workflows:
         status = self.store.cancel(run_id, clock.wall())
         if status is None:
             raise WorkflowNotFound(f"no workflow run {run_id!r}")
-        with self._wake:
-            self._wake.notify_all()
+        self.wake()
         self._bump()
         return Status(status)
 
@@ -460,8 +383,29 @@ class Workflows:
         with self._finished:
             self._generation += 1
             self._finished.notify_all()
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake this process's idle workers (something may have become due)."""
         with self._wake:
             self._wake.notify_all()
+
+    def idle(self, seconds: float, stop: threading.Event) -> None:
+        """Wait up to ``seconds`` (real time) for ``wake()``, unless ``stop`` is set."""
+        with self._wake:
+            if not stop.is_set():
+                self._wake.wait(seconds)
+
+    @property
+    def generation(self) -> int:
+        """Counts passes that ended in this process (``wait_change`` waits for the next)."""
+        return self._generation
+
+    def wait_change(self, generation: int, seconds: float) -> None:
+        """Wait up to ``seconds`` for a pass to end after ``generation`` was read."""
+        with self._finished:
+            if self._generation == generation:
+                self._finished.wait(seconds)
 
     def claim(self, limit: int, only: str | None = None) -> list[Claimed]:
         return self.store.claim(self.owner, self.kinds, clock.wall(), self.lease, limit,
@@ -479,7 +423,7 @@ class Workflows:
                 self.execute(claimed[0])
                 passes += 1
                 continue
-            self._park_unknown()
+            self.park_unknown()
             due = self.store.next_due(self.kinds, clock.wall())
             if due is None or due >= FOREVER:
                 return passes
@@ -522,7 +466,8 @@ class Workflows:
             if wait > 0:
                 clock.sleep(wait)
 
-    def _park_unknown(self) -> None:
+    def park_unknown(self) -> None:
+        """Park due runs of workflows no code here knows (``unknown_workflow``)."""
         parked = self.store.park_unknown(
             self.kinds, clock.wall(),
             f"no workflow of this name and version is registered in worker {self.owner}; it "
@@ -549,92 +494,3 @@ class Workflows:
 
     def close(self) -> None:
         self.store.close()
-
-
-class Worker:
-    """Claims due runs and runs their passes on a pool of ``concurrency`` threads."""
-
-    def __init__(self, flows: Workflows, *, concurrency: int = 8) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        self.flows = flows
-        self.concurrency = concurrency
-        self._stop = threading.Event()
-        self._active: dict[str, Fence] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="stoic-workflow-worker",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = 10.0) -> None:
-        self._stop.set()
-        with self.flows._wake:
-            self.flows._wake.notify_all()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _pass(self, claimed: Claimed) -> None:
-        try:
-            self.flows.execute(claimed)
-        finally:
-            with self._lock:
-                self._active.pop(claimed.run.id, None)
-            with self.flows._wake:
-                self.flows._wake.notify_all()
-
-    def run(self) -> None:
-        flows = self.flows
-        renew_every = flows.lease / 3
-        store = flows.store
-        stop_listening = store.listen(self._wake) if isinstance(store, Notifying) else None
-        try:
-            self._loop(renew_every)
-        finally:
-            if stop_listening is not None:
-                stop_listening()
-
-    def _wake(self) -> None:
-        with self.flows._wake:
-            self.flows._wake.notify_all()
-
-    def _loop(self, renew_every: float) -> None:
-        flows = self.flows
-        next_renew = next_park = 0.0
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stoic-workflow") as pool:
-            while not self._stop.is_set():
-                try:
-                    now = clock.wall()
-                    if now >= next_renew:
-                        with self._lock:
-                            fences = list(self._active.values())
-                        for run_id in flows.store.renew(fences, now, flows.lease):
-                            _log.warning("workflow %s: lease lost to another worker", run_id)
-                        next_renew = now + renew_every
-                    if now >= next_park:
-                        flows._park_unknown()
-                        next_park = now + 5 * flows.poll_interval
-                    with self._lock:
-                        free = self.concurrency - len(self._active)
-                    claimed = flows.claim(free) if free > 0 else []
-                    for item in claimed:
-                        with self._lock:
-                            self._active[item.run.id] = item.fence
-                        pool.submit(self._pass, item)
-                    if claimed and len(claimed) == free:
-                        continue
-                    wait = min(flows.poll_interval, renew_every)
-                    if free > len(claimed):
-                        due = flows.store.next_due(flows.kinds, clock.wall())
-                        if due is not None:
-                            wait = min(wait, max(0.0, due - clock.wall()))
-                except Exception:
-                    _log.exception("workflow worker: round failed; retrying")
-                    wait = flows.poll_interval
-                if wait > 0:
-                    with flows._wake:
-                        if not self._stop.is_set():
-                            flows._wake.wait(wait)

@@ -24,10 +24,14 @@ importable in the running process (see ``stoic.workflow.context``).
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import StoicError
+from ..policies.retry import add_note
 
 __all__ = [
     "CompensationOutcome",
@@ -40,6 +44,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowNeedsAttention",
     "WorkflowNotFound",
+    "replayed_error",
 ]
 
 
@@ -142,3 +147,24 @@ class StepError(WorkflowError):
         self.step = step
         self.error_type = error_type
         self.message = message
+
+
+def replayed_error(step: str, text: str | None) -> Exception:
+    """The exception a recorded step failure (JSON ``text``) replays as: the same class when
+    it is defined in a module already imported, built with the recorded arguments; else a
+    ``StepError``."""
+    info = json.loads(text or "{}")
+    error_type, message = info.get("type", "Exception"), info.get("message", "")
+    module = sys.modules.get(info.get("module", ""))
+    found: Any = module
+    for part in error_type.split("."):
+        found = getattr(found, part, None) if found is not None else None
+    if isinstance(found, type) and issubclass(found, Exception) and "args" in info:
+        try:
+            exc: Exception = found(*info["args"])
+        except Exception:  # a class that cannot be rebuilt falls back
+            pass
+        else:
+            add_note(exc, f"stoic.workflow: replayed from the record of step {step!r}")
+            return exc
+    return StepError(step, error_type, message)

@@ -29,6 +29,7 @@ __all__ = [
     "CLAIMABLE",
     "DUE",
     "FOREVER",
+    "PARKED",
     "TERMINAL",
     "Claimed",
     "Commit",
@@ -48,6 +49,7 @@ __all__ = [
     "check_seconds",
     "fingerprint",
     "kind_of",
+    "open_store",
     "pick",
     "settle",
 ]
@@ -82,6 +84,8 @@ CLAIMABLE = ("pending", "sleeping", "waiting", "unknown_workflow")
 DUE = ("pending", "sleeping", "waiting")
 #: Started runs in these states hold a concurrency slot of their name and key.
 ACTIVE = ("running", "pending", "sleeping", "waiting")
+#: Parked states: the run waits for a person or for code.
+PARKED = ("needs_attention", "unknown_workflow")
 
 
 def kind_of(name: str, version: int) -> str:
@@ -404,3 +408,22 @@ def check_retry(run: RunRecord, steps: list[StepRecord]) -> None:
     if run.status == "cancelled" or any(s.kind == "compensate" for s in steps):
         raise ValueError(f"run {run.id!r} was compensated or cancelled; start a new run "
                          "instead of retrying it")
+
+
+def open_store(target: str | Store, **options: Any) -> Store:
+    """A store from a URL (``sqlite:///path``, ``memory://``, ``postgresql://...``) or as is."""
+    if not isinstance(target, str):
+        return target
+    if target.startswith("sqlite:///"):
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(target[len("sqlite:///"):], **options)
+    if target.startswith("memory://"):
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    if target.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(target, **options)
+    raise ValueError(f"store must be sqlite:///path, postgresql://... or memory://, got {target!r}")
