@@ -34,6 +34,12 @@ class Recorded:
     def replay(self, name: str) -> None:
         self.updates.append(("replay", (name,)))
 
+    def workflow_count(self, metric: str, workflow: str, label: str = "") -> None:
+        self.updates.append(("workflow", (metric, workflow, label)))
+
+    def step(self, workflow: str, step: str, outcome: str, duration: float) -> None:
+        self.updates.append(("step", (workflow, step, outcome, duration)))
+
 
 @pytest.mark.parametrize("cls", catalogue(), ids=lambda cls: cls.__name__)
 def test_every_catalogued_event_has_an_entry_in_the_metrics_adapter(cls: type[Event]) -> None:
@@ -71,4 +77,28 @@ def test_message_and_idempotency_events_name_their_result() -> None:
         ("message", ("orders", "dead_lettered")),
         ("replay", ("pay",)),
         ("rejection", ("pay", "idempotency_key_in_flight")),
+    ]
+
+
+def test_workflow_events_count_runs_and_time_steps_from_their_fields() -> None:
+    from stoic.workflow import events as flow
+
+    recorder = Recorded()
+    sink = make_sink(recorder)
+    sink(flow.WorkflowStarted(name="order", workflow_id="o-1", version=1))
+    sink(flow.StepCompleted(name="order", workflow_id="o-1", step="charge", attempt=1,
+                            duration=0.5))
+    sink(flow.StepFailed(name="order", workflow_id="o-1", step="ship", attempt=1,
+                         outcome="permanent", error_type="Declined", duration=0.25))
+    sink(flow.CompensationRan(name="order", workflow_id="o-1", step="charge",
+                              outcome="completed"))
+    sink(flow.WorkflowFinished(name="order", workflow_id="o-1", status="failed"))
+    sink(flow.WorkflowFinished(name="order", workflow_id="o-2", status="completed"))
+    assert recorder.updates == [
+        ("workflow", ("started", "order", "")),
+        ("step", ("order", "charge", "success", 0.5)),
+        ("step", ("order", "ship", "permanent", 0.25)),
+        ("workflow", ("compensated", "order", "completed")),
+        ("workflow", ("failed", "order", "failed")),
+        ("workflow", ("completed", "order", "")),
     ]

@@ -122,6 +122,45 @@ def test_prometheus_step_duration_histogram_is_by_workflow_step_and_outcome(
                  outcome="permanent", le="0.25") == 0
 
 
+def test_opentelemetry_metrics_count_runs_and_time_step_attempts() -> None:
+    """The OpenTelemetry meter gets the same workflow facts as Prometheus, from the events."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    assert stoic_otel.instrument(meter_provider=meter_provider)
+    try:
+        with virtual_time():
+            flows = order_flows()
+            for order in ("o1", "o2", "bad3"):
+                flows.start("order", order)
+            flows.drain()
+        points: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        for resource in reader.get_metrics_data().resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    points[metric.name] = [(dict(p.attributes), p) for p in metric.data.data_points]
+    finally:
+        stoic_otel.uninstrument()
+        meter_provider.shutdown()
+
+    def count(name: str, **attributes: str) -> float:
+        return sum(p.value for attrs, p in points.get(name, ()) if attrs == attributes)
+
+    order = {"stoic.workflow": "order"}
+    assert count("stoic.workflow.started", **order) == 3
+    assert count("stoic.workflow.completed", **order) == 2
+    assert count("stoic.workflow.failed", **order, **{"stoic.outcome": "failed"}) == 1
+    assert count("stoic.workflow.compensated", **order, **{"stoic.outcome": "completed"}) == 1
+    steps = {(a["stoic.step"], a["stoic.outcome"]): p for a, p in
+             points["stoic.workflow.step.duration"]}
+    assert steps[("reserve", "success")].count == 3
+    assert steps[("reserve", "success")].sum == pytest.approx(0.75)
+    assert steps[("charge", "success")].count == 2
+    assert steps[("charge", "permanent")].count == 1
+
+
 def test_prometheus_counts_recovered_and_parked_runs(registry: CollectorRegistry) -> None:
     crash = [True]
 

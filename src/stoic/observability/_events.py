@@ -59,6 +59,12 @@ class Recorder(Protocol):
     def breaker(self, name: str, state: str) -> None: ...
     def message(self, topic: str, result: str) -> None: ...
     def replay(self, name: str) -> None: ...
+    def workflow_count(self, metric: str, workflow: str, label: str = "") -> None:
+        """One more of ``metric`` (``started``, ``completed``, ``failed``, ``compensated``,
+        ``recovered``, ``parked``, ``lease_lost``) for the workflow named ``workflow``;
+        ``label`` is the outcome or status where the metric has one."""
+    def step(self, workflow: str, step: str, outcome: str, duration: float) -> None:
+        """One finished attempt of a workflow step."""
 
 
 def _retry(recorder: Recorder, event: RetryScheduled) -> None:
@@ -93,6 +99,21 @@ def _key_rejected(recorder: Recorder, event: IdempotencyKeyRejected) -> None:
     recorder.rejection(event.name, f"idempotency_key_{event.reason}")
 
 
+def _workflow_finished(recorder: Recorder, event: flow.WorkflowFinished) -> None:
+    if event.status == "completed":
+        recorder.workflow_count("completed", event.name)
+    else:
+        recorder.workflow_count("failed", event.name, event.status)
+
+
+def _step_completed(recorder: Recorder, event: flow.StepCompleted) -> None:
+    recorder.step(event.name, event.step, "success", event.duration)
+
+
+def _step_failed(recorder: Recorder, event: flow.StepFailed) -> None:
+    recorder.step(event.name, event.step, event.outcome, event.duration)
+
+
 Handler = Callable[[Recorder, Any], None]
 
 #: Event class -> the metric update it makes, or None: not a metric (said, not forgotten).
@@ -122,16 +143,16 @@ HANDLERS: dict[type[Event], Handler | None] = {
     # load control: the Prometheus adapter keeps its own gauge and counter for these
     LimitChanged: None,
     RequestShed: None,
-    # durable workflows: the Prometheus adapter keeps its own counters, histogram and backlog
-    # gauge for these (stoic.observability.prometheus); OpenTelemetry traces them as spans
-    flow.WorkflowStarted: None,
-    flow.WorkflowRecovered: None,
-    flow.WorkflowFinished: None,
-    flow.WorkflowParked: None,
-    flow.WorkflowLeaseLost: None,
-    flow.StepCompleted: None,
-    flow.StepFailed: None,
-    flow.CompensationRan: None,
+    # durable workflows: runs by what became of them, step attempts by outcome (the due
+    # backlog is read from the stores at scrape time, not from events)
+    flow.WorkflowStarted: lambda r, e: r.workflow_count("started", e.name),
+    flow.WorkflowRecovered: lambda r, e: r.workflow_count("recovered", e.name),
+    flow.WorkflowFinished: _workflow_finished,
+    flow.WorkflowParked: lambda r, e: r.workflow_count("parked", e.name, e.status),
+    flow.WorkflowLeaseLost: lambda r, e: r.workflow_count("lease_lost", e.name),
+    flow.StepCompleted: _step_completed,
+    flow.StepFailed: _step_failed,
+    flow.CompensationRan: lambda r, e: r.workflow_count("compensated", e.name, e.outcome),
 }
 
 

@@ -25,6 +25,10 @@ Metrics (meter ``stoic``), all low-cardinality: ``stoic.calls`` {stoic.name, sto
 {stoic.name, stoic.reason}, ``stoic.messages`` {messaging.destination.name, stoic.result},
 ``stoic.idempotent_replays`` {stoic.name}, histogram ``stoic.call.duration`` (s)
 {stoic.name}, observable gauge ``stoic.circuit_breaker.state`` {stoic.name, stoic.state}.
+Durable workflows: counters ``stoic.workflow.started``, ``.completed``, ``.recovered``,
+``.lease_lost`` {stoic.workflow} and ``.failed``, ``.compensated``, ``.parked``
+{stoic.workflow, stoic.outcome}; histogram ``stoic.workflow.step.duration`` (s)
+{stoic.workflow, stoic.step, stoic.outcome}.
 
 The spans are built in ``otel_spans``, the metric instruments in ``otel_metrics``.
 """

@@ -40,15 +40,14 @@ class MetricRecorder:
             "stoic.idempotent_replays", unit="{call}",
             description="Calls answered from an idempotency store instead of running again.",
         )
-        try:
-            self._duration = meter.create_histogram(
-                "stoic.call.duration", unit="s", description="Duration of calls.",
-                explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
-            )
-        except TypeError:  # an API older than the bucket advice
-            self._duration = meter.create_histogram(
-                "stoic.call.duration", unit="s", description="Duration of calls."
-            )
+        self._duration = _histogram(meter, "stoic.call.duration", "Duration of calls.")
+        self._workflows = {
+            metric: meter.create_counter(f"stoic.workflow.{metric}", unit=unit,
+                                         description=description)
+            for metric, unit, description in _WORKFLOW_COUNTERS
+        }
+        self._steps = _histogram(meter, "stoic.workflow.step.duration",
+                                 "Duration of workflow step attempts, by outcome.")
         self._states: dict[str, str] = {}
         from opentelemetry.metrics import Observation
 
@@ -90,6 +89,13 @@ class MetricRecorder:
     def replay(self, name: str) -> None:
         self._replays.add(1, self._a("name", name))
 
+    def workflow_count(self, metric: str, workflow: str, label: str = "") -> None:
+        key = ("workflow_label", workflow, label) if label else ("workflow", workflow)
+        self._workflows[metric].add(1, self._a(*key))
+
+    def step(self, workflow: str, step: str, outcome: str, duration: float) -> None:
+        self._steps.record(duration, self._a("step", workflow, step, outcome))
+
     def _observe_breakers(self, options: Any) -> Iterable[Any]:
         return list(_breaker_observations(self._states, self._observation))
 
@@ -99,7 +105,31 @@ _ATTRIBUTE_NAMES: dict[str, tuple[str, ...]] = {
     "name": ("stoic.name",),
     "rejection": ("stoic.name", "stoic.reason"),
     "message": ("messaging.destination.name", "stoic.result"),
+    "workflow": ("stoic.workflow",),
+    "workflow_label": ("stoic.workflow", "stoic.outcome"),
+    "step": ("stoic.workflow", "stoic.step", "stoic.outcome"),
 }
+
+#: The workflow counters (``stoic.workflow.<metric>``), one per ``Recorder.workflow_count``
+#: metric; ``failed``, ``compensated`` and ``parked`` carry ``stoic.outcome`` (the status).
+_WORKFLOW_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("started", "{run}", "Workflow runs recorded by start()."),
+    ("completed", "{run}", "Workflow runs that returned."),
+    ("failed", "{run}", "Workflow runs that ended otherwise, by outcome."),
+    ("compensated", "{compensation}", "Compensations run, by outcome."),
+    ("recovered", "{run}", "Workflow runs taken over from a worker that was lost."),
+    ("parked", "{run}", "Workflow runs parked for a person, by status."),
+    ("lease_lost", "{pass}", "Workflow passes whose commit was fenced off."),
+)
+
+
+def _histogram(meter: Any, name: str, description: str) -> Any:
+    """A duration histogram in seconds with ``DURATION_BUCKETS`` where the API takes advice."""
+    try:
+        return meter.create_histogram(name, unit="s", description=description,
+                                      explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+    except TypeError:  # an API older than the bucket advice
+        return meter.create_histogram(name, unit="s", description=description)
 
 
 def _breaker_observations(states: dict[str, str], observation: Any) -> Iterator[Any]:

@@ -53,7 +53,6 @@ from .._validate import count as check_count
 from ..events import CallRecorder, Event, dispatcher
 from ..integrations.shedding import RequestShed
 from ..policies.limit import LimitChanged
-from ..workflow import events as flow
 from ..workflow.engine import Workflows
 from ..workflow.store import CountsDue, Store
 from ._events import breaker_states, make_sink
@@ -273,30 +272,6 @@ class _StoicCollector:
                     ["workflow"], due)
 
 
-def _finished(collector: _StoicCollector, event: flow.WorkflowFinished) -> None:
-    if event.status == "completed":
-        collector.workflow_count("completed", event.name)
-    else:
-        collector.workflow_count("failed", event.name, event.status)
-
-
-def _step_failed(collector: _StoicCollector, event: flow.StepFailed) -> None:
-    collector.step(event.name, event.step, event.outcome, event.duration)
-
-
-#: Workflow event class -> the update it makes (by class, never by name).
-_WORKFLOW_UPDATES: dict[type[Event], Callable[[_StoicCollector, Any], None]] = {
-    flow.WorkflowStarted: lambda c, e: c.workflow_count("started", e.name),
-    flow.WorkflowFinished: _finished,
-    flow.CompensationRan: lambda c, e: c.workflow_count("compensated", e.name, e.outcome),
-    flow.WorkflowRecovered: lambda c, e: c.workflow_count("recovered", e.name),
-    flow.WorkflowParked: lambda c, e: c.workflow_count("parked", e.name, e.status),
-    flow.WorkflowLeaseLost: lambda c, e: c.workflow_count("lease_lost", e.name),
-    flow.StepCompleted: lambda c, e: c.step(e.name, e.step, "success", e.duration),
-    flow.StepFailed: _step_failed,
-}
-
-
 def _add_histograms(total: _Histograms, shard: _Histograms) -> None:
     """Add ``shard`` into ``total``; safe while ``shard``'s own thread keeps writing to it."""
     for key, counts in shard.copy().items():  # a C-level copy: no size change mid-loop
@@ -316,15 +291,10 @@ def _add(total: dict[Any, list[float]], key: Any, counts: list[float]) -> None:
 def _connect(collector: _StoicCollector) -> Callable[[], None]:
     """``connect``, with the load-control events (typed, not guessed) taken first."""
     others = make_sink(collector)
-    workflow_updates = _WORKFLOW_UPDATES
 
     def sink(event: Event) -> None:
         if isinstance(event, (LimitChanged, RequestShed)):
             collector.load_event(event)
-            return
-        update = workflow_updates.get(type(event))
-        if update is not None:
-            update(collector, event)
         else:
             others(event)
 
