@@ -12,7 +12,7 @@ A subclass not listed uses its nearest listed base (every ``BreakerTransitioned`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..chaos.faults import FaultInjected
 from ..chaos.process import NetworkHealed, NetworkPartitioned, ProcessFaulted
@@ -40,10 +40,44 @@ from ..policies.limit import LimitChanged
 from ..state.base import StateStoreDegraded, StateStoreRecovered
 from ..workflow import events as flow
 
-__all__ = ["BREAKER_STATES", "HANDLERS", "Recorder", "breaker_states", "connect", "make_sink"]
+__all__ = [
+    "BREAKER_STATES", "HANDLERS", "WORKFLOW_METRICS", "Recorder", "WorkflowMetric",
+    "breaker_states", "connect", "make_sink",
+]
 
 #: States every breaker reports in the state gauge (1 for the current one, 0 for the others).
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
+
+
+class WorkflowMetric(NamedTuple):
+    """One workflow counter, as ``Recorder.workflow_count`` names it, for every backend."""
+
+    key: str  # the ``metric`` argument of ``Recorder.workflow_count``
+    family: str  # the Prometheus family (``_total`` is added)
+    help: str
+    by_outcome: bool  # carries the outcome/status label
+    unit: str  # the OpenTelemetry unit
+
+
+#: The workflow counters every metrics backend keeps (by workflow name, never by run id).
+WORKFLOW_METRICS: tuple[WorkflowMetric, ...] = (
+    WorkflowMetric("started", "stoic_workflows_started", "Workflow runs started.", False,
+                   "{run}"),
+    WorkflowMetric("completed", "stoic_workflows_completed", "Workflow runs that completed.",
+                   False, "{run}"),
+    WorkflowMetric("failed", "stoic_workflows_failed",
+                   "Workflow runs that failed or were cancelled.", True, "{run}"),
+    WorkflowMetric("compensated", "stoic_workflow_compensations",
+                   "Compensations of failed or cancelled runs, by outcome.", True,
+                   "{compensation}"),
+    WorkflowMetric("recovered", "stoic_workflows_recovered",
+                   "Workflow runs taken over from a worker whose lease ran out.", False, "{run}"),
+    WorkflowMetric("parked", "stoic_workflows_parked", "Workflow runs parked until someone acts.",
+                   True, "{run}"),
+    WorkflowMetric("lease_lost", "stoic_workflow_leases_lost",
+                   "Workflow passes whose commit was refused: another worker held the run.",
+                   False, "{pass}"),
+)
 
 
 class Recorder(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._events import BREAKER_STATES, breaker_states
+from ._events import BREAKER_STATES, WORKFLOW_METRICS, breaker_states
 
 __all__ = ["DURATION_BUCKETS", "MetricRecorder"]
 
@@ -42,9 +42,9 @@ class MetricRecorder:
         )
         self._duration = _histogram(meter, "stoic.call.duration", "Duration of calls.")
         self._workflows = {
-            metric: meter.create_counter(f"stoic.workflow.{metric}", unit=unit,
-                                         description=description)
-            for metric, unit, description in _WORKFLOW_COUNTERS
+            metric.key: meter.create_counter(f"stoic.workflow.{metric.key}", unit=metric.unit,
+                                             description=metric.help)
+            for metric in WORKFLOW_METRICS
         }
         self._steps = _histogram(meter, "stoic.workflow.step.duration",
                                  "Duration of workflow step attempts, by outcome.")
@@ -109,19 +109,6 @@ _ATTRIBUTE_NAMES: dict[str, tuple[str, ...]] = {
     "workflow_label": ("stoic.workflow", "stoic.outcome"),
     "step": ("stoic.workflow", "stoic.step", "stoic.outcome"),
 }
-
-#: The workflow counters (``stoic.workflow.<metric>``), one per ``Recorder.workflow_count``
-#: metric; ``failed``, ``compensated`` and ``parked`` carry ``stoic.outcome`` (the status).
-_WORKFLOW_COUNTERS: tuple[tuple[str, str, str], ...] = (
-    ("started", "{run}", "Workflow runs recorded by start()."),
-    ("completed", "{run}", "Workflow runs that returned."),
-    ("failed", "{run}", "Workflow runs that ended otherwise, by outcome."),
-    ("compensated", "{compensation}", "Compensations run, by outcome."),
-    ("recovered", "{run}", "Workflow runs taken over from a worker that was lost."),
-    ("parked", "{run}", "Workflow runs parked for a person, by status."),
-    ("lease_lost", "{pass}", "Workflow passes whose commit was fenced off."),
-)
-
 
 def _histogram(meter: Any, name: str, description: str) -> Any:
     """A duration histogram in seconds with ``DURATION_BUCKETS`` where the API takes advice."""

@@ -55,9 +55,9 @@ from ..integrations.shedding import RequestShed
 from ..policies.limit import LimitChanged
 from ..workflow.engine import Workflows
 from ..workflow.store import CountsDue, Store
-from ._events import breaker_states, make_sink
+from ._events import WORKFLOW_METRICS, breaker_states, make_sink
 from .otel_metrics import DURATION_BUCKETS
-from .prometheus_families import WORKFLOW_FAMILIES, breaker_gauge, counter, gauge, histogram
+from .prometheus_families import breaker_gauge, counter, gauge, histogram
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -261,10 +261,11 @@ class _StoicCollector:
         yield counter("stoic_idempotent_replays",
                       "Calls answered from an idempotency store instead of running again.",
                       ["name"], replays)
-        for metric, family, documentation, labels in WORKFLOW_FAMILIES:
-            yield counter(family, documentation, labels, {
-                (key[1], key[2]) if len(labels) == 2 else key[1]: value
-                for key, value in workflows.items() if key[0] == metric})
+        for metric in WORKFLOW_METRICS:
+            labels = ["workflow", "outcome"] if metric.by_outcome else ["workflow"]
+            yield counter(metric.family, metric.help, labels, {
+                (key[1], key[2]) if metric.by_outcome else key[1]: value
+                for key, value in workflows.items() if key[0] == metric.key})
         yield histogram("stoic_workflow_step_duration_seconds",
                         "Duration of workflow step attempts, by outcome.",
                         ["workflow", "step", "outcome"], steps)

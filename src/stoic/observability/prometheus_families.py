@@ -14,7 +14,6 @@ from ._events import BREAKER_STATES
 from .otel_metrics import DURATION_BUCKETS
 
 __all__ = [
-    "WORKFLOW_FAMILIES",
     "breaker_gauge",
     "counter",
     "cumulative",
@@ -23,23 +22,6 @@ __all__ = [
 ]
 
 _BUCKET_LABELS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
-
-#: (metric key, family name, help, labels) of the workflow counters.
-WORKFLOW_FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
-    ("started", "stoic_workflows_started", "Workflow runs started.", ["workflow"]),
-    ("completed", "stoic_workflows_completed", "Workflow runs that completed.", ["workflow"]),
-    ("failed", "stoic_workflows_failed", "Workflow runs that failed or were cancelled.",
-     ["workflow", "outcome"]),
-    ("compensated", "stoic_workflow_compensations",
-     "Compensations of failed or cancelled runs, by outcome.", ["workflow", "outcome"]),
-    ("recovered", "stoic_workflows_recovered",
-     "Workflow runs taken over from a worker whose lease ran out.", ["workflow"]),
-    ("parked", "stoic_workflows_parked", "Workflow runs parked until someone acts.",
-     ["workflow", "outcome"]),
-    ("lease_lost", "stoic_workflow_leases_lost",
-     "Workflow passes whose commit was refused: another worker held the run.", ["workflow"]),
-)
-
 
 def _labels(key: Any) -> list[str]:
     return list(key) if isinstance(key, tuple) else [key]
