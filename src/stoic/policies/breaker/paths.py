@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from ..._deprecate import renamed
 from ...events import dispatcher
 from ..base import AsyncStep, Policy, Step, ainvoke, invoke
+from ..settings import setting
 from ..twins import twins
 from .config import BreakerConfig
 from .machine import NEED_LEASE, OPEN, PASS, UNRECORDED, BreakerMachine, code_of
@@ -98,43 +99,17 @@ class CircuitBreaker(BreakerMachine, Policy):
             f"minimum_calls={self.minimum_calls}, open_for={self.open_for})"
         )
 
-    # --- settings (read-only; build a new breaker to change them) ---------------------------
+    # --- settings (read-only: they read ``config``; build a new breaker to change them) -----
 
-    @property
-    def failure_rate(self) -> float:
-        return self.config.failure_rate
-
-    @property
-    def slow_call_rate(self) -> float:
-        return self.config.slow_call_rate
-
-    @property
-    def slow_call_duration(self) -> float | None:
-        return self._slow_call_duration
-
-    @property
-    def window(self) -> CountWindow | TimeWindow:
-        return self.config.window
-
-    @property
-    def minimum_calls(self) -> int:
-        return self.config.minimum_calls
-
-    @property
-    def open_for(self) -> float:
-        return self.config.open_for
-
-    @property
-    def half_open_calls(self) -> int:
-        return self.config.half_open_calls
-
-    @property
-    def open_for_growth(self) -> float:
-        return self.config.open_for_growth
-
-    @property
-    def max_open_for(self) -> float:
-        return self.config.max_open_for  # type: ignore[return-value]  # set by BreakerConfig
+    failure_rate = setting[float]()
+    slow_call_rate = setting[float]()
+    slow_call_duration = setting["float | None"]()
+    window = setting["CountWindow | TimeWindow"]()
+    minimum_calls = setting[int]()
+    open_for = setting[float]()
+    half_open_calls = setting[int]()
+    open_for_growth = setting[float]()
+    max_open_for = setting[float]()  # never None once BreakerConfig has set it
 
     # --- the call paths (written once, in ``_PATHS`` below) ------------------------------
 
