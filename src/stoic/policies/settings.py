@@ -14,9 +14,10 @@ so a live policy never changes under a running call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Generic, NoReturn, TypeVar, overload
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar, overload
 
-__all__ = ["Configured", "setting"]
+__all__ = ["Configured", "PolicyConfig", "setting"]
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Configured")
@@ -74,3 +75,25 @@ class Configured:
         twin = object.__new__(type(self))
         twin._build(dataclasses.replace(self.config, **changes))
         return twin
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyConfig:
+    """Base of a policy's frozen settings: ``name``, empty for the policy's ``default_name``.
+
+    A subclass declares its fields and validates them in ``_check`` (which may normalise a
+    value with ``_normalise``: the dataclass is frozen).
+    """
+
+    name: str = ""
+    default_name: ClassVar[str] = "policy"
+
+    def __post_init__(self) -> None:
+        self._check()
+        self._normalise("name", self.name or self.default_name)
+
+    def _check(self) -> None:
+        """Validate (and normalise) the subclass's own settings; raise ``ValueError``."""
+
+    def _normalise(self, field: str, value: object) -> None:
+        object.__setattr__(self, field, value)
