@@ -107,3 +107,11 @@ def test_hedge_and_timeout_replace_keep_working_async() -> None:
     assert asyncio.run(hedge.acall(ok)) == "ok"
     assert asyncio.run(timeout.acall(ok)) == "ok"
     assert (hedge.max_hedges, timeout.seconds) == (2, 5.0)
+
+
+def test_a_retry_budget_settings_are_read_only() -> None:
+    budget = RetryBudget(ratio=0.2, min_per_second=1.0, window=5.0)
+    for setting in ("ratio", "min_per_second", "window"):
+        with pytest.raises(AttributeError):
+            setattr(budget, setting, 9.0)
+    assert (budget.ratio, budget.min_per_second, budget.window) == (0.2, 1.0, 5.0)

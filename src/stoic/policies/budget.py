@@ -26,20 +26,34 @@ class RetryBudget:
     Over any ``window`` seconds, retries <= ``ratio`` * calls + ``min_per_second`` * ``window``.
     """
 
-    __slots__ = ("_buckets", "_lock", "_size", "min_per_second", "ratio", "window")
+    __slots__ = ("_buckets", "_lock", "_min_per_second", "_ratio", "_size", "_window")
 
     def __init__(self, ratio: float = 0.1, min_per_second: float = 10.0, window: float = 10.0):
         rate("ratio", ratio, zero=True)
         number("min_per_second", min_per_second, at_least=0, finite=False)
         if not (is_number(window) and 1.0 <= window <= 3600.0):
             raise ValueError(f"window must be in [1, 3600] seconds, got {window!r}")
-        self.ratio = float(ratio)
-        self.min_per_second = float(min_per_second)
-        self.window = float(window)
+        self._ratio = float(ratio)
+        self._min_per_second = float(min_per_second)
+        self._window = float(window)
         self._size = int(window)
         # one bucket per second: [second, calls, retries]
         self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(self._size)]
         self._lock = threading.Lock()
+
+    # the settings are read-only: a budget shared by many Retry objects never changes under them
+
+    @property
+    def ratio(self) -> float:
+        return self._ratio
+
+    @property
+    def min_per_second(self) -> float:
+        return self._min_per_second
+
+    @property
+    def window(self) -> float:
+        return self._window
 
     def _bucket(self) -> list[int]:
         second = int(clock.monotonic())
@@ -67,7 +81,7 @@ class RetryBudget:
         with self._lock:
             bucket = self._bucket()
             calls, retries = self._totals()
-            if retries + 1 > self.ratio * calls + self.min_per_second * self.window:
+            if retries + 1 > self._ratio * calls + self._min_per_second * self._window:
                 return False
             bucket[2] += 1
             return True
@@ -77,7 +91,7 @@ class RetryBudget:
         """Retries still allowed in the current window (for dashboards and tests)."""
         with self._lock:
             calls, retries = self._totals()
-            return self.ratio * calls + self.min_per_second * self.window - retries
+            return self._ratio * calls + self._min_per_second * self._window - retries
 
     def __repr__(self) -> str:
         return f"RetryBudget(ratio={self.ratio}, min_per_second={self.min_per_second})"
