@@ -112,6 +112,10 @@ def test_hedge_and_timeout_replace_keep_working_async() -> None:
 def test_a_retry_budget_settings_are_read_only() -> None:
     budget = RetryBudget(ratio=0.2, min_per_second=1.0, window=5.0)
     for setting in ("ratio", "min_per_second", "window"):
-        with pytest.raises(AttributeError):
+        with pytest.raises(AttributeError, match="read-only"):
             setattr(budget, setting, 9.0)
     assert (budget.ratio, budget.min_per_second, budget.window) == (0.2, 1.0, 5.0)
+    wider = budget.replace(window=10.0)
+    assert (wider.ratio, wider.window, budget.window) == (0.2, 10.0, 5.0)
+    with pytest.raises(ValueError, match="window"):
+        budget.replace(window=0.5)

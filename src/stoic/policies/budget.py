@@ -13,47 +13,60 @@ One budget may be shared by many ``Retry`` objects (say, every call to one depen
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from .. import clock
 from .._validate import is_number, number, rate
+from .settings import Configured, setting
 
-__all__ = ["RetryBudget"]
+__all__ = ["RetryBudget", "RetryBudgetConfig"]
 
 
-class RetryBudget:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudgetConfig:
+    """What a ``RetryBudget`` was told, validated and frozen."""
+
+    ratio: float = 0.1
+    min_per_second: float = 10.0
+    window: float = 10.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "ratio", float(rate("ratio", self.ratio, zero=True)))
+        set_(self, "min_per_second", float(
+            number("min_per_second", self.min_per_second, at_least=0, finite=False)
+        ))
+        window = self.window
+        if not (is_number(window) and 1.0 <= window <= 3600.0):
+            raise ValueError(f"window must be in [1, 3600] seconds, got {window!r}")
+        set_(self, "window", float(window))
+
+
+class RetryBudget(Configured):
     """Allow retries only while they stay within ``ratio`` of recent calls.
 
     Over any ``window`` seconds, retries <= ``ratio`` * calls + ``min_per_second`` * ``window``.
+    The settings are read-only (a budget shared by many Retry objects never changes under
+    them); ``replace`` builds a new budget, with an empty window.
     """
 
-    __slots__ = ("_buckets", "_lock", "_min_per_second", "_ratio", "_size", "_window")
+    __slots__ = ("_allowance", "_buckets", "_lock", "_size", "config")
+
+    config: RetryBudgetConfig
+    ratio = setting[float]()
+    min_per_second = setting[float]()
+    window = setting[float]()
 
     def __init__(self, ratio: float = 0.1, min_per_second: float = 10.0, window: float = 10.0):
-        rate("ratio", ratio, zero=True)
-        number("min_per_second", min_per_second, at_least=0, finite=False)
-        if not (is_number(window) and 1.0 <= window <= 3600.0):
-            raise ValueError(f"window must be in [1, 3600] seconds, got {window!r}")
-        self._ratio = float(ratio)
-        self._min_per_second = float(min_per_second)
-        self._window = float(window)
-        self._size = int(window)
+        self._build(RetryBudgetConfig(ratio=ratio, min_per_second=min_per_second, window=window))
+
+    def _build(self, config: RetryBudgetConfig) -> None:
+        self.config = config
+        self._allowance = config.min_per_second * config.window  # the floor, in retries
+        self._size = int(config.window)
         # one bucket per second: [second, calls, retries]
         self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(self._size)]
         self._lock = threading.Lock()
-
-    # the settings are read-only: a budget shared by many Retry objects never changes under them
-
-    @property
-    def ratio(self) -> float:
-        return self._ratio
-
-    @property
-    def min_per_second(self) -> float:
-        return self._min_per_second
-
-    @property
-    def window(self) -> float:
-        return self._window
 
     def _bucket(self) -> list[int]:
         second = int(clock.monotonic())
@@ -81,7 +94,7 @@ class RetryBudget:
         with self._lock:
             bucket = self._bucket()
             calls, retries = self._totals()
-            if retries + 1 > self._ratio * calls + self._min_per_second * self._window:
+            if retries + 1 > self.config.ratio * calls + self._allowance:
                 return False
             bucket[2] += 1
             return True
@@ -91,7 +104,7 @@ class RetryBudget:
         """Retries still allowed in the current window (for dashboards and tests)."""
         with self._lock:
             calls, retries = self._totals()
-            return self._ratio * calls + self._min_per_second * self._window - retries
+            return self.config.ratio * calls + self._allowance - retries
 
     def __repr__(self) -> str:
         return f"RetryBudget(ratio={self.ratio}, min_per_second={self.min_per_second})"
