@@ -50,7 +50,9 @@ class RetryBudget(Configured):
     them); ``replace`` builds a new budget, with an empty window.
     """
 
-    __slots__ = ("_allowance", "_buckets", "_lock", "_size", "config")
+    __slots__ = (
+        "_allowance", "_buckets", "_calls", "_lock", "_retries", "_second", "_size", "config",
+    )
 
     config: RetryBudgetConfig
     ratio = setting[float]()
@@ -64,47 +66,52 @@ class RetryBudget(Configured):
         self.config = config
         self._allowance = config.min_per_second * config.window  # the floor, in retries
         self._size = int(config.window)
-        # one bucket per second: [second, calls, retries]
-        self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(self._size)]
+        # one bucket per second, [calls, retries], and their sums over the window, kept as
+        # they change: a withdrawal reads two numbers, whatever the window's length
+        self._buckets: list[list[int]] = [[0, 0] for _ in range(self._size)]
+        self._second: int | None = None  # the second of the newest bucket
+        self._calls = self._retries = 0
         self._lock = threading.Lock()
 
     def _bucket(self) -> list[int]:
+        """This second's bucket, once every bucket that left the window has been emptied."""
         second = int(clock.monotonic())
-        bucket = self._buckets[second % self._size]
-        if bucket[0] != second:
-            bucket[0], bucket[1], bucket[2] = second, 0, 0
-        return bucket
+        last, size = self._second, self._size
+        if second != last:
+            if last is None or not 0 < second - last < size:  # a quiet window, or a new clock
+                expired = range(size)
+            else:
+                expired = range(last + 1, second + 1)
+            for number in expired:
+                bucket = self._buckets[number % size]
+                self._calls -= bucket[0]
+                self._retries -= bucket[1]
+                bucket[0] = bucket[1] = 0
+            self._second = second
+        return self._buckets[second % size]
 
     def deposit(self) -> None:
         """Record one call (every call, retried or not)."""
         with self._lock:
-            self._bucket()[1] += 1
-
-    def _totals(self) -> tuple[int, int]:
-        oldest = int(clock.monotonic()) - self._size
-        calls = retries = 0
-        for second, c, r in self._buckets:
-            if second > oldest:
-                calls += c
-                retries += r
-        return calls, retries
+            self._bucket()[0] += 1
+            self._calls += 1
 
     def try_withdraw(self) -> bool:
         """Take a token for one retry; False (and nothing taken) when the budget is spent."""
         with self._lock:
             bucket = self._bucket()
-            calls, retries = self._totals()
-            if retries + 1 > self.config.ratio * calls + self._allowance:
+            if self._retries + 1 > self.config.ratio * self._calls + self._allowance:
                 return False
-            bucket[2] += 1
+            bucket[1] += 1
+            self._retries += 1
             return True
 
     @property
     def balance(self) -> float:
         """Retries still allowed in the current window (for dashboards and tests)."""
         with self._lock:
-            calls, retries = self._totals()
-            return self.config.ratio * calls + self._allowance - retries
+            self._bucket()  # empties what left the window
+            return self.config.ratio * self._calls + self._allowance - self._retries
 
     def __repr__(self) -> str:
         return f"RetryBudget(ratio={self.ratio}, min_per_second={self.min_per_second})"
