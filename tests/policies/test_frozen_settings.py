@@ -119,3 +119,15 @@ def test_a_retry_budget_settings_are_read_only() -> None:
     assert (wider.ratio, wider.window, budget.window) == (0.2, 10.0, 5.0)
     with pytest.raises(ValueError, match="window"):
         budget.replace(window=0.5)
+
+
+def test_replace_keeps_a_subclass_own_attributes_and_starts_fresh_state() -> None:
+    from stoic.policies.throttle import AdaptiveThrottle, ThrottleBudget
+
+    throttle = AdaptiveThrottle()
+    budget = ThrottleBudget(throttle, ratio=1.0, min_per_second=0.0)
+    budget.deposit()
+    twin = budget.replace(ratio=0.5)
+    assert type(twin) is ThrottleBudget and twin.throttle is throttle
+    assert (twin.ratio, twin.balance, budget.balance) == (0.5, 0.0, 1.0)
+    assert not twin.try_withdraw()

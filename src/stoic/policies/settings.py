@@ -13,6 +13,7 @@ so a live policy never changes under a running call.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NoReturn, TypeVar, overload
@@ -72,8 +73,8 @@ class Configured:
         unknown = set(changes) - known
         if unknown:
             raise TypeError(f"{type(self).__name__}.replace() got unknown parameters: {sorted(unknown)}")
-        twin = object.__new__(type(self))
-        twin._build(dataclasses.replace(self.config, **changes))
+        twin = copy.copy(self)  # a subclass's own attributes come along ...
+        twin._build(dataclasses.replace(self.config, **changes))  # ... the state is new
         return twin
 
 
