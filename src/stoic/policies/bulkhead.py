@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
@@ -25,8 +26,9 @@ from ..context import deadline_at
 from ..errors import BulkheadFullError, DeadlineExceeded
 from ..events import CallRejected, dispatcher
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
+from .settings import Configured, PolicyConfig, setting
 
-__all__ = ["Bulkhead"]
+__all__ = ["Bulkhead", "BulkheadConfig"]
 
 
 class _ThreadWaiter:
@@ -65,7 +67,23 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class Bulkhead(Policy):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkheadConfig(PolicyConfig):
+    """What a ``Bulkhead`` was told, validated and frozen; see ``Bulkhead`` for each setting."""
+
+    default_name = "bulkhead"
+    max_concurrent: int
+    max_waiting: int = 0
+    wait_timeout: float | None = None
+
+    def _check(self) -> None:
+        count("max_concurrent", self.max_concurrent)
+        count("max_waiting", self.max_waiting, minimum=0)
+        if self.wait_timeout is not None:
+            self._normalise("wait_timeout", seconds("wait_timeout", self.wait_timeout, optional=True))
+
+
+class Bulkhead(Configured, Policy):
     """Run at most ``max_concurrent`` calls at once; queue up to ``max_waiting`` more.
 
     Args:
@@ -78,7 +96,12 @@ class Bulkhead(Policy):
 
     Raises ``BulkheadFullError`` when the waiting room is full or the wait timed out, and
     ``DeadlineExceeded`` when the context deadline passed while waiting.
+
+    The settings are read-only (``bulkhead.config`` holds them); ``replace`` builds a
+    changed bulkhead, with slots of its own.
     """
+
+    config: BulkheadConfig
 
     def __init__(
         self,
@@ -88,16 +111,22 @@ class Bulkhead(Policy):
         *,
         name: str | None = None,
     ) -> None:
-        self.max_concurrent = count("max_concurrent", max_concurrent)
-        self.max_waiting = count("max_waiting", max_waiting, minimum=0)
-        self.wait_timeout = None if wait_timeout is None else seconds(
-            "wait_timeout", wait_timeout, optional=True
-        )
-        self.name = name or "bulkhead"
+        self._build(BulkheadConfig(
+            max_concurrent=max_concurrent, max_waiting=max_waiting, wait_timeout=wait_timeout,
+            name=name or "",
+        ))
+
+    def _build(self, config: BulkheadConfig) -> None:
+        self.config = config
         self._lock = threading.Lock()
         self._active = 0
         self._waiters: collections.deque[_ThreadWaiter | _TaskWaiter] = collections.deque()
         self._compose()
+
+    max_concurrent = setting[int]()
+    max_waiting = setting[int]()
+    wait_timeout = setting["float | None"]()
+    name = setting[str]()
 
     def __repr__(self) -> str:
         return (
@@ -134,7 +163,7 @@ class Bulkhead(Policy):
 
     def _wait_limit(self) -> tuple[float | None, bool]:
         """Seconds a waiter may wait, and whether the context deadline is what bounds it."""
-        limit = self.wait_timeout
+        limit = self.config.wait_timeout
         at = deadline_at()
         if at is None:
             return limit, False
@@ -146,10 +175,10 @@ class Bulkhead(Policy):
     def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
         """Take a slot (False) or a place in the waiting room (True); raise when full."""
         with self._lock:
-            if self._active < self.max_concurrent:
+            if self._active < self.config.max_concurrent:
                 self._active += 1
                 return False
-            if len(self._waiters) < self.max_waiting:
+            if len(self._waiters) < self.config.max_waiting:
                 self._waiters.append(waiter)
                 return True
         raise self._full()
@@ -166,7 +195,7 @@ class Bulkhead(Policy):
             return False
 
     def _acquire(self) -> None:
-        if self.max_waiting == 0:
+        if self.config.max_waiting == 0:
             self._enqueue(_NO_WAITER)
             return
         waiter = _ThreadWaiter()
@@ -181,7 +210,7 @@ class Bulkhead(Policy):
         raise self._full()
 
     async def _aacquire(self) -> None:
-        if self.max_waiting == 0:
+        if self.config.max_waiting == 0:
             self._enqueue(_NO_WAITER)
             return
         waiter = _TaskWaiter(asyncio.get_running_loop())
@@ -210,7 +239,7 @@ class Bulkhead(Policy):
 
     def wrap(self, inner: Step) -> Step:
         lock, release, acquire = self._lock, self._release, self._acquire
-        bulkhead, limit = self, self.max_concurrent
+        bulkhead, limit = self, self.config.max_concurrent
         direct = inner is invoke
 
         def call(fn: Any, args: Any, kwargs: Any) -> Any:
@@ -231,7 +260,7 @@ class Bulkhead(Policy):
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
         lock, release, acquire = self._lock, self._release, self._aacquire
-        bulkhead, limit = self, self.max_concurrent
+        bulkhead, limit = self, self.config.max_concurrent
         direct = inner is ainvoke
 
         async def acall(fn: Any, args: Any, kwargs: Any) -> Any:

@@ -29,8 +29,9 @@ from ..events import Event, dispatcher
 from ..outcome import Outcome, classify
 from .base import AsyncStep, Policy, Step
 from .budget import RetryBudget
+from .settings import Configured, PolicyConfig, setting
 
-__all__ = ["Hedge", "HedgeStarted"]
+__all__ = ["Hedge", "HedgeConfig", "HedgeStarted"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +43,23 @@ class HedgeStarted(Event):
     reason: str
 
 
-class Hedge(Policy):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HedgeConfig(PolicyConfig):
+    """What a ``Hedge`` was told, validated and frozen; see ``Hedge`` for each setting."""
+
+    default_name = "hedge"
+    delay: float
+    max_hedges: int = 1
+    budget: RetryBudget | None = None
+
+    def _check(self) -> None:
+        self._normalise("delay", float(seconds("delay", self.delay, finite=True)))
+        count("max_hedges", self.max_hedges)
+        if self.budget is not None and not isinstance(self.budget, RetryBudget):
+            raise ValueError(f"budget must be a RetryBudget or None, got {self.budget!r}")
+
+
+class Hedge(Configured, Policy):
     """Start up to ``max_hedges`` extra attempts, ``delay`` seconds apart; first success wins.
 
     Args:
@@ -51,7 +68,15 @@ class Hedge(Policy):
         budget: a ``RetryBudget``; every call deposits, every hedge withdraws, and a hedge
             that finds the budget empty is not started.
         name: names the policy in events and metrics.
+
+    The settings are read-only (``hedge.config``); ``replace`` builds a changed Hedge.
     """
+
+    config: HedgeConfig
+    delay = setting[float]()
+    max_hedges = setting[int]()
+    budget = setting["RetryBudget | None"]()
+    name = setting[str]()
 
     def __init__(
         self,
@@ -61,21 +86,19 @@ class Hedge(Policy):
         *,
         name: str | None = None,
     ) -> None:
-        delay = seconds("delay", delay, finite=True)
-        count("max_hedges", max_hedges)
-        if budget is not None and not isinstance(budget, RetryBudget):
-            raise ValueError(f"budget must be a RetryBudget or None, got {budget!r}")
-        self.delay = float(delay)
-        self.max_hedges = max_hedges
-        self.budget = budget
-        self.name = name or "hedge"
+        self._build(HedgeConfig(
+            delay=delay, max_hedges=max_hedges, budget=budget, name=name or ""
+        ))
+
+    def _build(self, config: HedgeConfig) -> None:
+        self.config = config
         self._compose()
 
     def __repr__(self) -> str:
         return f"Hedge(delay={self.delay}, max_hedges={self.max_hedges})"
 
     def wrap(self, inner: Step) -> Step:
-        name = self.name
+        name = self.config.name
 
         def call(fn: Any, args: Any, kwargs: Any) -> Any:
             raise TypeError(
@@ -87,7 +110,8 @@ class Hedge(Policy):
         return call
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
-        delay, max_hedges, budget, name = self.delay, self.max_hedges, self.budget, self.name
+        config = self.config
+        delay, max_hedges, budget, name = config.delay, config.max_hedges, config.budget, config.name
 
         def started(attempt: int, reason: str) -> None:
             if dispatcher.sinks:

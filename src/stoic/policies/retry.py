@@ -20,7 +20,6 @@ new Retry).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from ..outcome import Outcome, Verdict, classify
 from .backoff import Backoff, exponential
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
 from .budget import RetryBudget
+from .settings import Configured, setting
+from .twins import twins
 
 __all__ = ["OnException", "Retry", "RetryConfig", "add_note", "compile_on"]
 
@@ -83,13 +84,11 @@ class RetryConfig:
         compile_on(self.on)  # validates ``on``
 
 
-_FIELDS = frozenset(f.name for f in dataclasses.fields(RetryConfig))
-
 #: A decision: ``(attempts made, start of the first, the last wait, error) -> wait or None``.
 Decide = Callable[[int, float, float, "BaseException | None"], "float | None"]
 
 
-class Retry(Policy):
+class Retry(Configured, Policy):
     """Retry failed calls when, and only when, retrying is safe.
 
     Args:
@@ -142,49 +141,18 @@ class Retry(Policy):
         self._decide = _decider(config, self._override)
         self._compose()
 
-    # --- settings (read-only) ---------------------------------------------------------------
+    # --- settings (read-only: they read ``config``) -----------------------------------------
 
-    @property
-    def max_attempts(self) -> int:
-        """Total attempts including the first."""
-        return self.config.max_attempts
-
-    @property
-    def attempts(self) -> int:
-        """The same as ``max_attempts`` (its old name, kept readable)."""
-        return self.config.max_attempts
-
-    @property
-    def backoff(self) -> Backoff:
-        return self.config.backoff
-
-    @property
-    def max_time(self) -> float | None:
-        return self.config.max_time
-
-    @property
-    def idempotent(self) -> bool:
-        return self.config.idempotent
-
-    @property
-    def on(self) -> OnException | None:
-        return self.config.on
-
-    @property
-    def on_result(self) -> Callable[[Any], bool] | None:
-        return self.config.on_result
-
-    @property
-    def budget(self) -> RetryBudget | None:
-        return self.config.budget
-
-    @property
-    def respect_retry_after(self) -> bool:
-        return self.config.respect_retry_after
-
-    @property
-    def name(self) -> str:
-        return self.config.name
+    max_attempts = setting[int]()
+    attempts = setting[int]("max_attempts")  # its old name, kept readable
+    backoff = setting[Backoff]()
+    max_time = setting["float | None"]()
+    idempotent = setting[bool]()
+    on = setting["OnException | None"]()
+    on_result = setting["Callable[[Any], bool] | None"]()
+    budget = setting["RetryBudget | None"]()
+    respect_retry_after = setting[bool]()
+    name = setting[str]()
 
     def on_matches(self, exc: BaseException) -> bool | None:
         """What ``on=`` says of ``exc``: True (retry it), False (do not), or None without ``on``.
@@ -223,16 +191,11 @@ class Retry(Policy):
         """
         if "attempts" in changes:  # the old name of max_attempts
             changes["max_attempts"] = changes.pop("attempts")
-        unknown = set(changes) - _FIELDS
-        if unknown:
-            raise TypeError(f"Retry.replace() got unknown parameters: {sorted(unknown)}")
         if "name" in changes:
             changes["name"] = changes["name"] or "retry"
-        if changes.get("backoff", self.config.backoff) is None:
+        if "backoff" in changes and changes["backoff"] is None:
             changes["backoff"] = exponential()
-        twin = Retry.__new__(Retry)
-        twin._build(dataclasses.replace(self.config, **changes))
-        return twin
+        return super().replace(**changes)
 
     def __repr__(self) -> str:
         return (
@@ -240,97 +203,77 @@ class Retry(Policy):
             f"backoff={self.backoff!r}, max_time={self.max_time}, idempotent={self.idempotent})"
         )
 
-    # --- the thin loops ---------------------------------------------------------------------
-    # One loop per mode, around the one decision. The first attempt takes the same path as
-    # the others; only a failure (or a result ``on_result`` rejects) reaches ``decide``.
+    # --- the loops: one per mode, written once (``_LOOP`` below) ---------------------------
 
     def wrap(self, inner: Step) -> Step:
-        decide, name = self._decide, self.config.name
-        budget, on_result = self.config.budget, self.config.on_result
-        direct = inner is invoke  # innermost: call fn here, one frame less
-
-        def call(fn: Any, args: Any, kwargs: Any) -> Any:
-            if budget is not None:
-                budget.deposit()
-            at = deadline_at()
-            start = clock.monotonic()
-            if at is not None and start >= at:
-                raise _not_started(name)
-            attempt, wait = 1, 0.0
-            while True:
-                scope = dispatcher.attempt_scope
-                try:
-                    if scope is not None:
-                        with scope("retry", name, attempt):
-                            result = inner(fn, args, kwargs)
-                    elif direct:
-                        result = fn(*args, **kwargs)
-                    else:
-                        result = inner(fn, args, kwargs)
-                except Exception as exc:
-                    next_wait = decide(attempt, start, wait, exc)
-                    if next_wait is None:
-                        raise
-                else:
-                    next_wait = None
-                    if on_result is not None and on_result(result):
-                        next_wait = decide(attempt, start, wait, None)
-                    if next_wait is None:
-                        record = dispatcher.record
-                        if record is not None:
-                            record("retry", name, "success", clock.monotonic() - start,
-                                   attempt, None)
-                        return result
-                wait = next_wait
-                if wait > 0:
-                    clock.sleep(wait)
-                attempt += 1
-
-        return call
+        config = self.config
+        return _SYNC["step"](  # type: ignore[no-any-return]
+            self._decide, config.name, config.budget, config.on_result, inner, inner is invoke
+        )
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
-        decide, name = self._decide, self.config.name
-        budget, on_result = self.config.budget, self.config.on_result
-        direct = inner is ainvoke
+        config = self.config
+        return _ASYNC["step"](  # type: ignore[no-any-return]
+            self._decide, config.name, config.budget, config.on_result, inner, inner is ainvoke
+        )
 
-        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
-            if budget is not None:
-                budget.deposit()
-            at = deadline_at()
-            start = clock.monotonic()
-            if at is not None and start >= at:
-                raise _not_started(name)
-            attempt, wait = 1, 0.0
-            while True:
-                scope = dispatcher.attempt_scope
-                try:
-                    if scope is not None:
-                        with scope("retry", name, attempt):
-                            result = await inner(fn, args, kwargs)
-                    elif direct:
-                        result = await fn(*args, **kwargs)
-                    else:
+
+# The loop around the one decision. The first attempt takes the same path as the others; only
+# a failure (or a result ``on_result`` rejects) reaches ``decide``. A helper called per attempt
+# would cost a frame on the happy path (benchmarks/overhead.py, the Retry rows), so the loop is
+# written once, as async source, and ``twins`` compiles it as written and as its sync twin
+# (``await`` dropped, ``clock.asleep`` -> ``clock.sleep``).
+_LOOP = """
+from stoic import clock  # imported, so CPython reads clock.monotonic with LOAD_ATTR
+
+def step(decide, name, budget, on_result, inner, direct):
+    async def acall(fn, args, kwargs):
+        if budget is not None:
+            budget.deposit()
+        at = deadline_at()
+        start = clock.monotonic()
+        if at is not None and start >= at:
+            raise not_started(name)
+        attempt, wait = 1, 0.0
+        while True:
+            scope = dispatcher.attempt_scope
+            try:
+                if scope is not None:
+                    with scope("retry", name, attempt):
                         result = await inner(fn, args, kwargs)
-                except Exception as exc:
-                    next_wait = decide(attempt, start, wait, exc)
-                    if next_wait is None:
-                        raise
+                elif direct:
+                    result = await fn(*args, **kwargs)
                 else:
-                    next_wait = None
-                    if on_result is not None and on_result(result):
-                        next_wait = decide(attempt, start, wait, None)
-                    if next_wait is None:
-                        record = dispatcher.record
-                        if record is not None:
-                            record("retry", name, "success", clock.monotonic() - start,
-                                   attempt, None)
-                        return result
-                wait = next_wait
-                if wait > 0:
-                    await clock.asleep(wait)
-                attempt += 1
+                    result = await inner(fn, args, kwargs)
+            except Exception as exc:
+                next_wait = decide(attempt, start, wait, exc)
+                if next_wait is None:
+                    raise
+            else:
+                next_wait = None
+                if on_result is not None and on_result(result):
+                    next_wait = decide(attempt, start, wait, None)
+                if next_wait is None:
+                    record = dispatcher.record
+                    if record is not None:
+                        record("retry", name, "success", clock.monotonic() - start,
+                               attempt, None)
+                    return result
+            wait = next_wait
+            if wait > 0:
+                await clock.asleep(wait)
+            attempt += 1
 
-        return acall
+    return acall
+"""
+
+_SYNC, _ASYNC = twins(
+    _LOOP, {
+        "__name__": __name__, "deadline_at": deadline_at, "dispatcher": dispatcher,
+        "not_started": _not_started,
+    },
+    label="stoic.policies.retry: the retry loop", renames={"acall": "call", "asleep": "sleep"},
+)
 
 
 # --- the decision, written once ------------------------------------------------------------

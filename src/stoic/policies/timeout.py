@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from .. import clock
@@ -22,19 +23,41 @@ from ..context import deadline_at, reset_deadline, set_deadline
 from ..errors import DeadlineExceeded
 from ..events import CallRejected, DeadlineExpired, dispatcher
 from .base import AsyncStep, Policy, Step
+from .settings import Configured, PolicyConfig, setting
 
-__all__ = ["Timeout"]
+__all__ = ["Timeout", "TimeoutConfig"]
 
 
 
-class Timeout(Policy):
-    """Limit each call to ``seconds`` (float seconds, > 0)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeoutConfig(PolicyConfig):
+    """What a ``Timeout`` was told, validated and frozen."""
+
+    default_name = "timeout"
+    seconds: float
+
+    def _check(self) -> None:
+        if self.seconds == float("inf"):
+            raise ValueError("seconds must be finite; leave the Timeout out for no limit")
+        self._normalise("seconds", check_seconds("seconds", self.seconds))
+
+
+class Timeout(Configured, Policy):
+    """Limit each call to ``seconds`` (float seconds, > 0).
+
+    The settings are read-only (``timeout.config``); ``replace(seconds=...)`` builds a new one.
+    """
+
+    config: TimeoutConfig
+    seconds = setting[float]()
+    name = setting[str]()
 
     def __init__(self, seconds: float, *, name: str | None = None) -> None:
-        if seconds == float("inf"):
-            raise ValueError("seconds must be finite; leave the Timeout out for no limit")
-        self.seconds = check_seconds("seconds", seconds)
-        self.name = name or "timeout"
+        self._build(TimeoutConfig(seconds=seconds, name=name or ""))
+
+    def _build(self, config: TimeoutConfig) -> None:
+        self.config = config
+        self._seconds, self._name = config.seconds, config.name  # read on every call
         self._compose()
 
     def __repr__(self) -> str:
@@ -43,16 +66,16 @@ class Timeout(Policy):
     def _start(self) -> tuple[float, Any]:
         """The deadline for this call, set in context; raises if it has already passed."""
         now = clock.monotonic()
-        at = now + self.seconds
+        at = now + self._seconds
         outer = deadline_at()
         if outer is not None and outer < at:
             at = outer
         if at <= now:
             if dispatcher.sinks:
                 dispatcher.emit(
-                    CallRejected(name=self.name, policy="timeout", reason="deadline_exceeded")
+                    CallRejected(name=self._name, policy="timeout", reason="deadline_exceeded")
                 )
-            raise DeadlineExceeded(f"deadline passed before {self.name!r} started")
+            raise DeadlineExceeded(f"deadline passed before {self._name!r} started")
         return at, set_deadline(at)
 
     def _expired(self, at: float, started: bool = True) -> DeadlineExceeded:
@@ -60,11 +83,11 @@ class Timeout(Policy):
         if dispatcher.sinks:
             dispatcher.emit(
                 DeadlineExpired(
-                    name=self.name, timeout=self.seconds, overrun=overrun, started=started
+                    name=self._name, timeout=self._seconds, overrun=overrun, started=started
                 )
             )
         return DeadlineExceeded(
-            f"{self.name!r} took longer than its deadline ({self.seconds}s limit)"
+            f"{self._name!r} took longer than its deadline ({self._seconds}s limit)"
         )
 
     def wrap(self, inner: Step) -> Step:

@@ -24,15 +24,8 @@ from ... import clock
 from ...errors import CircuitOpenError, Rejected
 from ...events import CallRejected, dispatcher
 from ...outcome import Outcome, classify
+from . import events as transitions
 from .config import BreakerConfig
-from .events import (
-    BreakerClosed,
-    BreakerDisabled,
-    BreakerForcedOpen,
-    BreakerHalfOpened,
-    BreakerOpened,
-    BreakerTransitioned,
-)
 from .rejection import CircuitOpen
 from .windows import FAILURE, JUDGE, SKIP, SLOW, BreakerMetrics, CountRing, TimeRing, TimeWindow
 
@@ -183,17 +176,17 @@ class BreakerMachine:
 
     def force_open(self) -> None:
         """Reject every call until ``reset()``: for maintenance, or to shed a dependency."""
-        self._manual(FORCED_OPEN, BreakerForcedOpen)
+        self._manual(FORCED_OPEN, transitions.BreakerForcedOpen)
 
     def disable(self) -> None:
         """Let every call through and record nothing until ``reset()``."""
-        self._manual(DISABLED, BreakerDisabled)
+        self._manual(DISABLED, transitions.BreakerDisabled)
 
     def reset(self) -> None:
         """Close the breaker and forget the window and any grown open period."""
-        self._manual(CLOSED, BreakerClosed)
+        self._manual(CLOSED, transitions.BreakerClosed)
 
-    def _manual(self, mode: int, kind: type[BreakerTransitioned]) -> None:
+    def _manual(self, mode: int, kind: type[transitions.BreakerTransitioned]) -> None:
         pending: _Pending = []
         with self._lock:
             previous = self._mode
@@ -213,8 +206,8 @@ class BreakerMachine:
         self._leasing = False
 
     def _later_event(
-        self, pending: _Pending, kind: type[BreakerTransitioned], previous: int, mode: int,
-        source: str, **extra: Any,
+        self, pending: _Pending, kind: type[transitions.BreakerTransitioned], previous: int,
+        mode: int, source: str, **extra: Any,
     ) -> None:
         old, new, name = STATES[previous].value, STATES[mode].value, self._name
         pending.append(
@@ -245,7 +238,7 @@ class BreakerMachine:
         if shared is not None:
             pending.append(lambda: shared.opened(self, duration))
         self._later_event(
-            pending, BreakerOpened, previous, OPEN, "local",
+            pending, transitions.BreakerOpened, previous, OPEN, "local",
             failure_rate=failures / calls if calls else 0.0,
             slow_call_rate=slow / calls if calls else 0.0, calls=calls, open_for=duration,
         )
@@ -258,13 +251,13 @@ class BreakerMachine:
         shared = self._shared
         if shared is not None:
             pending.append(lambda: shared.closed(self))
-        self._later_event(pending, BreakerClosed, previous, CLOSED, "local")
+        self._later_event(pending, transitions.BreakerClosed, previous, CLOSED, "local")
 
     def _half_open(self, pending: _Pending) -> None:
         previous = self._mode
         self._enter(HALF_OPEN)
         self._later_event(
-            pending, BreakerHalfOpened, previous, HALF_OPEN, "local",
+            pending, transitions.BreakerHalfOpened, previous, HALF_OPEN, "local",
             trial_calls=self.config.half_open_calls,
         )
 
@@ -423,7 +416,7 @@ class BreakerMachine:
             self._opened_for = ttl
             self._open_until = now + ttl
             self._later_event(
-                pending, BreakerOpened, mode, OPEN, "remote",
+                pending, transitions.BreakerOpened, mode, OPEN, "remote",
                 failure_rate=0.0, slow_call_rate=0.0, calls=0, open_for=ttl,
             )
         _run(pending)
@@ -441,7 +434,7 @@ class BreakerMachine:
             self._enter(CLOSED)
             self._consecutive_opens = 0
             self._clear_window()
-            self._later_event(pending, BreakerClosed, mode, CLOSED, "remote")
+            self._later_event(pending, transitions.BreakerClosed, mode, CLOSED, "remote")
         _run(pending)
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import textwrap
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ... import clock
 from ..._deprecate import renamed
 from ...events import dispatcher
 from ..base import AsyncStep, Policy, Step, ainvoke, invoke
+from ..settings import setting
+from ..twins import twins
 from .config import BreakerConfig
 from .machine import NEED_LEASE, OPEN, PASS, UNRECORDED, BreakerMachine, code_of
 from .registry import register
@@ -97,177 +99,25 @@ class CircuitBreaker(BreakerMachine, Policy):
             f"minimum_calls={self.minimum_calls}, open_for={self.open_for})"
         )
 
-    # --- settings (read-only; build a new breaker to change them) ---------------------------
+    # --- settings (read-only: they read ``config``; build a new breaker to change them) -----
 
-    @property
-    def failure_rate(self) -> float:
-        return self.config.failure_rate
+    failure_rate = setting[float]()
+    slow_call_rate = setting[float]()
+    slow_call_duration = setting["float | None"]()
+    window = setting["CountWindow | TimeWindow"]()
+    minimum_calls = setting[int]()
+    open_for = setting[float]()
+    half_open_calls = setting[int]()
+    open_for_growth = setting[float]()
+    max_open_for = setting[float]()  # never None once BreakerConfig has set it
 
-    @property
-    def slow_call_rate(self) -> float:
-        return self.config.slow_call_rate
-
-    @property
-    def slow_call_duration(self) -> float | None:
-        return self._slow_call_duration
-
-    @property
-    def window(self) -> CountWindow | TimeWindow:
-        return self.config.window
-
-    @property
-    def minimum_calls(self) -> int:
-        return self.config.minimum_calls
-
-    @property
-    def open_for(self) -> float:
-        return self.config.open_for
-
-    @property
-    def half_open_calls(self) -> int:
-        return self.config.half_open_calls
-
-    @property
-    def open_for_growth(self) -> float:
-        return self.config.open_for_growth
-
-    @property
-    def max_open_for(self) -> float:
-        return self.config.max_open_for  # type: ignore[return-value]  # set by BreakerConfig
-
-    # --- the call paths -------------------------------------------------------------------
-    #
-    # Four entry points run a call: the steps ``wrap`` and ``awrap`` build for pipelines and
-    # ``call``/``acall``, and the two decorator wrappers of ``__call__``. Each one inlines the
-    # same two fast paths, because a helper would cost a frame on every call:
-    #   open, time left, no sink:  raise CircuitOpen(left, name), nothing else;
-    #   closed, nothing measured:  run the call, count it with one next(), take the lock only
-    #                              on a failure.
-    # Everything else (half-open, forced open, disabled, a sink or recorder listening, a
-    # slow_call_duration or TimeWindow to measure) goes through ``_admit`` and ``_settle``,
-    # written once. ``timed`` and ``slow_path`` have async twins that differ only by
-    # ``await`` (and, for the trial lease, by running the round trip off the event loop).
+    # --- the call paths (written once, in ``_PATHS`` below) ------------------------------
 
     def wrap(self, inner: Step) -> Step:
-        breaker, name = self, self._name
-        record, settle, release = self._record, self._settle, self._release_trial
-        measured_success = self._measured_success
-        check_at = self._check_at
-        timed_mode = self._timed
-        direct = inner is invoke  # innermost: call fn here, one frame less
-
-        def timed(fn: Any, args: Any, kwargs: Any, generation: int) -> Any:
-            start = clock.monotonic()
-            try:
-                result = inner(fn, args, kwargs)
-            except Exception as exc:
-                settle(generation, exc, start, clock.monotonic())
-                raise
-            except BaseException:  # cancelled or interrupted: not an outcome
-                if generation >= 0:
-                    release(generation)
-                raise
-            settle(generation, None, start, clock.monotonic())
-            return result
-
-        def slow_path(fn: Any, args: Any, kwargs: Any) -> Any:
-            generation = breaker._admit()
-            if generation == NEED_LEASE:
-                generation = breaker._lease()
-            if generation == UNRECORDED:
-                return inner(fn, args, kwargs)
-            return timed(fn, args, kwargs, generation)
-
-        def call(fn: Any, args: Any, kwargs: Any) -> Any:
-            mode = breaker._mode
-            if mode or timed_mode or dispatcher.active:
-                if mode == OPEN:
-                    left = breaker._open_until - clock.monotonic()
-                    if left > 0.0 and not dispatcher.sinks:
-                        raise CircuitOpen(left, name)
-                if mode:
-                    return slow_path(fn, args, kwargs)
-                if timed_mode or dispatcher.record is None:
-                    return timed(fn, args, kwargs, PASS)
-                # closed and measured (metrics on): the plain path, timed, in this frame
-                start = clock.monotonic()
-                try:
-                    result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
-                except Exception as exc:
-                    settle(PASS, exc, start, clock.monotonic())
-                    raise
-                measured_success(clock.monotonic() - start)
-                return result
-            try:
-                result = fn(*args, **kwargs) if direct else inner(fn, args, kwargs)
-            except Exception as exc:
-                record(code_of(exc), 0.0)
-                raise
-            if next(breaker._seq) == check_at:
-                breaker._check()
-            return result
-
-        return call
+        return _SYNC["step"](self, inner, inner is invoke)  # type: ignore[no-any-return]
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
-        breaker, name = self, self._name
-        record, settle, release = self._record, self._settle, self._release_trial
-        measured_success = self._measured_success
-        check_at = self._check_at
-        timed_mode = self._timed
-        direct = inner is ainvoke
-
-        async def timed(fn: Any, args: Any, kwargs: Any, generation: int) -> Any:
-            start = clock.monotonic()
-            try:
-                result = await inner(fn, args, kwargs)
-            except Exception as exc:
-                settle(generation, exc, start, clock.monotonic())
-                raise
-            except BaseException:
-                if generation >= 0:
-                    release(generation)
-                raise
-            settle(generation, None, start, clock.monotonic())
-            return result
-
-        async def slow_path(fn: Any, args: Any, kwargs: Any) -> Any:
-            generation = breaker._admit()
-            if generation == NEED_LEASE:
-                generation = await breaker._alease()
-            if generation == UNRECORDED:
-                return await inner(fn, args, kwargs)
-            return await timed(fn, args, kwargs, generation)
-
-        async def acall(fn: Any, args: Any, kwargs: Any) -> Any:
-            mode = breaker._mode
-            if mode or timed_mode or dispatcher.active:
-                if mode == OPEN:
-                    left = breaker._open_until - clock.monotonic()
-                    if left > 0.0 and not dispatcher.sinks:
-                        raise CircuitOpen(left, name)
-                if mode:
-                    return await slow_path(fn, args, kwargs)
-                if timed_mode or dispatcher.record is None:
-                    return await timed(fn, args, kwargs, PASS)
-                start = clock.monotonic()  # closed and measured: as in ``wrap``
-                try:
-                    result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-                except Exception as exc:
-                    settle(PASS, exc, start, clock.monotonic())
-                    raise
-                measured_success(clock.monotonic() - start)
-                return result
-            try:
-                result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-            except Exception as exc:
-                record(code_of(exc), 0.0)
-                raise
-            if next(breaker._seq) == check_at:
-                breaker._check()
-            return result
-
-        return acall
+        return _ASYNC["step"](self, inner, inner is ainvoke)  # type: ignore[no-any-return]
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
@@ -285,48 +135,114 @@ class CircuitBreaker(BreakerMachine, Policy):
         """
         if not callable(fn) or self._timed:
             return super().__call__(fn)
-        breaker, name, record = self, self._name, self._record
-        check_at = self._check_at
         if inspect.iscoroutinefunction(fn):
-            acall = self._acall
+            return functools.wraps(fn)(_ASYNC["decorator"](self, fn, self._acall))
+        return functools.wraps(fn)(_SYNC["decorator"](self, fn, self._call))
 
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                mode = breaker._mode
-                if mode or dispatcher.active:
-                    if mode == OPEN:
-                        left = breaker._open_until - clock.monotonic()
-                        if left > 0.0 and not dispatcher.sinks:
-                            raise CircuitOpen(left, name)
-                    return await acall(fn, args, kwargs)
-                try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    record(code_of(exc), 0.0)
-                    raise
-                if next(breaker._seq) == check_at:
-                    breaker._check()
-                return result
 
-            return async_wrapper
-        call = self._call
+# Four entry points run a call: the steps ``wrap`` and ``awrap`` build for pipelines and
+# ``call``/``acall``, and the sync and async wrappers of the decorator. Each one inlines the
+# same two fast paths, because a helper would cost a frame on every call (benchmarks/
+# overhead.py, the CircuitBreaker closed and open rows and the Pipeline rows):
+#   open, time left, no sink:  raise CircuitOpen(left, name), nothing else;
+#   closed, nothing measured:  run the call, count it with one next(), take the lock only
+#                              on a failure.
+# A closed breaker whose calls are measured (metrics on) times the call in the step's own
+# frame (benchmarks/telemetry_overhead.py). Everything else (half-open, forced open,
+# disabled, a sink listening, a slow_call_duration or TimeWindow to measure) goes through
+# ``_admit`` and ``_settle``, written once in ``machine``. The paths are written once, below,
+# as async source; ``twins`` compiles it as written and as its sync twin (``_alease`` becomes
+# ``_lease``). ``_FAST`` is the fast path, shared by the step and the decorator.
 
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            mode = breaker._mode
-            if mode or dispatcher.active:
-                if mode == OPEN:
-                    left = breaker._open_until - clock.monotonic()
-                    if left > 0.0 and not dispatcher.sinks:
-                        raise CircuitOpen(left, name)
-                return call(fn, args, kwargs)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                record(code_of(exc), 0.0)
-                raise
-            if next(breaker._seq) == check_at:
-                breaker._check()
-            return result
+_FAST = """\
+mode = breaker._mode
+if mode or {watch}:
+    if mode == OPEN:
+        left = breaker._open_until - clock.monotonic()
+        if left > 0.0 and not dispatcher.sinks:
+            raise CircuitOpen(left, name)
+{otherwise}
+try:
+    result = await {run}
+except Exception as exc:
+    record(code_of(exc), 0.0)
+    raise
+if next(breaker._seq) == check_at:
+    breaker._check()
+return result
+"""
 
-        return wrapper
+_STEP_OTHERWISE = """\
+    if mode:
+        return await slow_path(fn, args, kwargs)
+    if timed_mode or dispatcher.record is None:
+        return await timed(fn, args, kwargs, PASS)
+    start = clock.monotonic()  # closed and measured: the plain path, timed, in this frame
+    try:
+        result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
+    except Exception as exc:
+        settle(PASS, exc, start, clock.monotonic())
+        raise
+    measured_success(clock.monotonic() - start)
+    return result"""
+
+_PATHS = """
+from stoic import clock  # imported, so CPython reads clock.monotonic with LOAD_ATTR
+
+def step(breaker, inner, direct):
+    name, record, settle = breaker._name, breaker._record, breaker._settle
+    release, measured_success = breaker._release_trial, breaker._measured_success
+    check_at, timed_mode = breaker._check_at, breaker._timed
+
+    async def timed(fn, args, kwargs, generation):
+        start = clock.monotonic()
+        try:
+            result = await inner(fn, args, kwargs)
+        except Exception as exc:
+            settle(generation, exc, start, clock.monotonic())
+            raise
+        except BaseException:  # cancelled or interrupted: not an outcome
+            if generation >= 0:
+                release(generation)
+            raise
+        settle(generation, None, start, clock.monotonic())
+        return result
+
+    async def slow_path(fn, args, kwargs):
+        generation = breaker._admit()
+        if generation == NEED_LEASE:
+            generation = await breaker._alease()
+        if generation == UNRECORDED:
+            return await inner(fn, args, kwargs)
+        return await timed(fn, args, kwargs, generation)
+
+    async def acall(fn, args, kwargs):
+{step_fast}
+    return acall
+
+
+def decorator(breaker, fn, acall):
+    name, record, check_at = breaker._name, breaker._record, breaker._check_at
+
+    async def wrapper(*args, **kwargs):
+{decorator_fast}
+    return wrapper
+""".format(
+    step_fast=textwrap.indent(_FAST.format(
+        watch="timed_mode or dispatcher.active", otherwise=_STEP_OTHERWISE,
+        run="(fn(*args, **kwargs) if direct else inner(fn, args, kwargs))",
+    ), " " * 8),
+    decorator_fast=textwrap.indent(_FAST.format(
+        watch="dispatcher.active", otherwise="    return await acall(fn, args, kwargs)",
+        run="fn(*args, **kwargs)",
+    ), " " * 8),
+)
+
+_SYNC, _ASYNC = twins(
+    _PATHS, {
+        "__name__": __name__, "dispatcher": dispatcher,
+        "CircuitOpen": CircuitOpen, "code_of": code_of, "NEED_LEASE": NEED_LEASE,
+        "OPEN": OPEN, "PASS": PASS, "UNRECORDED": UNRECORDED,
+    },
+    label="stoic.policies.breaker.paths: the call paths", renames={"_alease": "_lease", "acall": "call"},
+)

@@ -1,0 +1,91 @@
+"""One source for a call path's sync and async twins: write it async, get the sync one from it.
+
+The speed trick of this module, for ``benchmarks/overhead.py`` (the CircuitBreaker and Retry
+rows, sync and async, and the Pipeline rows): a per-call path must not spend a Python frame it
+can avoid, so a sync path and its async twin cannot share their logic through helper
+functions called per call (a frame each, 10-25% of a closed breaker's cost), and cannot be
+one ``async def`` driven synchronously (a coroutine object per call). Writing each twin by
+hand repeats the logic, and the two drift apart.
+
+So a path is written once, as async Python source (a string), and ``twins`` compiles it
+twice: as written, and as its synchronous twin, the same tree with every ``async``/``await``
+removed and the names in ``renames`` replaced (``_alease`` -> ``_lease``, ``asleep`` ->
+``sleep``), as httpcore's ``unasync`` does at build time. Both run the bytecode a
+hand-written twin would. Each twin's source is kept in ``linecache`` under a name saying
+what it is, so tracebacks and debuggers show its lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import linecache
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["twins"]
+
+
+def twins(
+    source: str, namespace: Mapping[str, Any], *, label: str,
+    renames: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``source`` (async code) as written and as its sync twin: ``(sync, async)`` scopes.
+
+    Each scope starts as a copy of ``namespace`` (the globals the source reads) and holds
+    what the source defines. ``label`` names the twins in tracebacks.
+    """
+    sync_tree = ast.fix_missing_locations(_Unasync(renames or {}).visit(ast.parse(source)))
+    sync_source = ast.unparse(sync_tree) + "\n"
+    return (
+        _run(sync_source, namespace, f"<{label} (sync)>"),
+        _run(source, namespace, f"<{label} (async)>"),
+    )
+
+
+def _run(source: str, namespace: Mapping[str, Any], filename: str) -> dict[str, Any]:
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    scope = dict(namespace)
+    exec(compile(source, filename, "exec"), scope)  # our own source, compiled at import
+    return scope
+
+
+class _Unasync(ast.NodeTransformer):
+    """``async def`` -> ``def``, ``await x`` -> ``x``, ``async with/for`` -> ``with/for``."""
+
+    def __init__(self, renames: Mapping[str, str]) -> None:
+        self.renames = renames
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.FunctionDef:
+        self.generic_visit(node)
+        node.name = self.renames.get(node.name, node.name)
+        return ast.copy_location(ast.FunctionDef(**{f: getattr(node, f) for f in node._fields}),
+                                 node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        self.generic_visit(node)
+        node.name = self.renames.get(node.name, node.name)
+        return node
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.arg = self.renames.get(node.arg, node.arg)
+        return node
+
+    def visit_AsyncWith(self, node: ast.AsyncWith) -> ast.With:
+        self.generic_visit(node)
+        return ast.copy_location(ast.With(**{f: getattr(node, f) for f in node._fields}), node)
+
+    def visit_AsyncFor(self, node: ast.AsyncFor) -> ast.For:
+        self.generic_visit(node)
+        return ast.copy_location(ast.For(**{f: getattr(node, f) for f in node._fields}), node)
+
+    def visit_Await(self, node: ast.Await) -> ast.expr:
+        return self.visit(node.value)  # type: ignore[no-any-return]
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.renames.get(node.id, node.id)
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.Attribute:
+        self.generic_visit(node)
+        node.attr = self.renames.get(node.attr, node.attr)
+        return node
