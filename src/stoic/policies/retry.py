@@ -29,14 +29,14 @@ from .. import clock
 from .._deprecate import renamed
 from .._validate import count, non_empty, seconds
 from ..context import deadline_at, idempotency_key
-from ..errors import DeadlineExceeded
-from ..events import DeadlineExpired, RetryGaveUp, RetryScheduled, dispatcher
+from ..events import RetryGaveUp, RetryScheduled, dispatcher
 from ..outcome import Outcome, Verdict, classify
+from . import retry_loop
 from .backoff import Backoff, exponential
 from .base import AsyncStep, Policy, Step, ainvoke, invoke
 from .budget import RetryBudget
 from .settings import Configured, setting
-from .twins import twins
+from .twins import unasync
 
 __all__ = ["OnException", "Retry", "RetryConfig", "add_note", "compile_on"]
 
@@ -45,12 +45,6 @@ _EXHAUSTED = frozenset({"attempts", "max_time", "deadline", "budget", "retry_aft
 
 OnException = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
-
-
-def _not_started(name: str) -> DeadlineExceeded:
-    if dispatcher.sinks:
-        dispatcher.emit(DeadlineExpired(name=name, timeout=None, overrun=0.0, started=False))
-    return DeadlineExceeded(f"deadline passed before {name!r} started; the call was not made")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,7 +197,7 @@ class Retry(Configured, Policy):
             f"backoff={self.backoff!r}, max_time={self.max_time}, idempotent={self.idempotent})"
         )
 
-    # --- the loops: one per mode, written once (``_LOOP`` below) ---------------------------
+    # --- the loops: one per mode, written once (``retry_loop``) -------------------------------
 
     def wrap(self, inner: Step) -> Step:
         config = self.config
@@ -213,67 +207,14 @@ class Retry(Configured, Policy):
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
         config = self.config
-        return _ASYNC["step"](  # type: ignore[no-any-return]
+        return retry_loop.step(
             self._decide, config.name, config.budget, config.on_result, inner, inner is ainvoke
         )
 
 
-# The loop around the one decision. The first attempt takes the same path as the others; only
-# a failure (or a result ``on_result`` rejects) reaches ``decide``. A helper called per attempt
-# would cost a frame on the happy path (benchmarks/overhead.py, the Retry rows), so the loop is
-# written once, as async source, and ``twins`` compiles it as written and as its sync twin
-# (``await`` dropped, ``clock.asleep`` -> ``clock.sleep``).
-_LOOP = """
-from stoic import clock  # imported, so CPython reads clock.monotonic with LOAD_ATTR
-
-def step(decide, name, budget, on_result, inner, direct):
-    async def acall(fn, args, kwargs):
-        if budget is not None:
-            budget.deposit()
-        at = deadline_at()
-        start = clock.monotonic()
-        if at is not None and start >= at:
-            raise not_started(name)
-        attempt, wait = 1, 0.0
-        while True:
-            scope = dispatcher.attempt_scope
-            try:
-                if scope is not None:
-                    with scope("retry", name, attempt):
-                        result = await inner(fn, args, kwargs)
-                elif direct:
-                    result = await fn(*args, **kwargs)
-                else:
-                    result = await inner(fn, args, kwargs)
-            except Exception as exc:
-                next_wait = decide(attempt, start, wait, exc)
-                if next_wait is None:
-                    raise
-            else:
-                next_wait = None
-                if on_result is not None and on_result(result):
-                    next_wait = decide(attempt, start, wait, None)
-                if next_wait is None:
-                    record = dispatcher.record
-                    if record is not None:
-                        record("retry", name, "success", clock.monotonic() - start,
-                               attempt, None)
-                    return result
-            wait = next_wait
-            if wait > 0:
-                await clock.asleep(wait)
-            attempt += 1
-
-    return acall
-"""
-
-_SYNC, _ASYNC = twins(
-    _LOOP, {
-        "__name__": __name__, "deadline_at": deadline_at, "dispatcher": dispatcher,
-        "not_started": _not_started,
-    },
-    label="stoic.policies.retry: the retry loop", renames={"acall": "call", "asleep": "sleep"},
-)
+# The loop around the one decision is written once, as async code, in ``retry_loop``; its
+# sync twin is derived from it (``twins.unasync``), so the two cannot drift apart.
+_SYNC = unasync(retry_loop, renames={"acall": "call", "asleep": "sleep"})
 
 
 # --- the decision, written once ------------------------------------------------------------

@@ -7,45 +7,36 @@ functions called per call (a frame each, 10-25% of a closed breaker's cost), and
 one ``async def`` driven synchronously (a coroutine object per call). Writing each twin by
 hand repeats the logic, and the two drift apart.
 
-So a path is written once, as async Python source (a string), and ``twins`` compiles it
-twice: as written, and as its synchronous twin, the same tree with every ``async``/``await``
-removed and the names in ``renames`` replaced (``_alease`` -> ``_lease``, ``asleep`` ->
-``sleep``), as httpcore's ``unasync`` does at build time. Both run the bytecode a
-hand-written twin would. Each twin's source is kept in ``linecache`` under a name saying
-what it is, so tracebacks and debuggers show its lines.
+So a path is written once, as an ordinary async module that mypy and ruff check like any
+other (``policies/retry_loop.py``, ``policies/breaker/paths_async.py``), and ``unasync``
+compiles that module's source a second time as its synchronous twin: the same tree with every
+``async``/``await`` removed and the names in ``renames`` replaced (``_alease`` -> ``_lease``,
+``asleep`` -> ``sleep``), as httpcore's ``unasync`` does at build time. Both run the bytecode
+a hand-written twin would. The twin's source is kept in ``linecache`` under a name saying what
+it is, so tracebacks and debuggers show its lines.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import linecache
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
-__all__ = ["twins"]
+__all__ = ["unasync"]
 
 
-def twins(
-    source: str, namespace: Mapping[str, Any], *, label: str,
-    renames: Mapping[str, str] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run ``source`` (async code) as written and as its sync twin: ``(sync, async)`` scopes.
-
-    Each scope starts as a copy of ``namespace`` (the globals the source reads) and holds
-    what the source defines. ``label`` names the twins in tracebacks.
-    """
-    sync_tree = ast.fix_missing_locations(_Unasync(renames or {}).visit(ast.parse(source)))
-    sync_source = ast.unparse(sync_tree) + "\n"
-    return (
-        _run(sync_source, namespace, f"<{label} (sync)>"),
-        _run(source, namespace, f"<{label} (async)>"),
-    )
-
-
-def _run(source: str, namespace: Mapping[str, Any], filename: str) -> dict[str, Any]:
+def unasync(module: ModuleType, *, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The synchronous twin of ``module`` (async code): the scope its source defines, run again
+    with ``async``/``await`` removed and ``renames`` applied, in a copy of its globals."""
+    tree = _Unasync(renames or {}).visit(ast.parse(inspect.getsource(module)))
+    source = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    filename = f"<{module.__name__}: sync twin>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    scope = dict(namespace)
-    exec(compile(source, filename, "exec"), scope)  # our own source, compiled at import
+    scope = dict(vars(module))
+    exec(compile(source, filename, "exec"), scope)  # stoic's own module, compiled at import
     return scope
 
 

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-import textwrap
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ..._deprecate import renamed
-from ...events import dispatcher
 from ..base import AsyncStep, Policy, Step, ainvoke, invoke
 from ..settings import setting
-from ..twins import twins
+from ..twins import unasync
+from . import paths_async
 from .config import BreakerConfig
-from .machine import NEED_LEASE, OPEN, PASS, UNRECORDED, BreakerMachine, code_of
+from .machine import BreakerMachine
 from .registry import register
-from .rejection import CircuitOpen
 from .windows import CountWindow, TimeWindow
 
 if TYPE_CHECKING:
@@ -111,13 +109,13 @@ class CircuitBreaker(BreakerMachine, Policy):
     open_for_growth = setting[float]()
     max_open_for = setting[float]()  # never None once BreakerConfig has set it
 
-    # --- the call paths (written once, in ``_PATHS`` below) ------------------------------
+    # --- the call paths (written once, in ``paths_async``) --------------------------------
 
     def wrap(self, inner: Step) -> Step:
         return _SYNC["step"](self, inner, inner is invoke)  # type: ignore[no-any-return]
 
     def awrap(self, inner: AsyncStep) -> AsyncStep:
-        return _ASYNC["step"](self, inner, inner is ainvoke)  # type: ignore[no-any-return]
+        return paths_async.step(self, inner, inner is ainvoke)
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
@@ -136,113 +134,10 @@ class CircuitBreaker(BreakerMachine, Policy):
         if not callable(fn) or self._timed:
             return super().__call__(fn)
         if inspect.iscoroutinefunction(fn):
-            return functools.wraps(fn)(_ASYNC["decorator"](self, fn, self._acall))
+            return functools.wraps(fn)(paths_async.decorator(self, fn, self._acall))
         return functools.wraps(fn)(_SYNC["decorator"](self, fn, self._call))
 
 
-# Four entry points run a call: the steps ``wrap`` and ``awrap`` build for pipelines and
-# ``call``/``acall``, and the sync and async wrappers of the decorator. Each one inlines the
-# same two fast paths, because a helper would cost a frame on every call (benchmarks/
-# overhead.py, the CircuitBreaker closed and open rows and the Pipeline rows):
-#   open, time left, no sink:  raise CircuitOpen(left, name), nothing else;
-#   closed, nothing measured:  run the call, count it with one next(), take the lock only
-#                              on a failure.
-# A closed breaker whose calls are measured (metrics on) times the call in the step's own
-# frame (benchmarks/telemetry_overhead.py). Everything else (half-open, forced open,
-# disabled, a sink listening, a slow_call_duration or TimeWindow to measure) goes through
-# ``_admit`` and ``_settle``, written once in ``machine``. The paths are written once, below,
-# as async source; ``twins`` compiles it as written and as its sync twin (``_alease`` becomes
-# ``_lease``). ``_FAST`` is the fast path, shared by the step and the decorator.
-
-_FAST = """\
-mode = breaker._mode
-if mode or {watch}:
-    if mode == OPEN:
-        left = breaker._open_until - clock.monotonic()
-        if left > 0.0 and not dispatcher.sinks:
-            raise CircuitOpen(left, name)
-{otherwise}
-try:
-    result = await {run}
-except Exception as exc:
-    record(code_of(exc), 0.0)
-    raise
-if next(breaker._seq) == check_at:
-    breaker._check()
-return result
-"""
-
-_STEP_OTHERWISE = """\
-    if mode:
-        return await slow_path(fn, args, kwargs)
-    if timed_mode or dispatcher.record is None:
-        return await timed(fn, args, kwargs, PASS)
-    start = clock.monotonic()  # closed and measured: the plain path, timed, in this frame
-    try:
-        result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
-    except Exception as exc:
-        settle(PASS, exc, start, clock.monotonic())
-        raise
-    measured_success(clock.monotonic() - start)
-    return result"""
-
-_PATHS = """
-from stoic import clock  # imported, so CPython reads clock.monotonic with LOAD_ATTR
-
-def step(breaker, inner, direct):
-    name, record, settle = breaker._name, breaker._record, breaker._settle
-    release, measured_success = breaker._release_trial, breaker._measured_success
-    check_at, timed_mode = breaker._check_at, breaker._timed
-
-    async def timed(fn, args, kwargs, generation):
-        start = clock.monotonic()
-        try:
-            result = await inner(fn, args, kwargs)
-        except Exception as exc:
-            settle(generation, exc, start, clock.monotonic())
-            raise
-        except BaseException:  # cancelled or interrupted: not an outcome
-            if generation >= 0:
-                release(generation)
-            raise
-        settle(generation, None, start, clock.monotonic())
-        return result
-
-    async def slow_path(fn, args, kwargs):
-        generation = breaker._admit()
-        if generation == NEED_LEASE:
-            generation = await breaker._alease()
-        if generation == UNRECORDED:
-            return await inner(fn, args, kwargs)
-        return await timed(fn, args, kwargs, generation)
-
-    async def acall(fn, args, kwargs):
-{step_fast}
-    return acall
-
-
-def decorator(breaker, fn, acall):
-    name, record, check_at = breaker._name, breaker._record, breaker._check_at
-
-    async def wrapper(*args, **kwargs):
-{decorator_fast}
-    return wrapper
-""".format(
-    step_fast=textwrap.indent(_FAST.format(
-        watch="timed_mode or dispatcher.active", otherwise=_STEP_OTHERWISE,
-        run="(fn(*args, **kwargs) if direct else inner(fn, args, kwargs))",
-    ), " " * 8),
-    decorator_fast=textwrap.indent(_FAST.format(
-        watch="dispatcher.active", otherwise="    return await acall(fn, args, kwargs)",
-        run="fn(*args, **kwargs)",
-    ), " " * 8),
-)
-
-_SYNC, _ASYNC = twins(
-    _PATHS, {
-        "__name__": __name__, "dispatcher": dispatcher,
-        "CircuitOpen": CircuitOpen, "code_of": code_of, "NEED_LEASE": NEED_LEASE,
-        "OPEN": OPEN, "PASS": PASS, "UNRECORDED": UNRECORDED,
-    },
-    label="stoic.policies.breaker.paths: the call paths", renames={"_alease": "_lease", "acall": "call"},
-)
+# The call paths are written once, as async code, in ``paths_async``; the sync paths are
+# derived from it (``twins.unasync``), so the twins cannot drift apart.
+_SYNC = unasync(paths_async, renames={"_alease": "_lease", "acall": "call"})
