@@ -30,7 +30,7 @@ def test_stats_and_peek_show_the_queue(tmp_path: Path) -> None:
     result = runner.invoke(build_app(), ["queue", "stats", "orders", "--broker", url, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
-        "topic": "orders", "ready": 2, "delayed": 0, "in_flight": 0, "dead": 1
+        "topic": "orders", "ready": 2, "delayed": 0, "in_flight": 0, "dead": 1, "recovered": 0
     }
     result = runner.invoke(build_app(), ["queue", "peek", "orders", "--broker", url])
     assert result.exit_code == 0, result.output

@@ -128,15 +128,18 @@ def stats(
     as_json: bool = JsonOption,
     timeout: float = TIMEOUT_OPTION,
 ) -> None:
-    """Ready, delayed, in-flight and dead-lettered message counts of TOPIC."""
+    """Ready, delayed, in-flight and dead-lettered message counts of TOPIC, and how many
+    deliveries so far took a message back from a consumer whose lease ran out (recovered)."""
     with _broker(broker, topic, timeout, read_only=True) as b:
         s = b.stats(topic)
     if as_json:
         typer.echo(json.dumps({"topic": s.topic, "ready": s.ready, "delayed": s.delayed,
-                               "in_flight": s.in_flight, "dead": s.dead}))
+                               "in_flight": s.in_flight, "dead": s.dead,
+                               "recovered": s.recovered}))
         return
-    _table(["topic", "ready", "delayed", "in_flight", "dead"],
-           [[s.topic, str(s.ready), str(s.delayed), str(s.in_flight), str(s.dead)]])
+    _table(["topic", "ready", "delayed", "in_flight", "dead", "recovered"],
+           [[s.topic, str(s.ready), str(s.delayed), str(s.in_flight), str(s.dead),
+             str(s.recovered)]])
 
 
 def _listing(

@@ -115,8 +115,9 @@ class QueueStats:
     the dead-letter queue. A broker that cannot tell delayed from ready (RabbitMQ) reports
     what it can and leaves the rest at 0. ``recovered``: deliveries so far that took a
     message back from a consumer whose lease ran out (it died, hung or lost its connection)
-    -- stalled work that came back by itself; 0 on brokers that cannot count it (SQLite,
-    RabbitMQ). It is a running total, not a count of what is queued, so it takes no part in
+    -- stalled work that came back by itself. RabbitMQ counts only leases that ran out in
+    the same broker object (it cannot tell a dead consumer's messages from others it gave
+    back). It is a running total, not a count of what is queued, so it takes no part in
     comparing two ``QueueStats``.
     """
 
