@@ -37,6 +37,7 @@ import threading
 from typing import Any
 
 from .. import clock
+from .._lazy import require
 from ..integrations._deadlines import outside_deadline, within
 from .store import (
     BaseStore,
@@ -221,12 +222,7 @@ class RedisStore(BaseStore):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         if client is None and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"url must start with redis://, rediss:// or unix://, got {url!r}")
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "RedisStore needs the redis extra: pip install 'stoic[redis]'"
-            ) from exc
+        redis = require("redis", "RedisStore", "redis")
         self.url = url
         self.prefix = prefix
         self._client = client
