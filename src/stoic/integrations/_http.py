@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from .. import context
 from .._validate import header_name
-from ..context import remaining
+from ..context import remaining, using_idempotency_key
 from ..errors import DeadlineExceeded
 from ..events import dispatcher
+from ..outcome import classify_status
 from ..policies.backoff import exponential
 from ..policies.base import Policy
 from ..policies.budget import RetryBudget
@@ -49,6 +50,7 @@ __all__ = [
     "Plan",
     "default_policy",
     "expired",
+    "failure_message",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("stoic.http")
+R = TypeVar("R")
 
 #: Methods RFC 9110 defines as idempotent: sending one twice has the effect of sending it once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -209,6 +212,36 @@ class Plan:
     def what(self) -> str:
         return f"{self.method} {self.url}"
 
+    # The one logical request of every client: ``attempt(*args)`` under the policy, inside
+    # the request's idempotency key; a failure that ends it is reported by ``retried``.
+    # The clients only turn their status failure back into the response.
+    def run(self, attempt: Callable[..., R], *args: Any) -> R:
+        try:
+            policy = self.policy
+            if policy is None:
+                return attempt(*args)
+            if self.key is None:
+                return policy.call(attempt, *args)
+            with using_idempotency_key(self.key):
+                return policy.call(attempt, *args)
+        except Exception:
+            retried(self)
+            raise
+
+    async def arun(self, attempt: Callable[..., Awaitable[R]], *args: Any) -> R:
+        """``run`` for async clients."""
+        try:
+            policy = self.policy
+            if policy is None:
+                return await attempt(*args)
+            if self.key is None:
+                return await policy.acall(attempt, *args)
+            with using_idempotency_key(self.key):
+                return await policy.acall(attempt, *args)
+        except Exception:
+            retried(self)
+            raise
+
 
 class Core:
     """Configuration and per-request rules shared by every stoic client.
@@ -345,6 +378,15 @@ def passed_up(headers: Any) -> bool:
         return False
     context.note_retried()
     return True
+
+
+def failure_message(status: int, headers: Any, plan: Plan) -> str | None:
+    """The message a response with ``status`` is retried with, or None when it goes back to
+    the caller as it is: a success, a final answer, or a failure retried below already."""
+    verdict = classify_status(status, headers)
+    if not verdict.outcome.is_failure or passed_up(headers):
+        return None
+    return f"{plan.what}: {verdict.reason}"
 
 
 def retried(plan: Plan) -> None:

@@ -29,15 +29,12 @@ from typing import Any
 import aiohttp  # type: ignore[import-untyped, import-not-found, unused-ignore]
 from aiohttp import payload as _payload  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
-from ..context import using_idempotency_key
-from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     Core,
     Plan,
-    passed_up,
+    failure_message,
     raise_if_deadline,
-    retried,
 )
 
 __all__ = ["ResilientMiddleware"]
@@ -85,20 +82,10 @@ class ResilientMiddleware(Core):
         plan = self._plan(
             request.method, request.headers, _replayable(request.body), request.url, None
         )
-        policy = plan.policy
         try:
-            if policy is None:
-                return await self._attempt(request, handler, plan)
-            if plan.key is None:
-                return await policy.acall(self._attempt, request, handler, plan)
-            with using_idempotency_key(plan.key):
-                return await policy.acall(self._attempt, request, handler, plan)
+            return await plan.arun(self._attempt, request, handler, plan)
         except _StatusFailure as failure:
-            retried(plan)
             return failure.response
-        except Exception:
-            retried(plan)
-            raise
 
     async def _attempt(self, request: Any, handler: Handler, plan: Plan) -> Any:
         left = self._begin_attempt(request.headers, plan)
@@ -115,11 +102,11 @@ class ResilientMiddleware(Core):
         except asyncio.TimeoutError as exc:  # aiohttp's own timeouts subclass it too
             raise_if_deadline(exc, plan)
             raise
-        verdict = classify_status(response.status, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+        message = failure_message(response.status, response.headers, plan)
+        if message is None:
             return response
         try:  # read now, so the connection goes back to the pool before any backoff
             await response.read()
         finally:
             response.release()
-        raise _StatusFailure(response, f"{plan.what}: {verdict.reason}")
+        raise _StatusFailure(response, message)

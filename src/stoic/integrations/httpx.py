@@ -32,16 +32,13 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import httpx
 
-from ..context import using_idempotency_key
-from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     ClientOptions,
     Core,
     Plan,
-    passed_up,
+    failure_message,
     raise_if_deadline,
-    retried,
 )
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
@@ -55,7 +52,30 @@ Inner = TypeVar("Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 class _StatusFailure(httpx.HTTPStatusError):
-    """A failing response, raised only inside the retry loop; the caller gets the response."""
+    """A failing response, raised only inside the retry loop; the caller gets the response.
+
+    ``read`` (``aread``) reads a streamed response at once, so its connection goes back to
+    the pool before any backoff, and rebuilds it around the raw body (``_rebuilt``)."""
+
+    def read(self) -> _StatusFailure:
+        response = self.response
+        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
+            try:
+                body = b"".join(response.iter_raw())
+            finally:
+                response.close()
+            self.response = _rebuilt(response, body, self.request)
+        return self
+
+    async def aread(self) -> _StatusFailure:
+        response = self.response
+        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
+            try:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            finally:
+                await response.aclose()
+            self.response = _rebuilt(response, body, self.request)
+        return self
 
 
 def _shrink(timeouts: dict[str, float | None], left: float) -> dict[str, float | None]:
@@ -142,20 +162,10 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response, raises the last error."""
         plan = self._plan_request(request)
-        policy = plan.policy
         try:
-            if policy is None:
-                return self._attempt(request, plan)
-            if plan.key is None:
-                return policy.call(self._attempt, request, plan)
-            with using_idempotency_key(plan.key):
-                return policy.call(self._attempt, request, plan)
+            return plan.run(self._attempt, request, plan)
         except _StatusFailure as failure:
-            retried(plan)
             return failure.response
-        except Exception:
-            retried(plan)
-            raise
 
     def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -169,16 +179,10 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
         except httpx.TimeoutException as exc:
             raise_if_deadline(exc, plan)
             raise
-        verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+        message = failure_message(response.status_code, response.headers, plan)
+        if message is None:
             return response
-        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
-            try:
-                body = b"".join(response.iter_raw())
-            finally:
-                response.close()
-            response = _rebuilt(response, body, request)
-        raise _StatusFailure(f"{plan.what}: {verdict.reason}", request=request, response=response)
+        raise _StatusFailure(message, request=request, response=response).read()
 
     def close(self) -> None:
         self.inner.close()
@@ -200,20 +204,10 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response, raises the last error."""
         plan = self._plan_request(request)
-        policy = plan.policy
         try:
-            if policy is None:
-                return await self._attempt(request, plan)
-            if plan.key is None:
-                return await policy.acall(self._attempt, request, plan)
-            with using_idempotency_key(plan.key):
-                return await policy.acall(self._attempt, request, plan)
+            return await plan.arun(self._attempt, request, plan)
         except _StatusFailure as failure:
-            retried(plan)
             return failure.response
-        except Exception:
-            retried(plan)
-            raise
 
     async def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -227,16 +221,10 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
         except httpx.TimeoutException as exc:
             raise_if_deadline(exc, plan)
             raise
-        verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+        message = failure_message(response.status_code, response.headers, plan)
+        if message is None:
             return response
-        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
-            try:
-                body = b"".join([chunk async for chunk in response.aiter_raw()])
-            finally:
-                await response.aclose()
-            response = _rebuilt(response, body, request)
-        raise _StatusFailure(f"{plan.what}: {verdict.reason}", request=request, response=response)
+        raise await _StatusFailure(message, request=request, response=response).aread()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

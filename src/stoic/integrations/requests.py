@@ -29,15 +29,12 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from ..context import using_idempotency_key
-from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     Core,
     Plan,
-    passed_up,
+    failure_message,
     raise_if_deadline,
-    retried,
     split_options,
 )
 
@@ -126,22 +123,12 @@ class ResilientAdapter(Core, HTTPAdapter):
             self.default_timeout if timeout is None else _timeouts(timeout, "timeout"),
         )
         io = (stream, verify, cert, proxies)
-        policy = plan.policy
         try:
-            if policy is None:
-                return self._attempt(request, plan, io)
-            if plan.key is None:
-                return policy.call(self._attempt, request, plan, io)
-            with using_idempotency_key(plan.key):
-                return policy.call(self._attempt, request, plan, io)
+            return plan.run(self._attempt, request, plan, io)
         except _StatusFailure as failure:
-            retried(plan)
             response = failure.response
             assert response is not None  # we always attach it
             return response
-        except Exception:
-            retried(plan)
-            raise
 
     def _attempt(
         self, request: requests.PreparedRequest, plan: Plan, io: tuple[Any, ...]
@@ -168,8 +155,8 @@ class ResilientAdapter(Core, HTTPAdapter):
         except requests.Timeout as exc:
             raise_if_deadline(exc, plan)
             raise
-        verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+        message = failure_message(response.status_code, response.headers, plan)
+        if message is None:
             return response
         response.content  # noqa: B018 - read it now, so the connection goes back to the pool
-        raise _StatusFailure(f"{plan.what}: {verdict.reason}", response=response)
+        raise _StatusFailure(message, response=response)
