@@ -313,6 +313,11 @@ class UrlOption:
         """``note_deprecated_url`` for this option."""
         note_deprecated_url(self.option, positional)
 
+    def positional(self) -> Any:
+        """The deprecated positional spelling of the URL, as a command's typer argument."""
+        return typer.Argument(None, metavar="[URL]", show_default=False,
+                              help=f"Deprecated: use {self.option}.")
+
 
 @contextmanager
 def reaching(backend: Backend) -> Iterator[None]:

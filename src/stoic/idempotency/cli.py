@@ -44,6 +44,7 @@ StoreOption = typer.Option(
     None, "--store", "-s", envvar="STOIC_STORE", metavar="URL",
     help="Store URL: sqlite:///file.db, redis://host:port/db or postgresql://user@host/db.",
 )
+PositionalUrl = _STORE.positional()
 TableOption = typer.Option("stoic_idempotency", help="Table name (SQLite, PostgreSQL).")
 
 
@@ -102,8 +103,7 @@ def _has_table(path: Any, table: str) -> None:
 
 @app.command()
 def migrate(
-    dsn: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
-                                     help="Deprecated: use --store."),
+    dsn: str | None = PositionalUrl,
     store: str | None = StoreOption,
     table: str = TableOption,
     print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
@@ -142,8 +142,7 @@ def _postgres_table_exists(backend: Backend, table: str, timeout: float | None) 
 
 @app.command()
 def purge(
-    url: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
-                                     help="Deprecated: use --store."),
+    url: str | None = PositionalUrl,
     store: str | None = StoreOption,
     table: str = TableOption,
     timeout: float = TIMEOUT_OPTION,

@@ -229,8 +229,7 @@ def dlq_purge(
 
 @app.command()
 def migrate(
-    url: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
-                                     help="Deprecated: use --broker."),
+    url: str | None = _BROKER.positional(),
     broker: str | None = typer.Option(
         None, "--broker", "-b", envvar="STOIC_BROKER", metavar="URL",
         help="postgresql://user@host/db[?schema=...&table_prefix=...]",
