@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar
+from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .. import context
 from .._validate import header_name
@@ -55,7 +55,7 @@ __all__ = [
     "idempotent_variant",
     "new_idempotency_key",
     "passed_up",
-    "raise_if_deadline",
+    "raise_timeout",
     "retried",
     "retries",
     "single_attempt_variant",
@@ -396,14 +396,16 @@ def retried(plan: Plan) -> None:
         context.note_retried()
 
 
-def raise_if_deadline(exc: Exception, plan: Plan) -> None:
-    """Raise ``DeadlineExceeded`` from timeout ``exc`` when it was (in effect) the deadline
-    running out; return when the library's own timeout fired first."""
+def raise_timeout(exc: Exception, plan: Plan) -> NoReturn:
+    """Raise an attempt's timeout ``exc`` again, as ``DeadlineExceeded`` (from ``exc``) when
+    it was, in effect, the deadline running out; as itself when the library's own timeout
+    fired first. Called in the ``except`` clause that caught ``exc``."""
     left = remaining()
     if left is not None and left <= _DEADLINE_SLACK:
         raise DeadlineExceeded(
             f"deadline ran out during {plan.what} ({type(exc).__name__})"
         ) from exc
+    raise exc
 
 
 class HostPolicies:

@@ -34,7 +34,7 @@ from ._http import (
     Core,
     Plan,
     failure_message,
-    raise_if_deadline,
+    raise_timeout,
 )
 
 __all__ = ["ResilientMiddleware"]
@@ -100,8 +100,7 @@ class ResilientMiddleware(Core):
             else:  # the attempt may not outlive the deadline
                 response = await asyncio.wait_for(handler(request), left)
         except asyncio.TimeoutError as exc:  # aiohttp's own timeouts subclass it too
-            raise_if_deadline(exc, plan)
-            raise
+            raise_timeout(exc, plan)
         message = failure_message(response.status, response.headers, plan)
         if message is None:
             return response

@@ -15,7 +15,7 @@ from ._http import (
     ClientOptions,
     Core,
     Plan,
-    raise_if_deadline,
+    raise_timeout,
 )
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
@@ -128,7 +128,7 @@ class _Client(Core):
 
 def _deadline_failure(exc: Any, plan: Plan) -> None:
     if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-        raise_if_deadline(exc, plan)
+        raise_timeout(exc, plan)
 
 
 class ResilientInterceptor(

@@ -38,7 +38,7 @@ from ._http import (
     Core,
     Plan,
     failure_message,
-    raise_if_deadline,
+    raise_timeout,
 )
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
@@ -177,8 +177,7 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
         try:
             response = self.inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            raise_if_deadline(exc, plan)
-            raise
+            raise_timeout(exc, plan)
         message = failure_message(response.status_code, response.headers, plan)
         if message is None:
             return response
@@ -219,8 +218,7 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
         try:
             response = await self.inner.handle_async_request(request)
         except httpx.TimeoutException as exc:
-            raise_if_deadline(exc, plan)
-            raise
+            raise_timeout(exc, plan)
         message = failure_message(response.status_code, response.headers, plan)
         if message is None:
             return response

@@ -34,7 +34,7 @@ from ._http import (
     Core,
     Plan,
     failure_message,
-    raise_if_deadline,
+    raise_timeout,
     split_options,
 )
 
@@ -153,8 +153,7 @@ class ResilientAdapter(Core, HTTPAdapter):
                 verify=verify, cert=cert, proxies=proxies,
             )
         except requests.Timeout as exc:
-            raise_if_deadline(exc, plan)
-            raise
+            raise_timeout(exc, plan)
         message = failure_message(response.status_code, response.headers, plan)
         if message is None:
             return response
