@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .. import context
 from .._validate import header_name
-from ..context import remaining, using_idempotency_key
+from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..events import dispatcher
 from ..outcome import classify_status
@@ -49,6 +49,7 @@ __all__ = [
     "HostPolicies",
     "Plan",
     "default_policy",
+    "ended",
     "expired",
     "failure_message",
     "host_name",
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("stoic.http")
-R = TypeVar("R")
+F = TypeVar("F", bound=Exception)
 
 #: Methods RFC 9110 defines as idempotent: sending one twice has the effect of sending it once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -212,36 +213,6 @@ class Plan:
     def what(self) -> str:
         return f"{self.method} {self.url}"
 
-    # The one logical request of every client: ``attempt(*args)`` under the policy, inside
-    # the request's idempotency key; a failure that ends it is reported by ``retried``.
-    # The clients only turn their status failure back into the response.
-    def run(self, attempt: Callable[..., R], *args: Any) -> R:
-        try:
-            policy = self.policy
-            if policy is None:
-                return attempt(*args)
-            if self.key is None:
-                return policy.call(attempt, *args)
-            with using_idempotency_key(self.key):
-                return policy.call(attempt, *args)
-        except Exception:
-            retried(self)
-            raise
-
-    async def arun(self, attempt: Callable[..., Awaitable[R]], *args: Any) -> R:
-        """``run`` for async clients."""
-        try:
-            policy = self.policy
-            if policy is None:
-                return await attempt(*args)
-            if self.key is None:
-                return await policy.acall(attempt, *args)
-            with using_idempotency_key(self.key):
-                return await policy.acall(attempt, *args)
-        except Exception:
-            retried(self)
-            raise
-
 
 class Core:
     """Configuration and per-request rules shared by every stoic client.
@@ -387,6 +358,16 @@ def failure_message(status: int, headers: Any, plan: Plan) -> str | None:
     if not verdict.outcome.is_failure or passed_up(headers):
         return None
     return f"{plan.what}: {verdict.reason}"
+
+
+def ended(plan: Plan, exc: Exception, status_failure: type[F]) -> F:
+    """A request failed for good with ``exc`` (``retried`` reports it): ``exc`` when it is
+    the client's ``status_failure``, whose response goes back to the caller; raised again
+    otherwise. Called in the client's ``except`` clause, off the hot path."""
+    retried(plan)
+    if isinstance(exc, status_failure):
+        return exc
+    raise exc
 
 
 def retried(plan: Plan) -> None:

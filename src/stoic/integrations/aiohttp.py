@@ -29,10 +29,12 @@ from typing import Any
 import aiohttp  # type: ignore[import-untyped, import-not-found, unused-ignore]
 from aiohttp import payload as _payload  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+from ..context import using_idempotency_key
 from ..policies.base import Policy
 from ._http import (
     Core,
     Plan,
+    ended,
     failure_message,
     raise_timeout,
 )
@@ -82,10 +84,16 @@ class ResilientMiddleware(Core):
         plan = self._plan(
             request.method, request.headers, _replayable(request.body), request.url, None
         )
+        policy = plan.policy
         try:
-            return await plan.arun(self._attempt, request, handler, plan)
-        except _StatusFailure as failure:
-            return failure.response
+            if policy is None:
+                return await self._attempt(request, handler, plan)
+            if plan.key is None:
+                return await policy.acall(self._attempt, request, handler, plan)
+            with using_idempotency_key(plan.key):
+                return await policy.acall(self._attempt, request, handler, plan)
+        except Exception as exc:
+            return ended(plan, exc, _StatusFailure).response
 
     async def _attempt(self, request: Any, handler: Handler, plan: Plan) -> Any:
         left = self._begin_attempt(request.headers, plan)

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import httpx
 
+from ..context import using_idempotency_key
 from ..policies.base import Policy
 from ._http import (
     ClientOptions,
     Core,
     Plan,
+    ended,
     failure_message,
     raise_timeout,
 )
@@ -162,10 +164,16 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response, raises the last error."""
         plan = self._plan_request(request)
+        policy = plan.policy
         try:
-            return plan.run(self._attempt, request, plan)
-        except _StatusFailure as failure:
-            return failure.response
+            if policy is None:
+                return self._attempt(request, plan)
+            if plan.key is None:
+                return policy.call(self._attempt, request, plan)
+            with using_idempotency_key(plan.key):
+                return policy.call(self._attempt, request, plan)
+        except Exception as exc:
+            return ended(plan, exc, _StatusFailure).response
 
     def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -203,10 +211,16 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response, raises the last error."""
         plan = self._plan_request(request)
+        policy = plan.policy
         try:
-            return await plan.arun(self._attempt, request, plan)
-        except _StatusFailure as failure:
-            return failure.response
+            if policy is None:
+                return await self._attempt(request, plan)
+            if plan.key is None:
+                return await policy.acall(self._attempt, request, plan)
+            with using_idempotency_key(plan.key):
+                return await policy.acall(self._attempt, request, plan)
+        except Exception as exc:
+            return ended(plan, exc, _StatusFailure).response
 
     async def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)

@@ -29,10 +29,12 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from ..context import using_idempotency_key
 from ..policies.base import Policy
 from ._http import (
     Core,
     Plan,
+    ended,
     failure_message,
     raise_timeout,
     split_options,
@@ -123,10 +125,16 @@ class ResilientAdapter(Core, HTTPAdapter):
             self.default_timeout if timeout is None else _timeouts(timeout, "timeout"),
         )
         io = (stream, verify, cert, proxies)
+        policy = plan.policy
         try:
-            return plan.run(self._attempt, request, plan, io)
-        except _StatusFailure as failure:
-            response = failure.response
+            if policy is None:
+                return self._attempt(request, plan, io)
+            if plan.key is None:
+                return policy.call(self._attempt, request, plan, io)
+            with using_idempotency_key(plan.key):
+                return policy.call(self._attempt, request, plan, io)
+        except Exception as exc:
+            response = ended(plan, exc, _StatusFailure).response
             assert response is not None  # we always attach it
             return response
 
