@@ -46,6 +46,7 @@ __all__ = [
     "Backend",
     "BoundaryGroup",
     "CommandError",
+    "UrlOption",
     "check_reachable",
     "choose_url",
     "command_group",
@@ -291,6 +292,31 @@ def note_deprecated_url(option: str, positional: str | None) -> None:
     URL is the old spelling."""
     if positional is not None:
         typer.echo(f"note: the positional URL is deprecated; use {option} URL", err=True)
+
+
+class UrlOption:
+    """The backend URL option of one command group (``--store``, ``--broker``): its name,
+    its environment variable and the backend families it accepts, given once."""
+
+    def __init__(self, option: str, envvar: str, families: Sequence[str]) -> None:
+        self.option, self.envvar, self.families = option, envvar, tuple(families)
+
+    def choose(self, given: str | None, positional: str | None) -> str:
+        """``choose_url`` for this option."""
+        return choose_url(self.option, given, positional, self.envvar)
+
+    def parse(self, url: str, families: Sequence[str] | None = None) -> Backend:
+        """``parse_backend`` for this option: its families, or the narrower ``families``."""
+        return parse_backend(url, self.option, self.families if families is None else families)
+
+    def note_deprecated(self, positional: str | None) -> None:
+        """``note_deprecated_url`` for this option."""
+        note_deprecated_url(self.option, positional)
+
+    def positional(self) -> Any:
+        """The deprecated positional spelling of the URL, as a command's typer argument."""
+        return typer.Argument(None, metavar="[URL]", show_default=False,
+                              help=f"Deprecated: use {self.option}.")
 
 
 @contextmanager

@@ -4,8 +4,9 @@ A package such as ``stoic.workflow`` lists names whose modules need an extra (ps
 redis) or cost time to import. Importing the package must stay cheap and must not need the
 extra, so those names are resolved by a module-level ``__getattr__`` (PEP 562) the first time
 someone reads them. This module writes that ``__getattr__`` and its ``__dir__`` once; the
-packages only give their table. The module is private; its function is a public name so that
-every package may use it.
+packages only give their table. ``require`` imports such an extra where it is needed, with
+an error that names the extra to install. The module is private; its functions are public
+names so that every package may use them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["lazy_exports"]
+__all__ = ["lazy_exports", "require"]
 
 
 def lazy_exports(
@@ -46,3 +47,11 @@ def lazy_exports(
         return sorted(set(namespace) | set(listed))
 
     return __getattr__, __dir__
+
+
+def require(module: str, who: str, extra: str) -> Any:
+    """Import ``module`` for ``who``, or an ``ImportError`` that names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{who} needs the {extra} extra: pip install 'stoic[{extra}]'") from exc

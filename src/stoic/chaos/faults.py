@@ -130,6 +130,8 @@ class _State:
 
 
 _state = _State()
+# what ``Fault._decide`` answers when the fault does nothing this time: no delay, no error
+_NOTHING: tuple[float, BaseException | None] = (0.0, None)
 
 
 class _Enabled:
@@ -251,19 +253,22 @@ class Fault:
         return f"Fault({self.name!r})"
 
     # the decision, written once for sync and async
-    def _decide(self) -> tuple[float, BaseException | None] | None:
+    def _decide(self) -> tuple[float, BaseException | None]:
+        """The delay to sleep and the error to raise this time (``_NOTHING``: neither)."""
         state = _state
+        if not state.enabled:
+            return _NOTHING
         plan = state.plan
         spec = plan.faults.get(self.name, self.spec) if plan is not None else self.spec
         if spec.rate <= 0.0 or (spec.error is None and spec.latency is None):
-            return None
+            return _NOTHING
         with state.lock:
             call = state.calls.get(self.name, 0) + 1
             state.calls[self.name] = call
             if spec.when is not None and not spec.when(call, clock.now() - state.started):
-                return None
+                return _NOTHING
             if spec.rate < 1.0 and not state.rng.random() < spec.rate:
-                return None
+                return _NOTHING
             delay = spec.latency.sample(state.rng) if spec.latency is not None else 0.0
         error = self._exception(spec.error)
         if dispatcher.sinks:
@@ -292,27 +297,19 @@ class Fault:
 
     def inject(self) -> None:
         """Run the fault point once (sync): maybe sleep, maybe raise."""
-        if not _state.enabled:
-            return
-        decision = self._decide()
-        if decision is not None:
-            delay, error = decision
-            if delay > 0:
-                clock.sleep(delay)
-            if error is not None:
-                raise error
+        delay, error = self._decide()
+        if delay > 0:
+            clock.sleep(delay)
+        if error is not None:
+            raise error
 
     async def ainject(self) -> None:
         """Run the fault point once (async): maybe sleep without blocking the loop, maybe raise."""
-        if not _state.enabled:
-            return
-        decision = self._decide()
-        if decision is not None:
-            delay, error = decision
-            if delay > 0:
-                await clock.asleep(delay)
-            if error is not None:
-                raise error
+        delay, error = self._decide()
+        if delay > 0:
+            await clock.asleep(delay)
+        if error is not None:
+            raise error
 
     def __call__(self, fn: F) -> F:
         if inspect.iscoroutinefunction(fn):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .._asgi import ASGIApp, Message, Receive, Scope, Send
 from ..errors import CodecError
@@ -50,6 +50,27 @@ if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
     from typing_extensions import Unpack
 
 __all__ = ["NOT_EXECUTED", "IdempotencyMiddleware", "default_store_status"]
+
+
+V = TypeVar("V")
+
+
+class _Rule(Generic[V]):
+    """An attribute of ``HttpIdempotency`` read through ``obj.rules``; writing it replaces
+    the rules (frozen) with a copy holding the new value."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Rule[V]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> V: ...
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.rules, self.name)
+
+    def __set__(self, obj: Any, value: V) -> None:
+        obj.rules = dataclasses.replace(obj.rules, **{self.name: value})
 
 
 class IdempotencyMiddleware:
@@ -89,21 +110,9 @@ class IdempotencyMiddleware:
         self.scope = scope
         self.rules = HttpIdempotency(store, **options)
 
-    @property
-    def store(self) -> Store:
-        return self.rules.store
-
-    @store.setter
-    def store(self, store: Store) -> None:
-        self.rules = dataclasses.replace(self.rules, store=store)
-
-    @property
-    def required(self) -> bool:
-        return self.rules.required
-
-    @required.setter
-    def required(self, required: bool) -> None:
-        self.rules = dataclasses.replace(self.rules, required=required)
+    # the rules a caller may change after construction; each write copies the frozen rules
+    store: _Rule[Store] = _Rule()
+    required: _Rule[bool] = _Rule()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rules = self.rules

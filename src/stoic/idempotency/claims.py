@@ -112,44 +112,40 @@ class Lease:
         the work again. True when it landed. Never raises: a store that fails here leaves
         an in-flight record that the next caller takes over once its lease runs out."""
         try:
-            if response is None:
-                self.store.release(self.call.stored_as, self.token)
-                return True
-            if self.store.complete(self.call.stored_as, self.token, response, ttl=self.ttl):
-                return True
+            landed = (self.store.release(self.call.stored_as, self.token) or True
+                      if response is None else
+                      self.store.complete(self.call.stored_as, self.token, response, ttl=self.ttl))
         except Exception:
-            self._failed(response)
-            return False
-        self._lost()
-        return False
+            return self._failed(response)
+        return landed or self._lost()
 
     async def afinish(self, response: str | None) -> bool:
         """``finish`` for async code."""
         try:
-            if response is None:
-                await self.store.arelease(self.call.stored_as, self.token)
-                return True
-            if await self.store.acomplete(self.call.stored_as, self.token, response,
-                                          ttl=self.ttl):
-                return True
+            landed = (await self.store.arelease(self.call.stored_as, self.token) or True
+                      if response is None else
+                      await self.store.acomplete(self.call.stored_as, self.token, response,
+                                                 ttl=self.ttl))
         except Exception:
-            self._failed(response)
-            return False
-        self._lost()
-        return False
+            return self._failed(response)
+        return landed or self._lost()
 
-    def _lost(self) -> None:
+    def _lost(self) -> bool:
+        """Report a lease lost before ``finish``; False, what ``finish`` then returns."""
         call = self.call
         _log.warning("idempotency %s: lease on key %r was lost before the work finished; "
                      "its outcome was not stored", call.name, call.key)
         if dispatcher.sinks:
             dispatcher.emit(IdempotencyLeaseLost(name=call.name, key=call.key))
+        return False
 
-    def _failed(self, response: str | None) -> None:
+    def _failed(self, response: str | None) -> bool:
+        """Report a store that failed in ``finish``; False, what ``finish`` then returns."""
         _log.warning("idempotency %s: could not %s key %r; it stays in flight until its lease "
                      "runs out", self.call.name,
                      "release" if response is None else "store the outcome of",
                      self.call.key, exc_info=True)
+        return False
 
 
 class Settled(Generic[T]):
@@ -266,38 +262,26 @@ def settle(store: Store, call: KeyedCall, *, lease: float, ttl: float,
            read: Callable[[str | None], T], wait: float = 0.0) -> Settled[T]:
     """Claim ``call`` until the loop settles (see ``Reclaim`` for the arguments)."""
     claim = store.claim(call.stored_as, call.fingerprint, lease=lease, ttl=ttl)
-    settled = _at_once(store, call, claim, lease, ttl, read)
-    if settled is not None:
+    if (settled := _at_once(store, call, claim, lease, ttl, read)) is not None:
         return settled
     reclaim = Reclaim(store, call, lease=lease, ttl=ttl, read=read, wait=wait)
-    while True:  # bounded by Reclaim: the wait runs out, or it stops deleting
-        step = reclaim.step(claim)
-        if isinstance(step, Settled):
-            return step
-        if step is None:
-            store.delete(call.stored_as)
-        else:
-            clock.sleep(step)
+    while not isinstance(step := reclaim.step(claim), Settled):  # bounded by Reclaim
+        store.delete(call.stored_as) if step is None else clock.sleep(step)
         claim = store.claim(call.stored_as, call.fingerprint, lease=lease, ttl=ttl)
+    return step
 
 
 async def asettle(store: Store, call: KeyedCall, *, lease: float, ttl: float,
                   read: Callable[[str | None], T], wait: float = 0.0) -> Settled[T]:
-    """``settle`` for async code."""
+    """``settle`` for async code: the same ``Reclaim`` decisions, with awaited I/O."""
     claim = await store.aclaim(call.stored_as, call.fingerprint, lease=lease, ttl=ttl)
-    settled = _at_once(store, call, claim, lease, ttl, read)
-    if settled is not None:
+    if (settled := _at_once(store, call, claim, lease, ttl, read)) is not None:
         return settled
     reclaim = Reclaim(store, call, lease=lease, ttl=ttl, read=read, wait=wait)
-    while True:  # bounded by Reclaim: the wait runs out, or it stops deleting
-        step = reclaim.step(claim)
-        if isinstance(step, Settled):
-            return step
-        if step is None:
-            await store.adelete(call.stored_as)
-        else:
-            await clock.asleep(step)
+    while not isinstance(step := reclaim.step(claim), Settled):  # bounded by Reclaim
+        await (store.adelete(call.stored_as) if step is None else clock.asleep(step))
         claim = await store.aclaim(call.stored_as, call.fingerprint, lease=lease, ttl=ttl)
+    return step
 
 
 # -- the current call ------------------------------------------------------------------------

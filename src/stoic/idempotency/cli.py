@@ -22,11 +22,9 @@ from .._cli import (
     USAGE,
     Backend,
     CommandError,
+    UrlOption,
     check_reachable,
-    choose_url,
     existing_sqlite_file,
-    note_deprecated_url,
-    parse_backend,
     reaching,
     redis_client,
 )
@@ -40,12 +38,13 @@ app = typer.Typer(
     help="Idempotency-key stores: create tables, purge expired records.",
 )
 
-_STORES = ("sqlite", "redis", "postgresql")
+_STORE = UrlOption("--store", "STOIC_STORE", ("sqlite", "redis", "postgresql"))
 
 StoreOption = typer.Option(
     None, "--store", "-s", envvar="STOIC_STORE", metavar="URL",
     help="Store URL: sqlite:///file.db, redis://host:port/db or postgresql://user@host/db.",
 )
+PositionalUrl = _STORE.positional()
 TableOption = typer.Option("stoic_idempotency", help="Table name (SQLite, PostgreSQL).")
 
 
@@ -59,7 +58,7 @@ def open_store(
     client waits at most that long. With ``create=False`` the SQLite file or the table must
     already exist: ``CommandError`` instead of creating them.
     """
-    backend = parse_backend(url, "--store", _STORES)
+    backend = _STORE.parse(url)
     _table(table)
     if timeout is not None:
         check_reachable(backend, timeout)
@@ -102,18 +101,9 @@ def _has_table(path: Any, table: str) -> None:
         db.close()
 
 
-def _store_url(option: str | None, positional: str | None) -> str:
-    return choose_url("--store", option, positional, "STOIC_STORE")
-
-
-def _deprecated_spelling(positional: str | None) -> None:
-    note_deprecated_url("--store", positional)
-
-
 @app.command()
 def migrate(
-    dsn: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
-                                     help="Deprecated: use --store."),
+    dsn: str | None = PositionalUrl,
     store: str | None = StoreOption,
     table: str = TableOption,
     print_sql: bool = typer.Option(False, "--print-sql", help="Print the DDL, run nothing."),
@@ -124,8 +114,8 @@ def migrate(
     if print_sql:
         typer.echo(create_table_sql(table))
         return
-    url = _store_url(store, dsn)
-    backend = parse_backend(url, "--store", ("postgresql",))
+    url = _STORE.choose(store, dsn)
+    backend = _STORE.parse(url, ("postgresql",))
     check_reachable(backend, timeout)
     with reaching(backend):
         existed = _postgres_table_exists(backend, table, timeout)
@@ -138,7 +128,7 @@ def migrate(
         typer.echo(f"table {table} is ready (it already existed in {backend.shown})")
     else:
         typer.echo(f"table {table} is ready: created it and its index in {backend.shown}")
-    _deprecated_spelling(dsn)
+    _STORE.note_deprecated(dsn)
 
 
 def _postgres_table_exists(backend: Backend, table: str, timeout: float | None) -> bool:
@@ -152,16 +142,15 @@ def _postgres_table_exists(backend: Backend, table: str, timeout: float | None) 
 
 @app.command()
 def purge(
-    url: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
-                                     help="Deprecated: use --store."),
+    url: str | None = PositionalUrl,
     store: str | None = StoreOption,
     table: str = TableOption,
     timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Delete expired records (reads ignore them anyway; this reclaims the space)."""
-    target = _store_url(store, url)
+    target = _STORE.choose(store, url)
     opened = open_store(target, table, timeout=timeout, create=False)
-    backend = parse_backend(target, "--store", _STORES)
+    backend = _STORE.parse(target)
     with reaching(backend):
         try:
             count = opened.purge_expired()
@@ -171,4 +160,4 @@ def purge(
         typer.echo("purged 0 expired records (Redis expires them by itself)")
     else:
         typer.echo(f"purged {count} expired record{'s' if count != 1 else ''}")
-    _deprecated_spelling(url)
+    _STORE.note_deprecated(url)

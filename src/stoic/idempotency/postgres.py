@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import clock
+from .._lazy import require
 from ..integrations._deadlines import check_started, deadline_ran_out, outside_deadline
 from .postgres_sql import (
     Statements,
@@ -127,13 +128,8 @@ class PostgresStore(BaseStore):
             raise ValueError(f"min_size must be >= 0, got {min_size!r}")
         if max_size < max(1, min_size):
             raise ValueError(f"max_size must be >= max(1, min_size), got {max_size!r}")
-        try:
-            import psycopg  # noqa: F401
-            import psycopg_pool  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "PostgresStore needs the postgres extra: pip install 'stoic[postgres]'"
-            ) from exc
+        for module in ("psycopg", "psycopg_pool"):
+            require(module, "PostgresStore", "postgres")
         self.dsn = dsn
         self.table = table
         self.min_size, self.max_size = min_size, max_size

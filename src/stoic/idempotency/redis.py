@@ -37,6 +37,7 @@ import threading
 from typing import Any
 
 from .. import clock
+from .._lazy import require
 from ..integrations._deadlines import outside_deadline, within
 from .store import (
     BaseStore,
@@ -126,6 +127,8 @@ _SCRIPTS = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE, "extend
 
 
 _WHAT = "a RedisStore command"
+# the fast path's reply when SET NX GET was refused and the claim script decides instead
+_REFUSED = object()
 
 
 def _ms(seconds: float) -> int:
@@ -183,6 +186,8 @@ class _Plan:
 
     def from_fast(self, raw: Any) -> Claim | None:
         """The answer from ``SET NX GET``'s reply, or None when the script must decide."""
+        if raw is _REFUSED:
+            return None
         if raw is None:
             return self.claimed()
         return live_answer(_parse(self.key, raw), self.fingerprint, self.now / 1000)
@@ -221,12 +226,7 @@ class RedisStore(BaseStore):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         if client is None and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"url must start with redis://, rediss:// or unix://, got {url!r}")
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "RedisStore needs the redis extra: pip install 'stoic[redis]'"
-            ) from exc
+        redis = require("redis", "RedisStore", "redis")
         self.url = url
         self.prefix = prefix
         self._client = client
@@ -316,16 +316,17 @@ class RedisStore(BaseStore):
     def _extend_args(token: str, lease: float) -> list[Any]:
         return [token, _ms(clock.wall()), _ms(check_seconds("lease", lease))]
 
-    def _fast_path_refused(self, exc: Exception) -> bool:
-        """Whether ``SET NX GET`` failed for a reason the claim script handles: the key
-        holds another type (corrupted), or the server is older than 7.0 (then stop trying)."""
+    def _fast_path_refused(self, exc: Exception) -> object:
+        """The fast path's reply (``_REFUSED``) when ``SET NX GET`` failed for a reason the
+        claim script handles: the key holds another type (corrupted), or the server is older
+        than 7.0 (then stop trying). Raises ``exc`` for any other reason."""
         text = str(exc)
         if "WRONGTYPE" in text:
-            return True
+            return _REFUSED
         if "syntax" in text.lower():
             self._set_get = False
-            return True
-        return False
+            return _REFUSED
+        raise exc
 
     def _get_result(self, key: str, raw: Any) -> Record | None:
         return None if raw is None else unexpired(_parse(key, raw), clock.wall())
@@ -346,12 +347,10 @@ class RedisStore(BaseStore):
                 raw = self._sync_client().set(plan.name, plan.record, nx=True, get=True,
                                               px=plan.ttl)
             except self._response_error as exc:
-                if not self._fast_path_refused(exc):
-                    raise
-            else:
-                answer = plan.from_fast(raw)
-                if answer is not None:
-                    return answer
+                raw = self._fast_path_refused(exc)
+            answer = plan.from_fast(raw)
+            if answer is not None:
+                return answer
         return plan.from_script(self._sync("claim")(keys=[plan.name], args=plan.script_args()))
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
@@ -393,12 +392,10 @@ class RedisStore(BaseStore):
                 raw = await within(self._async_client().set(
                     plan.name, plan.record, nx=True, get=True, px=plan.ttl), _WHAT)
             except self._response_error as exc:
-                if not self._fast_path_refused(exc):
-                    raise
-            else:
-                answer = plan.from_fast(raw)
-                if answer is not None:
-                    return answer
+                raw = self._fast_path_refused(exc)
+            answer = plan.from_fast(raw)
+            if answer is not None:
+                return answer
         reply = await within(self._async("claim")(keys=[plan.name], args=plan.script_args()),
                              _WHAT)
         return plan.from_script(reply)

@@ -20,13 +20,14 @@ import os
 import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .. import context
 from .._validate import header_name
 from ..context import remaining
 from ..errors import DeadlineExceeded
 from ..events import dispatcher
+from ..outcome import classify_status
 from ..policies.backoff import exponential
 from ..policies.base import Policy
 from ..policies.budget import RetryBudget
@@ -48,12 +49,14 @@ __all__ = [
     "HostPolicies",
     "Plan",
     "default_policy",
+    "ended",
     "expired",
+    "failure_message",
     "host_name",
     "idempotent_variant",
     "new_idempotency_key",
     "passed_up",
-    "raise_if_deadline",
+    "raise_timeout",
     "retried",
     "retries",
     "single_attempt_variant",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("stoic.http")
+F = TypeVar("F", bound=Exception)
 
 #: Methods RFC 9110 defines as idempotent: sending one twice has the effect of sending it once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -347,6 +351,25 @@ def passed_up(headers: Any) -> bool:
     return True
 
 
+def failure_message(status: int, headers: Any, plan: Plan) -> str | None:
+    """The message a response with ``status`` is retried with, or None when it goes back to
+    the caller as it is: a success, a final answer, or a failure retried below already."""
+    verdict = classify_status(status, headers)
+    if not verdict.outcome.is_failure or passed_up(headers):
+        return None
+    return f"{plan.what}: {verdict.reason}"
+
+
+def ended(plan: Plan, exc: Exception, status_failure: type[F]) -> F:
+    """A request failed for good with ``exc`` (``retried`` reports it): ``exc`` when it is
+    the client's ``status_failure``, whose response goes back to the caller; raised again
+    otherwise. Called in the client's ``except`` clause, off the hot path."""
+    retried(plan)
+    if isinstance(exc, status_failure):
+        return exc
+    raise exc
+
+
 def retried(plan: Plan) -> None:
     """The request failed for good: after several attempts, the request being served passes
     up a failure that was retried (the hop guard's deepest mode marks its answer)."""
@@ -354,14 +377,16 @@ def retried(plan: Plan) -> None:
         context.note_retried()
 
 
-def raise_if_deadline(exc: Exception, plan: Plan) -> None:
-    """Raise ``DeadlineExceeded`` from timeout ``exc`` when it was (in effect) the deadline
-    running out; return when the library's own timeout fired first."""
+def raise_timeout(exc: Exception, plan: Plan) -> NoReturn:
+    """Raise an attempt's timeout ``exc`` again, as ``DeadlineExceeded`` (from ``exc``) when
+    it was, in effect, the deadline running out; as itself when the library's own timeout
+    fired first. Called in the ``except`` clause that caught ``exc``."""
     left = remaining()
     if left is not None and left <= _DEADLINE_SLACK:
         raise DeadlineExceeded(
             f"deadline ran out during {plan.what} ({type(exc).__name__})"
         ) from exc
+    raise exc
 
 
 class HostPolicies:

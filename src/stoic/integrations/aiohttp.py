@@ -30,14 +30,13 @@ import aiohttp  # type: ignore[import-untyped, import-not-found, unused-ignore]
 from aiohttp import payload as _payload  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 from ..context import using_idempotency_key
-from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     Core,
     Plan,
-    passed_up,
-    raise_if_deadline,
-    retried,
+    ended,
+    failure_message,
+    raise_timeout,
 )
 
 __all__ = ["ResilientMiddleware"]
@@ -93,12 +92,8 @@ class ResilientMiddleware(Core):
                 return await policy.acall(self._attempt, request, handler, plan)
             with using_idempotency_key(plan.key):
                 return await policy.acall(self._attempt, request, handler, plan)
-        except _StatusFailure as failure:
-            retried(plan)
-            return failure.response
-        except Exception:
-            retried(plan)
-            raise
+        except Exception as exc:
+            return ended(plan, exc, _StatusFailure).response
 
     async def _attempt(self, request: Any, handler: Handler, plan: Plan) -> Any:
         left = self._begin_attempt(request.headers, plan)
@@ -113,13 +108,12 @@ class ResilientMiddleware(Core):
             else:  # the attempt may not outlive the deadline
                 response = await asyncio.wait_for(handler(request), left)
         except asyncio.TimeoutError as exc:  # aiohttp's own timeouts subclass it too
-            raise_if_deadline(exc, plan)
-            raise
-        verdict = classify_status(response.status, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+            raise_timeout(exc, plan)
+        message = failure_message(response.status, response.headers, plan)
+        if message is None:
             return response
         try:  # read now, so the connection goes back to the pool before any backoff
             await response.read()
         finally:
             response.release()
-        raise _StatusFailure(response, f"{plan.what}: {verdict.reason}")
+        raise _StatusFailure(response, message)

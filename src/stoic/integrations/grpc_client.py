@@ -15,7 +15,7 @@ from ._http import (
     ClientOptions,
     Core,
     Plan,
-    raise_if_deadline,
+    raise_timeout,
 )
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
@@ -116,26 +116,19 @@ class _Client(Core):
             timeout = left
         return timeout
 
-    def _details(self, details: Any, metadata: _Metadata, plan: Plan) -> _Details:
-        return _Details(
-            details.method, self._timeout(metadata, plan), metadata.out(), details.credentials,
-            details.wait_for_ready, getattr(details, "compression", None),
-        )
+    def _details(self, details: Any, metadata: _Metadata, plan: Plan) -> Any:
+        """The call details of one attempt, in the sync or the aio form."""
+        raise NotImplementedError
 
-    def _aio_details(self, details: Any, metadata: _Metadata, plan: Plan) -> Any:
-        return grpc.aio.ClientCallDetails(
-            details.method, self._timeout(metadata, plan),
-            grpc.aio.Metadata(*metadata.out()), details.credentials, details.wait_for_ready,
-        )
-
-    def _stream_plan(self, details: Any) -> tuple[_Metadata, Plan]:
+    def _propagated(self, details: Any) -> Any:
+        """A streaming call's details (sent once, not retried): deadline and metadata set."""
         metadata = _Metadata(details.metadata)
-        return metadata, self._plan_call(details, metadata, False)
+        return self._details(details, metadata, self._plan_call(details, metadata, False))
 
 
 def _deadline_failure(exc: Any, plan: Plan) -> None:
     if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-        raise_if_deadline(exc, plan)
+        raise_timeout(exc, plan)
 
 
 class ResilientInterceptor(
@@ -187,9 +180,11 @@ class ResilientInterceptor(
             raise
         return outcome
 
-    def _propagated(self, details: Any) -> _Details:
-        metadata, plan = self._stream_plan(details)
-        return self._details(details, metadata, plan)
+    def _details(self, details: Any, metadata: _Metadata, plan: Plan) -> _Details:
+        return _Details(
+            details.method, self._timeout(metadata, plan), metadata.out(), details.credentials,
+            details.wait_for_ready, getattr(details, "compression", None),
+        )
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._propagated(details), request)
@@ -227,7 +222,7 @@ class ResilientAioInterceptor(
     async def _attempt(
         self, continuation: Any, details: Any, request: Any, plan: Plan, metadata: _Metadata
     ) -> Any:
-        attempt = self._aio_details(details, metadata, plan)
+        attempt = self._details(details, metadata, plan)
         if plan.host is None:
             return await self._send(continuation, attempt, request, plan)
         return await plan.host.acall(self._send, continuation, attempt, request, plan)
@@ -242,9 +237,11 @@ class ResilientAioInterceptor(
             raise
         return call
 
-    def _propagated(self, details: Any) -> Any:
-        metadata, plan = self._stream_plan(details)
-        return self._aio_details(details, metadata, plan)
+    def _details(self, details: Any, metadata: _Metadata, plan: Plan) -> Any:
+        return grpc.aio.ClientCallDetails(
+            details.method, self._timeout(metadata, plan),
+            grpc.aio.Metadata(*metadata.out()), details.credentials, details.wait_for_ready,
+        )
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._propagated(details), request)

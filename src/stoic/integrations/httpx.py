@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 import httpx
 
 from ..context import using_idempotency_key
-from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     ClientOptions,
     Core,
     Plan,
-    passed_up,
-    raise_if_deadline,
-    retried,
+    ended,
+    failure_message,
+    raise_timeout,
 )
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
@@ -55,7 +54,30 @@ Inner = TypeVar("Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 class _StatusFailure(httpx.HTTPStatusError):
-    """A failing response, raised only inside the retry loop; the caller gets the response."""
+    """A failing response, raised only inside the retry loop; the caller gets the response.
+
+    ``read`` (``aread``) reads a streamed response at once, so its connection goes back to
+    the pool before any backoff, and rebuilds it around the raw body (``_rebuilt``)."""
+
+    def read(self) -> _StatusFailure:
+        response = self.response
+        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
+            try:
+                body = b"".join(response.iter_raw())
+            finally:
+                response.close()
+            self.response = _rebuilt(response, body, self.request)
+        return self
+
+    async def aread(self) -> _StatusFailure:
+        response = self.response
+        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
+            try:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            finally:
+                await response.aclose()
+            self.response = _rebuilt(response, body, self.request)
+        return self
 
 
 def _shrink(timeouts: dict[str, float | None], left: float) -> dict[str, float | None]:
@@ -150,12 +172,8 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
                 return policy.call(self._attempt, request, plan)
             with using_idempotency_key(plan.key):
                 return policy.call(self._attempt, request, plan)
-        except _StatusFailure as failure:
-            retried(plan)
-            return failure.response
-        except Exception:
-            retried(plan)
-            raise
+        except Exception as exc:
+            return ended(plan, exc, _StatusFailure).response
 
     def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -167,18 +185,11 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
         try:
             response = self.inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            raise_if_deadline(exc, plan)
-            raise
-        verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+            raise_timeout(exc, plan)
+        message = failure_message(response.status_code, response.headers, plan)
+        if message is None:
             return response
-        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
-            try:
-                body = b"".join(response.iter_raw())
-            finally:
-                response.close()
-            response = _rebuilt(response, body, request)
-        raise _StatusFailure(f"{plan.what}: {verdict.reason}", request=request, response=response)
+        raise _StatusFailure(message, request=request, response=response).read()
 
     def close(self) -> None:
         self.inner.close()
@@ -208,12 +219,8 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
                 return await policy.acall(self._attempt, request, plan)
             with using_idempotency_key(plan.key):
                 return await policy.acall(self._attempt, request, plan)
-        except _StatusFailure as failure:
-            retried(plan)
-            return failure.response
-        except Exception:
-            retried(plan)
-            raise
+        except Exception as exc:
+            return ended(plan, exc, _StatusFailure).response
 
     async def _attempt(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         self._prepare(request, plan)
@@ -225,18 +232,11 @@ class ResilientAsyncTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
         try:
             response = await self.inner.handle_async_request(request)
         except httpx.TimeoutException as exc:
-            raise_if_deadline(exc, plan)
-            raise
-        verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+            raise_timeout(exc, plan)
+        message = failure_message(response.status_code, response.headers, plan)
+        if message is None:
             return response
-        if not isinstance(response.stream, httpx.ByteStream):  # in memory already: keep it
-            try:
-                body = b"".join([chunk async for chunk in response.aiter_raw()])
-            finally:
-                await response.aclose()
-            response = _rebuilt(response, body, request)
-        raise _StatusFailure(f"{plan.what}: {verdict.reason}", request=request, response=response)
+        raise await _StatusFailure(message, request=request, response=response).aread()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -30,14 +30,13 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from ..context import using_idempotency_key
-from ..outcome import classify_status
 from ..policies.base import Policy
 from ._http import (
     Core,
     Plan,
-    passed_up,
-    raise_if_deadline,
-    retried,
+    ended,
+    failure_message,
+    raise_timeout,
     split_options,
 )
 
@@ -134,14 +133,10 @@ class ResilientAdapter(Core, HTTPAdapter):
                 return policy.call(self._attempt, request, plan, io)
             with using_idempotency_key(plan.key):
                 return policy.call(self._attempt, request, plan, io)
-        except _StatusFailure as failure:
-            retried(plan)
-            response = failure.response
+        except Exception as exc:
+            response = ended(plan, exc, _StatusFailure).response
             assert response is not None  # we always attach it
             return response
-        except Exception:
-            retried(plan)
-            raise
 
     def _attempt(
         self, request: requests.PreparedRequest, plan: Plan, io: tuple[Any, ...]
@@ -166,10 +161,9 @@ class ResilientAdapter(Core, HTTPAdapter):
                 verify=verify, cert=cert, proxies=proxies,
             )
         except requests.Timeout as exc:
-            raise_if_deadline(exc, plan)
-            raise
-        verdict = classify_status(response.status_code, response.headers)
-        if not verdict.outcome.is_failure or passed_up(response.headers):
+            raise_timeout(exc, plan)
+        message = failure_message(response.status_code, response.headers, plan)
+        if message is None:
             return response
         response.content  # noqa: B018 - read it now, so the connection goes back to the pool
-        raise _StatusFailure(f"{plan.what}: {verdict.reason}", response=response)
+        raise _StatusFailure(message, response=response)

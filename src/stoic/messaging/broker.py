@@ -14,10 +14,10 @@ worker thread, so the event loop is never blocked.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from .._lazy import require
 from .model import (
     DeadLetter,
     Message,
@@ -263,14 +263,6 @@ class PublishOne:
         return (await broker.apublish_many(
             topic, [payload], ids=None if id is None else [id], headers=headers, delay=delay
         ))[0]
-
-
-def require(module: str, who: str, extra: str) -> Any:
-    """Import ``module`` for ``who``, or an ``ImportError`` that names the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(f"{who} needs the {extra} extra: pip install 'stoic[{extra}]'") from exc
 
 
 class PreparedPublish:

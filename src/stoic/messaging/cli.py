@@ -25,11 +25,9 @@ import typer
 from .._cli import (
     TIMEOUT_OPTION,
     Backend,
+    UrlOption,
     check_reachable,
-    choose_url,
     existing_sqlite_file,
-    note_deprecated_url,
-    parse_backend,
     reaching,
     redis_client,
 )
@@ -51,7 +49,8 @@ BrokerOption = typer.Option(
 )
 
 
-_BROKERS = ("sqlite", "redis", "amqp", "postgresql", "nats", "memory")
+_BROKER = UrlOption("--broker", "STOIC_BROKER",
+                    ("sqlite", "redis", "amqp", "postgresql", "nats", "memory"))
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
@@ -60,7 +59,7 @@ def _broker(url: str, topic: str, timeout: float, *, read_only: bool) -> Iterato
     """The broker ``url`` names, checked first: a SQLite file must exist (and is opened
     read-only for inspection; a command that writes first checks it is a queue database
     read-only), a server must answer within ``timeout`` seconds."""
-    backend = parse_backend(url, "--broker", _BROKERS)
+    backend = _BROKER.parse(url)
     options: dict[str, Any] = {}
     if backend.family == "sqlite":
         existing_sqlite_file(backend)
@@ -84,7 +83,7 @@ def _broker(url: str, topic: str, timeout: float, *, read_only: bool) -> Iterato
 
 
 def _backend(url: str) -> Backend:
-    return parse_backend(url, "--broker", _BROKERS)
+    return _BROKER.parse(url)
 
 
 def _when(epoch: float) -> str:
@@ -233,8 +232,7 @@ def dlq_purge(
 
 @app.command()
 def migrate(
-    url: str | None = typer.Argument(None, metavar="[URL]", show_default=False,
-                                     help="Deprecated: use --broker."),
+    url: str | None = _BROKER.positional(),
     broker: str | None = typer.Option(
         None, "--broker", "-b", envvar="STOIC_BROKER", metavar="URL",
         help="postgresql://user@host/db[?schema=...&table_prefix=...]",
@@ -251,8 +249,8 @@ def migrate(
 
     from .postgres import schema_sql
 
-    target = choose_url("--broker", broker, url, "STOIC_BROKER")
-    backend = parse_backend(target, "--broker", ("postgresql",))
+    target = _BROKER.choose(broker, url)
+    backend = _BROKER.parse(target, ("postgresql",))
     query = {k: v[-1] for k, v in parse_qs(urlsplit(target).query).items()}
     schema, prefix = query.get("schema", "public"), query.get("table_prefix", "stoic_")
     ddl = schema_sql(schema, prefix).strip()  # ValueError (usage) for a bad name
@@ -262,4 +260,4 @@ def migrate(
     with _broker(target, "", timeout, read_only=False) as b, reaching(backend):
         b.migrate()
     typer.echo(f"tables {schema}.{prefix}messages, dead and counters are ready")
-    note_deprecated_url("--broker", url)
+    _BROKER.note_deprecated(url)
