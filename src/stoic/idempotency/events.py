@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..events import Event
 
 __all__ = [
+    "IdempotencyEvent",
     "IdempotencyKeyRejected",
     "IdempotencyLeaseLost",
     "IdempotencyLeaseTakenOver",
@@ -21,43 +22,44 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IdempotentReplayed(Event):
+class IdempotencyEvent(Event):
+    """What every idempotency event carries: ``name`` (the operation) and ``key`` (the
+    client's key). Subscribe to this class to see them all."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotentReplayed(IdempotencyEvent):
     """A repeat of a completed key got the stored result without running again.
 
     ``error_type`` is set when the stored outcome was a failure, replayed as
     ``IdempotencyStoredError``.
     """
 
-    key: str
     error_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IdempotencyKeyRejected(Event):
+class IdempotencyKeyRejected(IdempotencyEvent):
     """A call was refused: ``reason`` is ``"in_flight"`` or ``"mismatch"``."""
 
-    key: str
     reason: str
     retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IdempotencyLeaseTakenOver(Event):
+class IdempotencyLeaseTakenOver(IdempotencyEvent):
     """A claim replaced a record whose owner's lease ran out: the work may run twice."""
 
-    key: str
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IdempotencyLeaseLost(Event):
+class IdempotencyLeaseLost(IdempotencyEvent):
     """The call finished after its lease was taken over; its result was not stored."""
 
-    key: str
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IdempotencyRecordCorrupted(Event):
+class IdempotencyRecordCorrupted(IdempotencyEvent):
     """A stored record could not be read; it was treated as absent and the call ran again."""
 
-    key: str
     problem: str

@@ -26,6 +26,7 @@ from ..events import (
     dispatcher,
 )
 from ..idempotency.events import (
+    IdempotencyEvent,
     IdempotencyKeyRejected,
     IdempotencyLeaseLost,
     IdempotencyLeaseTakenOver,
@@ -163,6 +164,7 @@ HANDLERS: dict[type[Event], Handler | None] = {
     StateStoreRecovered: None,
     IdempotentReplayed: _replayed,
     IdempotencyKeyRejected: _key_rejected,
+    IdempotencyEvent: None,  # the base: each subclass has its own entry
     IdempotencyLeaseTakenOver: None,
     IdempotencyLeaseLost: None,
     IdempotencyRecordCorrupted: None,
@@ -187,6 +189,7 @@ HANDLERS: dict[type[Event], Handler | None] = {
     flow.StepCompleted: _step_completed,
     flow.StepFailed: _step_failed,
     flow.CompensationRan: lambda r, e: r.workflow_count("compensated", e.name, e.outcome),
+    flow.WorkflowEvent: None,  # the base: each subclass has its own entry
 }
 
 

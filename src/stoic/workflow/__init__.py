@@ -29,6 +29,7 @@ from .errors import (
 from .events import CompensationRan as CompensationRan
 from .events import StepCompleted as StepCompleted
 from .events import StepFailed as StepFailed
+from .events import WorkflowEvent as WorkflowEvent
 from .events import WorkflowFinished as WorkflowFinished
 from .events import WorkflowLeaseLost as WorkflowLeaseLost
 from .events import WorkflowParked as WorkflowParked
@@ -64,6 +65,7 @@ __all__ = [
     "WorkflowContext",
     "WorkflowDiverged",
     "WorkflowError",
+    "WorkflowEvent",
     "WorkflowFailed",
     "WorkflowFinished",
     "WorkflowHandle",

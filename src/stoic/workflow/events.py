@@ -13,6 +13,7 @@ __all__ = [
     "CompensationRan",
     "StepCompleted",
     "StepFailed",
+    "WorkflowEvent",
     "WorkflowFinished",
     "WorkflowLeaseLost",
     "WorkflowParked",
@@ -22,66 +23,67 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowStarted(Event):
-    """A new run was recorded by ``start()``."""
+class WorkflowEvent(Event):
+    """What every workflow event carries: ``name`` (the workflow) and ``workflow_id`` (the run).
+    Subscribe to this class to see them all."""
 
     workflow_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowStarted(WorkflowEvent):
+    """A new run was recorded by ``start()``."""
+
     version: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowRecovered(Event):
+class WorkflowRecovered(WorkflowEvent):
     """A worker took over a run whose previous worker's lease ran out (it crashed or hung)."""
 
-    workflow_id: str
     token: int
     worker: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowFinished(Event):
+class WorkflowFinished(WorkflowEvent):
     """A run ended: ``status`` is ``completed``, ``failed`` or ``cancelled``."""
 
-    workflow_id: str
     status: str
     error_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowParked(Event):
+class WorkflowParked(WorkflowEvent):
     """A run stopped until someone acts: ``status`` is ``needs_attention`` or
     ``unknown_workflow``; ``reason`` says why."""
 
-    workflow_id: str
     status: str
     reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowLeaseLost(Event):
+class WorkflowLeaseLost(WorkflowEvent):
     """A worker's commit was refused: another worker holds the run with a newer token."""
 
-    workflow_id: str
     token: int
     worker: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StepCompleted(Event):
+class StepCompleted(WorkflowEvent):
     """A step ran and returned (its checkpoint commits with the next boundary)."""
 
-    workflow_id: str
     step: str
     attempt: int
     duration: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StepFailed(Event):
+class StepFailed(WorkflowEvent):
     """A step raised. ``retry_in`` is the durable backoff before the engine runs it again,
     or None when the step failed for good. ``duration``: seconds the attempt ran."""
 
-    workflow_id: str
     step: str
     attempt: int
     outcome: str
@@ -91,10 +93,9 @@ class StepFailed(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CompensationRan(Event):
+class CompensationRan(WorkflowEvent):
     """A compensation of a failed or cancelled run ended: ``outcome`` is ``completed`` or
     ``failed``."""
 
-    workflow_id: str
     step: str
     outcome: str
