@@ -40,6 +40,9 @@ class Recorded:
     def step(self, workflow: str, step: str, outcome: str, duration: float) -> None:
         self.updates.append(("step", (workflow, step, outcome, duration)))
 
+    def limit(self, name: str, limit: int) -> None:
+        self.updates.append(("limit", (name, limit)))
+
 
 @pytest.mark.parametrize("cls", catalogue(), ids=lambda cls: cls.__name__)
 def test_every_catalogued_event_has_an_entry_in_the_metrics_adapter(cls: type[Event]) -> None:
@@ -101,4 +104,18 @@ def test_workflow_events_count_runs_and_time_steps_from_their_fields() -> None:
         ("workflow", ("compensated", "order", "completed")),
         ("workflow", ("failed", "order", "failed")),
         ("workflow", ("completed", "order", "")),
+    ]
+
+
+def test_load_control_events_set_the_limit_and_count_a_shed_request_as_a_rejection() -> None:
+    from stoic.integrations.shedding import RequestShed
+    from stoic.policies.limit import LimitChanged
+
+    recorder = Recorded()
+    sink = make_sink(recorder)
+    sink(LimitChanged(name="api", limit=12, previous=20, rtt=0.05, inflight=20, dropped=False))
+    sink(RequestShed(name="api", priority="sheddable", status=503, reason="over_limit"))
+    assert recorder.updates == [
+        ("limit", ("api", 12)),
+        ("rejection", ("api", "shed_sheddable")),
     ]

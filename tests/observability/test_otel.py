@@ -284,3 +284,17 @@ def test_importing_the_adapters_imports_no_optional_library() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_adaptive_limit_gauge_and_shed_requests_reach_opentelemetry(otel: Otel) -> None:
+    from stoic.integrations.shedding import RequestShed
+    from stoic.policies.limit import LimitChanged
+
+    dispatcher.emit(LimitChanged(name="api", limit=12, previous=20, rtt=0.05, inflight=20,
+                                 dropped=False))
+    dispatcher.emit(RequestShed(name="api", priority="sheddable", status=503,
+                                reason="over_limit"))
+    metrics = otel.metrics()
+    assert metrics["stoic.adaptive_limit"] == [({"stoic.name": "api"}, 12)]
+    assert ({"stoic.name": "api", "stoic.reason": "shed_sheddable"}, 1) in metrics[
+        "stoic.rejections"]

@@ -100,6 +100,8 @@ class Recorder(Protocol):
         ``label`` is the outcome or status where the metric has one."""
     def step(self, workflow: str, step: str, outcome: str, duration: float) -> None:
         """One finished attempt of a workflow step."""
+    def limit(self, name: str, limit: int) -> None:
+        """An adaptive concurrency limit is now ``limit``."""
 
 
 def _retry(recorder: Recorder, event: RetryScheduled) -> None:
@@ -176,9 +178,9 @@ HANDLERS: dict[type[Event], Handler | None] = {
     ProcessFaulted: None,
     NetworkPartitioned: None,
     NetworkHealed: None,
-    # load control: the Prometheus adapter keeps its own gauge and counter for these
-    LimitChanged: None,
-    RequestShed: None,
+    # load control: the limit gauge, and a shed request as a rejection by its priority
+    LimitChanged: lambda r, e: r.limit(e.name, e.limit),
+    RequestShed: lambda r, e: r.rejection(e.name, f"shed_{e.priority}"),
     # durable workflows: runs by what became of them, step attempts by outcome (the due
     # backlog is read from the stores at scrape time, not from events)
     flow.WorkflowStarted: lambda r, e: r.workflow_count("started", e.name),

@@ -24,7 +24,9 @@ Metrics (meter ``stoic``), all low-cardinality: ``stoic.calls`` {stoic.name, sto
 ``stoic.attempts`` {stoic.name}, ``stoic.retries`` {stoic.name}, ``stoic.rejections``
 {stoic.name, stoic.reason}, ``stoic.messages`` {messaging.destination.name, stoic.result},
 ``stoic.idempotent_replays`` {stoic.name}, histogram ``stoic.call.duration`` (s)
-{stoic.name}, observable gauge ``stoic.circuit_breaker.state`` {stoic.name, stoic.state}.
+{stoic.name}, observable gauges ``stoic.circuit_breaker.state`` {stoic.name, stoic.state}
+and ``stoic.adaptive_limit`` {stoic.name}; a request a ``LoadShedder`` refused counts in
+``stoic.rejections`` with ``stoic.reason`` ``shed_<priority>``.
 Durable workflows: counters ``stoic.workflow.started``, ``.completed``, ``.recovered``,
 ``.lease_lost`` {stoic.workflow} and ``.failed``, ``.compensated``, ``.parked``
 {stoic.workflow, stoic.outcome}; histogram ``stoic.workflow.step.duration`` (s)

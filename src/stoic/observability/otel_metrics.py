@@ -49,12 +49,17 @@ class MetricRecorder:
         self._steps = _histogram(meter, "stoic.workflow.step.duration",
                                  "Duration of workflow step attempts, by outcome.")
         self._states: dict[str, str] = {}
+        self._limits: dict[str, int] = {}
         from opentelemetry.metrics import Observation
 
         self._observation = Observation
         meter.create_observable_gauge(
             "stoic.circuit_breaker.state", callbacks=[self._observe_breakers], unit="1",
             description="1 for the breaker's current state, 0 for the others.",
+        )
+        meter.create_observable_gauge(
+            "stoic.adaptive_limit", callbacks=[self._observe_limits], unit="{call}",
+            description="The current limit of each adaptive concurrency limit.",
         )
         self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
 
@@ -95,6 +100,13 @@ class MetricRecorder:
 
     def step(self, workflow: str, step: str, outcome: str, duration: float) -> None:
         self._steps.record(duration, self._a("step", workflow, step, outcome))
+
+    def limit(self, name: str, limit: int) -> None:
+        self._limits[name] = limit
+
+    def _observe_limits(self, options: Any) -> Iterable[Any]:
+        return [self._observation(limit, {"stoic.name": name})
+                for name, limit in sorted(self._limits.items())]
 
     def _observe_breakers(self, options: Any) -> Iterable[Any]:
         return list(_breaker_observations(self._states, self._observation))

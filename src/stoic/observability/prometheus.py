@@ -50,12 +50,10 @@ from typing import Any
 
 from .. import clock
 from .._validate import count as check_count
-from ..events import CallRecorder, Event, dispatcher
-from ..integrations.shedding import RequestShed
-from ..policies.limit import LimitChanged
+from ..events import CallRecorder
 from ..workflow.engine import Workflows
 from ..workflow.store import CountsDue, Store
-from ._events import WORKFLOW_METRICS, breaker_states, make_sink
+from ._events import WORKFLOW_METRICS, breaker_states, connect
 from .otel_metrics import DURATION_BUCKETS
 from .prometheus_families import breaker_gauge, counter, gauge, histogram
 
@@ -172,13 +170,9 @@ class _StoicCollector:
         with self._lock:
             self.replays[name] = self.replays.get(name, 0) + 1
 
-    def load_event(self, event: Event) -> None:
-        """The load-control events: adaptive limit changes and requests shed."""
-        if isinstance(event, LimitChanged):
-            with self._lock:
-                self.limits[event.name] = event.limit
-        elif isinstance(event, RequestShed):
-            self.rejection(event.name, f"shed_{event.priority}")
+    def limit(self, name: str, limit: int) -> None:
+        with self._lock:
+            self.limits[name] = limit
 
     def workflow_count(self, metric: str, workflow: str, label: str = "") -> None:
         """One more of ``metric`` (``started``, ``failed``, ...) for ``workflow``."""
@@ -289,26 +283,6 @@ def _add(total: dict[Any, list[float]], key: Any, counts: list[float]) -> None:
             into[index] += value
 
 
-def _connect(collector: _StoicCollector) -> Callable[[], None]:
-    """``connect``, with the load-control events (typed, not guessed) taken first."""
-    others = make_sink(collector)
-
-    def sink(event: Event) -> None:
-        if isinstance(event, (LimitChanged, RequestShed)):
-            collector.load_event(event)
-        else:
-            others(event)
-
-    unsubscribe = dispatcher.subscribe(sink, calls=False)
-    remove = dispatcher.add_recorder(collector.call, trusted=True)
-
-    def disconnect() -> None:
-        unsubscribe()
-        remove()
-
-    return disconnect
-
-
 class _Installed:
     def __init__(
         self, registry: Any, collector: _StoicCollector, unsubscribe: Callable[[], None]
@@ -333,7 +307,7 @@ def instrument(registry: Any = None) -> None:
         _uninstrument_locked()
         collector = _StoicCollector()
         target.register(collector)
-        unsubscribe = _connect(collector)
+        unsubscribe = connect(collector, trusted=True)
         _installed = _Installed(target, collector, unsubscribe)
 
 
