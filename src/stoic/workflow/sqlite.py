@@ -31,19 +31,26 @@ __all__ = ["SQLiteStore"]
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
+class _Batch:
+    """One transaction of group commit: its writers wait for its COMMIT."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class _Group:
     """The state of group commit: the shared write connection and its open transaction."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()          # the connection and the open transaction
-        self.done = threading.Condition()     # batches committed
+        self.lock = threading.Lock()          # the connection and its open transaction
+        self.queue = threading.Lock()         # guards ``waiting``
+        self.waiting = 0                      # threads queued for ``lock`` to write
         self.conn: sqlite3.Connection | None = None
         self.pid = 0
-        self.open = False
-        self.batch = 1                        # the batch the open transaction commits
-        self.committed = 0
-        self.committing = False
-        self.failed: dict[int, BaseException] = {}
+        self.batch: _Batch | None = None      # the open transaction (None: none is open)
 
 
 class SQLiteStore(SQLStore):
@@ -122,31 +129,76 @@ class SQLiteStore(SQLStore):
         """One write, durable when the block returns: group commit.
 
         Every thread of this process writes through one connection, each block inside a
-        savepoint of the transaction that is open at the time; then one of the threads waiting
-        commits the transaction for all of them (one fsync for many checkpoints). A block that
-        raises rolls back to its savepoint only (the block that opened the transaction is
-        alone in it, so it needs none: it rolls the transaction back).
+        savepoint of the transaction that is open at the time (the block that opens the
+        transaction is alone in it, so it needs none: on an error it rolls the transaction
+        back). The last writer of a burst commits the transaction for everyone in it: a
+        writer that finishes while other threads are queued to write leaves the COMMIT to
+        them, so the writes that queued up during one COMMIT (SQLite allows no statement of
+        the next transaction while it runs) share the next one, and its fsync.
         """
         group = self._group
-        with group.lock:
+        with group.queue:
+            group.waiting += 1
+        group.lock.acquire()
+        batch: _Batch | None = None
+        failed: BaseException | None = None
+        try:
+            with group.queue:
+                group.waiting -= 1
             conn = self._writer()
-            opener = not group.open  # alone in the transaction: no savepoint needed
+            batch = group.batch
+            opener = batch is None
             conn.execute("BEGIN IMMEDIATE" if opener else "SAVEPOINT w")
-            group.open = True
+            if batch is None:
+                batch = group.batch = _Batch()
             try:
                 yield conn
-            except BaseException:
-                if opener:
+            except BaseException as exc:
+                failed = exc
+                if opener:  # alone in the transaction: nothing of anyone else's to keep
+                    group.batch = None
                     conn.execute("ROLLBACK")
-                    group.open = False
                 else:
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
-                raise
-            if not opener:
-                conn.execute("RELEASE w")
-            batch = group.batch
-        self._flush(batch)
+                batch = None
+            else:
+                if not opener:
+                    conn.execute("RELEASE w")
+        finally:
+            try:
+                self._commit_if_last()
+            finally:
+                group.lock.release()
+        if failed is not None:
+            raise failed
+        if batch is not None:
+            batch.done.wait()
+            if batch.error is not None:
+                raise batch.error
+
+    def _commit_if_last(self) -> None:
+        """Commit the open transaction unless another writer is queued to join it (the
+        caller holds the group's lock)."""
+        group = self._group
+        with group.queue:
+            if group.waiting > 0:
+                return
+        batch, group.batch = group.batch, None
+        if batch is None:
+            return
+        conn = group.conn
+        try:
+            if conn is not None:
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            batch.error = exc
+            try:
+                if conn is not None:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        batch.done.set()
 
     def _writer(self) -> sqlite3.Connection:
         group = self._group
@@ -156,49 +208,10 @@ class SQLiteStore(SQLStore):
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             self._conn()  # creates the schema, in WAL
-            group.conn, group.pid, group.open = conn, os.getpid(), False
+            group.conn, group.pid, group.batch = conn, os.getpid(), None
             with self._lock:
                 self._others.append(conn)
         return group.conn
-
-    def _flush(self, batch: int) -> None:
-        group = self._group
-        with group.done:
-            while group.committed < batch:
-                if batch in group.failed:
-                    raise group.failed[batch]
-                if not group.committing:
-                    group.committing = True
-                    break
-                group.done.wait()
-            else:
-                if batch in group.failed:
-                    raise group.failed[batch]
-                return
-        error: BaseException | None = None
-        with group.lock:
-            committed = group.batch
-            conn = group.conn
-            try:
-                if group.open and conn is not None:
-                    conn.execute("COMMIT")
-            except BaseException as exc:
-                error = exc
-                try:
-                    if conn is not None:
-                        conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            group.open = False
-            group.batch += 1
-        with group.done:
-            if error is not None:
-                group.failed[committed] = error
-            group.committed = committed
-            group.committing = False
-            group.done.notify_all()
-        if error is not None:
-            raise error
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (for an ``Outbox`` table in the same file, or reads)."""
