@@ -224,30 +224,34 @@ def create_proxy(
     typer.echo(f"Created new proxy {name} listening on {handle.listen}")
 
 
-@app.command("delete")
-def delete_proxy(
-    ctx: typer.Context, name: str = PROXY, host: str | None = HOST,
-    timeout: float = TIMEOUT_OPTION,
-) -> None:
+def _delete(client: Any, name: str) -> str:
     """Delete a proxy: its port closes and its connections drop."""
-    _call(ctx, host, timeout, f"delete {name}", lambda client: client.delete(name))
-    typer.echo(f"Deleted proxy {name}")
+    client.delete(name)
+    return f"Deleted proxy {name}"
 
 
-@app.command("toggle")
-def toggle_proxy(
-    ctx: typer.Context, name: str = PROXY, host: str | None = HOST,
-    timeout: float = TIMEOUT_OPTION,
-) -> None:
+def _toggle(client: Any, name: str) -> str:
     """Disable an enabled proxy (connections refused), or enable a disabled one."""
+    enabled = not client.proxy(name).enabled
+    (client.enable if enabled else client.disable)(name)
+    return f"Proxy {name} is now {'enabled' if enabled else 'disabled'}"
 
-    def toggle(client: Any) -> bool:
-        enabled = not client.proxy(name).enabled
-        (client.enable if enabled else client.disable)(name)
-        return enabled
 
-    enabled = _call(ctx, host, timeout, f"toggle {name}", toggle)
-    typer.echo(f"Proxy {name} is now {'enabled' if enabled else 'disabled'}")
+def _proxy_command(verb: str, act: Callable[[Any, str], str]) -> None:
+    """Register ``verb NAME``: ``act(client, name)`` does it and says what it did (its
+    docstring is the command's help)."""
+
+    def command(
+        ctx: typer.Context, name: str = PROXY, host: str | None = HOST,
+        timeout: float = TIMEOUT_OPTION,
+    ) -> None:
+        typer.echo(_call(ctx, host, timeout, f"{verb} {name}", lambda client: act(client, name)))
+
+    app.command(verb, help=act.__doc__)(command)
+
+
+_proxy_command("delete", _delete)
+_proxy_command("toggle", _toggle)
 
 
 @toxic_app.command("add")

@@ -6,7 +6,7 @@ import contextlib
 import random
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Literal
 
 from .supervisor import Supervisor
@@ -26,6 +26,7 @@ class MonkeyStruck:
     action: str
 
 
+@dataclass(eq=False, repr=False)
 class Monkey:
     """Kill (or pause, or terminate) a random member of ``group`` at random intervals.
 
@@ -35,13 +36,22 @@ class Monkey:
     seconds later. ``start()`` runs the schedule on a thread until ``stop()`` or ``rounds``.
     """
 
-    def __init__(
-        self, supervisor: Supervisor, group: Sequence[str], *, min_interval: float,
-        max_interval: float, seed: int | None = None,
-        action: Literal["kill", "terminate", "pause"] = "kill",
-        restart_after: float | None = None, rounds: int | None = None,
-    ) -> None:
-        if not group:
+    supervisor: Supervisor
+    group: Sequence[str]
+    _: KW_ONLY
+    min_interval: float
+    max_interval: float
+    seed: int | None = None
+    action: Literal["kill", "terminate", "pause"] = "kill"
+    restart_after: float | None = None
+    rounds: int | None = None
+    history: list[MonkeyStruck] = field(default_factory=list, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        min_interval, max_interval = self.min_interval, self.max_interval
+        if not self.group:
             raise ValueError("group must name at least one process")
         if min_interval < 0:
             raise ValueError(f"min_interval must be >= 0 seconds, got {min_interval!r}")
@@ -49,23 +59,13 @@ class Monkey:
             raise ValueError(
                 f"max_interval must be >= min_interval ({min_interval!r}), got {max_interval!r}"
             )
-        if action not in ("kill", "terminate", "pause"):
-            raise ValueError(f"action must be kill, terminate or pause, got {action!r}")
-        if restart_after is not None and restart_after < 0:
-            raise ValueError(f"restart_after must be >= 0 seconds, got {restart_after!r}")
-        if rounds is not None and rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {rounds!r}")
-        self.supervisor = supervisor
-        self.group = tuple(group)
-        self.min_interval = min_interval
-        self.max_interval = max_interval
-        self.seed = seed
-        self.action = action
-        self.restart_after = restart_after
-        self.rounds = rounds
-        self.history: list[MonkeyStruck] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        if self.action not in ("kill", "terminate", "pause"):
+            raise ValueError(f"action must be kill, terminate or pause, got {self.action!r}")
+        if self.restart_after is not None and self.restart_after < 0:
+            raise ValueError(f"restart_after must be >= 0 seconds, got {self.restart_after!r}")
+        if self.rounds is not None and self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds!r}")
+        self.group = tuple(self.group)
 
     def plan(self, rounds: int) -> list[MonkeyStruck]:
         """The first ``rounds`` strikes this monkey will make (the same for the same seed)."""

@@ -204,11 +204,15 @@ class Stage:
 
     __slots__ = ("link", "rng", "toxic")
 
-    #: stages whose effect needs no data (timers) start when made
     def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
         self.toxic = toxic
         self.link = link
         self.rng = rng
+        self.start()
+
+    def start(self) -> None:
+        """Called once, when the stage is made: set up per-connection state; stages whose
+        effect needs no data (timers) start here."""
 
     def attr(self, key: str) -> int:
         return self.toxic.attributes.get(key, 0)
@@ -241,8 +245,7 @@ class _Latency(Stage):
 class _Bandwidth(Stage):
     __slots__ = ("next_free",)
 
-    def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
-        super().__init__(toxic, link, rng)
+    def start(self) -> None:
         self.next_free = 0.0
 
     async def pipe(self, data: bytes, arrived: float, next_: Next) -> None:
@@ -275,13 +278,12 @@ class _SlowClose(Stage):
 class _Timeout(Stage):
     __slots__ = ("released", "timer")
 
-    def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
-        super().__init__(toxic, link, rng)
+    def start(self) -> None:
         timeout = self.attr("timeout")
         self.timer: asyncio.TimerHandle | None = None
         self.released = asyncio.Event()
         if timeout > 0:
-            self.timer = link.loop.call_later(timeout / 1000.0, link.close)
+            self.timer = self.link.loop.call_later(timeout / 1000.0, self.link.close)
 
     async def pipe(self, data: bytes, arrived: float, next_: Next) -> None:
         return  # the data is dropped: the peer sees a connection that went silent
@@ -299,8 +301,7 @@ class _Timeout(Stage):
 class _ResetPeer(Stage):
     __slots__ = ("timer",)
 
-    def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
-        super().__init__(toxic, link, rng)
+    def start(self) -> None:
         self.timer: asyncio.TimerHandle | None = None
 
     async def pipe(self, data: bytes, arrived: float, next_: Next) -> None:
@@ -340,8 +341,7 @@ class _Slicer(Stage):
 class _LimitData(Stage):
     __slots__ = ("sent",)
 
-    def __init__(self, toxic: Toxic, link: Link, rng: random.Random) -> None:
-        super().__init__(toxic, link, rng)
+    def start(self) -> None:
         self.sent = 0
 
     async def pipe(self, data: bytes, arrived: float, next_: Next) -> None:

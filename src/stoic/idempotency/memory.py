@@ -17,9 +17,6 @@ from .store import (
     Claim,
     Record,
     RecordState,
-    check_claim,
-    check_key,
-    check_seconds,
     live_answer,
     new_token,
     unexpired,
@@ -39,8 +36,7 @@ class MemoryStore(BaseStore):
     def __repr__(self) -> str:
         return f"MemoryStore(records={len(self._records)})"
 
-    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        lease, ttl = check_claim(key, lease, ttl)
+    def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> Claim:
         now = clock.wall()
         with self._lock:
             old = self._records.get(key)
@@ -74,8 +70,7 @@ class MemoryStore(BaseStore):
             self._records[key] = change(record, now)
             return True
 
-    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        ttl = check_seconds("ttl", ttl)
+    def _complete(self, key: str, token: str, response: str | None, ttl: float) -> bool:
         return self._update(key, token, lambda record, now: Record(
             key=key, fingerprint=record.fingerprint, state=RecordState.COMPLETED,
             token=token, lease_until=now, expires_at=now + ttl, response=response,
@@ -88,15 +83,13 @@ class MemoryStore(BaseStore):
             del self._records[key]
             return True
 
-    def extend(self, key: str, token: str, lease: float) -> bool:
-        lease = check_seconds("lease", lease)
+    def _extend(self, key: str, token: str, lease: float) -> bool:
         return self._update(key, token, lambda record, now: Record(
             key=key, fingerprint=record.fingerprint, state=record.state, token=token,
             lease_until=now + lease, expires_at=max(record.expires_at, now + lease),
         ))
 
-    def get(self, key: str) -> Record | None:
-        check_key(key)
+    def _get(self, key: str) -> Record | None:
         return unexpired(self._records.get(key), clock.wall())
 
     def delete(self, key: str) -> bool:

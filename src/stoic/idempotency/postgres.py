@@ -263,8 +263,7 @@ class PostgresStore(BaseStore):
         with pool.connection(self._wait()) as conn:
             return work(conn, True)
 
-    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        lease, ttl = check_claim(key, lease, ttl)
+    def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> Claim:
         token = new_token()  # one per claim, kept across a retry (see postgres_sql.claim_read)
 
         def work(conn: Any, retried: bool) -> Claim:
@@ -285,9 +284,7 @@ class PostgresStore(BaseStore):
 
         return self._run(work)
 
-    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
-        ttl = check_seconds("ttl", ttl)
-
+    def _complete(self, key: str, token: str, response: str | None, ttl: float) -> bool:
         def work(conn: Any, retried: bool) -> bool:
             now = clock.wall()
             cur = conn.execute(self._sql.complete, (response, now + ttl, now, key, token, now))
@@ -307,9 +304,7 @@ class PostgresStore(BaseStore):
         with outside_deadline():  # records work already done (see _deadlines)
             return self._run(work)
 
-    def extend(self, key: str, token: str, lease: float) -> bool:
-        lease = check_seconds("lease", lease)
-
+    def _extend(self, key: str, token: str, lease: float) -> bool:
         def work(conn: Any, retried: bool) -> bool:
             now = clock.wall()
             cur = conn.execute(self._sql.extend, (now + lease, now + lease, key, token, now))
@@ -317,8 +312,7 @@ class PostgresStore(BaseStore):
 
         return self._run(work)
 
-    def get(self, key: str) -> Record | None:
-        check_key(key)
+    def _get(self, key: str) -> Record | None:
         row = self._run(lambda conn, retried: conn.execute(
             self._sql.get, (key, clock.wall())).fetchone())
         return read_record(key, row)

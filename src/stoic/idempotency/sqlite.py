@@ -35,8 +35,6 @@ from .store import (
     BaseStore,
     Claim,
     Record,
-    check_claim,
-    check_key,
     check_seconds,
     check_table,
     live_answer,
@@ -232,8 +230,7 @@ class SQLiteStore(BaseStore):
             return None, True
 
     @_bounded
-    def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
-        lease, ttl = check_claim(key, lease, ttl)
+    def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> Claim:
         for _ in range(100):  # bounded: each turn loses to a writer that changed the row
             now = clock.wall()
             old, corrupted = self._read(self._conn(), key)
@@ -250,9 +247,8 @@ class SQLiteStore(BaseStore):
         raise RuntimeError(f"could not claim {key!r}: the record kept changing")
 
     @_bounded
-    def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+    def _complete(self, key: str, token: str, response: str | None, ttl: float) -> bool:
         with outside_deadline():  # records work already done (see _deadlines)
-            ttl = check_seconds("ttl", ttl)
             now = clock.wall()
             cur = self._conn().execute(self._sql_complete, (key, token, response, now + ttl, now))
             return cur.rowcount == 1
@@ -264,15 +260,13 @@ class SQLiteStore(BaseStore):
             return cur.rowcount == 1
 
     @_bounded
-    def extend(self, key: str, token: str, lease: float) -> bool:
-        lease = check_seconds("lease", lease)
+    def _extend(self, key: str, token: str, lease: float) -> bool:
         now = clock.wall()
         cur = self._conn().execute(self._sql_extend, (key, token, now + lease, now))
         return cur.rowcount == 1
 
     @_bounded
-    def get(self, key: str) -> Record | None:
-        check_key(key)
+    def _get(self, key: str) -> Record | None:
         record, _ = self._read(self._conn(), key)
         return unexpired(record, clock.wall())
 

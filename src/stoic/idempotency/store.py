@@ -51,8 +51,10 @@ read: records are plain columns or fields, and ``response`` is text handed back 
 What every backend shares is written once here: the argument checks (``check_claim``,
 ``check_seconds``, ``check_key``), what a claim on a live record answers (``live_answer``),
 why a won claim replaced a dead one (``won_claim``) and what ``get`` hides (``unexpired``).
-``BaseStore`` adds default async twins that run the sync method in a worker thread (so the
-event loop never blocks); backends with a native async client override them.
+``BaseStore`` runs those checks before its backend's own ``claim``, ``complete``, ``extend``
+and ``get`` (``_claim``, ...), and adds default async twins that run the sync method in a
+worker thread (so the event loop never blocks); backends with a native async client
+override them.
 """
 
 from __future__ import annotations
@@ -317,21 +319,38 @@ def report_corrupted(store: str, key: str, problem: object) -> None:
 
 
 class BaseStore:
-    """Argument checks and thread-offloaded async twins for stores with a sync client."""
+    """Argument checks and thread-offloaded async twins for stores with a sync client.
+
+    ``claim``, ``complete``, ``extend`` and ``get`` check their arguments, then hand them to
+    the backend's ``_claim``, ``_complete``, ``_extend`` and ``_get`` (``lease`` and ``ttl``
+    as float seconds). A store may instead override the public methods themselves."""
 
     def claim(self, key: str, fingerprint: str, *, lease: float, ttl: float) -> Claim:
+        lease, ttl = check_claim(key, lease, ttl)
+        return self._claim(key, fingerprint, lease, ttl)
+
+    def _claim(self, key: str, fingerprint: str, lease: float, ttl: float) -> Claim:
         raise NotImplementedError
 
     def complete(self, key: str, token: str, response: str | None, *, ttl: float) -> bool:
+        return self._complete(key, token, response, check_seconds("ttl", ttl))
+
+    def _complete(self, key: str, token: str, response: str | None, ttl: float) -> bool:
         raise NotImplementedError
 
     def release(self, key: str, token: str) -> bool:
         raise NotImplementedError
 
     def extend(self, key: str, token: str, lease: float) -> bool:
+        return self._extend(key, token, check_seconds("lease", lease))
+
+    def _extend(self, key: str, token: str, lease: float) -> bool:
         raise NotImplementedError
 
     def get(self, key: str) -> Record | None:
+        return self._get(check_key(key))
+
+    def _get(self, key: str) -> Record | None:
         raise NotImplementedError
 
     def delete(self, key: str) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from ..errors import StoicError
@@ -61,6 +61,7 @@ class CompensationOutcome:
     error: str | None = None
 
 
+@dataclass(eq=False, repr=False)
 class WorkflowFailed(WorkflowError):
     """The workflow failed (an error escaped it, its deadline passed, or it was cancelled).
 
@@ -69,21 +70,23 @@ class WorkflowFailed(WorkflowError):
     the compensations that ran, in the order they ran (reverse step order).
     """
 
-    def __init__(
-        self, workflow_id: str, *, status: str, error_type: str, message: str,
-        compensations: Sequence[CompensationOutcome] = (),
-    ) -> None:
-        ran = ", ".join(f"{c.step}: {c.outcome}" for c in compensations) or "none"
+    workflow_id: str
+    _: KW_ONLY
+    status: str
+    error_type: str
+    message: str
+    compensations: Sequence[CompensationOutcome] = ()
+
+    def __post_init__(self) -> None:
+        self.compensations = tuple(self.compensations)
+        ran = ", ".join(f"{c.step}: {c.outcome}" for c in self.compensations) or "none"
         super().__init__(
-            f"workflow {workflow_id!r} {status}: {error_type}: {message} (compensations: {ran})"
+            f"workflow {self.workflow_id!r} {self.status}: {self.error_type}: {self.message}"
+            f" (compensations: {ran})"
         )
-        self.workflow_id = workflow_id
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-        self.compensations = tuple(compensations)
 
 
+@dataclass(eq=False, repr=False)
 class WorkflowDiverged(WorkflowError):
     """A recovered run's code asks for a different step than the one recorded at that point.
 
@@ -92,33 +95,34 @@ class WorkflowDiverged(WorkflowError):
     the code that recorded them.
     """
 
-    def __init__(
-        self, workflow: str, *, position: int, recorded: str | None, requested: str | None,
-        recorded_version: int, code_version: int,
-    ) -> None:
+    workflow: str
+    _: KW_ONLY
+    position: int
+    recorded: str | None
+    requested: str | None
+    recorded_version: int
+    code_version: int
+
+    def __post_init__(self) -> None:
         def what(step: str | None) -> str:
             return repr(step) if step is not None else "nothing (the run ends here)"
 
         super().__init__(
-            f"workflow {workflow!r} diverged at step #{position}: recorded by version "
-            f"{recorded_version}: {what(recorded)}; code of version {code_version} asks for "
-            f"{what(requested)}"
+            f"workflow {self.workflow!r} diverged at step #{self.position}: recorded by version "
+            f"{self.recorded_version}: {what(self.recorded)}; code of version "
+            f"{self.code_version} asks for {what(self.requested)}"
         )
-        self.workflow = workflow
-        self.position = position
-        self.recorded = recorded
-        self.requested = requested
-        self.recorded_version = recorded_version
-        self.code_version = code_version
 
 
+@dataclass(eq=False, repr=False)
 class WorkflowNeedsAttention(WorkflowError):
     """The run is parked; ``reason`` says why and what resolves it."""
 
-    def __init__(self, workflow_id: str, reason: str) -> None:
-        super().__init__(f"workflow {workflow_id!r} needs attention: {reason}")
-        self.workflow_id = workflow_id
-        self.reason = reason
+    workflow_id: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        super().__init__(f"workflow {self.workflow_id!r} needs attention: {self.reason}")
 
 
 class WorkflowConflict(WorkflowError, ValueError):
@@ -138,15 +142,17 @@ class StaleLease(WorkflowError):
     the run over after this worker's lease expired. Nothing of the commit was written."""
 
 
+@dataclass(eq=False, repr=False)
 class StepError(WorkflowError):
     """A step failure replayed from the record, when the original exception class cannot be
     rebuilt in this process. ``error_type`` is the original class's qualified name."""
 
-    def __init__(self, step: str, error_type: str, message: str) -> None:
-        super().__init__(f"step {step!r} failed: {error_type}: {message}")
-        self.step = step
-        self.error_type = error_type
-        self.message = message
+    step: str
+    error_type: str
+    message: str
+
+    def __post_init__(self) -> None:
+        super().__init__(f"step {self.step!r} failed: {self.error_type}: {self.message}")
 
 
 def replayed_error(step: str, text: str | None) -> Exception:

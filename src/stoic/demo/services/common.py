@@ -26,8 +26,11 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = [
     "ORDER_ID",
@@ -39,6 +42,7 @@ __all__ = [
     "connect",
     "header",
     "json_response",
+    "new_service",
     "open_db",
     "read_json",
     "route",
@@ -143,6 +147,17 @@ def open_db(cfg: ShopConfig, service: str, schema: str) -> tuple[sqlite3.Connect
     conn = connect(cfg.db(service))
     conn.executescript(schema)
     return conn, threading.Lock()
+
+
+def new_service(
+    cfg: ShopConfig, service: str, schema: str, description: str,
+) -> tuple[sqlite3.Connection, threading.Lock, Stats, FastAPI]:
+    """What a FastAPI service starts from: its database (``open_db``) and that database's
+    lock, its counters, and its app, titled ``service``, described by ``description``."""
+    from fastapi import FastAPI
+
+    conn, lock = open_db(cfg, service, schema)
+    return conn, lock, Stats(), FastAPI(title=service, version="demo", description=description)
 
 
 @contextmanager

@@ -15,11 +15,10 @@ import threading
 import time
 from typing import Any
 
-from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from .. import parts
-from .common import ORDER_ID, ASGIApp, ShopConfig, Stats, open_db, route, transaction
+from .common import ORDER_ID, ASGIApp, ShopConfig, new_service, route, transaction
 
 __all__ = ["WORK_SECONDS", "FulfillmentRequest", "Queued", "build"]
 
@@ -49,12 +48,9 @@ class Queued(BaseModel):
 
 def build(cfg: ShopConfig) -> ASGIApp:
     """The fulfillment service for ``cfg.mode``; its work runs on a background thread."""
-    conn, lock = open_db(cfg, "fulfillment", SCHEMA)
-    stats = Stats()
+    conn, lock, stats, api = new_service(cfg, "fulfillment", SCHEMA, __doc__)
     batch: list[str] = []
     batch_lock = threading.Lock()
-
-    api = FastAPI(title="fulfillment", version="demo", description=__doc__)
 
     @api.post("/fulfillments", status_code=202)
     async def enqueue(body: FulfillmentRequest) -> Queued:

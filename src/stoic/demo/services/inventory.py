@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import FastAPI, Path
+from fastapi import Path
 from pydantic import BaseModel, Field
 
 from .. import parts
-from .common import ORDER_ID, ASGIApp, ChaosLayer, ShopConfig, Stats, open_db, route
+from .common import ORDER_ID, ASGIApp, ChaosLayer, ShopConfig, new_service, route
 
 __all__ = ["Reservation", "ReservationRequest", "build"]
 
@@ -42,9 +42,7 @@ class Reservation(BaseModel):
 
 def build(cfg: ShopConfig) -> ASGIApp:
     """The inventory app for ``cfg.mode``."""
-    conn, lock = open_db(cfg, "inventory", SCHEMA)
-    stats = Stats()
-    api = FastAPI(title="inventory", version="demo", description=__doc__)
+    conn, lock, stats, api = new_service(cfg, "inventory", SCHEMA, __doc__)
 
     @api.put("/reservations/{order_id}")
     async def reserve(order_id: OrderId, body: ReservationRequest) -> Reservation:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header
+from fastapi import Header
 from pydantic import BaseModel, Field
 
 from .. import parts
@@ -24,9 +24,8 @@ from .common import (
     Scope,
     Send,
     ShopConfig,
-    Stats,
     header,
-    open_db,
+    new_service,
     route,
 )
 
@@ -62,6 +61,13 @@ class RefundRequest(BaseModel):
     order_id: str = Field(pattern=ORDER_ID)
 
 
+class Refund(BaseModel):
+    """What was refunded for an order (0 when nothing had been charged)."""
+
+    order_id: str
+    amount: float
+
+
 class Problem(BaseModel):
     """An error answered by stoic's IdempotencyMiddleware (RFC 9457 problem details)."""
 
@@ -87,18 +93,9 @@ _KEYED: dict[int | str, dict[str, Any]] = {
 KEY_PATTERN = r"^[!-~]{1,255}$"
 
 
-class Refund(BaseModel):
-    """What was refunded for an order (0 when nothing had been charged)."""
-
-    order_id: str
-    amount: float
-
-
 def build(cfg: ShopConfig) -> ASGIApp:
     """The payments app for ``cfg.mode`` (the stoic build adds idempotency keys and deadlines)."""
-    conn, lock = open_db(cfg, "payments", SCHEMA)
-    stats = Stats()
-    api = FastAPI(title="payments", version="demo", description=__doc__)
+    conn, lock, stats, api = new_service(cfg, "payments", SCHEMA, __doc__)
 
     @api.post("/charges", status_code=201, responses=_KEYED)
     async def charge(
