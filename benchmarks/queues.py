@@ -435,6 +435,8 @@ def main() -> None:
     best_pub_full = max(get("persist-queue SQLiteAckQueue.put", "FULL"),
                         get("huey SqliteStorage.enqueue", "FULL"))
     best_con_full = get("persist-queue get + ack", "FULL")
+    pg_peer_consume = max(get("procrastinate fetch_job + finish_job, best of 3", "sync_commit"),
+                          get("pgqueuer dequeue(1) + log_jobs, best of 3", "sync_commit"))
     for label, a, b in [
         ("NORMAL publish: stoic publish vs litequeue put",
          get("stoic SQLiteBroker.publish", "NORMAL"), best_pub_normal),
@@ -459,9 +461,12 @@ def main() -> None:
          get("stoic RedisBroker claim(100) + ack_many, best of 5", "redis"),
          get("raw XREADGROUP COUNT 100 + XACK, best of 5", "redis")),
         ("postgres claim+ack: stoic / faster of procrastinate, pgqueuer",
-         get("stoic PostgresBroker claim(1) + ack, best of 3", "claim_async"),
-         max(get("procrastinate fetch_job + finish_job, best of 3", "sync_commit"),
-             get("pgqueuer dequeue(1) + log_jobs, best of 3", "sync_commit"))),
+         get("stoic PostgresBroker claim(1) + ack, best of 3", "claim_async"), pg_peer_consume),
+        ("postgres claim+ack: stoic ack_and_claim (Worker loop) / faster peer",
+         get("stoic PostgresBroker ack_and_claim(1), best of 3", "claim_async"), pg_peer_consume),
+        ("postgres claim+ack: stoic Worker(prefetch=1) / faster peer",
+         get("stoic Worker(prefetch=1), no-op handler, best of 3", "claim_async"),
+         pg_peer_consume),
         ("postgres claim+ack: stoic / raw SKIP LOCKED floor",
          get("stoic PostgresBroker claim(1) + ack, best of 3", "claim_async"),
          get("raw SKIP LOCKED claim + DELETE (floor), best of 3", "sync_commit")),

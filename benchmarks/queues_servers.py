@@ -104,6 +104,19 @@ def postgres_rows(n: int, dsn: str, rounds: int = 3) -> None:
                 m.payload  # noqa: B018 - decode, as a consumer would
                 broker.ack(m)
 
+        def stoic_ack_and_claim() -> None:  # the Worker's loop: ack + next claim, one statement
+            done: list[Any] = []
+            for _ in range(n):
+                _, [m] = broker.ack_and_claim(done, "t")
+                m.payload  # noqa: B018
+                done = [m]
+            broker.ack_many(done)
+
+        def stoic_worker() -> None:  # a Worker draining the queue, one message at a time
+            from stoic.messaging import Worker
+
+            Worker(broker, "t", lambda m: m.payload, prefetch=1).run(stop_when_empty=True)
+
         def stoic_publish_many() -> None:
             for _ in range(n // 100):
                 broker.publish_many("t", [PAYLOAD] * 100)
@@ -163,6 +176,10 @@ def postgres_rows(n: int, dsn: str, rounds: int = 3) -> None:
              "raw SKIP LOCKED claim + DELETE (floor)", raw_consume),
             ("stoic PostgresBroker.publish", stoic_publish,
              "stoic PostgresBroker claim(1) + ack", stoic_consume),
+            ("stoic PostgresBroker.publish (2)", stoic_publish,
+             "stoic PostgresBroker ack_and_claim(1)", stoic_ack_and_claim),
+            ("stoic PostgresBroker.publish (3)", stoic_publish,
+             "stoic Worker(prefetch=1), no-op handler", stoic_worker),
             ("stoic PostgresBroker.publish_many (100)", stoic_publish_many,
              "stoic PostgresBroker claim(32) + ack_many", stoic_consume_many),
             ("procrastinate defer_async", procrastinate_defer,

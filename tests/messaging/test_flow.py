@@ -64,7 +64,10 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 def read_log(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    # a worker may be half-way through writing its last line: only whole lines count
+    text = log.read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
 def wait_for_lines(log: Path, n: int, seconds: float) -> list[dict[str, Any]]:

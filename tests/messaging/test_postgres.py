@@ -162,3 +162,77 @@ def test_queue_migrate_creates_the_tables_from_the_shell(postgres_dsn: str) -> N
     finally:
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_ack_and_claim_acks_the_finished_and_claims_the_next_in_one_call(
+    pg: Any, topic: str
+) -> None:
+    from stoic.messaging import AckAndClaim
+
+    assert isinstance(pg, AckAndClaim)
+    pg.publish_many(topic, [0, 1, 2, 3, 4])
+    acked, first = pg.ack_and_claim([], topic, max_messages=2)
+    assert acked == 0 and [m.payload for m in first] == [0, 1]
+    acked, second = pg.ack_and_claim(first, topic, max_messages=2)
+    assert acked == 2 and [m.payload for m in second] == [2, 3]
+    stale = first[0]  # acked already: counted out, and never claimed again
+    acked, third = pg.ack_and_claim([stale, second[0]], topic, max_messages=5)
+    assert acked == 1 and [m.payload for m in third] == [4]
+    acked, nothing = pg.ack_and_claim([second[1], *third], topic)
+    assert acked == 2 and nothing == []
+    stats = pg.stats(topic)
+    assert (stats.ready, stats.in_flight) == (0, 0)
+    assert pg.ack_and_claim(third, topic) == (0, [])  # a second ack counts nothing
+    pg.delete_topic(topic)
+
+
+def test_ack_and_claim_never_hands_back_a_message_it_acks(pg: Any, topic: str) -> None:
+    pg.publish(topic, "only")
+    [held] = pg.claim(topic, lease=0.05)
+    time.sleep(0.1)  # its lease ran out: claimable again, and still ackable by its holder
+    acked, claimed = pg.ack_and_claim([held], topic)
+    assert acked == 1 and claimed == []
+    assert pg.stats(topic).ready == 0 and pg.claim(topic) == []
+    pg.delete_topic(topic)
+
+
+def test_a_worker_acks_each_message_with_its_next_claim(pg: Any, topic: str) -> None:
+    calls: list[tuple[str, int]] = []
+    real_ack_many, real_ack_and_claim = pg.ack_many, pg.ack_and_claim
+
+    def ack_many(messages: Any) -> int:
+        calls.append(("ack_many", len(messages)))
+        return int(real_ack_many(messages))
+
+    def ack_and_claim(done: Any, t: str, **kw: Any) -> Any:
+        calls.append(("ack_and_claim", len(done)))
+        return real_ack_and_claim(done, t, **kw)
+
+    pg.ack_many, pg.ack_and_claim = ack_many, ack_and_claim
+    pg.publish_many(topic, list(range(20)))
+    seen: list[int] = []
+    counts = Worker(pg, topic, lambda m: seen.append(m.payload), prefetch=1).run(
+        stop_when_empty=True, handle_signals=False)
+    assert seen == list(range(20)) and counts.handled == 20
+    # every ack rode with the next claim: no separate ack call
+    assert sum(n for kind, n in calls if kind == "ack_and_claim") == 20
+    assert not [c for c in calls if c[0] == "ack_many"]
+    stats = pg.stats(topic)
+    assert (stats.ready, stats.in_flight) == (0, 0)
+    pg.delete_topic(topic)
+
+
+def test_a_stopped_worker_acks_what_it_handled_before_returning(pg: Any, topic: str) -> None:
+    pg.publish_many(topic, ["a", "b", "c"])
+    worker: Worker
+
+    def handle(message: Message) -> None:
+        if message.payload == "b":
+            worker.stop()  # the loop ends after this batch: its ack cannot wait for a claim
+
+    worker = Worker(pg, topic, handle, prefetch=1)
+    counts = worker.run(handle_signals=False)
+    assert counts.handled == 2
+    stats = pg.stats(topic)
+    assert (stats.ready, stats.in_flight) == (1, 0)  # "c" waits; "a" and "b" are acked
+    pg.delete_topic(topic)

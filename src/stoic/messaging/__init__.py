@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
-from .broker import AsyncBroker, Broker, SyncBroker
+from .broker import AckAndClaim, AsyncBroker, Broker, SyncBroker
 from .memory import MemoryBroker
 from .model import (
     REQUEST_ID_HEADER,
@@ -32,6 +32,7 @@ from .worker import Worker, WorkerCounts
 __all__ = [
     "REQUEST_ID_HEADER",
     "VERSION_HEADER",
+    "AckAndClaim",
     "AsyncBroker",
     "Broker",
     "DeadLetter",

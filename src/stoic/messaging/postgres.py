@@ -238,12 +238,44 @@ class PostgresBroker(ThreadedAsync):
                 done = conn.execute(
                     self._sql.ack, ([k[0] for k in keys], [k[1] for k in keys])
                 ).rowcount
-            self._acks_since_purge += len(keys)
-            if self._acks_since_purge >= _PURGE_EVERY:
-                self._acks_since_purge = 0
-                conn.execute(self._sql.purge_finished,
-                             (clock.wall() - self.dedupe_window,))
+            self._purge_now_and_then(conn, len(keys))
         return int(done)
+
+    def ack_and_claim(
+        self, done: Sequence[Message], topic: str, *, max_messages: int = 1,
+        lease: float = 30.0,
+    ) -> tuple[int, list[Message]]:
+        """``AckAndClaim.ack_and_claim``: one statement, one round trip. It commits durably
+        (the acks' commit), so the claim in it is durable too."""
+        check_claim(max_messages, lease)
+        if not done:
+            return 0, self.claim(topic, max_messages=max_messages, lease=lease)
+        keys = [receipt_key(m) for m in done]
+        self._setup()
+        token = uuid.uuid4().hex
+        now = clock.wall()
+        until = now + lease
+        params: dict[str, Any] = {"topic": topic, "now": now, "n": max_messages,
+                                  "token": token, "until": until}
+        if len(keys) == 1:
+            params["seq"], params["receipt"] = keys[0]
+            sql = self._sql.ack_claim_one
+        else:
+            params["seqs"], params["receipts"] = [k[0] for k in keys], [k[1] for k in keys]
+            sql = self._sql.ack_claim_many
+        with pooled(self._pool, _WHAT) as conn:
+            rows = conn.execute(sql, params).fetchall()
+            self._purge_now_and_then(conn, len(keys))
+        acked = int(rows[0][0])
+        claimed = sorted((r[1:] for r in rows if r[1] is not None), key=lambda r: r[0])
+        return acked, [row_message(topic, row, token, until) for row in claimed]
+
+    def _purge_now_and_then(self, conn: Any, acked: int) -> None:
+        """Every ``_PURGE_EVERY`` acks, drop finished rows older than the de-dupe window."""
+        self._acks_since_purge += acked
+        if self._acks_since_purge >= _PURGE_EVERY:
+            self._acks_since_purge = 0
+            conn.execute(self._sql.purge_finished, (clock.wall() - self.dedupe_window,))
 
     def nack(self, message: Message, delay: float = 0.0) -> bool:
         return self._move(message, check_delay(delay), release=True)

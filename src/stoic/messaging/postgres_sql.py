@@ -104,6 +104,8 @@ class Statements:
     insert: str
     insert_raw: str
     claim: str
+    ack_claim_one: str
+    ack_claim_many: str
     ack: str
     ack_one: str
     move: str
@@ -131,28 +133,48 @@ class Statements:
             "%(bodies)s::text[]) WITH ORDINALITY AS u(i, b, n)",
             "%(bodies)s::text[], %(raws)s::bytea[]) WITH ORDINALITY AS u(i, b, r, n)",
         ).replace("raw = NULL,", "raw = excluded.raw,")
-        claim = (
-            f"WITH sc AS ({_ASYNC_COMMIT}),"
-            f" c AS (SELECT seq, receipt IS NOT NULL AS stalled FROM {m}"
-            " WHERE topic = %(topic)s AND state = 0 AND available_at <= %(now)s"
-            " ORDER BY available_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED),"
-            f" r AS (INSERT INTO {c} AS k (topic, recovered)"
-            " SELECT %(topic)s, count(*) FROM c WHERE stalled HAVING count(*) > 0"
-            " ON CONFLICT (topic) DO UPDATE SET recovered = k.recovered + excluded.recovered)"
-            f" UPDATE {m} AS q SET attempts = q.attempts + 1, receipt = %(token)s,"
-            " available_at = %(until)s FROM c, sc WHERE q.seq = c.seq"
-            " RETURNING q.seq, q.id, q.body, q.headers, q.attempts, q.created_at, q.raw"
+        def pick(skip: str) -> str:  # the claimed rows, the count of recovered ones
+            return (
+                f" c AS (SELECT seq, receipt IS NOT NULL AS stalled FROM {m}"
+                f" WHERE topic = %(topic)s AND state = 0 AND available_at <= %(now)s{skip}"
+                " ORDER BY available_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED),"
+                f" r AS (INSERT INTO {c} AS k (topic, recovered)"
+                " SELECT %(topic)s, count(*) FROM c WHERE stalled HAVING count(*) > 0"
+                " ON CONFLICT (topic) DO UPDATE SET recovered = k.recovered + excluded.recovered)"
+            )
+
+        def take(also: str) -> str:  # lease the picked rows
+            return (
+                f"UPDATE {m} AS q SET attempts = q.attempts + 1, receipt = %(token)s,"
+                f" available_at = %(until)s FROM c{also} WHERE q.seq = c.seq"
+                " RETURNING q.seq, q.id, q.body, q.headers, q.attempts, q.created_at, q.raw"
+            )
+
+        finished = "state = 1, body = NULL, raw = NULL, headers = NULL, receipt = NULL"
+        claim = f"WITH sc AS ({_ASYNC_COMMIT})," + pick("") + " " + take(", sc")
+        # ack what a worker finished and claim its next messages in one statement (one round
+        # trip), committed durably for the ack's sake: the first column counts the acked
+        # rows, one row of NULLs stands for "nothing claimed"; the acked rows are left out of
+        # the claim (one statement must not update a row twice)
+        then_take = f", u AS ({take('')}) SELECT (SELECT count(*) FROM a), u.*" \
+            " FROM (SELECT 1) AS one LEFT JOIN u ON true"
+        ack_claim_one = (
+            f"WITH a AS (UPDATE {m} SET {finished} WHERE seq = %(seq)s"
+            " AND receipt = %(receipt)s AND state = 0 RETURNING seq),"
+            + pick(" AND seq <> %(seq)s") + then_take
+        )
+        ack_claim_many = (
+            f"WITH a AS (UPDATE {m} AS q SET {finished}"
+            " FROM unnest(%(seqs)s::bigint[], %(receipts)s::text[]) AS k(seq, receipt)"
+            " WHERE q.seq = k.seq AND q.receipt = k.receipt AND q.state = 0 RETURNING q.seq),"
+            + pick(" AND seq <> ALL(%(seqs)s)") + then_take
         )
         ack = (
-            f"UPDATE {m} AS q SET state = 1, body = NULL, raw = NULL, headers = NULL,"
-            " receipt = NULL"
+            f"UPDATE {m} AS q SET {finished}"
             " FROM unnest(%s::bigint[], %s::text[]) AS k(seq, receipt)"
             " WHERE q.seq = k.seq AND q.receipt = k.receipt AND q.state = 0"
         )
-        ack_one = (
-            f"UPDATE {m} SET state = 1, body = NULL, raw = NULL, headers = NULL,"
-            " receipt = NULL WHERE seq = %s AND receipt = %s AND state = 0"
-        )
+        ack_one = f"UPDATE {m} SET {finished} WHERE seq = %s AND receipt = %s AND state = 0"
         move = (  # nack (give back) and extend: a new available_at, same holder
             f"UPDATE {m} SET available_at = %s, receipt = CASE WHEN %s THEN NULL ELSE receipt"
             " END WHERE seq = %s AND receipt = %s AND state = 0"
@@ -195,8 +217,8 @@ class Statements:
             f"DELETE FROM {m} WHERE seq IN (SELECT seq FROM {m}"
             " WHERE state <> 0 AND created_at < %s LIMIT 1000)"
         )
-        return cls(m, d, c, insert, insert_raw, claim, ack, ack_one, move, dead, requeue, stats,
-                   purge_finished)
+        return cls(m, d, c, insert, insert_raw, claim, ack_claim_one, ack_claim_many, ack, ack_one,
+                   move, dead, requeue, stats, purge_finished)
 
 
 def storable(body: str) -> bool:

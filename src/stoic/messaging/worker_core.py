@@ -21,7 +21,7 @@ from ..idempotency.store import Claim, ClaimStatus, Store
 from ..outcome import Outcome, classify
 from ..policies.backoff import exponential
 from ..policies.retry import Retry
-from .broker import Broker, Waking, check_int, check_topic
+from .broker import AckAndClaim, Broker, Waking, check_int, check_topic
 from .flow import FlowControl, Permit
 from .model import Message, MessageDeadLettered, MessageHandled, MessageRetried
 from .worker_model import (
@@ -56,7 +56,7 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
 class Steps(Protocol):
     """What the shared coroutines ask of a driver: the I/O, sync or async."""
 
-    async def claim(self) -> list[Message]: ...
+    async def claim(self, done: list[Message]) -> list[Message]: ...
     async def pause(self, seconds: float) -> None: ...
     async def idle(self, seconds: float) -> None: ...
     async def empty(self) -> bool: ...
@@ -138,6 +138,11 @@ class WorkerCore:
         self._held_lock = threading.Lock()
         self.flow = flow
         self._permits: dict[str, Permit] = {}  # receipt -> its key's place (flow control)
+        # The acks of a batch ride with the next claim (one round trip) where the broker can
+        # do both in one call; flow control claims on its own and acks before freeing keys.
+        self.acks_with_claim: Callable[..., tuple[int, list[Message]]] | None = (
+            broker.ack_and_claim if flow is None and isinstance(broker, AckAndClaim) else None
+        )
         self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -194,24 +199,31 @@ class WorkerCore:
         """Claim, handle, settle and ack until stopped (or, asked, until the queue is empty)."""
         idle = self.poll_interval
         errors = 0
-        while not self._stop.is_set():
-            try:
-                batch = await steps.claim()
-            except Exception:
-                errors += 1
-                _log.exception("%s: claim failed; retrying", self.name)
-                await steps.pause(min(idle * errors, 5.0))
-                continue
-            errors = 0
-            if batch:
-                await self._work(steps, batch)
-            elif stop_when_empty and await steps.empty():
-                return
-            else:
-                await steps.idle(idle)
+        done: list[Message] = []  # handled: acked with the next claim (``acks_with_claim``)
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = await steps.claim(done)
+                except Exception:  # the acks, if any, go again with the next claim
+                    errors += 1
+                    _log.exception("%s: claim failed; retrying", self.name)
+                    await steps.pause(min(idle * errors, 5.0))
+                    continue
+                errors = 0
+                done = []
+                if batch:
+                    await self._work(steps, batch, done)
+                elif stop_when_empty and await steps.empty():
+                    return
+                else:
+                    await steps.idle(idle)
+        finally:
+            if done:  # stopping: ack what was handled now
+                await self._ack(steps, done)
 
-    async def _work(self, steps: Steps, batch: list[Message]) -> None:
-        """Handle a claimed batch; the acks of its handled messages go in one broker call."""
+    async def _work(self, steps: Steps, batch: list[Message], done: list[Message]) -> None:
+        """Handle a claimed batch; the acks of its handled messages go in one broker call
+        (added to ``done`` for the next claim, or sent now)."""
         self._hold(batch)
         acks: list[Message] = []
         try:
@@ -225,13 +237,18 @@ class WorkerCore:
         finally:
             if acks:
                 self._release(*acks)  # the heartbeat must not extend what is being acked
-                try:
-                    await steps.ack_many(acks)
-                except Exception:  # the leases run out: redelivered, not lost
-                    _log.exception("%s: ack failed; the messages will be redelivered",
-                                   self.name)
+                if self.acks_with_claim is not None:
+                    done.extend(acks)
+                else:
+                    await self._ack(steps, acks)
             self._release(*batch)
             self._free(batch)
+
+    async def _ack(self, steps: Steps, acks: list[Message]) -> None:
+        try:
+            await steps.ack_many(acks)
+        except Exception:  # the leases run out: redelivered, not lost
+            _log.exception("%s: ack failed; the messages will be redelivered", self.name)
 
     async def _handle(self, steps: Steps, message: Message) -> Action:
         bad = self._check(message)
@@ -316,6 +333,12 @@ class WorkerCore:
             with self._held_lock:
                 self._permits[message.receipt] = permit
         return [message]
+
+    def ack_and_claim(self, done: list[Message]) -> list[Message]:
+        """Ack ``done`` and claim the next batch in one broker call (``acks_with_claim``)."""
+        assert self.acks_with_claim is not None  # ``done`` is kept only when it is set
+        return self.acks_with_claim(done, self.topic, max_messages=self.prefetch,
+                                    lease=self.lease)[1]
 
     def _free(self, batch: list[Message]) -> None:
         """Give back the key permits of a finished batch (flow control)."""

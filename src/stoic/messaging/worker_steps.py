@@ -22,16 +22,22 @@ if TYPE_CHECKING:
 __all__ = ["AsyncSteps", "SyncSteps"]
 
 
-class SyncSteps:
-    """Steps that block the calling thread (``Worker.run``)."""
+class _Steps:
+    """A driver's steps, bound to their worker."""
 
     __slots__ = ("w",)
 
     def __init__(self, worker: WorkerCore) -> None:
         self.w = worker
 
-    async def claim(self) -> list[Message]:
-        return self.w._claim()
+
+class SyncSteps(_Steps):
+    """Steps that block the calling thread (``Worker.run``)."""
+
+    __slots__ = ()
+
+    async def claim(self, done: list[Message]) -> list[Message]:
+        return self.w.ack_and_claim(done) if done else self.w._claim()
 
     async def pause(self, seconds: float) -> None:
         self.w._stop.wait(seconds)
@@ -74,16 +80,15 @@ class SyncSteps:
         dedupe.store.complete(dedupe_key(message), token, None, ttl=dedupe.ttl)
 
 
-class AsyncSteps:
+class AsyncSteps(_Steps):
     """Steps awaited on the caller's event loop (``Worker.arun``)."""
 
-    __slots__ = ("w",)
+    __slots__ = ()
 
-    def __init__(self, worker: WorkerCore) -> None:
-        self.w = worker
-
-    async def claim(self) -> list[Message]:
+    async def claim(self, done: list[Message]) -> list[Message]:
         w = self.w
+        if done:
+            return await asyncio.to_thread(w.ack_and_claim, done)
         if w.flow is None:
             return await w.broker.aclaim(w.topic, max_messages=w.prefetch, lease=w.lease)
         return await asyncio.to_thread(w._claim)
