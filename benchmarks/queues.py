@@ -26,7 +26,11 @@ Rows:
   server, and raw statements as the floor (INSERT; UPDATE ... FOR UPDATE SKIP LOCKED
   RETURNING + DELETE). Every commit waits for the WAL flush (``synchronous_commit=on``)
   except a stoic claim's (``off``: a claim lost in a server crash is a redelivery; publish
-  and ack stay durable). Rounds alternate; each row keeps its best round.
+  and ack stay durable). stoic one at a time three ways: claim(1) then ack (two calls, two
+  round trips); ack_and_claim (the previous message's ack and the next claim in one
+  statement, committed durably: one round trip); a Worker(prefetch=1) with a no-op handler
+  draining the queue (it uses ack_and_claim by itself). Rounds alternate; each row keeps its
+  best round.
 - NATS JetStream (file storage; a publish returns after the stream's ack): NatsBroker
   against raw nats-py on the same server, one at a time and in batches.
 """
