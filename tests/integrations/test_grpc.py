@@ -231,6 +231,19 @@ class TestDeadlines:
         assert hit.remaining is not None and 0 < hit.remaining <= 2.0
         assert 0 < int(hit.metadata["x-request-timeout-ms"]) <= 2000
 
+    def test_the_callers_stated_time_left_bounds_a_longer_grpc_deadline(
+        self, served: Served
+    ) -> None:
+        with grpc.insecure_channel(served.target) as ch:
+            ch.unary_unary(GET)(b"stated", timeout=5.0,
+                                metadata=(("x-request-timeout-ms", "500"),))
+            ch.unary_unary(GET)(b"garbled", timeout=5.0,
+                                metadata=(("x-request-timeout-ms", "soon"),))
+        [stated] = [h for h in served.shop.seen("Get") if h.request == b"stated"]
+        assert stated.remaining is not None and 0 < stated.remaining <= 0.5
+        [garbled] = [h for h in served.shop.seen("Get") if h.request == b"garbled"]
+        assert garbled.remaining is not None and 4.0 < garbled.remaining <= 5.1
+
     def test_slow_server_ends_the_call_at_the_deadline(self, served: Served) -> None:
         served.shop.answer("Get", Act(delay=2.0))
         started = time.monotonic()

@@ -22,7 +22,7 @@ from ..errors import (
 )
 from ..outcome import Outcome
 from ..policies.base import Policy
-from ._serving import check_max_deadline, check_server, request_id, user_of
+from ._serving import budget_seconds, check_max_deadline, check_server, request_id, user_of
 from .grpc_client import IDEMPOTENCY_KEY, method_name
 
 __all__ = ["PUSHBACK_KEY", "StoicAioServerInterceptor", "StoicServerInterceptor", "UserIdHook"]
@@ -49,6 +49,12 @@ class _Arrival:
         self.request_id = request_id(metadata.get(interceptor.request_id_header))
         left = context.time_remaining()
         seconds = None if left is None or left >= _NO_DEADLINE else float(left)
+        # gRPC rounds the timeout it sends (up, to fewer digits); the caller's own statement
+        # of its time left, where it sent one, is exact: the smaller of the two holds
+        stated = budget_seconds(metadata.get(interceptor.deadline_header), None,
+                                interceptor.deadline_header)
+        if stated is not None and (seconds is None or stated < seconds):
+            seconds = stated
         cap = interceptor.max_deadline
         if cap is not None and (seconds is None or seconds > cap):
             seconds = cap
@@ -73,6 +79,7 @@ class _Server:
         ttl: float = 86400.0,
         lease: float = 60.0,
         request_id_header: str = "x-request-id",
+        deadline_header: str = "x-request-timeout-ms",
     ) -> None:
         check_server(service, version, bulkhead, user_id, "the metadata dict")
         self.service = service
@@ -82,6 +89,7 @@ class _Server:
         self.bulkhead = bulkhead
         self.user_id = user_id
         self.request_id_header = header_name("request_id_header", request_id_header).lower()
+        self.deadline_header = header_name("deadline_header", deadline_header).lower()
         self.store = store
         self._idempotency: dict[str, Any] = {}
         if store is not None:
@@ -194,6 +202,9 @@ class StoicServerInterceptor(_Server, grpc.ServerInterceptor):  # type: ignore[m
             with one, a unary call with an ``idempotency-key`` entry runs once per key.
         ttl, lease: as for ``stoic.idempotent``.
         request_id_header: the metadata entry the request id comes from and is echoed to.
+        deadline_header: the metadata entry with the caller's time left in milliseconds
+            (stoic's gRPC client sends it beside the gRPC deadline): a call's budget is the
+            smaller of the two, as gRPC rounds the timeout it sends.
     """
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
