@@ -53,7 +53,7 @@ class DeadlineCursor(psycopg.Cursor[Any]):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> DeadlineCursor:
         setting = _setting(self.connection)
         if setting is not None:
-            super().execute(setting)
+            super().execute(setting, prepare=False)  # a new text each time: never prepared
         try:
             super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:
@@ -68,7 +68,7 @@ class AsyncDeadlineCursor(psycopg.AsyncCursor[Any]):
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncDeadlineCursor:
         setting = _setting(self.connection)
         if setting is not None:
-            await super().execute(setting)
+            await super().execute(setting, prepare=False)
         try:
             await super().execute(query, params, **kwargs)
         except errors.QueryCanceled as exc:

@@ -120,7 +120,9 @@ class PostgresBroker(ThreadedAsync):
         self.notify = bool(notify)
         self.channel = f"{schema}_{table_prefix}messages"
         self._pool = psycopg_pool.ConnectionPool(
-            dsn, min_size=min_size, max_size=max_size, kwargs={"autocommit": True},
+            dsn, min_size=min_size, max_size=max_size,
+            # prepared on first use on each connection (the pool hands them out in turn)
+            kwargs={"autocommit": True, "prepare_threshold": 0},
             connection_class=DeadlineConnection,
             open=True, name=f"stoic-{self.channel}",
         )
@@ -143,7 +145,7 @@ class PostgresBroker(ThreadedAsync):
         with pooled(self._pool, _WHAT) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                          (f"stoic-messaging:{self.channel}",))
-            conn.execute(sql)  # several statements: psycopg sends them as one simple query
+            conn.execute(sql, prepare=False)  # several statements, as one simple query
         self._ready = True
 
     def _setup(self) -> None:

@@ -93,8 +93,12 @@ class PostgresStore(SQLStore):
             if self._pool is None or self._pid != os.getpid():
                 from psycopg_pool import ConnectionPool
 
+                # the pool hands its connections out in turn, and the store runs a few
+                # statements over and over: each is prepared on its first use on a connection
+                # (psycopg waits for five), not after five uses on each of them
                 pool = ConnectionPool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                      open=True, name=f"stoic-workflow-{self.prefix}")
+                                      open=True, name=f"stoic-workflow-{self.prefix}",
+                                      kwargs={"prepare_threshold": 0})
                 with pool.connection() as conn:
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.prefix,))
                     for statement in POSTGRES.schema(self.prefix):
