@@ -217,7 +217,8 @@ def postgres_rows(n: int, dsn: str, rounds: int = 3) -> None:
 
 def nats_rows(n: int, url: str, rounds: int = 3) -> None:
     """NatsBroker against raw nats-py JetStream (same server, file storage, one stream per
-    side per round, deleted after)."""
+    side per round, deleted after). Raw nats-py runs on asyncio's loop and on uvloop's, each
+    row keeping its best; stoic's broker runs on its loop thread (uvloop's when installed)."""
     import asyncio
     import uuid
 
@@ -299,8 +300,14 @@ def nats_rows(n: int, url: str, rounds: int = 3) -> None:
         finally:
             broker.delete_topic(topic)
 
+    from stoic.messaging.loop import new_loop
+
     for r in range(rounds):
+        # raw nats-py on asyncio's loop and on uvloop's (what stoic's loop thread runs when
+        # uvloop is installed); each raw row keeps the better of the two
         asyncio.run(raw_round())
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(raw_round())
         stoic_round()
         print(f"  nats round {r + 1} of {rounds} done", flush=True)
     broker.close()
