@@ -9,22 +9,39 @@ from typing import TYPE_CHECKING, Any
 import grpc  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
-from ..context import using_idempotency_key
+from ..context import note_retried, using_idempotency_key
 from ..policies.base import Policy
 from ._http import (
+    ATTEMPT_HEADER,
+    RETRIED_HEADER,
+    RETRY_BELOW_HEADER,
     ClientOptions,
     Core,
     Plan,
     raise_timeout,
+    retried,
 )
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
     from typing_extensions import Unpack
 
-__all__ = ["IDEMPOTENCY_KEY", "ResilientAioInterceptor", "ResilientInterceptor", "method_name"]
+__all__ = [
+    "ATTEMPT_METADATA",
+    "IDEMPOTENCY_KEY",
+    "RETRIED_METADATA",
+    "RETRY_BELOW_METADATA",
+    "ResilientAioInterceptor",
+    "ResilientInterceptor",
+    "method_name",
+]
 
 #: The metadata entry that makes a call idempotent (gRPC metadata names are lower case).
 IDEMPOTENCY_KEY = "idempotency-key"
+#: The hop guard's entries, as HTTP's headers but lower case: the caller's attempt number,
+#: whether retries are allowed below, and (a trailer) that a failure was retried below.
+ATTEMPT_METADATA = ATTEMPT_HEADER.lower()
+RETRY_BELOW_METADATA = RETRY_BELOW_HEADER.lower()
+RETRIED_METADATA = RETRIED_HEADER.lower()
 
 
 class _Metadata(dict[str, Any]):
@@ -127,8 +144,18 @@ class _Client(Core):
 
 
 def _deadline_failure(exc: Any, plan: Plan) -> None:
+    """An attempt failed with ``exc``: a deadline running out raises ``DeadlineExceeded``; a
+    failure the server marks as retried below already (``x-stoic-retried: 1``, with a
+    ``grpc-retry-pushback-ms`` of -1 that keeps any client from retrying it) is noted, so
+    the call being served passes it up marked in turn."""
     if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
         raise_timeout(exc, plan)
+    try:
+        trailers = exc.trailing_metadata() or ()
+    except Exception:  # a call object that cannot say
+        return
+    if any(k == RETRIED_METADATA and v == "1" for k, v in trailers):
+        note_retried()
 
 
 class ResilientInterceptor(
@@ -157,10 +184,14 @@ class ResilientInterceptor(
         policy = plan.policy
         if policy is None:  # not reached: a unary request can always be sent again
             return self._attempt(continuation, details, request, plan, metadata)
-        if plan.key is None:
-            return policy.call(self._attempt, continuation, details, request, plan, metadata)
-        with using_idempotency_key(plan.key):
-            return policy.call(self._attempt, continuation, details, request, plan, metadata)
+        try:
+            if plan.key is None:
+                return policy.call(self._attempt, continuation, details, request, plan, metadata)
+            with using_idempotency_key(plan.key):
+                return policy.call(self._attempt, continuation, details, request, plan, metadata)
+        except grpc.RpcError:
+            retried(plan)  # failed for good after retries: the hop above must not retry it
+            raise
 
     def _attempt(
         self, continuation: Any, details: Any, request: Any, plan: Plan, metadata: _Metadata
@@ -214,10 +245,16 @@ class ResilientAioInterceptor(
         policy = plan.policy
         if policy is None:  # not reached: a unary request can always be sent again
             return await self._attempt(continuation, details, request, plan, metadata)
-        if plan.key is None:
-            return await policy.acall(self._attempt, continuation, details, request, plan, metadata)
-        with using_idempotency_key(plan.key):
-            return await policy.acall(self._attempt, continuation, details, request, plan, metadata)
+        try:
+            if plan.key is None:
+                return await policy.acall(self._attempt, continuation, details, request, plan,
+                                          metadata)
+            with using_idempotency_key(plan.key):
+                return await policy.acall(self._attempt, continuation, details, request, plan,
+                                          metadata)
+        except grpc.RpcError:
+            retried(plan)
+            raise
 
     async def _attempt(
         self, continuation: Any, details: Any, request: Any, plan: Plan, metadata: _Metadata

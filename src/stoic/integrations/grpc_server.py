@@ -13,7 +13,7 @@ import grpc  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 from .._validate import header_name
-from ..context import bind, deadline
+from ..context import bind, deadline, hop
 from ..errors import (
     BulkheadFullError,
     DeadlineExceeded,
@@ -23,7 +23,13 @@ from ..errors import (
 from ..outcome import Outcome
 from ..policies.base import Policy
 from ._serving import budget_seconds, check_max_deadline, check_server, request_id, user_of
-from .grpc_client import IDEMPOTENCY_KEY, method_name
+from .grpc_client import (
+    ATTEMPT_METADATA,
+    IDEMPOTENCY_KEY,
+    RETRIED_METADATA,
+    RETRY_BELOW_METADATA,
+    method_name,
+)
 
 __all__ = ["PUSHBACK_KEY", "StoicAioServerInterceptor", "StoicServerInterceptor", "UserIdHook"]
 
@@ -41,7 +47,7 @@ UserIdHook = Callable[[dict[str, Any]], "str | None"]
 class _Arrival:
     """What one incoming call brought: its time budget, ids, and the trace to continue."""
 
-    __slots__ = ("expired", "metadata", "request_id", "seconds", "user_id")
+    __slots__ = ("expired", "hop", "metadata", "request_id", "seconds", "user_id")
 
     def __init__(self, interceptor: _Server, context: Any) -> None:
         metadata = {m.key: m.value for m in context.invocation_metadata() or ()}
@@ -61,6 +67,7 @@ class _Arrival:
         self.seconds = seconds
         self.expired = seconds is not None and seconds <= 0 and interceptor.shed_when_expired
         self.user_id = user_of(interceptor.user_id, metadata)
+        self.hop = interceptor.hop_of(metadata)
 
 
 class _Server:
@@ -80,7 +87,10 @@ class _Server:
         lease: float = 60.0,
         request_id_header: str = "x-request-id",
         deadline_header: str = "x-request-timeout-ms",
+        hop_guard: bool | str = True,
     ) -> None:
+        if not (hop_guard is True or hop_guard is False or hop_guard == "deepest"):
+            raise ValueError(f"hop_guard must be True, False or 'deepest', got {hop_guard!r}")
         check_server(service, version, bulkhead, user_id, "the metadata dict")
         self.service = service
         self.version = version
@@ -90,6 +100,8 @@ class _Server:
         self.user_id = user_id
         self.request_id_header = header_name("request_id_header", request_id_header).lower()
         self.deadline_header = header_name("deadline_header", deadline_header).lower()
+        self.hop_guard = hop_guard is not False
+        self.hop_deepest = hop_guard == "deepest"
         self.store = store
         self._idempotency: dict[str, Any] = {}
         if store is not None:
@@ -102,6 +114,25 @@ class _Server:
         from ..observability.otel import extract  # None at once unless tracing is on
 
         self._extract = extract
+
+    def hop_of(self, metadata: dict[str, Any]) -> hop | None:
+        """The caller's retry signal for the hop guard, when it sent one (or "deepest")."""
+        below = metadata.get(RETRY_BELOW_METADATA) if self.hop_guard else None
+        if below is None and not self.hop_deepest:
+            return None
+        below = str(below or "1").strip()
+        attempt = str(metadata.get(ATTEMPT_METADATA) or "1")
+        return hop(int(attempt) if attempt.isdigit() else 1, below != "0",
+                   deepest=self.hop_deepest or below == "deepest")
+
+    def _mark_retried(self, arrival: _Arrival, context: Any) -> None:
+        """A failure escapes the call: when it was retried below and only the deepest hop
+        retries, say so in the trailers (``x-stoic-retried``, and a pushback of -1, which
+        gRPC's own retry design reads as "do not retry")."""
+        bound = arrival.hop
+        if bound is not None and bound.deepest and bound.retried:
+            context.set_trailing_metadata(
+                (*self._trailers(arrival, None), (PUSHBACK_KEY, "-1"), (RETRIED_METADATA, "1")))
 
     def _wrap(self, handler: Any, method: str) -> Any:
         if handler is None or handler.response_streaming:
@@ -138,7 +169,8 @@ class _Server:
             _log.debug("stoic: trace context extraction failed", exc_info=True)
         try:
             with bind(request_id=arrival.request_id, user_id=arrival.user_id,
-                      service=self.service, version=self.version):
+                      service=self.service, version=self.version), \
+                    arrival.hop if arrival.hop is not None else contextlib.nullcontext():
                 if arrival.seconds is None:
                     yield
                 else:
@@ -205,6 +237,12 @@ class StoicServerInterceptor(_Server, grpc.ServerInterceptor):  # type: ignore[m
         deadline_header: the metadata entry with the caller's time left in milliseconds
             (stoic's gRPC client sends it beside the gRPC deadline): a call's budget is the
             smaller of the two, as gRPC rounds the timeout it sends.
+        hop_guard: bind the caller's ``x-stoic-attempt`` / ``x-stoic-retry-below`` entries
+            (``stoic.context.hop``), so stoic clients in the handler do not retry what the
+            caller already retries (True: retry at the edge). ``"deepest"``: retry at the
+            hop nearest the failure only, also for callers that sent no entry; a failure
+            retried below then ends with the trailers ``x-stoic-retried: 1`` and
+            ``grpc-retry-pushback-ms: -1``. False: off. See docs/hop-guard.md.
     """
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
@@ -230,6 +268,7 @@ class StoicServerInterceptor(_Server, grpc.ServerInterceptor):  # type: ignore[m
                 except Exception as exc:
                     refusal = self._refuse(exc, arrival, context)
                     if refusal is None:
+                        self._mark_retried(arrival, context)
                         raise
                     context.abort(*refusal)
 
@@ -284,6 +323,7 @@ class StoicAioServerInterceptor(_Server, grpc.aio.ServerInterceptor):  # type: i
                 except Exception as exc:
                     refusal = self._refuse(exc, arrival, context)
                     if refusal is None:
+                        self._mark_retried(arrival, context)
                         raise
                     await context.abort(*refusal)
 
