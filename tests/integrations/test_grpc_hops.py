@@ -118,3 +118,56 @@ def test_deepest_servers_retry_at_the_bottom_for_a_caller_that_sent_nothing(
 def test_hop_guard_is_checked() -> None:
     with pytest.raises(ValueError, match="hop_guard"):
         StoicServerInterceptor("s", "1", hop_guard="edge")
+
+
+async def test_deepest_over_grpc_aio_servers_and_clients() -> None:
+    import grpc.aio
+
+    from stoic.integrations.grpc import ResilientAioInterceptor, StoicAioServerInterceptor
+
+    calls = {"top": 0, "middle": 0, "bottom": 0}
+    servers: list[Any] = []
+    channels: list[Any] = []
+
+    async def serve(name: str, below: str | None) -> str:
+        channel = None
+        if below is not None:
+            channel = grpc.aio.insecure_channel(below, interceptors=[
+                ResilientAioInterceptor(below, policy=FAST, per_host=False)])
+            channels.append(channel)
+
+        async def handle(request: bytes, context: Any) -> bytes:
+            calls[name] += 1
+            if channel is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the bottom is down")
+            try:
+                return bytes(await channel.unary_unary(CALL)(request, timeout=5))
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), f"{name}: {exc.details()}")
+            raise AssertionError("not reached")
+
+        server = grpc.aio.server(interceptors=[
+            StoicAioServerInterceptor(name, "1", hop_guard="deepest")])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "chain.Hop", {"Call": grpc.unary_unary_rpc_method_handler(handle)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    try:
+        top = await serve("top", await serve("middle", await serve("bottom", None)))
+        edge = grpc.aio.insecure_channel(top, interceptors=[
+            ResilientAioInterceptor(top, policy=FAST, per_host=False)])
+        channels.append(edge)
+        with stoic.context.hop(deepest=True), pytest.raises(grpc.aio.AioRpcError) as info:
+            await edge.unary_unary(CALL)(b"x", timeout=10)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert calls == {"top": 1, "middle": 1, "bottom": 3}
+        trailers = dict(info.value.trailing_metadata() or ())
+        assert trailers["x-stoic-retried"] == "1"
+    finally:
+        for channel in channels:
+            await channel.close()
+        for server in servers:
+            await server.stop(None)

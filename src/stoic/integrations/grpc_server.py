@@ -294,6 +294,27 @@ class StoicServerInterceptor(_Server, grpc.ServerInterceptor):  # type: ignore[m
         return base64.b64decode(text)
 
 
+class _MarkingContext:
+    """A ``grpc.aio`` servicer context whose ``abort`` first marks a failure retried below
+    (``grpc.aio`` sends the status, and its trailers, inside ``abort``); all else is the
+    context's own."""
+
+    def __init__(self, context: Any, server: _Server, arrival: _Arrival) -> None:
+        self._context, self._server, self._arrival = context, server, arrival
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> Any:
+        self._server._mark_retried(self._arrival, self._context)
+        if trailing_metadata:  # the handler's own trailers, and the mark with them
+            bound = self._arrival.hop
+            if bound is not None and bound.retried:
+                trailing_metadata = (*tuple(trailing_metadata), (PUSHBACK_KEY, "-1"),
+                                     (RETRIED_METADATA, "1"))
+        return await self._context.abort(code, details, trailing_metadata)
+
+
 class StoicAioServerInterceptor(_Server, grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The ``grpc.aio`` server twin of ``StoicServerInterceptor``; same arguments and rules.
 
@@ -313,6 +334,8 @@ class StoicAioServerInterceptor(_Server, grpc.aio.ServerInterceptor):  # type: i
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     "deadline exceeded before the call was handled")
             context.set_trailing_metadata(self._trailers(arrival, None))
+            if arrival.hop is not None and arrival.hop.deepest:
+                context = _MarkingContext(context, self, arrival)
             with self._scope(arrival):
                 try:
                     if keyed is not None:
