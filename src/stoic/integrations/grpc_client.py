@@ -11,37 +11,17 @@ import grpc.aio  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 from ..context import note_retried, using_idempotency_key
 from ..policies.base import Policy
-from ._http import (
-    ATTEMPT_HEADER,
-    RETRIED_HEADER,
-    RETRY_BELOW_HEADER,
-    ClientOptions,
-    Core,
-    Plan,
-    raise_timeout,
-    retried,
-)
+from ._http import RETRIED_HEADER, ClientOptions, Core, Plan, raise_timeout, retried
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Unpack; only annotations use it
     from typing_extensions import Unpack
 
-__all__ = [
-    "ATTEMPT_METADATA",
-    "IDEMPOTENCY_KEY",
-    "RETRIED_METADATA",
-    "RETRY_BELOW_METADATA",
-    "ResilientAioInterceptor",
-    "ResilientInterceptor",
-    "method_name",
-]
+__all__ = ["IDEMPOTENCY_KEY", "ResilientAioInterceptor", "ResilientInterceptor", "method_name"]
 
 #: The metadata entry that makes a call idempotent (gRPC metadata names are lower case).
 IDEMPOTENCY_KEY = "idempotency-key"
-#: The hop guard's entries, as HTTP's headers but lower case: the caller's attempt number,
-#: whether retries are allowed below, and (a trailer) that a failure was retried below.
-ATTEMPT_METADATA = ATTEMPT_HEADER.lower()
-RETRY_BELOW_METADATA = RETRY_BELOW_HEADER.lower()
-RETRIED_METADATA = RETRIED_HEADER.lower()
+# The hop guard's trailer that says a failure was retried below (metadata is lower case).
+_RETRIED = RETRIED_HEADER.lower()
 
 
 class _Metadata(dict[str, Any]):
@@ -154,7 +134,7 @@ def _deadline_failure(exc: Any, plan: Plan) -> None:
         trailers = exc.trailing_metadata() or ()
     except Exception:  # a call object that cannot say
         return
-    if any(k == RETRIED_METADATA and v == "1" for k, v in trailers):
+    if any(k == _RETRIED and v == "1" for k, v in trailers):
         note_retried()
 
 

@@ -22,14 +22,9 @@ from ..errors import (
 )
 from ..outcome import Outcome
 from ..policies.base import Policy
+from ._http import ATTEMPT_HEADER, RETRIED_HEADER, RETRY_BELOW_HEADER
 from ._serving import budget_seconds, check_max_deadline, check_server, request_id, user_of
-from .grpc_client import (
-    ATTEMPT_METADATA,
-    IDEMPOTENCY_KEY,
-    RETRIED_METADATA,
-    RETRY_BELOW_METADATA,
-    method_name,
-)
+from .grpc_client import IDEMPOTENCY_KEY, method_name
 
 __all__ = ["PUSHBACK_KEY", "StoicAioServerInterceptor", "StoicServerInterceptor", "UserIdHook"]
 
@@ -37,6 +32,11 @@ _log = logging.getLogger("stoic.grpc")
 
 #: The trailer in which a server asks the client to wait (milliseconds) or not retry (< 0).
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# The hop guard's entries, as HTTP's headers in gRPC's lower case: the caller's attempt,
+# whether retries are allowed below, and (a trailer) that a failure was retried below.
+_ATTEMPT = ATTEMPT_HEADER.lower()
+_RETRY_BELOW = RETRY_BELOW_HEADER.lower()
+_RETRIED = RETRIED_HEADER.lower()
 
 # A server reads "no deadline" as a time left this large or larger.
 _NO_DEADLINE = 1e8
@@ -117,11 +117,11 @@ class _Server:
 
     def hop_of(self, metadata: dict[str, Any]) -> hop | None:
         """The caller's retry signal for the hop guard, when it sent one (or "deepest")."""
-        below = metadata.get(RETRY_BELOW_METADATA) if self.hop_guard else None
+        below = metadata.get(_RETRY_BELOW) if self.hop_guard else None
         if below is None and not self.hop_deepest:
             return None
         below = str(below or "1").strip()
-        attempt = str(metadata.get(ATTEMPT_METADATA) or "1")
+        attempt = str(metadata.get(_ATTEMPT) or "1")
         return hop(int(attempt) if attempt.isdigit() else 1, below != "0",
                    deepest=self.hop_deepest or below == "deepest")
 
@@ -132,7 +132,7 @@ class _Server:
         bound = arrival.hop
         if bound is not None and bound.deepest and bound.retried:
             context.set_trailing_metadata(
-                (*self._trailers(arrival, None), (PUSHBACK_KEY, "-1"), (RETRIED_METADATA, "1")))
+                (*self._trailers(arrival, None), (PUSHBACK_KEY, "-1"), (_RETRIED, "1")))
 
     def _wrap(self, handler: Any, method: str) -> Any:
         if handler is None or handler.response_streaming:
@@ -311,7 +311,7 @@ class _MarkingContext:
             bound = self._arrival.hop
             if bound is not None and bound.retried:
                 trailing_metadata = (*tuple(trailing_metadata), (PUSHBACK_KEY, "-1"),
-                                     (RETRIED_METADATA, "1"))
+                                     (_RETRIED, "1"))
         return await self._context.abort(code, details, trailing_metadata)
 
 
