@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stoic.workflow import SQLiteStore, Workflows
 
 
@@ -156,3 +158,67 @@ def test_sixteen_concurrent_workflows_share_commits(tmp_path: Path) -> None:
     assert writes >= 128 * 4  # each run: created, two step boundaries, finished
     assert seen["COMMIT"] < writes / 2  # grouped, not one fsync per checkpoint
     flows.close()
+
+
+class _InterruptingLock:
+    """The group's lock, except that ``victim``'s first acquire is interrupted (as a
+    KeyboardInterrupt can interrupt a lock wait in the main thread): at once, or
+    ``after_release``, once the holder let go of the lock."""
+
+    def __init__(self, victim: str, *, after_release: bool = False) -> None:
+        self.real = threading.Lock()
+        self.victim = victim
+        self.after_release = after_release
+        self.released = threading.Event()
+        self.interrupted = False
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if threading.current_thread().name == self.victim and not self.interrupted:
+            self.interrupted = True
+            if self.after_release:
+                self.released.wait(5)
+            raise KeyboardInterrupt
+        return self.real.acquire(blocking)
+
+    def release(self) -> None:
+        self.real.release()
+        self.released.set()
+
+
+@pytest.mark.parametrize("after_release", [False, True])
+def test_a_writer_interrupted_while_queued_leaves_no_batch_waiting(
+    tmp_path: Path, after_release: bool
+) -> None:
+    store = SQLiteStore(tmp_path / "g.db")
+    _statements(store)
+    lock = _InterruptingLock("victim", after_release=after_release)
+    store._group.lock = lock  # type: ignore[assignment]
+    inside, release, interrupted = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        inside.set()
+        release.wait(5)
+
+    opener = threading.Thread(target=_insert, args=(store, "a", hold))
+    opener.start()
+    inside.wait(5)
+
+    def victim() -> None:
+        try:
+            _insert(store, "never")
+        except KeyboardInterrupt:
+            interrupted.append(True)
+
+    queued = threading.Thread(target=victim, name="victim")
+    queued.start()
+    if after_release:  # "a" finishes while the victim is queued: it leaves the COMMIT to it
+        _wait_until(lambda: store._group.waiting == 1)
+        release.set()
+        queued.join(5)  # interrupted then: it must commit "a" for it
+    else:
+        queued.join(5)
+        release.set()  # "a" finishes with nobody queued any more: it commits its own write
+    opener.join(5)
+    assert interrupted == [True] and not opener.is_alive()
+    assert _keys(tmp_path / "g.db") == {"a"}
+    store.close()

@@ -139,7 +139,11 @@ class SQLiteStore(SQLStore):
         group = self._group
         with group.queue:
             group.waiting += 1
-        group.lock.acquire()
+        try:
+            group.lock.acquire()
+        except BaseException:  # interrupted while queued (KeyboardInterrupt in the main thread)
+            self._leave_queue()
+            raise
         batch: _Batch | None = None
         failed: BaseException | None = None
         try:
@@ -176,6 +180,19 @@ class SQLiteStore(SQLStore):
             batch.done.wait()
             if batch.error is not None:
                 raise batch.error
+
+    def _leave_queue(self) -> None:
+        """A queued writer gives up before it got the connection: the writer before it may
+        have left the transaction open for it, so commit it here unless another holds the
+        connection (that one then sees the queue without this writer, and commits)."""
+        group = self._group
+        with group.queue:
+            group.waiting -= 1
+        if group.lock.acquire(blocking=False):
+            try:
+                self._commit_if_last()
+            finally:
+                group.lock.release()
 
     def _commit_if_last(self) -> None:
         """Commit the open transaction unless another writer is queued to join it (the
