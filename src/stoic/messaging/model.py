@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,13 +178,32 @@ class DeadLettersRequeued(Event):
 # --- helpers shared by the brokers -------------------------------------------------------
 
 
+_RANDOM_BITS = 72
+# This process's last id (microseconds, random part). A forked child starts from its parent's:
+# its ids still differ, as each step up is random and a fork takes far more than a microsecond.
+_last_id = [0, 0]
+_id_lock = threading.Lock()
+
+
 def new_id() -> str:
     """A fresh message id: 32 hex digits, microseconds since the epoch then 72 random bits.
 
-    Unique without coordination between processes, and roughly increasing, so ids land at
-    the end of a database index instead of at random pages (fewer pages written per commit).
+    Unique without coordination between processes, and increasing within a process: an id
+    made in the same microsecond as the one before (or after the clock stepped back) takes
+    that one's time and a random part a random step above it. So ids land at the end of a
+    database index instead of at random pages (fewer pages written per commit), and ids
+    sorted are publish order (a broker that orders ties by id keeps a batch's order).
     """
-    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
+    now = time.time_ns() // 1000
+    fresh = int.from_bytes(os.urandom(9), "big")
+    with _id_lock:
+        last_time, last_random = _last_id
+        if now <= last_time:
+            now, fresh = last_time, last_random + 1 + (fresh >> 40)  # up a random 32-bit step
+            if fresh >> _RANDOM_BITS:  # past the random part's range: the next microsecond
+                now, fresh = last_time + 1, fresh & ((1 << _RANDOM_BITS) - 1)
+        _last_id[0], _last_id[1] = now, fresh
+    return f"{now:014x}{fresh:018x}"
 
 
 class Encoded:
